@@ -1,0 +1,91 @@
+"""`build` and `plan` as plain functions (the CLI and tests share them)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .errors import NodeFailed, UsageError
+from .executor import Event, Executor
+from .planner import PlanEntry, plan
+from .project import frontend
+from .store import Store
+
+
+def _project_and_graph(config: Path, store: Store, arm: str | None):
+    project = frontend().open_project(config, store)
+    if arm is not None and arm not in project.arm_names:
+        raise UsageError(f"--arm {arm}: no such arm; the config has: {', '.join(project.arm_names)}")
+    return project, project.graph_for(arm), ([arm] if arm else project.arm_names)
+
+
+def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[PlanEntry]:
+    project, graph, _ = _project_and_graph(config, store, arm)
+    return plan(store, graph, project.refs(store))
+
+
+def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
+    """Build; returns the exit code (0 ok, 1 a node failed). Config errors raise."""
+    project, graph, arms = _project_and_graph(config, store, arm)
+    printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
+    executor = Executor(store, jobs=jobs, on_event=printer)
+    try:
+        results = executor.run(graph)
+    except NodeFailed as exc:
+        printer.clear()
+        tb = getattr(exc, "traceback", None)
+        if tb:
+            echo(tb.rstrip())
+        echo(f"evsys: error: {exc.message}")
+        return 1
+    finally:
+        printer.clear()
+    project.record(store, arms)
+    project.finish(store, results, arms, echo)
+    return 0
+
+
+class BuildPrinter:
+    """One line per node (`cached` / `ran` + time); a progress line on a terminal for long nodes."""
+
+    def __init__(self, echo: Callable[[str], None], multi_arm: bool, arms_of: dict):
+        self.echo = echo
+        self.multi_arm = multi_arm
+        self.arms_of = arms_of
+        self.tty = sys.stderr.isatty()
+        self._lock = threading.Lock()
+        self._progress_shown = False
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            node = event.node
+            label = node.name
+            if self.multi_arm:
+                label = f"[{','.join(self.arms_of.get(node.key, [node.arm]))}] {label}"
+            if event.kind == "cached":
+                self._line(f"cached  {label}  {node.key[:12]}")
+            elif event.kind == "ran":
+                self._line(f"ran     {label}  {event.seconds:.2f}s  {node.key[:12]}")
+            elif event.kind == "failed":
+                self._line(f"failed  {label}")
+            elif event.kind == "log":
+                self._line(f"        {event.message}")
+            elif event.kind == "progress" and self.tty and event.total:
+                width = 30
+                filled = int(width * event.done / event.total)
+                bar = "#" * filled + "." * (width - filled)
+                sys.stderr.write(f"\r  {label} [{bar}] {event.done}/{event.total} {event.message}"[:120].ljust(120))
+                sys.stderr.flush()
+                self._progress_shown = True
+
+    def _line(self, text: str) -> None:
+        self.clear()
+        self.echo(text)
+
+    def clear(self) -> None:
+        if self._progress_shown:
+            sys.stderr.write("\r" + " " * 120 + "\r")
+            sys.stderr.flush()
+            self._progress_shown = False

@@ -1,0 +1,42 @@
+"""`evsys show node:<key>`: the manifest plus a preview the rules render."""
+
+from __future__ import annotations
+
+import json
+
+from .project import frontend
+from .store import Store
+
+
+def show_node(store: Store, ref: str, as_json: bool = False, rows: int | None = None, color: bool = False) -> str:
+    key = store.resolve_prefix(ref)
+    manifest = store.read_manifest(key)
+    text, rows_json = frontend().preview(store, manifest, rows if rows is not None else 3, color)
+    if as_json:
+        out = {"manifest": manifest}
+        if rows is not None:
+            out["rows"] = rows_json
+        return json.dumps(out, indent=1, ensure_ascii=False)
+    return format_manifest(store, manifest) + ("\n\n" + text if text else "")
+
+
+def format_manifest(store: Store, m: dict) -> str:
+    lines = [
+        f"node     {m['key']}",
+        f"rule     {m['rule']} (version {m['version']})",
+        f"name     {m['name']}",
+        f"created  {m.get('created')}  ran in {m.get('timings', {}).get('seconds', 0):.2f}s  evsys {m.get('evsys_version')}",
+        "params   " + json.dumps(m.get("params", {}), ensure_ascii=False, sort_keys=True)[:400],
+    ]
+    for i in m.get("inputs", []):
+        lines.append(f"input    {i['label']}: {i['name']} ({i['rule']}) node:{i['key'][:12]}")
+    from .gc import referenced_objects
+
+    names = sorted(referenced_objects(m.get("outputs", {})))
+    size = sum(store.object_path(n).stat().st_size for n in names if store.has_object(n))
+    lines.append(f"outputs  {', '.join(sorted(m.get('outputs', {})))} — {len(names)} objects, {size / 1e6:.2f} MB")
+    if m.get("stats"):
+        lines.append("stats    " + json.dumps(m["stats"], sort_keys=True))
+    if m.get("metrics"):
+        lines.append("metrics  " + json.dumps(m["metrics"], sort_keys=True)[:400])
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Content hashes of files, with a stat cache so unchanged files are not reread."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import xxhash
+
+from .atomic import write_atomic
+
+
+class StatCache:
+    """(path, size, mtime_ns, inode) -> xxh3_128 of the content, persisted in the store."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, list] | None = None
+        self._dirty = False
+
+    def file_digest(self, file: Path) -> str:
+        st = os.stat(file)
+        ident = [st.st_size, st.st_mtime_ns, st.st_ino]
+        name = str(Path(file).resolve())
+        with self._lock:
+            entries = self._load()
+            hit = entries.get(name)
+            if hit and hit[:3] == ident:
+                return hit[3]
+        h = xxhash.xxh3_128()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        value = h.hexdigest()
+        with self._lock:
+            self._load()[name] = ident + [value]
+            self._dirty = True
+        return value
+
+    def save(self) -> None:
+        with self._lock:
+            if self._dirty and self._entries is not None:
+                write_atomic(self.path, json.dumps(self._entries).encode(), self.path.parent / "tmp")
+                self._dirty = False
+
+    def _load(self) -> dict:
+        if self._entries is None:
+            try:
+                self._entries = json.loads(self.path.read_bytes())
+            except (FileNotFoundError, json.JSONDecodeError):
+                self._entries = {}
+        return self._entries

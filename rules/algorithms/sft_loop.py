@@ -1,0 +1,184 @@
+"""Supervised fine-tuning over any backend's TrainingClient.
+
+Batches: the data is read as an endless stream of epochs, each a permutation seeded by (seed, epoch);
+step k takes stream items [(k-1)*batch_size, k*batch_size). So every batch is full, epochs repeat
+when max_steps asks for more, and any step's batch is known without replaying earlier ones (resume).
+No length grouping: the local backend packs sequences without padding, so order costs nothing.
+
+Loss normalisation: each step divides every datum's weights by the batch's total raw weight, so the
+summed loss the backend minimises is the mean NLL per loss token of the batch (long and short
+conversations weigh per token, as in Tinker's cookbook SFT).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from rules.algorithms.sft_config import SFTConfig
+from rules.backends.base import AdamParams, Datum, TrainingClient
+
+STATE_PREFIX = "state/"
+WEIGHTS_PREFIX = "weights/"
+TIMING_METRICS = ("tokens_per_s", "step_time_s")  # wall-clock; differ between otherwise identical runs
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of examples in `epoch`, a pure function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Example indices of 1-based `step` in the epoch stream."""
+    start = (step - 1) * batch_size
+    indices = []
+    cached: dict[int, np.ndarray] = {}
+    for position in range(start, start + batch_size):
+        epoch, offset = divmod(position, num_examples)
+        if epoch not in cached:
+            cached[epoch] = epoch_permutation(num_examples, seed, epoch)
+        indices.append(int(cached[epoch][offset]))
+    return indices
+
+
+def learning_rate_at(step: int, cfg: SFTConfig) -> float:
+    """LR of 1-based `step`: linear warmup over warmup_steps, then constant / linear / cosine decay
+    (decays towards 0 at max_steps but never reaches it on a trained step)."""
+    i = step - 1
+    if i < cfg.warmup_steps:
+        return cfg.learning_rate * (i + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = (i - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.lr_schedule == "linear":
+        return cfg.learning_rate * (1.0 - progress)
+    return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def normalized_batch(batch: Sequence[Datum]) -> tuple[list[Datum], float]:
+    """Datums with weights divided by the batch's total raw weight, and that total."""
+    total = sum(d.loss_weight for d in batch)
+    if total <= 0:
+        return list(batch), 0.0
+    scale = np.float32(1.0 / total)
+    return [Datum(d.input_ids, d.weights * scale) for d in batch], total
+
+
+def checkpoint_steps(cfg: SFTConfig, save_steps: set[int], final_step: int) -> set[int]:
+    every = set(range(cfg.save_every, final_step + 1, cfg.save_every)) if cfg.save_every else set()
+    return {s for s in (set(save_steps) | every) if 1 <= s <= final_step} | {final_step}
+
+
+def adam_params(cfg: SFTConfig, learning_rate: float) -> AdamParams:
+    return AdamParams(
+        learning_rate=learning_rate,
+        beta1=cfg.beta1,
+        beta2=cfg.beta2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+    )
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last = first, last
+        self.enabled = sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def update(self, step: int, loss: Optional[float]) -> None:
+        if not self.enabled:
+            return
+        done = step - self.first + 1
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.last - step)
+        loss_text = f"{loss:.4f}" if loss is not None else "-"
+        sys.stderr.write(f"\rsft step {step}/{self.last}  loss {loss_text}  eta {eta:5.0f}s ")
+        if step == self.last:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def train_sft(
+    client: TrainingClient,
+    data: list[Datum],
+    cfg: SFTConfig,
+    *,
+    seed: int,
+    save_steps: set[int],
+    resume: Optional[dict],
+    on_step: Callable[[int, dict], None],
+    on_checkpoint: Callable[[int, dict[str, bytes], dict], None],
+    stop_at: Optional[int] = None,
+) -> list[dict]:
+    """Run SFT steps up to max_steps (or stop_at) and return every step's metrics.
+
+    `on_checkpoint(step, blobs, meta)` fires at save_steps, save_every multiples and the final step;
+    `resume={"blobs":..., "meta":...}` (an earlier checkpoint) continues bit-identically on CPU.
+    """
+    if not data:
+        raise ValueError("train_sft: no training examples")
+    final_step = min(cfg.max_steps, stop_at) if stop_at is not None else cfg.max_steps
+    metrics: list[dict] = []
+    first_step = 1
+    if resume is not None:
+        meta = resume["meta"]
+        client.load_state({k[len(STATE_PREFIX):]: v for k, v in resume["blobs"].items() if k.startswith(STATE_PREFIX)})
+        metrics = [dict(m) for m in meta["metrics_so_far"]]
+        first_step = int(meta["step"]) + 1
+    saves = checkpoint_steps(cfg, save_steps, final_step)
+    progress = _Progress(first_step, final_step)
+    for step in range(first_step, final_step + 1):
+        step_metrics = _train_step(client, data, cfg, seed, step)
+        metrics.append(step_metrics)
+        on_step(step, step_metrics)
+        progress.update(step, step_metrics["train_mean_nll"])
+        if step in saves:
+            blobs, meta = _checkpoint(client, cfg, step, len(data), metrics)
+            on_checkpoint(step, blobs, meta)
+    return metrics
+
+
+def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed: int, step: int) -> dict:
+    started = time.perf_counter()
+    batch = [data[i] for i in batch_indices(len(data), cfg.batch_size, seed, step)]
+    normalized, raw_weight = normalized_batch(batch)
+    lr = learning_rate_at(step, cfg)
+    result = client.forward_backward(normalized)
+    optim = client.optim_step(adam_params(cfg, lr))
+    elapsed = time.perf_counter() - started
+    mean_nll = float(result["loss_sum"]) if raw_weight > 0 else None  # weights were divided by raw_weight
+    metrics = {
+        "step": step,
+        "train_mean_nll": mean_nll,
+        "optim/lr": lr,
+        "num_tokens": int(result["num_tokens"]),
+        "num_loss_tokens": int(result["num_loss_tokens"]),
+        "loss_weight": raw_weight,
+        "tokens_per_s": result["num_tokens"] / elapsed if elapsed > 0 else None,
+        "step_time_s": elapsed,
+    }
+    if "grad_norm" in optim:
+        metrics["optim/grad_norm"] = optim["grad_norm"]
+    return metrics
+
+
+def _checkpoint(client: TrainingClient, cfg: SFTConfig, step: int, num_examples: int, metrics: list[dict]):
+    blobs = {STATE_PREFIX + k: v for k, v in client.save_state().items()}
+    blobs.update({WEIGHTS_PREFIX + k: v for k, v in client.weights_blobs().items()})
+    position = step * cfg.batch_size
+    meta = {
+        "step": step,
+        "epoch": position // num_examples,
+        "position": position,
+        "metrics_so_far": [dict(m) for m in metrics],
+        "lora_rank": cfg.lora_rank,
+        "info": client.info(),
+    }
+    return blobs, meta

@@ -1,0 +1,113 @@
+"""The backend protocol, shaped like Tinker's, so one training algorithm runs on every backend.
+
+A `Backend` makes a `TrainingClient` (forward_backward + optim_step on a model, LoRA or full) and
+`SamplingClient`s (generation from saved weights). Loss is Tinker's cross_entropy:
+`sum over t of -logprob(tokens[t] | tokens[:t]) * weights[t]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+LossName = str  # only "cross_entropy" for now
+
+
+@dataclass(frozen=True)
+class Datum:
+    """One full-length sequence and its per-token loss weights.
+
+    `weights[t]` weighs predicting `input_ids[t]` from `input_ids[:t]`; `weights[0]` is ignored.
+    """
+
+    input_ids: np.ndarray  # int, shape (T,)
+    weights: np.ndarray  # float32, shape (T,)
+
+    def __post_init__(self) -> None:
+        ids = np.asarray(self.input_ids)
+        w = np.asarray(self.weights, dtype=np.float32)
+        if ids.ndim != 1 or w.shape != ids.shape:
+            raise ValueError(f"Datum: input_ids {ids.shape} and weights {w.shape} must be 1-D and equal length")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"Datum: input_ids must be integers, got {ids.dtype}")
+        object.__setattr__(self, "input_ids", ids.astype(np.int64, copy=False))
+        object.__setattr__(self, "weights", w)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def loss_weight(self) -> float:
+        """Total weight on predicted tokens (weights[1:])."""
+        return float(self.weights[1:].sum(dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class AdamParams:
+    """AdamW hyper-parameters for one optimizer step (Tinker's defaults)."""
+
+    learning_rate: float
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = None  # max global grad norm; None = off
+
+
+@runtime_checkable
+class SamplingClient(Protocol):
+    def sample(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop_token_ids: Sequence[int] = (),
+        n: int = 1,
+        seed: int = 0,
+    ) -> list[list[list[int]]]:
+        """Per prompt, `n` completions as generated token ids (the stop token excluded)."""
+        ...
+
+
+@runtime_checkable
+class TrainingClient(Protocol):
+    def forward_backward(self, datums: Sequence[Datum], loss: LossName = "cross_entropy") -> dict:
+        """Accumulate gradients of sum(-logprob * weight). Returns at least
+        loss_sum, weight_sum, num_tokens, num_loss_tokens."""
+        ...
+
+    def optim_step(self, adam: AdamParams) -> dict:
+        """Apply the accumulated gradients with AdamW, then zero them. Returns e.g. grad_norm."""
+        ...
+
+    def save_state(self) -> dict[str, bytes]:
+        """Everything needed to resume bit-exactly (weights, optimizer, RNG), as safetensors/json bytes."""
+        ...
+
+    def load_state(self, blobs: dict[str, bytes]) -> None:
+        """Restore what `save_state` returned."""
+        ...
+
+    def weights_blobs(self) -> dict[str, bytes]:
+        """What a sampler needs: adapter or full weights (safetensors) plus a small json config."""
+        ...
+
+    def info(self) -> dict:
+        """trainable_params, total_params, lora_rank, device, dtype."""
+        ...
+
+    def sampling_client(self) -> SamplingClient:
+        """A sampler over the current weights."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    def create_training_client(self, model_dir: Path, lora_rank: int, seed: int) -> TrainingClient: ...
+
+    def sampling_client_from_weights(self, model_dir: Path, blobs: dict[str, bytes]) -> SamplingClient: ...

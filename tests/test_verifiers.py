@@ -1,0 +1,181 @@
+"""Built-in verifiers, dispatch, identity and pass@k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from evsys_build.errors import ConfigError, UnknownKindError
+from rules.passk import aggregate, pass_at_k
+from rules.registry import register_verifier, verifiers
+from rules.verifiers import check, resolve, verifier_identity
+
+
+def spec(fn_name: str, **args) -> dict:
+    return {"kind": "in_process", "fn_name": fn_name, **args}
+
+
+# --- built-ins ---------------------------------------------------------------------------
+
+def test_contains():
+    s = spec("contains", expected="<answer>GMAIL_SEND_EMAIL</answer>")
+    assert check(s, "sure: <answer>GMAIL_SEND_EMAIL</answer>", "t") is True
+    assert check(s, "<answer>GMAIL_CREATE_EMAIL_DRAFT</answer>", "t") is False
+    assert check(s, "GMAIL_SEND_EMAIL", "t") is False
+
+
+def test_exact_match_strips_and_ignore_case():
+    assert check(spec("exact_match", expected="Paris"), "  Paris\n", "t") is True
+    assert check(spec("exact_match", expected="Paris"), "paris", "t") is False
+    assert check(spec("exact_match", expected="Paris", ignore_case=True), "PARIS ", "t") is True
+    assert check(spec("exact_match", expected="Paris", ignore_case=True), "Paris, France", "t") is False
+
+
+def test_regex_search():
+    s = spec("regex", pattern=r"<answer>\s*SLACK_\w+\s*</answer>")
+    assert check(s, "x <answer> SLACK_UPDATES_A_SLACK_MESSAGE </answer>", "t") is True
+    assert check(s, "<answer>GMAIL_SEND_EMAIL</answer>", "t") is False
+
+
+def test_regex_bad_pattern_is_config_error_naming_where():
+    with pytest.raises(ConfigError, match=r"^tasks.jsonl:4: .*does not compile"):
+        check(spec("regex", pattern="(unclosed"), "anything", "tasks.jsonl:4")
+
+
+def test_answer_tag_uses_last_tag_and_accepts_bare_or_tagged_expected():
+    pred = "<answer>JIRA_CREATE_ISSUE</answer> no wait <answer> GITHUB_CREATE_AN_ISSUE </answer>"
+    assert check(spec("answer_tag", expected="GITHUB_CREATE_AN_ISSUE"), pred, "t") is True
+    assert check(spec("answer_tag", expected="<answer>GITHUB_CREATE_AN_ISSUE</answer>"), pred, "t") is True
+    assert check(spec("answer_tag", expected="JIRA_CREATE_ISSUE"), pred, "t") is False
+    assert check(spec("answer_tag", expected="GITHUB_CREATE_AN_ISSUE"), "GITHUB_CREATE_AN_ISSUE", "t") is False
+    # substring of the tag content is not enough
+    assert check(spec("answer_tag", expected="GITHUB"), "<answer>GITHUB_CREATE_AN_ISSUE</answer>", "t") is False
+
+
+def test_numeric_last_number_with_tol():
+    assert check(spec("numeric", expected=42), "first 7, then the answer is 42.", "t") is True
+    assert check(spec("numeric", expected=42), "42 then 43", "t") is False
+    assert check(spec("numeric", expected=1234.5), "total: 1,234.5", "t") is True
+    assert check(spec("numeric", expected=-3), "it is -3", "t") is True
+    assert check(spec("numeric", expected=3.14, tol=0.01), "pi ~ 3.1416", "t") is True
+    assert check(spec("numeric", expected=3.14), "pi ~ 3.1416", "t") is False
+    assert check(spec("numeric", expected="10"), "ten", "t") is False
+
+
+def test_numeric_rejects_non_numeric_expected():
+    with pytest.raises(ConfigError, match="not a number"):
+        check(spec("numeric", expected="abc"), "1", "t")
+    with pytest.raises(ConfigError, match="negative"):
+        check(spec("numeric", expected=1, tol=-1), "1", "t")
+
+
+def test_builtins_carry_version():
+    for name in ("contains", "exact_match", "regex", "answer_tag", "numeric"):
+        assert verifiers.get(name).version == "1"
+
+
+# --- dispatch errors -----------------------------------------------------------------------
+
+def test_unknown_fn_name_suggests_close_name():
+    with pytest.raises(UnknownKindError) as info:
+        check(spec("contians", expected="x"), "x", "val/tasks.jsonl:3")
+    msg = str(info.value)
+    assert msg.startswith("val/tasks.jsonl:3: ")
+    assert "did you mean contains?" in msg
+
+
+def test_unknown_kind_suggests_in_process():
+    with pytest.raises(UnknownKindError, match=r"^w: .*'in_proces'.*did you mean in_process\?"):
+        check({"kind": "in_proces", "fn_name": "contains", "expected": "x"}, "x", "w")
+
+
+def test_missing_kind_or_fn_name():
+    with pytest.raises(ConfigError, match='no "kind"'):
+        check({"fn_name": "contains", "expected": "x"}, "x", "w")
+    with pytest.raises(ConfigError, match='no "fn_name"'):
+        check({"kind": "in_process", "expected": "x"}, "x", "w")
+
+
+def test_missing_and_extra_args_name_where_and_parameters():
+    with pytest.raises(ConfigError) as info:
+        check(spec("contains"), "x", "f.jsonl:2")
+    assert str(info.value).startswith("f.jsonl:2: ")
+    assert "missing expected" in str(info.value)
+    assert "its parameters are: expected)" in str(info.value)
+    with pytest.raises(ConfigError, match=r"unexpected tol .*expected, ignore_case=False\)"):
+        check(spec("exact_match", expected="a", tol=1), "a", "f.jsonl:2")
+
+
+def test_spec_values_are_never_evaluated():
+    # a code-looking value is just a string compared as data
+    s = spec("contains", expected="__import__('os').getcwd()")
+    assert check(s, "no", "t") is False
+    assert check(s, "__import__('os').getcwd()", "t") is True
+
+
+# --- user verifiers and identity -----------------------------------------------------------
+
+def test_user_verifier_is_found_and_keyed_by_source():
+    @register_verifier("starts_with_test")
+    def starts_with(prediction: str, prefix: str) -> bool:
+        return prediction.startswith(prefix)
+
+    s = spec("starts_with_test", prefix="<answer>")
+    assert check(s, "<answer>X</answer>", "t") is True
+    assert check(s, "X", "t") is False
+    ident = verifier_identity(s)
+    assert ident["spec"] == s
+    assert ident["code"].startswith("source:")
+
+
+def test_verifier_identity_is_stable_and_spec_sensitive():
+    a = verifier_identity(spec("answer_tag", expected="A"))
+    assert a == verifier_identity(spec("answer_tag", expected="A"))
+    assert a != verifier_identity(spec("answer_tag", expected="B"))
+    assert a["code"] == "version:1"
+    import json
+    json.dumps(a)  # JSON-able
+
+
+def test_resolve_returns_function_and_args():
+    fn, args = resolve(spec("numeric", expected=2, tol=0.5))
+    assert fn is verifiers.get("numeric")
+    assert args == {"expected": 2, "tol": 0.5}
+
+
+# --- pass@k --------------------------------------------------------------------------------
+
+def test_pass_at_k_closed_form():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(5, 1, 5) == 1.0
+    assert pass_at_k(4, 4, 2) == 1.0
+    for n, c, k in [(5, 2, 2), (10, 3, 4), (7, 1, 3), (20, 5, 10)]:
+        expected = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_rejects_bad_inputs():
+    with pytest.raises(ConfigError, match="num_samples >= 3"):
+        pass_at_k(2, 1, 3)
+    with pytest.raises(ConfigError):
+        pass_at_k(3, 4, 1)
+    with pytest.raises(ConfigError):
+        pass_at_k(3, 1, 0)
+
+
+def test_aggregate_means_over_tasks():
+    per_task = [[True, False, False, False], [True, True, False, False], [False] * 4]
+    out = aggregate(per_task, [1, 2])
+    assert set(out) == {"pass@1", "pass@2"}
+    assert out["pass@1"] == pytest.approx((0.25 + 0.5 + 0.0) / 3)
+    p2 = (1 - math.comb(3, 2) / math.comb(4, 2)) + (1 - math.comb(2, 2) / math.comb(4, 2))
+    assert out["pass@2"] == pytest.approx(p2 / 3)
+
+
+def test_aggregate_k_above_samples_explains_num_samples():
+    with pytest.raises(ConfigError, match="num_samples >= 5"):
+        aggregate([[True, False]], [1, 5])
+    with pytest.raises(ConfigError):
+        aggregate([], [1])
