@@ -160,6 +160,7 @@ class Executor:
 
 def _manifest(node: Node, body: dict, seconds: float) -> dict:
     return {
+        "key": node.key,
         "rule": node.rule,
         "version": node.version,
         "name": node.name,

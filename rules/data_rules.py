@@ -46,6 +46,9 @@ def _checked(rows, ctx: RunContext) -> list[dict]:
 
 
 def run_tokenize(ctx: RunContext) -> dict:
+    from .heavy import preload_ml
+
+    preload_ml()
     from .chat_tokens import load_tokenizer, tokenize_conversation, tokenizer_files
 
     payload = ctx.node.payload
@@ -78,7 +81,8 @@ def run_tokenize(ctx: RunContext) -> dict:
         "num_loss_tokens": sum(c["loss_tokens"] for c in chunks),
         "chunks": chunks,
     }
-    tokenizer = {"blobs": {f.name: ctx.store.put_bytes(f.read_bytes()) for f in tokenizer_files(payload["model_dir"])}}
+    kept = [f for f in tokenizer_files(payload["model_dir"]) if f.name not in ("vocab.json", "merges.txt")]  # tokenizer.json holds them
+    tokenizer = {"blobs": {f.name: ctx.store.put_bytes(f.read_bytes()) for f in kept}}
     return {
         "outputs": {"dataset": out, "tokenizer": tokenizer},
         "stats": dict(stats, rows=out["num_rows"], tokens=out["num_tokens"], loss_tokens=out["num_loss_tokens"]),

@@ -121,62 +121,70 @@ def _register_packed_attention() -> None:
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
 
 
-# ----------------------------------------------------------------------------- chunked LM head + NLL
+# ----------------------------------------------------------------------------- fused LM head + weighted NLL
 
 
-def _linear_nll_function():
+def _fused_loss_function():
     import torch
 
-    class LinearNLL(torch.autograd.Function):
-        """nll[i] = logsumexp(h[i] @ W.T) - (h[i] @ W.T)[target[i]], chunked; logits recomputed in backward."""
+    class LinearWeightedNLL(torch.autograd.Function):
+        """loss = sum_i w[i] * (logsumexp(h[i] @ W.T) - (h[i] @ W.T)[t[i]]), chunked over positions.
+
+        Gradients are computed in forward, chunk by chunk (softmax - onehot), so no logits outlive a
+        chunk and no recompute is needed; backward only scales them by the incoming scalar gradient.
+        Also returns the per-position NLL (not differentiable) for metrics.
+        """
 
         @staticmethod
-        def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype):
+        def forward(ctx, hidden, weight, targets, loss_weights, chunk: int, compute_dtype):
+            need_h, need_w = hidden.requires_grad, weight.requires_grad
             w = weight.to(compute_dtype)
             h = hidden.to(compute_dtype)
             nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-            lse = torch.empty_like(nll)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = None  # fp32, created by the first chunk
             for s in range(0, h.shape[0], chunk):
-                logits = (h[s : s + chunk] @ w.T).float()
-                lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, targets[s : s + chunk, None])[:, 0]
-                nll[s : s + chunk] = lse[s : s + chunk] - picked
-            ctx.save_for_backward(hidden, weight, targets, lse)
-            ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
-            return nll
+                hc, tc = h[s : s + chunk], targets[s : s + chunk]
+                logits = (hc @ w.T).float()
+                picked = logits.gather(1, tc[:, None])[:, 0]
+                peak = logits.amax(dim=-1, keepdim=True)
+                probs = logits.sub_(peak).exp_()  # in place: logits are not needed any more
+                total = probs.sum(dim=-1, keepdim=True)
+                nll[s : s + chunk] = (peak + total.log())[:, 0] - picked
+                if need_h or need_w:
+                    probs.div_(total)
+                    probs[torch.arange(hc.shape[0], device=hc.device), tc] -= 1.0
+                    g = probs.mul_(loss_weights[s : s + chunk, None]).to(compute_dtype)
+                    if need_h:
+                        grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
+                    if need_w:
+                        part = (g.T @ hc).float()
+                        grad_w = part if grad_w is None else grad_w.add_(part)
+            ctx.save_for_backward(
+                grad_h if need_h else None, grad_w.to(weight.dtype) if need_w else None
+            )
+            ctx.mark_non_differentiable(nll)
+            return (nll * loss_weights).sum(), nll
 
         @staticmethod
-        def backward(ctx, grad_nll):
-            hidden, weight, targets, lse = ctx.saved_tensors
-            need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            w = weight.to(ctx.compute_dtype)
-            h = hidden.to(ctx.compute_dtype)
-            grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-            for s in range(0, h.shape[0], ctx.chunk):
-                hc = h[s : s + ctx.chunk]
-                probs = torch.exp((hc @ w.T).float() - lse[s : s + ctx.chunk, None])
-                rows = torch.arange(hc.shape[0], device=hc.device)
-                probs[rows, targets[s : s + ctx.chunk]] -= 1.0
-                g = (probs * grad_nll[s : s + ctx.chunk, None]).to(ctx.compute_dtype)
-                if need_h:
-                    grad_h[s : s + ctx.chunk] = (g @ w).to(hidden.dtype)
-                if need_w:
-                    grad_w += (g.T @ hc).float()
-            return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+        def backward(ctx, grad_loss, _grad_nll):
+            grad_h, grad_w = ctx.saved_tensors
+            grad_h = grad_h * grad_loss if grad_h is not None else None
+            grad_w = grad_w * grad_loss if grad_w is not None else None
+            return grad_h, grad_w, None, None, None, None
 
-    return LinearNLL
+    return LinearWeightedNLL
 
 
-_LINEAR_NLL = None
+_FUSED_LOSS = None
 
 
-def linear_nll(hidden, weight, targets, chunk: int, compute_dtype=None):
-    """Per-position NLL of `targets` under logits `hidden @ weight.T`, never materialising all logits."""
-    global _LINEAR_NLL
-    if _LINEAR_NLL is None:
-        _LINEAR_NLL = _linear_nll_function()
-    return _LINEAR_NLL.apply(hidden, weight, targets, chunk, compute_dtype or hidden.dtype)
+def linear_weighted_nll(hidden, weight, targets, loss_weights, chunk: int, compute_dtype=None):
+    """(sum of loss_weights * NLL, per-position NLL) for logits `hidden @ weight.T`, never holding all logits."""
+    global _FUSED_LOSS
+    if _FUSED_LOSS is None:
+        _FUSED_LOSS = _fused_loss_function()
+    return _FUSED_LOSS.apply(hidden, weight, targets, loss_weights, chunk, compute_dtype or hidden.dtype)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -374,8 +382,8 @@ class LocalTrainingClient:
             self._rng = self._capture_rng()
         self.model.train()
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW([p for _, p in self.named_trainable], lr=0.0, fused=fused)
+        # fused AdamW: one pass over each tensor, ~5x faster than the per-tensor loop on CPU
+        self.optimizer = torch.optim.AdamW([p for _, p in self.named_trainable], lr=0.0, fused=True)
 
     def _pick_kernel(self) -> str:
         import torch
@@ -465,8 +473,9 @@ class LocalTrainingClient:
                 evsys_kernel=self.kernel,
             ).last_hidden_state[0]
         picked = hidden.index_select(0, batch["source"])
-        nll = linear_nll(picked, causal_lm.lm_head.weight, batch["target"], self.loss_chunk, self.dtype)
-        weighted = (nll * batch["weight"]).sum()
+        weighted, _ = linear_weighted_nll(
+            picked, causal_lm.lm_head.weight, batch["target"], batch["weight"], self.loss_chunk, self.dtype
+        )
         weighted.backward()
         return {
             "loss_sum": float(weighted.detach()),

@@ -27,8 +27,8 @@ class TinkerBackend:
     version = "1"
     Config = TinkerBackendConfig
 
-    def __init__(self, **kw):
-        self.cfg = self.Config(**kw)
+    def __init__(self, config: TinkerBackendConfig | dict | None = None):
+        self.cfg = config if isinstance(config, TinkerBackendConfig) else self.Config(**(config or {}))
 
     def check_ready(self) -> None:
         """Fail before any work when the key or the SDK is missing."""

@@ -1,0 +1,100 @@
+"""The `eval` node: score one checkpoint on one benchmark, caching generations per task.
+
+Prompts are rendered with the training chat template (and its system prompt) and end with
+the generation prompt; generation stops at the template's end-of-turn. Adding tasks samples
+only the new ones: each task's completions are memoised under (checkpoint, prompt, sampling).
+"""
+
+from __future__ import annotations
+
+import json
+
+from evsys_build.executor import RunContext
+from evsys_build.hashing import digest
+
+from . import kinds
+
+
+def eval_params(bench, tasks, system_prompt: str | None) -> dict:
+    """What an eval node's key holds: task content, sampling params, verifier identity, metrics."""
+    from .verifiers import verifier_identity
+
+    return {
+        "tasks": digest([t.model_dump(exclude_defaults=True) for t in tasks]),
+        "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
+        "metrics": sorted(bench.metrics),
+        "verifiers": digest(sorted((verifier_identity(t.verifier) for t in tasks), key=lambda v: json.dumps(v, sort_keys=True))),
+        "system_prompt": system_prompt,
+    }
+
+
+def task_messages(task, system_prompt: str | None) -> list[dict]:
+    system = task.system_prompt if task.system_prompt is not None else system_prompt
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": task.instruction}]
+
+
+def run_eval(ctx: RunContext) -> dict:
+    from .heavy import preload_ml
+
+    preload_ml()
+    from .chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
+    from .passk import aggregate
+    from .verifiers import check
+
+    payload = ctx.node.payload
+    arm, bench, tasks, step = payload["arm"], payload["bench"], payload["tasks"], payload["step"]
+    tok = load_tokenizer(str(payload["model_dir"]))
+    checkpoint = ctx.inputs["checkpoint"]
+    sampling = ctx.node.params["sampling"]
+    prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
+    memo_keys = [digest({"checkpoint": checkpoint["key"], "prompt": p, "sampling": sampling, "seed": arm.config.seed}) for p in prompts]
+    completions: list[list[str] | None] = []
+    for key in memo_keys:
+        hit = ctx.store.memo_get(key)
+        completions.append(hit["samples"] if hit else None)
+    todo = [i for i, c in enumerate(completions) if c is None]
+    if todo:
+        sampler = _sampler(ctx, arm, payload["model_dir"], checkpoint)
+        ctx.progress(0, len(todo), f"sampling {len(todo)} tasks")
+        outs = sampler.sample(
+            [prompts[i] for i in todo],
+            max_tokens=sampling["max_tokens"],
+            temperature=sampling["temperature"],
+            stop_token_ids=end_of_turn_ids(tok),
+            n=sampling["num_samples"],
+            seed=arm.config.seed,
+        )
+        for i, samples in zip(todo, outs):
+            texts = [_cut_at_strings(tok.decode(ids, skip_special_tokens=True), sampling["stop"]) for ids in samples]
+            completions[i] = texts
+            ctx.store.memo_put(memo_keys[i], {"samples": texts})
+    where = f"{bench.path}/tasks.jsonl"
+    verdicts = [[check(t.verifier, text, f"{where} ({t.task_id})") for text in samples] for t, samples in zip(tasks, completions)]
+    ks = sorted({int(m.split("@", 1)[1]) for m in bench.metrics})
+    metrics = aggregate(verdicts, ks)
+    rows = [
+        {"task_id": t.task_id, "step": step, "prediction": samples[0], "correct": v[0], **({"samples": samples, "verdicts": v} if len(samples) > 1 else {})}
+        for t, samples, v in zip(tasks, completions, verdicts)
+    ]
+    for cb in [kinds.callbacks.get(c.kind)(echo=ctx.log, **c.params) for c in arm.config.callbacks]:
+        cb.on_eval(arm.name, step, bench.name, {f"{bench.split}/{bench.name}/{k}": v for k, v in metrics.items()})
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+    return {
+        "outputs": {"predictions": {"blob": ctx.store.put_bytes(data)}},
+        "metrics": metrics,
+        "stats": {"step": step, "benchmark": bench.name, "split": bench.split, "tasks": len(tasks), "tasks_sampled": len(todo), "tasks_cached": len(tasks) - len(todo)},
+    }
+
+
+def _sampler(ctx: RunContext, arm, model_dir, checkpoint: dict):
+    from .compile_model import make_backend
+
+    backend = make_backend(arm)
+    weights = {name: ctx.store.get_bytes(blob) for name, blob in checkpoint["outputs"]["weights"]["blobs"].items()}
+    return backend.sampling_client_from_weights(model_dir, weights)
+
+
+def _cut_at_strings(text: str, stops: list[str]) -> str:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text

@@ -1,0 +1,60 @@
+"""The Python API: `Experiment(cfg).run()` and `run_experiment(cfg)` build through the same engine as the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evsys_build.build import run_build
+from evsys_build.store import Store, default_cache_dir
+
+from .loading import LoadedConfig
+
+
+@dataclass
+class ExperimentResult:
+    status: str  # "completed" | "failed"
+    artifacts: dict = field(default_factory=dict)  # run_dir, checkpoint-final, state-final, ...
+    conclusion: str = ""
+    logs: Path | None = None
+    arms: list[dict] = field(default_factory=list)
+
+
+class Experiment:
+    """An experiment config (a path or a loaded config), buildable from Python."""
+
+    def __init__(self, cfg: str | Path | LoadedConfig, cache_dir: str | Path | None = None, echo=print):
+        self.config_path = Path(cfg.path if isinstance(cfg, LoadedConfig) else cfg)
+        self.store = Store(default_cache_dir(str(cache_dir) if cache_dir else None))
+        self.echo = echo
+
+    def run(self, arm: str | None = None, jobs: int = 2) -> ExperimentResult:
+        """Build every node (callbacks fire, the run dir is written) and summarise the outcome."""
+        from .experiment_md import conclusion
+        from .project import open_project
+        from .report import arm_run_dir
+        from .run_dir import arm_summaries
+
+        code = run_build(self.config_path, self.store, arm=arm, jobs=jobs, echo=self.echo)
+        project = open_project(self.config_path, self.store)
+        summaries = arm_summaries(project, self.store)
+        loaded = project.loaded
+        artifacts: dict = {"run_dir": str(loaded.output_dir / loaded.run_name)}
+        for s in summaries:
+            prefix = "" if len(summaries) == 1 else f"{s['arm']}/"
+            if s["checkpoint_final"]:
+                artifacts[f"{prefix}checkpoint-final"] = f"node:{s['checkpoint_final']}"
+                artifacts[f"{prefix}state-final"] = f"node:{s['checkpoint_final']}#state"
+                artifacts[f"{prefix}metrics"] = str(arm_run_dir(loaded, s["arm"], len(summaries)) / "metrics.jsonl")
+        return ExperimentResult(
+            status="completed" if code == 0 and all(s["completed"] for s in summaries) else "failed",
+            artifacts=artifacts,
+            conclusion=conclusion(summaries),
+            logs=loaded.output_dir,
+            arms=summaries,
+        )
+
+
+def run_experiment(cfg: str | Path | LoadedConfig, **kw) -> ExperimentResult:
+    """Build an experiment without keeping an Experiment object around."""
+    return Experiment(cfg, **kw).run()
