@@ -64,7 +64,9 @@ class BuildPrinter:
             label = node.name
             if self.multi_arm:
                 label = f"[{','.join(self.arms_of.get(node.key, [node.arm]))}] {label}"
-            if event.kind == "cached":
+            if event.kind == "cached" and event.message == "published":
+                self._line(f"saved   {label}  {node.key[:12]}")
+            elif event.kind == "cached":
                 self._line(f"cached  {label}  {node.key[:12]}")
             elif event.kind == "ran":
                 self._line(f"ran     {label}  {event.seconds:.2f}s  {node.key[:12]}")

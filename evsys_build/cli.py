@@ -139,3 +139,7 @@ def verify(cache_dir):
     n_nodes = sum(1 for _ in store.iter_manifests())
     click.echo(f"verified {n_objects} objects, {n_nodes} nodes: {len(problems)} problem(s)")
     sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":  # `python -m evsys_build.cli ...`
+    main()

@@ -5,7 +5,7 @@ A frontend module provides:
   open_project(config_path, store) -> object with .graph, .experiment, .arm_names,
       .graph_for(arm | None), .refs(store), .record(store, arms), .finish(store, results, arms, echo)
   validate(config_path, deep) -> list[str]          (raises ConfigError on the first mistake)
-  preview(store, manifest, rows, color) -> (text, rows_as_json)
+  preview(store, manifest, rows, color, text=True) -> (text, rows_as_json)
 """
 
 from __future__ import annotations

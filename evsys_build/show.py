@@ -11,7 +11,7 @@ from .store import Store
 def show_node(store: Store, ref: str, as_json: bool = False, rows: int | None = None, color: bool = False) -> str:
     key = store.resolve_prefix(ref)
     manifest = store.read_manifest(key)
-    text, rows_json = frontend().preview(store, manifest, rows if rows is not None else 3, color)
+    text, rows_json = frontend().preview(store, manifest, rows if rows is not None else 3, color, text=not as_json)
     if as_json:
         out = {"manifest": manifest}
         if rows is not None:

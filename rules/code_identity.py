@@ -7,6 +7,7 @@ explicit `version` so reformatting them does not invalidate caches.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import types
 
@@ -24,7 +25,8 @@ def code_identity(obj) -> str:
 
 
 def _source_with_helpers(obj) -> str:
-    """Source of `obj` plus the functions/classes of its own module that it names."""
+    """Source of `obj` plus what it names from its own module, transitively: functions and
+    classes (their source) and simple constants such as a compiled regex (their value)."""
     try:
         source = inspect.getsource(obj)
     except (OSError, TypeError) as exc:
@@ -37,17 +39,47 @@ def _source_with_helpers(obj) -> str:
         return source
     parts = [source]
     seen = {getattr(obj, "__name__", None)}
-    for name in sorted(_names_used(source)):
-        if name in seen:
-            continue
-        helper = getattr(module, name, None)
-        if isinstance(helper, (types.FunctionType, type)) and getattr(helper, "__module__", None) == module.__name__:
-            seen.add(name)
-            try:
-                parts.append(inspect.getsource(helper))
-            except (OSError, TypeError):
+    queue = [source]
+    while queue:
+        text = queue.pop(0)
+        for name in sorted(_names_used(text)):
+            if name in seen or name not in vars(module):
                 continue
+            value = vars(module)[name]
+            if isinstance(value, (types.FunctionType, type)) and getattr(value, "__module__", None) == module.__name__:
+                seen.add(name)
+                try:
+                    helper = inspect.getsource(value)
+                except (OSError, TypeError):
+                    continue
+                parts.append(helper)
+                queue.append(helper)
+                continue
+            constant = _constant_text(value)
+            if constant is not None:
+                seen.add(name)
+                parts.append(f"{name} = {constant}")
     return "\n".join(parts)
+
+
+def _constant_text(value) -> str | None:
+    """A stable text for a module-level constant a plugin uses (None: not a constant we can key)."""
+    if isinstance(value, re.Pattern):
+        return f"re.compile({value.pattern!r}, {int(value.flags)})"
+    if value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        items = [_constant_text(v) for v in value]
+        return None if None in items else "[" + ", ".join(items) + "]"
+    if isinstance(value, (set, frozenset)):
+        items = [_constant_text(v) for v in value]
+        return None if None in items else "{" + ", ".join(sorted(items)) + "}"
+    if isinstance(value, dict):
+        items = [(_constant_text(k), _constant_text(v)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in items):
+            return None
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    return None
 
 
 def _names_used(source: str) -> set[str]:

@@ -10,7 +10,7 @@ from evsys_build.statcache import StatCache
 
 from . import data_rules, kinds
 from .code_identity import code_identity
-from .loading import Arm, LoadedConfig
+from .loading import Arm, LoadedConfig, check_source
 
 
 @dataclass
@@ -30,7 +30,7 @@ def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, li
     graph = Graph()
     out = []
     for arm in loaded.arms:
-        nodes = ArmNodes(arm, rows=_data_nodes(graph, arm, statcache))
+        nodes = ArmNodes(arm, rows=_data_nodes(graph, loaded, arm, statcache))
         from .compile_model import add_model_nodes
 
         add_model_nodes(graph, loaded, nodes, statcache)
@@ -38,11 +38,11 @@ def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, li
     return graph, out
 
 
-def _data_nodes(graph: Graph, arm: Arm, statcache: StatCache) -> Node:
+def _data_nodes(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     cfg = arm.config
     source_cls = kinds.sources.get(cfg.data.source_kind)
     source = source_cls(**arm.params["data"].model_dump())
-    source.check()
+    check_source(loaded, source)
     source_params = arm.params["data"].model_dump(exclude_defaults=True)
     source_params.pop("path", None)
     node = graph.add(

@@ -23,16 +23,50 @@ def run_transform(ctx: RunContext) -> dict:
     transform = ctx.node.payload["transform"]
     dataset = ctx.inputs["rows"]["outputs"]["dataset"]
     if getattr(transform, "row_local", False):
+        starts = _chunk_starts(dataset["chunks"])
 
         def one_chunk(chunk: dict) -> dict:
-            return write_row_chunk(ctx.store, _checked(transform(read_row_chunk(ctx.store, chunk)), ctx))
+            rows = read_row_chunk(ctx.store, chunk)
+            try:
+                out_rows = transform(rows)
+            except ConfigError as exc:
+                raise _locate_row(transform, rows, starts[chunk["blob"]], ctx, exc) from None
+            return write_row_chunk(ctx.store, _checked(out_rows, ctx))
 
-        chunks, stats = map_chunks(ctx.store, dataset["chunks"], ctx.node.params, one_chunk, ctx.progress)
+        chunks, stats = map_chunks(ctx.store, dataset["chunks"], stage_identity(ctx), one_chunk, ctx.progress)
         out = rows_dataset(chunks)
     else:
         out = write_rows(ctx.store, _checked(transform(list(iter_rows(ctx.store, dataset))), ctx))
         stats = {"chunks_ran": len(out["chunks"]), "chunks_cached": 0}
     return {"outputs": {"dataset": out}, "stats": dict(stats, rows_in=dataset["num_rows"], rows_out=out["num_rows"])}
+
+
+def stage_identity(ctx: RunContext) -> dict:
+    """What a per-chunk memo is keyed by: the rule, its version and the node's params.
+
+    The version matters: bumping TOKENIZE_VERSION (or TRANSFORM_VERSION) must recompute every
+    chunk, not serve the chunks the old code memoized.
+    """
+    return {"rule": ctx.node.rule, "version": ctx.node.version, "params": ctx.node.params}
+
+
+def _chunk_starts(chunks: list[dict]) -> dict[str, int]:
+    """Index of each chunk's first row in the dataset (by blob; identical chunks share the first)."""
+    starts, total = {}, 0
+    for chunk in chunks:
+        starts.setdefault(chunk["blob"], total)
+        total += chunk["rows"]
+    return starts
+
+
+def _locate_row(transform, rows: list[dict], start: int, ctx: RunContext, exc: ConfigError) -> ConfigError:
+    """A row-local transform failed on a chunk: name the failing row by its index in the whole input."""
+    for i, row in enumerate(rows):
+        try:
+            transform([dict(row)])
+        except ConfigError as row_exc:
+            return ConfigError(f"{ctx.node.name}: input row {start + i}: {row_exc.message}")
+    return exc
 
 
 def _checked(rows, ctx: RunContext) -> list[dict]:
@@ -54,10 +88,7 @@ def run_tokenize(ctx: RunContext) -> dict:
     payload = ctx.node.payload
     tok = load_tokenizer(str(payload["model_dir"]))
     dataset = ctx.inputs["rows"]["outputs"]["dataset"]
-    starts, total = {}, 0
-    for chunk in dataset["chunks"]:
-        starts.setdefault(chunk["blob"], total)
-        total += chunk["rows"]
+    starts = _chunk_starts(dataset["chunks"])
     p = ctx.node.params
 
     def one_chunk(chunk: dict) -> dict:
@@ -72,7 +103,7 @@ def run_tokenize(ctx: RunContext) -> dict:
             out.append(tokenize_conversation(tok, messages, p["supervise"], p["max_length"], p["truncation"], where))
         return write_token_chunk(ctx.store, out)
 
-    chunks, stats = map_chunks(ctx.store, dataset["chunks"], ctx.node.params, one_chunk, ctx.progress)
+    chunks, stats = map_chunks(ctx.store, dataset["chunks"], stage_identity(ctx), one_chunk, ctx.progress)
     chunks = [c for c in chunks if c["rows"]]
     out = {
         "kind": "tokens",

@@ -47,23 +47,24 @@ class JsonlToChat:
 
     def __call__(self, rows):
         out = []
-        for i, row in enumerate(rows):
+        for row in rows:
             messages = []
             if self.cfg.system_prompt is not None:
-                messages.append({"role": "system", "content": self._fill(self.cfg.system_prompt, row, i, "system_prompt")})
-            messages.append({"role": "user", "content": self._fill(self.cfg.user_template, row, i, "user_template")})
-            messages.append({"role": "assistant", "content": self._fill(self.cfg.assistant_template, row, i, "assistant_template")})
+                messages.append({"role": "system", "content": self._fill(self.cfg.system_prompt, row, "system_prompt")})
+            messages.append({"role": "user", "content": self._fill(self.cfg.user_template, row, "user_template")})
+            messages.append({"role": "assistant", "content": self._fill(self.cfg.assistant_template, row, "assistant_template")})
             out.append({"messages": messages})
         return out
 
     @staticmethod
-    def _fill(template: str, row: dict, index: int, field: str) -> str:
+    def _fill(template: str, row: dict, field: str) -> str:
+        """The filled template; a missing field names the template (the runner adds which row)."""
         try:
             return template.format_map(row)
         except KeyError as exc:
             raise ConfigError(
-                f"jsonl_to_chat.params.{field}: field {exc.args[0]!r} is not in data row {index} "
-                f"(row has: {', '.join(sorted(row)) or 'no fields'})"
+                f"jsonl_to_chat.params.{field}: field {exc.args[0]!r} is not in this row "
+                f"(row has: {', '.join(sorted(row)) or 'no fields'}); fix the template or the data"
             ) from None
 
 

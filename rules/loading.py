@@ -66,6 +66,14 @@ def load_config(path: Path | str) -> LoadedConfig:
     return LoadedConfig(path, raw, marks, config, arms)
 
 
+def check_source(loaded: LoadedConfig, source) -> None:
+    """The source's own file checks, with the error pointed at `data.path` in the config."""
+    try:
+        source.check()
+    except ConfigError as exc:
+        raise ConfigError(f"{where(loaded.path, loaded.marks, ('data', 'path'))}: {exc.message}") from None
+
+
 def _validate(model: type[BaseModel], data, path: Path, marks: Marks, prefix: tuple):
     try:
         return model.model_validate(data)

@@ -10,8 +10,8 @@ from evsys_build.chunks import iter_rows
 from evsys_build.store import Store
 
 
-def preview(store: Store, manifest: dict, rows: int, color: bool) -> tuple[str, list]:
-    """(text for a terminal, rows as JSON) for a node's outputs."""
+def preview(store: Store, manifest: dict, rows: int, color: bool, text: bool = True) -> tuple[str, list]:
+    """(text for a terminal, rows as JSON) for a node's outputs; `text=False` skips decoding."""
     outputs = manifest.get("outputs", {})
     dataset = outputs.get("dataset")
     if dataset and dataset.get("kind") == "rows":
@@ -19,7 +19,7 @@ def preview(store: Store, manifest: dict, rows: int, color: bool) -> tuple[str, 
         text = f"rows     {dataset['num_rows']} in {len(dataset['chunks'])} chunks; first {len(picked)}:\n"
         return text + "\n".join(json.dumps(r, ensure_ascii=False) for r in picked), picked
     if dataset and dataset.get("kind") == "tokens":
-        return _tokens_preview(store, dataset, outputs.get("tokenizer"), rows, color)
+        return _tokens_preview(store, dataset, outputs.get("tokenizer") if text else None, rows, color)
     if manifest.get("rule") in ("checkpoint", "train", "eval"):
         from .preview_model import model_preview
 

@@ -9,7 +9,7 @@ from evsys_build.errors import ConfigError
 
 from . import kinds
 from .data_transforms import JsonlToChat
-from .loading import Arm, load_config
+from .loading import Arm, LoadedConfig, check_source, load_config
 
 
 def validate(config_path: Path, deep: bool = False) -> list[str]:
@@ -20,17 +20,17 @@ def validate(config_path: Path, deep: bool = False) -> list[str]:
         return lines
     seen_files: set[str] = set()
     for arm in loaded.arms:
-        lines += _deep_data(arm, seen_files)
+        lines += _deep_data(loaded, arm, seen_files)
         lines += _deep_benchmarks(arm, seen_files)
         lines += _deep_model(arm)
     return lines
 
 
-def _deep_data(arm: Arm, seen: set[str]) -> list[str]:
+def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
     from .data_sources import read_jsonl
 
     source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
-    source.check()
+    check_source(loaded, source)
     out = []
     for file in source.files():
         if str(file) in seen:

@@ -129,6 +129,7 @@ def train_sft(
     first_step = 1
     if resume is not None:
         meta = resume["meta"]
+        _check_resumable(meta, cfg, seed, len(data))
         client.load_state({k[len(STATE_PREFIX):]: v for k, v in resume["blobs"].items() if k.startswith(STATE_PREFIX)})
         metrics = [dict(m) for m in meta["metrics_so_far"]]
         first_step = int(meta["step"]) + 1
@@ -140,9 +141,17 @@ def train_sft(
         on_step(step, step_metrics)
         progress.update(step, step_metrics["train_mean_nll"])
         if step in saves:
-            blobs, meta = _checkpoint(client, cfg, step, len(data), metrics)
+            blobs, meta = _checkpoint(client, cfg, seed, step, len(data), metrics)
             on_checkpoint(step, blobs, meta)
     return metrics
+
+
+def _check_resumable(meta: dict, cfg: SFTConfig, seed: int, num_examples: int) -> None:
+    """Refuse a checkpoint whose batch stream would differ from this run's."""
+    expected = {"seed": seed, "batch_size": cfg.batch_size, "num_examples": num_examples, "lora_rank": cfg.lora_rank}
+    differ = {k: (meta.get(k), v) for k, v in expected.items() if k in meta and meta[k] != v}
+    if differ:
+        raise ValueError(f"train_sft: cannot resume, checkpoint differs from this run in (saved, now): {differ}")
 
 
 def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed: int, step: int) -> dict:
@@ -169,7 +178,7 @@ def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed:
     return metrics
 
 
-def _checkpoint(client: TrainingClient, cfg: SFTConfig, step: int, num_examples: int, metrics: list[dict]):
+def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]):
     blobs = {STATE_PREFIX + k: v for k, v in client.save_state().items()}
     blobs.update({WEIGHTS_PREFIX + k: v for k, v in client.weights_blobs().items()})
     position = step * cfg.batch_size
@@ -179,6 +188,9 @@ def _checkpoint(client: TrainingClient, cfg: SFTConfig, step: int, num_examples:
         "position": position,
         "metrics_so_far": [dict(m) for m in metrics],
         "lora_rank": cfg.lora_rank,
+        "seed": seed,
+        "batch_size": cfg.batch_size,
+        "num_examples": num_examples,
         "info": client.info(),
     }
     return blobs, meta

@@ -4,8 +4,10 @@ Speed path of `forward_backward`:
 - padding-free packing: a micro-batch is one row of concatenated sequences, position_ids restart per
   sequence, and the registered `evsys_packed` attention never crosses a sequence boundary (CUDA:
   torch's varlen flash attention on `cu_seq_lens`; otherwise per-sequence SDPA, exact and mask-free);
-- the LM head runs only at positions with nonzero weight, in chunks, through a linear+NLL autograd
-  function that recomputes logits in backward instead of keeping them (log-softmax in fp32).
+- the LM head runs only at positions with nonzero weight, in chunks, through a fused linear +
+  weighted-NLL autograd function that forms each chunk's gradient right away, so no logits outlive
+  their chunk and none are recomputed (softmax in fp32);
+- fused AdamW (one pass per tensor).
 Precision: `dtype=bfloat16` computes in bf16 under autocast; trainable weights and AdamW state stay
 fp32 (LoRA: frozen base in bf16, adapters fp32). torch is imported inside functions only.
 """
@@ -40,7 +42,7 @@ class LocalBackendConfig(BaseModel, extra="forbid"):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     attention: Literal["auto", "varlen", "sdpa_loop"] = "auto"  # auto: varlen on CUDA in bf16, else sdpa_loop
     max_tokens_per_pass: int = Field(32768, ge=1)  # packed tokens per forward/backward micro-batch
-    loss_chunk_tokens: int = Field(0, ge=0)  # loss positions per LM-head chunk; 0 = auto (CPU 512, CUDA 4096)
+    loss_chunk_tokens: int = Field(0, ge=0)  # loss positions per LM-head chunk; 0 = auto (CPU 1024, CUDA 4096)
     gradient_checkpointing: bool = False  # recompute decoder layers in backward (less memory, ~30% slower)
     sample_batch_size: int = Field(64, ge=1)  # prompts per generate() call
 
@@ -55,9 +57,10 @@ def _pick_device(config: LocalBackendConfig) -> "torch.device":
         from evsys_build.errors import ConfigError
 
         raise ConfigError("backend.local.device: cuda requested but torch sees no CUDA device; use auto or cpu")
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    kind = config.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
 
 
 def _pick_dtype(config: LocalBackendConfig, device: "torch.device") -> "torch.dtype":
@@ -98,9 +101,10 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
         from torch.nn.attention.varlen import varlen_attn
 
         max_len = kwargs["max_length_q"]
+        dtype = kwargs.get("evsys_dtype") or value.dtype  # flash kernels need bf16/fp16; q/k leave RMSNorm in fp32
+        q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
         out = varlen_attn(
-            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-            cu_seq_lens, cu_seq_lens, max_len, max_len,
+            q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len,
             scale=scaling, window_size=(-1, 0), enable_gqa=query.shape[1] != key.shape[1],
         )
         return out.unsqueeze(0), None
@@ -113,6 +117,12 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     ]
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
     return out.transpose(1, 2), None
+
+
+def _has_varlen_attention() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
 
 
 def _register_packed_attention() -> None:
@@ -258,8 +268,15 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _load_model(model_dir: Path, dtype, device):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+    bars_were_off = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in build output
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+    finally:
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()
     return model.to(device)
 
 
@@ -269,6 +286,17 @@ def _lora_config(rank: int, targets: Sequence[str] = LORA_TARGETS, alpha: int = 
     return LoraConfig(
         r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"
     )
+
+
+def _with_lora(model, lora_config):
+    """peft-wrap `model`; adapters are kept in fp32 even over a bf16 base."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora_config, autocast_adapter_dtype=True)
 
 
 def _weights_meta(lora_rank: int) -> dict:
@@ -285,6 +313,8 @@ class LocalSamplingClient:
 
     def __init__(self, model, device, pad_token_id: int, batch_size: int = 64):
         self.model = model.eval()
+        # only the caller's stop_token_ids may end a completion, not the model's default eos
+        self.model.generation_config.eos_token_id = None
         self.device = device
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
@@ -389,12 +419,15 @@ class LocalTrainingClient:
         import torch
 
         wanted = self.config.attention
+        varlen_ok = self.device.type == "cuda" and self.dtype != torch.float32 and _has_varlen_attention()
         if wanted == "auto":
-            return "varlen" if self.device.type == "cuda" and self.dtype != torch.float32 else "sdpa_loop"
-        if wanted == "varlen" and self.device.type != "cuda":
+            return "varlen" if varlen_ok else "sdpa_loop"
+        if wanted == "varlen" and not varlen_ok:
             from evsys_build.errors import ConfigError
 
-            raise ConfigError("backend.local.attention: varlen needs CUDA; use auto or sdpa_loop")
+            raise ConfigError(
+                "backend.local.attention: varlen needs CUDA, dtype bfloat16 and torch >= 2.10; use auto or sdpa_loop"
+            )
         return wanted
 
     def _build_model(self):
@@ -408,10 +441,8 @@ class LocalTrainingClient:
         if self.lora_rank == 0:
             model.requires_grad_(True)
             return model
-        from peft import get_peft_model
-
         model.requires_grad_(False)
-        return get_peft_model(model, _lora_config(self.lora_rank), autocast_adapter_dtype=True)
+        return _with_lora(model, _lora_config(self.lora_rank))
 
     # -- RNG: the client owns its RNG stream so runs and resumes are reproducible
     def _capture_rng(self) -> dict:
@@ -439,7 +470,7 @@ class LocalTrainingClient:
 
     @property
     def loss_chunk(self) -> int:
-        return self.config.loss_chunk_tokens or (4096 if self.device.type == "cuda" else 512)
+        return self.config.loss_chunk_tokens or (4096 if self.device.type == "cuda" else 1024)
 
     def forward_backward(self, datums: Sequence[Datum], loss: str = "cross_entropy") -> dict:
         """Accumulate gradients of sum(-logprob * weight) over the datums; return sums for metrics."""
@@ -471,6 +502,7 @@ class LocalTrainingClient:
                 max_length_k=batch["max_length"],
                 evsys_bounds=batch["bounds"],
                 evsys_kernel=self.kernel,
+                evsys_dtype=self.dtype,
             ).last_hidden_state[0]
         picked = hidden.index_select(0, batch["source"])
         weighted, _ = linear_weighted_nll(
@@ -621,11 +653,9 @@ class LocalBackend:
         dtype = _pick_dtype(self.config, device)
         model = _load_model(Path(model_dir), torch.float32, device)
         if meta["format"] == "lora":
-            from peft import get_peft_model, set_peft_model_state_dict
+            from peft import set_peft_model_state_dict
 
-            peft_model = get_peft_model(
-                model, _lora_config(meta["lora_rank"], meta["target_modules"], meta["lora_alpha"])
-            )
+            peft_model = _with_lora(model, _lora_config(meta["lora_rank"], meta["target_modules"], meta["lora_alpha"]))
             result = set_peft_model_state_dict(peft_model, _bytes_to_tensors(blobs["adapter_model.safetensors"]))
             if getattr(result, "unexpected_keys", None):
                 raise ValueError(f"adapter weights do not fit the model: unexpected {result.unexpected_keys[:5]}")

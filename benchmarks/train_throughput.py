@@ -1,0 +1,195 @@
+"""Training throughput: evsys's local backend (packed, LM head at loss positions) vs a plain transformers loop.
+
+Both train the same randomly initialised Qwen3-shaped model on the same synthetic chat-like batches
+(lengths uniform in [min_len, max_len], loss on the last 30% of each sequence) and report real
+(non-pad) tokens per second, skipping warmup steps. The baseline pads each batch, computes full
+logits and HF's loss, and steps torch's default AdamW.
+
+    python benchmarks/train_throughput.py                      # tiny shape on CPU, < 1 minute
+    python benchmarks/train_throughput.py --preset 0.5b --steps 20 --min-len 50 --max-len 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rules.algorithms.sft_config import SFTConfig  # noqa: E402
+from rules.algorithms.sft_loop import batch_indices, train_sft  # noqa: E402
+from rules.backends.base import Datum  # noqa: E402
+from rules.backends.local import LocalBackend, LocalBackendConfig  # noqa: E402
+from rules.tiny_model import build_tiny_model  # noqa: E402
+
+PRESETS = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 32, "intermediate_size": 256},
+    "0.5b": {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+             "head_dim": 128, "intermediate_size": 3072},
+}
+LOSS_FRACTION = 0.3
+LEARNING_RATE = 1e-5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--hidden", type=int, help="override hidden_size")
+    p.add_argument("--layers", type=int, help="override num_hidden_layers")
+    p.add_argument("--intermediate", type=int, help="override intermediate_size")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per side (after warmup)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--min-len", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=160, help="keep small on CPU: the baseline holds full logits")
+    p.add_argument("--lora-rank", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    return p.parse_args(argv)
+
+
+def model_shape(args) -> dict:
+    shape = dict(PRESETS[args.preset])
+    for key, value in (("hidden_size", args.hidden), ("num_hidden_layers", args.layers),
+                       ("intermediate_size", args.intermediate)):
+        if value:
+            shape[key] = value
+    return shape
+
+
+def synthetic_data(count: int, min_len: int, max_len: int, seed: int = 0) -> list[Datum]:
+    """Chat-like rows: random ordinary tokens, loss on the trailing 30% (the 'assistant turn')."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in rng.integers(min_len, max_len + 1, count):
+        ids = rng.integers(200, 150000, n)
+        weights = np.zeros(n, np.float32)
+        weights[n - max(1, int(n * LOSS_FRACTION)) :] = 1.0
+        rows.append(Datum(ids, weights))
+    return rows
+
+
+def run_local(model_dir: Path, data, args, total_steps: int) -> dict:
+    backend = LocalBackend(LocalBackendConfig(device=args.device, dtype=args.dtype))
+    client = backend.create_training_client(model_dir, args.lora_rank, seed=0)
+    cfg = SFTConfig(learning_rate=LEARNING_RATE, max_steps=total_steps, batch_size=args.batch_size,
+                    lora_rank=args.lora_rank)
+    sync = _synchronizer(client.device)
+    marks: list[float] = []
+
+    def on_step(step, metrics):
+        sync()
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    metrics = train_sft(client, data, cfg, seed=0, save_steps=set(), resume=None, on_step=on_step,
+                        on_checkpoint=lambda *a: None)
+    timed = metrics[args.warmup:]
+    seconds = marks[-1] - (marks[args.warmup - 1] if args.warmup else start)
+    tokens = sum(m["num_tokens"] for m in timed)
+    return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed),
+            "final_nll": metrics[-1]["train_mean_nll"], "peak_mem_gib": _peak_memory(client.device),
+            "device": str(client.device), "dtype": client.info()["dtype"]}
+
+
+def run_baseline(model_dir: Path, data, args, total_steps: int) -> dict:
+    """Plain transformers: right-padded batches, full logits, HF loss, default AdamW."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa").to(device)
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=32, target_modules="all-linear"))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE,
+                                  betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+    sync = _synchronizer(device)
+    real_tokens, loss = 0, None
+    start = time.perf_counter()
+    for step in range(1, total_steps + 1):
+        if step == args.warmup + 1:
+            sync()
+            start, real_tokens = time.perf_counter(), 0
+        batch = [data[i] for i in batch_indices(len(data), args.batch_size, 0, step)]
+        width = max(d.num_tokens for d in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for row, d in enumerate(batch):
+            n = d.num_tokens
+            ids[row, :n] = torch.from_numpy(d.input_ids)
+            mask[row, :n] = 1
+            labels[row, :n] = torch.from_numpy(np.where(d.weights > 0, d.input_ids, -100))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        real_tokens += sum(d.num_tokens for d in batch)
+    sync()
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": real_tokens / seconds, "s_per_step": seconds / (total_steps - args.warmup),
+            "final_nll": loss.item(), "peak_mem_gib": _peak_memory(device), "device": str(device),
+            "dtype": "bfloat16" if bf16 else "float32"}
+
+
+def _synchronizer(device):
+    import torch
+
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _peak_memory(device):
+    import torch
+
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(peak, 2)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    total_steps = args.steps + args.warmup
+    data = synthetic_data(total_steps * args.batch_size, args.min_len, args.max_len)
+    shape = model_shape(args)
+    with tempfile.TemporaryDirectory(prefix="evsys-bench-") as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "model", seed=0, **shape)
+        results = {"shape": shape, "batch_size": args.batch_size, "steps": args.steps,
+                   "lengths": [args.min_len, args.max_len], "local": run_local(model_dir, data, args, total_steps)}
+        if not args.skip_baseline:
+            results["baseline"] = run_baseline(model_dir, data, args, total_steps)
+            results["speedup"] = results["local"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"shape {shape}  batch {args.batch_size}  lengths {args.min_len}-{args.max_len}  timed steps {args.steps}")
+        for side in ("local", "baseline"):
+            if side in results:
+                r = results[side]
+                print(f"{side:9s} {r['tokens_per_s']:10.0f} real tok/s  {r['s_per_step']:.3f} s/step  "
+                      f"nll {r['final_nll']:.3f}  {r['device']} {r['dtype']}  peak {r['peak_mem_gib']} GiB")
+        if "speedup" in results:
+            print(f"speedup local/baseline: {results['speedup']:.2f}x")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Session fixtures: a private models home (the tiny model is built once), and one built project.
+
+The built project is shared read-only; a test that changes it copies it first (`project_copy`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests import evsys_testkit
+
+from evsys_testkit import copy_project, evsys, make_project, ok, tool_rows  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _models_home(tmp_path_factory):
+    """EVSYS_MODELS points at a session tmp dir so evsys/tiny-qwen3 is built once, privately."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EVSYS_MODELS", str(tmp_path_factory.mktemp("models")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        mp.delenv("EVSYS_CACHE", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(_models_home) -> Path:
+    from rules.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, tiny_model_dir) -> Path:
+    """A project (config.yaml, data/train.jsonl, cache/) built once through the CLI. Do not modify it."""
+    project = make_project(tmp_path_factory.mktemp("built") / "project", tool_rows(60))
+    proc = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project))
+    project.joinpath("first-build.txt").write_text(proc.stdout)
+    return project
+
+
+@pytest.fixture
+def project_copy(built_project, tmp_path) -> Path:
+    """A private copy of the built project (config, data and store) that a test may change."""
+    return copy_project(built_project, tmp_path / "project")
+

@@ -1,0 +1,239 @@
+"""Mistakes in a config or its data: exit code 2 and one line `file:line:col: dotted.path: what (fix)`, no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evsys_testkit import BASE_CONFIG, evsys, make_project, tool_rows, write_jsonl
+
+BENCH_TASK = {"task_id": "val_0", "instruction": "Query: schedule a meeting\nReply with the tool slug inside <answer></answer>.",
+              "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "<answer>GOOGLECALENDAR_CREATE_EVENT</answer>"}}
+
+
+def project_with(tmp_path: Path, config: str, rows: list[dict] | None = None) -> Path:
+    return make_project(tmp_path / "p", tool_rows(20) if rows is None else rows, config)
+
+
+def line_of(config: str, needle: str) -> int:
+    """1-based line of the first line containing `needle`."""
+    return next(i for i, line in enumerate(config.splitlines(), 1) if needle in line)
+
+
+def one_error_line(proc) -> str:
+    """Exit 2, no traceback, exactly one line on stderr (the error); returns it without the prefix."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("evsys: error: "), lines[0]
+    return lines[0].removeprefix("evsys: error: ")
+
+
+def test_misspelled_algorithm_param_names_line_column_path_and_fix(tmp_path):
+    config = BASE_CONFIG.replace("    learning_rate: 1.0e-4", "    lerning_rate: 1.0e-4")
+    project = project_with(tmp_path, config)
+    line = line_of(config, "lerning_rate")
+    expected = f"config.yaml:{line}:5: algorithm.params.lerning_rate: unknown field (did you mean learning_rate?)"
+    for args in (["validate"], ["plan", "--cache-dir", "cache"], ["build", "--cache-dir", "cache"]):
+        proc = evsys(args[0], "config.yaml", *args[1:], cwd=project)
+        assert one_error_line(proc) == expected, args
+        assert proc.stdout == ""
+    assert not (project / "cache" / "nodes").exists()  # nothing was built
+
+
+def test_misspelled_top_level_block(tmp_path):
+    config = BASE_CONFIG.replace("transforms:\n", "transfroms:\n")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg == f"config.yaml:{line_of(config, 'transfroms')}:1: transfroms: unknown field (did you mean transforms?)"
+
+
+def test_duplicate_yaml_key_is_an_error_not_an_overwrite(tmp_path):
+    config = BASE_CONFIG + "seed: 1\n"
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg == f"config.yaml:{len(config.splitlines())}:1: seed: duplicate key (remove one of the two)"
+
+
+def test_duplicate_nested_key(tmp_path):
+    config = BASE_CONFIG.replace("    max_steps: 1\n", "    max_steps: 1\n    max_steps: 2\n")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg == f"config.yaml:{line_of(config, 'max_steps: 2')}:5: algorithm.params.max_steps: duplicate key (remove one of the two)"
+
+
+def test_unknown_transform_kind_lists_known_kinds_with_did_you_mean(tmp_path):
+    config = BASE_CONFIG.replace("  - kind: jsonl_to_chat", "  - kind: jsonl_to_chatt")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    line = line_of(config, "jsonl_to_chatt")
+    assert msg.startswith(f"config.yaml:{line}:11: transforms[0].kind: unknown transform kind 'jsonl_to_chatt' (did you mean jsonl_to_chat?); known: ")
+    known = msg.split("known: ", 1)[1].split(", ")
+    assert {"jsonl_to_chat", "filter", "dedup", "shuffle", "sample"} <= set(known)
+
+
+def test_unknown_backend_kind_uses_the_same_registry_errors(tmp_path):
+    config = BASE_CONFIG.replace("  kind: local", "  kind: locl")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert f"config.yaml:{line_of(config, 'locl')}:9: backend.kind: unknown backend kind 'locl' (did you mean local?); known: " in msg
+    assert "tinker" in msg
+
+
+def test_unknown_field_in_transform_params(tmp_path):
+    config = BASE_CONFIG.replace("      system_prompt:", "      sytem_prompt:")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg == f"config.yaml:{line_of(config, 'sytem_prompt')}:7: transforms[0].params.sytem_prompt: unknown field (did you mean system_prompt?)"
+
+
+def test_missing_required_transform_param(tmp_path):
+    config = BASE_CONFIG.replace('      assistant_template: "<answer>{tool_slug}</answer>"\n', "")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg.startswith(f"config.yaml:{line_of(config, 'system_prompt:')}:7: ")
+    assert "transforms[0].params.assistant_template: missing required field" in msg
+
+
+def test_wrong_type_names_the_value(tmp_path):
+    config = BASE_CONFIG.replace("    max_steps: 1", "    max_steps: many")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg.startswith(f"config.yaml:{line_of(config, 'max_steps: many')}:16: algorithm.params.max_steps: ")
+    assert "valid integer" in msg and "(got 'many')" in msg
+
+
+def test_out_of_range_value(tmp_path):
+    config = BASE_CONFIG.replace("    batch_size: 2", "    batch_size: 0")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg.startswith(f"config.yaml:{line_of(config, 'batch_size: 0')}:17: algorithm.params.batch_size: ")
+    assert "(got 0)" in msg
+
+
+def test_missing_config_file(tmp_path):
+    msg = one_error_line(evsys("validate", "nope.yaml", cwd=tmp_path))
+    assert msg == "nope.yaml: no such config file"
+
+
+def test_missing_data_file_points_at_data_path(tmp_path):
+    config = BASE_CONFIG.replace("path: data/train.jsonl", "path: data/missing.jsonl")
+    project = project_with(tmp_path, config)
+    expected = (
+        f"config.yaml:{line_of(config, 'missing.jsonl')}:9: data.path: no such file 'data/missing.jsonl' "
+        "(paths are relative to the directory you run from)"
+    )
+    assert one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project)) == expected
+    assert one_error_line(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project)) == expected
+
+
+def test_bad_json_line_in_data_names_file_and_line(tmp_path, tiny_model_dir):
+    project = project_with(tmp_path, BASE_CONFIG)
+    data = project / "data" / "train.jsonl"
+    lines = data.read_text().splitlines()
+    lines[6] = '{"query": "unterminated", "tool_slug": '
+    data.write_text("\n".join(lines) + "\n")
+    deep = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert deep.startswith("data/train.jsonl:7: invalid JSON") and "fix or remove the line" in deep
+    build = evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)
+    assert one_error_line(build) == deep
+    assert "failed  source" in build.stdout
+
+
+def test_non_object_json_line(tmp_path):
+    project = project_with(tmp_path, BASE_CONFIG)
+    with open(project / "data" / "train.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg == "data/train.jsonl:21: each line must be a JSON object, got list"
+
+
+def test_deep_validate_catches_a_template_field_missing_from_a_row(tmp_path):
+    rows = tool_rows(20)
+    rows[11] = {"query": "no slug in this row"}
+    project = project_with(tmp_path, BASE_CONFIG, rows)
+    assert evsys("validate", "config.yaml", cwd=project).returncode == 0  # shallow validate reads no data
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg == (
+        "data/train.jsonl:12: field 'tool_slug' used by transforms[0].params is not in this row "
+        "(row has: query); fix the template or the data"
+    )
+
+
+def test_deep_validate_counts_file_lines_past_blank_lines(tmp_path):
+    rows = tool_rows(5)
+    rows[3] = {"tool_slug": "X"}
+    project = project_with(tmp_path, BASE_CONFIG)
+    (project / "data" / "train.jsonl").write_text("\n".join(json.dumps(r) + ("\n" if i == 1 else "") for i, r in enumerate(rows)) + "\n")
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg.startswith("data/train.jsonl:5: field 'query' used by transforms[0].params")
+
+
+def test_build_names_the_row_of_a_missing_template_field_across_chunks(tmp_path, tiny_model_dir):
+    """At build time (no --deep) the error names the row by its index in the whole input, not in its chunk."""
+    rows = tool_rows(3000)
+    rows[2500] = {"query": "no slug in this row"}
+    project = project_with(tmp_path, BASE_CONFIG, rows)
+    proc = evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)
+    msg = one_error_line(proc)
+    assert msg == (
+        "transform[0] jsonl_to_chat: input row 2500: jsonl_to_chat.params.assistant_template: field 'tool_slug' "
+        "is not in this row (row has: query); fix the template or the data"
+    )
+    assert "failed  transform[0] jsonl_to_chat" in proc.stdout
+
+
+BENCH_CONFIG = BASE_CONFIG + """\
+metadata:
+  benchmark:
+    - name: val
+      path: BENCH
+      max_tokens: 16
+"""
+
+
+def bench_project(tmp_path: Path, bench_path: str, tasks: list[str] | None) -> Path:
+    project = project_with(tmp_path, BENCH_CONFIG.replace("BENCH", bench_path))
+    if tasks is not None:
+        (project / bench_path).mkdir(parents=True)
+        (project / bench_path / "tasks.jsonl").write_text("".join(t + "\n" for t in tasks))
+    return project
+
+
+def test_deep_validate_accepts_a_good_benchmark(tmp_path):
+    project = bench_project(tmp_path, "data/val", [json.dumps(BENCH_TASK)])
+    proc = evsys("validate", "config.yaml", "--deep", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert "benchmark val (val): data/val: 1 tasks" in proc.stdout
+    assert proc.stdout.rstrip().endswith("config.yaml: ok (deep)")
+
+
+def test_deep_validate_benchmark_path_that_is_a_file(tmp_path):
+    project = bench_project(tmp_path, "data/train.jsonl", None)
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg == (
+        "metadata.benchmark[0] (val): data/train.jsonl: benchmark path is not a directory "
+        "(point path at a directory holding tasks.jsonl)"
+    )
+
+
+def test_deep_validate_benchmark_bad_tasks_line(tmp_path):
+    project = bench_project(tmp_path, "data/val", [json.dumps(BENCH_TASK), '{"task_id": "val_1", "instruction": "x"'])
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg.startswith("metadata.benchmark[0] (val): data/val/tasks.jsonl:2: invalid JSON")
+
+
+def test_deep_validate_benchmark_task_missing_a_field(tmp_path):
+    task = {k: v for k, v in BENCH_TASK.items() if k != "instruction"}
+    project = bench_project(tmp_path, "data/val", [json.dumps(task)])
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg.startswith("metadata.benchmark[0] (val): data/val/tasks.jsonl:1: missing field 'instruction'")
+
+
+def test_deep_validate_unknown_verifier_name(tmp_path):
+    bad = dict(BENCH_TASK, task_id="val_1", verifier=dict(BENCH_TASK["verifier"], fn_name="contians"))
+    project = bench_project(tmp_path, "data/val", [json.dumps(BENCH_TASK), json.dumps(bad)])
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg.startswith("metadata.benchmark[0] (val): data/val/tasks.jsonl:2: unknown verifier")
+    assert "'contians' (did you mean contains?)" in msg and "exact_match" in msg
+
+
+@pytest.mark.parametrize("command", ["plan", "build"])
+def test_unknown_arm_is_a_usage_error(tmp_path, tiny_model_dir, command):
+    project = project_with(tmp_path, BASE_CONFIG)
+    msg = one_error_line(evsys(command, "config.yaml", "--arm", "r9", "--cache-dir", "cache", cwd=project))
+    assert msg == "--arm r9: no such arm; the config has: default"

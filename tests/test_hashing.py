@@ -1,0 +1,147 @@
+"""Canonical hashing: type tags, order independence, no silent fallbacks, and pinned golden keys.
+
+A golden key failing here means every user's cache is invalidated: change it only on purpose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+from pydantic import BaseModel
+
+from evsys_build.errors import HashingError
+from evsys_build.graph import Node
+from evsys_build.hashing import canonical_json, digest, digest_bytes, drop_defaults
+
+
+def test_type_tags_keep_lookalike_values_apart():
+    values = [1, 1.0, "1", True, [1], {"1": 1}, None, "null", 0, False]
+    encoded = [canonical_json(v) for v in values]
+    assert len(set(encoded)) == len(values), encoded
+    assert len({digest(v) for v in values}) == len(values)
+
+
+def test_nested_type_tags_change_the_digest():
+    assert digest({"lr": 1}) != digest({"lr": 1.0})
+    assert digest({"lr": 1}) != digest({"lr": "1"})
+    assert digest({"flag": True}) != digest({"flag": 1})
+
+
+def test_key_order_is_irrelevant_and_output_has_no_whitespace():
+    a = {"b": [1, {"y": 2, "x": 1}], "a": "text with spaces"}
+    b = {"a": "text with spaces", "b": [1, {"x": 1, "y": 2}]}
+    assert canonical_json(a) == canonical_json(b) == '{"a":"text with spaces","b":[1,{"x":1,"y":2}]}'
+    assert digest(a) == digest(b)
+
+
+def test_list_order_matters():
+    assert digest([1, 2]) != digest([2, 1])
+
+
+def test_floats_by_repr():
+    assert canonical_json(0.1) == "0.1"
+    assert canonical_json(1e-4) == "0.0001"
+    assert canonical_json(1.0e100) == "1e+100"
+    assert canonical_json(float("nan")) != canonical_json(float("inf"))
+
+
+def test_pydantic_models_hash_by_their_non_default_fields():
+    class Cfg(BaseModel):
+        lr: float = 1e-4
+        steps: int = 10
+
+    assert canonical_json(Cfg()) == "{}"
+    assert canonical_json(Cfg(steps=20)) == '{"steps":20}'
+    assert digest(Cfg(steps=10)) == digest(Cfg())
+
+
+@pytest.mark.parametrize(
+    "value, location",
+    [
+        ({"data": {"path": Path("/tmp/x.jsonl")}}, "$.data.path"),
+        ({"files": [PurePosixPath("a"), "b"]}, "$.files[0]"),
+        ({"blob": b"raw bytes"}, "$.blob"),
+        ({"fn": object()}, "$.fn"),
+        ({"cfg": {"set": {1, 2}}}, "$.cfg.set"),
+        ({"nested": {1: "int key"}}, "$.nested"),
+    ],
+)
+def test_unhashable_values_raise_naming_their_location(value, location):
+    with pytest.raises(HashingError) as info:
+        digest(value)
+    assert info.value.message.startswith(location + ":"), info.value.message
+
+
+def test_paths_are_refused_with_the_fix():
+    with pytest.raises(HashingError, match="hash the file's content instead"):
+        canonical_json({"p": Path("data/train.jsonl")})
+
+
+def test_drop_defaults_keeps_only_changed_params():
+    defaults = {"lr": 1e-4, "steps": 100, "schedule": "constant"}
+    params = {"lr": 1e-4, "steps": 200, "schedule": "constant", "new_option": True}
+    assert drop_defaults(params, defaults) == {"steps": 200, "new_option": True}
+    # a value of another type than its default is not "equal to the default"
+    assert drop_defaults({"steps": 100.0}, defaults) == {"steps": 100.0}
+
+
+def test_adding_an_option_at_its_default_keeps_the_old_key():
+    old_defaults = {"lr": 1e-4}
+    new_defaults = {"lr": 1e-4, "warmup": 0}
+    old = digest(drop_defaults({"lr": 3e-4}, old_defaults))
+    new = digest(drop_defaults({"lr": 3e-4, "warmup": 0}, new_defaults))
+    assert old == new
+
+
+# -- golden keys: any change here is a cache-format change ---------------------------------
+
+
+def test_golden_digest_of_a_value():
+    assert canonical_json({"a": 1, "b": [1.5, "x", None]}) == '{"a":1,"b":[1.5,"x",null]}'
+    assert digest({"a": 1, "b": [1.5, "x", None]}) == "717aaf018dd7805198f7672e72220b5e"
+
+
+def test_golden_digest_of_bytes():
+    assert digest_bytes(b"hello evsys\n") == "35f1e78d9aa2f4bf26c7261e6948428a"
+
+
+def test_golden_node_keys():
+    source = Node(rule="source", name="source", version="1", params={"kind": "jsonl", "content": ["00" * 16]})
+    transform = Node(
+        rule="transform",
+        name="transform[0] jsonl_to_chat",
+        version="1",
+        params={"kind": "jsonl_to_chat", "params": {"user_template": "{query}"}},
+        inputs=[("rows", source)],
+    )
+    assert source.key == "ae85468b40f69b1a6f81c688821a19e4"
+    assert transform.key == "10a32c27b557909ec52984d1c528a268"
+
+
+def test_node_key_ignores_name_arm_and_payload_but_not_inputs():
+    a = Node(rule="source", name="source", version="1", params={"x": 1})
+    b = Node(rule="source", name="renamed", version="1", params={"x": 1}, arm="r8", payload={"path": Path("/anywhere")})
+    assert a.key == b.key
+    child_a = Node(rule="transform", name="t", version="1", params={}, inputs=[("rows", a)])
+    c = Node(rule="source", name="source", version="1", params={"x": 2})
+    child_c = Node(rule="transform", name="t", version="1", params={}, inputs=[("rows", c)])
+    assert child_a.key != child_c.key
+    assert Node(rule="source", name="s", version="2", params={"x": 1}).key != a.key
+
+
+def test_golden_keys_of_compiled_data_nodes(tmp_path, tiny_model_dir):
+    """The real rules' source and jsonl_to_chat keys for fixed bytes and config, as `plan --json` shows them."""
+    from evsys_testkit import plan_json
+
+    (tmp_path / "train.jsonl").write_text('{"query": "save a contact from this email", "tool_slug": "OUTLOOK_CREATE_CONTACT"}\n')
+    (tmp_path / "config.yaml").write_text(
+        "data: {source_kind: jsonl, path: train.jsonl}\n"
+        "transforms:\n"
+        "  - kind: jsonl_to_chat\n"
+        "    params: {system_prompt: S, user_template: 'Query: {query}', assistant_template: '<answer>{tool_slug}</answer>'}\n"
+        "model: {name: evsys/tiny-qwen3}\n"
+    )
+    nodes = plan_json(tmp_path)
+    assert nodes["source"]["key"] == "a4bfa92445d2c5f74e72341a01dea387"
+    assert nodes["transform[0] jsonl_to_chat"]["key"] == "ae0169a36b2716be95be32ea264e13fb"

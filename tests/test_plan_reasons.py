@@ -1,0 +1,233 @@
+"""What reruns and why, through the real CLI on a copy of one built project.
+
+Caching is asserted by counting executions (`ran` lines, manifests' creation), never by timing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from evsys_build.store import Store
+from evsys_testkit import (
+    EXPERIMENT,
+    RULES,
+    USER_TEMPLATE,
+    edit_config,
+    evsys,
+    linked_model_copy,
+    ok,
+    plan_json,
+    ran_lines,
+    ran_names,
+    ref_keys,
+)
+
+DATA_NODES = ["source", "transform[0] jsonl_to_chat", "transform[1] dedup", "tokenize"]
+MODEL_NODES = ["train", "checkpoint@1", "report"]
+
+
+def build(project, *extra, env=None) -> str:
+    return ok(evsys("build", "config.yaml", "--cache-dir", "cache", *extra, cwd=project, env=env)).stdout
+
+
+def statuses(plan: dict) -> dict[str, str]:
+    return {name: entry["status"] for name, entry in plan.items()}
+
+
+def test_first_build_ran_every_node_once(built_project):
+    out = (built_project / "first-build.txt").read_text()
+    assert ran_names(out) == {"source", "transform[0] jsonl_to_chat", "transform[1] dedup", "tokenize", "train", "report"}
+    # the checkpoint is written by train while it runs, so it is never run on its own
+    assert sum(line.split()[1:2] == ["checkpoint@1"] for line in out.splitlines()) == 1
+    assert out.rstrip().splitlines()[-1] == "run dir: out/first_run"
+    assert (built_project / "out" / "first_run" / "metrics.jsonl").is_file()
+
+
+def test_rebuild_runs_nothing(project_copy):
+    before = {k: Store(project_copy / "cache").read_manifest(k)["created"] for k in ref_keys(project_copy / "cache").values()}
+    out = build(project_copy)
+    assert ran_lines(out) == []
+    cached = [line for line in out.splitlines() if line.startswith("cached  ")]
+    assert len(cached) == len(DATA_NODES) + len(MODEL_NODES)
+    after = {k: Store(project_copy / "cache").read_manifest(k)["created"] for k in ref_keys(project_copy / "cache").values()}
+    assert after == before  # no manifest rewritten
+    assert all(e["status"] == "cached" and e["reasons"] == [] for e in plan_json(project_copy).values())
+
+
+def test_plan_json_shape_and_rule_values(built_project, tmp_path):
+    proc = ok(evsys("plan", "config.yaml", "--json", "--cache-dir", str(tmp_path / "empty"), cwd=built_project))
+    nodes = json.loads(proc.stdout)["nodes"]
+    assert [n["name"] for n in nodes] == DATA_NODES + MODEL_NODES
+    for n in nodes:
+        assert set(n) >= {"key", "rule", "name", "arm", "status", "reasons"}
+        assert n["rule"] in RULES and n["arm"] == "default" and len(n["key"]) == 32
+        assert n["status"] == "run"
+    assert {n["rule"] for n in nodes} == {"source", "transform", "tokenize", "train", "checkpoint", "report"}
+    reasons = {n["name"]: n["reasons"] for n in nodes}
+    assert reasons["source"] == ["never built"]
+    assert reasons["checkpoint@1"] == ["produced by train"]
+
+
+def test_changing_a_transform_param_reruns_it_and_downstream_only(project_copy):
+    new_template = USER_TEMPLATE.replace("Query:", "User query:")
+    edit_config(project_copy, f'user_template: "{USER_TEMPLATE}"', f'user_template: "{new_template}"')
+    plan = plan_json(project_copy)
+    assert statuses(plan) == {"source": "cached", **{n: "run" for n in DATA_NODES[1:] + MODEL_NODES}}
+    (reason,) = plan["transform[0] jsonl_to_chat"]["reasons"]
+    assert reason.startswith("transforms[0].params.user_template: Query: {query}")
+    assert " → User query: {query}" in reason
+    assert plan["transform[1] dedup"]["reasons"] == ["input changed: transform[0] jsonl_to_chat"]
+    assert plan["tokenize"]["reasons"] == ["input changed: transform[1] dedup"]
+    assert plan["train"]["reasons"] == ["input changed: tokenize"]
+
+    out = build(project_copy)
+    assert ran_names(out) == {"transform[0] jsonl_to_chat", "transform[1] dedup", "tokenize", "train", "report"}
+    assert "cached  source" in out
+    # and then it is all cached again
+    assert ran_lines(build(project_copy)) == []
+
+
+def test_changing_supervise_reruns_tokenize_with_its_reason(project_copy):
+    edit_config(project_copy, "supervise: all_assistant", "supervise: all")
+    plan = plan_json(project_copy)
+    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES[:3]}, "tokenize": "run", **{n: "run" for n in MODEL_NODES}}
+    assert plan["tokenize"]["reasons"] == ["algorithm.params.supervise: all_assistant → all"]
+    assert plan["train"]["reasons"] == ["input changed: tokenize"]
+
+
+def test_changing_a_training_param_reruns_only_training(project_copy):
+    edit_config(project_copy, "learning_rate: 1.0e-4", "learning_rate: 3.0e-4")
+    plan = plan_json(project_copy)
+    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES}, **{n: "run" for n in MODEL_NODES}}
+    # 1.0e-4 is sft's default, so it is not part of the old key (defaults are dropped)
+    assert plan["train"]["reasons"] == ["algorithm.params.learning_rate: (default) → 0.0003"]
+
+
+def test_changing_the_data_file_reruns_from_the_source(project_copy):
+    data = project_copy / "data" / "train.jsonl"
+    lines = data.read_text().splitlines()
+    lines[3] = json.dumps({"query": "an edited row", "tool_slug": "GMAIL_SEND_EMAIL"})
+    data.write_text("\n".join(lines) + "\n")
+    plan = plan_json(project_copy)
+    assert all(e["status"] == "run" for e in plan.values())
+    assert plan["source"]["reasons"] == ["data file content changed"]
+    assert plan["transform[0] jsonl_to_chat"]["reasons"] == ["input changed: source"]
+
+
+def test_touching_or_moving_the_data_file_reruns_nothing(project_copy):
+    """Keys come from the bytes: a new mtime, a new inode or a new path with the same content is cached."""
+    data = project_copy / "data" / "train.jsonl"
+    moved = project_copy / "elsewhere" / "renamed.jsonl"
+    moved.parent.mkdir()
+    shutil.copyfile(data, moved)
+    edit_config(project_copy, "path: data/train.jsonl", "path: elsewhere/renamed.jsonl")
+    assert all(e["status"] == "cached" for e in plan_json(project_copy).values())
+    assert ran_lines(build(project_copy)) == []
+
+
+@pytest.mark.parametrize(
+    "old, new, run_dir",
+    [
+        ("      print_every: 1\n", "      print_every: 5\n", "out/first_run"),
+        ("callbacks:\n  - kind: local_logger\n    params:\n      print_every: 1\n", "", "out/first_run"),
+        ("output_dir: out\n", "output_dir: elsewhere/outputs\n", "elsewhere/outputs/first_run"),
+        ("run_name: first_run\n", "run_name: second_run\n", "out/second_run"),
+    ],
+    ids=["print_every", "no_callbacks", "output_dir", "run_name"],
+)
+def test_observer_and_location_settings_rerun_nothing(project_copy, old, new, run_dir):
+    edit_config(project_copy, old, new)
+    assert all(e["status"] == "cached" for e in plan_json(project_copy).values())
+    out = build(project_copy)
+    assert ran_lines(out) == []
+    assert out.rstrip().splitlines()[-1] == f"run dir: {run_dir}"
+    assert (project_copy / run_dir / "metrics.jsonl").is_file()
+
+
+def test_same_model_in_another_directory_keeps_tokenize_and_a_new_chat_template_reruns_it(project_copy, tiny_model_dir):
+    model = linked_model_copy(tiny_model_dir, project_copy / "my-model")
+    edit_config(project_copy, "name: evsys/tiny-qwen3", "name: my-model")
+    plan = plan_json(project_copy)
+    assert plan["tokenize"]["status"] == "cached"  # the tokenizer's bytes, not its location
+    assert all(plan[n]["status"] == "cached" for n in DATA_NODES)
+
+    config_file = model / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text())
+    tok_config["chat_template"] += "{#- an edited template -#}"
+    config_file.write_text(json.dumps(tok_config, indent=2))
+    plan = plan_json(project_copy)
+    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES[:3]}, "tokenize": "run", **{n: "run" for n in MODEL_NODES}}
+    assert plan["tokenize"]["reasons"] == ["tokenizer or chat template changed"]
+
+
+def test_a_removed_manifest_is_reported_and_only_that_node_reruns(project_copy):
+    cache = project_copy / "cache"
+    name = "transform[1] dedup"
+    key = ref_keys(cache)[name]
+    (cache / "nodes" / key[:2] / f"{key}.json").unlink()
+    plan = plan_json(project_copy)
+    assert plan[name]["status"] == "run"
+    assert plan[name]["reasons"] == ["not in store (interrupted, or removed by gc)"]
+    assert [n for n, e in plan.items() if e["status"] == "run"] == [name]  # what depends on it is still stored
+    out = build(project_copy)
+    assert ran_names(out) == {name}
+    assert ref_keys(cache)[name] == key and Store(cache).has_manifest(key)
+
+
+def test_a_rule_version_bump_is_a_reason(project_copy, monkeypatch):
+    """Plan in-process with the transform rule's version bumped (what a code change to run_transform does)."""
+    import rules.data_rules as data_rules
+    from evsys_build.build import plan_entries
+
+    monkeypatch.chdir(project_copy)
+    monkeypatch.setattr(data_rules, "TRANSFORM_VERSION", "99")
+    entries = {e.node.name: e for e in plan_entries(project_copy / "config.yaml", Store(project_copy / "cache"))}
+    assert entries["source"].status == "cached"
+    assert entries["transform[0] jsonl_to_chat"].reasons == ["rule version changed: 1 → 99"]
+    assert entries["transform[1] dedup"].reasons == ["rule version changed: 1 → 99", "input changed: transform[0] jsonl_to_chat"]
+
+
+def test_plan_text_output_says_why(project_copy):
+    edit_config(project_copy, "supervise: all_assistant", "supervise: last_assistant")
+    proc = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project_copy))
+    lines = proc.stdout.splitlines()
+    tokenize = next(line for line in lines if line.split()[2:3] == ["tokenize"])
+    assert tokenize.startswith("run ") and tokenize.endswith("(algorithm.params.supervise: all_assistant → last_assistant)")
+    assert lines[-1] == "4 to run, 3 cached"
+
+
+def test_default_store_is_in_the_run_dir_and_env_moves_it(project_copy):
+    (project_copy / "cache").rename(project_copy / ".evsys-cache")
+    proc = ok(evsys("plan", "config.yaml", "--json", cwd=project_copy))
+    assert all(n["status"] == "cached" for n in json.loads(proc.stdout)["nodes"])
+    moved = project_copy.parent / "shared-store"
+    (project_copy / ".evsys-cache").rename(moved)
+    proc = ok(evsys("plan", "config.yaml", "--json", cwd=project_copy, env={"EVSYS_CACHE": str(moved)}))
+    assert all(n["status"] == "cached" for n in json.loads(proc.stdout)["nodes"])
+    assert not (project_copy / ".evsys-cache" / "nodes").exists()
+
+
+def test_refs_record_the_last_build(project_copy):
+    refs = Store(project_copy / "cache").read_ref(EXPERIMENT, "default")
+    assert refs["experiment"] == EXPERIMENT and refs["arm"] == "default"
+    assert set(refs["nodes"]) == set(DATA_NODES + MODEL_NODES)
+    tokenize = refs["nodes"]["tokenize"]
+    assert tokenize["inputs"]["rows"]["name"] == "transform[1] dedup"
+    assert tokenize["params"]["supervise"] == "all_assistant"
+
+
+@pytest.mark.parametrize("fmt, head", [("mermaid", "graph TD"), ("dot", "digraph evsys {")])
+def test_dag_export(built_project, fmt, head):
+    proc = ok(evsys("dag", "config.yaml", "--format", fmt, "--cache-dir", "cache", cwd=built_project))
+    text = proc.stdout
+    assert text.startswith(head)
+    for name in DATA_NODES + MODEL_NODES:
+        assert name in text
+    keys = ref_keys(built_project / "cache")
+    arrow = "-->" if fmt == "mermaid" else "->"
+    edges = [line for line in text.splitlines() if arrow in line]
+    assert len(edges) == 6  # source → t0 → t1 → tokenize → train → {checkpoint@1, report}
+    assert any(keys["source"][:10] in e and keys["transform[0] jsonl_to_chat"][:10] in e for e in edges)

@@ -1,0 +1,300 @@
+"""User plugins: the walkthrough's `strip_pii` transform loaded from `plugins:` (a .py path or a module
+name) or the `evsys.plugins` entry-point group, keyed by its code, per chunk when `row_local`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from evsys_testkit import BASE_CONFIG, evsys, make_project, ok, plan_json, ran_names, ref_keys, tool_rows
+
+# The walkthrough's example as written, plus the `redact` helper it calls (itself using a helper and a regex).
+PLUGIN = '''\
+"""PII scrubbing for the tool-selection data."""
+import re
+
+from pydantic import BaseModel
+from evsys_sdk import register_transform
+
+EMAIL = re.compile(r"[\\w.+-]+@[\\w-]+\\.[\\w.]+")
+
+
+def mask(match):
+    return "[EMAIL]"
+
+
+def redact(text):
+    return EMAIL.sub(mask, text)
+
+
+@register_transform("strip_pii")          # ← the name you use in the config
+class StripPII:
+    name = "strip_pii"
+    class Config(BaseModel, extra="forbid"):
+        field: str = "query"
+    def __init__(self, **kw): self.cfg = self.Config(**kw)
+    def __call__(self, rows):              # ← the rows -> rows contract
+        for r in rows:
+            r[self.cfg.field] = redact(r[self.cfg.field])
+        return rows
+'''
+
+PLUGIN_TRANSFORM = "  - kind: strip_pii\n    params: {field: query}\n"
+
+
+def pii_config(plugin_spec: str) -> str:
+    config = BASE_CONFIG.replace("seed: 0\n", f"seed: 0\nplugins: [{plugin_spec}]\n")
+    return config.replace("transforms:\n", "transforms:\n" + PLUGIN_TRANSFORM)
+
+
+def pii_rows() -> list[dict]:
+    rows = tool_rows(12)
+    rows[0]["query"] = "save a contact from jane.doe@example.com please"
+    return rows
+
+
+def pii_project(tmp_path: Path, plugin_source: str = PLUGIN, spec: str = "pii_plugin.py") -> Path:
+    project = make_project(tmp_path / "p", pii_rows(), pii_config(spec))
+    (project / "pii_plugin.py").write_text(plugin_source)
+    return project
+
+
+def strip_pii_key(project: Path, env: dict | None = None) -> str:
+    return plan_json(project, env=env)["transform[0] strip_pii"]["key"]
+
+
+# -- through the CLI -----------------------------------------------------------------------
+
+
+def test_walkthrough_plugin_builds_and_redacts(tmp_path, tiny_model_dir):
+    project = pii_project(tmp_path)
+    out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert {"source", "transform[0] strip_pii", "transform[1] jsonl_to_chat", "tokenize", "train"} <= ran_names(out)
+    key = ref_keys(project / "cache")["transform[0] strip_pii"]
+    shown = json.loads(ok(evsys("show", f"node:{key}", "--json", "--rows", "1", "--cache-dir", "cache", cwd=project)).stdout)
+    assert shown["rows"][0]["query"] == "save a contact from [EMAIL] please"
+    assert shown["manifest"]["params"]["code"].startswith("source:")
+    again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert ran_names(again) == set()
+
+
+def test_plugin_as_a_module_name_on_pythonpath_has_the_same_key(tmp_path, tiny_model_dir):
+    by_path = strip_pii_key(pii_project(tmp_path / "a"))
+    project = pii_project(tmp_path / "b", spec="pii_plugin")
+    assert strip_pii_key(project, env={"PYTHONPATH": str(project)}) == by_path
+
+
+def test_plugin_key_follows_its_code_not_its_comments(tmp_path, tiny_model_dir):
+    base = strip_pii_key(pii_project(tmp_path / "base"))
+    commented = edited(PLUGIN, "\n\ndef mask", "\n# masks are applied per match\n\ndef mask")
+    assert strip_pii_key(pii_project(tmp_path / "comment", commented)) == base
+    helper_changed = edited(PLUGIN, 'return "[EMAIL]"', 'return "[REDACTED]"')
+    changed_key = strip_pii_key(pii_project(tmp_path / "helper", helper_changed))
+    assert changed_key != base
+    plan = plan_json(pii_project(tmp_path / "helper2", helper_changed))
+    assert plan["transform[0] strip_pii"]["reasons"] == ["never built"]
+
+
+def test_unknown_plugin_file_or_module_is_a_config_error(tmp_path):
+    project = make_project(tmp_path / "p", pii_rows(), pii_config("missing_plugin.py"))
+    proc = evsys("validate", "config.yaml", cwd=project)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("plugins[0]: no such plugin file 'missing_plugin.py' (looked in the run dir and beside the config)")
+    project = make_project(tmp_path / "q", pii_rows(), pii_config("no_such_module"))
+    proc = evsys("validate", "config.yaml", cwd=project)
+    assert proc.returncode == 2 and "cannot import 'no_such_module'" in proc.stderr and "PYTHONPATH" in proc.stderr
+
+
+def test_plugin_params_are_validated_by_its_config(tmp_path):
+    project = pii_project(tmp_path)
+    (project / "config.yaml").write_text(pii_config("pii_plugin.py").replace("{field: query}", "{feild: query}"))
+    proc = evsys("validate", "config.yaml", cwd=project)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("transforms[0].params.feild: unknown field (did you mean field?)")
+
+
+# -- entry points --------------------------------------------------------------------------
+
+EP_MODULE = '''\
+from evsys_sdk import register_transform
+
+
+@register_transform("ep_upper")
+class EpUpper:
+    version = "1"
+
+    def __init__(self, **kw):
+        pass
+
+    def __call__(self, rows):
+        return [dict(r, query=r["query"].upper()) for r in rows]
+'''
+
+
+def entry_point_dist(root: Path) -> Path:
+    """A tiny installed distribution advertising `evsys_ep_demo` in the evsys.plugins group."""
+    root.mkdir(parents=True)
+    (root / "evsys_ep_demo.py").write_text(EP_MODULE)
+    info = root / "evsys_ep_demo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evsys-ep-demo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[evsys.plugins]\ndemo = evsys_ep_demo\n")
+    return root
+
+
+def test_entry_point_plugins_load_on_lookup(tmp_path, monkeypatch):
+    from rules import registry
+
+    isolate_transform_registry(monkeypatch)
+    site = entry_point_dist(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.delitem(sys.modules, "evsys_ep_demo", raising=False)
+    cls = registry.transforms.get("ep_upper")
+    assert cls.__module__ == "evsys_ep_demo"
+    assert cls()([{"query": "abc"}]) == [{"query": "ABC"}]
+
+
+def test_entry_point_plugin_through_the_cli(tmp_path, tiny_model_dir):
+    site = entry_point_dist(tmp_path / "site")
+    config = BASE_CONFIG.replace("transforms:\n", "transforms:\n  - kind: ep_upper\n")
+    project = make_project(tmp_path / "p", pii_rows(), config)
+    plan = plan_json(project, env={"PYTHONPATH": str(site)})
+    assert plan["transform[0] ep_upper"]["status"] == "run"
+    proc = evsys("validate", "config.yaml", cwd=project)  # without the distribution: unknown kind
+    assert proc.returncode == 2 and "unknown transform kind 'ep_upper'" in proc.stderr
+
+
+# -- code identity, in process -------------------------------------------------------------
+
+
+def isolate_transform_registry(monkeypatch) -> None:
+    """Plugins registered by this test go into a copy of the transform registry, dropped afterwards."""
+    from rules import kinds, registry  # noqa: F401  (built-ins registered before the copy is taken)
+
+    monkeypatch.setattr(registry.transforms, "_items", dict(registry.transforms._items))
+
+
+def edited(source: str, old: str, new: str) -> str:
+    assert old in source, old
+    return source.replace(old, new)
+
+
+def load_module(path: Path, source: str):
+    path.write_text(source)
+    name = f"plugin_{path.parent.name}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def identity(tmp_path, monkeypatch):
+    """code_identity of StripPII loaded from `source` (each call a fresh module)."""
+    from rules.code_identity import code_identity
+
+    isolate_transform_registry(monkeypatch)
+    counter = iter(range(1000))
+
+    def of(source: str) -> str:
+        module = load_module(tmp_path / f"m{next(counter)}.py", source)
+        return code_identity(module.StripPII)
+
+    return of
+
+
+def test_identity_ignores_comments_and_code_the_plugin_does_not_use(identity):
+    base = identity(PLUGIN)
+    assert base.startswith("source:")
+    assert identity("# top comment\n" + PLUGIN) == base
+    assert identity(PLUGIN + "\n\ndef unrelated():\n    return 42\n") == base
+    assert identity(PLUGIN + "\nOTHER = 'x'\n") == base
+
+
+def test_identity_follows_the_class_its_helpers_and_their_helpers(identity):
+    base = identity(PLUGIN)
+    assert identity(edited(PLUGIN, 'field: str = "query"', 'field: str = "text"')) != base  # the class
+    assert identity(edited(PLUGIN, "EMAIL.sub(mask, text)", "EMAIL.sub(mask, text.strip())")) != base  # redact
+    assert identity(edited(PLUGIN, 'return "[EMAIL]"', 'return "[PII]"')) != base  # mask, called by redact
+
+
+def test_identity_follows_module_constants_the_helpers_use(identity):
+    """Changing the regex that `redact` uses changes what the transform outputs, so it changes the key."""
+    base = identity(PLUGIN)
+    assert identity(edited(PLUGIN, "[\\w.+-]+@", "[\\w.+-]*@")) != base
+
+
+def test_a_version_attribute_pins_the_key(identity):
+    versioned = edited(PLUGIN, '    name = "strip_pii"\n', '    name = "strip_pii"\n    version = "2"\n')
+    assert identity(versioned) == "version:2"
+    assert identity(edited(versioned, 'return "[EMAIL]"', 'return "[PII]"')) == "version:2"
+    assert identity(edited(versioned, 'version = "2"', 'version = "3"')) == "version:3"
+
+
+# -- row_local plugins run per chunk -------------------------------------------------------
+
+ROW_LOCAL_PLUGIN = '''\
+from evsys_sdk import register_transform
+
+
+@register_transform("KIND")
+class Tag:
+    row_local = ROW_LOCAL
+
+    def __init__(self, **kw):
+        pass
+
+    def __call__(self, rows):
+        return [dict(r, tagged=True) for r in rows]
+'''
+
+
+def build_transform(project: Path) -> dict:
+    """Build source + transforms only, in process; returns the first transform's manifest."""
+    from evsys_build.executor import Executor
+    from evsys_build.graph import Graph
+    from evsys_build.store import Store
+    from rules.project import open_project
+
+    store = Store(project / "cache")
+    graph = Graph()
+    for node in open_project(project / "config.yaml", store).graph.nodes():
+        if node.rule in ("source", "transform"):
+            graph.add(node)
+    results = Executor(store).run(graph)
+    return next(m for m in results.values() if m["name"].startswith("transform[0]"))
+
+
+@pytest.mark.parametrize("row_local", [True, False])
+def test_row_local_plugin_reruns_only_the_changed_chunk(tmp_path, monkeypatch, tiny_model_dir, row_local):
+    isolate_transform_registry(monkeypatch)
+    kind = f"tag_rows_{str(row_local).lower()}"
+    project = tmp_path / "p"
+    rows = tool_rows(4000)
+    config = BASE_CONFIG.replace("seed: 0\n", "seed: 0\nplugins: [tag_plugin.py]\n").replace("transforms:\n", f"transforms:\n  - kind: {kind}\n")
+    make_project(project, rows, config)
+    (project / "tag_plugin.py").write_text(ROW_LOCAL_PLUGIN.replace("KIND", kind).replace("ROW_LOCAL", str(row_local)))
+    monkeypatch.chdir(project)
+
+    first = build_transform(project)
+    n_chunks = len(first["outputs"]["dataset"]["chunks"])
+    assert n_chunks > 4 and first["stats"]["chunks_cached"] == 0
+    assert first["params"]["row_local"] is row_local
+
+    rows[2000] = dict(rows[2000], query="an edited query")
+    (project / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    second = build_transform(project)
+    assert second["key"] != first["key"]
+    if row_local:
+        assert 1 <= second["stats"]["chunks_ran"] <= 2
+        assert second["stats"]["chunks_cached"] >= n_chunks - 2
+    else:  # a whole-dataset transform reruns on everything
+        assert second["stats"]["chunks_cached"] == 0
+    assert second["stats"]["rows_out"] == 4000

@@ -1,0 +1,435 @@
+"""The store on disk: atomic writes, idempotent blobs, quarantine, prefixes, per-node locks, gc, verify.
+
+Toy graphs of plain Nodes (no ML) whose runners count their executions into a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from evsys_build.atomic import write_atomic
+from evsys_build.errors import NodeFailed, UsageError
+from evsys_build.executor import Executor
+from evsys_build.graph import Graph, Node
+from evsys_build.store import Store
+from evsys_testkit import evsys
+
+# -- a toy graph ---------------------------------------------------------------------------
+
+
+def _counting_runner(ctx):
+    """Append one line per execution to the count file; store a blob that depends on the inputs."""
+    payload = ctx.node.payload
+    with open(payload["count_file"], "a") as f:
+        f.write(ctx.node.name + "\n")
+    if payload.get("barrier"):
+        payload["barrier"].wait(timeout=10)
+    if payload.get("sleep"):
+        import time
+
+        time.sleep(payload["sleep"])
+    upstream = "".join(sorted(m["outputs"]["data"]["blob"] for m in ctx.inputs.values()))
+    blob = ctx.store.put_bytes(f"{ctx.node.name}:{ctx.node.params}:{upstream}".encode())
+    return {"outputs": {"data": {"blob": blob}}, "stats": {"n": 1}}
+
+
+def toy_graph(count_file: Path, tag: str = "a", **payload) -> Graph:
+    """source → transform → final, keyed by `tag`."""
+    graph = Graph()
+    kw = dict(payload, count_file=str(count_file))
+    src = graph.add(Node("source", "source", "1", {"tag": tag}, run=_counting_runner, payload=kw))
+    mid = graph.add(Node("transform", "transform[0] upper", "1", {"tag": tag}, inputs=[("rows", src)], run=_counting_runner, payload=kw))
+    graph.add(Node("tokenize", "tokenize", "1", {"tag": tag}, inputs=[("rows", mid)], run=_counting_runner, payload=kw))
+    return graph
+
+
+def executions(count_file: Path) -> list[str]:
+    return count_file.read_text().splitlines() if count_file.exists() else []
+
+
+def record_ref(store: Store, graph: Graph, experiment: str = "exp", arm: str = "default") -> None:
+    store.write_ref(experiment, arm, {"nodes": {n.name: n.describe() for n in graph.nodes()}})
+
+
+# -- atomic writes and blobs ---------------------------------------------------------------
+
+
+def test_a_build_leaves_no_temp_files(tmp_path):
+    store = Store(tmp_path / "cache")
+    Executor(store).run(toy_graph(tmp_path / "count"))
+    assert not list((tmp_path / "cache" / "tmp").iterdir())
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".evsys-")]
+    assert leftovers == []
+
+
+def test_a_failed_atomic_write_leaves_neither_target_nor_temp(tmp_path):
+    target = tmp_path / "out" / "file.json"
+    with pytest.raises(TypeError):
+        write_atomic(target, "not bytes", tmp_path / "tmp")  # the write itself fails
+    assert not target.exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_an_atomic_write_replaces_whole_content(tmp_path):
+    target = tmp_path / "f"
+    write_atomic(target, b"first version, long", tmp_path / "tmp")
+    write_atomic(target, b"second", tmp_path / "tmp")
+    assert target.read_bytes() == b"second"
+
+
+def test_put_bytes_is_idempotent_and_content_named(tmp_path):
+    store = Store(tmp_path)
+    name = store.put_bytes(b"payload")
+    path = store.object_path(name)
+    before = path.stat().st_mtime_ns
+    assert store.put_bytes(b"payload") == name
+    assert path.stat().st_mtime_ns == before  # not rewritten
+    assert list(store.iter_objects()) == [name]
+    assert store.get_bytes(name) == b"payload"
+    assert store.put_bytes(b"payload2") != name
+
+
+def test_missing_object_is_a_clear_store_error(tmp_path):
+    from evsys_build.errors import StoreError
+
+    with pytest.raises(StoreError, match="missing; run `evsys verify`"):
+        Store(tmp_path).get_bytes("ab" * 16)
+
+
+# -- corrupt entries -----------------------------------------------------------------------
+
+
+def test_corrupt_manifest_is_quarantined_and_reads_as_a_miss(tmp_path, capsys):
+    store = Store(tmp_path)
+    store.write_manifest("ab" * 16, {"rule": "x"})
+    path = tmp_path / "nodes" / "ab" / f"{'ab' * 16}.json"
+    path.write_bytes(b'{"rule": "x", trunc')
+    assert store.read_manifest("ab" * 16) is None
+    assert not path.exists()
+    quarantined = list((tmp_path / "quarantine").iterdir())
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == b'{"rule": "x", trunc'
+    assert "corrupt store entry" in capsys.readouterr().err
+
+
+def test_a_node_with_a_corrupt_manifest_runs_again(tmp_path):
+    store = Store(tmp_path / "cache")
+    count = tmp_path / "count"
+    graph = toy_graph(count)
+    Executor(store).run(graph)
+    final = graph.nodes()[-1]
+    manifest_path = tmp_path / "cache" / "nodes" / final.key[:2] / f"{final.key}.json"
+    manifest_path.write_text("not json")
+    Executor(store).run(toy_graph(count))
+    assert executions(count) == ["source", "transform[0] upper", "tokenize", "tokenize"]
+    assert store.read_manifest(final.key)["name"] == "tokenize"
+
+
+# -- caching through the executor ----------------------------------------------------------
+
+
+def test_a_second_run_executes_nothing(tmp_path):
+    store = Store(tmp_path / "cache")
+    count = tmp_path / "count"
+    first = Executor(store)
+    first.run(toy_graph(count))
+    second = Executor(store)
+    results = second.run(toy_graph(count))
+    assert first.executions == 3 and second.executions == 0
+    assert len(executions(count)) == 3
+    assert {m["name"] for m in results.values()} == {"source", "transform[0] upper", "tokenize"}
+
+
+def test_manifest_records_rule_params_inputs_outputs_and_stats(tmp_path):
+    store = Store(tmp_path / "cache")
+    graph = toy_graph(tmp_path / "count")
+    Executor(store).run(graph)
+    src, mid, _ = graph.nodes()
+    m = store.read_manifest(mid.key)
+    assert m["rule"] == "transform" and m["version"] == "1" and m["params"] == {"tag": "a"}
+    assert m["inputs"] == [{"label": "rows", "key": src.key, "name": "source", "rule": "source"}]
+    assert store.has_object(m["outputs"]["data"]["blob"])
+    assert m["stats"] == {"n": 1} and "seconds" in m["timings"] and m["key"] == mid.key
+
+
+def test_a_failing_node_stores_nothing_and_stops_its_dependents(tmp_path):
+    def boom(ctx):
+        raise RuntimeError("broken rule")
+
+    graph = Graph()
+    src = graph.add(Node("source", "source", "1", {}, run=_counting_runner, payload={"count_file": str(tmp_path / "count")}))
+    bad = graph.add(Node("transform", "transform[0] bad", "1", {}, inputs=[("rows", src)], run=boom))
+    graph.add(Node("tokenize", "tokenize", "1", {}, inputs=[("rows", bad)], run=_counting_runner, payload={"count_file": str(tmp_path / "count")}))
+    store = Store(tmp_path / "cache")
+    with pytest.raises(NodeFailed, match="transform\\[0\\] bad failed: RuntimeError: broken rule"):
+        Executor(store).run(graph)
+    assert store.has_manifest(src.key)
+    assert not store.has_manifest(bad.key)
+    assert executions(tmp_path / "count") == ["source"]
+
+
+# -- the per-node lock ---------------------------------------------------------------------
+
+
+def test_two_threads_sharing_a_store_run_each_node_once(tmp_path):
+    """Both executors see the node uncached at once (a barrier holds them); the lock makes one wait."""
+    count = tmp_path / "count"
+    store_root = tmp_path / "cache"
+    start = threading.Barrier(2)
+    errors = []
+
+    def build():
+        try:
+            graph = Graph()
+            graph.add(Node("source", "slow", "1", {"n": 1}, run=_counting_runner, payload={"count_file": str(count), "sleep": 0.5}))
+            start.wait(timeout=10)
+            Executor(Store(store_root)).run(graph)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert executions(count) == ["slow"]
+
+
+LOCK_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from evsys_build.executor import Executor
+    from evsys_build.graph import Graph, Node
+    from evsys_build.store import Store
+
+    root, count, me, other = (Path(a) for a in sys.argv[1:5])
+
+    def run(ctx):
+        with open(count, "a") as f:
+            f.write("ran\\n")
+        time.sleep(1.0)
+        return {"outputs": {"data": {"blob": ctx.store.put_bytes(b"result")}}}
+
+    graph = Graph()
+    graph.add(Node("source", "slow", "1", {"n": 1}, run=run))
+    me.touch()
+    deadline = time.time() + 20
+    while not other.exists() and time.time() < deadline:  # start together
+        time.sleep(0.01)
+    executor = Executor(Store(root))
+    executor.run(graph)
+    print(executor.executions)
+    """
+)
+
+
+def test_two_processes_sharing_a_store_run_each_node_once(tmp_path):
+    script = tmp_path / "build_once.py"
+    script.write_text(LOCK_SCRIPT)
+    root, count = tmp_path / "cache", tmp_path / "count"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(root), str(count), str(tmp_path / f"ready{i}"), str(tmp_path / f"ready{1 - i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(int(o.strip()) for o, _ in outs) == [0, 1]
+    assert executions(count) == ["ran"]
+    assert Store(root).read_manifest(next(Store(root).iter_manifests()))["name"] == "slow"
+
+
+# -- prefixes ------------------------------------------------------------------------------
+
+
+def _store_with_keys(root: Path, keys: list[str]) -> Store:
+    store = Store(root)
+    for key in keys:
+        store.write_manifest(key, {"rule": "source", "name": key[:6]})
+    return store
+
+
+def test_resolve_prefix_unique_with_or_without_node_prefix(tmp_path):
+    store = _store_with_keys(tmp_path, ["abcd" + "0" * 28, "abef" + "0" * 28, "12" + "3" * 30])
+    assert store.resolve_prefix("node:abc") == "abcd" + "0" * 28
+    assert store.resolve_prefix("ABCD") == "abcd" + "0" * 28
+    assert store.resolve_prefix("12") == "12" + "3" * 30
+
+
+def test_resolve_prefix_ambiguous_names_the_candidates(tmp_path):
+    store = _store_with_keys(tmp_path, ["abcd" + "0" * 28, "abef" + "0" * 28])
+    with pytest.raises(UsageError) as info:
+        store.resolve_prefix("node:ab")
+    msg = info.value.message
+    assert "ambiguous (2 nodes" in msg and "abcd00000000" in msg and "abef00000000" in msg and "more characters" in msg
+
+
+def test_resolve_prefix_unknown_and_too_short(tmp_path):
+    store = _store_with_keys(tmp_path, ["abcd" + "0" * 28])
+    with pytest.raises(UsageError, match="no node matches 'ffff'.*evsys plan CONFIG"):
+        store.resolve_prefix("node:ffff")
+    with pytest.raises(UsageError, match="too short"):
+        store.resolve_prefix("node:a")
+
+
+# -- gc and verify through the CLI ---------------------------------------------------------
+
+
+def _two_builds(tmp_path: Path) -> tuple[Store, Graph, Graph]:
+    """Graph `keep` is named by a ref; graph `drop` was built but no ref names it."""
+    store = Store(tmp_path / "cache")
+    keep, drop = toy_graph(tmp_path / "count", "keep"), toy_graph(tmp_path / "count", "drop")
+    Executor(store).run(keep)
+    Executor(store).run(drop)
+    record_ref(store, keep)
+    return store, keep, drop
+
+
+def _objects_of(store: Store, graph: Graph) -> set[str]:
+    return {store.read_manifest(n.key)["outputs"]["data"]["blob"] for n in graph.nodes()}
+
+
+def test_gc_dry_run_removes_nothing(tmp_path):
+    store, keep, drop = _two_builds(tmp_path)
+    before = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    proc = evsys("gc", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept 3 nodes; would remove 3 nodes, 3 objects" in proc.stdout
+    assert sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file()) == before
+
+
+def test_gc_keeps_what_refs_reach_and_removes_the_rest(tmp_path):
+    store, keep, drop = _two_builds(tmp_path)
+    kept_objects, dropped_objects = _objects_of(store, keep), _objects_of(store, drop)
+    proc = evsys("gc", "--cache-dir", "cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept 3 nodes; removed 3 nodes, 3 objects" in proc.stdout
+    assert all(store.has_manifest(n.key) for n in keep.nodes())
+    assert not any(store.has_manifest(n.key) for n in drop.nodes())
+    assert all(store.has_object(o) for o in kept_objects)
+    assert not any(store.has_object(o) for o in dropped_objects)
+    # the kept graph is still fully cached and the store verifies clean
+    ex = Executor(store)
+    ex.run(toy_graph(tmp_path / "count", "keep"))
+    assert ex.executions == 0
+    assert evsys("verify", "--cache-dir", "cache", cwd=tmp_path).returncode == 0
+
+
+def test_gc_keeps_the_inputs_of_referenced_nodes(tmp_path):
+    """A ref naming only the final node keeps its whole input chain."""
+    store = Store(tmp_path / "cache")
+    graph = toy_graph(tmp_path / "count", "chain")
+    Executor(store).run(graph)
+    final = graph.nodes()[-1]
+    store.write_ref("exp", "default", {"nodes": {final.name: final.describe()}})
+    evsys("gc", "--cache-dir", "cache", cwd=tmp_path)
+    assert all(store.has_manifest(n.key) for n in graph.nodes())
+
+
+def test_gc_drops_chunk_memos_whose_objects_it_removed(tmp_path):
+    store, keep, drop = _two_builds(tmp_path)
+    kept_blob = next(iter(_objects_of(store, keep)))
+    dropped_blob = next(iter(_objects_of(store, drop)))
+    store.memo_put("aa" * 16, {"chunk": {"blob": kept_blob, "rows": 1}})
+    store.memo_put("bb" * 16, {"chunk": {"blob": dropped_blob, "rows": 1}})
+    evsys("gc", "--cache-dir", "cache", cwd=tmp_path)
+    assert store.memo_get("aa" * 16) is not None
+    assert store.memo_get("bb" * 16) is None
+
+
+def test_verify_reports_a_tampered_object(tmp_path):
+    store = Store(tmp_path / "cache")
+    graph = toy_graph(tmp_path / "count")
+    Executor(store).run(graph)
+    clean = evsys("verify", "--cache-dir", "cache", cwd=tmp_path)
+    assert clean.returncode == 0 and "0 problem(s)" in clean.stdout
+    victim = store.read_manifest(graph.nodes()[1].key)["outputs"]["data"]["blob"]
+    os.chmod(store.object_path(victim), 0o644)
+    store.object_path(victim).write_bytes(b"tampered")
+    proc = evsys("verify", "--cache-dir", "cache", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"object {victim}: content does not match its name (corrupt)" in proc.stdout
+    assert "1 problem(s)" in proc.stdout
+
+
+def test_verify_reports_a_missing_object(tmp_path):
+    store = Store(tmp_path / "cache")
+    graph = toy_graph(tmp_path / "count")
+    Executor(store).run(graph)
+    node = graph.nodes()[0]
+    blob = store.read_manifest(node.key)["outputs"]["data"]["blob"]
+    store.object_path(blob).unlink()
+    proc = evsys("verify", "--cache-dir", "cache", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"node {node.key} (source): object {blob} is missing" in proc.stdout
+
+
+def test_refs_round_trip_and_names_are_made_safe(tmp_path):
+    store = Store(tmp_path)
+    store.write_ref("my exp/1", "arm:r8", {"nodes": {"source": {"key": "k"}}})
+    assert store.read_ref("my exp/1", "arm:r8") == {"nodes": {"source": {"key": "k"}}}
+    assert [(e, a) for e, a, _ in store.iter_refs()] == [("my_exp_1", "arm_r8")]
+    assert store.read_ref("other", "default") == {}
+    assert json.loads((tmp_path / "refs" / "my_exp_1" / "arm_r8.json").read_text())["nodes"]["source"]["key"] == "k"
+
+
+# -- the stat cache ------------------------------------------------------------------------
+
+
+def test_stat_cache_does_not_reread_an_unchanged_file(tmp_path):
+    """Same (size, mtime_ns, inode): the stored digest is reused without reading the file."""
+    from evsys_build.hashing import digest_bytes
+    from evsys_build.statcache import StatCache
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b'{"a": 1}\n')
+    cache = StatCache(tmp_path / "stat-cache.json")
+    first = cache.file_digest(data)
+    assert first == digest_bytes(b'{"a": 1}\n')
+    st = data.stat()
+    with open(data, "r+b") as f:  # same inode, same size, then the old mtime put back
+        f.write(b'{"a": 2}\n')
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.file_digest(data) == first  # served from the stat cache: the file was not reread
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert cache.file_digest(data) == digest_bytes(b'{"a": 2}\n')  # a new mtime: rehashed
+
+
+def test_stat_cache_persists_across_runs(tmp_path):
+    from evsys_build.statcache import StatCache
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b"x\n")
+    first = StatCache(tmp_path / "stat-cache.json")
+    digest = first.file_digest(data)
+    first.save()
+    saved = json.loads((tmp_path / "stat-cache.json").read_text())
+    assert [entry[3] for entry in saved.values()] == [digest]
+    st = data.stat()
+    with open(data, "r+b") as f:
+        f.write(b"y\n")
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert StatCache(tmp_path / "stat-cache.json").file_digest(data) == digest  # a new process trusts the saved stat
+
+
+def test_stat_cache_survives_a_corrupt_file(tmp_path):
+    from evsys_build.hashing import digest_bytes
+    from evsys_build.statcache import StatCache
+
+    (tmp_path / "stat-cache.json").write_text("{broken")
+    data = tmp_path / "d"
+    data.write_bytes(b"z")
+    assert StatCache(tmp_path / "stat-cache.json").file_digest(data) == digest_bytes(b"z")

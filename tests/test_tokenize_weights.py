@@ -1,0 +1,162 @@
+"""Loss weights from the real Qwen3 tokenizer and chat template (the tiny model's files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evsys_build.errors import ConfigError
+from rules.chat_tokens import load_tokenizer, prompt_ids, tokenize_conversation
+
+SYSTEM = "You select the single best tool for the user's query."
+USER1 = "Query: edit a slack message I sent earlier\nReply with the tool slug inside <answer></answer>."
+ANSWER1 = "<answer>SLACK_UPDATES_A_SLACK_MESSAGE</answer>"
+USER2 = "Query: create a new event on my calendar\nReply with the tool slug inside <answer></answer>."
+ANSWER2 = "<answer>GOOGLECALENDAR_CREATE_EVENT</answer>"
+
+ONE_TURN = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": USER1},
+    {"role": "assistant", "content": ANSWER1},
+]
+TWO_TURNS = ONE_TURN + [{"role": "user", "content": USER2}, {"role": "assistant", "content": ANSWER2}]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def tokenize(tok, messages, supervise="all_assistant", max_length=2048, truncation="right", where="row 0"):
+    return tokenize_conversation(tok, messages, supervise, max_length, truncation, where)
+
+
+def runs(ids, weights, trained=True) -> list[list[int]]:
+    """Maximal runs of consecutive tokens whose weight is (or is not) positive."""
+    out, current = [], []
+    for t, w in zip(ids, weights):
+        if (w > 0) == trained:
+            current.append(t)
+        elif current:
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out
+
+
+def test_trained_tokens_are_exactly_the_answer_and_end_of_turn(tok):
+    ids, weights = tokenize(tok, ONE_TURN)
+    assert len(ids) == len(weights)
+    assert set(weights) == {0.0, 1.0}
+    trained = runs(ids, weights)
+    assert [tok.decode(r) for r in trained] == [ANSWER1 + "<|im_end|>"]
+    assert tok.decode(ids).startswith("<|im_start|>system\n" + SYSTEM)
+
+
+def test_system_and_user_tokens_carry_no_weight(tok):
+    ids, weights = tokenize(tok, ONE_TURN)
+    untrained = "".join(tok.decode(r) for r in runs(ids, weights, trained=False))
+    assert SYSTEM in untrained and USER1 in untrained
+    assert "<|im_start|>assistant\n" in untrained  # the role header is scaffolding, not the answer
+    assert ANSWER1 not in untrained
+    first_trained = weights.index(1.0)
+    assert tok.decode(ids[:first_trained]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_all_assistant_trains_every_assistant_turn(tok):
+    ids, weights = tokenize(tok, TWO_TURNS, "all_assistant")
+    assert [tok.decode(r) for r in runs(ids, weights)] == [ANSWER1 + "<|im_end|>", ANSWER2 + "<|im_end|>"]
+
+
+def test_last_assistant_trains_only_the_final_turn(tok):
+    ids_all, _ = tokenize(tok, TWO_TURNS, "all_assistant")
+    ids, weights = tokenize(tok, TWO_TURNS, "last_assistant")
+    assert ids == ids_all  # same tokens, only the weights differ
+    assert [tok.decode(r) for r in runs(ids, weights)] == [ANSWER2 + "<|im_end|>"]
+
+
+def test_all_trains_every_token_but_the_first(tok):
+    ids, weights = tokenize(tok, TWO_TURNS, "all")
+    assert weights[0] == 0.0  # nothing predicts the first token
+    assert all(w == 1.0 for w in weights[1:])
+
+
+def test_prompt_ids_are_an_exact_prefix_of_the_training_ids(tok):
+    ids, weights = tokenize(tok, ONE_TURN)
+    prompt = prompt_ids(tok, ONE_TURN[:-1])
+    assert ids[: len(prompt)] == prompt
+    assert all(w == 0.0 for w in weights[: len(prompt)])
+    assert tok.decode(ids[len(prompt) :]).startswith(ANSWER1 + "<|im_end|>")
+    ids2, _ = tokenize(tok, TWO_TURNS)
+    prompt2 = prompt_ids(tok, TWO_TURNS[:-1])
+    assert ids2[: len(prompt2)] == prompt2
+
+
+def test_right_truncation_keeps_the_head(tok):
+    full, _ = tokenize(tok, ONE_TURN)
+    ids, weights = tokenize(tok, ONE_TURN, max_length=len(full) - 2)
+    assert ids == full[: len(full) - 2] and len(weights) == len(ids)
+    assert any(weights)
+
+
+def test_left_truncation_keeps_the_answer(tok):
+    full, full_w = tokenize(tok, ONE_TURN)
+    keep = int(sum(full_w)) + 4  # the answer, its end of turn, and a little of what precedes it
+    ids, weights = tokenize(tok, ONE_TURN, max_length=keep, truncation="left")
+    assert ids == full[-keep:]
+    assert weights[0] == 0.0 and weights[1:] == full_w[-keep + 1 :]
+    assert [tok.decode(r) for r in runs(ids, weights)] == [ANSWER1 + "<|im_end|>"]
+
+
+def test_truncation_that_leaves_no_trained_tokens_names_the_row(tok):
+    with pytest.raises(ConfigError) as info:
+        tokenize(tok, ONE_TURN, max_length=16, where="tokenize: row 7")
+    msg = info.value.message
+    assert msg.startswith("tokenize: row 7: no trained tokens left after truncation to max_length=16")
+    assert "raise algorithm.params.max_length" in msg
+
+
+def test_a_conversation_without_an_assistant_turn_is_an_error(tok):
+    with pytest.raises(ConfigError, match="row 3: conversation has no assistant turn"):
+        tokenize(tok, ONE_TURN[:2], where="row 3")
+    ids, weights = tokenize(tok, ONE_TURN[:2], "all")  # `all` trains on any text
+    assert any(weights)
+
+
+def test_unknown_role_is_an_error(tok):
+    with pytest.raises(ConfigError, match=r"messages\[1\]\.role 'robot'"):
+        tokenize(tok, [ONE_TURN[0], {"role": "robot", "content": "hi"}, ONE_TURN[2]])
+
+
+def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monkeypatch, tiny_model_dir):
+    """Through the real rule: max_length too short for one long row fails on that row, not silently."""
+    from evsys_build.executor import Executor
+    from evsys_build.graph import Graph
+    from evsys_build.store import Store
+    from rules.project import open_project
+
+    rows = [{"query": f"short query {i}", "tool_slug": "T"} for i in range(6)]
+    rows[3]["query"] = "a very long query " + "with many many words " * 40
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "config.yaml").write_text(
+        "data: {path: train.jsonl}\n"
+        "transforms:\n"
+        "  - kind: jsonl_to_chat\n"
+        "    params: {system_prompt: S, user_template: 'Query: {query}', assistant_template: '<answer>{tool_slug}</answer>'}\n"
+        "model: {name: evsys/tiny-qwen3}\n"
+        "algorithm: {kind: sft, params: {max_length: 64, max_steps: 1}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / "cache")
+    project = open_project(Path("config.yaml"), store)
+    graph = Graph()
+    for node in project.graph.nodes():
+        if node.rule in ("source", "transform", "tokenize"):
+            graph.add(node)
+    with pytest.raises(ConfigError, match=r"^tokenize: row 3: no trained tokens left after truncation to max_length=64"):
+        Executor(store).run(graph)
+    tokenize_node = next(n for n in graph.nodes() if n.rule == "tokenize")
+    assert not store.has_manifest(tokenize_node.key)  # nothing half-built is stored
