@@ -14,6 +14,7 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     staging.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=staging, prefix=".evsys-")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; stores are shared like any files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -23,3 +24,9 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -20,7 +20,7 @@ def preview(store: Store, manifest: dict, rows: int, color: bool, text: bool = T
         return text + "\n".join(json.dumps(r, ensure_ascii=False) for r in picked), picked
     if dataset and dataset.get("kind") == "tokens":
         return _tokens_preview(store, dataset, outputs.get("tokenizer") if text else None, rows, color)
-    if manifest.get("rule") in ("checkpoint", "train", "eval"):
+    if manifest.get("rule") in ("checkpoint", "train", "eval", "report"):
         from .preview_model import model_preview
 
         return model_preview(store, manifest, rows)

@@ -36,6 +36,11 @@ def model_preview(store: Store, manifest: dict, rows: int) -> tuple[str, list]:
         )
         lines = [head] + [f"  {'✓' if p['correct'] else '✗'} {p['task_id']}: {p['prediction']!r}" for p in preds[:rows]]
         return "\n".join(lines), preds[:rows]
+    if rule == "report":
+        blobs = manifest["outputs"]["files"]["blobs"]
+        lines = ["run-dir files:"] + [f"  {path} ({store.object_path(b).stat().st_size} bytes)" for path, b in sorted(blobs.items())]
+        lines += ["", store.get_bytes(blobs["summary.md"]).decode()]
+        return "\n".join(lines), sorted(blobs)
     return "", []
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from evsys_build.errors import ConfigError
 
 TINY_MODEL_NAME = "evsys/tiny-qwen3"
-TINY_MODEL_DIRNAME = "tiny-qwen3-v1"  # bump the suffix whenever DEFAULT_SHAPE or the init changes
+TINY_MODEL_DIRNAME = "tiny-qwen3-v2"  # bump the suffix whenever DEFAULT_SHAPE or the init changes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 # Qwen3 ids (from the tokenizer's added tokens).

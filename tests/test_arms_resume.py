@@ -112,8 +112,8 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tiny_model_dir
     assert 3 <= len(stored) < max_steps, f"kill came too late or too early: {stored}"
     out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert f"resuming train from checkpoint@{max(stored)}" in out
-    resumed_steps = [line for line in out.splitlines() if "] step " in line and "train_mean_nll=" in line]
-    assert len(resumed_steps) == max_steps - max(stored)  # only the missing steps ran
+    saved = [line.split()[1] for line in out.splitlines() if line.startswith("saved ")]
+    assert saved == [f"checkpoint@{s}" for s in range(max(stored) + 1, max_steps + 1)]  # only the missing steps ran
 
     fresh = make_project(tmp_path / "fresh", tool_rows(40), config(max_steps, save_every=1))
     ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=fresh))

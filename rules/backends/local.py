@@ -18,6 +18,7 @@ import contextlib
 import copy
 import json
 import math
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
 
@@ -266,18 +267,19 @@ def _json_bytes(obj: Any) -> bytes:
 # ----------------------------------------------------------------------------- model loading
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _load_model(model_dir: Path, dtype, device):
+    """from_pretrained under a lock: its empty-weights init patches torch globally, so two
+    threads loading at once (an eval beside training) can get meta tensors."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    bars_were_off = hf_logging.is_progress_bar_enabled() is False
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in build output
-    try:
+    with _LOAD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
-    finally:
-        if not bars_were_off:
-            hf_logging.enable_progress_bar()
-    return model.to(device)
+        return model.to(device)
 
 
 def _lora_config(rank: int, targets: Sequence[str] = LORA_TARGETS, alpha: int = LORA_ALPHA):

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 SEED = 20240611
-TRAIN_PER_SLUG = 14
+TRAIN_PER_SLUG = 30
 VAL_PER_SLUG = 2
 TEST_PER_SLUG = 1
 HERE = Path(__file__).resolve().parent
