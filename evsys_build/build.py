@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +58,7 @@ class BuildPrinter:
         self.tty = sys.stderr.isatty()
         self._lock = threading.Lock()
         self._progress_shown = False
+        self._progress_start: dict[str, tuple[int, float]] = {}
 
     def __call__(self, event: Event) -> None:
         with self._lock:
@@ -78,7 +80,12 @@ class BuildPrinter:
                 width = 30
                 filled = int(width * event.done / event.total)
                 bar = "#" * filled + "." * (width - filled)
-                sys.stderr.write(f"\r  {label} [{bar}] {event.done}/{event.total} {event.message}"[:120].ljust(120))
+                first_done, started = self._progress_start.setdefault(node.key, (event.done, time.perf_counter()))
+                eta = ""
+                if event.done > first_done:
+                    rate = (time.perf_counter() - started) / (event.done - first_done)
+                    eta = f" eta {rate * (event.total - event.done):.0f}s"
+                sys.stderr.write(f"\r  {label} [{bar}] {event.done}/{event.total} {event.message}{eta}"[:120].ljust(120))
                 sys.stderr.flush()
                 self._progress_shown = True
 

@@ -72,7 +72,7 @@ def _train_node(graph: Graph, arm, tokens: Node, model_dir: Path, statcache: Sta
             version=TRAIN_VERSION,
             params={
                 "model": model_identity(cfg.model.name, cfg.model.revision, model_dir, statcache),
-                "backend": {"kind": cfg.backend.kind, "params": backend_cfg.model_dump(exclude_defaults=True, mode="json"), "code": code_identity(backend_cls)},
+                "backend": {"kind": cfg.backend.kind, "params": _trajectory_params(backend_cls, backend_cfg), "code": code_identity(backend_cls)},
                 "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls)},
                 "seed": cfg.seed,
             },
@@ -84,6 +84,12 @@ def _train_node(graph: Graph, arm, tokens: Node, model_dir: Path, statcache: Sta
             payload={"arm": arm, "model_dir": model_dir, "backend": make_backend(arm), "algorithm": algo},
         )
     )
+
+
+def _trajectory_params(backend_cls, backend_cfg) -> dict:
+    """Backend settings that change training (device, dtype, kernels), not the sampling-only ones."""
+    sampling_only = set(getattr(backend_cls, "sampling_only_params", ()))
+    return {k: v for k, v in backend_cfg.model_dump(exclude_defaults=True, mode="json").items() if k not in sampling_only}
 
 
 def make_backend(arm):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evsys_testkit import BASE_CONFIG, evsys, make_project, tool_rows, write_jsonl
+from evsys_testkit import BASE_CONFIG, evsys, make_project, tool_rows
 
 BENCH_TASK = {"task_id": "val_0", "instruction": "Query: schedule a meeting\nReply with the tool slug inside <answer></answer>.",
               "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "<answer>GOOGLECALENDAR_CREATE_EVENT</answer>"}}

@@ -87,9 +87,9 @@ def adam_params(cfg: SFTConfig, learning_rate: float) -> AdamParams:
 class _Progress:
     """A one-line progress bar on stderr (only when stderr is a terminal)."""
 
-    def __init__(self, first: int, last: int):
+    def __init__(self, first: int, last: int, enabled: bool):
         self.first, self.last = first, last
-        self.enabled = sys.stderr.isatty()
+        self.enabled = enabled and sys.stderr.isatty()
         self.start = time.perf_counter()
 
     def update(self, step: int, loss: Optional[float]) -> None:
@@ -116,6 +116,7 @@ def train_sft(
     on_step: Callable[[int, dict], None],
     on_checkpoint: Callable[[int, dict[str, bytes], dict], None],
     stop_at: Optional[int] = None,
+    show_progress: bool = False,
 ) -> list[dict]:
     """Run SFT steps up to max_steps (or stop_at) and return every step's metrics.
 
@@ -134,7 +135,7 @@ def train_sft(
         metrics = [dict(m) for m in meta["metrics_so_far"]]
         first_step = int(meta["step"]) + 1
     saves = checkpoint_steps(cfg, save_steps, final_step)
-    progress = _Progress(first_step, final_step)
+    progress = _Progress(first_step, final_step, show_progress)  # evsys build draws its own
     for step in range(first_step, final_step + 1):
         step_metrics = _train_step(client, data, cfg, seed, step)
         metrics.append(step_metrics)

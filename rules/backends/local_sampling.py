@@ -1,0 +1,93 @@
+"""Sampling on the local backend: batched generation (HF generate, KV cache, left padding)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+class LocalSamplingClient:
+    """Batched generation (HF generate, KV cache, left padding) over a frozen model."""
+
+    def __init__(self, model, device, pad_token_id: int, batch_size: int = 64):
+        self.model = model.eval()
+        # only the caller's stop_token_ids may end a completion, not the model's default eos
+        self.model.generation_config.eos_token_id = None
+        self.device = device
+        self.pad_token_id = pad_token_id
+        self.batch_size = batch_size
+
+    def sample(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop_token_ids: Sequence[int] = (),
+        n: int = 1,
+        seed: int = 0,
+    ) -> list[list[list[int]]]:
+        """Per prompt, `n` completions of generated ids, cut before the first stop token."""
+        import torch
+
+        if max_tokens < 1 or n < 1 or temperature < 0:
+            raise ValueError(f"sample: need max_tokens >= 1, n >= 1, temperature >= 0 (got {max_tokens}, {n}, {temperature})")
+        if temperature == 0 and n > 1:
+            n_runs = 1  # greedy: every copy would be identical
+        else:
+            n_runs = n
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[list[list[int]]] = [[] for _ in prompts]
+        stops = set(int(t) for t in stop_token_ids)
+        per_call = max(1, self.batch_size // n_runs)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(order), per_call):
+                idx = order[start : start + per_call]
+                outputs = self._generate([prompts[i] for i in idx], max_tokens, temperature, list(stops), n_runs)
+                for j, i in enumerate(idx):
+                    for seq in outputs[j * n_runs : (j + 1) * n_runs]:
+                        results[i].append(_cut_at_stop(seq, stops))
+        if n_runs != n:
+            results = [r * n for r in results]
+        return results
+
+    def _generate(self, prompts, max_tokens, temperature, stops, n_runs) -> list[list[int]]:
+        import torch
+
+        width = max(len(p) for p in prompts)
+        if width == 0:
+            raise ValueError("sample: empty prompt")
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+        kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_tokens,
+                num_return_sequences=n_runs,
+                eos_token_id=stops or None,
+                pad_token_id=self.pad_token_id,
+                use_cache=True,
+                **kwargs,
+            )
+        return out[:, width:].tolist()
+
+
+def _cut_at_stop(seq: list[int], stops: set[int]) -> list[int]:
+    for k, tok in enumerate(seq):
+        if tok in stops:
+            return seq[:k]
+    return seq
+
+
+def pad_id(model) -> int:
+    generation = getattr(model, "generation_config", None)
+    for candidate in (getattr(generation, "pad_token_id", None), model.config.pad_token_id, model.config.eos_token_id):
+        if isinstance(candidate, list):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0
