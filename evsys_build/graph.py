@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import networkx as nx
-
-from .errors import ConfigError
 from .hashing import digest
 
 
@@ -60,13 +57,29 @@ class Node:
 
 
 class Graph:
-    """Nodes deduplicated by key (arms share what they have in common), in a networkx DiGraph."""
+    """Nodes deduplicated by key (arms share what they have in common), in a networkx DiGraph.
+
+    networkx loads on first use, not at import: `evsys_build` must import fast. A cycle cannot
+    be built (a node's key needs its inputs' keys first); the topological sort would still catch one.
+    """
 
     def __init__(self):
-        self.dag = nx.DiGraph()
         self._nodes: dict[str, Node] = {}
+        self._edges: list[tuple[str, str]] = []
+        self._dag = None
         self.arms_of: dict[str, list[str]] = {}
         self.by_arm: dict[str, list[Node]] = {}
+
+    @property
+    def dag(self):
+        """The networkx DiGraph of node keys (built lazily)."""
+        if self._dag is None:
+            import networkx as nx
+
+            self._dag = nx.DiGraph()
+            self._dag.add_nodes_from(self._nodes)
+            self._dag.add_edges_from(self._edges)
+        return self._dag
 
     def add(self, node: Node) -> Node:
         """Add a node (and its edges); a node with an existing key returns the existing one."""
@@ -78,13 +91,10 @@ class Graph:
         if existing is not None:
             return existing
         self._nodes[node.key] = node
-        self.dag.add_node(node.key)
-        for _, parent in node.inputs:
-            self.dag.add_edge(parent.key, node.key)
+        self._edges += [(parent.key, node.key) for _, parent in node.inputs]
         if node.produced_by is not None:
-            self.dag.add_edge(node.produced_by.key, node.key)
-        if not nx.is_directed_acyclic_graph(self.dag):
-            raise ConfigError(f"{node.name}: this node would close a cycle in the build graph")
+            self._edges.append((node.produced_by.key, node.key))
+        self._dag = None
         return node
 
     def node(self, key: str) -> Node:
@@ -92,6 +102,8 @@ class Graph:
 
     def nodes(self) -> list[Node]:
         """All nodes in a stable topological order."""
+        import networkx as nx
+
         order = nx.lexicographical_topological_sort(self.dag, key=lambda k: (self._nodes[k].rule != "source", self._nodes[k].name))
         return [self._nodes[k] for k in order]
 
@@ -101,10 +113,9 @@ class Graph:
         for n in self.nodes():
             if n.key in keep:
                 sub._nodes[n.key] = n
-                sub.dag.add_node(n.key)
                 sub.arms_of[n.key] = [arm]
                 sub.by_arm.setdefault(arm, []).append(n)
-        sub.dag.add_edges_from((a, b) for a, b in self.dag.edges if a in keep and b in keep)
+        sub._edges = [(a, b) for a, b in self._edges if a in keep and b in keep]
         return sub
 
     def to_mermaid(self) -> str:
