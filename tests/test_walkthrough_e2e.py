@@ -219,3 +219,24 @@ def test_python_api_and_run_py(project):
     assert any(line.startswith("Artifacts:  ['run_dir', 'checkpoint-final', 'state-final'") for line in lines)
     assert "Conclusion: 1/1 arms completed." in lines
     assert any(line.startswith("Logs:       ") and "metrics.jsonl, predictions/, summary.md, experiment.md" in line for line in lines)
+
+
+def test_pass_at_k_with_sampling(project):
+    edit_config(project, "metrics: [pass@1]", "metrics: [pass@1, pass@3]")
+    edit_config(project, "max_tokens: 16", "max_tokens: 16\n      temperature: 1.0\n      num_samples: 3")
+    plan = plan_json(project)
+    assert plan["train"]["status"] == "cached" and plan["eval val@4"]["status"] == "run"
+    out = build(project)
+    assert "train" not in ran_names(out)
+    val = [r for r in read_jsonl(run_dir(project) / "metrics.jsonl") if r["split"] == "val"]
+    for row in val:
+        assert set(row["metrics"]) == {"val/val/pass@1", "val/val/pass@3"}
+        assert row["metrics"]["val/val/pass@3"] >= row["metrics"]["val/val/pass@1"]
+    preds = [p for p in read_jsonl(run_dir(project) / "predictions" / "val.jsonl") if p["step"] == 4]
+    assert all(len(p["samples"]) == 3 and len(p["verdicts"]) == 3 for p in preds)
+    assert any(len(set(p["samples"])) > 1 for p in preds)  # temperature 1.0 really samples
+    for p in preds:  # pass@1 per task is the mean verdict over its samples (unbiased estimator)
+        assert p["correct"] == p["verdicts"][0]
+    by_task = [sum(p["verdicts"]) / 3 for p in preds]
+    logged = next(r["metrics"]["val/val/pass@1"] for r in val if r["step"] == 4)
+    assert logged == pytest.approx(sum(by_task) / len(by_task))
