@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ class EvsysGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `evsys plan | head`: the reader left; not an error of ours
+            sys.stderr.close()
+            os._exit(0)
         except EvsysError as exc:
             tb = getattr(exc, "traceback", None)
             if tb:

@@ -126,36 +126,50 @@ class Executor:
         return results
 
     def _run_node(self, node: Node, results: dict, emit, completions: queue.Queue) -> None:
+        """Run one node; exactly one completion is always queued, whatever happens (even if
+        printing an event fails), so the scheduler never waits forever."""
+        outcome: tuple = ("failed", node.key, NodeFailed(f"{node.name} stopped without a result"))
         try:
-            with self.store.lock(node.key):
-                if is_cached(self.store, node):  # another build finished it while we waited
-                    manifest = self.store.read_manifest(node.key)
-                    if manifest is not None:
-                        emit(Event("cached", node, manifest=manifest))
-                        completions.put(("done", node.key, manifest))
-                        return
-                emit(Event("start", node))
-                ctx = RunContext(self.store, node, {label: results[p.key] for label, p in node.inputs}, emit)
-                started = time.perf_counter()
-                body = node.run(ctx)
-                seconds = time.perf_counter() - started
-                self.executions += 1
-                manifest = _manifest(node, body, seconds)
-                for child in node.produces:
-                    if not self.store.has_manifest(child.key):
-                        raise NodeFailed(f"{node.name} finished without producing {child.name}")
-                self.store.write_manifest(node.key, manifest)
-            emit(Event("ran", node, seconds=seconds, manifest=manifest))
-            completions.put(("done", node.key, manifest))
+            outcome = ("done", node.key, self._build_node(node, results, emit))
         except EvsysError as exc:
-            emit(Event("failed", node, message=str(exc)))
-            completions.put(("failed", node.key, exc))
+            outcome = ("failed", node.key, exc)
+            _quietly(emit, Event("failed", node, message=str(exc)))
         except BaseException as exc:  # a bug in a rule: keep its traceback
-            message = f"{node.name} failed: {type(exc).__name__}: {exc}"
-            wrapped = NodeFailed(message)
+            wrapped = NodeFailed(f"{node.name} failed: {type(exc).__name__}: {exc}")
             wrapped.traceback = traceback.format_exc()
-            emit(Event("failed", node, message=message))
-            completions.put(("failed", node.key, wrapped))
+            outcome = ("failed", node.key, wrapped)
+            _quietly(emit, Event("failed", node, message=wrapped.message))
+        finally:
+            completions.put(outcome)
+
+    def _build_node(self, node: Node, results: dict, emit) -> dict:
+        with self.store.lock(node.key):
+            if is_cached(self.store, node):  # another build finished it while we waited
+                manifest = self.store.read_manifest(node.key)
+                if manifest is not None:
+                    emit(Event("cached", node, manifest=manifest))
+                    return manifest
+            emit(Event("start", node))
+            ctx = RunContext(self.store, node, {label: results[p.key] for label, p in node.inputs}, emit)
+            started = time.perf_counter()
+            body = node.run(ctx)
+            seconds = time.perf_counter() - started
+            self.executions += 1
+            manifest = _manifest(node, body, seconds)
+            for child in node.produces:
+                if not self.store.has_manifest(child.key):
+                    raise NodeFailed(f"{node.name} finished without producing {child.name}")
+            self.store.write_manifest(node.key, manifest)
+        emit(Event("ran", node, seconds=seconds, manifest=manifest))
+        return manifest
+
+
+def _quietly(emit, event: Event) -> None:
+    """Report a failure without letting a broken reporter (a closed pipe) hide the failure itself."""
+    try:
+        emit(event)
+    except Exception:  # noqa: BLE001 - the original failure is what gets raised
+        return
 
 
 def _manifest(node: Node, body: dict, seconds: float) -> dict:

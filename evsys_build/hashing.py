@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from pathlib import PurePath
@@ -37,7 +38,7 @@ def _encode(value: Any, where: str) -> str:
         return str(int(value))
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
-            return json.dumps({"$float": repr(value)})
+            return json.dumps({"$float": repr(value)}, separators=(",", ":"))
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
@@ -50,6 +51,10 @@ def _encode(value: Any, where: str) -> str:
                 raise HashingError(f"{where}: dict key {k!r} is not a string; cannot hash it canonically")
             items.append(json.dumps(k, ensure_ascii=False) + ":" + _encode(value[k], f"{where}.{k}"))
         return "{" + ",".join(items) + "}"
+    if isinstance(value, datetime.datetime):  # YAML reads unquoted timestamps as these
+        return json.dumps({"$datetime": value.isoformat()}, separators=(",", ":"))
+    if isinstance(value, datetime.date):
+        return json.dumps({"$date": value.isoformat()}, separators=(",", ":"))
     if hasattr(value, "model_dump"):  # pydantic models hash by their non-default fields
         return _encode(value.model_dump(exclude_defaults=True, mode="json"), where)
     if isinstance(value, PurePath):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import xxhash
@@ -12,8 +13,11 @@ import xxhash
 from .atomic import write_atomic
 
 
+RACY_NS = 2_000_000_000  # like git's racy-clean check: a file modified this recently is rehashed
+
+
 class StatCache:
-    """(path, size, mtime_ns, inode) -> xxh3_128 of the content, persisted in the store."""
+    """(path, size, mtime_ns, inode, ctime_ns, device) -> xxh3_128 of the content, persisted in the store."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -23,13 +27,15 @@ class StatCache:
 
     def file_digest(self, file: Path) -> str:
         st = os.stat(file)
-        ident = [st.st_size, st.st_mtime_ns, st.st_ino]
+        # ctime cannot be set from user space: `cp -p` / `rsync -t` keep size, mtime and inode but not ctime
+        ident = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
         name = str(Path(file).resolve())
+        racy = time.time_ns() - st.st_mtime_ns < RACY_NS  # written just now: may change again within the tick
         with self._lock:
             entries = self._load()
             hit = entries.get(name)
-            if hit and hit[:3] == ident:
-                return hit[3]
+            if hit and hit[:-1] == ident and not racy:
+                return hit[-1]
         h = xxhash.xxh3_128()
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

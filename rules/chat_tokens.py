@@ -16,9 +16,16 @@ from evsys_build.errors import ConfigError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
 
-@functools.lru_cache(maxsize=8)
 def load_tokenizer(model_dir: str):
-    """The model's own tokenizer, from its directory, offline."""
+    """The model's own tokenizer, from its directory, offline; reloaded when its files change
+    (an edited chat template must never be served from a process-wide cache)."""
+    files = tokenizer_files(Path(model_dir))
+    stamp = tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()])
+    return _load_tokenizer(str(model_dir), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(model_dir: str, stamp: tuple):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

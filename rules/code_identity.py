@@ -6,6 +6,8 @@ explicit `version` so reformatting them does not invalidate caches.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import inspect
 import re
 import sys
@@ -55,10 +57,17 @@ def _source_with_helpers(obj) -> str:
                 parts.append(helper)
                 queue.append(helper)
                 continue
+            seen.add(name)
+            if isinstance(value, types.ModuleType) or callable(value):
+                continue  # code of other modules (imports, builtins) is not followed; set `version` to pin it
             constant = _constant_text(value)
-            if constant is not None:
-                seen.add(name)
-                parts.append(f"{name} = {constant}")
+            if constant is None:
+                raise HashingError(
+                    f"{getattr(obj, '__qualname__', obj)!r} uses the module global {name!r} "
+                    f"({type(value).__name__}), whose value evsys cannot hash; "
+                    "give the plugin an explicit `version = \"1\"` and bump it when that value changes"
+                )
+            parts.append(f"{name} = {constant}")
     return "\n".join(parts)
 
 
@@ -66,8 +75,10 @@ def _constant_text(value) -> str | None:
     """A stable text for a module-level constant a plugin uses (None: not a constant we can key)."""
     if isinstance(value, re.Pattern):
         return f"re.compile({value.pattern!r}, {int(value.flags)})"
-    if value is None or isinstance(value, (str, bytes, int, float, bool)):
+    if value is None or isinstance(value, (str, bytes, int, float, bool, enum.Enum)):
         return repr(value)
+    if dataclasses.is_dataclass(value) or hasattr(value, "model_dump"):
+        return repr(value)  # field-by-field repr: deterministic for plain data
     if isinstance(value, (list, tuple)):
         items = [_constant_text(v) for v in value]
         return None if None in items else "[" + ", ".join(items) + "]"

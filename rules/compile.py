@@ -65,7 +65,7 @@ def _data_nodes(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCac
             kw["seed"] = cfg.seed  # seeded transforms default to the experiment seed
         transform = cls(**kw)
         tcfg = getattr(transform, "cfg", None)
-        params = tcfg.model_dump(exclude_defaults=True, mode="json") if tcfg is not None else dict(kw)
+        params = tcfg.model_dump(exclude_defaults=True) if tcfg is not None else dict(kw)  # python mode: a date stays a date
         node = graph.add(
             Node(
                 rule="transform",

@@ -15,6 +15,7 @@ CHECKPOINT_VERSION = "1"
 EVAL_VERSION = "1"
 REPORT_VERSION = "1"
 TRAIN_LOCAL_FIELDS = ("supervise", "max_length", "truncation")  # these shape the tokens, an input already
+SCHEDULE_FIELDS = ("save_every",)  # which checkpoints are stored, not what training computes
 
 
 def add_model_nodes(graph: Graph, loaded, nodes, statcache: StatCache) -> None:
@@ -22,15 +23,14 @@ def add_model_nodes(graph: Graph, loaded, nodes, statcache: StatCache) -> None:
     from .tiny_model import resolve_model
 
     arm = nodes.arm
-    model_dir = resolve_model(arm.config.model.name)
+    model_dir = resolve_model(arm.config.model.name, arm.config.model.revision)
     nodes.tokenize = tokenize_node(graph, arm, nodes.rows, model_dir, statcache)
     nodes.train = _train_node(graph, arm, nodes.tokenize, model_dir, statcache)
-    steps = checkpoint_steps(arm)
-    nodes.checkpoints = {s: checkpoint_node(nodes.train, s) for s in steps}
-    nodes.train.produces = list(nodes.checkpoints.values())
-    nodes.train.payload["checkpoints"] = nodes.checkpoints
-    for ckpt in nodes.checkpoints.values():
-        graph.add(ckpt)
+    nodes.checkpoints = {s: graph.add(checkpoint_node(nodes.train, s)) for s in checkpoint_steps(arm)}
+    # arms that differ only in evals share one train node: it must save every arm's checkpoints
+    shared = nodes.train.payload.setdefault("checkpoints", {})
+    shared.update(nodes.checkpoints)
+    nodes.train.produces = [shared[s] for s in sorted(shared)]
     nodes.evals = _eval_nodes(graph, arm, nodes, model_dir)
     from .report import report_node
 
@@ -64,7 +64,7 @@ def _train_node(graph: Graph, arm, tokens: Node, model_dir: Path, statcache: Sta
     algo_cls = kinds.algorithms.get(cfg.algorithm.kind)
     algo = arm.params["algorithm"]
     backend_cfg = arm.params["backend"]
-    algo_params = {k: v for k, v in algo.model_dump(exclude_defaults=True, mode="json").items() if k not in TRAIN_LOCAL_FIELDS}
+    algo_params = {k: v for k, v in algo.model_dump(exclude_defaults=True, mode="json").items() if k not in TRAIN_LOCAL_FIELDS + SCHEDULE_FIELDS}
     return graph.add(
         Node(
             rule="train",

@@ -13,6 +13,7 @@ from evsys_build.executor import RunContext
 from evsys_build.hashing import digest
 
 from . import kinds
+from .code_identity import code_identity
 
 
 def eval_params(bench, tasks, system_prompt: str | None) -> dict:
@@ -48,7 +49,11 @@ def run_eval(ctx: RunContext) -> dict:
     checkpoint = ctx.inputs["checkpoint"]
     sampling = ctx.node.params["sampling"]
     prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
-    memo_keys = [digest({"checkpoint": checkpoint["key"], "prompt": p, "sampling": sampling, "seed": arm.config.seed}) for p in prompts]
+    sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "backend": code_identity(kinds.backends.get(arm.config.backend.kind))}
+    memo_keys = [
+        digest({"checkpoint": checkpoint["key"], "prompt": p, "sampling": sampling, "seed": arm.config.seed, "sampler": sampler_identity})
+        for p in prompts
+    ]
     completions: list[list[str] | None] = []
     for key in memo_keys:
         hit = ctx.store.memo_get(key)
@@ -57,14 +62,7 @@ def run_eval(ctx: RunContext) -> dict:
     if todo:
         sampler = _sampler(ctx, arm, payload["model_dir"], checkpoint)
         ctx.progress(0, len(todo), f"sampling {len(todo)} tasks")
-        outs = sampler.sample(
-            [prompts[i] for i in todo],
-            max_tokens=sampling["max_tokens"],
-            temperature=sampling["temperature"],
-            stop_token_ids=end_of_turn_ids(tok),
-            n=sampling["num_samples"],
-            seed=arm.config.seed,
-        )
+        outs = _sample(sampler, [prompts[i] for i in todo], sampling, end_of_turn_ids(tok), arm.config.seed)
         for i, samples in zip(todo, outs):
             texts = [_cut_at_strings(tok.decode(ids, skip_special_tokens=True), sampling["stop"]) for ids in samples]
             completions[i] = texts
@@ -85,6 +83,20 @@ def run_eval(ctx: RunContext) -> dict:
         "metrics": metrics,
         "stats": {"step": step, "benchmark": bench.name, "split": bench.split, "tasks": len(tasks), "tasks_sampled": len(todo), "tasks_cached": len(tasks) - len(todo)},
     }
+
+
+def _sample(sampler, prompts: list[list[int]], sampling: dict, stop_ids: list[int], seed: int) -> list[list[list[int]]]:
+    """Greedy decoding batches all prompts. With temperature > 0 each prompt gets its own RNG
+    stream, seeded from (seed, prompt), so a task's samples never depend on which tasks were
+    sampled beside it (the per-task cache relies on that) or on the batch size."""
+    common = {"max_tokens": sampling["max_tokens"], "temperature": sampling["temperature"], "stop_token_ids": stop_ids, "n": sampling["num_samples"]}
+    if sampling["temperature"] == 0:
+        return sampler.sample(prompts, seed=seed, **common)
+    out = []
+    for prompt in prompts:
+        task_seed = int(digest({"seed": seed, "prompt": prompt})[:8], 16)
+        out += sampler.sample([prompt], seed=task_seed, **common)
+    return out
 
 
 def _sampler(ctx: RunContext, arm, model_dir, checkpoint: dict):

@@ -120,9 +120,10 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
             _import_path(spec, path, at)
             continue
         try:
-            importlib.import_module(spec)
+            module = importlib.import_module(spec)
         except ModuleNotFoundError as exc:
             raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
+        _reload_if_edited(module)
 
 
 def _import_path(spec: str, config_path: Path, at: str) -> None:
@@ -132,11 +133,37 @@ def _import_path(spec: str, config_path: Path, at: str) -> None:
         raise ConfigError(f"{at}: no such plugin file {spec!r} (looked in the run dir and beside the config)")
     name = "evsys_plugin_" + "".join(ch if ch.isalnum() else "_" for ch in str(file.resolve()))
     if name in sys.modules:
+        _reload_if_edited(sys.modules[name])
         return
     module_spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     module_spec.loader.exec_module(module)
+    _loaded_source[name] = _source_bytes(module)
+
+
+_loaded_source: dict[str, bytes | None] = {}  # module name -> the source it was executed from
+
+
+def _source_bytes(module) -> bytes | None:
+    file = getattr(module, "__file__", None)
+    try:
+        return Path(file).read_bytes() if file else None
+    except OSError:
+        return None
+
+
+def _reload_if_edited(module) -> None:
+    """Re-execute a plugin whose file changed since this process imported it (notebooks, the SDK):
+    its key is computed from the source on disk, so the code that runs must be that source too."""
+    current = _source_bytes(module)
+    before = _loaded_source.setdefault(module.__name__, current)
+    if current is not None and current != before:
+        import linecache
+
+        linecache.checkcache(module.__file__)
+        module.__spec__.loader.exec_module(module)  # re-run in place; registrations replace the old ones
+        _loaded_source[module.__name__] = current
 
 
 def _arm_raws(raw: dict, config: ExperimentConfig, path: Path, marks: Marks) -> list[tuple[str, dict]]:
@@ -161,21 +188,24 @@ def _arm_raws(raw: dict, config: ExperimentConfig, path: Path, marks: Marks) -> 
 
 
 def _apply(base: dict, overrides: dict, path: Path, marks: Marks, at: tuple) -> dict:
-    """A deep copy of `base` with dotted-path overrides (`algorithm.params.lora_rank: 8`)."""
+    """A deep copy of `base` with dotted-path overrides (`algorithm.params.lora_rank: 8`, `transforms.0.params.x`)."""
     out = copy.deepcopy(base)
     for dotted_path, value in overrides.items():
         parts = dotted_path.split(".")
         node = out
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
             if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
             elif isinstance(node, dict):
-                node = node.setdefault(part, {})
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
             else:
-                raise ConfigError(f"{where(path, marks, at + (dotted_path,), key=True)}: {dotted_path}: cannot set this path (no such block)")
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit():
-            node[int(last)] = value
-        else:
-            node[last] = value
+                reason = f"list index {part!r} is out of range or not a number" if isinstance(node, list) else f"{'.'.join(parts[:depth])} is a value, not a block"
+                raise ConfigError(f"{where(path, marks, at + (dotted_path,), key=True)}: {dotted_path}: cannot set this path ({reason})")
     return out

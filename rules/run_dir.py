@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from evsys_build.atomic import write_atomic
+from evsys_build.errors import ConfigError
 
 from .experiment_md import experiment_markdown
 from .report import write_run_dir
 
 
 def materialize(project, store, results: dict, arms: list[str], echo) -> None:
+    """Write every built arm's run dir and experiment.md; an unwritable output_dir is a config error."""
+    try:
+        _materialize(project, store, results, arms, echo)
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot write the run dir ({exc.strerror}: {exc.filename}); choose another output_dir") from None
+
+
+def _materialize(project, store, results: dict, arms: list[str], echo) -> None:
     built = [n for n in project.arm_nodes if n.arm.name in arms]
     for nodes in built:
         run_dir = write_run_dir(project, store, results, nodes, echo)

@@ -153,7 +153,7 @@ def ensure_tiny_model() -> Path:
     return dest
 
 
-def resolve_model(name: str) -> Path:
+def resolve_model(name: str, revision: str | None = None) -> Path:
     """A model folder for `name`: a local directory, evsys/tiny-qwen3, or the offline HF cache."""
     path = Path(name).expanduser()
     if path.is_dir():
@@ -164,7 +164,7 @@ def resolve_model(name: str) -> Path:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(name, local_files_only=True))
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError) as err:
         raise ConfigError(
             f"model.name: {name!r} is not a local directory and is not in the local Hugging Face cache; "

@@ -18,9 +18,13 @@ class _MarkedLoader(yaml.SafeLoader):
 def load_yaml_with_marks(path: Path) -> tuple[object, Marks]:
     """Parse `path`; returns (data, marks). Duplicate keys and syntax errors are ConfigErrors."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; give the config file (e.g. {path}/config.yaml)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); save the config as UTF-8") from None
     try:
         root = yaml.compose(text, Loader=_MarkedLoader)
     except yaml.YAMLError as exc:

@@ -129,3 +129,22 @@ def test_cached_rebuild_runs_no_training_step(tmp_path, tiny_model_dir):
     out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert ran_names(out) == set()
     assert "train_mean_nll=" not in out
+
+
+def test_arms_sharing_a_train_node_store_every_arms_checkpoints(tmp_path, tiny_model_dir):
+    """Arms that differ only in evaluation share one training; it saves what each arm's evals need."""
+    project = make_project(tmp_path / "p", tool_rows(16), config(2))
+    tasks = [{"task_id": f"t{i}", "instruction": f"query {i}", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "x"}} for i in range(2)]
+    (project / "val").mkdir()
+    (project / "val" / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    extra = (
+        "metadata:\n  benchmark:\n    - {name: val, path: val, max_tokens: 4}\n"
+        "arms:\n  - {name: every1, set: {metadata.benchmark.0.run_every: 1}}\n"
+        "  - {name: final_only, set: {metadata.benchmark.0.max_tokens: 3}}\n"
+    )
+    (project / "config.yaml").write_text(config(2, extra=extra))
+    out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert sum(line.startswith("ran ") and "] train  " in line for line in out.splitlines()) == 1  # trained once
+    assert "saved   [every1] checkpoint@1" in out
+    again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert ran_names(again) == set()

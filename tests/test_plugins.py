@@ -297,3 +297,36 @@ def test_row_local_plugin_reruns_only_the_changed_chunk(tmp_path, monkeypatch, t
     else:  # a whole-dataset transform reruns on everything
         assert second["stats"]["chunks_cached"] == 0
     assert second["stats"]["rows_out"] == 4000
+
+
+def test_an_edited_plugin_is_reloaded_in_the_same_process(tmp_path, monkeypatch):
+    """Notebook/SDK use: the code that runs must be the source the key was computed from."""
+    from rules.code_identity import code_identity
+    from rules.loading import load_config
+    from rules.registry import transforms
+
+    plugin = tmp_path / "shout.py"
+    body = (
+        "from evsys_sdk import register_transform\n"
+        "@register_transform('shout_reload_test')\n"
+        "class Shout:\n"
+        "    def __init__(self, **kw): pass\n"
+        "    def __call__(self, rows): return [{'q': r['q'].SUFFIX()} for r in rows]\n"
+    )
+    plugin.write_text(body.replace("SUFFIX", "upper"))
+    (tmp_path / "data.jsonl").write_text('{"q": "Hi"}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "plugins: [shout.py]\ndata: {source_kind: jsonl, path: data.jsonl}\n"
+        "transforms: [{kind: shout_reload_test}]\nmodel: {name: evsys/tiny-qwen3}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    load_config(config)
+    first = transforms.get("shout_reload_test")
+    assert first()([{"q": "Hi"}]) == [{"q": "HI"}]
+    first_identity = code_identity(first)
+    plugin.write_text(body.replace("SUFFIX", "lower"))
+    load_config(config)
+    second = transforms.get("shout_reload_test")
+    assert second()([{"q": "Hi"}]) == [{"q": "hi"}]
+    assert code_identity(second) != first_identity
