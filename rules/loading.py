@@ -123,6 +123,8 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
             module = importlib.import_module(spec)
         except ModuleNotFoundError as exc:
             raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
+        except SyntaxError as exc:
+            raise _syntax_error(exc, at) from None
         _reload_if_edited(module)
 
 
@@ -138,8 +140,16 @@ def _import_path(spec: str, config_path: Path, at: str) -> None:
     module_spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[name]
+        raise _syntax_error(exc, at) from None
     _loaded_source[name] = _source_bytes(module)
+
+
+def _syntax_error(exc: SyntaxError, at: str) -> ConfigError:
+    return ConfigError(f"{exc.filename}:{exc.lineno}:{exc.offset or 0}: {exc.msg} (in the plugin named at {at}); fix the plugin's syntax")
 
 
 _loaded_source: dict[str, bytes | None] = {}  # module name -> the source it was executed from

@@ -330,3 +330,12 @@ def test_an_edited_plugin_is_reloaded_in_the_same_process(tmp_path, monkeypatch)
     second = transforms.get("shout_reload_test")
     assert second()([{"q": "Hi"}]) == [{"q": "hi"}]
     assert code_identity(second) != first_identity
+
+
+def test_a_plugin_with_a_syntax_error_is_one_line_naming_its_file_and_line(tmp_path):
+    (tmp_path / "broken.py").write_text("x = 1\ndef f(:\n")
+    (tmp_path / "config.yaml").write_text("plugins: [broken.py]\ndata: {source_kind: jsonl, path: d.jsonl}\nmodel: {name: evsys/tiny-qwen3}\n")
+    proc = evsys("validate", "config.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "broken.py:2:" in line and "plugins[0]" in line and "Traceback" not in proc.stderr
