@@ -17,9 +17,13 @@ from .store import Store
 
 def _project_and_graph(config: Path, store: Store, arm: str | None):
     project = frontend().open_project(config, store)
+    return (project, *_graph_for(project, arm))
+
+
+def _graph_for(project, arm: str | None):
     if arm is not None and arm not in project.arm_names:
         raise UsageError(f"--arm {arm}: no such arm; the config has: {', '.join(project.arm_names)}")
-    return project, project.graph_for(arm), ([arm] if arm else project.arm_names)
+    return project.graph_for(arm), ([arm] if arm else project.arm_names)
 
 
 def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[PlanEntry]:
@@ -29,7 +33,12 @@ def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[Pla
 
 def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
     """Build; returns the exit code (0 ok, 1 a node failed). Config errors raise."""
-    project, graph, arms = _project_and_graph(config, store, arm)
+    return build_project(frontend().open_project(config, store), store, arm, jobs, echo)
+
+
+def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
+    """Build an already opened project (the SDK keeps it for its summary); returns the exit code."""
+    graph, arms = _graph_for(project, arm)
     printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
     executor = Executor(store, jobs=jobs, on_event=printer)
     try:

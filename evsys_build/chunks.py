@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 import xxhash
 
+from .gc import referenced_objects
 from .hashing import digest
 from .store import Store
 
@@ -101,12 +102,5 @@ def map_chunks(
     return out, {"chunks_ran": ran, "chunks_cached": cached}
 
 
-def chunk_blobs(chunk: dict) -> list[str]:
-    """Every object a chunk descriptor names."""
-    names = [chunk["blob"]] if "blob" in chunk else []
-    names += list(chunk.get("blobs", {}).values())
-    return names
-
-
 def _blobs_present(store: Store, chunk: dict) -> bool:
-    return all(store.has_object(b) for b in chunk_blobs(chunk))
+    return all(store.has_object(b) for b in referenced_objects(chunk))

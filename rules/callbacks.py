@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from .registry import callbacks as callback_registry
 from .registry import register_callback
+
+
+def make_callbacks(config, echo) -> list:
+    """The config's callbacks, instantiated, printing through `echo`."""
+    return [callback_registry.get(c.kind)(echo=echo, **c.params) for c in config.callbacks]
 
 
 class Callback:

@@ -13,6 +13,7 @@ from evsys_build.executor import RunContext
 from evsys_build.hashing import digest
 
 from . import kinds
+from .callbacks import make_callbacks
 from .code_identity import code_identity
 
 
@@ -75,7 +76,7 @@ def run_eval(ctx: RunContext) -> dict:
         {"task_id": t.task_id, "step": step, "prediction": samples[0], "correct": v[0], **({"samples": samples, "verdicts": v} if len(samples) > 1 else {})}
         for t, samples, v in zip(tasks, completions, verdicts)
     ]
-    for cb in [kinds.callbacks.get(c.kind)(echo=ctx.log, **c.params) for c in arm.config.callbacks]:
+    for cb in make_callbacks(arm.config, ctx.log):
         cb.on_eval(arm.name, step, bench.name, {f"{bench.split}/{bench.name}/{k}": v for k, v in metrics.items()})
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
     return {

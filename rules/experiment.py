@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evsys_build.build import run_build
+from evsys_build.build import build_project
 from evsys_build.store import Store, default_cache_dir
 
 from .loading import LoadedConfig
@@ -35,8 +35,8 @@ class Experiment:
         from .report import arm_run_dir
         from .run_dir import arm_summaries
 
-        code = run_build(self.config_path, self.store, arm=arm, jobs=jobs, echo=self.echo)
         project = open_project(self.config_path, self.store)
+        code = build_project(project, self.store, arm=arm, jobs=jobs, echo=self.echo)
         summaries = arm_summaries(project, self.store)
         loaded = project.loaded
         artifacts: dict = {"run_dir": str(loaded.output_dir / loaded.run_name)}

@@ -13,7 +13,7 @@ from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.store import Store
 
-from . import kinds
+from .callbacks import make_callbacks
 from .compile_model import checkpoint_node
 
 
@@ -43,7 +43,7 @@ def run_train(ctx: RunContext) -> dict:
     if not data:
         raise ConfigError(f"{ctx.node.name}: no training rows left after the transforms")
     client = backend.create_training_client(payload["model_dir"], algo.lora_rank, arm.config.seed)
-    callbacks = [kinds.callbacks.get(c.kind)(echo=ctx.log, **c.params) for c in arm.config.callbacks]
+    callbacks = make_callbacks(arm.config, ctx.log)
 
     def on_step(step: int, metrics: dict) -> None:
         ctx.progress(step, missing[-1], f"loss {metrics['train_mean_nll']:.4f}")
