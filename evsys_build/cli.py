@@ -9,7 +9,11 @@ from pathlib import Path
 
 import click
 
+from .build import plan_entries, run_build
 from .errors import EvsysError
+from .gc import collect_garbage, verify_store
+from .project import frontend
+from .show import show_node
 from .store import Store, default_cache_dir
 
 cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="store location (default: $EVSYS_CACHE or ./.evsys-cache)")
@@ -45,8 +49,6 @@ def main():
 @cache_option
 def build(config, arm, jobs, cache_dir):
     """Build every node CONFIG implies; print one line per node, then the run dir."""
-    from .build import run_build
-
     store = Store(default_cache_dir(cache_dir))
     code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo)
     sys.exit(code)
@@ -59,8 +61,6 @@ def build(config, arm, jobs, cache_dir):
 @cache_option
 def plan(config, arm, as_json, cache_dir):
     """Dry run: which nodes would run, and why."""
-    from .build import plan_entries
-
     entries = plan_entries(Path(config), Store(default_cache_dir(cache_dir)), arm)
     if as_json:
         click.echo(json.dumps({"nodes": [e.as_json() for e in entries]}, indent=1))
@@ -85,8 +85,6 @@ def _label(node, arms) -> str:
 @cache_option
 def show(ref, as_json, rows, cache_dir):
     """Show a node: `evsys show node:<key or unique prefix>`."""
-    from .show import show_node
-
     click.echo(show_node(Store(default_cache_dir(cache_dir)), ref, as_json=as_json, rows=rows, color=sys.stdout.isatty()))
 
 
@@ -95,8 +93,6 @@ def show(ref, as_json, rows, cache_dir):
 @click.option("--deep", is_flag=True, help="also check every kind/params block, data files, templates, benchmarks, verifiers")
 def validate(config, deep):
     """Check CONFIG offline (no GPU, no network)."""
-    from .project import frontend
-
     for line in frontend().validate(Path(config), deep=deep):
         click.echo(line)
     click.echo(f"{config}: ok" + (" (deep)" if deep else ""))
@@ -108,8 +104,6 @@ def validate(config, deep):
 @cache_option
 def dag(config, fmt, cache_dir):
     """Print the build graph as mermaid or dot."""
-    from .project import frontend
-
     project = frontend().open_project(Path(config), Store(default_cache_dir(cache_dir)))
     click.echo(project.graph.to_mermaid() if fmt == "mermaid" else project.graph.to_dot(), nl=False)
 
@@ -119,8 +113,6 @@ def dag(config, fmt, cache_dir):
 @cache_option
 def gc(dry_run, cache_dir):
     """Remove nodes and objects that no ref reaches."""
-    from .gc import collect_garbage
-
     report = collect_garbage(Store(default_cache_dir(cache_dir)), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(
@@ -133,8 +125,6 @@ def gc(dry_run, cache_dir):
 @cache_option
 def verify(cache_dir):
     """Re-hash every object and check every manifest; exit 1 on any mismatch."""
-    from .gc import verify_store
-
     store = Store(default_cache_dir(cache_dir))
     problems = verify_store(store)
     for p in problems:

@@ -45,3 +45,7 @@ class NodeFailed(EvsysError, RuntimeError):
     """A node raised while running; the store holds nothing of it."""
 
     exit_code = 1
+
+
+class PluginError(EvsysError, TypeError):
+    """A plugin that does not fit its kind's protocol (a backend missing a method, ...)."""

@@ -1,20 +1,65 @@
 """The seam between the engine and the rules that compile a config (the "frontend").
 
-The engine imports the frontend lazily by module name, so `evsys_build` never imports ML code.
-A frontend module provides:
-  open_project(config_path, store) -> object with .graph, .experiment, .arm_names,
-      .graph_for(arm | None), .refs(store), .record(store, arms), .finish(store, results, arms, echo)
-  validate(config_path, deep) -> list[str]          (raises ConfigError on the first mistake)
-  preview(store, manifest, rows, color, text=True) -> (text, rows_as_json)
+The engine imports the frontend lazily by module name (`EVSYS_FRONTEND`, default
+`evsys_rules.frontend`), so `evsys_build` never imports ML code. `Frontend` and `Project`
+below are the whole interface; tests check the rules' frontend against them.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
-DEFAULT_FRONTEND = "rules.project"
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .store import Store
+
+DEFAULT_FRONTEND = "evsys_rules.frontend"
 
 
-def frontend():
+@runtime_checkable
+class Project(Protocol):
+    """A config opened for building: its graph of every arm, and what to do around a build."""
+
+    graph: "Graph"
+    experiment: str
+    arm_names: list[str]
+
+    def graph_for(self, arm: str | None) -> "Graph":
+        """The whole graph (arm None) or one arm's nodes."""
+        ...
+
+    def refs(self, store: "Store") -> dict[str, dict]:
+        """Per arm, what the last build recorded (the planner diffs against it)."""
+        ...
+
+    def record(self, store: "Store", arms: list[str]) -> None:
+        """Remember this build's node keys for `arms`."""
+        ...
+
+    def finish(self, store: "Store", results: dict[str, dict], arms: list[str], echo: Callable[[str], None]) -> None:
+        """After a successful build: write the run dir and anything else the frontend owns."""
+        ...
+
+
+@runtime_checkable
+class Frontend(Protocol):
+    """What a frontend module provides."""
+
+    def open_project(self, config_path: Path, store: "Store") -> Project:
+        """Load, validate and compile a config; a mistake raises a one-line ConfigError."""
+        ...
+
+    def validate(self, config_path: Path, deep: bool = False) -> list[str]:
+        """Check a config offline; informative lines when it is fine, a ConfigError when not."""
+        ...
+
+    def preview(self, store: "Store", manifest: dict, rows: int, color: bool, text: bool = True) -> tuple[str, list]:
+        """(text for a terminal, rows as JSON) showing a node's outputs."""
+        ...
+
+
+def frontend() -> Frontend:
     return importlib.import_module(os.environ.get("EVSYS_FRONTEND", DEFAULT_FRONTEND))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .gc import referenced_objects
 from .project import frontend
 from .store import Store
 
@@ -30,8 +31,6 @@ def format_manifest(store: Store, m: dict) -> str:
     ]
     for i in m.get("inputs", []):
         lines.append(f"input    {i['label']}: {i['name']} ({i['rule']}) node:{i['key'][:12]}")
-    from .gc import referenced_objects
-
     names = sorted(referenced_objects(m.get("outputs", {})))
     size = sum(store.object_path(n).stat().st_size for n in names if store.has_object(n))
     lines.append(f"outputs  {', '.join(sorted(m.get('outputs', {})))} — {len(names)} objects, {size / 1e6:.2f} MB")

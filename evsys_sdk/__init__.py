@@ -3,7 +3,7 @@
     from evsys_sdk import register_transform, Experiment, run_experiment
 """
 
-from rules.registry import (
+from evsys_rules.plugins.registry import (
     register_algorithm,
     register_backend,
     register_callback,
@@ -15,7 +15,7 @@ from rules.registry import (
 
 def __getattr__(name):  # Experiment pulls in more; load it only when asked for
     if name in ("Experiment", "run_experiment", "ExperimentResult"):
-        from rules import experiment
+        from evsys_rules import experiment
 
         return getattr(experiment, name)
     raise AttributeError(name)

@@ -1,108 +1,51 @@
-"""Compile a loaded config into the DAG: source → transform* → tokenize → train → eval → report."""
+"""Compile a loaded config into the DAG: source → transform* → tokenize → train (→ checkpoint@N)
+→ eval per checkpoint × benchmark → report. This module only wires the node kinds of nodes/."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from evsys_build.graph import Graph, Node
 from evsys_build.statcache import StatCache
 
-from . import data_rules, kinds
-from .code_identity import code_identity
-from .loading import Arm, LoadedConfig, check_source
+from .config.loading import Arm, LoadedConfig
+from .models.resolve import resolve_model
+from .nodes.eval import eval_nodes
+from .nodes.report import report_node
+from .nodes.source import source_node
+from .nodes.tokenize import tokenize_node
+from .nodes.train import attach_checkpoints, checkpoint_node, stored_checkpoint_steps, train_node
+from .nodes.transform import transform_node
 
 
 @dataclass
 class ArmNodes:
-    """The nodes of one arm that later stages and the report need."""
+    """The nodes of one arm that later stages and the run dir need."""
 
     arm: Arm
     rows: Node
-    tokenize: Node | None = None
-    train: Node | None = None
-    checkpoints: dict | None = None  # step -> Node
-    evals: list | None = None
+    tokenize: Node
+    train: Node
+    checkpoints: dict[int, Node] = field(default_factory=dict)
+    evals: list[tuple] = field(default_factory=list)  # (benchmark, step, node)
     report: Node | None = None
 
 
 def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, list[ArmNodes]]:
+    """Every arm's nodes in one graph; arms share the nodes they have in common (same key)."""
     graph = Graph()
-    out = []
-    for arm in loaded.arms:
-        nodes = ArmNodes(arm, rows=_data_nodes(graph, loaded, arm, statcache))
-        from .compile_model import add_model_nodes
-
-        add_model_nodes(graph, loaded, nodes, statcache)
-        out.append(nodes)
-    return graph, out
+    return graph, [_compile_arm(graph, loaded, arm, statcache) for arm in loaded.arms]
 
 
-def _data_nodes(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
-    cfg = arm.config
-    source_cls = kinds.sources.get(cfg.data.source_kind)
-    source = source_cls(**arm.params["data"].model_dump())
-    check_source(loaded, source)
-    source_params = arm.params["data"].model_dump(exclude_defaults=True)
-    source_params.pop("path", None)
-    node = graph.add(
-        Node(
-            rule="source",
-            name="source",
-            version=f"{data_rules.SOURCE_VERSION}/{code_identity(source_cls)}",
-            params={"kind": cfg.data.source_kind, "params": source_params, "content": [statcache.file_digest(f) for f in source.files()]},
-            run=data_rules.run_source,
-            arm=arm.name,
-            param_paths={"params": "data.params", "kind": "data.source_kind"},
-            param_labels={"content": "data file content changed"},
-            payload={"source": source},
-        )
-    )
-    for i, spec in enumerate(cfg.transforms):
-        cls = kinds.transforms.get(spec.kind)
-        kw = dict(spec.params)
-        if "seed" in getattr(getattr(cls, "Config", None), "model_fields", {}) and kw.get("seed") is None:
-            kw["seed"] = cfg.seed  # seeded transforms default to the experiment seed
-        transform = cls(**kw)
-        tcfg = getattr(transform, "cfg", None)
-        params = tcfg.model_dump(exclude_defaults=True) if tcfg is not None else dict(kw)  # python mode: a date stays a date
-        node = graph.add(
-            Node(
-                rule="transform",
-                name=f"transform[{i}] {spec.kind}",
-                version=data_rules.TRANSFORM_VERSION,
-                params={"kind": spec.kind, "params": params, "code": code_identity(cls), "row_local": bool(getattr(cls, "row_local", False))},
-                inputs=[("rows", node)],
-                run=data_rules.run_transform,
-                arm=arm.name,
-                param_paths={"params": f"transforms[{i}].params", "kind": f"transforms[{i}].kind"},
-                param_labels={"code": f"transform {spec.kind} code changed"},
-                payload={"transform": transform},
-            )
-        )
-    return node
-
-
-def tokenize_node(graph: Graph, arm: Arm, rows: Node, model_dir: Path, statcache: StatCache) -> Node:
-    from .chat_tokens import tokenizer_files
-
-    algo = arm.params["algorithm"]
-    return graph.add(
-        Node(
-            rule="tokenize",
-            name="tokenize",
-            version=data_rules.TOKENIZE_VERSION,
-            params={
-                "tokenizer": {f.name: statcache.file_digest(f) for f in tokenizer_files(model_dir)},
-                "supervise": getattr(algo, "supervise", "all_assistant"),
-                "max_length": getattr(algo, "max_length", 2048),
-                "truncation": getattr(algo, "truncation", "right"),
-            },
-            inputs=[("rows", rows)],
-            run=data_rules.run_tokenize,
-            arm=arm.name,
-            param_paths={k: f"algorithm.params.{k}" for k in ("supervise", "max_length", "truncation")},
-            param_labels={"tokenizer": "tokenizer or chat template changed"},
-            payload={"model_dir": model_dir},
-        )
-    )
+def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> ArmNodes:
+    rows = graph.add(source_node(loaded, arm, statcache))
+    for index in range(len(arm.config.transforms)):
+        rows = graph.add(transform_node(arm, index, rows))
+    model_dir = resolve_model(arm.config.model.name, arm.config.model.revision)
+    tokens = graph.add(tokenize_node(arm, rows, model_dir, statcache))
+    train = graph.add(train_node(arm, tokens, model_dir, statcache))
+    checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}
+    attach_checkpoints(train, checkpoints)
+    evals = [(bench, step, graph.add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model_dir)]
+    report = graph.add(report_node(arm, train, evals))
+    return ArmNodes(arm, rows, tokens, train, checkpoints, evals, report)

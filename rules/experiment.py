@@ -8,7 +8,10 @@ from pathlib import Path
 from evsys_build.build import build_project
 from evsys_build.store import Store, default_cache_dir
 
-from .loading import LoadedConfig
+from .config.loading import LoadedConfig
+from .frontend import open_project
+from .outputs.experiment_md import conclusion
+from .outputs.run_dir import arm_run_dir, arm_summaries
 
 
 @dataclass
@@ -30,11 +33,6 @@ class Experiment:
 
     def run(self, arm: str | None = None, jobs: int = 2) -> ExperimentResult:
         """Build every node (callbacks fire, the run dir is written) and summarise the outcome."""
-        from .experiment_md import conclusion
-        from .project import open_project
-        from .report import arm_run_dir
-        from .run_dir import arm_summaries
-
         project = open_project(self.config_path, self.store)
         code = build_project(project, self.store, arm=arm, jobs=jobs, echo=self.echo)
         summaries = arm_summaries(project, self.store)

@@ -28,7 +28,7 @@ def _models_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(_models_home) -> Path:
-    from rules.tiny_model import ensure_tiny_model
+    from evsys_rules.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model()
 

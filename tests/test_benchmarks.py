@@ -7,7 +7,7 @@ import json
 import pytest
 
 from evsys_build.errors import ConfigError, UnknownKindError
-from rules.benchmarks import Task, load_tasks
+from evsys_rules.evals.benchmarks import Task, load_tasks
 
 GOOD = {"task_id": "t0", "instruction": "Query: hi", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "x"}}
 

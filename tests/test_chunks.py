@@ -117,7 +117,7 @@ STAGES = ["transform[0] filter", "transform[1] jsonl_to_chat", "tokenize"]
 
 def build_data_nodes(project: Path) -> dict[str, dict]:
     """Build source, transforms and tokenize only (no training), via the frontend + Executor."""
-    from rules.project import open_project
+    from evsys_rules.frontend import open_project
 
     store = Store(project / "cache")
     opened = open_project(project / "config.yaml", store)
@@ -215,7 +215,7 @@ def test_row_local_stages_rerun_one_or_two_chunks(incremental):
 
 def test_a_rule_version_bump_recomputes_every_chunk(tmp_path, monkeypatch, tiny_model_dir):
     """Per-chunk memos are keyed by the rule version too: new tokenize code must not serve old chunks."""
-    import rules.data_rules as data_rules
+    import evsys_rules.nodes.tokenize as data_rules
 
     (tmp_path / "data").mkdir()
     write_lines(tmp_path / "data" / "train.jsonl", big_rows(5000))

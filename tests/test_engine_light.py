@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "peft", "tinker", "numpy", "networkx", "rules")
+HEAVY = ("torch", "transformers", "peft", "tinker", "numpy", "networkx", "evsys_rules")
 
 
 def test_engine_import_loads_no_ml_library():

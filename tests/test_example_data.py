@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rules.benchmarks import load_tasks
-from rules.verifiers import check
+from evsys_rules.evals.benchmarks import load_tasks
+from evsys_rules.evals.verifiers import check
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "sft_walkthrough" / "data"
 WALKTHROUGH_ROWS = [

@@ -13,12 +13,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from evsys_build.errors import ConfigError  # noqa: E402
-from rules.algorithms.sft_config import SFTConfig  # noqa: E402
-from rules.algorithms.sft_loop import TIMING_METRICS, train_sft  # noqa: E402
-from rules.backends.base import AdamParams, Datum  # noqa: E402
-from rules.backends.local import LocalBackend, LocalBackendConfig  # noqa: E402
-from rules.registry import backends  # noqa: E402
-from rules.tiny_model import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, build_tiny_model, resolve_model  # noqa: E402
+from evsys_rules.algorithms.sft import SFTConfig  # noqa: E402
+from evsys_rules.algorithms.sft_loop import TIMING_METRICS, train_sft  # noqa: E402
+from evsys_rules.backends.base import AdamParams, Datum, SavedCheckpoint  # noqa: E402
+from evsys_rules.backends.local import LocalBackend, LocalBackendConfig  # noqa: E402
+from evsys_rules.plugins.registry import backends  # noqa: E402
+from evsys_rules.models.resolve import resolve_model  # noqa: E402
+from evsys_rules.models.tiny import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, build_tiny_model  # noqa: E402
 
 CPU = LocalBackendConfig(device="cpu")
 
@@ -143,11 +144,11 @@ def test_resume_is_bit_identical(model_dir, lora_rank):
     backend = LocalBackend(CPU)
 
     def run(stop_at=None, resume=None):
-        saved: dict[int, tuple] = {}
+        saved: dict[int, SavedCheckpoint] = {}
         client = backend.create_training_client(model_dir, lora_rank=lora_rank, seed=7)
         metrics = train_sft(
             client, data, cfg, seed=7, save_steps={2}, resume=resume, on_step=lambda s, m: None,
-            on_checkpoint=lambda step, blobs, meta: saved.__setitem__(step, (blobs, meta)), stop_at=stop_at,
+            on_checkpoint=saved.__setitem__, stop_at=stop_at,
         )
         return metrics, saved
 
@@ -155,12 +156,13 @@ def test_resume_is_bit_identical(model_dir, lora_rank):
     assert sorted(full_saves) == [2, 6]
     killed_metrics, killed_saves = run(stop_at=3)
     assert sorted(killed_saves) == [2, 3]
-    blobs, meta = killed_saves[3]
+    meta = killed_saves[3].meta
     assert meta["step"] == 3 and meta["position"] == 9 and meta["epoch"] == 1
-    resumed_metrics, resumed_saves = run(resume={"blobs": blobs, "meta": meta})
+    resumed_metrics, resumed_saves = run(resume=killed_saves[3])
     assert sorted(resumed_saves) == [6]
     assert without_timing(resumed_metrics) == without_timing(full_metrics)
-    assert resumed_saves[6][0] == full_saves[6][0]  # every blob, byte for byte
+    assert resumed_saves[6].state == full_saves[6].state  # every blob, byte for byte
+    assert resumed_saves[6].weights == full_saves[6].weights
     assert [m["step"] for m in full_metrics] == [1, 2, 3, 4, 5, 6]
     assert full_metrics[-1]["train_mean_nll"] < full_metrics[0]["train_mean_nll"]
 

@@ -179,7 +179,7 @@ def test_a_removed_manifest_is_reported_and_only_that_node_reruns(project_copy):
 
 def test_a_rule_version_bump_is_a_reason(project_copy, monkeypatch):
     """Plan in-process with the transform rule's version bumped (what a code change to run_transform does)."""
-    import rules.data_rules as data_rules
+    import evsys_rules.nodes.transform as data_rules
     from evsys_build.build import plan_entries
 
     monkeypatch.chdir(project_copy)

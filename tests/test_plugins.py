@@ -147,7 +147,7 @@ def entry_point_dist(root: Path) -> Path:
 
 
 def test_entry_point_plugins_load_on_lookup(tmp_path, monkeypatch):
-    from rules import registry
+    from evsys_rules.plugins import registry
 
     isolate_transform_registry(monkeypatch)
     site = entry_point_dist(tmp_path / "site")
@@ -174,7 +174,7 @@ def test_entry_point_plugin_through_the_cli(tmp_path, tiny_model_dir):
 
 def isolate_transform_registry(monkeypatch) -> None:
     """Plugins registered by this test go into a copy of the transform registry, dropped afterwards."""
-    from rules import kinds, registry  # noqa: F401  (built-ins registered before the copy is taken)
+    from evsys_rules.plugins import kinds, registry  # noqa: F401  (built-ins registered before the copy is taken)
 
     monkeypatch.setattr(registry.transforms, "_items", dict(registry.transforms._items))
 
@@ -197,7 +197,7 @@ def load_module(path: Path, source: str):
 @pytest.fixture
 def identity(tmp_path, monkeypatch):
     """code_identity of StripPII loaded from `source` (each call a fresh module)."""
-    from rules.code_identity import code_identity
+    from evsys_rules.plugins.code_identity import code_identity
 
     isolate_transform_registry(monkeypatch)
     counter = iter(range(1000))
@@ -260,7 +260,7 @@ def build_transform(project: Path) -> dict:
     from evsys_build.executor import Executor
     from evsys_build.graph import Graph
     from evsys_build.store import Store
-    from rules.project import open_project
+    from evsys_rules.frontend import open_project
 
     store = Store(project / "cache")
     graph = Graph()
@@ -301,9 +301,9 @@ def test_row_local_plugin_reruns_only_the_changed_chunk(tmp_path, monkeypatch, t
 
 def test_an_edited_plugin_is_reloaded_in_the_same_process(tmp_path, monkeypatch):
     """Notebook/SDK use: the code that runs must be the source the key was computed from."""
-    from rules.code_identity import code_identity
-    from rules.loading import load_config
-    from rules.registry import transforms
+    from evsys_rules.plugins.code_identity import code_identity
+    from evsys_rules.config.loading import load_config
+    from evsys_rules.plugins.registry import transforms
 
     plugin = tmp_path / "shout.py"
     body = (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from evsys_build.errors import ConfigError
-from rules.chat_tokens import load_tokenizer, prompt_ids, tokenize_conversation
+from evsys_rules.data.chat_tokens import load_tokenizer, prompt_ids, tokenize_conversation
 
 SYSTEM = "You select the single best tool for the user's query."
 USER1 = "Query: edit a slack message I sent earlier\nReply with the tool slug inside <answer></answer>."
@@ -136,7 +136,7 @@ def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monke
     from evsys_build.executor import Executor
     from evsys_build.graph import Graph
     from evsys_build.store import Store
-    from rules.project import open_project
+    from evsys_rules.frontend import open_project
 
     rows = [{"query": f"short query {i}", "tool_slug": "T"} for i in range(6)]
     rows[3]["query"] = "a very long query " + "with many many words " * 40

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from evsys_build.errors import ConfigError, UnknownKindError
-from rules.passk import aggregate, pass_at_k
-from rules.registry import register_verifier, verifiers
-from rules.verifiers import check, resolve, verifier_identity
+from evsys_rules.evals.passk import aggregate, pass_at_k
+from evsys_rules.plugins.registry import register_verifier, verifiers
+from evsys_rules.evals.verifiers import check, resolve, verifier_identity
 
 
 def spec(fn_name: str, **args) -> dict:

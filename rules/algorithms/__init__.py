@@ -1,0 +1,1 @@
+"""Algorithms: training recipes that run on any backend (sft)."""

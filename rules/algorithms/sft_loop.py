@@ -19,11 +19,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from rules.algorithms.sft_config import SFTConfig
-from rules.backends.base import AdamParams, Datum, TrainingClient
+from ..backends.base import AdamParams, Datum, SavedCheckpoint, TrainingClient
+from .sft import SFTConfig
 
-STATE_PREFIX = "state/"
-WEIGHTS_PREFIX = "weights/"
 TIMING_METRICS = ("tokens_per_s", "step_time_s")  # wall-clock; differ between otherwise identical runs
 
 
@@ -68,9 +66,10 @@ def normalized_batch(batch: Sequence[Datum]) -> tuple[list[Datum], float]:
     return [Datum(d.input_ids, d.weights * scale) for d in batch], total
 
 
-def checkpoint_steps(cfg: SFTConfig, save_steps: set[int], final_step: int) -> set[int]:
+def steps_to_save(cfg: SFTConfig, requested: set[int], final_step: int) -> set[int]:
+    """The steps to checkpoint: the requested ones, save_every multiples, and the final step."""
     every = set(range(cfg.save_every, final_step + 1, cfg.save_every)) if cfg.save_every else set()
-    return {s for s in (set(save_steps) | every) if 1 <= s <= final_step} | {final_step}
+    return {s for s in (set(requested) | every) if 1 <= s <= final_step} | {final_step}
 
 
 def adam_params(cfg: SFTConfig, learning_rate: float) -> AdamParams:
@@ -112,16 +111,16 @@ def train_sft(
     *,
     seed: int,
     save_steps: set[int],
-    resume: Optional[dict],
+    resume: Optional[SavedCheckpoint],
     on_step: Callable[[int, dict], None],
-    on_checkpoint: Callable[[int, dict[str, bytes], dict], None],
+    on_checkpoint: Callable[[int, SavedCheckpoint], None],
     stop_at: Optional[int] = None,
     show_progress: bool = False,
 ) -> list[dict]:
     """Run SFT steps up to max_steps (or stop_at) and return every step's metrics.
 
-    `on_checkpoint(step, blobs, meta)` fires at save_steps, save_every multiples and the final step;
-    `resume={"blobs":..., "meta":...}` (an earlier checkpoint) continues bit-identically on CPU.
+    `on_checkpoint(step, saved)` fires at save_steps, save_every multiples and the final step;
+    `resume` (an earlier SavedCheckpoint) continues bit-identically on CPU.
     """
     if not data:
         raise ValueError("train_sft: no training examples")
@@ -129,12 +128,12 @@ def train_sft(
     metrics: list[dict] = []
     first_step = 1
     if resume is not None:
-        meta = resume["meta"]
+        meta = resume.meta
         _check_resumable(meta, cfg, seed, len(data))
-        client.load_state({k[len(STATE_PREFIX):]: v for k, v in resume["blobs"].items() if k.startswith(STATE_PREFIX)})
+        client.load_state(resume.state)
         metrics = [dict(m) for m in meta["metrics_so_far"]]
         first_step = int(meta["step"]) + 1
-    saves = checkpoint_steps(cfg, save_steps, final_step)
+    saves = steps_to_save(cfg, save_steps, final_step)
     progress = _Progress(first_step, final_step, show_progress)  # evsys build draws its own
     for step in range(first_step, final_step + 1):
         step_metrics = _train_step(client, data, cfg, seed, step)
@@ -142,8 +141,7 @@ def train_sft(
         on_step(step, step_metrics)
         progress.update(step, step_metrics["train_mean_nll"])
         if step in saves:
-            blobs, meta = _checkpoint(client, cfg, seed, step, len(data), metrics)
-            on_checkpoint(step, blobs, meta)
+            on_checkpoint(step, _checkpoint(client, cfg, seed, step, len(data), metrics))
     return metrics
 
 
@@ -179,9 +177,7 @@ def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed:
     return metrics
 
 
-def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]):
-    blobs = {STATE_PREFIX + k: v for k, v in client.save_state().items()}
-    blobs.update({WEIGHTS_PREFIX + k: v for k, v in client.weights_blobs().items()})
+def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]) -> SavedCheckpoint:
     position = step * cfg.batch_size
     meta = {
         "step": step,
@@ -194,4 +190,4 @@ def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, nu
         "num_examples": num_examples,
         "info": client.info(),
     }
-    return blobs, meta
+    return SavedCheckpoint(client.save_state(), client.weights_blobs(), meta)

@@ -1,0 +1,1 @@
+"""Backends: the Tinker-shaped protocol, the local torch backend, and hosted Tinker."""

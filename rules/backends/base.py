@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 LossName = str  # only "cross_entropy" for now
 
@@ -27,6 +28,8 @@ class Datum:
     weights: np.ndarray  # float32, shape (T,)
 
     def __post_init__(self) -> None:
+        import numpy as np  # lazily: plan and cached builds never load numpy
+
         ids = np.asarray(self.input_ids)
         w = np.asarray(self.weights, dtype=np.float32)
         if ids.ndim != 1 or w.shape != ids.shape:
@@ -43,7 +46,17 @@ class Datum:
     @property
     def loss_weight(self) -> float:
         """Total weight on predicted tokens (weights[1:])."""
-        return float(self.weights[1:].sum(dtype=np.float64))
+        return float(self.weights[1:].sum(dtype="float64"))
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """What an algorithm saves at a checkpoint: the client's state (for resume), its weights (for
+    samplers), and JSON meta (step, data position, metrics so far). Also what it resumes from."""
+
+    state: dict[str, bytes]
+    weights: dict[str, bytes]
+    meta: dict
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""The `local` backend: torch + transformers + peft on CPU or one CUDA GPU.
+
+Speed path of `forward_backward` (training.py, kernels.py):
+- padding-free packing: a micro-batch is one row of concatenated sequences, position_ids restart per
+  sequence, and the registered `evsys_packed` attention never crosses a sequence boundary (CUDA:
+  torch's varlen flash attention on `cu_seq_lens`; otherwise per-sequence SDPA, exact and mask-free);
+- the LM head runs only at positions with nonzero weight, in chunks, through a fused linear +
+  weighted-NLL autograd function that forms each chunk's gradient right away, so no logits outlive
+  their chunk and none are recomputed (softmax in fp32);
+- fused AdamW (one pass per tensor).
+Precision: `dtype=bfloat16` computes in bf16 under autocast; trainable weights and AdamW state stay
+fp32 (LoRA: frozen base in bf16, adapters fp32). Sampling is in sampling.py. torch is imported
+inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ...plugins.registry import register_backend
+from .config import LocalBackendConfig
+from .model_io import WEIGHTS_META, bytes_to_tensors, load_model, lora_config, pick_device, pick_dtype, with_lora
+from .sampling import LocalSamplingClient, pad_id
+from .training import LocalTrainingClient
+
+__all__ = ["LocalBackend", "LocalBackendConfig", "LocalTrainingClient", "LocalSamplingClient"]
+
+
+@register_backend("local")
+class LocalBackend:
+    """Backend factory: training clients and samplers on this machine."""
+
+    Config = LocalBackendConfig
+    version = "1"
+    sampling_only_params = ("sample_batch_size",)  # not part of the train key
+
+    def __init__(self, config: Optional[LocalBackendConfig | dict] = None):
+        if config is None:
+            config = LocalBackendConfig()
+        elif isinstance(config, dict):
+            config = LocalBackendConfig(**config)
+        self.config = config
+
+    def create_training_client(self, model_dir: Path, lora_rank: int, seed: int) -> LocalTrainingClient:
+        return LocalTrainingClient(Path(model_dir), lora_rank, seed, self.config)
+
+    def sampling_client_from_weights(self, model_dir: Path, blobs: dict[str, bytes]) -> LocalSamplingClient:
+        """Load the base model, apply the saved adapter (merged) or full weights, and sample from it."""
+        import torch
+
+        meta = json.loads(blobs[WEIGHTS_META])
+        device = pick_device(self.config)
+        dtype = pick_dtype(self.config, device)
+        model = load_model(Path(model_dir), torch.float32, device)
+        if meta["format"] == "lora":
+            from peft import set_peft_model_state_dict
+
+            peft_model = with_lora(model, lora_config(meta["lora_rank"], meta["target_modules"], meta["lora_alpha"]))
+            result = set_peft_model_state_dict(peft_model, bytes_to_tensors(blobs["adapter_model.safetensors"]))
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"adapter weights do not fit the model: unexpected {result.unexpected_keys[:5]}")
+            model = peft_model.merge_and_unload()
+        elif meta["format"] == "full":
+            state = bytes_to_tensors(blobs["model.safetensors"])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+            if missing or unexpected:
+                raise ValueError(f"full weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        else:
+            raise ValueError(f"unknown weights format {meta['format']!r} in {WEIGHTS_META}")
+        model.to(dtype)
+        model.requires_grad_(False)
+        return LocalSamplingClient(model, device, pad_id(model), self.config.sample_batch_size)

@@ -1,0 +1,177 @@
+"""Kernels of the local backend's speed path: packed (varlen) attention, a fused LM head +
+weighted NLL that never keeps full logits, and padding-free packing of datums.
+
+torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..base import Datum
+
+PACKED_ATTENTION = "evsys_packed"
+
+# ----------------------------------------------------------------------------- packed attention
+
+
+def packed_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function over one packed row: (1, H, T, D) in, (1, T, H, D) out.
+
+    Reads `cu_seq_lens_q` (int32 tensor of sequence starts + total) and `evsys_bounds` (the same as a
+    Python list); each token attends causally within its own sequence only.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    bounds = kwargs.get("evsys_bounds")
+    if cu_seq_lens is None or bounds is None:
+        raise RuntimeError("evsys_packed attention needs cu_seq_lens_q and evsys_bounds (use LocalTrainingClient)")
+    if query.shape[0] != 1:
+        raise RuntimeError(f"evsys_packed attention expects one packed row, got batch {query.shape[0]}")
+    if kwargs.get("evsys_kernel") == "varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        max_len = kwargs["max_length_q"]
+        dtype = kwargs.get("evsys_dtype") or value.dtype  # flash kernels need bf16/fp16; q/k leave RMSNorm in fp32
+        q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
+        out = varlen_attn(
+            q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len,
+            scale=scaling, window_size=(-1, 0), enable_gqa=query.shape[1] != key.shape[1],
+        )
+        return out.unsqueeze(0), None
+    gqa = query.shape[1] != key.shape[1]
+    pieces = [
+        F.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, enable_gqa=gqa
+        )
+        for s, e in zip(bounds[:-1], bounds[1:])
+    ]
+    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+    return out.transpose(1, 2), None
+
+
+def has_varlen_attention() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def register_packed_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+
+
+# ----------------------------------------------------------------------------- fused LM head + weighted NLL
+
+
+def _fused_loss_function():
+    import torch
+
+    class LinearWeightedNLL(torch.autograd.Function):
+        """loss = sum_i w[i] * (logsumexp(h[i] @ W.T) - (h[i] @ W.T)[t[i]]), chunked over positions.
+
+        Gradients are computed in forward, chunk by chunk (softmax - onehot), so no logits outlive a
+        chunk and no recompute is needed; backward only scales them by the incoming scalar gradient.
+        Also returns the per-position NLL (not differentiable) for metrics.
+        """
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, loss_weights, chunk: int, compute_dtype):
+            need_h, need_w = hidden.requires_grad, weight.requires_grad
+            w = weight.to(compute_dtype)
+            h = hidden.to(compute_dtype)
+            nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = None  # fp32, created by the first chunk
+            for s in range(0, h.shape[0], chunk):
+                hc, tc = h[s : s + chunk], targets[s : s + chunk]
+                logits = (hc @ w.T).float()
+                picked = logits.gather(1, tc[:, None])[:, 0]
+                peak = logits.amax(dim=-1, keepdim=True)
+                probs = logits.sub_(peak).exp_()  # in place: logits are not needed any more
+                total = probs.sum(dim=-1, keepdim=True)
+                nll[s : s + chunk] = (peak + total.log())[:, 0] - picked
+                if need_h or need_w:
+                    probs.div_(total)
+                    probs[torch.arange(hc.shape[0], device=hc.device), tc] -= 1.0
+                    g = probs.mul_(loss_weights[s : s + chunk, None]).to(compute_dtype)
+                    if need_h:
+                        grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
+                    if need_w:
+                        part = (g.T @ hc).float()
+                        grad_w = part if grad_w is None else grad_w.add_(part)
+            ctx.save_for_backward(
+                grad_h if need_h else None, grad_w.to(weight.dtype) if need_w else None
+            )
+            ctx.mark_non_differentiable(nll)
+            return (nll * loss_weights).sum(), nll
+
+        @staticmethod
+        def backward(ctx, grad_loss, _grad_nll):
+            grad_h, grad_w = ctx.saved_tensors
+            grad_h = grad_h * grad_loss if grad_h is not None else None
+            grad_w = grad_w * grad_loss if grad_w is not None else None
+            return grad_h, grad_w, None, None, None, None
+
+    return LinearWeightedNLL
+
+
+_FUSED_LOSS = None
+
+
+def linear_weighted_nll(hidden, weight, targets, loss_weights, chunk: int, compute_dtype=None):
+    """(sum of loss_weights * NLL, per-position NLL) for logits `hidden @ weight.T`, never holding all logits."""
+    global _FUSED_LOSS
+    if _FUSED_LOSS is None:
+        _FUSED_LOSS = _fused_loss_function()
+    return _FUSED_LOSS.apply(hidden, weight, targets, loss_weights, chunk, compute_dtype or hidden.dtype)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack_datums(datums: Sequence[Datum], device) -> dict:
+    """One packed row: input_ids/position_ids (1, T), bounds, and the loss gather plan.
+
+    `source` indexes the hidden state that predicts `target` (global index - 1) with weight `weight`.
+    """
+    import numpy as np
+    import torch
+
+    lengths = [d.num_tokens for d in datums]
+    bounds = [0, *np.cumsum(lengths).tolist()]
+    ids = np.concatenate([d.input_ids for d in datums])
+    positions = np.concatenate([np.arange(n) for n in lengths])
+    sources, targets, weights = [], [], []
+    for d, start in zip(datums, bounds[:-1]):
+        t = np.nonzero(d.weights[1:])[0] + 1  # predicted positions with nonzero weight
+        sources.append(start + t - 1)
+        targets.append(d.input_ids[t])
+        weights.append(d.weights[t])
+    as_tensor = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)  # noqa: E731
+    return {
+        "input_ids": as_tensor(ids, torch.long)[None],
+        "position_ids": as_tensor(positions, torch.long)[None],
+        "bounds": bounds,
+        "cu_seq_lens": torch.tensor(bounds, dtype=torch.int32, device=device),
+        "max_length": max(lengths),
+        "source": as_tensor(np.concatenate(sources), torch.long),
+        "target": as_tensor(np.concatenate(targets), torch.long),
+        "weight": as_tensor(np.concatenate(weights), torch.float32),
+    }
+
+
+def split_by_token_budget(datums: Sequence[Datum], budget: int) -> list[list[Datum]]:
+    """Consecutive groups whose total length stays within `budget` (a longer datum gets its own group)."""
+    groups: list[list[Datum]] = [[]]
+    used = 0
+    for d in datums:
+        if groups[-1] and used + d.num_tokens > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(d)
+        used += d.num_tokens
+    return [g for g in groups if g]

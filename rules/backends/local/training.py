@@ -1,0 +1,257 @@
+"""The local backend's training client: packed forward/backward, AdamW, exact save/restore."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from evsys_build.errors import ConfigError
+
+from ..base import AdamParams, Datum
+from .config import LocalBackendConfig
+from .kernels import PACKED_ATTENTION, has_varlen_attention, linear_weighted_nll, pack_datums, register_packed_attention, split_by_token_budget
+from .model_io import (
+    LORA_ALPHA,
+    LORA_TARGETS,
+    WEIGHTS_META,
+    autocast,
+    bytes_to_tensors,
+    json_bytes,
+    load_model,
+    lora_config,
+    pick_device,
+    pick_dtype,
+    tensors_to_bytes,
+    weights_meta,
+    with_lora,
+)
+from .sampling import LocalSamplingClient, pad_id
+
+
+class LocalTrainingClient:
+    """forward_backward / optim_step on a local model; LoRA when lora_rank > 0, else all weights."""
+
+    def __init__(self, model_dir: Path, lora_rank: int, seed: int, config: LocalBackendConfig):
+        import torch
+
+        if lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
+        self.model_dir = Path(model_dir)
+        self.config = config
+        self.lora_rank = lora_rank
+        self.device = pick_device(config)
+        self.dtype = pick_dtype(config, self.device)
+        self.kernel = self._pick_kernel()
+        register_packed_attention()
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seed)
+            self.model = self._build_model()
+            self._rng = self._capture_rng()
+        self.model.train()
+        self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # fused AdamW: one pass over each tensor, ~5x faster than the per-tensor loop on CPU
+        self.optimizer = torch.optim.AdamW([p for _, p in self.named_trainable], lr=0.0, fused=True)
+
+    def _pick_kernel(self) -> str:
+        import torch
+
+        wanted = self.config.attention
+        varlen_ok = self.device.type == "cuda" and self.dtype != torch.float32 and has_varlen_attention()
+        if wanted == "auto":
+            return "varlen" if varlen_ok else "sdpa_loop"
+        if wanted == "varlen" and not varlen_ok:
+            raise ConfigError(
+                "backend.local.attention: varlen needs CUDA, dtype bfloat16 and torch >= 2.10; use auto or sdpa_loop"
+            )
+        return wanted
+
+    def _build_model(self):
+        import torch
+
+        frozen_dtype = self.dtype if self.lora_rank > 0 else torch.float32  # trainable weights stay fp32
+        model = load_model(self.model_dir, frozen_dtype, self.device)
+        model.set_attn_implementation(PACKED_ATTENTION)
+        if self.config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora_rank == 0:
+            model.requires_grad_(True)
+            return model
+        model.requires_grad_(False)
+        return with_lora(model, lora_config(self.lora_rank))
+
+    # -- RNG: the client owns its RNG stream so runs and resumes are reproducible
+    def _capture_rng(self) -> dict:
+        import torch
+
+        state = {"cpu": torch.random.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        import torch
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.random.set_rng_state(self._rng["cpu"])
+            if "cuda" in self._rng:
+                torch.cuda.set_rng_state(self._rng["cuda"], self.device)
+            yield
+            self._rng = self._capture_rng()
+
+    def _causal_lm(self):
+        """The Qwen3ForCausalLM inside (peft wraps it)."""
+        return self.model.get_base_model() if self.lora_rank > 0 else self.model
+
+    @property
+    def loss_chunk(self) -> int:
+        return self.config.loss_chunk_tokens or (4096 if self.device.type == "cuda" else 1024)
+
+    def forward_backward(self, datums: Sequence[Datum], loss: str = "cross_entropy") -> dict:
+        """Accumulate gradients of sum(-logprob * weight) over the datums; return sums for metrics."""
+        if loss != "cross_entropy":
+            raise ValueError(f"local backend: unsupported loss {loss!r}; known: cross_entropy")
+        if not datums:
+            raise ValueError("forward_backward: no datums")
+        totals = {"loss_sum": 0.0, "weight_sum": 0.0, "num_tokens": 0, "num_loss_tokens": 0, "num_sequences": 0}
+        with self._own_rng():
+            for group in split_by_token_budget(datums, self.config.max_tokens_per_pass):
+                for key, value in self._forward_backward_packed(group).items():
+                    totals[key] += value
+        return totals
+
+    def _forward_backward_packed(self, datums: Sequence[Datum]) -> dict:
+        batch = pack_datums(datums, self.device)
+        num_tokens = int(batch["input_ids"].shape[1])
+        if batch["source"].numel() == 0:
+            return {"num_tokens": num_tokens, "num_sequences": len(datums)}
+        causal_lm = self._causal_lm()
+        with autocast(self.device, self.dtype):
+            hidden = causal_lm.model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                use_cache=False,
+                cu_seq_lens_q=batch["cu_seq_lens"],
+                cu_seq_lens_k=batch["cu_seq_lens"],
+                max_length_q=batch["max_length"],
+                max_length_k=batch["max_length"],
+                evsys_bounds=batch["bounds"],
+                evsys_kernel=self.kernel,
+                evsys_dtype=self.dtype,
+            ).last_hidden_state[0]
+        picked = hidden.index_select(0, batch["source"])
+        weighted, _ = linear_weighted_nll(
+            picked, causal_lm.lm_head.weight, batch["target"], batch["weight"], self.loss_chunk, self.dtype
+        )
+        weighted.backward()
+        return {
+            "loss_sum": float(weighted.detach()),
+            "weight_sum": float(batch["weight"].sum()),
+            "num_tokens": num_tokens,
+            "num_loss_tokens": int(batch["source"].numel()),
+            "num_sequences": len(datums),
+        }
+
+    def optim_step(self, adam: AdamParams) -> dict:
+        """One AdamW step with `adam`'s hyper-parameters, then zero the gradients."""
+        import torch
+
+        params = [p for _, p in self.named_trainable]
+        for group in self.optimizer.param_groups:
+            group.update(lr=adam.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps, weight_decay=adam.weight_decay)
+        max_norm = adam.grad_clip if adam.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": float(grad_norm), "learning_rate": adam.learning_rate}
+
+    # -- state
+    def save_state(self) -> dict[str, bytes]:
+        """trainable.safetensors, optimizer.safetensors, rng.safetensors and state.json."""
+        import torch
+
+        optim: dict[str, torch.Tensor] = {}
+        for name, param in self.named_trainable:
+            for key, value in self.optimizer.state.get(param, {}).items():
+                optim[f"{key}/{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        return {
+            "trainable.safetensors": tensors_to_bytes({n: p for n, p in self.named_trainable}),
+            "optimizer.safetensors": tensors_to_bytes(optim),
+            "rng.safetensors": tensors_to_bytes(self._rng),
+            "state.json": json_bytes({"lora_rank": self.lora_rank, "format": "evsys-local-state-v1"}),
+        }
+
+    def load_state(self, blobs: dict[str, bytes]) -> None:
+        """Restore weights, AdamW state and RNG saved by `save_state` (same model and lora_rank)."""
+        import torch
+
+        meta = json.loads(blobs["state.json"])
+        if meta.get("lora_rank") != self.lora_rank:
+            raise ValueError(f"load_state: state has lora_rank {meta.get('lora_rank')}, client has {self.lora_rank}")
+        weights = bytes_to_tensors(blobs["trainable.safetensors"])
+        names = [n for n, _ in self.named_trainable]
+        if sorted(weights) != sorted(names):
+            raise ValueError("load_state: trainable parameter names differ from this model's")
+        with torch.no_grad():
+            for name, param in self.named_trainable:
+                param.copy_(weights[name])
+        optim = bytes_to_tensors(blobs["optimizer.safetensors"])
+        state_dict = self.optimizer.state_dict()
+        state_dict["state"] = {}
+        for index, name in enumerate(names):
+            entry = {key.split("/", 1)[0]: t for key, t in optim.items() if key.split("/", 1)[1] == name}
+            if entry:
+                state_dict["state"][index] = entry
+        self.optimizer.load_state_dict(state_dict)
+        self._rng = dict(bytes_to_tensors(blobs["rng.safetensors"]))
+
+    def weights_blobs(self) -> dict[str, bytes]:
+        """LoRA: adapter_model.safetensors + adapter_config.json (peft format); full: model.safetensors +
+        config.json. Both add evsys_weights.json, which `sampling_client_from_weights` reads."""
+        meta = weights_meta(self.lora_rank)
+        if self.lora_rank > 0:
+            from peft import get_peft_model_state_dict
+
+            adapter = get_peft_model_state_dict(self.model)
+            config = {k: v for k, v in meta.items() if k != "format"}
+            peft_json = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": self.lora_rank, "lora_alpha": LORA_ALPHA,
+                         "target_modules": list(LORA_TARGETS), "lora_dropout": 0.0, "bias": "none", **config}
+            return {
+                "adapter_model.safetensors": tensors_to_bytes(adapter),
+                "adapter_config.json": json_bytes(peft_json),
+                WEIGHTS_META: json_bytes(meta),
+            }
+        state = {n: p for n, p in self.model.named_parameters()}  # tied lm_head appears once
+        return {
+            "model.safetensors": tensors_to_bytes(state),
+            "config.json": json_bytes(json.loads(self.model.config.to_json_string(use_diff=False))),
+            WEIGHTS_META: json_bytes(meta),
+        }
+
+    def info(self) -> dict:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for _, p in self.named_trainable)
+        return {
+            "trainable_params": int(trainable),
+            "total_params": int(total),
+            "lora_rank": self.lora_rank,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "attention": self.kernel,
+        }
+
+    def sampling_client(self) -> LocalSamplingClient:
+        """A sampler over a snapshot of the current weights (later training does not change it)."""
+        if self.lora_rank > 0:
+            snapshot = copy.deepcopy(self.model).merge_and_unload()
+        else:
+            snapshot = copy.deepcopy(self.model)
+            snapshot.to(self.dtype)
+        snapshot.set_attn_implementation("sdpa")
+        snapshot.requires_grad_(False)
+        return LocalSamplingClient(snapshot, self.device, pad_id(snapshot), self.config.sample_batch_size)

@@ -1,0 +1,105 @@
+"""Load a config file: YAML with marks → plugins → pydantic models → per-kind params → arms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from evsys_build.errors import ConfigError
+
+from ..plugins import kinds
+from ..plugins.loader import load_plugins
+from .arms import arm_raws
+from .errors import config_error, dotted, where
+from .schema import ExperimentConfig
+from .yaml_marks import Marks, load_yaml_with_marks
+
+
+@dataclass
+class Arm:
+    name: str
+    config: ExperimentConfig
+    params: dict = field(default_factory=dict)  # validated per-kind Config objects, by dotted block
+
+
+@dataclass
+class LoadedConfig:
+    path: Path
+    raw: dict
+    marks: Marks
+    config: ExperimentConfig
+    arms: list[Arm]
+
+    @property
+    def experiment_name(self) -> str:
+        if self.config.experiment:
+            return self.config.experiment.name
+        return self.config.run_name or self.path.stem
+
+    @property
+    def run_name(self) -> str:
+        return self.config.run_name or self.experiment_name
+
+    @property
+    def output_dir(self) -> Path:
+        if self.config.output_dir:
+            return Path(self.config.output_dir)
+        return self.path.parent / "outputs"
+
+
+def load_config(path: Path | str) -> LoadedConfig:
+    """Parse and validate a config file completely; any mistake is one ConfigError line."""
+    path = Path(path)
+    raw, marks = load_yaml_with_marks(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1:1: the config must be a mapping of blocks (data, model, algorithm, ...)")
+    load_plugins(raw.get("plugins") or [], path, marks)
+    config = validate_model(ExperimentConfig, raw, path, marks, ())
+    arms = [Arm(name, validate_model(ExperimentConfig, arm_raw, path, marks, ()), {}) for name, arm_raw in arm_raws(raw, config, path, marks)]
+    for arm in arms:
+        arm.params = validate_kind_params(arm.config, path, marks)
+    return LoadedConfig(path, raw, marks, config, arms)
+
+
+def check_source(loaded: LoadedConfig, source) -> None:
+    """The source's own file checks, with the error pointed at `data.path` in the config."""
+    try:
+        source.check()
+    except ConfigError as exc:
+        raise ConfigError(f"{where(loaded.path, loaded.marks, ('data', 'path'))}: {exc.message}") from None
+
+
+def validate_model(model: type[BaseModel], data, path: Path, marks: Marks, prefix: tuple):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, model, path, marks, prefix) from None
+
+
+def validate_kind_params(config: ExperimentConfig, path: Path, marks: Marks) -> dict:
+    """Instantiate every `{kind, params}` block's own Config class; returns them by dotted block."""
+    out = {}
+    blocks = [(("data",), kinds.sources, config.data.source_kind, _source_params(config))]
+    blocks += [(("transforms", i), kinds.transforms, t.kind, t.params) for i, t in enumerate(config.transforms)]
+    blocks.append((("backend",), kinds.backends, config.backend.kind, config.backend.params))
+    blocks.append((("algorithm",), kinds.algorithms, config.algorithm.kind, config.algorithm.params))
+    blocks += [(("callbacks", i), kinds.callbacks, c.kind, c.params) for i, c in enumerate(config.callbacks)]
+    for block, registry, kind, params in blocks:
+        kind_path = block + (("source_kind",) if block == ("data",) else ("kind",))
+        impl = registry.get(kind, where=f"{where(path, marks, kind_path)}: {dotted(kind_path)}")
+        cfg_cls = getattr(impl, "Config", None)
+        if cfg_cls is None:
+            out[dotted(block)] = None
+            continue
+        prefix = block if block == ("data",) else block + ("params",)
+        out[dotted(block)] = validate_model(cfg_cls, params, path, marks, prefix)
+    return out
+
+
+def _source_params(config: ExperimentConfig) -> dict:
+    params = dict(config.data.params)
+    if config.data.path is not None:
+        params["path"] = config.data.path
+    return params

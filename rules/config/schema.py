@@ -1,0 +1,90 @@
+"""The experiment config: pydantic models for every block, unknown keys rejected.
+
+Each kind's `params` are validated afterwards by that kind's own Config class
+(see config/loading.py: validate_kind_params), so errors name the exact dotted path and file:line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Strict(BaseModel, extra="forbid"):
+    pass
+
+
+class ExperimentInfo(Strict):
+    name: str
+    hypothesis: str = ""
+
+
+class DataConfig(Strict):
+    source_kind: str = "jsonl"
+    path: Optional[str] = None  # relative to the directory you run from, or absolute
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class KindSpec(Strict):
+    """A `{kind, params}` block: transforms, callbacks."""
+
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(Strict):
+    name: str  # Hugging Face id, local directory, or evsys/tiny-qwen3
+    revision: Optional[str] = None
+
+
+class BackendConfig(Strict):
+    kind: str = "local"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AlgorithmConfig(Strict):
+    kind: str = "sft"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BenchmarkConfig(Strict):
+    name: str
+    path: str  # a directory holding tasks.jsonl
+    run_every: Optional[int] = Field(None, ge=1)  # steps; None = once, after training
+    metrics: list[str] = Field(default_factory=lambda: ["pass@1"])  # pass@1, pass@k
+    split: str = "val"  # a label that namespaces the metrics
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    num_samples: int = Field(1, ge=1)  # completions per task (for pass@k)
+    stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn
+    system_prompt: Optional[str] = None  # None = the one the transforms gave training rows
+
+
+class MetadataConfig(Strict):
+    benchmark: list[BenchmarkConfig] = Field(default_factory=list)
+
+
+class ArmConfig(Strict):
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict)  # dotted path -> value
+
+
+class ExperimentConfig(Strict):
+    experiment: Optional[ExperimentInfo] = None
+    run_name: Optional[str] = None  # default: experiment.name, else the config file's stem
+    output_dir: Optional[str] = None  # default: outputs/ beside the config file
+    seed: int = 0
+    plugins: list[str] = Field(default_factory=list)  # modules or .py paths
+    data: DataConfig
+    transforms: list[KindSpec] = Field(default_factory=list)
+    model: ModelConfig
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+    callbacks: list[KindSpec] = Field(default_factory=list)
+    arms: list[ArmConfig] = Field(default_factory=list)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted path -> values (a grid)
+
+
+SupervisedSplit = Literal["train", "val", "test"]

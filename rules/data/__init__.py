@@ -1,0 +1,1 @@
+"""Data: sources, transforms, chat rendering with loss weights, token chunks."""

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks (tasks.jsonl), verifiers, pass@k."""

@@ -1,0 +1,92 @@
+"""Benchmarks: a directory holding `tasks.jsonl`, one task per line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ValidationError, field_validator
+
+from evsys_build.errors import ConfigError
+from . import verifiers
+
+TASKS_FILE = "tasks.jsonl"
+
+
+class Task(BaseModel, extra="forbid"):
+    """One benchmark task: the full prompt and how to verify an answer."""
+
+    task_id: str
+    instruction: str
+    verifier: dict
+    system_prompt: Optional[str] = None
+
+    @field_validator("verifier")
+    @classmethod
+    def _has_kind(cls, value: dict) -> dict:
+        if "kind" not in value:
+            raise ValueError('verifier has no "kind" (add "kind": "in_process")')
+        return value
+
+
+_FIELDS = ", ".join(Task.model_fields)
+
+
+def load_tasks(directory: Path) -> list[Task]:
+    """Parse and check `directory/tasks.jsonl`; any bad line raises a one-line ConfigError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise ConfigError(f"{directory}: benchmark path {what} (point path at a directory holding {TASKS_FILE})")
+    path = directory / TASKS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (a benchmark directory must hold {TASKS_FILE}, one task per line)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}; save it as UTF-8)") from None
+    tasks: list[Task] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        task = _parse_line(line, where)
+        if task.task_id in first_line:
+            raise ConfigError(f"{where}: duplicate task_id {task.task_id!r} "
+                              f"(first on line {first_line[task.task_id]}; task ids must be unique)")
+        first_line[task.task_id] = lineno
+        verifiers.resolve(task.verifier, where)
+        tasks.append(task)
+    if not tasks:
+        raise ConfigError(f"{path}: no tasks (add one JSON object per line)")
+    return tasks
+
+
+def _parse_line(line: str, where: str) -> Task:
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: invalid JSON: {exc.msg} at column {exc.colno} "
+                          "(each line must be one JSON object)") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__} "
+                          f"(each line is an object with {_FIELDS})")
+    try:
+        return Task.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_describe(exc.errors()[0])}") from None
+
+
+def _describe(err: dict) -> str:
+    """One pydantic error as `<what> (<fix>)`."""
+    field = ".".join(str(p) for p in err["loc"]) or "task"
+    kind = err["type"]
+    if kind == "missing":
+        return f"missing field {field!r} (each task needs task_id, instruction, verifier)"
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r} (allowed fields: {_FIELDS})"
+    if kind == "value_error":
+        return str(err.get("ctx", {}).get("error", err["msg"]))
+    return f"field {field!r}: {err['msg']} (fix its type)"

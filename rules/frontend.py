@@ -1,0 +1,47 @@
+"""The frontend the engine loads: open a config as a buildable project, validate, preview nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evsys_build.graph import Graph
+from evsys_build.statcache import StatCache
+from evsys_build.store import Store
+
+from .compile import compile_graph
+from .config.loading import LoadedConfig, load_config
+from .config.validate import validate  # noqa: F401  (part of the frontend contract)
+from .outputs.preview import preview  # noqa: F401  (part of the frontend contract)
+from .outputs.run_dir import materialize
+
+
+class Project:
+    """A compiled config: the graph of every arm, and what to do after a build."""
+
+    def __init__(self, loaded: LoadedConfig, store: Store):
+        self.loaded = loaded
+        statcache = StatCache(store.root / "stat-cache.json")
+        self.graph, self.arm_nodes = compile_graph(loaded, statcache)
+        statcache.save()
+        self.experiment = loaded.experiment_name
+        self.arm_names = [a.arm.name for a in self.arm_nodes]
+
+    def graph_for(self, arm: str | None) -> Graph:
+        return self.graph if arm is None else self.graph.subgraph_for_arm(arm)
+
+    def refs(self, store: Store) -> dict[str, dict]:
+        return {arm: store.read_ref(self.experiment, arm) for arm in self.arm_names}
+
+    def record(self, store: Store, arms: list[str]) -> None:
+        """Remember this build's node keys per arm: what `plan` diffs against and `gc` keeps."""
+        for arm in arms:
+            nodes = {n.name: n.describe() for n in self.graph.by_arm.get(arm, [])}
+            store.write_ref(self.experiment, arm, {"experiment": self.experiment, "arm": arm, "nodes": nodes})
+
+    def finish(self, store: Store, results: dict, arms: list[str], echo) -> None:
+        """Write the run dir of every built arm, then experiment.md."""
+        materialize(self, store, results, arms, echo)
+
+
+def open_project(config_path: Path, store: Store) -> Project:
+    return Project(load_config(config_path), store)

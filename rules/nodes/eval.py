@@ -1,0 +1,150 @@
+"""The `eval` node: score one checkpoint on one benchmark, caching generations per task.
+
+Prompts are rendered with the training chat template (and its system prompt) and end with
+the generation prompt; generation stops at the template's end-of-turn. Adding tasks samples
+only the new ones: each task's completions are memoised under (checkpoint, prompt, sampling).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evsys_build.executor import RunContext
+from evsys_build.graph import Node
+from evsys_build.hashing import digest
+
+from ..config.loading import Arm
+from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
+from ..evals.benchmarks import load_tasks
+from ..evals.passk import aggregate
+from ..evals.verifiers import check, verifier_identity
+from ..ml_stack import preload_ml
+from ..outputs.callbacks import make_callbacks
+from ..plugins import kinds
+from ..plugins.code_identity import code_identity
+from .train import make_backend
+from .views import Checkpoint, EvalResult
+
+EVAL_VERSION = "1"
+
+
+def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path) -> list[tuple]:
+    """(benchmark, step, node) for every scored checkpoint: every run_every steps and the final step."""
+    evals = []
+    max_steps = arm.params["algorithm"].max_steps
+    for bench in arm.config.metadata.benchmark:
+        tasks = load_tasks(Path(bench.path))
+        steps = list(range(bench.run_every, max_steps + 1, bench.run_every)) if bench.run_every else []
+        if max_steps not in steps:
+            steps.append(max_steps)
+        system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
+        for step in steps:
+            node = Node(
+                rule="eval",
+                name=f"eval {bench.name}@{step}",
+                version=EVAL_VERSION,
+                params=eval_params(bench, tasks, system_prompt),
+                inputs=[("checkpoint", checkpoints[step])],
+                run=run_eval,
+                arm=arm.name,
+                param_paths={"sampling": f"metadata.benchmark[{bench.name}]", "metrics": f"metadata.benchmark[{bench.name}].metrics", "system_prompt": "system prompt"},
+                param_labels={"tasks": f"benchmark {bench.name} tasks changed", "verifiers": f"benchmark {bench.name} verifier code changed"},
+                payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt},
+            )
+            evals.append((bench, step, node))
+    return evals
+
+
+def training_system_prompt(arm: Arm) -> str | None:
+    """The system prompt the transforms give training rows (jsonl_to_chat), so eval prompts match training."""
+    for spec in arm.config.transforms:
+        if spec.kind == "jsonl_to_chat":
+            return spec.params.get("system_prompt")
+    return None
+
+
+def eval_params(bench, tasks, system_prompt: str | None) -> dict:
+    """What an eval node's key holds: task content, sampling params, verifier identity, metrics."""
+    return {
+        "tasks": digest([t.model_dump(exclude_defaults=True) for t in tasks]),
+        "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
+        "metrics": sorted(bench.metrics),
+        "verifiers": digest(sorted((verifier_identity(t.verifier) for t in tasks), key=lambda v: json.dumps(v, sort_keys=True))),
+        "system_prompt": system_prompt,
+    }
+
+
+def task_messages(task, system_prompt: str | None) -> list[dict]:
+    system = task.system_prompt if task.system_prompt is not None else system_prompt
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": task.instruction}]
+
+
+def run_eval(ctx: RunContext) -> dict:
+    preload_ml()
+    payload = ctx.node.payload
+    arm, bench, tasks, step = payload["arm"], payload["bench"], payload["tasks"], payload["step"]
+    tok = load_tokenizer(str(payload["model_dir"]))
+    checkpoint = ctx.inputs["checkpoint"]
+    sampling = ctx.node.params["sampling"]
+    prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
+    sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "backend": code_identity(kinds.backends.get(arm.config.backend.kind))}
+    memo_keys = [
+        digest({"checkpoint": checkpoint["key"], "prompt": p, "sampling": sampling, "seed": arm.config.seed, "sampler": sampler_identity})
+        for p in prompts
+    ]
+    completions: list[list[str] | None] = []
+    for key in memo_keys:
+        hit = ctx.store.memo_get(key)
+        completions.append(hit["samples"] if hit else None)
+    todo = [i for i, c in enumerate(completions) if c is None]
+    if todo:
+        sampler = _sampler(ctx, arm, payload["model_dir"], checkpoint)
+        ctx.progress(0, len(todo), f"sampling {len(todo)} tasks")
+        outs = _sample(sampler, [prompts[i] for i in todo], sampling, end_of_turn_ids(tok), arm.config.seed)
+        for i, samples in zip(todo, outs):
+            texts = [_cut_at_strings(tok.decode(ids, skip_special_tokens=True), sampling["stop"]) for ids in samples]
+            completions[i] = texts
+            ctx.store.memo_put(memo_keys[i], {"samples": texts})
+    where = f"{bench.path}/tasks.jsonl"
+    verdicts = [[check(t.verifier, text, f"{where} ({t.task_id})") for text in samples] for t, samples in zip(tasks, completions)]
+    ks = sorted({int(m.split("@", 1)[1]) for m in bench.metrics})
+    metrics = aggregate(verdicts, ks)
+    rows = [
+        {"task_id": t.task_id, "step": step, "prediction": samples[0], "correct": v[0], **({"samples": samples, "verdicts": v} if len(samples) > 1 else {})}
+        for t, samples, v in zip(tasks, completions, verdicts)
+    ]
+    for cb in make_callbacks(arm.config, ctx.log):
+        cb.on_eval(arm.name, step, bench.name, {f"{bench.split}/{bench.name}/{k}": v for k, v in metrics.items()})
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+    return {
+        "outputs": EvalResult(ctx.store.put_bytes(data), metrics).outputs(),
+        "metrics": metrics,
+        "stats": {"step": step, "benchmark": bench.name, "split": bench.split, "tasks": len(tasks), "tasks_sampled": len(todo), "tasks_cached": len(tasks) - len(todo)},
+    }
+
+
+def _sample(sampler, prompts: list[list[int]], sampling: dict, stop_ids: list[int], seed: int) -> list[list[list[int]]]:
+    """Greedy decoding batches all prompts. With temperature > 0 each prompt gets its own RNG
+    stream, seeded from (seed, prompt), so a task's samples never depend on which tasks were
+    sampled beside it (the per-task cache relies on that) or on the batch size."""
+    common = {"max_tokens": sampling["max_tokens"], "temperature": sampling["temperature"], "stop_token_ids": stop_ids, "n": sampling["num_samples"]}
+    if sampling["temperature"] == 0:
+        return sampler.sample(prompts, seed=seed, **common)
+    out = []
+    for prompt in prompts:
+        task_seed = int(digest({"seed": seed, "prompt": prompt})[:8], 16)
+        out += sampler.sample([prompt], seed=task_seed, **common)
+    return out
+
+
+def _sampler(ctx: RunContext, arm: Arm, model_dir, checkpoint: dict):
+    backend = make_backend(arm)
+    weights = {name: ctx.store.get_bytes(blob) for name, blob in Checkpoint.of(checkpoint).weights.items()}
+    return backend.sampling_client_from_weights(model_dir, weights)
+
+
+def _cut_at_strings(text: str, stops: list[str]) -> str:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text

@@ -1,0 +1,208 @@
+"""The `train` node and the `checkpoint` nodes it produces.
+
+The train key holds the model's bytes, the backend settings that change the trajectory, the
+algorithm and its params, the seed, and the tokens (its input). Checkpoint keys depend only on
+(train key, step), so a killed build resumes from the newest stored checkpoint, and a checkpoint
+that a new eval schedule needs is filled in by resuming from the nearest earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evsys_build.errors import ConfigError
+from evsys_build.executor import RunContext
+from evsys_build.graph import Node
+from evsys_build.statcache import StatCache
+from evsys_build.store import Store
+
+from ..backends.base import Datum, SavedCheckpoint
+from ..config.loading import Arm
+from ..ml_stack import preload_ml
+from ..models.resolve import model_identity
+from ..outputs.callbacks import make_callbacks
+from ..plugins import kinds
+from ..plugins.code_identity import code_identity
+from .tokenize import SHAPING_PARAMS
+from .views import Checkpoint, TokenDataset, TrainResult
+
+TRAIN_VERSION = "1"
+CHECKPOINT_VERSION = "1"
+SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
+
+
+def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache) -> Node:
+    """The arm's train node (its checkpoints are attached by `attach_checkpoints`)."""
+    cfg = arm.config
+    backend_cls = kinds.backends.get(cfg.backend.kind)
+    algo_cls = kinds.algorithms.get(cfg.algorithm.kind)
+    algo = arm.params["algorithm"]
+    algo_params = {k: v for k, v in algo.model_dump(exclude_defaults=True, mode="json").items() if k not in SHAPING_PARAMS + SCHEDULE_PARAMS}
+    return Node(
+        rule="train",
+        name="train",
+        version=TRAIN_VERSION,
+        params={
+            "model": model_identity(cfg.model.name, cfg.model.revision, model_dir, statcache),
+            "backend": {"kind": cfg.backend.kind, "params": _trajectory_params(backend_cls, arm.params["backend"]), "code": code_identity(backend_cls)},
+            "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls)},
+            "seed": cfg.seed,
+        },
+        inputs=[("tokens", tokens)],
+        run=run_train,
+        arm=arm.name,
+        param_paths={"seed": "seed"},
+        param_labels={"model": f"model changed ({cfg.model.name})"},
+        payload={"arm": arm, "model_dir": model_dir, "backend": make_backend(arm), "algorithm": algo},
+    )
+
+
+def _trajectory_params(backend_cls, backend_cfg) -> dict:
+    """Backend settings that change training (device, dtype, kernels), not the sampling-only ones."""
+    sampling_only = set(getattr(backend_cls, "sampling_only_params", ()))
+    return {k: v for k, v in backend_cfg.model_dump(exclude_defaults=True, mode="json").items() if k not in sampling_only}
+
+
+def make_backend(arm: Arm):
+    """The arm's backend, built from its validated Config."""
+    return kinds.backends.get(arm.config.backend.kind)(arm.params["backend"])
+
+
+def checkpoint_node(train: Node, step: int) -> Node:
+    """The checkpoint of `train` after `step` optimizer steps; its key depends only on (train key, step)."""
+    return Node(
+        rule="checkpoint",
+        name=f"checkpoint@{step}",
+        version=CHECKPOINT_VERSION,
+        params={"step": step},
+        inputs=[("train", train)],
+        arm=train.arm,
+        produced_by=train,
+    )
+
+
+def stored_checkpoint_steps(arm: Arm) -> list[int]:
+    """Every step the arm stores a checkpoint at: what its evals need (run_every), save_every, and the final step."""
+    algo = arm.params["algorithm"]
+    max_steps = algo.max_steps
+    steps = {max_steps}
+    for bench in arm.config.metadata.benchmark:
+        if bench.run_every:
+            steps.update(range(bench.run_every, max_steps + 1, bench.run_every))
+    if getattr(algo, "save_every", 0):
+        steps.update(range(algo.save_every, max_steps + 1, algo.save_every))
+    return sorted(steps)
+
+
+def attach_checkpoints(train: Node, checkpoints: dict[int, Node]) -> None:
+    """Arms that differ only in evals share one train node: it must save every arm's checkpoints."""
+    shared = train.payload.setdefault("checkpoints", {})
+    shared.update(checkpoints)
+    train.produces = [shared[s] for s in sorted(shared)]
+
+
+def run_train(ctx: RunContext) -> dict:
+    preload_ml()
+    from ..algorithms.sft_loop import train_sft  # lazily: numpy loads only when training runs
+    from ..data.token_chunks import iter_token_rows
+
+    payload = ctx.node.payload
+    arm, algo = payload["arm"], payload["algorithm"]
+    backend = payload["backend"]
+    if hasattr(backend, "check_ready"):
+        backend.check_ready()
+    checkpoints = payload["checkpoints"]
+    final_step = algo.max_steps
+    missing = [s for s, n in sorted(checkpoints.items()) if not ctx.store.has_manifest(n.key)]
+    if not missing:  # every checkpoint stored (the build died just before this manifest): nothing to train
+        return _train_result(ctx.store, checkpoints[final_step])
+    resume_step = newest_stored_step(ctx.store, ctx.node, below=missing[0])
+    resume = load_checkpoint(ctx.store, checkpoint_node(ctx.node, resume_step).key) if resume_step else None
+    if resume_step:
+        ctx.log(f"resuming {ctx.node.name} from checkpoint@{resume_step}")
+    data = [Datum(ids, w) for ids, w in iter_token_rows(ctx.store, TokenDataset.of(ctx.inputs["tokens"]).chunks)]
+    if not data:
+        raise ConfigError(f"{ctx.node.name}: no training rows left after the transforms")
+    client = backend.create_training_client(payload["model_dir"], algo.lora_rank, arm.config.seed)
+    callbacks = make_callbacks(arm.config, ctx.log)
+
+    def on_step(step: int, metrics: dict) -> None:
+        ctx.progress(step, missing[-1], f"loss {metrics['train_mean_nll']:.4f}")
+        for cb in callbacks:
+            cb.on_train_step(arm.name, step, metrics)
+
+    def on_checkpoint(step: int, saved: SavedCheckpoint) -> None:
+        node = checkpoints.get(step) or checkpoint_node(ctx.node, step)
+        if ctx.store.has_manifest(node.key):
+            return
+        ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name))
+
+    train_sft(
+        client,
+        data,
+        algo,
+        seed=arm.config.seed,
+        save_steps=set(checkpoints),
+        resume=resume,
+        on_step=on_step,
+        on_checkpoint=on_checkpoint,
+        stop_at=missing[-1],
+    )
+    return _train_result(ctx.store, checkpoints[final_step])
+
+
+def newest_stored_step(store: Store, train: Node, below: int) -> int:
+    """The newest step < `below` with a stored checkpoint of this train node (0 = none)."""
+    for step in range(below - 1, 0, -1):
+        if store.has_manifest(checkpoint_node(train, step).key):
+            return step
+    return 0
+
+
+def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str) -> dict:
+    """A checkpoint manifest body from a SavedCheckpoint: weights and state as blobs, meta as JSON."""
+    meta = saved.meta
+    step_metrics = meta["metrics_so_far"][-1] if meta.get("metrics_so_far") else {}
+    checkpoint = Checkpoint(
+        weights={name: store.put_bytes(data) for name, data in saved.weights.items()},
+        state={name: store.put_bytes(data) for name, data in saved.state.items()},
+        meta_blob=store.put_bytes(json.dumps(meta, sort_keys=True).encode()),
+    )
+    return {
+        "outputs": checkpoint.outputs(),
+        "metrics": {k: v for k, v in step_metrics.items() if k != "step"},
+        "stats": {
+            "step": meta["step"],
+            "base_model": model_name,
+            "lora_rank": meta.get("lora_rank"),
+            "trainable_params": meta.get("info", {}).get("trainable_params"),
+            "size_bytes": sum(len(b) for part in (saved.weights, saved.state) for b in part.values()),
+        },
+    }
+
+
+def load_checkpoint(store: Store, key: str) -> SavedCheckpoint:
+    """A stored checkpoint as the SavedCheckpoint an algorithm resumes from."""
+    checkpoint = Checkpoint.of(store.read_manifest(key))
+    return SavedCheckpoint(
+        state={k: store.get_bytes(v) for k, v in checkpoint.state.items()},
+        weights={k: store.get_bytes(v) for k, v in checkpoint.weights.items()},
+        meta=json.loads(store.get_bytes(checkpoint.meta_blob)),
+    )
+
+
+def _train_result(store: Store, final_checkpoint: Node) -> dict:
+    checkpoint = Checkpoint.of(store.read_manifest(final_checkpoint.key))
+    meta = json.loads(store.get_bytes(checkpoint.meta_blob))
+    history = meta["metrics_so_far"]
+    result = TrainResult(store.put_bytes(json.dumps(history, sort_keys=True).encode()), final_checkpoint.key, checkpoint.state)
+    return {
+        "outputs": result.outputs(),
+        "metrics": {
+            "first_train_mean_nll": history[0]["train_mean_nll"] if history else None,
+            "final_train_mean_nll": history[-1]["train_mean_nll"] if history else None,
+            "steps": len(history),
+        },
+        "stats": {"info": meta.get("info", {})},
+    }

@@ -1,0 +1,154 @@
+"""Typed views of the node outputs that runners pass along.
+
+Each view is the one place that reads (`of(manifest)`) and writes (`outputs()`) its part of a
+manifest, so runners never chain `ctx.inputs[...]["outputs"][...]` lookups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from evsys_build.errors import StoreError
+
+
+def _outputs(manifest: dict, name: str, rule: str) -> dict:
+    try:
+        return manifest["outputs"][name]
+    except (KeyError, TypeError):
+        raise StoreError(f"node {manifest.get('key', '?')[:12]} ({manifest.get('name')}) has no {name!r} output of a {rule} node") from None
+
+
+@dataclass(frozen=True)
+class RowDataset:
+    """Rows as content-defined chunks (`{"blob", "rows"}`): what source and transform nodes output."""
+
+    chunks: list[dict]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(c["rows"] for c in self.chunks)
+
+    @classmethod
+    def of(cls, manifest: dict) -> "RowDataset":
+        return cls.from_json(_outputs(manifest, "dataset", "source or transform"))
+
+    @classmethod
+    def from_json(cls, dataset: dict) -> "RowDataset":
+        if dataset.get("kind") != "rows":
+            raise StoreError(f"expected a row dataset, got kind {dataset.get('kind')!r}")
+        return cls(list(dataset["chunks"]))
+
+    def to_json(self) -> dict:
+        return {"kind": "rows", "num_rows": self.num_rows, "chunks": self.chunks}
+
+    def outputs(self) -> dict:
+        return {"dataset": self.to_json()}
+
+
+@dataclass(frozen=True)
+class TokenDataset:
+    """Tokenized rows as chunks (`{"rows", "tokens", "loss_tokens", "blobs"}`): what tokenize outputs,
+    with the tokenizer's files kept beside them so `evsys show` can decode."""
+
+    chunks: list[dict]
+    tokenizer_blobs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(c["rows"] for c in self.chunks)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c["tokens"] for c in self.chunks)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(c["loss_tokens"] for c in self.chunks)
+
+    @classmethod
+    def of(cls, manifest: dict) -> "TokenDataset":
+        dataset = _outputs(manifest, "dataset", "tokenize")
+        if dataset.get("kind") != "tokens":
+            raise StoreError(f"expected a token dataset, got kind {dataset.get('kind')!r}")
+        tokenizer = manifest["outputs"].get("tokenizer", {}).get("blobs", {})
+        return cls(list(dataset["chunks"]), dict(tokenizer))
+
+    def outputs(self) -> dict:
+        dataset = {
+            "kind": "tokens",
+            "num_rows": self.num_rows,
+            "num_tokens": self.num_tokens,
+            "num_loss_tokens": self.num_loss_tokens,
+            "chunks": self.chunks,
+        }
+        return {"dataset": dataset, "tokenizer": {"blobs": self.tokenizer_blobs}}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint's blobs: weights (what a sampler loads), state (what resume loads), and meta
+    (step, data position, metrics so far)."""
+
+    weights: dict[str, str]
+    state: dict[str, str]
+    meta_blob: str
+
+    @classmethod
+    def of(cls, manifest: dict) -> "Checkpoint":
+        out = manifest.get("outputs") or {}
+        try:
+            return cls(dict(out["weights"]["blobs"]), dict(out["state"]["blobs"]), out["meta"]["blob"])
+        except (KeyError, TypeError):
+            raise StoreError(f"node {manifest.get('key', '?')[:12]} ({manifest.get('name')}) is not a checkpoint") from None
+
+    def outputs(self) -> dict:
+        return {"weights": {"blobs": self.weights}, "state": {"blobs": self.state}, "meta": {"blob": self.meta_blob}}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a train node outputs: the per-step history and the final checkpoint's node key and state."""
+
+    history_blob: str
+    checkpoint_final: str
+    state_final: dict[str, str]
+
+    @classmethod
+    def of(cls, manifest: dict) -> "TrainResult":
+        out = manifest.get("outputs") or {}
+        try:
+            return cls(out["history"]["blob"], out["checkpoint-final"], dict(out["state-final"]["blobs"]))
+        except (KeyError, TypeError):
+            raise StoreError(f"node {manifest.get('key', '?')[:12]} ({manifest.get('name')}) is not a train node") from None
+
+    def outputs(self) -> dict:
+        return {"history": {"blob": self.history_blob}, "checkpoint-final": self.checkpoint_final, "state-final": {"blobs": self.state_final}}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One benchmark scored at one checkpoint: predictions (JSONL blob) and the metrics."""
+
+    predictions_blob: str
+    metrics: dict
+
+    @classmethod
+    def of(cls, manifest: dict) -> "EvalResult":
+        return cls(_outputs(manifest, "predictions", "eval")["blob"], dict(manifest.get("metrics", {})))
+
+    def outputs(self) -> dict:
+        return {"predictions": {"blob": self.predictions_blob}}
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The run dir's files (relative path -> blob) that a report node outputs."""
+
+    files: dict[str, str]
+
+    @classmethod
+    def of(cls, manifest: dict) -> "ReportFiles":
+        return cls(dict(_outputs(manifest, "files", "report")["blobs"]))
+
+    def outputs(self) -> dict:
+        return {"files": {"blobs": self.files}}

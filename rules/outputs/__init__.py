@@ -1,0 +1,1 @@
+"""Outputs: callbacks, the run dir, experiment.md, and `evsys show` previews."""
