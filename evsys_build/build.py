@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import NodeFailed, UsageError
+from .errors import CorruptObject, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
+from .interrupts import stop_on_signals
 from .planner import PlanEntry, plan
 from .project import frontend
-from .store import Store
+from .runs import finish_run, start_run
+from .store import Store, referenced_objects
 
 
 def _project_and_graph(config: Path, store: Store, arm: str | None):
@@ -32,29 +34,60 @@ def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[Pla
 
 
 def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
-    """Build; returns the exit code (0 ok, 1 a node failed). Config errors raise."""
+    """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise."""
     return build_project(frontend().open_project(config, store), store, arm, jobs, echo)
 
 
-def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
-    """Build an already opened project (the SDK keeps it for its summary); returns the exit code."""
+def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
+    """Build an already opened project and record the run; returns the exit code.
+
+    The whole build holds the store's shared build lock (gc waits for it); Ctrl-C/SIGTERM set
+    `stop` (see interrupts.py): nodes finish their step, the run is recorded as interrupted, and
+    Interrupted is raised (exit 130).
+    """
     graph, arms = _graph_for(project, arm)
     printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
-    executor = Executor(store, jobs=jobs, on_event=printer)
-    try:
-        results = executor.run(graph)
-    except NodeFailed as exc:
-        printer.clear()
-        tb = getattr(exc, "traceback", None)
-        if tb:
-            echo(tb.rstrip())
-        echo(f"evsys: error: {exc.message}")
-        return 1
-    finally:
-        printer.clear()
-    project.record(store, arms)
-    project.finish(store, results, arms, echo)
+    executor = Executor(store, jobs=jobs, on_event=printer, stop=stop)
+    with store.build_lock(), stop_on_signals(executor.stop):
+        store.clean_staging()
+        run = start_run(store, project, arms)
+        status, summary = "failed", None
+        try:
+            summary = _build_and_finish(project, store, graph, arms, executor, printer, echo)
+            status = "completed"
+        except Interrupted:
+            status = "interrupted"
+            raise
+        except NodeFailed as exc:
+            printer.clear()
+            tb = getattr(exc, "traceback", None)
+            if tb:
+                _err(tb.rstrip())
+            _err(f"evsys: error: {exc.message}")
+            return 1
+        finally:
+            printer.clear()
+            finish_run(store, run, status, graph, getattr(executor, "results", {}), summary, list(getattr(executor, "unplanned", {}).values()))
     return 0
+
+
+def _build_and_finish(project, store: Store, graph, arms: list[str], executor: Executor, printer, echo) -> dict:
+    """Run the graph, then write the run dir; a corrupt report blob found while writing it is
+    quarantined, the report rebuilt, and the run dir written again."""
+    for attempt in range(3):
+        results = executor.run(graph)
+        try:
+            return project.finish(store, results, arms, echo) or {}
+        except CorruptObject as exc:
+            if attempt == 2:
+                raise
+            owners = [m["name"] for m in results.values() if exc.name in referenced_objects(m)]
+            printer.warn(f"evsys: warning: {exc.message}; rebuilding {', '.join(owners) or 'what needs it'}")
+    raise AssertionError("unreachable")
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 class BuildPrinter:
@@ -74,8 +107,10 @@ class BuildPrinter:
             node = event.node
             label = node.name
             if self.multi_arm:
-                label = f"[{','.join(self.arms_of.get(node.key, [node.arm]))}] {label}"
-            if event.kind == "cached" and event.message == "published":
+                label = f"[{','.join(self.arms_of.get(node.id, [node.arm]))}] {label}"
+            if event.kind == "warning":
+                self.warn(f"evsys: warning: {label}: {event.message}")
+            elif event.kind == "cached" and event.message == "published":
                 self._line(f"saved   {label}  {node.key[:12]}")
             elif event.kind == "cached":
                 self._line(f"cached  {label}  {node.key[:12]}")
@@ -89,7 +124,7 @@ class BuildPrinter:
                 width = 30
                 filled = int(width * event.done / event.total)
                 bar = "#" * filled + "." * (width - filled)
-                first_done, started = self._progress_start.setdefault(node.key, (event.done, time.perf_counter()))
+                first_done, started = self._progress_start.setdefault(node.id, (event.done, time.perf_counter()))
                 eta = ""
                 if event.done > first_done:
                     rate = (time.perf_counter() - started) / (event.done - first_done)
@@ -101,6 +136,11 @@ class BuildPrinter:
     def _line(self, text: str) -> None:
         self.clear()
         self.echo(text)
+
+    def warn(self, text: str) -> None:
+        """A warning line on stderr (not mixed into the node lines on stdout)."""
+        self.clear()
+        _err(text)
 
     def clear(self) -> None:
         if self._progress_shown:

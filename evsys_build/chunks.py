@@ -13,9 +13,9 @@ from typing import Callable, Iterable, Iterator
 
 import xxhash
 
-from .gc import referenced_objects
+from .errors import CorruptObject
 from .hashing import digest
-from .store import Store
+from .store import Store, referenced_objects
 
 MIN_ROWS = 32
 MASK_BITS = 8  # mean chunk ~ MIN_ROWS + 256 rows
@@ -49,7 +49,18 @@ def write_row_chunk(store: Store, rows: list[dict]) -> dict:
 
 
 def read_row_chunk(store: Store, chunk: dict) -> list[dict]:
-    return [json.loads(line) for line in store.get_bytes(chunk["blob"]).splitlines() if line]
+    """The rows of one chunk. Bytes that pass the digest check but do not parse (written by a
+    broken writer) are quarantined like any corrupt object, so the chunk is rebuilt."""
+    data = store.get_bytes(chunk["blob"])
+    try:
+        rows = [json.loads(line) for line in data.splitlines() if line]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        store.quarantine_object(chunk["blob"], "a row chunk that does not parse")
+        raise CorruptObject(f"row chunk {chunk['blob']} does not parse; quarantined", chunk["blob"]) from None
+    if len(rows) != chunk["rows"]:
+        store.quarantine_object(chunk["blob"], "a row chunk with the wrong number of rows")
+        raise CorruptObject(f"row chunk {chunk['blob']} holds {len(rows)} rows, not {chunk['rows']}; quarantined", chunk["blob"])
+    return rows
 
 
 def write_rows(store: Store, rows: Iterable[dict]) -> dict:
@@ -77,10 +88,13 @@ def map_chunks(
     stage_identity: dict,
     fn: Callable[[dict], dict],
     progress: Callable[[int, int], None] | None = None,
+    stop_check: Callable[[], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Apply a chunk -> chunk function with a per-chunk memo.
 
     Returns the output chunks (empty ones dropped) and stats {"chunks_ran", "chunks_cached"}.
+    `stop_check()` runs before each chunk that must be computed (it raises to stop a build;
+    the chunks done so far stay memoised).
     """
     out: list[dict] = []
     ran = cached = 0
@@ -92,6 +106,8 @@ def map_chunks(
             result = hit["chunk"]
             cached += 1
         else:
+            if stop_check is not None:
+                stop_check()
             result = fn(chunk)
             store.memo_put(memo_key, {"chunk": result})
             ran += 1
@@ -103,4 +119,4 @@ def map_chunks(
 
 
 def _blobs_present(store: Store, chunk: dict) -> bool:
-    return all(store.has_object(b) for b in referenced_objects(chunk))
+    return not store.missing_objects(referenced_objects(chunk))

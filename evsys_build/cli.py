@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
+from . import cli_runs
 from .build import plan_entries, run_build
-from .errors import EvsysError
+from .errors import EvsysError, Interrupted, UsageError
 from .gc import collect_garbage, verify_store
 from .project import frontend
 from .show import show_node
@@ -50,7 +51,12 @@ def main():
 def build(config, arm, jobs, cache_dir):
     """Build every node CONFIG implies; print one line per node, then the run dir."""
     store = Store(default_cache_dir(cache_dir))
-    code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo)
+    try:
+        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo)
+    except Interrupted as exc:
+        resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
+        click.echo(f"evsys: interrupted: {exc.message}; finished work is stored, run `{resume}` to resume", err=True)
+        sys.exit(exc.exit_code)
     sys.exit(code)
 
 
@@ -65,12 +71,22 @@ def plan(config, arm, as_json, cache_dir):
     if as_json:
         click.echo(json.dumps({"nodes": [e.as_json() for e in entries]}, indent=1))
         return
+    colors = {"cached": "green", "run": "yellow", "maybe": "cyan"}
     for e in entries:
-        why = "; ".join(e.reasons)
-        status = click.style(f"{e.status:<6}", fg="green" if e.status == "cached" else "yellow")
-        click.echo(f"{status} {e.node.key[:12]}  {_label(e.node, e.arms)}" + (f"  ({why})" if why else ""))
-    n_run = sum(e.status == "run" for e in entries)
-    click.echo(f"{n_run} to run, {len(entries) - n_run} cached")
+        why = "; ".join(e.reasons + _built_on(e))
+        status = click.style(f"{e.status:<6}", fg=colors[e.status])
+        key = e.node.key[:12] if e.node.key else "?" * 12
+        click.echo(f"{status} {key}  {_label(e.node, e.arms)}" + (f"  ({why})" if why else ""))
+    counts = {s: sum(e.status == s for e in entries) for s in colors}
+    click.echo(f"{counts['run']} to run, {counts['maybe']} may run, {counts['cached']} cached")
+
+
+def _built_on(entry) -> list[str]:
+    """Where a cached training node was built (device, dtype), when it recorded that."""
+    built = (entry.manifest or {}).get("built_on") or {}
+    if entry.status != "cached" or "device" not in built:
+        return []
+    return [f"built on {built.get('host', '?')}: {built['device']} {built.get('dtype', '')} {built.get('attention', '')}".rstrip()]
 
 
 def _label(node, arms) -> str:
@@ -109,30 +125,63 @@ def dag(config, fmt, cache_dir):
 
 
 @main.command()
-@click.option("--dry-run", is_flag=True, help="only say what would be removed")
+@click.option("--dry-run", is_flag=True, help="only say what would be removed, by run and node, with sizes")
+@click.option("--keep-last", default=5, show_default=True, type=click.IntRange(min=0), help="runs kept per experiment, newest first")
+@click.option("--keep-within", default="14d", show_default=True, help="also keep runs younger than this (e.g. 14d, 36h, 0d)")
 @cache_option
-def gc(dry_run, cache_dir):
-    """Remove nodes and objects that no ref reaches."""
-    report = collect_garbage(Store(default_cache_dir(cache_dir)), dry_run=dry_run)
+def gc(dry_run, keep_last, keep_within, cache_dir):
+    """Remove what no retained run references (waits for running builds to finish)."""
+    store = Store(default_cache_dir(cache_dir))
+    days = _days(keep_within)
+    report = collect_garbage(store, keep_last, days, dry_run, on_wait=lambda: click.echo("evsys: waiting for running builds to finish...", err=True))
     verb = "would remove" if dry_run else "removed"
+    by_run: dict[str, list] = {}
+    for node in report.removed_nodes:
+        by_run.setdefault(", ".join(node.runs) or "(no run references it)", []).append(node)
+    for run in report.removed_runs:
+        nodes = by_run.pop(run["id"], [])
+        click.echo(f"{verb} run {run['experiment']}/{run['id']} ({run['status']}, started {run['started']}): {len(nodes)} nodes, {_mb(sum(n.size for n in nodes))}")
+        for n in nodes:
+            click.echo(f"    {n.name:<28} node:{n.key[:12]}  {_mb(n.size)}")
+    for owner, nodes in by_run.items():
+        click.echo(f"{verb} {len(nodes)} nodes of {owner}: {_mb(sum(n.size for n in nodes))}")
+        for n in nodes:
+            click.echo(f"    {n.name:<28} node:{n.key[:12]}  {_mb(n.size)}")
     click.echo(
-        f"kept {report.kept_nodes} nodes; {verb} {len(report.removed_nodes)} nodes, "
-        f"{len(report.removed_objects)} objects ({report.freed_bytes / 1e6:.2f} MB), {report.removed_memos} chunk memos"
+        f"kept {report.kept_runs} runs and {report.kept_nodes} nodes; {verb} {len(report.removed_runs)} runs, "
+        f"{len(report.removed_nodes)} nodes, {report.removed_objects} objects ({_mb(report.freed_bytes)}), "
+        f"{report.removed_memos} memos, {report.removed_staging} staging files"
     )
 
 
+def _days(text: str) -> float:
+    units = {"d": 1.0, "h": 1 / 24, "w": 7.0}
+    try:
+        return float(text[:-1]) * units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise UsageError(f"--keep-within {text!r}: give a number and a unit, e.g. 14d, 36h or 2w") from None
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
 @main.command()
+@click.option("--repair", is_flag=True, help="quarantine what is bad (the next build rebuilds it)")
 @cache_option
-def verify(cache_dir):
-    """Re-hash every object and check every manifest; exit 1 on any mismatch."""
+def verify(repair, cache_dir):
+    """Re-hash every object, check every manifest and memo; name each bad object's node. Exit 1 on a problem."""
     store = Store(default_cache_dir(cache_dir))
-    problems = verify_store(store)
+    problems = verify_store(store, repair=repair)
     for p in problems:
         click.echo(p)
     n_objects = sum(1 for _ in store.iter_objects())
     n_nodes = sum(1 for _ in store.iter_manifests())
-    click.echo(f"verified {n_objects} objects, {n_nodes} nodes: {len(problems)} problem(s)")
-    sys.exit(1 if problems else 0)
+    click.echo(f"verified {n_objects} objects, {n_nodes} nodes: {len(problems)} problem(s)" + (" (repaired)" if repair and problems else ""))
+    sys.exit(1 if problems and not repair else 0)
+
+
+cli_runs.register(main, cache_option)
 
 
 if __name__ == "__main__":  # `python -m evsys_build.cli ...`

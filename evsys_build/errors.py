@@ -49,3 +49,21 @@ class NodeFailed(EvsysError, RuntimeError):
 
 class PluginError(EvsysError, TypeError):
     """A plugin that does not fit its kind's protocol (a backend missing a method, ...)."""
+
+
+class CorruptObject(StoreError):
+    """An object whose bytes are missing, truncated or do not match their name. It is moved to
+    quarantine on detection, so every node that references it reads as not built and reruns."""
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message)
+        self.name = name
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.name))
+
+
+class Interrupted(EvsysError):
+    """The build was stopped by Ctrl-C or SIGTERM; finished work is stored and the next build resumes."""
+
+    exit_code = 130

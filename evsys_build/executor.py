@@ -1,12 +1,17 @@
-"""Run a graph: cached nodes are skipped, the rest run under a per-node lock, in parallel where independent.
+"""Run a graph: resolve each node's key once its inputs are built, serve it from cache or run it
+under a per-node lock, in parallel where independent.
 
-A node's runner gets a RunContext and returns {"outputs", "metrics", "stats"}; the executor
-writes the manifest atomically afterwards, so a failed or killed node leaves nothing behind.
+A node's runner gets a RunContext and returns {"outputs", "metrics", "stats", "attachments",
+"built_on"}; the executor writes the manifest atomically afterwards, so a failed or killed node
+leaves nothing behind. `outputs` is what the nodes below read and key on (its digest is the
+node's output digest); `attachments` are blobs kept beside it (for `show`) that no key depends on.
 """
 
 from __future__ import annotations
 
 import queue
+import socket
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -14,15 +19,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from .errors import EvsysError, NodeFailed
+from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed
 from .graph import Graph, Node
-from .planner import is_cached
-from .store import Store
+from .hashing import digest
+from .planner import cached_manifest, output_digest
+from .store import Store, referenced_objects
+
+MAX_HEALS = 3  # rebuilds of corrupt inputs per node before the corruption is reported as a failure
 
 
 @dataclass
 class Event:
-    kind: str  # "cached" | "start" | "ran" | "published" | "failed" | "progress" | "log"
+    kind: str  # "cached" | "start" | "ran" | "published" | "failed" | "progress" | "log" | "warning"
     node: Node
     seconds: float = 0.0
     manifest: dict | None = None
@@ -33,12 +41,13 @@ class Event:
 
 @dataclass
 class RunContext:
-    """What a node's runner sees: its store, its input manifests, and ways to report."""
+    """What a node's runner sees: its store, its input manifests, ways to report, and the stop flag."""
 
     store: Store
     node: Node
     inputs: dict[str, dict]
     emit: Callable[[Event], None]
+    stop: threading.Event = field(default_factory=threading.Event)
     published: dict[str, dict] = field(default_factory=dict)
 
     def progress(self, done: int, total: int, message: str = "") -> None:
@@ -47,121 +56,184 @@ class RunContext:
     def log(self, message: str) -> None:
         self.emit(Event("log", self.node, message=message))
 
+    def stop_requested(self) -> bool:
+        """True once the build was asked to stop (Ctrl-C, SIGTERM): finish the current step and return."""
+        return self.stop.is_set()
+
+    def check_stop(self) -> None:
+        """Raise Interrupted when the build was asked to stop (for runners that stop between items)."""
+        if self.stop.is_set():
+            raise Interrupted(f"{self.node.name} stopped")
+
     def publish(self, child: Node, body: dict) -> dict:
         """Write the manifest of a node this one produces (a checkpoint) while still running."""
-        manifest = _manifest(child, body, seconds=0.0)
+        manifest = node_manifest(child, body, 0.0, [("producer", self.node, None)])
         self.store.write_manifest(child.key, manifest)
-        self.published[child.key] = manifest
+        self.published[child.id] = manifest
         self.emit(Event("published", child, manifest=manifest))
         return manifest
 
 
 class Executor:
-    """Builds every node of a graph, `jobs` at a time."""
+    """Builds every node of a graph, `jobs` at a time.
 
-    def __init__(self, store: Store, jobs: int = 1, on_event: Callable[[Event], None] | None = None):
+    run(graph)
+      _schedule()      every pending node whose inputs are built: resolve its key, then serve it
+                       from the store or submit it to the pool
+      _settle(...)     one completion: a result, a published checkpoint, a failure, or a corrupt
+                       input, whose owner is rebuilt (`_heal`) before the node is retried
+      then             raise Interrupted or the first failure, once running nodes have stopped
+    """
+
+    def __init__(self, store: Store, jobs: int = 1, on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None):
         self.store = store
         self.jobs = max(1, jobs)
         self.on_event = on_event or (lambda e: None)
+        self.stop = stop or threading.Event()
         self.executions = 0
 
     def run(self, graph: Graph) -> dict[str, dict]:
-        """Build the graph; returns key -> manifest. Raises the first node failure after running work stops."""
-        nodes = graph.nodes()
-        results: dict[str, dict] = {}
-        pending = {n.key: n for n in nodes}
-        completions: queue.Queue = queue.Queue()
-        running: set[str] = set()
-        failure: BaseException | None = None
-
-        def finish(key: str, manifest: dict) -> None:
-            results[key] = manifest
-            pending.pop(key, None)
-
-        def emit(event: Event) -> None:
-            if event.kind == "published":
-                completions.put(("published", event.node.key, event.manifest))
-            self.on_event(event)
-
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            while pending or running:
-                if failure is None:
-                    for node in list(pending.values()):
-                        if node.produced_by is not None:
-                            if node.produced_by.key in results:  # its producer was cached or has finished
-                                manifest = self.store.read_manifest(node.key)
-                                if manifest is None:
-                                    raise NodeFailed(f"{node.produced_by.name} is built but {node.name} is not stored")
-                                self.on_event(Event("cached", node, manifest=manifest))
-                                finish(node.key, manifest)
-                            continue
-                        if node.key in running or not all(p.key in results for _, p in node.inputs):
-                            continue
-                        if is_cached(self.store, node):
-                            manifest = self.store.read_manifest(node.key)
-                            if manifest is not None:
-                                self.on_event(Event("cached", node, manifest=manifest))
-                                finish(node.key, manifest)
-                                continue
-                        running.add(node.key)
-                        pool.submit(self._run_node, node, results, emit, completions)
-                if not running:
-                    if pending and failure is None:
-                        stuck = ", ".join(n.name for n in pending.values())
+        """Build the graph; returns node id -> manifest. Raises the first failure, or Interrupted."""
+        self.results: dict[str, dict] = {}
+        self.pending = {n.id: n for n in graph.nodes()}
+        self.running: set[str] = set()
+        self.completions: queue.Queue = queue.Queue()
+        self.failure: BaseException | None = None
+        self.heals: dict[str, int] = {}
+        self.unplanned: dict[str, tuple[Node, dict]] = {}  # published nodes the graph does not hold (a checkpoint saved on interrupt)
+        with ThreadPoolExecutor(max_workers=self.jobs) as self.pool:
+            while self.pending or self.running:
+                if self.failure is None and not self.stop.is_set():
+                    self._schedule()
+                if not self.running:
+                    if self.pending and self.failure is None and not self.stop.is_set():
+                        stuck = ", ".join(n.name for n in self.pending.values())
                         raise NodeFailed(f"nothing can run but these nodes are not built: {stuck}")
                     break
-                kind, key, payload = completions.get()
-                if kind == "published":
-                    if key in pending:
-                        self.on_event(Event("cached", pending[key], manifest=payload, message="published"))
-                        finish(key, payload)
-                    continue
-                running.discard(key)
-                if kind == "failed":
-                    failure = failure or payload
-                else:
-                    finish(key, payload)
-        if failure is not None:
-            raise failure
-        return results
+                self._settle(*self.completions.get())
+        if self.stop.is_set():
+            raise self.failure if isinstance(self.failure, Interrupted) else Interrupted("the build was stopped")
+        if self.failure is not None:
+            raise self.failure
+        return self.results
 
-    def _run_node(self, node: Node, results: dict, emit, completions: queue.Queue) -> None:
+    # -- scheduling -------------------------------------------------------------
+    def _schedule(self) -> None:
+        for node in list(self.pending.values()):
+            if node.id in self.running:
+                continue
+            if node.produced_by is not None:
+                if node.produced_by.id in self.results:  # its producer was cached or has finished
+                    manifest = self.store.complete_manifest(node.key)
+                    if manifest is None:
+                        raise NodeFailed(f"{node.produced_by.name} is built but {node.name} is not stored")
+                    self._done(node, manifest, "cached")
+                continue
+            if not all(p.id in self.results for _, p in node.inputs):
+                continue
+            node.resolve({label: output_digest(self.results[p.id]) for label, p in node.inputs})
+            manifest = cached_manifest(self.store, node, warn=lambda text, node=node: self.on_event(Event("warning", node, message=text)))
+            if manifest is not None:
+                self._done(node, manifest, "cached")
+                continue
+            self.running.add(node.id)
+            inputs = {label: self.results[p.id] for label, p in node.inputs}
+            self.pool.submit(self._run_node, node, inputs)
+
+    def _done(self, node: Node, manifest: dict, event: str, message: str = "") -> None:
+        self.results[node.id] = manifest
+        self.pending.pop(node.id, None)
+        self.on_event(Event(event, node, manifest=manifest, message=message))
+
+    def _settle(self, kind: str, node: Node, payload) -> None:
+        if kind == "published":
+            if node.id in self.pending:
+                self._done(node, payload, "cached", "published")
+            elif node.id not in self.results:
+                self.unplanned[node.id] = (node, payload)
+            return
+        self.running.discard(node.id)
+        if kind == "done":
+            self.results[node.id] = payload
+            self.pending.pop(node.id, None)
+        elif kind == "corrupt" and self.failure is None and not self.stop.is_set() and self._heal(node, payload):
+            return
+        else:
+            self.failure = self.failure or payload
+
+    # -- healing ------------------------------------------------------------------
+    def _heal(self, node: Node, exc: CorruptObject) -> bool:
+        """A runner read a corrupt or missing object (already quarantined): rebuild the node that
+        owns it, then retry this one. False when this node has healed too often already."""
+        self.heals[node.id] = self.heals.get(node.id, 0) + 1
+        if self.heals[node.id] > MAX_HEALS:
+            return False
+        owners = self._owners(node, exc.name)
+        for owner in owners:
+            stale = [owner] + ([owner.produced_by] if owner.produced_by else [])  # a checkpoint is rebuilt by its training
+            for again in stale:
+                self.results.pop(again.id, None)
+                self.pending[again.id] = again
+        names = ", ".join(o.name for o in owners) or node.name
+        self.on_event(Event("warning", node, message=f"{exc.message}; rebuilding {names}"))
+        return True
+
+    def _owners(self, node: Node, name: str) -> list[Node]:
+        """The inputs (or produced nodes) of `node` whose manifests reference object `name`."""
+        candidates = [p for _, p in node.inputs] + list(node.produces)
+        owners = []
+        for candidate in candidates:
+            manifest = self.results.get(candidate.id) or (self.store.read_manifest(candidate.key) if candidate.key else None)
+            if manifest is not None and name in referenced_objects(manifest):
+                owners.append(candidate)
+        return owners
+
+    # -- one node, in a worker thread ----------------------------------------------
+    def _run_node(self, node: Node, inputs: dict[str, dict]) -> None:
         """Run one node; exactly one completion is always queued, whatever happens (even if
         printing an event fails), so the scheduler never waits forever."""
-        outcome: tuple = ("failed", node.key, NodeFailed(f"{node.name} stopped without a result"))
+        outcome: tuple = ("failed", node, NodeFailed(f"{node.name} stopped without a result"))
         try:
-            outcome = ("done", node.key, self._build_node(node, results, emit))
+            outcome = ("done", node, self._build_node(node, inputs))
+        except CorruptObject as exc:
+            outcome = ("corrupt", node, exc)
+        except Interrupted as exc:
+            outcome = ("failed", node, exc)
         except EvsysError as exc:
-            outcome = ("failed", node.key, exc)
-            _quietly(emit, Event("failed", node, message=str(exc)))
+            outcome = ("failed", node, exc)
+            _quietly(self.on_event, Event("failed", node, message=str(exc)))
         except BaseException as exc:  # a bug in a rule: keep its traceback
             wrapped = NodeFailed(f"{node.name} failed: {type(exc).__name__}: {exc}")
             wrapped.traceback = traceback.format_exc()
-            outcome = ("failed", node.key, wrapped)
-            _quietly(emit, Event("failed", node, message=wrapped.message))
+            outcome = ("failed", node, wrapped)
+            _quietly(self.on_event, Event("failed", node, message=wrapped.message))
         finally:
-            completions.put(outcome)
+            self.completions.put(outcome)
 
-    def _build_node(self, node: Node, results: dict, emit) -> dict:
+    def _build_node(self, node: Node, inputs: dict[str, dict]) -> dict:
         with self.store.lock(node.key):
-            if is_cached(self.store, node):  # another build finished it while we waited
-                manifest = self.store.read_manifest(node.key)
-                if manifest is not None:
-                    emit(Event("cached", node, manifest=manifest))
-                    return manifest
-            emit(Event("start", node))
-            ctx = RunContext(self.store, node, {label: results[p.key] for label, p in node.inputs}, emit)
+            manifest = cached_manifest(self.store, node)
+            if manifest is not None:  # another build finished it while we waited
+                self.on_event(Event("cached", node, manifest=manifest))
+                return manifest
+            self.on_event(Event("start", node))
+            ctx = RunContext(self.store, node, inputs, self._emit, self.stop)
             started = time.perf_counter()
             body = node.run(ctx)
             seconds = time.perf_counter() - started
             self.executions += 1
-            manifest = _manifest(node, body, seconds)
+            manifest = node_manifest(node, body, seconds, [(label, p, inputs[label]) for label, p in node.inputs])
             for child in node.produces:
-                if not self.store.has_manifest(child.key):
+                if self.store.complete_manifest(child.key, label=child.name) is None:
                     raise NodeFailed(f"{node.name} finished without producing {child.name}")
             self.store.write_manifest(node.key, manifest)
-        emit(Event("ran", node, seconds=seconds, manifest=manifest))
+        self.on_event(Event("ran", node, seconds=seconds, manifest=manifest))
         return manifest
+
+    def _emit(self, event: Event) -> None:
+        if event.kind == "published":
+            self.completions.put(("published", event.node, event.manifest))
+        self.on_event(event)
 
 
 def _quietly(emit, event: Event) -> None:
@@ -172,17 +244,27 @@ def _quietly(emit, event: Event) -> None:
         return
 
 
-def _manifest(node: Node, body: dict, seconds: float) -> dict:
+def node_manifest(node: Node, body: dict, seconds: float, inputs: list[tuple[str, Node, dict | None]]) -> dict:
+    """The manifest of a built node: its recipe, its inputs (with the output digests its key was
+    made of), outputs and their digest, attachments, metrics, timings, and where it was built."""
+    outputs = body.get("outputs", {})
     return {
         "key": node.key,
+        "id": node.id,
         "rule": node.rule,
         "version": node.version,
         "name": node.name,
         "params": node.params,
-        "inputs": [{"label": label, "key": p.key, "name": p.name, "rule": p.rule} for label, p in node.inputs],
-        "outputs": body.get("outputs", {}),
+        "inputs": [
+            {"label": label, "key": p.key, "id": p.id, "name": p.name, "rule": p.rule, "digest": output_digest(m) if m else None}
+            for label, p, m in inputs
+        ],
+        "outputs": outputs,
+        "output_digest": digest(outputs),
+        "attachments": body.get("attachments", {}),
         "metrics": body.get("metrics", {}),
         "stats": body.get("stats", {}),
         "timings": {"seconds": round(seconds, 4)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_on": {"host": socket.gethostname(), **body.get("built_on", {})},
     }

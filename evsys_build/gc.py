@@ -1,92 +1,187 @@
-"""What a manifest references, garbage collection, and integrity checks of the store."""
+"""Garbage collection with a retention policy, and integrity checks of the store.
+
+`gc` keeps every node that a retained run references (with the nodes they were built from):
+per experiment the newest `keep_last` runs and every run younger than `keep_within`, plus each
+arm's newest run. It holds the store's lock exclusively, so it waits for running builds and
+never removes what one is writing or about to reuse.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from .hashing import digest_bytes
-from .store import Store
+from .store import Store, referenced_objects
+
+DAY = 86400.0
 
 
-def referenced_objects(value) -> set[str]:
-    """Object names a manifest or memo names: values under `blob`, and inside `blobs` dicts."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "blob" and isinstance(v, str):
-                found.add(v)
-            elif k == "blobs" and isinstance(v, dict):
-                found.update(x for x in v.values() if isinstance(x, str))
-            else:
-                found |= referenced_objects(v)
-    elif isinstance(value, list):
-        for v in value:
-            found |= referenced_objects(v)
-    return found
+@dataclass
+class RemovedNode:
+    key: str
+    name: str
+    rule: str
+    size: int  # bytes of its objects that nothing kept shares
+    runs: list[str]  # the expired runs that referenced it
 
 
 @dataclass
 class GcReport:
+    kept_runs: int = 0
     kept_nodes: int = 0
-    removed_nodes: list[str] = field(default_factory=list)
-    removed_objects: list[str] = field(default_factory=list)
-    removed_memos: int = 0
+    removed_runs: list[dict] = field(default_factory=list)
+    removed_nodes: list[RemovedNode] = field(default_factory=list)
+    removed_objects: int = 0
     freed_bytes: int = 0
+    removed_memos: int = 0
+    removed_staging: int = 0
 
 
-def collect_garbage(store: Store, dry_run: bool = False) -> GcReport:
-    """Keep the nodes the refs name (and their inputs) plus their objects; remove the rest."""
-    keep_nodes: set[str] = set()
-    stack = [entry["key"] for _, _, ref in store.iter_refs() for entry in ref.get("nodes", {}).values()]
-    while stack:
-        key = stack.pop()
-        if key in keep_nodes:
-            continue
-        manifest = store.read_manifest(key)
-        if manifest is None:
-            continue
-        keep_nodes.add(key)
-        stack += [i["key"] for i in manifest.get("inputs", [])]
-    report = GcReport(kept_nodes=len(keep_nodes))
-    keep_objects: set[str] = set()
+def collect_garbage(store: Store, keep_last: int = 5, keep_within_days: float = 14.0, dry_run: bool = False, on_wait=None, now: float | None = None) -> GcReport:
+    """Apply the retention policy; with `dry_run`, only report what would go."""
+    with store.gc_lock(on_wait):
+        return _collect(store, keep_last, keep_within_days, dry_run, now if now is not None else time.time())
+
+
+def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: bool, now: float) -> GcReport:
+    runs = list(store.iter_runs())
+    kept = retained_runs(store, runs, keep_last, keep_within_days, now)
+    expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
+    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept])
+    live_objects: set[str] = set()
+    live_checkpoints: set[str] = set()
+    for key, manifest in live.items():
+        live_objects |= referenced_objects(manifest)
+        if manifest.get("rule") == "checkpoint" and manifest.get("output_digest"):
+            live_checkpoints.add(manifest["output_digest"])
+    for run in runs:
+        if (run["experiment"], run["id"]) in kept:
+            live_objects |= referenced_objects(run.get("files", {}))
+    report = GcReport(kept_runs=len(kept), kept_nodes=len(live))
+    report.removed_runs = [{"experiment": r["experiment"], "id": r["id"], "status": r.get("status"), "started": r.get("started")} for r in expired]
+    owners = _run_owners(expired)
+    counted: set[str] = set()
     for key in store.iter_manifests():
-        if key in keep_nodes:
-            keep_objects |= referenced_objects(store.read_manifest(key))
-        else:
-            report.removed_nodes.append(key)
-    memos_to_drop = []
-    for key, memo in store.iter_memos():
-        names = referenced_objects(memo)
-        if names <= keep_objects:
+        if key in live:
             continue
-        memos_to_drop.append(key)
-    for name in store.iter_objects():
-        if name not in keep_objects:
-            report.removed_objects.append(name)
-            report.freed_bytes += store.object_path(name).stat().st_size
-    report.removed_memos = len(memos_to_drop)
+        manifest = store.read_manifest(key, quarantine=False) or {}
+        own = referenced_objects(manifest) - live_objects - counted
+        counted |= own
+        size = sum(store.object_size(o) for o in own)
+        report.removed_nodes.append(RemovedNode(key, manifest.get("name", "?"), manifest.get("rule", "?"), size, sorted(owners.get(key, []))))
+    dead_objects = [name for name in store.iter_objects() if name not in live_objects]
+    report.removed_objects = len(dead_objects)
+    report.freed_bytes = sum(store.object_size(o) for o in dead_objects)
+    dead_memos = [k for k in store.iter_memo_keys() if not _memo_live(store, k, live_objects, live_checkpoints)]
+    report.removed_memos = len(dead_memos)
+    stale = store.stale_staging()
+    report.removed_staging = len(stale)
     if not dry_run:
-        for key in report.removed_nodes:
-            store.delete_manifest(key)
-        for key in memos_to_drop:
+        for run in expired:
+            store.delete_run(run["experiment"], run["id"])
+        for node in report.removed_nodes:
+            store.delete_manifest(node.key)
+        for key in dead_memos:
             store.delete_memo(key)
-        for name in report.removed_objects:
+        for name in dead_objects:
             store.object_path(name).unlink(missing_ok=True)
+        for f in stale:
+            f.unlink(missing_ok=True)
+        store.remove_node_locks()
     return report
 
 
-def verify_store(store: Store) -> list[str]:
-    """Re-hash every object and check every manifest's objects exist; returns the problems."""
+def retained_runs(store: Store, runs: list[dict], keep_last: int, keep_within_days: float, now: float) -> set[tuple[str, str]]:
+    """(experiment, run id) of the runs the policy keeps: the newest `keep_last` per experiment,
+    those started within `keep_within_days`, and the run each arm's ref points at."""
+    kept: set[tuple[str, str]] = set()
+    by_experiment: dict[str, list[dict]] = {}
+    for run in runs:
+        by_experiment.setdefault(run["experiment"], []).append(run)
+    for experiment, items in by_experiment.items():
+        items.sort(key=lambda r: r["id"], reverse=True)
+        for i, run in enumerate(items):
+            if i < keep_last or now - _started(run) <= keep_within_days * DAY:
+                kept.add((experiment, run["id"]))
+    for experiment, _arm, ref in store.iter_refs():
+        if ref.get("run"):
+            kept.add((experiment, ref["run"]))
+    return kept
+
+
+def _started(run: dict) -> float:
+    try:
+        return datetime.fromisoformat(run["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def _live_nodes(store: Store, runs: list[dict]) -> dict[str, dict]:
+    """Manifests of every node the runs reference, and of the nodes those were built from."""
+    live: dict[str, dict] = {}
+    stack = [entry["key"] for run in runs for arm in run.get("arms", {}).values() for entry in arm.get("nodes", {}).values() if entry.get("key")]
+    while stack:
+        key = stack.pop()
+        if key in live:
+            continue
+        manifest = store.read_manifest(key, quarantine=False)
+        if manifest is None:
+            continue
+        live[key] = manifest
+        stack += [i["key"] for i in manifest.get("inputs", []) if i.get("key")]
+    return live
+
+
+def _run_owners(runs: list[dict]) -> dict[str, list[str]]:
+    owners: dict[str, list[str]] = {}
+    for run in runs:
+        for arm in run.get("arms", {}).values():
+            for entry in arm.get("nodes", {}).values():
+                if entry.get("key"):
+                    owners.setdefault(entry["key"], []).append(run["id"])
+    return owners
+
+
+def _memo_live(store: Store, key: str, live_objects: set[str], live_checkpoints: set[str]) -> bool:
+    """A chunk memo lives while its objects do; an eval memo while its checkpoint does."""
+    value = store.memo_get(key, quarantine=False)
+    if value is None:
+        return False
+    if "checkpoint" in value:
+        return value["checkpoint"] in live_checkpoints
+    names = referenced_objects(value)
+    return bool(names) and names <= live_objects
+
+
+def verify_store(store: Store, repair: bool = False) -> list[str]:
+    """Re-hash every object, check every manifest and memo; returns the problems, each naming the
+    node that owns the bad object. Changes nothing unless `repair` (then bad objects, manifests
+    and memos are quarantined and stale staging files removed; the next build rebuilds them)."""
+    owners: dict[str, list[str]] = {}
     problems = []
+    for key in store.iter_manifests():
+        manifest = store.read_manifest(key, quarantine=repair)
+        if manifest is None:
+            problems.append(f"node {key[:12]}: manifest unreadable or its checksum does not match" + (" (quarantined)" if repair else ""))
+            continue
+        label = f"{manifest.get('name')} node:{key[:12]}"
+        for name in sorted(referenced_objects(manifest)):
+            owners.setdefault(name, []).append(label)
+            if not store.has_object(name):
+                problems.append(f"{label}: object {name} is missing; the next build rebuilds it")
     for name in store.iter_objects():
         if digest_bytes(store.object_path(name).read_bytes()) != name:
-            problems.append(f"object {name}: content does not match its name (corrupt)")
-    for key in store.iter_manifests():
-        manifest = store.read_manifest(key)
-        if manifest is None:
-            problems.append(f"node {key}: manifest unreadable (quarantined)")
-            continue
-        for name in sorted(referenced_objects(manifest)):
-            if not store.has_object(name):
-                problems.append(f"node {key} ({manifest.get('name')}): object {name} is missing")
+            who = ", ".join(owners.get(name, [])) or "no node (unreferenced)"
+            problems.append(f"object {name}: corrupt (its bytes do not match its name); owned by {who}")
+            if repair:
+                store.quarantine_object(name, "verify --repair")
+    for key in store.iter_memo_keys():
+        if store.memo_get(key, quarantine=repair) is None:
+            problems.append(f"memo {key[:12]}: its value does not match its digest" + (" (quarantined)" if repair else ""))
+    for f in store.stale_staging():
+        problems.append(f"{f}: a staging file a killed build left behind" + (" (removed)" if repair else ""))
+        if repair:
+            f.unlink(missing_ok=True)
     return problems

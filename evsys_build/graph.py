@@ -1,4 +1,4 @@
-"""Nodes and the DAG. A node's key is the digest of (rule, version, params, input keys)."""
+"""Nodes and the DAG. A node's content key is the digest of its recipe and its inputs' output digests."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from .hashing import digest
 
 @dataclass(eq=False)
 class Node:
-    """One content-addressed build step.
+    """One build step: a recipe (rule, code identity, params) applied to its inputs.
 
-    `params` go into the key; `payload` is runtime data that must not (paths, callbacks).
+    Two names identify a node:
+    - `id`, static: the recipe plus the inputs' ids. Arms share nodes with equal ids, and the
+      planner finds "the same node in the last build" by name within an arm.
+    - `key`, the content key, known once every input is built: the recipe plus the digests of
+      the inputs' *outputs* (Shake/Bazel/DVC early cutoff: an input that reruns and writes the
+      same bytes leaves this key, and so this node's cache entry, unchanged). A node another
+      node produces while it runs (a checkpoint) is keyed by (recipe, producer's key).
+
+    `params` go into both; `payload` is runtime data that must not (paths, callbacks).
     `param_paths` maps a top-level param to the config path shown in plan reasons;
     `param_labels` gives a fixed reason for a param (e.g. "data file content changed").
-    A node with `produced_by` set is written by that node while it runs (checkpoints).
     """
 
     rule: str
@@ -30,37 +37,53 @@ class Node:
     produced_by: "Node | None" = None
     produces: list["Node"] = field(default_factory=list)
     payload: Any = None
-    _key: str | None = None
+    key: str | None = None  # set by resolve(); None while an input is not built yet
+    _id: str | None = None
 
     @property
-    def key(self) -> str:
-        if self._key is None:
-            self._key = digest(
-                {
-                    "rule": self.rule,
-                    "version": self.version,
-                    "params": self.params,
-                    "inputs": [[label, node.key] for label, node in self.inputs],
-                }
-            )
-        return self._key
+    def recipe(self) -> dict:
+        return {"rule": self.rule, "version": self.version, "params": self.params}
 
-    def describe(self) -> dict:
-        """What the planner remembers of this node in a ref."""
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            self._id = digest({**self.recipe, "inputs": [[label, node.id] for label, node in self.inputs]})
+        return self._id
+
+    def key_for(self, input_digests: dict[str, str]) -> str:
+        """The content key, given each input label's output digest (a produced node needs its producer's key)."""
+        if self.produced_by is not None:
+            if self.produced_by.key is None:
+                raise ValueError(f"{self.name}: its producer {self.produced_by.name} has no key yet")
+            return digest({**self.recipe, "producer": self.produced_by.key})
+        return digest({**self.recipe, "inputs": [[label, input_digests[label]] for label, _ in self.inputs]})
+
+    def resolve(self, input_digests: dict[str, str]) -> str:
+        """Set (and return) the content key; produced nodes get theirs at the same time."""
+        self.key = self.key_for(input_digests)
+        for child in self.produces:
+            child.key = child.key_for({})
+        return self.key
+
+    def describe(self, digest_of: dict[str, str | None]) -> dict:
+        """What a run remembers of this node: the planner diffs the next build against it.
+        `digest_of` maps node ids to output digests (None: not built)."""
         return {
+            "id": self.id,
             "key": self.key,
+            "digest": digest_of.get(self.id),
             "rule": self.rule,
             "version": self.version,
             "params": self.params,
-            "inputs": {label: {"key": n.key, "name": n.name} for label, n in self.inputs},
+            "inputs": {label: {"id": n.id, "name": n.name, "digest": digest_of.get(n.id)} for label, n in self.inputs},
         }
 
 
 class Graph:
-    """Nodes deduplicated by key (arms share what they have in common), in a networkx DiGraph.
+    """Nodes deduplicated by id (arms share what they have in common), in a networkx DiGraph.
 
     networkx loads on first use, not at import: `evsys_build` must import fast. A cycle cannot
-    be built (a node's key needs its inputs' keys first); the topological sort would still catch one.
+    be built (a node's id needs its inputs' ids first); the topological sort would still catch one.
     """
 
     def __init__(self):
@@ -72,7 +95,7 @@ class Graph:
 
     @property
     def dag(self):
-        """The networkx DiGraph of node keys (built lazily)."""
+        """The networkx DiGraph of node ids (built lazily)."""
         if self._dag is None:
             import networkx as nx
 
@@ -82,23 +105,23 @@ class Graph:
         return self._dag
 
     def add(self, node: Node) -> Node:
-        """Add a node (and its edges); a node with an existing key returns the existing one."""
-        existing = self._nodes.get(node.key)
-        arms = self.arms_of.setdefault(node.key, [])
+        """Add a node (and its edges); a node with an existing id returns the existing one."""
+        existing = self._nodes.get(node.id)
+        arms = self.arms_of.setdefault(node.id, [])
         if node.arm not in arms:
             arms.append(node.arm)
         self.by_arm.setdefault(node.arm, []).append(node)
         if existing is not None:
             return existing
-        self._nodes[node.key] = node
-        self._edges += [(parent.key, node.key) for _, parent in node.inputs]
+        self._nodes[node.id] = node
+        self._edges += [(parent.id, node.id) for _, parent in node.inputs]
         if node.produced_by is not None:
-            self._edges.append((node.produced_by.key, node.key))
+            self._edges.append((node.produced_by.id, node.id))
         self._dag = None
         return node
 
-    def node(self, key: str) -> Node:
-        return self._nodes[key]
+    def node(self, node_id: str) -> Node:
+        return self._nodes[node_id]
 
     def nodes(self) -> list[Node]:
         """All nodes in a stable topological order."""
@@ -109,11 +132,11 @@ class Graph:
 
     def subgraph_for_arm(self, arm: str) -> "Graph":
         sub = Graph()
-        keep = {n.key for n in self.by_arm.get(arm, [])}
+        keep = {n.id for n in self.by_arm.get(arm, [])}
         for n in self.nodes():
-            if n.key in keep:
-                sub._nodes[n.key] = n
-                sub.arms_of[n.key] = [arm]
+            if n.id in keep:
+                sub._nodes[n.id] = n
+                sub.arms_of[n.id] = [arm]
                 sub.by_arm.setdefault(arm, []).append(n)
         sub._edges = [(a, b) for a, b in self._edges if a in keep and b in keep]
         return sub
@@ -121,7 +144,7 @@ class Graph:
     def to_mermaid(self) -> str:
         lines = ["graph TD"]
         for n in self.nodes():
-            lines.append(f'  n{n.key[:10]}["{n.name}<br/>{n.rule} {n.key[:8]}"]')
+            lines.append(f'  n{n.id[:10]}["{n.name}<br/>{n.rule} {n.id[:8]}"]')
         for a, b in sorted(self.dag.edges):
             lines.append(f"  n{a[:10]} --> n{b[:10]}")
         return "\n".join(lines) + "\n"
@@ -129,7 +152,7 @@ class Graph:
     def to_dot(self) -> str:
         lines = ["digraph evsys {", "  rankdir=LR;"]
         for n in self.nodes():
-            lines.append(f'  "{n.key[:10]}" [label="{n.name}\\n{n.rule} {n.key[:8]}"];')
+            lines.append(f'  "{n.id[:10]}" [label="{n.name}\\n{n.rule} {n.id[:8]}"];')
         for a, b in sorted(self.dag.edges):
             lines.append(f'  "{a[:10]}" -> "{b[:10]}";')
         return "\n".join(lines) + "\n}\n"

@@ -1,76 +1,162 @@
-"""The dry run: for each node, cached or run, and why — recorded when decided."""
+"""Keys and the dry run: resolve each node's content key from what the store holds, and say
+for every node whether it is cached, will run, or may run — and why, recorded when decided.
+
+A node's key needs its inputs' output digests (early cutoff), so below a node that will run
+the key is unknown until that node has run: such a node is `maybe` ("runs if <input>
+changes") when its own recipe is unchanged since the last build, and `run` when not.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .graph import Graph, Node
-from .hashing import canonical_json
-from .store import Store
+from .hashing import canonical_json, digest
+from .store import Store, referenced_objects
+
+
+def output_digest(manifest: dict) -> str:
+    """The content digest of a node's outputs: what the keys of the nodes below it are made of."""
+    return manifest.get("output_digest") or digest(manifest.get("outputs", {}))
+
+
+def cached_manifest(store: Store, node: Node, warn: Callable[[str], None] | None = None) -> dict | None:
+    """The node's manifest when the node is fully stored (manifest, every object it names, and
+    every node it produces, complete), else None. Needs `node.key`. `warn` hears about a node
+    that was stored but lost part of itself (an object deleted or quarantined)."""
+    manifest = store.complete_manifest(node.key, label=node.name)
+    if manifest is None:
+        if warn is not None and store.has_manifest(node.key):
+            warn(f"{node.name} (node:{node.key[:12]}) is stored but {_lost_part(store, node.key)}; rebuilding it")
+        return None
+    for child in node.produces:
+        if store.complete_manifest(child.key, label=child.name) is None:
+            if warn is not None and store.has_manifest(child.key):
+                warn(f"{child.name} (node:{child.key[:12]}) is stored but {_lost_part(store, child.key)}; {node.name} rebuilds it")
+            return None
+    return manifest
 
 
 @dataclass
 class PlanEntry:
     node: Node
-    status: str  # "cached" | "run"
+    status: str  # "cached" | "run" | "maybe"
     reasons: list[str] = field(default_factory=list)
     arms: list[str] = field(default_factory=list)
+    manifest: dict | None = None  # the cached manifest
 
     def as_json(self) -> dict:
         return {
             "key": self.node.key,
+            "id": self.node.id,
             "rule": self.node.rule,
             "name": self.node.name,
             "arm": self.arms[0] if self.arms else self.node.arm,
             "arms": self.arms,
             "status": self.status,
             "reasons": self.reasons,
+            **({"built_on": self.manifest["built_on"]} if self.manifest and self.manifest.get("built_on") else {}),
         }
 
 
-def is_cached(store: Store, node: Node) -> bool:
-    """A node is cached when its manifest and those of every node it produces exist."""
-    return store.has_manifest(node.key) and all(store.has_manifest(p.key) for p in node.produces)
-
-
 def plan(store: Store, graph: Graph, refs: dict[str, dict]) -> list[PlanEntry]:
-    """Status and reasons per node, diffing against the last build's refs (per arm)."""
+    """Status and reasons per node (keys resolved as far as the store allows), diffing against
+    the last build's record per arm."""
+    digests: dict[str, str] = {}
+    statuses: dict[str, str] = {}
     entries = []
     for node in graph.nodes():
-        arms = graph.arms_of.get(node.key, [node.arm])
-        if is_cached(store, node):
-            entries.append(PlanEntry(node, "cached", [], arms))
-            continue
-        previous = None
-        for arm in arms:
-            previous = refs.get(arm, {}).get("nodes", {}).get(node.name)
-            if previous:
-                break
-        entries.append(PlanEntry(node, "run", explain(store, node, previous), arms))
+        arms = graph.arms_of.get(node.id, [node.arm])
+        previous = _previous(refs, arms, node.name)
+        entry = _plan_node(store, node, arms, previous, digests, statuses)
+        statuses[node.id] = entry.status
+        if entry.manifest is not None:
+            digests[node.id] = output_digest(entry.manifest)
+        entries.append(entry)
     return entries
 
 
-def explain(store: Store, node: Node, previous: dict | None) -> list[str]:
-    """Why `node` must run, compared with what the last build had under the same name."""
-    if node.produced_by is not None:
-        return [f"produced by {node.produced_by.name}"]
+def resolve_keys(store: Store, graph: Graph) -> dict[str, dict]:
+    """Resolve every key the store allows (cached chains); returns id -> cached manifest."""
+    return {e.node.id: e.manifest for e in plan(store, graph, {}) if e.manifest is not None}
+
+
+def _previous(refs: dict[str, dict], arms: list[str], name: str) -> dict | None:
+    for arm in arms:
+        found = refs.get(arm, {}).get("nodes", {}).get(name)
+        if found:
+            return found
+    return None
+
+
+def _plan_node(store: Store, node: Node, arms: list[str], previous: dict | None, digests: dict, statuses: dict) -> PlanEntry:
+    producer = node.produced_by
+    if producer is not None:
+        if producer.key is None:
+            return PlanEntry(node, statuses.get(producer.id, "run"), [f"produced by {producer.name}"], arms)
+        node.key = node.key_for({})
+    else:
+        unknown = [parent for _, parent in node.inputs if parent.id not in digests]
+        if unknown:
+            node.key = None
+            return _unresolved(node, arms, previous, unknown, statuses)
+        node.resolve({label: digests[parent.id] for label, parent in node.inputs})
+    manifest = cached_manifest(store, node)
+    if manifest is not None:
+        return PlanEntry(node, "cached", [], arms, manifest)
+    if producer is not None:
+        return PlanEntry(node, "run", [f"produced by {producer.name}"], arms)
+    return PlanEntry(node, "run", explain(store, node, previous, digests), arms)
+
+
+def _unresolved(node: Node, arms: list[str], previous: dict | None, unknown: list[Node], statuses: dict) -> PlanEntry:
+    """A node below one that will run: `run` if its own recipe changed, else `maybe`."""
+    if previous is None:
+        return PlanEntry(node, "run", ["never built"], arms)
+    own = _recipe_reasons(node, previous)
+    if own:
+        return PlanEntry(node, "run", own, arms)
+    return PlanEntry(node, "maybe", [f"runs if {parent.name} changes" for parent in unknown], arms)
+
+
+def explain(store: Store, node: Node, previous: dict | None, digests: dict) -> list[str]:
+    """Why `node` (key known, not fully stored) must run, against the last build's record of it."""
     if previous is None:
         return ["never built"]
     if previous.get("key") == node.key:
-        missing = [p.name for p in node.produces if not store.has_manifest(p.key)]
-        if store.has_manifest(node.key) and missing:
-            return [f"not stored: {', '.join(missing)}"]
-        return ["not in store (interrupted, or removed by gc)"]
-    reasons = []
-    if previous.get("version") != node.version:
-        reasons.append(f"rule version changed: {previous.get('version')} → {node.version}")
-    reasons += _param_reasons(node, previous.get("params", {}))
+        return [_why_not_stored(store, node)]
+    reasons = _recipe_reasons(node, previous)
     old_inputs = previous.get("inputs", {})
     for label, parent in node.inputs:
-        old = old_inputs.get(label)
-        if old is None or old.get("key") != parent.key:
+        old = old_inputs.get(label) or {}
+        if old.get("digest") != digests.get(parent.id):
             reasons.append(f"input changed: {parent.name}")
     return reasons or ["key changed"]
+
+
+def _why_not_stored(store: Store, node: Node) -> str:
+    if store.read_manifest(node.key) is None:
+        return "not in store (interrupted, removed by gc, or quarantined)"
+    lost = _lost_part(store, node.key)
+    if lost:
+        return f"not in store: {lost}"
+    incomplete = [child.name for child in node.produces if store.complete_manifest(child.key) is None]
+    return f"not stored: {', '.join(incomplete)}" if incomplete else "not in store"
+
+
+def _lost_part(store: Store, key: str) -> str:
+    """What a stored manifest lacks: '' when all its objects are there."""
+    manifest = store.read_manifest(key, quarantine=False)
+    missing = store.missing_objects(referenced_objects(manifest)) if manifest else []
+    return f"{len(missing)} of its objects are missing or were quarantined (e.g. {missing[0][:12]})" if missing else ""
+
+
+def _recipe_reasons(node: Node, previous: dict) -> list[str]:
+    reasons = []
+    if previous.get("version") != node.version:
+        reasons.append(f"{node.rule} code changed")
+    return reasons + _param_reasons(node, previous.get("params", {}))
 
 
 def _param_reasons(node: Node, old_params: dict) -> list[str]:

@@ -35,12 +35,13 @@ class Project(Protocol):
         """Per arm, what the last build recorded (the planner diffs against it)."""
         ...
 
-    def record(self, store: "Store", arms: list[str]) -> None:
-        """Remember this build's node keys for `arms`."""
+    def describe_run(self) -> dict:
+        """What a run record keeps of the config (run_name, a snapshot of the config)."""
         ...
 
-    def finish(self, store: "Store", results: dict[str, dict], arms: list[str], echo: Callable[[str], None]) -> None:
-        """After a successful build: write the run dir and anything else the frontend owns."""
+    def finish(self, store: "Store", results: dict[str, dict], arms: list[str], echo: Callable[[str], None]) -> dict:
+        """After a successful build: write the run dir; return the run's summary
+        ({"arms": {arm: {"metrics", ...}}, "files": {...}}) for its record."""
         ...
 
 
@@ -58,6 +59,10 @@ class Frontend(Protocol):
 
     def preview(self, store: "Store", manifest: dict, rows: int, color: bool, text: bool = True) -> tuple[str, list]:
         """(text for a terminal, rows as JSON) showing a node's outputs."""
+        ...
+
+    def write_run(self, store: "Store", run: dict, dest: Path) -> list[Path]:
+        """Rewrite a recorded run's run dir into `dest` from the store; returns the files written."""
         ...
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .gc import referenced_objects
 from .project import frontend
-from .store import Store
+from .store import Store, referenced_objects
 
 
 def show_node(store: Store, ref: str, as_json: bool = False, rows: int | None = None, color: bool = False) -> str:
@@ -34,6 +33,10 @@ def format_manifest(store: Store, m: dict) -> str:
     names = sorted(referenced_objects(m.get("outputs", {})))
     size = sum(store.object_path(n).stat().st_size for n in names if store.has_object(n))
     lines.append(f"outputs  {', '.join(sorted(m.get('outputs', {})))} — {len(names)} objects, {size / 1e6:.2f} MB")
+    if m.get("built_on"):
+        built = dict(m["built_on"])
+        host = built.pop("host", "?")
+        lines.append(f"built on {host}" + (": " + ", ".join(f"{k} {v}" for k, v in built.items()) if built else ""))
     if m.get("stats"):
         lines.append("stats    " + json.dumps(m["stats"], sort_keys=True))
     if m.get("metrics"):

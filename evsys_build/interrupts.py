@@ -1,0 +1,38 @@
+"""Ctrl-C and SIGTERM during a build: the first asks running nodes to stop after their current
+step (training saves a checkpoint), the second exits at once. Never a traceback, never a crash
+in a torch thread at interpreter shutdown (the second signal leaves with os._exit)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
+    """Set `stop` on the first SIGINT/SIGTERM; exit 130 on the second. Only the main thread can
+    install handlers: elsewhere (a notebook's worker thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum, frame):
+        if stop.is_set():
+            os.write(2, b"\nevsys: interrupted again; exiting now\n")
+            os._exit(130)
+        stop.set()
+        os.write(2, b"\nevsys: stopping: running nodes finish their current step and save it (Ctrl-C again to exit now)\n")
+
+    previous = {s: signal.signal(s, handle) for s in SIGNALS}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sys.stderr.flush()

@@ -1,0 +1,62 @@
+"""Runs: every build leaves a record in the store — when, which config, every arm's nodes
+(keys and output digests), status and headline metrics. `plan` diffs against the newest record
+of each arm (refs/), `gc` keeps what recent runs reference, `evsys runs` lists them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from datetime import datetime, timezone
+
+from . import __version__
+from .graph import Graph
+from .planner import output_digest
+from .store import Store
+
+
+def new_run_id() -> str:
+    """Sortable by time: `20261126T213012Z-a1b2c3`."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def start_run(store: Store, project, arms: list[str]) -> dict:
+    """Write the run's record (status `running`) before any node runs."""
+    run = {
+        "id": new_run_id(),
+        "experiment": project.experiment,
+        "status": "running",
+        "started": _now(),
+        "finished": None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "evsys_version": __version__,
+        "arms": {arm: {} for arm in arms},
+        **project.describe_run(),
+    }
+    store.write_run(run)
+    return run
+
+
+def finish_run(store: Store, run: dict, status: str, graph: Graph, results: dict[str, dict], summary: dict | None = None, unplanned: list | None = None) -> dict:
+    """Record the outcome: each arm's nodes as built (keys, output digests), status, summary
+    (headline metrics, run-dir files); then point each arm's ref at this run. `unplanned` nodes
+    (a checkpoint saved when a build was interrupted) are recorded under their producer's arms,
+    so gc keeps what the next build resumes from."""
+    digests = {node_id: output_digest(m) for node_id, m in results.items()}
+    for node, manifest in unplanned or []:
+        digests[node.id] = output_digest(manifest)
+    for arm in run["arms"]:
+        members = list(graph.by_arm.get(arm, []))
+        members += [n for n, _ in unplanned or [] if arm in graph.arms_of.get(n.produced_by.id, [])]
+        nodes = {n.name: n.describe(digests) for n in members}
+        run["arms"][arm] = {"nodes": nodes, **((summary or {}).get("arms", {}).get(arm, {}))}
+    run.update(status=status, finished=_now(), **{k: v for k, v in (summary or {}).items() if k != "arms"})
+    store.write_run(run)
+    for arm, entry in run["arms"].items():
+        store.write_ref(run["experiment"], arm, {"experiment": run["experiment"], "arm": arm, "run": run["id"], "nodes": entry["nodes"]})
+    return run
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
