@@ -46,6 +46,6 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
     train = graph.add(train_node(arm, tokens, model_dir, statcache))
     checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}
     attach_checkpoints(train, checkpoints)
-    evals = [(bench, step, graph.add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model_dir)]
+    evals = [(bench, step, graph.add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model_dir, statcache)]
     report = graph.add(report_node(arm, train, evals))
     return ArmNodes(arm, rows, tokens, train, checkpoints, evals, report)

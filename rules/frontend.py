@@ -12,7 +12,7 @@ from .compile import compile_graph
 from .config.loading import LoadedConfig, load_config
 from .config.validate import validate  # noqa: F401  (part of the frontend contract)
 from .outputs.preview import preview  # noqa: F401  (part of the frontend contract)
-from .outputs.run_dir import materialize
+from .outputs.run_dir import materialize, write_run  # noqa: F401  (write_run: part of the frontend contract)
 
 
 class Project:
@@ -32,15 +32,13 @@ class Project:
     def refs(self, store: Store) -> dict[str, dict]:
         return {arm: store.read_ref(self.experiment, arm) for arm in self.arm_names}
 
-    def record(self, store: Store, arms: list[str]) -> None:
-        """Remember this build's node keys per arm: what `plan` diffs against and `gc` keeps."""
-        for arm in arms:
-            nodes = {n.name: n.describe() for n in self.graph.by_arm.get(arm, [])}
-            store.write_ref(self.experiment, arm, {"experiment": self.experiment, "arm": arm, "nodes": nodes})
+    def describe_run(self) -> dict:
+        """The config as this run saw it: its path and text, so any run can be read back later."""
+        return {"run_name": self.loaded.run_name, "config": {"path": str(self.loaded.path), "text": self.loaded.text}}
 
-    def finish(self, store: Store, results: dict, arms: list[str], echo) -> None:
-        """Write the run dir of every built arm, then experiment.md."""
-        materialize(self, store, results, arms, echo)
+    def finish(self, store: Store, results: dict, arms: list[str], echo) -> dict:
+        """Write the run dir of every built arm and experiment.md; return the run's summary."""
+        return materialize(self, store, results, arms, echo)
 
 
 def open_project(config_path: Path, store: Store) -> Project:

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field
 
 from ..plugins.registry import register_algorithm
 
+WALL_CLOCK_METRICS = ("tokens_per_s", "step_time_s")  # differ between runs that compute the same bytes
+
 Supervise = Literal["all_assistant", "last_assistant", "all"]
 
 
@@ -35,6 +37,5 @@ class SFTConfig(BaseModel, extra="forbid"):
 class SFT:
     """Supervised fine-tuning with Tinker's cross-entropy (sum of -logprob * weight)."""
 
-    version = "1"
     Config = SFTConfig
     needs_tokenized_chat = True

@@ -20,9 +20,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..backends.base import AdamParams, Datum, SavedCheckpoint, TrainingClient
+from .sft import WALL_CLOCK_METRICS as TIMING_METRICS  # noqa: F401  (re-exported for callers of the loop)
 from .sft import SFTConfig
-
-TIMING_METRICS = ("tokens_per_s", "step_time_s")  # wall-clock; differ between otherwise identical runs
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -116,11 +115,14 @@ def train_sft(
     on_checkpoint: Callable[[int, SavedCheckpoint], None],
     stop_at: Optional[int] = None,
     show_progress: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[dict]:
     """Run SFT steps up to max_steps (or stop_at) and return every step's metrics.
 
     `on_checkpoint(step, saved)` fires at save_steps, save_every multiples and the final step;
-    `resume` (an earlier SavedCheckpoint) continues bit-identically on CPU.
+    `resume` (an earlier SavedCheckpoint) continues bit-identically on CPU. When `should_stop()`
+    turns true the loop starts no new step: it checkpoints the last finished step (unless that
+    is saved already) and returns early, so no finished step is lost.
     """
     if not data:
         raise ValueError("train_sft: no training examples")
@@ -129,13 +131,17 @@ def train_sft(
     first_step = 1
     if resume is not None:
         meta = resume.meta
-        _check_resumable(meta, cfg, seed, len(data))
+        _check_resumable(meta, cfg, seed, len(data), client.info())
         client.load_state(resume.state)
         metrics = [dict(m) for m in meta["metrics_so_far"]]
         first_step = int(meta["step"]) + 1
     saves = steps_to_save(cfg, save_steps, final_step)
     progress = _Progress(first_step, final_step, show_progress)  # evsys build draws its own
     for step in range(first_step, final_step + 1):
+        if should_stop():
+            if step - 1 >= first_step and step - 1 not in saves:
+                on_checkpoint(step - 1, _checkpoint(client, cfg, seed, step - 1, len(data), metrics))
+            return metrics
         step_metrics = _train_step(client, data, cfg, seed, step)
         metrics.append(step_metrics)
         on_step(step, step_metrics)
@@ -145,12 +151,26 @@ def train_sft(
     return metrics
 
 
-def _check_resumable(meta: dict, cfg: SFTConfig, seed: int, num_examples: int) -> None:
-    """Refuse a checkpoint whose batch stream would differ from this run's."""
+def _check_resumable(meta: dict, cfg: SFTConfig, seed: int, num_examples: int, info: dict) -> None:
+    """Refuse a checkpoint whose batch stream or precision would differ from this run's: training
+    never resumes across a different device type, dtype or attention kernel."""
     expected = {"seed": seed, "batch_size": cfg.batch_size, "num_examples": num_examples, "lora_rank": cfg.lora_rank}
     differ = {k: (meta.get(k), v) for k, v in expected.items() if k in meta and meta[k] != v}
+    saved = meta.get("info", {})
+    for k in PRECISION_FIELDS:
+        was, now = _precision(saved, k), _precision(info, k)
+        if was is not None and now is not None and was != now:
+            differ[k] = (was, now)
     if differ:
         raise ValueError(f"train_sft: cannot resume, checkpoint differs from this run in (saved, now): {differ}")
+
+
+PRECISION_FIELDS = ("device", "dtype", "attention")
+
+
+def _precision(info: dict, field: str):
+    value = info.get(field)
+    return value.split(":", 1)[0] if field == "device" and isinstance(value, str) else value  # cuda:0 and cuda:1 train alike
 
 
 def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed: int, step: int) -> dict:

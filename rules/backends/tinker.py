@@ -24,7 +24,6 @@ class TinkerBackendConfig(BaseModel, extra="forbid"):
 class TinkerBackend:
     """Hosted training and sampling through the Tinker SDK (ServiceClient)."""
 
-    version = "1"
     Config = TinkerBackendConfig
 
     def __init__(self, config: TinkerBackendConfig | dict | None = None):

@@ -22,6 +22,7 @@ class Arm:
     name: str
     config: ExperimentConfig
     params: dict = field(default_factory=dict)  # validated per-kind Config objects, by dotted block
+    overrides: dict = field(default_factory=dict)  # dotted path -> value this arm sets over the base config
 
 
 @dataclass
@@ -31,6 +32,7 @@ class LoadedConfig:
     marks: Marks
     config: ExperimentConfig
     arms: list[Arm]
+    text: str = ""  # the config file as read (a run records it)
 
     @property
     def experiment_name(self) -> str:
@@ -52,15 +54,18 @@ class LoadedConfig:
 def load_config(path: Path | str) -> LoadedConfig:
     """Parse and validate a config file completely; any mistake is one ConfigError line."""
     path = Path(path)
-    raw, marks = load_yaml_with_marks(path)
+    raw, marks, text = load_yaml_with_marks(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1:1: the config must be a mapping of blocks (data, model, algorithm, ...)")
     load_plugins(raw.get("plugins") or [], path, marks)
     config = validate_model(ExperimentConfig, raw, path, marks, ())
-    arms = [Arm(name, validate_model(ExperimentConfig, arm_raw, path, marks, ()), {}) for name, arm_raw in arm_raws(raw, config, path, marks)]
+    arms = [
+        Arm(name, validate_model(ExperimentConfig, arm_raw, path, marks, ()), {}, overrides)
+        for name, arm_raw, overrides in arm_raws(raw, config, path, marks)
+    ]
     for arm in arms:
         arm.params = validate_kind_params(arm.config, path, marks)
-    return LoadedConfig(path, raw, marks, config, arms)
+    return LoadedConfig(path, raw, marks, config, arms, text)
 
 
 def check_source(loaded: LoadedConfig, source) -> None:

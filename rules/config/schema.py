@@ -6,9 +6,27 @@ Each kind's `params` are validated afterwards by that kind's own Config class
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _one_path_component(value: str) -> str:
+    """Names that become folders or files (run_name, experiment, arms, benchmarks) never escape."""
+    bad = (
+        not value
+        or value in (".", "..")
+        or any(c in value for c in "/\\\0")
+        or any(ord(c) < 32 for c in value)
+        or value != value.strip()
+        or len(value) > 100
+    )
+    if bad:
+        raise ValueError("must be one plain name: no '/', '\\', '..', control characters or surrounding spaces, at most 100 characters")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_one_path_component)]
 
 
 class Strict(BaseModel, extra="forbid"):
@@ -16,7 +34,7 @@ class Strict(BaseModel, extra="forbid"):
 
 
 class ExperimentInfo(Strict):
-    name: str
+    name: SafeName
     hypothesis: str = ""
 
 
@@ -49,7 +67,7 @@ class AlgorithmConfig(Strict):
 
 
 class BenchmarkConfig(Strict):
-    name: str
+    name: SafeName
     path: str  # a directory holding tasks.jsonl
     run_every: Optional[int] = Field(None, ge=1)  # steps; None = once, after training
     metrics: list[str] = Field(default_factory=lambda: ["pass@1"])  # pass@1, pass@k
@@ -66,13 +84,13 @@ class MetadataConfig(Strict):
 
 
 class ArmConfig(Strict):
-    name: str
+    name: SafeName
     set: dict[str, Any] = Field(default_factory=dict)  # dotted path -> value
 
 
 class ExperimentConfig(Strict):
     experiment: Optional[ExperimentInfo] = None
-    run_name: Optional[str] = None  # default: experiment.name, else the config file's stem
+    run_name: Optional[SafeName] = None  # default: experiment.name, else the config file's stem
     output_dir: Optional[str] = None  # default: outputs/ beside the config file
     seed: int = 0
     plugins: list[str] = Field(default_factory=list)  # modules or .py paths

@@ -57,6 +57,7 @@ def end_of_turn_ids(tok) -> list[int]:
 
 def tokenize_conversation(tok, messages: list[dict], supervise: str, max_length: int, truncation: str, where: str):
     """(input_ids, weights) for one conversation; weights[t] is the loss weight of predicting token t."""
+    check_messages(messages, where)
     text = render(tok, messages)
     spans = _assistant_spans(text, messages, tok.eos_token, where)
     if supervise == "last_assistant":
@@ -85,6 +86,23 @@ def tokenize_conversation(tok, messages: list[dict], supervise: str, max_length:
             "raise algorithm.params.max_length or drop long rows with a filter transform"
         )
     return ids, weights
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(messages, where: str) -> None:
+    """Row data the template would choke on, as one ConfigError naming the message."""
+    if not isinstance(messages, list):
+        raise ConfigError(f"{where}: messages: must be a list of {{role, content}} messages, got {type(messages).__name__}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ConfigError(f"{where}: messages[{i}]: must be an object with role and content, got {type(message).__name__}")
+        if message.get("role") not in ROLES:
+            raise ConfigError(f"{where}: messages[{i}].role: {message.get('role')!r} is not one of {', '.join(ROLES)}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise ConfigError(f"{where}: messages[{i}].content: must be a string, got {type(content).__name__}")
 
 
 def _assistant_spans(text: str, messages: list[dict], eos: str, where: str) -> list[tuple[int, int]]:

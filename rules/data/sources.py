@@ -16,8 +16,6 @@ from ..plugins.registry import register_source
 class JsonlSource:
     """One JSON object per line; blank lines skipped; errors name file:line."""
 
-    version = "1"
-
     class Config(BaseModel, extra="forbid"):
         path: str  # relative to the directory you run from, or absolute
 
@@ -36,6 +34,21 @@ class JsonlSource:
     def read(self) -> list[dict]:
         self.check()
         return list(read_jsonl(Path(self.cfg.path)))
+
+    def location(self, index: int) -> str | None:
+        """`file:line` of the row at `index` (0-based, blank lines skipped), for error messages."""
+        return jsonl_location(Path(self.cfg.path), index)
+
+
+def jsonl_location(path: Path, index: int) -> str | None:
+    seen = -1
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                seen += 1
+                if seen == index:
+                    return f"{path}:{lineno}"
+    return None
 
 
 def read_jsonl(path: Path):

@@ -29,7 +29,6 @@ class JsonlToChat:
     """Render each raw dict into a system/user/assistant conversation with str.format templates."""
 
     name = "jsonl_to_chat"
-    version = "1"
     row_local = True
 
     class Config(BaseModel, extra="forbid"):
@@ -73,7 +72,6 @@ class Filter:
     """Keep (or drop, with `keep: false`) the rows whose `field` passes one test."""
 
     name = "filter"
-    version = "1"
     row_local = True
 
     class Config(BaseModel, extra="forbid"):
@@ -123,7 +121,6 @@ class Dedup:
     """Drop rows whose `fields` (default: the whole row) were seen before; the first one stays."""
 
     name = "dedup"
-    version = "1"
     row_local = False
 
     class Config(BaseModel, extra="forbid"):
@@ -148,7 +145,6 @@ class Shuffle:
     """A seeded shuffle of all rows (seed defaults to the experiment's seed)."""
 
     name = "shuffle"
-    version = "1"
     row_local = False
 
     class Config(BaseModel, extra="forbid"):
@@ -168,7 +164,6 @@ class Sample:
     """A seeded sample of `n` rows or a `fraction`, kept in their original order."""
 
     name = "sample"
-    version = "1"
     row_local = False
 
     class Config(BaseModel, extra="forbid"):

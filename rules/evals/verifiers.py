@@ -23,10 +23,9 @@ _NUMBER_RE = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:
 
 
 def _builtin(name: str, check_args: Callable[..., None] | None = None):
-    """Register a built-in verifier with `version = "1"` and an optional arg checker."""
+    """Register a built-in verifier (keyed by its source, like any plugin) with an optional arg checker."""
 
     def decorate(fn):
-        fn.version = "1"
         if check_args is not None:
             fn.check_args = check_args
         return register_verifier(name)(fn)

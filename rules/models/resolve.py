@@ -30,7 +30,42 @@ def resolve_model(name: str, revision: str | None = None) -> Path:
         ) from err
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")
+
+
+MODEL_CONFIG_FILES = ("config.json",)  # with the weights, what the network computes
+
+
+def tokenizer_files(model_dir: Path) -> list[Path]:
+    """Every file in a model folder that is not weights: whatever the tokenizer loads
+    (tokenizer.json, tokenizer.model, added_tokens.json, chat templates, config.json, ...) is among them."""
+    return [f for f in _files(model_dir) if not f.name.endswith(WEIGHT_SUFFIXES)]
+
+
+def network_files(model_dir: Path) -> list[Path]:
+    """The weights and the architecture config: what training and sampling compute with."""
+    return [f for f in _files(model_dir) if f.name.endswith(WEIGHT_SUFFIXES) or f.name in MODEL_CONFIG_FILES]
+
+
+def file_digests(files: list[Path], model_dir: Path, statcache: StatCache) -> dict[str, str]:
+    return {f.relative_to(model_dir).as_posix(): statcache.file_digest(f) for f in files}
+
+
 def model_identity(name: str, revision: str | None, model_dir: Path, statcache: StatCache) -> dict:
-    """A model is its bytes: the digest of every file in its directory (plus the name it was asked by)."""
-    files = {f.name: statcache.file_digest(f) for f in sorted(model_dir.iterdir()) if f.is_file() and not f.name.startswith(".")}
-    return {"files": files} if Path(name).is_dir() else {"name": name, "revision": revision, "files": files}
+    """A model is its bytes when its weights are here: the digests of its weights and config, so
+    the same model under another name or folder keeps its keys. A model whose weights live
+    elsewhere (a hosted service trains it by name) is its name and revision, plus what is here.
+    Tokenizer files are keyed where they are used (tokenize, eval), so a template edit that
+    renders the same tokens leaves training cached."""
+    files = file_digests(network_files(model_dir), model_dir, statcache)
+    if any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+        return {"files": files}
+    return {"name": name, "revision": revision, "files": files}
+
+
+def _files(model_dir: Path) -> list[Path]:
+    model_dir = Path(model_dir)
+    return sorted(
+        f for f in model_dir.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(model_dir).parts)
+    )

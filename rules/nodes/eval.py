@@ -13,6 +13,8 @@ from pathlib import Path
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.hashing import digest
+from evsys_build.planner import output_digest
+from evsys_build.statcache import StatCache
 
 from ..config.loading import Arm
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
@@ -20,18 +22,27 @@ from ..evals.benchmarks import load_tasks
 from ..evals.passk import aggregate
 from ..evals.verifiers import check, verifier_identity
 from ..ml_stack import preload_ml
+from ..models.resolve import file_digests, model_identity, tokenizer_files
 from ..outputs.callbacks import make_callbacks
 from ..plugins import kinds
-from ..plugins.code_identity import code_identity
+from ..plugins.code_identity import code_identity, library_versions
 from .train import make_backend
 from .views import Checkpoint, EvalResult
 
-EVAL_VERSION = "1"
+TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
 
 
-def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path) -> list[tuple]:
-    """(benchmark, step, node) for every scored checkpoint: every run_every steps and the final step."""
+def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path, statcache: StatCache) -> list[tuple]:
+    """(benchmark, step, node) for every scored checkpoint: every run_every steps and the final step.
+    Besides the checkpoint's content, the key holds the base model (adapters apply to it) and the
+    tokenizer files (prompts are rendered and completions decoded with them)."""
     evals = []
+    backend_cls = kinds.backends.get(arm.config.backend.kind)
+    cfg = arm.config
+    model = {
+        "base": model_identity(cfg.model.name, cfg.model.revision, model_dir, statcache),
+        "tokenizer": file_digests(tokenizer_files(model_dir), model_dir, statcache),
+    }
     max_steps = arm.params["algorithm"].max_steps
     for bench in arm.config.metadata.benchmark:
         tasks = load_tasks(Path(bench.path))
@@ -43,13 +54,18 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path) -> list[
             node = Node(
                 rule="eval",
                 name=f"eval {bench.name}@{step}",
-                version=EVAL_VERSION,
-                params=eval_params(bench, tasks, system_prompt),
+                version=code_identity(run_eval),
+                params={**eval_params(bench, tasks, system_prompt, backend_cls), "model": model},
                 inputs=[("checkpoint", checkpoints[step])],
                 run=run_eval,
                 arm=arm.name,
                 param_paths={"sampling": f"metadata.benchmark[{bench.name}]", "metrics": f"metadata.benchmark[{bench.name}].metrics", "system_prompt": "system prompt"},
-                param_labels={"tasks": f"benchmark {bench.name} tasks changed", "verifiers": f"benchmark {bench.name} verifier code changed"},
+                param_labels={
+                    "tasks": f"benchmark {bench.name} tasks changed",
+                    "verifiers": f"benchmark {bench.name} verifier code changed",
+                    "sampler": "sampling code or libraries changed",
+                    "model": "base model or tokenizer changed",
+                },
                 payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt},
             )
             evals.append((bench, step, node))
@@ -64,9 +80,11 @@ def training_system_prompt(arm: Arm) -> str | None:
     return None
 
 
-def eval_params(bench, tasks, system_prompt: str | None) -> dict:
-    """What an eval node's key holds: task content, sampling params, verifier identity, metrics."""
+def eval_params(bench, tasks, system_prompt: str | None, backend_cls) -> dict:
+    """What an eval node's key holds: task content, sampling params, verifier identity, metrics,
+    the sampler's code and libraries, and the system prompt."""
     return {
+        "sampler": {"code": code_identity(backend_cls.sampling_client_from_weights), "libraries": library_versions(*getattr(backend_cls, "libraries", ()))},
         "tasks": digest([t.model_dump(exclude_defaults=True) for t in tasks]),
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
         "metrics": sorted(bench.metrics),
@@ -89,9 +107,10 @@ def run_eval(ctx: RunContext) -> dict:
     checkpoint = ctx.inputs["checkpoint"]
     sampling = ctx.node.params["sampling"]
     prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
-    sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "backend": code_identity(kinds.backends.get(arm.config.backend.kind))}
+    sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "sampler": ctx.node.params["sampler"], "model": ctx.node.params["model"]}
+    checkpoint_digest = output_digest(checkpoint)
     memo_keys = [
-        digest({"checkpoint": checkpoint["key"], "prompt": p, "sampling": sampling, "seed": arm.config.seed, "sampler": sampler_identity})
+        digest({"checkpoint": checkpoint_digest, "prompt": p, "sampling": sampling, "seed": arm.config.seed, "sampler": sampler_identity})
         for p in prompts
     ]
     completions: list[list[str] | None] = []
@@ -101,12 +120,15 @@ def run_eval(ctx: RunContext) -> dict:
     todo = [i for i, c in enumerate(completions) if c is None]
     if todo:
         sampler = _sampler(ctx, arm, payload["model_dir"], checkpoint)
-        ctx.progress(0, len(todo), f"sampling {len(todo)} tasks")
-        outs = _sample(sampler, [prompts[i] for i in todo], sampling, end_of_turn_ids(tok), arm.config.seed)
-        for i, samples in zip(todo, outs):
-            texts = [_cut_at_strings(tok.decode(ids, skip_special_tokens=True), sampling["stop"]) for ids in samples]
-            completions[i] = texts
-            ctx.store.memo_put(memo_keys[i], {"samples": texts})
+        for start in range(0, len(todo), TASKS_PER_ROUND):
+            ctx.check_stop()  # tasks sampled so far stay memoised
+            ctx.progress(start, len(todo), f"sampling {len(todo)} tasks")
+            group = todo[start : start + TASKS_PER_ROUND]
+            outs = _sample(sampler, [prompts[i] for i in group], sampling, end_of_turn_ids(tok), arm.config.seed)
+            for i, samples in zip(group, outs):
+                texts = [_cut_at_strings(tok.decode(ids, skip_special_tokens=True), sampling["stop"]) for ids in samples]
+                completions[i] = texts
+                ctx.store.memo_put(memo_keys[i], {"samples": texts, "checkpoint": checkpoint_digest})
     where = f"{bench.path}/tasks.jsonl"
     verdicts = [[check(t.verifier, text, f"{where} ({t.task_id})") for text in samples] for t, samples in zip(tasks, completions)]
     ks = sorted({int(m.split("@", 1)[1]) for m in bench.metrics})

@@ -12,11 +12,9 @@ from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 
 from ..config.loading import Arm
+from ..plugins.code_identity import code_identity
 from ..outputs.report_files import final_eval_metrics, metrics_jsonl, summary_markdown, training_plot, PLOT_NAME
 from .views import EvalResult, ReportFiles, TrainResult
-
-REPORT_VERSION = "1"
-
 
 def report_node(arm: Arm, train: Node, evals: list[tuple]) -> Node:
     benches = [{"name": b.name, "split": b.split, "run_every": b.run_every} for b in arm.config.metadata.benchmark]
@@ -24,7 +22,7 @@ def report_node(arm: Arm, train: Node, evals: list[tuple]) -> Node:
     return Node(
         rule="report",
         name="report",
-        version=REPORT_VERSION,
+        version=code_identity(run_report),
         params={"benchmarks": benches, "arm": arm.name},
         inputs=inputs,
         run=run_report,

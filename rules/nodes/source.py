@@ -15,9 +15,6 @@ from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from .views import RowDataset
 
-SOURCE_VERSION = "1"
-
-
 def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     """The arm's source node; its params hold the source kind, its params (not the path) and the files' digests."""
     cfg = arm.config
@@ -29,7 +26,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     return Node(
         rule="source",
         name="source",
-        version=f"{SOURCE_VERSION}/{code_identity(source_cls)}",
+        version=f"{code_identity(run_source)}/{code_identity(source_cls)}",
         params={"kind": cfg.data.source_kind, "params": source_params, "content": [statcache.file_digest(f) for f in source.files()]},
         run=run_source,
         arm=arm.name,

@@ -13,13 +13,15 @@ from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
 
 from ..config.loading import Arm
-from ..data.chat_tokens import load_tokenizer, tokenize_conversation, tokenizer_files
+from ..data.chat_tokens import load_tokenizer, tokenize_conversation
 from ..data.token_chunks import write_token_chunk
 from ..ml_stack import preload_ml
-from .row_chunks import chunk_starts, stage_identity
+from ..models.resolve import file_digests, tokenizer_files
+from ..plugins.code_identity import code_identity, library_versions
+from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset, TokenDataset
 
-TOKENIZE_VERSION = "1"
+TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "jinja2")  # rendering and encoding
 SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params that shape the tokens, not training
 
 
@@ -28,18 +30,19 @@ def tokenize_node(arm: Arm, rows: Node, model_dir: Path, statcache: StatCache) -
     return Node(
         rule="tokenize",
         name="tokenize",
-        version=TOKENIZE_VERSION,
+        version=code_identity(run_tokenize),
         params={
-            "tokenizer": {f.name: statcache.file_digest(f) for f in tokenizer_files(model_dir)},
+            "tokenizer": file_digests(tokenizer_files(model_dir), model_dir, statcache),
             "supervise": getattr(algo, "supervise", "all_assistant"),
             "max_length": getattr(algo, "max_length", 2048),
             "truncation": getattr(algo, "truncation", "right"),
+            "libraries": library_versions(*TOKENIZER_LIBRARIES),
         },
         inputs=[("rows", rows)],
         run=run_tokenize,
         arm=arm.name,
         param_paths={k: f"algorithm.params.{k}" for k in SHAPING_PARAMS},
-        param_labels={"tokenizer": "tokenizer or chat template changed"},
+        param_labels={"tokenizer": "tokenizer or chat template changed", "libraries": "tokenizer library versions changed"},
         payload={"model_dir": model_dir},
     )
 
@@ -56,17 +59,25 @@ def run_tokenize(ctx: RunContext) -> dict:
         rows = read_row_chunk(ctx.store, chunk)
         out = []
         for i, row in enumerate(rows):
-            where = f"tokenize: row {starts[chunk['blob']] + i}"
-            messages = row.get("messages")
-            if not isinstance(messages, list):
-                raise ConfigError(f"{where}: has no `messages` list; add a transform such as jsonl_to_chat before training")
-            out.append(tokenize_conversation(tok, messages, p["supervise"], p["max_length"], p["truncation"], where))
+            index = starts[chunk["blob"]] + i
+            where = f"row {index}"
+            try:
+                messages = row.get("messages")
+                if messages is None:
+                    raise ConfigError(f"{where}: messages: the row has none; add a transform such as jsonl_to_chat before training")
+                out.append(tokenize_conversation(tok, messages, p["supervise"], p["max_length"], p["truncation"], where))
+            except ConfigError as exc:
+                located = row_location(ctx.store, rows_node, index)
+                raise ConfigError(f"{located}: tokenize: {exc.message.removeprefix(where + ': ')}") from None
         return write_token_chunk(ctx.store, out)
 
-    chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress)
-    kept = [f for f in tokenizer_files(model_dir) if f.name not in ("vocab.json", "merges.txt")]  # tokenizer.json holds them
-    tokens = TokenDataset([c for c in chunks if c["rows"]], {f.name: ctx.store.put_bytes(f.read_bytes()) for f in kept})
+    rows_node = ctx.node.inputs[0][1]
+    chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop)
+    files = tokenizer_files(model_dir)
+    kept = [f for f in files if f.name not in ("vocab.json", "merges.txt")] if any(f.name == "tokenizer.json" for f in files) else files
+    tokens = TokenDataset([c for c in chunks if c["rows"]], {f.relative_to(model_dir).as_posix(): ctx.store.put_bytes(f.read_bytes()) for f in kept})
     return {
         "outputs": tokens.outputs(),
+        "attachments": tokens.attachments(),
         "stats": dict(stats, rows=tokens.num_rows, tokens=tokens.num_tokens, loss_tokens=tokens.num_loss_tokens),
     }

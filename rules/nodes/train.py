@@ -11,24 +11,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evsys_build.errors import ConfigError
+from evsys_build.errors import ConfigError, Interrupted
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 
 from ..backends.base import Datum, SavedCheckpoint
+from ..algorithms.sft import WALL_CLOCK_METRICS
 from ..config.loading import Arm
 from ..ml_stack import preload_ml
 from ..models.resolve import model_identity
 from ..outputs.callbacks import make_callbacks
 from ..plugins import kinds
-from ..plugins.code_identity import code_identity
+from ..plugins.code_identity import code_identity, library_versions
 from .tokenize import SHAPING_PARAMS
 from .views import Checkpoint, TokenDataset, TrainResult
 
-TRAIN_VERSION = "1"
-CHECKPOINT_VERSION = "1"
 SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
 
 
@@ -42,10 +41,15 @@ def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache) ->
     return Node(
         rule="train",
         name="train",
-        version=TRAIN_VERSION,
+        version=code_identity(run_train),
         params={
             "model": model_identity(cfg.model.name, cfg.model.revision, model_dir, statcache),
-            "backend": {"kind": cfg.backend.kind, "params": _trajectory_params(backend_cls, arm.params["backend"]), "code": code_identity(backend_cls)},
+            "backend": {
+                "kind": cfg.backend.kind,
+                "params": _trajectory_params(backend_cls, backend_config(backend_cls, arm)),
+                "code": code_identity(backend_cls.create_training_client),
+                "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
+            },
             "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls)},
             "seed": cfg.seed,
         },
@@ -65,21 +69,33 @@ def _trajectory_params(backend_cls, backend_cfg) -> dict:
 
 
 def make_backend(arm: Arm):
-    """The arm's backend, built from its validated Config."""
-    return kinds.backends.get(arm.config.backend.kind)(arm.params["backend"])
+    """The arm's backend, built from its validated Config with `auto` settings resolved."""
+    backend_cls = kinds.backends.get(arm.config.backend.kind)
+    return backend_cls(backend_config(backend_cls, arm))
+
+
+def backend_config(backend_cls, arm: Arm):
+    """The arm's backend Config; a backend with a `resolve` hook makes `auto` settings explicit
+    (the local backend's device, dtype and attention), so they are in the key."""
+    config = arm.params["backend"]
+    resolve = getattr(backend_cls, "resolve", None)
+    return resolve(config) if resolve is not None and config is not None else config
 
 
 def checkpoint_node(train: Node, step: int) -> Node:
     """The checkpoint of `train` after `step` optimizer steps; its key depends only on (train key, step)."""
-    return Node(
+    node = Node(
         rule="checkpoint",
         name=f"checkpoint@{step}",
-        version=CHECKPOINT_VERSION,
+        version=code_identity(checkpoint_body),
         params={"step": step},
         inputs=[("train", train)],
         arm=train.arm,
         produced_by=train,
     )
+    if train.key is not None:
+        node.key = node.key_for({})
+    return node
 
 
 def stored_checkpoint_steps(arm: Arm) -> list[int]:
@@ -114,7 +130,7 @@ def run_train(ctx: RunContext) -> dict:
         backend.check_ready()
     checkpoints = payload["checkpoints"]
     final_step = algo.max_steps
-    missing = [s for s, n in sorted(checkpoints.items()) if not ctx.store.has_manifest(n.key)]
+    missing = [s for s, n in sorted(checkpoints.items()) if ctx.store.complete_manifest(n.key) is None]
     if not missing:  # every checkpoint stored (the build died just before this manifest): nothing to train
         return _train_result(ctx.store, checkpoints[final_step])
     resume_step = newest_stored_step(ctx.store, ctx.node, below=missing[0])
@@ -126,6 +142,7 @@ def run_train(ctx: RunContext) -> dict:
         raise ConfigError(f"{ctx.node.name}: no training rows left after the transforms")
     client = backend.create_training_client(payload["model_dir"], algo.lora_rank, arm.config.seed)
     callbacks = make_callbacks(arm.config, ctx.log)
+    saved_steps: list[int] = []
 
     def on_step(step: int, metrics: dict) -> None:
         ctx.progress(step, missing[-1], f"loss {metrics['train_mean_nll']:.4f}")
@@ -134,11 +151,11 @@ def run_train(ctx: RunContext) -> dict:
 
     def on_checkpoint(step: int, saved: SavedCheckpoint) -> None:
         node = checkpoints.get(step) or checkpoint_node(ctx.node, step)
-        if ctx.store.has_manifest(node.key):
-            return
-        ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name))
+        saved_steps.append(step)
+        if ctx.store.complete_manifest(node.key) is None:
+            ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name))
 
-    train_sft(
+    history = train_sft(
         client,
         data,
         algo,
@@ -148,55 +165,77 @@ def run_train(ctx: RunContext) -> dict:
         on_step=on_step,
         on_checkpoint=on_checkpoint,
         stop_at=missing[-1],
+        should_stop=ctx.stop_requested,
     )
+    done = history[-1]["step"] if history else 0
+    if done < missing[-1]:
+        kept = f"checkpoint@{saved_steps[-1]} saved" if saved_steps else "no step finished"
+        raise Interrupted(f"{ctx.node.name} stopped after step {done} of {final_step} ({kept})")
     return _train_result(ctx.store, checkpoints[final_step])
 
 
 def newest_stored_step(store: Store, train: Node, below: int) -> int:
-    """The newest step < `below` with a stored checkpoint of this train node (0 = none)."""
+    """The newest step < `below` with a fully stored checkpoint of this train node (0 = none)."""
     for step in range(below - 1, 0, -1):
-        if store.has_manifest(checkpoint_node(train, step).key):
+        if store.complete_manifest(checkpoint_node(train, step).key) is not None:
             return step
     return 0
 
 
 def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str) -> dict:
-    """A checkpoint manifest body from a SavedCheckpoint: weights and state as blobs, meta as JSON."""
-    meta = saved.meta
-    step_metrics = meta["metrics_so_far"][-1] if meta.get("metrics_so_far") else {}
+    """A checkpoint manifest body from a SavedCheckpoint: weights, state and meta as blobs (the
+    content evals key on); wall-clock timings attached apart, so a retrain that computes the same
+    bytes has the same output digest; where and in what precision it was built."""
+    meta = dict(saved.meta)
+    history = meta.get("metrics_so_far", [])
+    meta["metrics_so_far"] = [{k: v for k, v in m.items() if k not in WALL_CLOCK_METRICS} for m in history]
+    timings = [{"step": m["step"], **{k: m[k] for k in WALL_CLOCK_METRICS if k in m}} for m in history]
     checkpoint = Checkpoint(
         weights={name: store.put_bytes(data) for name, data in saved.weights.items()},
         state={name: store.put_bytes(data) for name, data in saved.state.items()},
-        meta_blob=store.put_bytes(json.dumps(meta, sort_keys=True).encode()),
+        meta_blob=store.put_bytes(_json(meta)),
+        timings_blob=store.put_bytes(_json(timings)),
     )
+    info = meta.get("info", {})
     return {
         "outputs": checkpoint.outputs(),
-        "metrics": {k: v for k, v in step_metrics.items() if k != "step"},
+        "attachments": checkpoint.attachments(),
+        "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k != "step"},
         "stats": {
             "step": meta["step"],
             "base_model": model_name,
             "lora_rank": meta.get("lora_rank"),
-            "trainable_params": meta.get("info", {}).get("trainable_params"),
+            "trainable_params": info.get("trainable_params"),
             "size_bytes": sum(len(b) for part in (saved.weights, saved.state) for b in part.values()),
         },
+        "built_on": {k: info[k] for k in ("device", "dtype", "attention") if k in info},
     }
 
 
 def load_checkpoint(store: Store, key: str) -> SavedCheckpoint:
-    """A stored checkpoint as the SavedCheckpoint an algorithm resumes from."""
+    """A stored checkpoint as the SavedCheckpoint an algorithm resumes from (timings merged back)."""
     checkpoint = Checkpoint.of(store.read_manifest(key))
+    meta = json.loads(store.get_bytes(checkpoint.meta_blob))
+    meta["metrics_so_far"] = _with_timings(store, checkpoint, meta["metrics_so_far"])
     return SavedCheckpoint(
         state={k: store.get_bytes(v) for k, v in checkpoint.state.items()},
         weights={k: store.get_bytes(v) for k, v in checkpoint.weights.items()},
-        meta=json.loads(store.get_bytes(checkpoint.meta_blob)),
+        meta=meta,
     )
+
+
+def _with_timings(store: Store, checkpoint: Checkpoint, history: list[dict]) -> list[dict]:
+    if not checkpoint.timings_blob:
+        return history
+    timings = {t["step"]: t for t in json.loads(store.get_bytes(checkpoint.timings_blob))}
+    return [{**m, **timings.get(m["step"], {})} for m in history]
 
 
 def _train_result(store: Store, final_checkpoint: Node) -> dict:
     checkpoint = Checkpoint.of(store.read_manifest(final_checkpoint.key))
     meta = json.loads(store.get_bytes(checkpoint.meta_blob))
-    history = meta["metrics_so_far"]
-    result = TrainResult(store.put_bytes(json.dumps(history, sort_keys=True).encode()), final_checkpoint.key, checkpoint.state)
+    history = _with_timings(store, checkpoint, meta["metrics_so_far"])
+    result = TrainResult(store.put_bytes(_json(history)), final_checkpoint.key, checkpoint.state)
     return {
         "outputs": result.outputs(),
         "metrics": {
@@ -205,4 +244,9 @@ def _train_result(store: Store, final_checkpoint: Node) -> dict:
             "steps": len(history),
         },
         "stats": {"info": meta.get("info", {})},
+        "built_on": {k: meta.get("info", {})[k] for k in ("device", "dtype", "attention") if k in meta.get("info", {})},
     }
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()

@@ -14,11 +14,8 @@ from evsys_build.graph import Node
 from ..config.loading import Arm
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
-from .row_chunks import chunk_starts, stage_identity
+from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset
-
-TRANSFORM_VERSION = "1"
-
 
 def transform_node(arm: Arm, index: int, rows: Node) -> Node:
     """The node of `transforms[index]`, reading `rows` (the source's or the previous transform's)."""
@@ -34,7 +31,7 @@ def transform_node(arm: Arm, index: int, rows: Node) -> Node:
     return Node(
         rule="transform",
         name=f"transform[{index}] {spec.kind}",
-        version=TRANSFORM_VERSION,
+        version=code_identity(run_transform),
         params={"kind": spec.kind, "params": params, "code": code_identity(cls), "row_local": bool(getattr(cls, "row_local", False))},
         inputs=[("rows", rows)],
         run=run_transform,
@@ -59,7 +56,7 @@ def run_transform(ctx: RunContext) -> dict:
                 raise _locate_row(transform, rows, starts[chunk["blob"]], ctx, exc) from None
             return write_row_chunk(ctx.store, _checked(out_rows, ctx))
 
-        chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress)
+        chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop)
         out = RowDataset.from_json(rows_dataset(chunks))
     else:
         rows = list(iter_rows(ctx.store, dataset.to_json()))
@@ -69,12 +66,14 @@ def run_transform(ctx: RunContext) -> dict:
 
 
 def _locate_row(transform, rows: list[dict], start: int, ctx: RunContext, exc: ConfigError) -> ConfigError:
-    """A row-local transform failed on a chunk: name the failing row by its index in the whole input."""
+    """A row-local transform failed on a chunk: name the failing row (its file:line when the rows
+    before this transform map one for one to the source's)."""
     for i, row in enumerate(rows):
         try:
             transform([dict(row)])
         except ConfigError as row_exc:
-            return ConfigError(f"{ctx.node.name}: input row {start + i}: {row_exc.message}")
+            located = row_location(ctx.store, ctx.node.inputs[0][1], start + i)
+            return ConfigError(f"{located}: {ctx.node.name}: {row_exc.message}")
     return exc
 
 

@@ -48,7 +48,7 @@ class RowDataset:
 @dataclass(frozen=True)
 class TokenDataset:
     """Tokenized rows as chunks (`{"rows", "tokens", "loss_tokens", "blobs"}`): what tokenize outputs,
-    with the tokenizer's files kept beside them so `evsys show` can decode."""
+    with the tokenizer's files attached (not keyed on) so `evsys show` can decode."""
 
     chunks: list[dict]
     tokenizer_blobs: dict[str, str] = field(default_factory=dict)
@@ -70,7 +70,7 @@ class TokenDataset:
         dataset = _outputs(manifest, "dataset", "tokenize")
         if dataset.get("kind") != "tokens":
             raise StoreError(f"expected a token dataset, got kind {dataset.get('kind')!r}")
-        tokenizer = manifest["outputs"].get("tokenizer", {}).get("blobs", {})
+        tokenizer = (manifest.get("attachments") or {}).get("tokenizer", {}).get("blobs", {})
         return cls(list(dataset["chunks"]), dict(tokenizer))
 
     def outputs(self) -> dict:
@@ -81,28 +81,37 @@ class TokenDataset:
             "num_loss_tokens": self.num_loss_tokens,
             "chunks": self.chunks,
         }
-        return {"dataset": dataset, "tokenizer": {"blobs": self.tokenizer_blobs}}
+        return {"dataset": dataset}
+
+    def attachments(self) -> dict:
+        return {"tokenizer": {"blobs": self.tokenizer_blobs}}
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint's blobs: weights (what a sampler loads), state (what resume loads), and meta
-    (step, data position, metrics so far)."""
+    (step, data position, metrics so far), all content; and, attached, the per-step timings
+    (wall-clock, so they differ between runs that compute the same bytes)."""
 
     weights: dict[str, str]
     state: dict[str, str]
     meta_blob: str
+    timings_blob: str | None = None
 
     @classmethod
     def of(cls, manifest: dict) -> "Checkpoint":
         out = manifest.get("outputs") or {}
+        timings = (manifest.get("attachments") or {}).get("timings", {}).get("blob")
         try:
-            return cls(dict(out["weights"]["blobs"]), dict(out["state"]["blobs"]), out["meta"]["blob"])
+            return cls(dict(out["weights"]["blobs"]), dict(out["state"]["blobs"]), out["meta"]["blob"], timings)
         except (KeyError, TypeError):
             raise StoreError(f"node {manifest.get('key', '?')[:12]} ({manifest.get('name')}) is not a checkpoint") from None
 
     def outputs(self) -> dict:
         return {"weights": {"blobs": self.weights}, "state": {"blobs": self.state}, "meta": {"blob": self.meta_blob}}
+
+    def attachments(self) -> dict:
+        return {"timings": {"blob": self.timings_blob}} if self.timings_blob else {}
 
 
 @dataclass(frozen=True)
@@ -127,17 +136,18 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """One benchmark scored at one checkpoint: predictions (JSONL blob) and the metrics."""
+    """One benchmark scored at one checkpoint: predictions (JSONL blob) and the metrics (both
+    content: the report reads them, so they are part of the digest its key is made of)."""
 
     predictions_blob: str
     metrics: dict
 
     @classmethod
     def of(cls, manifest: dict) -> "EvalResult":
-        return cls(_outputs(manifest, "predictions", "eval")["blob"], dict(manifest.get("metrics", {})))
+        return cls(_outputs(manifest, "predictions", "eval")["blob"], dict(_outputs(manifest, "metrics", "eval")))
 
     def outputs(self) -> dict:
-        return {"predictions": {"blob": self.predictions_blob}}
+        return {"predictions": {"blob": self.predictions_blob}, "metrics": self.metrics}
 
 
 @dataclass(frozen=True)

@@ -82,5 +82,6 @@ def _tokenizer_from_blobs(store: Store, blobs: dict[str, str]):
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, blob in blobs.items():
+            Path(tmp, name).parent.mkdir(parents=True, exist_ok=True)
             Path(tmp, name).write_bytes(store.get_bytes(blob))
         return AutoTokenizer.from_pretrained(tmp, local_files_only=True)

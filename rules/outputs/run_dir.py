@@ -1,45 +1,102 @@
-"""Materialize the run dir after a build: each arm's report files, then experiment.md."""
+"""Materialize the run dir after a build: each arm's report files, then experiment.md.
+
+A run dir is written into a temporary folder beside it and renamed into place, so a reader (or
+a crash) never sees it half-written. Files in it that evsys did not write are carried over.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from evsys_build.atomic import write_atomic
-from evsys_build.errors import ConfigError
+from evsys_build.errors import ConfigError, StoreError, UsageError
+from evsys_build.store import Store
 
 from ..nodes.views import ReportFiles, TrainResult
 from .experiment_md import experiment_markdown
 
+EXPERIMENT_MD = "experiment.md"
 
-def materialize(project, store, results: dict, arms: list[str], echo) -> None:
-    """Write every built arm's run dir and experiment.md; an unwritable output_dir is a config error."""
+
+def materialize(project, store: Store, results: dict, arms: list[str], echo) -> dict:
+    """Write every built arm's run dir and experiment.md; returns the run's summary for its record."""
     try:
-        _materialize(project, store, results, arms, echo)
+        return _materialize(project, store, arms, echo)
+    except StoreError:
+        raise  # a corrupt report blob (the build rebuilds it) or a full disk: its own message
     except OSError as exc:
         raise ConfigError(f"output_dir: cannot write the run dir ({exc.strerror}: {exc.filename}); choose another output_dir") from None
 
 
-def _materialize(project, store, results: dict, arms: list[str], echo) -> None:
-    built = [n for n in project.arm_nodes if n.arm.name in arms]
-    for nodes in built:
-        run_dir = write_run_dir(project, store, results, nodes)
-        echo(f"run dir: {run_dir}")
-    base = project.loaded.output_dir / project.loaded.run_name
+def _materialize(project, store: Store, arms: list[str], echo) -> dict:
+    loaded = project.loaded
     summaries = arm_summaries(project, store)
-    write_atomic(base / "experiment.md", experiment_markdown(project.loaded, summaries).encode())
+    markdown = experiment_markdown(loaded, summaries).encode()
+    base = loaded.output_dir / loaded.run_name
+    single = len(project.arm_nodes) == 1
+    for nodes in project.arm_nodes:
+        if nodes.arm.name not in arms:
+            continue
+        files = {rel: store.get_bytes(blob) for rel, blob in report_files(store, nodes).items()}
+        if single:
+            files[EXPERIMENT_MD] = markdown
+        run_dir = arm_run_dir(loaded, nodes.arm.name, len(project.arm_nodes))
+        replace_dir(run_dir, files, owned=lambda rel: rel in files or rel.startswith("predictions/"))
+        echo(f"run dir: {run_dir}")
+    if not single:
+        write_atomic(base / EXPERIMENT_MD, markdown)
+    return {
+        "run_name": loaded.run_name,
+        "arms": {s["arm"]: {k: s[k] for k in ("completed", "metrics", "checkpoint_final", "report")} for s in summaries},
+        "files": {EXPERIMENT_MD: {"blob": store.put_bytes(markdown)}},
+    }
 
 
-def write_run_dir(project, store, results: dict, nodes) -> Path:
-    """Copy the report's files into the arm's run dir; stale prediction files are removed."""
-    run_dir = arm_run_dir(project.loaded, nodes.arm.name, len(project.arm_nodes))
-    files = ReportFiles.of(results.get(nodes.report.key) or store.read_manifest(nodes.report.key)).files
-    wanted = {run_dir / rel for rel in files}
-    for stale in (run_dir / "predictions").glob("*.jsonl") if (run_dir / "predictions").is_dir() else []:
-        if stale not in wanted:
-            stale.unlink()
-    for rel, blob in files.items():
-        write_atomic(run_dir / rel, store.get_bytes(blob))
-    return run_dir
+def write_run(store: Store, run: dict, dest: Path) -> list[Path]:
+    """Rewrite a recorded run's run dir into `dest`: each arm's report files and experiment.md."""
+    arms = run.get("arms", {})
+    files: dict[str, bytes] = {}
+    for arm, entry in arms.items():
+        manifest = store.read_manifest(entry["report"]) if entry.get("report") else None
+        if manifest is None:
+            raise UsageError(f"run {run['id']}: the report of arm {arm} is not in the store (the run did not complete, or gc removed it)")
+        prefix = "" if len(arms) == 1 else f"{arm}/"
+        files.update({prefix + rel: store.get_bytes(blob) for rel, blob in ReportFiles.of(manifest).files.items()})
+    markdown = run.get("files", {}).get(EXPERIMENT_MD)
+    if markdown:
+        files[EXPERIMENT_MD] = store.get_bytes(markdown["blob"])
+    replace_dir(dest, files, owned=lambda rel: rel in files)
+    return [dest / rel for rel in sorted(files)]
+
+
+def report_files(store: Store, nodes) -> dict[str, str]:
+    """The arm's run-dir files (relative path -> blob) from its report node."""
+    return ReportFiles.of(store.read_manifest(nodes.report.key)).files
+
+
+def replace_dir(target: Path, files: dict[str, bytes], owned=lambda rel: True) -> None:
+    """Make `target` hold exactly `files` (plus the files already there that `owned` says evsys
+    does not own), by writing a temporary folder beside it and renaming it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.evsys-new-{os.getpid()}"
+    retired = target.parent / f".{target.name}.evsys-old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for rel, data in files.items():
+            write_atomic(staging / rel, data)
+        if target.is_dir():
+            for f in target.rglob("*"):
+                rel = f.relative_to(target).as_posix()
+                if f.is_file() and not owned(rel) and not (staging / rel).exists():
+                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, staging / rel)
+            os.replace(target, retired)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def arm_run_dir(loaded, arm: str, n_arms: int) -> Path:
@@ -48,12 +105,12 @@ def arm_run_dir(loaded, arm: str, n_arms: int) -> Path:
     return base if n_arms == 1 else base / arm
 
 
-def arm_summaries(project, store) -> list[dict]:
+def arm_summaries(project, store: Store) -> list[dict]:
     """Per arm: completed or not, final eval metrics, final train loss, artifacts."""
     out = []
     for nodes in project.arm_nodes:
-        report = store.read_manifest(nodes.report.key)
-        train = store.read_manifest(nodes.train.key)
+        report = store.read_manifest(nodes.report.key) if nodes.report.key else None
+        train = store.read_manifest(nodes.train.key) if nodes.train.key else None
         out.append(
             {
                 "arm": nodes.arm.name,
@@ -61,7 +118,8 @@ def arm_summaries(project, store) -> list[dict]:
                 "metrics": report["metrics"] if report else {},
                 "train": train["metrics"] if train else {},
                 "checkpoint_final": TrainResult.of(train).checkpoint_final if train else None,
-                "overrides": next((a.set for a in project.loaded.config.arms if a.name == nodes.arm.name), {}),
+                "report": nodes.report.key if report else None,
+                "overrides": nodes.arm.overrides,
             }
         )
     return out

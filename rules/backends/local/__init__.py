@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ...plugins.registry import register_backend
-from .config import LocalBackendConfig
+from .config import LocalBackendConfig, resolve_precision
 from .model_io import WEIGHTS_META, bytes_to_tensors, load_model, lora_config, pick_device, pick_dtype, with_lora
 from .sampling import LocalSamplingClient, pad_id
 from .training import LocalTrainingClient
@@ -33,8 +33,13 @@ class LocalBackend:
     """Backend factory: training clients and samplers on this machine."""
 
     Config = LocalBackendConfig
-    version = "1"
     sampling_only_params = ("sample_batch_size",)  # not part of the train key
+    libraries = ("torch", "transformers", "peft", "safetensors")  # their versions are in the train and eval keys
+
+    @staticmethod
+    def resolve(config: LocalBackendConfig) -> LocalBackendConfig:
+        """The config with `auto` precision made explicit (what the train key and the run use)."""
+        return resolve_precision(config)
 
     def __init__(self, config: Optional[LocalBackendConfig | dict] = None):
         if config is None:

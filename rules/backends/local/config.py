@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -17,3 +21,39 @@ class LocalBackendConfig(BaseModel, extra="forbid"):
     loss_chunk_tokens: int = Field(0, ge=0)  # loss positions per LM-head chunk; 0 = auto (CPU 1024, CUDA 4096)
     gradient_checkpointing: bool = False  # recompute decoder layers in backward (less memory, ~30% slower)
     sample_batch_size: int = Field(64, ge=1)  # prompts per generate() call
+
+
+def resolve_precision(config: LocalBackendConfig) -> LocalBackendConfig:
+    """`auto` device, dtype and attention made explicit — without importing torch, so `plan` can
+    put them in the train key: a checkpoint trained on CPU in fp32 and one trained on a GPU in
+    bf16 never share a key, and training never resumes across precisions. The training client
+    checks at run time that torch agrees (a GPU driver with a CPU-only torch is an error)."""
+    device = config.device if config.device != "auto" else ("cuda" if cuda_present() else "cpu")
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    attention = config.attention
+    if attention == "auto":
+        attention = "varlen" if device == "cuda" and dtype != "float32" and torch_at_least(2, 10) else "sdpa_loop"
+    return config.model_copy(update={"device": device, "dtype": dtype, "attention": attention})
+
+
+def cuda_present() -> bool:
+    """An NVIDIA GPU that a CUDA build of torch could use, judged from files, not by importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if "+cpu" in _torch_version():
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return Path("/dev/nvidiactl").exists() or (gpus.is_dir() and any(gpus.iterdir()))
+
+
+def torch_at_least(major: int, minor: int) -> bool:
+    parts = re.findall(r"\d+", _torch_version())[:2]
+    return len(parts) == 2 and (int(parts[0]), int(parts[1])) >= (major, minor)
+
+
+def _torch_version() -> str:
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return ""

@@ -29,7 +29,10 @@ def pick_device(config: LocalBackendConfig) -> "torch.device":
     import torch
 
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("backend.local.device: cuda requested but torch sees no CUDA device; use auto or cpu")
+        raise ConfigError(
+            "backend.params.device: cuda (given, or what `auto` resolved to because a GPU driver is present) "
+            "but torch sees no CUDA device; set backend.params.device: cpu, or install a CUDA build of torch"
+        )
     kind = config.device
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,6 +78,7 @@ def json_bytes(obj: Any) -> bytes:
 
 
 LOAD_LOCK = threading.Lock()
+global_rng_lock = threading.Lock()  # held by code that must draw from torch's process-wide RNG (peft init, sampling)
 
 
 def load_model(model_dir: Path, dtype, device):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
+
+from .model_io import global_rng_lock
 
 class LocalSamplingClient:
     """Batched generation (HF generate, KV cache, left padding) over a frozen model."""
@@ -38,7 +41,8 @@ class LocalSamplingClient:
         results: list[list[list[int]]] = [[] for _ in prompts]
         stops = set(int(t) for t in stop_token_ids)
         per_call = max(1, self.batch_size // n_runs)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        rng = global_rng_lock if temperature > 0 else contextlib.nullcontext()  # greedy draws nothing
+        with rng, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             for start in range(0, len(order), per_call):
                 idx = order[start : start + per_call]

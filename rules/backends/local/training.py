@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -19,6 +18,7 @@ from .model_io import (
     LORA_TARGETS,
     WEIGHTS_META,
     autocast,
+    global_rng_lock,
     bytes_to_tensors,
     json_bytes,
     load_model,
@@ -47,11 +47,12 @@ class LocalTrainingClient:
         self.dtype = pick_dtype(config, self.device)
         self.kernel = self._pick_kernel()
         register_packed_attention()
-        rng_devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(seed)
-            self.model = self._build_model()
-            self._rng = self._capture_rng()
+        # Training draws only from its own generator: an eval sampling in another thread (which
+        # uses torch's process-wide RNG) can never shift its stream, nor it the eval's.
+        self.generator = torch.Generator().manual_seed(seed)
+        with global_rng_lock, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.model = self._build_model()  # peft's own init draws from the global RNG; redone below
+        self._init_adapters()
         self.model.train()
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         # fused AdamW: one pass over each tensor, ~5x faster than the per-tensor loop on CPU
@@ -84,25 +85,18 @@ class LocalTrainingClient:
         model.requires_grad_(False)
         return with_lora(model, lora_config(self.lora_rank))
 
-    # -- RNG: the client owns its RNG stream so runs and resumes are reproducible
-    def _capture_rng(self) -> dict:
+    def _init_adapters(self) -> None:
+        """LoRA init from the client's generator, as peft does it: A kaiming-uniform, B zeros."""
         import torch
 
-        state = {"cpu": torch.random.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    @contextlib.contextmanager
-    def _own_rng(self):
-        import torch
-
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.random.set_rng_state(self._rng["cpu"])
-            if "cuda" in self._rng:
-                torch.cuda.set_rng_state(self._rng["cuda"], self.device)
-            yield
-            self._rng = self._capture_rng()
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if ".lora_A." in name:
+                    init = torch.empty(param.shape, dtype=torch.float32)
+                    torch.nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=self.generator)
+                    param.copy_(init)
+                elif ".lora_B." in name:
+                    param.zero_()
 
     def _causal_lm(self):
         """The Qwen3ForCausalLM inside (peft wraps it)."""
@@ -119,10 +113,9 @@ class LocalTrainingClient:
         if not datums:
             raise ValueError("forward_backward: no datums")
         totals = {"loss_sum": 0.0, "weight_sum": 0.0, "num_tokens": 0, "num_loss_tokens": 0, "num_sequences": 0}
-        with self._own_rng():
-            for group in split_by_token_budget(datums, self.config.max_tokens_per_pass):
-                for key, value in self._forward_backward_packed(group).items():
-                    totals[key] += value
+        for group in split_by_token_budget(datums, self.config.max_tokens_per_pass):  # no randomness: no dropout
+            for key, value in self._forward_backward_packed(group).items():
+                totals[key] += value
         return totals
 
     def _forward_backward_packed(self, datums: Sequence[Datum]) -> dict:
@@ -182,7 +175,7 @@ class LocalTrainingClient:
         return {
             "trainable.safetensors": tensors_to_bytes({n: p for n, p in self.named_trainable}),
             "optimizer.safetensors": tensors_to_bytes(optim),
-            "rng.safetensors": tensors_to_bytes(self._rng),
+            "rng.safetensors": tensors_to_bytes({"generator": self.generator.get_state()}),
             "state.json": json_bytes({"lora_rank": self.lora_rank, "format": "evsys-local-state-v1"}),
         }
 
@@ -208,7 +201,7 @@ class LocalTrainingClient:
             if entry:
                 state_dict["state"][index] = entry
         self.optimizer.load_state_dict(state_dict)
-        self._rng = dict(bytes_to_tensors(blobs["rng.safetensors"]))
+        self.generator.set_state(bytes_to_tensors(blobs["rng.safetensors"])["generator"])
 
     def weights_blobs(self) -> dict[str, bytes]:
         """LoRA: adapter_model.safetensors + adapter_config.json (peft format); full: model.safetensors +
