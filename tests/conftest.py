@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import evsys_testkit
 
-from evsys_testkit import copy_project, evsys, make_project, ok, tool_rows  # noqa: E402
+from evsys_testkit import copy_project, evsys, make_evals_project, make_project, ok, tool_rows  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,3 +47,11 @@ def project_copy(built_project, tmp_path) -> Path:
     """A private copy of the built project (config, data and store) that a test may change."""
     return copy_project(built_project, tmp_path / "project")
 
+
+
+@pytest.fixture(scope="session")
+def built_evals(tmp_path_factory, tiny_model_dir) -> Path:
+    """A built project with a plugin, a filter and an in-loop benchmark (testkit EVALS_CONFIG). Copy it to change it."""
+    project = make_evals_project(tmp_path_factory.mktemp("evals") / "project")
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project))
+    return project

@@ -152,3 +152,54 @@ def linked_model_copy(model_dir: Path, dest: Path) -> Path:
         else:
             (dest / f.name).symlink_to(f.resolve())
     return dest
+
+
+# A project with a row-local plugin, a filter and an in-loop benchmark: what the early-cutoff and
+# corruption tests build once (conftest `built_evals`) and copy.
+EVALS_CONFIG = """\
+experiment: {name: cutoff}
+output_dir: out
+plugins: [tag.py]
+data: {source_kind: jsonl, path: data/train.jsonl}
+transforms:
+  - kind: tag_rows
+  - kind: filter
+    params: {field: query, op: min_len, value: 1}
+  - kind: jsonl_to_chat
+    params: {user_template: "{query}", assistant_template: "<answer>{tool_slug}</answer>"}
+model: {name: evsys/tiny-qwen3}
+backend: {kind: local}
+algorithm:
+  kind: sft
+  params: {learning_rate: 1.0e-3, max_steps: 2, batch_size: 2, lora_rank: 1}
+metadata:
+  benchmark:
+    - {name: val, path: val, max_tokens: 4, run_every: 1}
+"""
+
+EVALS_PLUGIN = '''\
+from evsys_sdk import register_transform
+
+
+def shout(text):
+    return text.upper()
+
+
+@register_transform("tag_rows")
+class TagRows:
+    row_local = True
+
+    def __init__(self, **kw):
+        pass
+
+    def __call__(self, rows):
+        return [dict(r, query=shout(r["query"])) for r in rows]
+'''
+
+
+def make_evals_project(root: Path) -> Path:
+    project = make_project(root, tool_rows(30), EVALS_CONFIG)
+    (project / "tag.py").write_text(EVALS_PLUGIN)
+    tasks = [{"task_id": f"t{i}", "instruction": f"query {i}", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "A"}} for i in range(3)]
+    write_jsonl(project / "val" / "tasks.jsonl", tasks)
+    return project

@@ -164,14 +164,15 @@ def test_deep_validate_counts_file_lines_past_blank_lines(tmp_path):
 
 
 def test_build_names_the_row_of_a_missing_template_field_across_chunks(tmp_path, tiny_model_dir):
-    """At build time (no --deep) the error names the row by its index in the whole input, not in its chunk."""
+    """At build time (no --deep) the error names the row by its file line (the row's index in the
+    whole input, not in its chunk, mapped to the data file)."""
     rows = tool_rows(3000)
     rows[2500] = {"query": "no slug in this row"}
     project = project_with(tmp_path, BASE_CONFIG, rows)
     proc = evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)
     msg = one_error_line(proc)
     assert msg == (
-        "transform[0] jsonl_to_chat: input row 2500: jsonl_to_chat.params.assistant_template: field 'tool_slug' "
+        "data/train.jsonl:2501: transform[0] jsonl_to_chat: jsonl_to_chat.params.assistant_template: field 'tool_slug' "
         "is not in this row (row has: query); fix the template or the data"
     )
     assert "failed  transform[0] jsonl_to_chat" in proc.stdout

@@ -115,24 +115,34 @@ def test_golden_node_keys():
         params={"kind": "jsonl_to_chat", "params": {"user_template": "{query}"}},
         inputs=[("rows", source)],
     )
-    assert source.key == "ae85468b40f69b1a6f81c688821a19e4"
-    assert transform.key == "10a32c27b557909ec52984d1c528a268"
+    assert source.id == source.key_for({}) == "ae85468b40f69b1a6f81c688821a19e4"  # no inputs: the recipe is the key
+    assert transform.id == "10a32c27b557909ec52984d1c528a268"
+    # the content key: the recipe and the digest of the input's output, not the input's key
+    assert transform.key_for({"rows": "11" * 16}) == "83fdeed2ef0c9a25b98b67494e7d6c9a"
+    assert transform.key_for({"rows": "22" * 16}) != transform.key_for({"rows": "11" * 16})
 
 
 def test_node_key_ignores_name_arm_and_payload_but_not_inputs():
     a = Node(rule="source", name="source", version="1", params={"x": 1})
     b = Node(rule="source", name="renamed", version="1", params={"x": 1}, arm="r8", payload={"path": Path("/anywhere")})
-    assert a.key == b.key
+    assert a.key_for({}) == b.key_for({}) and a.id == b.id
     child_a = Node(rule="transform", name="t", version="1", params={}, inputs=[("rows", a)])
     c = Node(rule="source", name="source", version="1", params={"x": 2})
     child_c = Node(rule="transform", name="t", version="1", params={}, inputs=[("rows", c)])
-    assert child_a.key != child_c.key
-    assert Node(rule="source", name="s", version="2", params={"x": 1}).key != a.key
+    assert child_a.id != child_c.id  # a different input node...
+    assert child_a.key_for({"rows": "ab" * 16}) == child_c.key_for({"rows": "ab" * 16})  # ...with the same output: same key
+    assert Node(rule="source", name="s", version="2", params={"x": 1}).key_for({}) != a.key_for({})
+
+
+# Regenerated deliberately whenever the source or transform rule's code (or what it runs) changes:
+# code identities come from the source, so these pin the code as well as the key scheme.
+GOLDEN_SOURCE_KEY = "ee5fe79a1d8ea0fc192911c358e62b27"
+GOLDEN_TRANSFORM_KEY = "65e3116ccdcc8c77292ef1ed4f54d154"
 
 
 def test_golden_keys_of_compiled_data_nodes(tmp_path, tiny_model_dir):
     """The real rules' source and jsonl_to_chat keys for fixed bytes and config, as `plan --json` shows them."""
-    from evsys_testkit import plan_json
+    from evsys_testkit import evsys, ok, plan_json
 
     (tmp_path / "train.jsonl").write_text('{"query": "save a contact from this email", "tool_slug": "OUTLOOK_CREATE_CONTACT"}\n')
     (tmp_path / "config.yaml").write_text(
@@ -143,5 +153,7 @@ def test_golden_keys_of_compiled_data_nodes(tmp_path, tiny_model_dir):
         "model: {name: evsys/tiny-qwen3}\n"
     )
     nodes = plan_json(tmp_path)
-    assert nodes["source"]["key"] == "a4bfa92445d2c5f74e72341a01dea387"
-    assert nodes["transform[0] jsonl_to_chat"]["key"] == "ae0169a36b2716be95be32ea264e13fb"
+    assert nodes["source"]["key"] == GOLDEN_SOURCE_KEY
+    assert nodes["transform[0] jsonl_to_chat"]["key"] is None  # needs the source's output
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=tmp_path))
+    assert plan_json(tmp_path)["transform[0] jsonl_to_chat"]["key"] == GOLDEN_TRANSFORM_KEY

@@ -62,9 +62,11 @@ def test_plan_json_shape_and_rule_values(built_project, tmp_path):
     nodes = json.loads(proc.stdout)["nodes"]
     assert [n["name"] for n in nodes] == DATA_NODES + MODEL_NODES
     for n in nodes:
-        assert set(n) >= {"key", "rule", "name", "arm", "status", "reasons"}
-        assert n["rule"] in RULES and n["arm"] == "default" and len(n["key"]) == 32
+        assert set(n) >= {"key", "id", "rule", "name", "arm", "status", "reasons"}
+        assert n["rule"] in RULES and n["arm"] == "default" and len(n["id"]) == 32
         assert n["status"] == "run"
+    # only the source's key is known before anything is built: every other key needs its inputs' outputs
+    assert len(nodes[0]["key"]) == 32 and all(n["key"] is None for n in nodes[1:])
     assert {n["rule"] for n in nodes} == {"source", "transform", "tokenize", "train", "checkpoint", "report"}
     reasons = {n["name"]: n["reasons"] for n in nodes}
     assert reasons["source"] == ["never built"]
@@ -75,13 +77,13 @@ def test_changing_a_transform_param_reruns_it_and_downstream_only(project_copy):
     new_template = USER_TEMPLATE.replace("Query:", "User query:")
     edit_config(project_copy, f'user_template: "{USER_TEMPLATE}"', f'user_template: "{new_template}"')
     plan = plan_json(project_copy)
-    assert statuses(plan) == {"source": "cached", **{n: "run" for n in DATA_NODES[1:] + MODEL_NODES}}
+    assert statuses(plan) == {"source": "cached", "transform[0] jsonl_to_chat": "run", **{n: "maybe" for n in DATA_NODES[2:] + MODEL_NODES}}
     (reason,) = plan["transform[0] jsonl_to_chat"]["reasons"]
     assert reason.startswith("transforms[0].params.user_template: Query: {query}")
     assert " → User query: {query}" in reason
-    assert plan["transform[1] dedup"]["reasons"] == ["input changed: transform[0] jsonl_to_chat"]
-    assert plan["tokenize"]["reasons"] == ["input changed: transform[1] dedup"]
-    assert plan["train"]["reasons"] == ["input changed: tokenize"]
+    assert plan["transform[1] dedup"]["reasons"] == ["runs if transform[0] jsonl_to_chat changes"]
+    assert plan["tokenize"]["reasons"] == ["runs if transform[1] dedup changes"]
+    assert plan["train"]["reasons"] == ["runs if tokenize changes"]
 
     out = build(project_copy)
     assert ran_names(out) == {"transform[0] jsonl_to_chat", "transform[1] dedup", "tokenize", "train", "report"}
@@ -93,15 +95,17 @@ def test_changing_a_transform_param_reruns_it_and_downstream_only(project_copy):
 def test_changing_supervise_reruns_tokenize_with_its_reason(project_copy):
     edit_config(project_copy, "supervise: all_assistant", "supervise: all")
     plan = plan_json(project_copy)
-    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES[:3]}, "tokenize": "run", **{n: "run" for n in MODEL_NODES}}
+    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES[:3]}, "tokenize": "run", **{n: "maybe" for n in MODEL_NODES}}
     assert plan["tokenize"]["reasons"] == ["algorithm.params.supervise: all_assistant → all"]
-    assert plan["train"]["reasons"] == ["input changed: tokenize"]
+    assert plan["train"]["reasons"] == ["runs if tokenize changes"]
+    out = build(project_copy)
+    assert {"tokenize", "train"} <= ran_names(out)  # all_assistant → all trains other tokens: new bytes
 
 
 def test_changing_a_training_param_reruns_only_training(project_copy):
     edit_config(project_copy, "learning_rate: 1.0e-4", "learning_rate: 3.0e-4")
     plan = plan_json(project_copy)
-    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES}, **{n: "run" for n in MODEL_NODES}}
+    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES}, "train": "run", "checkpoint@1": "run", "report": "maybe"}
     # 1.0e-4 is sft's default, so it is not part of the old key (defaults are dropped)
     assert plan["train"]["reasons"] == ["algorithm.params.learning_rate: (default) → 0.0003"]
 
@@ -112,9 +116,10 @@ def test_changing_the_data_file_reruns_from_the_source(project_copy):
     lines[3] = json.dumps({"query": "an edited row", "tool_slug": "GMAIL_SEND_EMAIL"})
     data.write_text("\n".join(lines) + "\n")
     plan = plan_json(project_copy)
-    assert all(e["status"] == "run" for e in plan.values())
+    assert plan["source"]["status"] == "run" and all(e["status"] == "maybe" for n, e in plan.items() if n != "source")
     assert plan["source"]["reasons"] == ["data file content changed"]
-    assert plan["transform[0] jsonl_to_chat"]["reasons"] == ["input changed: source"]
+    assert plan["transform[0] jsonl_to_chat"]["reasons"] == ["runs if source changes"]
+    assert {"source", "transform[0] jsonl_to_chat", "tokenize", "train"} <= ran_names(build(project_copy))
 
 
 def test_touching_or_moving_the_data_file_reruns_nothing(project_copy):
@@ -159,8 +164,10 @@ def test_same_model_in_another_directory_keeps_tokenize_and_a_new_chat_template_
     tok_config["chat_template"] += "{#- an edited template -#}"
     config_file.write_text(json.dumps(tok_config, indent=2))
     plan = plan_json(project_copy)
-    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES[:3]}, "tokenize": "run", **{n: "run" for n in MODEL_NODES}}
+    assert statuses(plan) == {**{n: "cached" for n in DATA_NODES[:3]}, "tokenize": "run", **{n: "maybe" for n in MODEL_NODES}}
     assert plan["tokenize"]["reasons"] == ["tokenizer or chat template changed"]
+    # a template edit that renders the same text gives the same tokens: training stays cached
+    assert ran_names(build(project_copy)) == {"tokenize"}
 
 
 def test_a_removed_manifest_is_reported_and_only_that_node_reruns(project_copy):
@@ -170,24 +177,27 @@ def test_a_removed_manifest_is_reported_and_only_that_node_reruns(project_copy):
     (cache / "nodes" / key[:2] / f"{key}.json").unlink()
     plan = plan_json(project_copy)
     assert plan[name]["status"] == "run"
-    assert plan[name]["reasons"] == ["not in store (interrupted, or removed by gc)"]
-    assert [n for n, e in plan.items() if e["status"] == "run"] == [name]  # what depends on it is still stored
-    out = build(project_copy)
+    assert plan[name]["reasons"] == ["not in store (interrupted, removed by gc, or quarantined)"]
+    assert [n for n, e in plan.items() if e["status"] == "run"] == [name]
+    assert plan["tokenize"]["status"] == "maybe"  # its key needs dedup's output, which is gone
+    out = build(project_copy)  # dedup reruns to the same bytes: everything below stays cached
     assert ran_names(out) == {name}
     assert ref_keys(cache)[name] == key and Store(cache).has_manifest(key)
 
 
-def test_a_rule_version_bump_is_a_reason(project_copy, monkeypatch):
-    """Plan in-process with the transform rule's version bumped (what a code change to run_transform does)."""
-    import evsys_rules.nodes.transform as data_rules
+def test_a_rule_code_change_is_a_reason(project_copy, monkeypatch):
+    """Plan in-process as if run_transform's code had changed (its code identity differs)."""
+    import evsys_rules.nodes.transform as transform_rule
     from evsys_build.build import plan_entries
 
+    real = transform_rule.code_identity
+    monkeypatch.setattr(transform_rule, "code_identity", lambda obj: real(obj) + ("-edited" if obj is transform_rule.run_transform else ""))
     monkeypatch.chdir(project_copy)
-    monkeypatch.setattr(data_rules, "TRANSFORM_VERSION", "99")
     entries = {e.node.name: e for e in plan_entries(project_copy / "config.yaml", Store(project_copy / "cache"))}
     assert entries["source"].status == "cached"
-    assert entries["transform[0] jsonl_to_chat"].reasons == ["rule version changed: 1 → 99"]
-    assert entries["transform[1] dedup"].reasons == ["rule version changed: 1 → 99", "input changed: transform[0] jsonl_to_chat"]
+    assert entries["transform[0] jsonl_to_chat"].reasons == ["transform code changed"]
+    assert entries["transform[1] dedup"].status == "run" and entries["transform[1] dedup"].reasons == ["transform code changed"]
+    assert entries["tokenize"].status == "maybe"
 
 
 def test_plan_text_output_says_why(project_copy):
@@ -196,7 +206,7 @@ def test_plan_text_output_says_why(project_copy):
     lines = proc.stdout.splitlines()
     tokenize = next(line for line in lines if line.split()[2:3] == ["tokenize"])
     assert tokenize.startswith("run ") and tokenize.endswith("(algorithm.params.supervise: all_assistant → last_assistant)")
-    assert lines[-1] == "4 to run, 3 cached"
+    assert lines[-1] == "1 to run, 3 may run, 3 cached"
 
 
 def test_default_store_is_in_the_run_dir_and_env_moves_it(project_copy):
@@ -226,7 +236,7 @@ def test_dag_export(built_project, fmt, head):
     assert text.startswith(head)
     for name in DATA_NODES + MODEL_NODES:
         assert name in text
-    keys = ref_keys(built_project / "cache")
+    keys = {name: entry["id"] for name, entry in Store(built_project / "cache").read_ref(EXPERIMENT, "default")["nodes"].items()}
     arrow = "-->" if fmt == "mermaid" else "->"
     edges = [line for line in text.splitlines() if arrow in line]
     assert len(edges) == 6  # source → t0 → t1 → tokenize → train → {checkpoint@1, report}

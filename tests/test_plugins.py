@@ -64,7 +64,8 @@ def pii_project(tmp_path: Path, plugin_source: str = PLUGIN, spec: str = "pii_pl
 
 
 def strip_pii_key(project: Path, env: dict | None = None) -> str:
-    return plan_json(project, env=env)["transform[0] strip_pii"]["key"]
+    """The transform's static identity (its recipe, code identity included, over its input's)."""
+    return plan_json(project, env=env)["transform[0] strip_pii"]["id"]
 
 
 # -- through the CLI -----------------------------------------------------------------------

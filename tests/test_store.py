@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from evsys_build.atomic import write_atomic
 from evsys_build.errors import NodeFailed, UsageError
 from evsys_build.executor import Executor
 from evsys_build.graph import Graph, Node
+from evsys_build.runs import new_run_id
 from evsys_build.store import Store
 from evsys_testkit import evsys
 
@@ -55,8 +57,18 @@ def executions(count_file: Path) -> list[str]:
     return count_file.read_text().splitlines() if count_file.exists() else []
 
 
-def record_ref(store: Store, graph: Graph, experiment: str = "exp", arm: str = "default") -> None:
-    store.write_ref(experiment, arm, {"nodes": {n.name: n.describe() for n in graph.nodes()}})
+def record_run(store: Store, graph: Graph, nodes=None, experiment: str = "exp") -> dict:
+    """Record a completed run naming `nodes` (default: all of the graph), as a build does."""
+    digests = {n.id: store.read_manifest(n.key)["output_digest"] for n in graph.nodes()}
+    run = {
+        "id": new_run_id(),
+        "experiment": experiment,
+        "status": "completed",
+        "started": datetime.now(timezone.utc).isoformat(),
+        "arms": {"default": {"nodes": {n.name: n.describe(digests) for n in (nodes or graph.nodes())}}},
+    }
+    store.write_run(run)
+    return run
 
 
 # -- atomic writes and blobs ---------------------------------------------------------------
@@ -100,7 +112,7 @@ def test_put_bytes_is_idempotent_and_content_named(tmp_path):
 def test_missing_object_is_a_clear_store_error(tmp_path):
     from evsys_build.errors import StoreError
 
-    with pytest.raises(StoreError, match="missing; run `evsys verify`"):
+    with pytest.raises(StoreError, match="object abab.* is missing from"):
         Store(tmp_path).get_bytes("ab" * 16)
 
 
@@ -116,7 +128,8 @@ def test_corrupt_manifest_is_quarantined_and_reads_as_a_miss(tmp_path, capsys):
     assert not path.exists()
     quarantined = list((tmp_path / "quarantine").iterdir())
     assert len(quarantined) == 1 and quarantined[0].read_bytes() == b'{"rule": "x", trunc'
-    assert "corrupt store entry" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is corrupt (its checksum does not match its content)" in err and "rebuilding it" in err
 
 
 def test_a_node_with_a_corrupt_manifest_runs_again(tmp_path):
@@ -154,7 +167,9 @@ def test_manifest_records_rule_params_inputs_outputs_and_stats(tmp_path):
     src, mid, _ = graph.nodes()
     m = store.read_manifest(mid.key)
     assert m["rule"] == "transform" and m["version"] == "1" and m["params"] == {"tag": "a"}
-    assert m["inputs"] == [{"label": "rows", "key": src.key, "name": "source", "rule": "source"}]
+    src_manifest = store.read_manifest(src.key)
+    assert m["inputs"] == [{"label": "rows", "key": src.key, "id": src.id, "name": "source", "rule": "source", "digest": src_manifest["output_digest"]}]
+    assert m["output_digest"] and m["id"] == mid.id
     assert store.has_object(m["outputs"]["data"]["blob"])
     assert m["stats"] == {"n": 1} and "seconds" in m["timings"] and m["key"] == mid.key
 
@@ -289,12 +304,12 @@ def test_resolve_prefix_unknown_and_too_short(tmp_path):
 
 
 def _two_builds(tmp_path: Path) -> tuple[Store, Graph, Graph]:
-    """Graph `keep` is named by a ref; graph `drop` was built but no ref names it."""
+    """Graph `keep` is named by a run; graph `drop` was built but no run names it."""
     store = Store(tmp_path / "cache")
     keep, drop = toy_graph(tmp_path / "count", "keep"), toy_graph(tmp_path / "count", "drop")
     Executor(store).run(keep)
     Executor(store).run(drop)
-    record_ref(store, keep)
+    record_run(store, keep)
     return store, keep, drop
 
 
@@ -304,11 +319,15 @@ def _objects_of(store: Store, graph: Graph) -> set[str]:
 
 def test_gc_dry_run_removes_nothing(tmp_path):
     store, keep, drop = _two_builds(tmp_path)
-    before = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    def files():
+        return sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.parent.name != "locks")
+
+    before = files()
     proc = evsys("gc", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "kept 3 nodes; would remove 3 nodes, 3 objects" in proc.stdout
-    assert sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file()) == before
+    assert "kept 1 runs and 3 nodes; would remove 0 runs, 3 nodes, 3 objects" in proc.stdout
+    assert "would remove 3 nodes of (no run references it)" in proc.stdout
+    assert files() == before
 
 
 def test_gc_keeps_what_refs_reach_and_removes_the_rest(tmp_path):
@@ -316,7 +335,7 @@ def test_gc_keeps_what_refs_reach_and_removes_the_rest(tmp_path):
     kept_objects, dropped_objects = _objects_of(store, keep), _objects_of(store, drop)
     proc = evsys("gc", "--cache-dir", "cache", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "kept 3 nodes; removed 3 nodes, 3 objects" in proc.stdout
+    assert "kept 1 runs and 3 nodes; removed 0 runs, 3 nodes, 3 objects" in proc.stdout
     assert all(store.has_manifest(n.key) for n in keep.nodes())
     assert not any(store.has_manifest(n.key) for n in drop.nodes())
     assert all(store.has_object(o) for o in kept_objects)
@@ -329,12 +348,11 @@ def test_gc_keeps_what_refs_reach_and_removes_the_rest(tmp_path):
 
 
 def test_gc_keeps_the_inputs_of_referenced_nodes(tmp_path):
-    """A ref naming only the final node keeps its whole input chain."""
+    """A run naming only the final node keeps its whole input chain."""
     store = Store(tmp_path / "cache")
     graph = toy_graph(tmp_path / "count", "chain")
     Executor(store).run(graph)
-    final = graph.nodes()[-1]
-    store.write_ref("exp", "default", {"nodes": {final.name: final.describe()}})
+    record_run(store, graph, nodes=[graph.nodes()[-1]])
     evsys("gc", "--cache-dir", "cache", cwd=tmp_path)
     assert all(store.has_manifest(n.key) for n in graph.nodes())
 
@@ -361,8 +379,10 @@ def test_verify_reports_a_tampered_object(tmp_path):
     store.object_path(victim).write_bytes(b"tampered")
     proc = evsys("verify", "--cache-dir", "cache", cwd=tmp_path)
     assert proc.returncode == 1
-    assert f"object {victim}: content does not match its name (corrupt)" in proc.stdout
+    node = graph.nodes()[1]
+    assert f"object {victim}: corrupt (its bytes do not match its name); owned by {node.name} node:{node.key[:12]}" in proc.stdout
     assert "1 problem(s)" in proc.stdout
+    assert store.object_path(victim).read_bytes() == b"tampered"  # reported, not touched
 
 
 def test_verify_reports_a_missing_object(tmp_path):
@@ -374,7 +394,7 @@ def test_verify_reports_a_missing_object(tmp_path):
     store.object_path(blob).unlink()
     proc = evsys("verify", "--cache-dir", "cache", cwd=tmp_path)
     assert proc.returncode == 1
-    assert f"node {node.key} (source): object {blob} is missing" in proc.stdout
+    assert f"source node:{node.key[:12]}: object {blob} is missing" in proc.stdout
 
 
 def test_refs_round_trip_and_names_are_made_safe(tmp_path):

@@ -127,7 +127,7 @@ def test_a_conversation_without_an_assistant_turn_is_an_error(tok):
 
 
 def test_unknown_role_is_an_error(tok):
-    with pytest.raises(ConfigError, match=r"messages\[1\]\.role 'robot'"):
+    with pytest.raises(ConfigError, match=r"messages\[1\]\.role: 'robot' is not one of"):
         tokenize(tok, [ONE_TURN[0], {"role": "robot", "content": "hi"}, ONE_TURN[2]])
 
 
@@ -156,7 +156,7 @@ def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monke
     for node in project.graph.nodes():
         if node.rule in ("source", "transform", "tokenize"):
             graph.add(node)
-    with pytest.raises(ConfigError, match=r"^tokenize: row 3: no trained tokens left after truncation to max_length=64"):
+    with pytest.raises(ConfigError, match=r"^train.jsonl:4: tokenize: no trained tokens left after truncation to max_length=64"):
         Executor(store).run(graph)
     tokenize_node = next(n for n in graph.nodes() if n.rule == "tokenize")
     assert not store.has_manifest(tokenize_node.key)  # nothing half-built is stored

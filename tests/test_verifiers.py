@@ -70,9 +70,11 @@ def test_numeric_rejects_non_numeric_expected():
         check(spec("numeric", expected=1, tol=-1), "1", "t")
 
 
-def test_builtins_carry_version():
-    for name in ("contains", "exact_match", "regex", "answer_tag", "numeric"):
-        assert verifiers.get(name).version == "1"
+def test_builtins_are_keyed_by_their_source():
+    from evsys_rules.plugins.code_identity import code_identity
+
+    identities = {code_identity(verifiers.get(name)) for name in ("contains", "exact_match", "regex", "answer_tag", "numeric")}
+    assert len(identities) == 5 and all(i.startswith("source:") for i in identities)
 
 
 # --- dispatch errors -----------------------------------------------------------------------
@@ -133,7 +135,7 @@ def test_verifier_identity_is_stable_and_spec_sensitive():
     a = verifier_identity(spec("answer_tag", expected="A"))
     assert a == verifier_identity(spec("answer_tag", expected="A"))
     assert a != verifier_identity(spec("answer_tag", expected="B"))
-    assert a["code"] == "version:1"
+    assert a["code"].startswith("source:")
     import json
     json.dumps(a)  # JSON-able
 

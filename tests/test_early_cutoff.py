@@ -1,0 +1,80 @@
+"""Early cutoff: a node's key is made of its inputs' output *content*, so an upstream node that
+reruns and writes byte-identical output leaves everything below it cached (train and eval too),
+and `plan` says `maybe` ("runs if X changes") below a rerun instead of guessing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evsys_testkit import copy_project, edit_config, evsys, ok, plan_json, ran_names
+from evsys_testkit import EVALS_PLUGIN as PLUGIN
+
+DOWNSTREAM = {"transform[2] jsonl_to_chat", "tokenize", "train", "checkpoint@1", "checkpoint@2", "eval val@1", "eval val@2", "report"}
+
+
+@pytest.fixture
+def built(built_evals) -> Path:
+    return built_evals
+
+
+def build(project: Path) -> str:
+    return ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+
+
+def test_a_whitespace_only_rewrite_of_the_data_reruns_only_the_source(built, tmp_path):
+    project = copy_project(built, tmp_path / "p")
+    data = project / "data" / "train.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("\n".join(json.dumps(r, indent=None, separators=(" ,  ", " :   ")) for r in rows) + "\n\n")
+    plan = plan_json(project)
+    assert plan["source"]["status"] == "run" and plan["source"]["reasons"] == ["data file content changed"]
+    assert plan["transform[0] tag_rows"]["status"] == "maybe"
+    assert plan["transform[0] tag_rows"]["reasons"] == ["runs if source changes"]
+    assert plan["train"]["status"] == "maybe" and plan["train"]["key"] is None
+    assert ran_names(build(project)) == {"source"}
+
+
+def test_a_filter_that_removes_nothing_leaves_training_and_eval_cached(built, tmp_path):
+    project = copy_project(built, tmp_path / "p")
+    edit_config(project, "op: min_len, value: 1}", "op: max_len, value: 100000}")
+    plan = plan_json(project)
+    assert plan["transform[1] filter"]["status"] == "run"
+    assert plan["transform[1] filter"]["reasons"] == ["transforms[1].params.op: min_len → max_len", "transforms[1].params.value: 1 → 100000"]
+    assert all(plan[name]["status"] == "maybe" for name in DOWNSTREAM)
+    out = build(project)
+    assert ran_names(out) == {"transform[1] filter"}
+    assert all(f"cached  {name}" in out for name in DOWNSTREAM)
+
+
+def test_a_plugin_edit_that_does_not_change_its_output_leaves_training_cached(built, tmp_path):
+    project = copy_project(built, tmp_path / "p")
+    plugin = project / "tag.py"
+    plugin.write_text(PLUGIN.replace("return text.upper()", "upper = text.upper()  # same result, new code\n    return upper"))
+    plan = plan_json(project)
+    assert plan["transform[0] tag_rows"]["reasons"] == ["transform tag_rows code changed"]
+    assert ran_names(build(project)) == {"transform[0] tag_rows"}
+
+
+def test_a_plugin_edit_that_changes_its_output_reruns_everything_below(built, tmp_path):
+    project = copy_project(built, tmp_path / "p")
+    (project / "tag.py").write_text(PLUGIN.replace("text.upper()", "text.lower()"))
+    out = build(project)
+    assert {"transform[0] tag_rows", "tokenize", "train", "eval val@2", "report"} <= ran_names(out)
+
+
+def test_a_comment_in_the_plugin_changes_no_key(built, tmp_path):
+    project = copy_project(built, tmp_path / "p")
+    (project / "tag.py").write_text('"""Now with a docstring."""\n' + PLUGIN.replace("def shout(text):", "def shout(text):  # a comment\n    \"\"\"Shout.\"\"\""))
+    assert all(entry["status"] == "cached" for entry in plan_json(project).values())
+
+
+def test_plan_text_marks_maybe_nodes(built, tmp_path):
+    project = copy_project(built, tmp_path / "p")
+    edit_config(project, "op: min_len, value: 1}", "op: min_len, value: 2}")
+    lines = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout.splitlines()
+    train = next(line for line in lines if line.endswith("train  (runs if tokenize changes)"))
+    assert train.startswith("maybe  ????????????")
+    assert lines[-1] == "1 to run, 8 may run, 2 cached"

@@ -1,0 +1,116 @@
+"""Ctrl-C and SIGTERM sent to a real `evsys build` process: it stops within seconds, keeps what it
+finished (training saves the step it was on), exits 130 with one line saying how to resume, and
+the next build resumes to the same bytes an uninterrupted build produces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evsys_build.store import Store
+from evsys_testkit import evsys, make_project, ok, tool_rows
+
+CONFIG = """\
+experiment: {name: interrupts}
+output_dir: out
+data: {source_kind: jsonl, path: data/train.jsonl}
+transforms:
+  - kind: jsonl_to_chat
+    params: {user_template: "{query}", assistant_template: "<answer>{tool_slug}</answer>"}
+model: {name: evsys/tiny-qwen3}
+backend: {kind: local}
+algorithm:
+  kind: sft
+  params: {learning_rate: 1.0e-3, max_steps: 60, batch_size: 8, lora_rank: 2, save_every: 25}
+callbacks:
+  - {kind: local_logger, params: {print_every: 1}}
+"""
+
+
+def start_build(project: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "EVSYS_CACHE"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "evsys_build.cli", "build", "config.yaml", "--cache-dir", "cache"],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_step(proc: subprocess.Popen, step: int, seen: list[str]) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if f"] step {step}:" in line:
+            return
+    raise AssertionError("training never reached step %d:\n%s" % (step, "".join(seen)))
+
+
+def final_weights(cache: Path) -> dict:
+    store = Store(cache)
+    train = store.read_manifest(store.read_ref("interrupts", "default")["nodes"]["train"]["key"])
+    return store.read_manifest(train["outputs"]["checkpoint-final"])["outputs"]["weights"]["blobs"]
+
+
+def checkpoint_steps(cache: Path) -> list[int]:
+    steps = []
+    for f in (cache / "nodes").glob("*/*.json"):
+        m = json.loads(f.read_text())
+        if m["rule"] == "checkpoint":
+            steps.append(m["params"]["step"])
+    return sorted(steps)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir) -> Path:
+    project = make_project(tmp_path_factory.mktemp("fresh") / "p", tool_rows(48), CONFIG)
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project))
+    return project
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_training_saves_the_step_and_the_rebuild_resumes_to_the_same_bytes(tmp_path, uninterrupted, sig):
+    project = make_project(tmp_path / "p", tool_rows(48), CONFIG)
+    proc = start_build(project)
+    wait_for_step(proc, 7, [])
+    sent = time.time()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert time.time() - sent < 20, "the build took too long to stop"
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Segmentation" not in err
+    final = [line for line in err.splitlines() if line.startswith("evsys: interrupted")]
+    assert len(final) == 1 and "evsys build config.yaml --cache-dir cache" in final[0] and "to resume" in final[0]
+    steps = checkpoint_steps(project / "cache")
+    assert steps and 7 <= max(steps) < 25, f"expected the interrupted step saved, got {steps}"
+    assert "run dir:" not in out  # the run dir is written only by a finished build
+
+    runs = list(Store(project / "cache").iter_runs("interrupts"))
+    assert [r["status"] for r in runs] == ["interrupted"]
+
+    again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert f"resuming train from checkpoint@{max(steps)}" in again
+    assert final_weights(project / "cache") == final_weights(uninterrupted / "cache")  # bitwise, on CPU
+
+
+def test_a_second_ctrl_c_exits_at_once_without_a_crash(tmp_path, tiny_model_dir):
+    project = make_project(tmp_path / "p", tool_rows(48), CONFIG)
+    proc = start_build(project)
+    wait_for_step(proc, 3, [])
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - sent < 5
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and "terminate called" not in err and "Segmentation" not in err

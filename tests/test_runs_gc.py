@@ -1,0 +1,128 @@
+"""Every build records a run; building a variant never makes an earlier run's nodes garbage;
+`gc` keeps what recent runs reference and says what it would remove; gc and builds never race."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from evsys_build.gc import collect_garbage
+from evsys_build.store import Store
+from evsys_testkit import BASE_CONFIG, EXPERIMENT, edit_config, evsys, make_project, ok, tool_rows
+
+
+def runs(project: Path) -> list[dict]:
+    return list(Store(project / "cache").iter_runs(EXPERIMENT))
+
+
+def build(project: Path) -> str:
+    return ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+
+
+def train_key(run: dict) -> str:
+    return run["arms"]["default"]["nodes"]["train"]["key"]
+
+
+def test_variants_are_separate_runs_and_gc_keeps_the_earlier_training(tmp_path, tiny_model_dir):
+    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
+    build(project)
+    edit_config(project, "max_steps: 1", "max_steps: 2")
+    build(project)
+    first, second = runs(project)
+    assert first["status"] == second["status"] == "completed"
+    assert train_key(first) != train_key(second)
+    assert "max_steps: 1" in first["config"]["text"] and "max_steps: 2" in second["config"]["text"]
+    ok(evsys("gc", "--cache-dir", "cache", cwd=project))
+    store = Store(project / "cache")
+    assert store.complete_manifest(train_key(first)) is not None  # the 1-step training survives
+    listing = ok(evsys("runs", "--cache-dir", "cache", cwd=project)).stdout
+    assert first["id"] in listing and second["id"] in listing and listing.rstrip().endswith("2 run(s)")
+
+
+def test_gc_dry_run_lists_by_run_and_node_with_sizes_then_removes_exactly_that(tmp_path, tiny_model_dir):
+    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
+    build(project)
+    edit_config(project, "max_steps: 1", "max_steps: 2")
+    build(project)
+    first, second = runs(project)
+    dry = ok(evsys("gc", "--dry-run", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", "cache", cwd=project)).stdout
+    assert f"would remove run {EXPERIMENT}/{first['id']} (completed" in dry
+    lines = dry.splitlines()
+    train_line = next(line for line in lines if line.strip().startswith("train "))
+    assert f"node:{train_key(first)[:12]}" in train_line and train_line.rstrip().endswith("MB")
+    assert "checkpoint@1" in dry and "source" not in dry  # shared with the kept run: never listed
+    store = Store(project / "cache")
+    assert store.complete_manifest(train_key(first)) is not None  # a dry run changes nothing
+    ok(evsys("gc", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", "cache", cwd=project))
+    assert store.read_manifest(train_key(first)) is None
+    assert store.complete_manifest(train_key(second)) is not None
+    assert [r["id"] for r in runs(project)] == [second["id"]]
+    assert build(project).count("ran ") == 0  # the kept run is whole
+
+
+def test_runs_show_rewrites_an_earlier_runs_run_dir(tmp_path, tiny_model_dir):
+    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
+    build(project)
+    first_metrics = (project / "out" / "first_run" / "metrics.jsonl").read_text()
+    edit_config(project, "max_steps: 1", "max_steps: 2")
+    build(project)
+    assert (project / "out" / "first_run" / "metrics.jsonl").read_text() != first_metrics  # the latest build owns the path
+    first = runs(project)[0]
+    shown = ok(evsys("runs", "show", first["id"][:18], "--cache-dir", "cache", cwd=project)).stdout
+    assert f"run        {first['id']} (completed)" in shown and "train" in shown
+    ok(evsys("runs", "show", first["id"], "--write", "old", "--cache-dir", "cache", cwd=project))
+    assert (project / "old" / "metrics.jsonl").read_text() == first_metrics
+    assert (project / "old" / "experiment.md").is_file()
+
+
+def test_gc_waits_for_a_running_build_and_removes_none_of_its_work(tmp_path, tiny_model_dir):
+    """gc started while a build runs waits for it (store lock); afterwards the build is whole."""
+    project = make_project(tmp_path / "p", tool_rows(40), BASE_CONFIG.replace("max_steps: 1", "max_steps: 30"))
+    env = {k: v for k, v in os.environ.items() if k != "EVSYS_CACHE"}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "evsys_build.cli", "build", "config.yaml", "--cache-dir", "cache"],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and "step 2:" not in (line := proc.stdout.readline()):
+        assert line, proc.stderr.read()
+    gc_proc = evsys("gc", "--keep-last", "0", "--keep-within", "0d", "--cache-dir", "cache", cwd=project, timeout=300)
+    build_out, build_err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, build_err
+    assert gc_proc.returncode == 0 and "waiting for running builds to finish" in gc_proc.stderr
+    assert ok(evsys("verify", "--cache-dir", "cache", cwd=project)).stdout.rstrip().endswith("0 problem(s)")
+    assert build(project).count("ran ") == 0  # the build's run is the newest: gc kept all of it
+
+
+def test_gc_in_process_beside_builds_in_threads_loses_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    """Many interleavings: builds of two variants and gc calls racing in threads."""
+    from evsys_build.build import run_build
+
+    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
+    monkeypatch.chdir(project)
+    store = Store(project / "cache")
+    codes = []
+
+    def builder():
+        for _ in range(2):
+            codes.append(run_build(Path("config.yaml"), store, echo=lambda s: None))
+
+    def collector():
+        for _ in range(4):
+            collect_garbage(store, keep_last=1, keep_within_days=0)
+
+    threads = [threading.Thread(target=builder), threading.Thread(target=collector)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [0, 0]
+    problems = subprocess.run([sys.executable, "-m", "evsys_build.cli", "verify", "--cache-dir", "cache"], cwd=project, capture_output=True, text=True)
+    assert problems.returncode == 0, problems.stdout
+    latest = runs(project)[-1]
+    assert all(store.complete_manifest(n["key"]) is not None for n in latest["arms"]["default"]["nodes"].values())
+    json.loads((project / "cache" / "refs" / EXPERIMENT / "default.json").read_text())
