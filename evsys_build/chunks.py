@@ -20,22 +20,89 @@ from .store import Store, referenced_objects
 MIN_ROWS = 32
 MASK_BITS = 8  # mean chunk ~ MIN_ROWS + 256 rows
 MAX_ROWS = 4096
+_WHITESPACE = b" \t\r\n\f\v"
+
+
+class Chunker:
+    """Content-defined grouping of a stream of rows: a row closes a chunk when the xxh3_64 of its
+    boundary bytes hits the mask (and the chunk has MIN_ROWS rows), or at MAX_ROWS."""
+
+    def __init__(self, mask_bits: int = MASK_BITS, min_rows: int = MIN_ROWS, max_rows: int = MAX_ROWS):
+        self.mask = (1 << mask_bits) - 1
+        self.min_rows, self.max_rows = min_rows, max_rows
+        self.size = 0
+
+    def closes(self, boundary_bytes: bytes) -> bool:
+        """Count one row; True when it closes the current chunk."""
+        self.size += 1
+        if (self.size >= self.min_rows and (xxhash.xxh3_64_intdigest(boundary_bytes) & self.mask) == 0) or self.size >= self.max_rows:
+            self.size = 0
+            return True
+        return False
 
 
 def split_lines(lines: list[bytes], mask_bits: int = MASK_BITS, min_rows: int = MIN_ROWS, max_rows: int = MAX_ROWS) -> list[list[bytes]]:
     """Group encoded rows into content-defined chunks."""
-    mask = (1 << mask_bits) - 1
+    chunker = Chunker(mask_bits, min_rows, max_rows)
     chunks: list[list[bytes]] = []
     current: list[bytes] = []
     for line in lines:
         current.append(line)
-        boundary = (xxhash.xxh3_64_intdigest(line) & mask) == 0
-        if (boundary and len(current) >= min_rows) or len(current) >= max_rows:
+        if chunker.closes(line):
             chunks.append(current)
             current = []
     if current:
         chunks.append(current)
     return chunks
+
+
+def raw_line_chunks(data: bytes | memoryview, first_line: int = 1, final: bool = True) -> Iterator[tuple[int, int, int, int]]:
+    """Content-defined chunks of a JSONL buffer found on its raw line bytes, without parsing:
+    (start offset, end offset, rows, first line number) per chunk. A line's boundary bytes are
+    the line without whitespace, so rewriting the file with other whitespace (or adding blank
+    lines) keeps every boundary at the same row. With `final=False` the rows after the last
+    boundary are not yielded (the caller carries them into the next block)."""
+    chunker = Chunker()
+    start = pos = rows = 0
+    line_no, chunk_line = first_line, first_line
+    for line in bytes(data).split(b"\n"):
+        end = pos + len(line) + 1
+        squeezed = line.translate(None, _WHITESPACE)
+        if squeezed:
+            rows += 1
+            if chunker.closes(squeezed):
+                yield start, min(end, len(data)), rows, chunk_line
+                start, rows, chunk_line = min(end, len(data)), 0, line_no + 1
+        pos = end
+        line_no += 1
+    if final and start < len(data) and rows:  # trailing blank lines alone make no chunk
+        yield start, len(data), rows, chunk_line
+
+
+class RowWriter:
+    """Streams rows into content-defined chunk blobs: memory grows with a chunk, not the dataset."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.chunker = Chunker()
+        self.current: list[bytes] = []
+        self.chunks: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        line = encode_row(row)
+        self.current.append(line)
+        if self.chunker.closes(line):
+            self._flush()
+
+    def finish(self) -> list[dict]:
+        if self.current:
+            self._flush()
+        return self.chunks
+
+    def _flush(self) -> None:
+        data = b"".join(line + b"\n" for line in self.current)
+        self.chunks.append({"blob": self.store.put_bytes(data), "rows": len(self.current)})
+        self.current = []
 
 
 def encode_row(row: dict) -> bytes:
@@ -64,13 +131,11 @@ def read_row_chunk(store: Store, chunk: dict) -> list[dict]:
 
 
 def write_rows(store: Store, rows: Iterable[dict]) -> dict:
-    """A row dataset manifest over content-defined chunks."""
-    lines = [encode_row(r) for r in rows]
-    chunks = []
-    for group in split_lines(lines):
-        data = b"".join(line + b"\n" for line in group)
-        chunks.append({"blob": store.put_bytes(data), "rows": len(group)})
-    return rows_dataset(chunks)
+    """A row dataset manifest over content-defined chunks, written as the rows stream in."""
+    writer = RowWriter(store)
+    for row in rows:
+        writer.add(row)
+    return rows_dataset(writer.finish())
 
 
 def rows_dataset(chunks: list[dict]) -> dict:

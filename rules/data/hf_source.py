@@ -1,0 +1,77 @@
+"""The `hf` source: a Hugging Face dataset by name, config, split and revision, through the
+`datasets` library. With network it downloads (and prepares) first; offline (`HF_HUB_OFFLINE=1`
+or `HF_DATASETS_OFFLINE=1`) it reads the local cache. Its key is the content of the prepared
+Arrow files, so a new revision (or new data in a local dataset folder) reruns and the same one
+is cached. Rows are read in batches, never the whole table at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+from pydantic import BaseModel, Field
+
+from evsys_build.errors import ConfigError
+
+from ..plugins.registry import register_source
+from .sources import jsonable
+
+
+@register_source("hf")
+class HFSource:
+    """Rows of one split of a Hugging Face dataset (a hub id, or a local dataset folder)."""
+
+    class Config(BaseModel, extra="forbid"):
+        name: str  # hub id such as "HuggingFaceH4/no_robots", or a local folder of data files
+        config: Optional[str] = None  # the dataset's configuration ("subset")
+        split: str = "train"
+        revision: Optional[str] = None  # a branch, tag or commit; None = the default branch
+        batch_size: int = Field(1000, ge=1)  # rows held in memory at a time
+
+    def __init__(self, **kw):
+        self.cfg = self.Config(**kw)
+        self._loaded = None
+
+    def files(self) -> list[Path]:
+        """The prepared Arrow files of the split: their bytes are the key."""
+        return sorted(Path(f["filename"]) for f in self._dataset().cache_files)
+
+    def check(self) -> None:
+        self._dataset()
+
+    def read(self) -> Iterator[dict]:
+        dataset = self._dataset()
+        row = 0
+        for batch in dataset.iter(batch_size=self.cfg.batch_size):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns)):
+                row += 1
+                yield {c: jsonable(v, f"{self.cfg.name} [{self.cfg.split}] row {row}: {c}") for c, v in zip(columns, values)}
+
+    def location(self, index: int) -> str:
+        return f"{self.cfg.name} [{self.cfg.split}] row {index + 1}"
+
+    def _dataset(self):
+        if self._loaded is None:  # once per source object: a build opens the config afresh
+            self._loaded = _load(self.cfg.name, self.cfg.config, self.cfg.split, self.cfg.revision)
+        return self._loaded
+
+
+def _load(name: str, config: str | None, split: str, revision: str | None):
+    try:
+        import datasets  # lazily: heavy, and only `hf` sources need it
+    except ImportError:
+        raise ConfigError("data.source_kind: hf needs the datasets library: pip install 'evsys[data]'") from None
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(name, config, split=split, revision=revision)
+    except ValueError as exc:
+        if "split" in str(exc).lower():
+            raise ConfigError(f"data.params.split: {split!r}: {exc}") from None
+        raise ConfigError(f"data.params.name: {name!r}: {exc}") from None
+    except (FileNotFoundError, ConnectionError, OSError) as exc:
+        raise ConfigError(
+            f"data.params.name: {name!r} (config {config!r}, revision {revision!r}) is not in the local Hugging Face "
+            f"cache and cannot be downloaded ({type(exc).__name__}); run once with network, or check the name"
+        ) from None

@@ -1,0 +1,146 @@
+"""Sources: JSONL, JSON, CSV, parquet and Hugging Face datasets, over one file, a glob or a
+directory of shards; keyed by content (never the path); errors name file:line (or the row)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evsys_build.executor import Executor
+from evsys_build.graph import Graph
+from evsys_build.store import Store
+from evsys_testkit import evsys, plan_json, write_jsonl
+
+ROWS = [{"query": f"q{i}", "tool_slug": f"T{i % 3}"} for i in range(40)]
+
+
+def config(kind: str, path: str, params: str = "") -> str:
+    return (
+        f"data: {{source_kind: {kind}, path: {path}{', params: {' + params + '}' if params else ''}}}\n"
+        "transforms:\n  - {kind: jsonl_to_chat, params: {user_template: '{query}', assistant_template: '{tool_slug}'}}\n"
+        "model: {name: evsys/tiny-qwen3}\n"
+    )
+
+
+def source_rows(project: Path) -> tuple[list[dict], dict]:
+    """Build the source node in process; its rows and manifest."""
+    from evsys_build.chunks import iter_rows
+    from evsys_rules.frontend import open_project
+
+    store = Store(project / "cache")
+    opened = open_project(project / "config.yaml", store)
+    graph = Graph()
+    source = graph.add(next(n for n in opened.graph.nodes() if n.rule == "source"))
+    manifest = Executor(store).run(graph)[source.id]
+    return list(iter_rows(store, manifest["outputs"]["dataset"])), manifest
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(here: Path, kind: str, path: str, params: str = "") -> None:
+    (here / "config.yaml").write_text(config(kind, path, params))
+
+
+def test_jsonl_one_file_a_glob_and_a_directory_give_the_same_rows(here, tiny_model_dir):
+    write_jsonl(here / "data" / "a.jsonl", ROWS[:25])
+    write_jsonl(here / "data" / "b.jsonl", ROWS[25:])
+    write_jsonl(here / "all.jsonl", ROWS)
+    results = {}
+    for path in ("all.jsonl", "'data/*.jsonl'", "data"):
+        write(here, "jsonl", path)
+        results[path] = source_rows(here)[0]
+    assert results["all.jsonl"] == results["'data/*.jsonl'"] == results["data"] == ROWS
+
+
+def test_the_key_is_the_content_not_the_path(here, tiny_model_dir):
+    write_jsonl(here / "shards" / "part-0.jsonl", ROWS)
+    write(here, "jsonl", "shards")
+    source_rows(here)
+    shutil.move(here / "shards", here / "moved")
+    write(here, "jsonl", "moved")
+    assert plan_json(here)["source"]["status"] == "cached"
+    (here / "moved" / "part-0.jsonl").write_text((here / "moved" / "part-0.jsonl").read_text().replace("q7", "q7!"))
+    assert plan_json(here)["source"]["status"] == "run"
+
+
+def test_json_arrays_and_a_field(here, tiny_model_dir):
+    (here / "rows.json").write_text(json.dumps(ROWS))
+    write(here, "json", "rows.json")
+    assert source_rows(here)[0] == ROWS
+    (here / "wrapped.json").write_text(json.dumps({"data": ROWS}))
+    write(here, "json", "wrapped.json", "field: data")
+    assert source_rows(here)[0] == ROWS
+
+
+def test_csv_rows_are_strings_and_a_bad_row_names_its_line(here, tiny_model_dir):
+    (here / "rows.csv").write_text("query,tool_slug\n" + "".join(f'"{r["query"]}, quoted",{r["tool_slug"]}\n' for r in ROWS))
+    write(here, "csv", "rows.csv")
+    rows = source_rows(here)[0]
+    assert rows[0] == {"query": "q0, quoted", "tool_slug": "T0"} and len(rows) == 40
+    (here / "rows.csv").write_text("query,tool_slug\nq0,T0\nq1,T1,extra\n")
+    proc = evsys("build", "config.yaml", "--cache-dir", "cache", cwd=here)
+    assert proc.returncode in (1, 2) and "rows.csv:3: 3 fields, but the header has 2" in proc.stderr
+
+
+def test_parquet_is_read_in_batches(here, tiny_model_dir, monkeypatch):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"query": [r["query"] for r in ROWS], "tool_slug": [r["tool_slug"] for r in ROWS],
+                      "when": [datetime.date(2026, 1, 1 + i % 28) for i in range(40)]})
+    pq.write_table(table, here / "rows.parquet", row_group_size=8)
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: pytest.fail("read the whole table at once"))
+    write(here, "parquet", "rows.parquet", "batch_size: 7")
+    rows, manifest = source_rows(here)
+    assert rows[3] == {"query": "q3", "tool_slug": "T0", "when": "2026-01-04"} and len(rows) == 40
+    write(here, "parquet", "rows.parquet", "columns: [query], batch_size: 7")
+    assert source_rows(here)[0][0] == {"query": "q0"}
+
+
+def test_hf_datasets_are_read_from_the_local_cache_and_keyed_by_content(here, tiny_model_dir, monkeypatch):
+    """A local dataset folder through `datasets.load_dataset`, offline, with its own cache."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(here / "hf-cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (here / "ds" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"query": [r["query"] for r in ROWS], "tool_slug": [r["tool_slug"] for r in ROWS]}), here / "ds" / "data" / "train-00000.parquet")
+    (here / "config.yaml").write_text(config("hf", "null", f"name: {here / 'ds'}, split: train").replace("path: null, ", ""))
+    rows, manifest = source_rows(here)
+    assert rows == ROWS
+    assert plan_json(here)["source"]["status"] == "cached"  # same prepared files: same key
+    pq.write_table(pa.table({"query": ["new"], "tool_slug": ["T9"]}), here / "ds" / "data" / "train-00000.parquet")
+    assert plan_json(here)["source"]["status"] == "run"  # new data: new prepared files
+    (here / "config.yaml").write_text(config("hf", "null", f"name: {here / 'ds'}, split: nope").replace("path: null, ", ""))
+    proc = evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=here)
+    assert proc.returncode == 2 and "data.params.split" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_file_matches_is_one_line(here):
+    write(here, "jsonl", "'nothing/*.jsonl'")
+    for command in (["validate", "config.yaml", "--deep"], ["plan", "config.yaml"]):
+        proc = evsys(*command, cwd=here)
+        assert proc.returncode == 2 and "config.yaml:1:" in proc.stderr and "matches no .jsonl file" in proc.stderr
+
+
+def test_a_one_row_edit_parses_one_or_two_raw_chunks(here, tiny_model_dir):
+    rows = [{"query": f"request {i}", "tool_slug": "T"} for i in range(20000)]
+    write_jsonl(here / "big.jsonl", rows)
+    write(here, "jsonl", "big.jsonl")
+    first = source_rows(here)[1]
+    assert first["stats"]["chunks_parsed"] > 20 and first["stats"]["chunks_cached"] == 0
+    rows[10000] = {"query": "edited", "tool_slug": "T"}
+    write_jsonl(here / "big.jsonl", rows)
+    second = source_rows(here)[1]
+    assert 1 <= second["stats"]["chunks_parsed"] <= 2
+    assert second["stats"]["chunks_cached"] >= first["stats"]["chunks_parsed"] - 2
