@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rules.algorithms.sft_config import SFTConfig  # noqa: E402
-from rules.algorithms.sft_loop import batch_indices, train_sft  # noqa: E402
-from rules.backends.base import Datum  # noqa: E402
-from rules.backends.local import LocalBackend, LocalBackendConfig  # noqa: E402
-from rules.tiny_model import build_tiny_model  # noqa: E402
+from evsys_rules.algorithms.sft import SFTConfig  # noqa: E402
+from evsys_rules.algorithms.sft_loop import batch_indices, train_sft  # noqa: E402
+from evsys_rules.backends.base import Datum  # noqa: E402
+from evsys_rules.backends.local import LocalBackend, LocalBackendConfig  # noqa: E402
+from evsys_rules.models.tiny import build_tiny_model  # noqa: E402
 
 PRESETS = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
