@@ -10,11 +10,14 @@ from typing import Callable
 
 from .errors import CorruptObject, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
+from .fastpath import save as save_snapshot
+from .fastpath import try_fast_build
 from .interrupts import stop_on_signals
 from .planner import PlanEntry, plan
 from .project import frontend
 from .runs import finish_run, start_run
 from .store import Store, referenced_objects
+from .watch import watching
 
 
 def _project_and_graph(config: Path, store: Store, arm: str | None):
@@ -34,8 +37,26 @@ def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[Pla
 
 
 def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
-    """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise."""
-    return build_project(frontend().open_project(config, store), store, arm, jobs, echo)
+    """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise.
+
+    A config that nothing about has changed since its last fully cached build takes the fast
+    path (fastpath.py); a fully cached build leaves the snapshot that path checks.
+    """
+    if try_fast_build(store, config, arm, echo):
+        return 0
+    lines: list[str] = []
+
+    def tee(text: str) -> None:
+        lines.append(text)
+        echo(text)
+
+    with watching() as watcher:
+        project = frontend().open_project(config, store)
+    code, run, executor, printer = _build(project, store, arm, jobs, tee)
+    if code == 0 and executor.executions == 0 and not printer.warned and getattr(project, "fast_path_ok", False):
+        graph, _ = _graph_for(project, arm)
+        save_snapshot(store, config, arm, watcher, [n.key for n in graph.nodes()], lines, run)
+    return code
 
 
 def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
@@ -45,6 +66,11 @@ def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, 
     `stop` (see interrupts.py): nodes finish their step, the run is recorded as interrupted, and
     Interrupted is raised (exit 130).
     """
+    return _build(project, store, arm, jobs, echo, stop)[0]
+
+
+def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None = None):
+    """(exit code, the run record, the executor, the printer) of one build."""
     graph, arms = _graph_for(project, arm)
     printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
     executor = Executor(store, jobs=jobs, on_event=printer, stop=stop)
@@ -64,11 +90,11 @@ def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, 
             if tb:
                 _err(tb.rstrip())
             _err(f"evsys: error: {exc.message}")
-            return 1
+            return 1, run, executor, printer
         finally:
             printer.clear()
             finish_run(store, run, status, graph, getattr(executor, "results", {}), summary, list(getattr(executor, "unplanned", {}).values()))
-    return 0
+    return 0, run, executor, printer
 
 
 def _build_and_finish(project, store: Store, graph, arms: list[str], executor: Executor, printer, echo) -> dict:
@@ -101,6 +127,7 @@ class BuildPrinter:
         self._lock = threading.Lock()
         self._progress_shown = False
         self._progress_start: dict[str, tuple[int, float]] = {}
+        self.warned = False
 
     def __call__(self, event: Event) -> None:
         with self._lock:
@@ -139,6 +166,7 @@ class BuildPrinter:
 
     def warn(self, text: str) -> None:
         """A warning line on stderr (not mixed into the node lines on stdout)."""
+        self.warned = True
         self.clear()
         _err(text)
 

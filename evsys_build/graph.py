@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -80,29 +81,19 @@ class Node:
 
 
 class Graph:
-    """Nodes deduplicated by id (arms share what they have in common), in a networkx DiGraph.
+    """Nodes deduplicated by id (arms share what they have in common), and their edges.
 
-    networkx loads on first use, not at import: `evsys_build` must import fast. A cycle cannot
-    be built (a node's id needs its inputs' ids first); the topological sort would still catch one.
+    A cycle cannot be built (a node's id needs its inputs' ids first); the topological sort
+    would still catch one. The sort is a few lines of Kahn's algorithm: a graph library would
+    cost more to import than a no-op build may take.
     """
 
     def __init__(self):
         self._nodes: dict[str, Node] = {}
         self._edges: list[tuple[str, str]] = []
-        self._dag = None
+        self._order: list[Node] | None = None
         self.arms_of: dict[str, list[str]] = {}
         self.by_arm: dict[str, list[Node]] = {}
-
-    @property
-    def dag(self):
-        """The networkx DiGraph of node ids (built lazily)."""
-        if self._dag is None:
-            import networkx as nx
-
-            self._dag = nx.DiGraph()
-            self._dag.add_nodes_from(self._nodes)
-            self._dag.add_edges_from(self._edges)
-        return self._dag
 
     def add(self, node: Node) -> Node:
         """Add a node (and its edges); a node with an existing id returns the existing one."""
@@ -117,18 +108,42 @@ class Graph:
         self._edges += [(parent.id, node.id) for _, parent in node.inputs]
         if node.produced_by is not None:
             self._edges.append((node.produced_by.id, node.id))
-        self._dag = None
+        self._order = None
         return node
 
     def node(self, node_id: str) -> Node:
         return self._nodes[node_id]
 
-    def nodes(self) -> list[Node]:
-        """All nodes in a stable topological order."""
-        import networkx as nx
+    def edges(self) -> list[tuple[str, str]]:
+        """(parent id, child id) pairs, sorted."""
+        return sorted(set(self._edges))
 
-        order = nx.lexicographical_topological_sort(self.dag, key=lambda k: (self._nodes[k].rule != "source", self._nodes[k].name))
-        return [self._nodes[k] for k in order]
+    def nodes(self) -> list[Node]:
+        """All nodes in a stable topological order (ties: sources first, then by name, then id)."""
+        if self._order is None:
+            self._order = self._sorted()
+        return list(self._order)
+
+    def _sorted(self) -> list[Node]:
+        children: dict[str, list[str]] = {k: [] for k in self._nodes}
+        waiting = dict.fromkeys(self._nodes, 0)
+        for parent, child in set(self._edges):
+            children[parent].append(child)
+            waiting[child] += 1
+        rank = {k: (n.rule != "source", n.name, k) for k, n in self._nodes.items()}
+        ready = [rank[k] for k, n in waiting.items() if n == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            node_id = heapq.heappop(ready)[2]
+            order.append(self._nodes[node_id])
+            for child in children[node_id]:
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    heapq.heappush(ready, rank[child])
+        if len(order) != len(self._nodes):
+            raise ValueError("the build graph has a cycle")
+        return order
 
     def subgraph_for_arm(self, arm: str) -> "Graph":
         sub = Graph()
@@ -145,7 +160,7 @@ class Graph:
         lines = ["graph TD"]
         for n in self.nodes():
             lines.append(f'  n{n.id[:10]}["{n.name}<br/>{n.rule} {n.id[:8]}"]')
-        for a, b in sorted(self.dag.edges):
+        for a, b in self.edges():
             lines.append(f"  n{a[:10]} --> n{b[:10]}")
         return "\n".join(lines) + "\n"
 
@@ -153,6 +168,6 @@ class Graph:
         lines = ["digraph evsys {", "  rankdir=LR;"]
         for n in self.nodes():
             lines.append(f'  "{n.id[:10]}" [label="{n.name}\\n{n.rule} {n.id[:8]}"];')
-        for a, b in sorted(self.dag.edges):
+        for a, b in self.edges():
             lines.append(f'  "{a[:10]}" -> "{b[:10]}";')
         return "\n".join(lines) + "\n}\n"

@@ -16,8 +16,8 @@ from .store import Store
 
 
 def new_run_id() -> str:
-    """Sortable by time: `20261126T213012Z-a1b2c3`."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    """Sortable by time, to the microsecond: `20261126T213012.123456Z-a1b2c3`."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
 
 
 def start_run(store: Store, project, arms: list[str]) -> dict:
@@ -26,7 +26,7 @@ def start_run(store: Store, project, arms: list[str]) -> dict:
         "id": new_run_id(),
         "experiment": project.experiment,
         "status": "running",
-        "started": _now(),
+        "started": now(),
         "finished": None,
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -51,12 +51,18 @@ def finish_run(store: Store, run: dict, status: str, graph: Graph, results: dict
         members += [n for n, _ in unplanned or [] if arm in graph.arms_of.get(n.produced_by.id, [])]
         nodes = {n.name: n.describe(digests) for n in members}
         run["arms"][arm] = {"nodes": nodes, **((summary or {}).get("arms", {}).get(arm, {}))}
-    run.update(status=status, finished=_now(), **{k: v for k, v in (summary or {}).items() if k != "arms"})
+    run.update(**{k: v for k, v in (summary or {}).items() if k != "arms"})
+    return finish_record(store, run, status)
+
+
+def finish_record(store: Store, run: dict, status: str) -> dict:
+    """Write a run's final record and point each of its arms' refs at it."""
+    run.update(status=status, finished=now())
     store.write_run(run)
     for arm, entry in run["arms"].items():
         store.write_ref(run["experiment"], arm, {"experiment": run["experiment"], "arm": arm, "run": run["id"], "nodes": entry["nodes"]})
     return run
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

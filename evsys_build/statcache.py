@@ -11,6 +11,7 @@ from pathlib import Path
 import xxhash
 
 from .atomic import write_atomic
+from .watch import watch
 
 
 RACY_NS = 2_000_000_000  # like git's racy-clean check: a file modified this recently is rehashed
@@ -24,12 +25,16 @@ class StatCache:
         self._lock = threading.Lock()
         self._entries: dict[str, list] | None = None
         self._dirty = False
+        self._resolved: dict[str, str] = {}  # path as given -> real path (a sweep asks for the same files per arm)
 
     def file_digest(self, file: Path) -> str:
+        watch(file)
         st = os.stat(file)
         # ctime cannot be set from user space: `cp -p` / `rsync -t` keep size, mtime and inode but not ctime
         ident = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
-        name = str(Path(file).resolve())
+        name = self._resolved.get(str(file))
+        if name is None:
+            name = self._resolved[str(file)] = os.path.realpath(file)
         racy = time.time_ns() - st.st_mtime_ns < RACY_NS  # written just now: may change again within the tick
         with self._lock:
             entries = self._load()

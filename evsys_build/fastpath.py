@@ -1,0 +1,110 @@
+"""The no-op fast path: a build of a config that nothing about has changed, without compiling it.
+
+A fully cached `evsys build` (nothing ran) leaves a snapshot: the stat identity of every file
+and folder its compile read (watch.py), the environment and interpreter, every node key, the
+lines it printed, its run record and the run-dir files it wrote. The next build of the same
+config, from the same directory, into the same store, checks all of that — and that every node
+is still whole in the store and the run dir on disk still holds exactly those bytes — and then
+records its run and prints the same lines without importing the frontend. Any difference, and
+the build takes the normal path (set EVSYS_NO_FASTPATH=1 to always take it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Callable
+
+import xxhash
+
+from . import __version__
+from .atomic import write_atomic
+from .hashing import digest
+from .runs import finish_record, new_run_id, now
+from .store import Store
+from .watch import Watcher, stamp
+
+ENV_PREFIXES = ("EVSYS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TINKER_", "CUDA_", "PYTHON", "WANDB_", "RAY_", "AWS_", "GOOGLE_")
+ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PATH")
+OWN_SWITCHES = ("EVSYS_NO_FASTPATH", "EVSYS_FASTPATH_DEBUG")
+SNAPSHOT_VERSION = 1
+
+
+def snapshot_path(store: Store, config: Path, arm: str | None) -> Path:
+    key = digest({"config": os.path.abspath(config), "arm": arm, "cwd": os.getcwd(), "store": os.path.abspath(store.root)})
+    return store.root / "fastpath" / f"{key}.json"
+
+
+def environment() -> dict:
+    """What of the process's environment a compile may read."""
+    env = {k: v for k, v in os.environ.items() if (k.startswith(ENV_PREFIXES) or k in ENV_NAMES) and k not in OWN_SWITCHES}
+    return {"env": env, "python": sys.version, "executable": sys.executable, "evsys": __version__, "cwd": os.getcwd()}
+
+
+def save(store: Store, config: Path, arm: str | None, watcher: Watcher, node_keys: list[str], lines: list[str], run: dict) -> None:
+    """Leave a snapshot of a fully cached build (when everything it read can be trusted)."""
+    if os.environ.get("EVSYS_NO_FASTPATH"):
+        return
+    watcher.add_python_modules()
+    if not watcher.trustworthy():
+        _debug(f"no snapshot: {watcher.broken or 'a file it read changed in the last 2 s'}")
+        return
+    snapshot = {
+        "version": SNAPSHOT_VERSION,
+        **environment(),
+        "paths": watcher.paths,
+        "nodes": node_keys,
+        "lines": lines,
+        "run": {k: v for k, v in run.items() if k not in ("id", "started", "finished", "host", "pid")},
+    }
+    write_atomic(snapshot_path(store, config, arm), json.dumps(snapshot).encode(), store.tmp)
+
+
+def try_fast_build(store: Store, config: Path, arm: str | None, echo: Callable[[str], None]) -> bool:
+    """Build from the snapshot if everything it recorded still holds; False: take the normal path."""
+    if os.environ.get("EVSYS_NO_FASTPATH"):
+        return False
+    path = snapshot_path(store, config, arm)
+    try:
+        snapshot = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return _debug("no snapshot")
+    if snapshot.get("version") != SNAPSHOT_VERSION or any(snapshot.get(k) != v for k, v in environment().items()):
+        return _debug("the environment or interpreter differ")
+    changed = next((p for p, s in snapshot["paths"].items() if stamp(p) != s), None)
+    if changed is not None:
+        return _debug(f"{changed} changed")
+    with store.build_lock():
+        if not all(store.complete_manifest(key) is not None for key in snapshot["nodes"]):
+            return _debug("a node is not whole in the store")
+        if not all(_dir_intact(d) for d in snapshot["run"].get("run_dirs", [])):
+            return _debug("a run dir differs from what the build wrote")
+        run = dict(snapshot["run"], id=new_run_id(), started=now(), host=socket.gethostname(), pid=os.getpid(), fast_path=True)
+        for line in snapshot["lines"]:
+            echo(line)
+        finish_record(store, run, "completed")
+    return True
+
+
+def _debug(why: str) -> bool:
+    """Say why the fast path was not taken (EVSYS_FASTPATH_DEBUG=1); always False."""
+    if os.environ.get("EVSYS_FASTPATH_DEBUG"):
+        print(f"evsys: fast path not taken: {why}", file=sys.stderr)
+    return False
+
+
+def _dir_intact(plan: dict) -> bool:
+    """Whether a run dir (or file) on disk still holds exactly the bytes the snapshot's build wrote."""
+    root = Path(plan["dir"])
+    for rel, blob in plan["files"].items():
+        try:
+            if xxhash.xxh3_128_hexdigest((root / rel).read_bytes()) != blob:
+                return False
+        except OSError:
+            return False
+    predictions = root / "predictions"
+    present = {f"predictions/{f.name}" for f in predictions.glob("*.jsonl")} if predictions.is_dir() else set()
+    return present <= set(plan["files"])

@@ -1,0 +1,101 @@
+"""What compiling a config read: files and folders with their stat identities.
+
+While a `Watcher` is active, the frontend reports every file whose bytes or listing decide a
+key (the config, data files and the folders their globs list, model and tokenizer files,
+benchmark tasks, plugin modules). The no-op fast path (fastpath.py) trusts a compiled graph only
+while every one of them is unchanged. Outside a watch, reporting costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import Iterator
+
+RACY_NS = 2_000_000_000  # a file changed this recently may change again within its mtime tick
+
+_current: contextvars.ContextVar["Watcher | None"] = contextvars.ContextVar("evsys_watcher", default=None)
+
+
+def stamp(path: str) -> list | None:
+    """(size, mtime_ns, inode, ctime_ns, device) of a file or folder; None when it is absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
+
+
+class Watcher:
+    """Stat identities of everything a compile depended on; `broken` once something was read
+    that cannot be watched this way (a network lookup, a dataset library's cache)."""
+
+    def __init__(self):
+        self.paths: dict[str, list | None] = {}
+        self.broken: str | None = None
+
+    def add(self, path) -> None:
+        name = os.path.abspath(path)
+        if name not in self.paths:
+            self.paths[name] = stamp(name)
+
+    def refuse(self, why: str) -> None:
+        self.broken = self.broken or why
+
+    def add_python_modules(self) -> None:
+        """Every imported module that is not installed library code (evsys's own and user plugins)."""
+        installed = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
+        for module in list(sys.modules.values()):
+            file = getattr(module, "__file__", None)
+            if not file:
+                continue
+            parts = set(Path(file).parts)
+            if {"site-packages", "dist-packages"} & parts and not (parts & {"evsys_build", "evsys_rules", "evsys_sdk"}):
+                continue
+            if file.startswith(installed):
+                continue
+            self.add(file)
+
+    def trustworthy(self) -> bool:
+        """No refusal, and nothing changed so recently that its stat identity cannot be trusted."""
+        now = time.time_ns()
+        return self.broken is None and all(s is None or now - s[1] >= RACY_NS for s in self.paths.values())
+
+
+@contextlib.contextmanager
+def watching() -> Iterator[Watcher]:
+    watcher = Watcher()
+    token = _current.set(watcher)
+    try:
+        yield watcher
+    finally:
+        _current.reset(token)
+
+
+def watch(path) -> None:
+    """Report a file or folder the compile depends on (a no-op outside `watching()`)."""
+    watcher = _current.get()
+    if watcher is not None:
+        watcher.add(path)
+
+
+def watch_tree(folder) -> None:
+    """Report a folder and its subfolders: their listings decide which files are read."""
+    if _current.get() is None:
+        return
+    watch(folder)
+    for sub in Path(folder).rglob("*"):
+        if sub.is_dir():
+            watch(sub)
+
+
+def unwatchable(why: str) -> None:
+    """Report something the compile depended on that stat identities cannot follow."""
+    watcher = _current.get()
+    if watcher is not None:
+        watcher.refuse(why)
