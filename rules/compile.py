@@ -9,7 +9,7 @@ from evsys_build.graph import Graph, Node
 from evsys_build.statcache import StatCache
 
 from .config.loading import Arm, LoadedConfig
-from .models.resolve import resolve_model
+from .models.resolve import ResolvedModel, resolve
 from .nodes.eval import eval_nodes
 from .nodes.report import report_node
 from .nodes.source import source_node
@@ -32,20 +32,22 @@ class ArmNodes:
 
 
 def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, list[ArmNodes]]:
-    """Every arm's nodes in one graph; arms share the nodes they have in common (same key)."""
+    """Every arm's nodes in one graph; arms share the nodes they have in common (same id)."""
     graph = Graph()
-    return graph, [_compile_arm(graph, loaded, arm, statcache) for arm in loaded.arms]
+    models: dict[tuple, ResolvedModel] = {}  # arms of a sweep share their model: resolve it once
+    return graph, [_compile_arm(graph, loaded, arm, statcache, models) for arm in loaded.arms]
 
 
-def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> ArmNodes:
+def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache, models: dict) -> ArmNodes:
     rows = graph.add(source_node(loaded, arm, statcache))
     for index in range(len(arm.config.transforms)):
         rows = graph.add(transform_node(arm, index, rows))
-    model_dir = resolve_model(arm.config.model.name, arm.config.model.revision)
-    tokens = graph.add(tokenize_node(arm, rows, model_dir, statcache))
-    train = graph.add(train_node(arm, tokens, model_dir, statcache))
+    wanted = (arm.config.model.name, arm.config.model.revision)
+    model = models.get(wanted) or models.setdefault(wanted, resolve(*wanted, statcache))
+    tokens = graph.add(tokenize_node(arm, rows, model))
+    train = graph.add(train_node(arm, tokens, model))
     checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}
     attach_checkpoints(train, checkpoints)
-    evals = [(bench, step, graph.add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model_dir, statcache)]
+    evals = [(bench, step, graph.add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model)]
     report = graph.add(report_node(arm, train, evals))
     return ArmNodes(arm, rows, tokens, train, checkpoints, evals, report)

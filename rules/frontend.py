@@ -12,6 +12,7 @@ from .compile import compile_graph
 from .config.loading import LoadedConfig, load_config
 from .config.validate import validate  # noqa: F401  (part of the frontend contract)
 from .outputs.preview import preview  # noqa: F401  (part of the frontend contract)
+from .plugins.code_identity import IdentityCache, use_identity_cache
 from .outputs.run_dir import materialize, write_run  # noqa: F401  (write_run: part of the frontend contract)
 
 
@@ -21,10 +22,19 @@ class Project:
     def __init__(self, loaded: LoadedConfig, store: Store):
         self.loaded = loaded
         statcache = StatCache(store.root / "stat-cache.json")
-        self.graph, self.arm_nodes = compile_graph(loaded, statcache)
+        identities = IdentityCache(store.root / "identity-cache.json")
+        use_identity_cache(identities)
+        try:
+            self.graph, self.arm_nodes = compile_graph(loaded, statcache)
+        finally:
+            use_identity_cache(None)
         statcache.save()
+        identities.save()
         self.experiment = loaded.experiment_name
         self.arm_names = [a.arm.name for a in self.arm_nodes]
+        # the no-op fast path prints and writes what a cached build does; callbacks beyond the
+        # local logger (which prints nothing for cached nodes) must see every build
+        self.fast_path_ok = all(c.kind == "local_logger" for a in loaded.arms for c in a.config.callbacks)
 
     def graph_for(self, arm: str | None) -> Graph:
         return self.graph if arm is None else self.graph.subgraph_for_arm(arm)

@@ -15,17 +15,20 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, Optional, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..backends.base import AdamParams, Datum, SavedCheckpoint, TrainingClient
 from .sft import WALL_CLOCK_METRICS as TIMING_METRICS  # noqa: F401  (re-exported for callers of the loop)
 from .sft import SFTConfig
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     """The order of examples in `epoch`, a pure function of (seed, epoch)."""
+    import numpy as np  # lazily: planning imports this module (to key training) but never trains
+
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
@@ -61,6 +64,8 @@ def normalized_batch(batch: Sequence[Datum]) -> tuple[list[Datum], float]:
     total = sum(d.loss_weight for d in batch)
     if total <= 0:
         return list(batch), 0.0
+    import numpy as np  # lazily, as above
+
     scale = np.float32(1.0 / total)
     return [Datum(d.input_ids, d.weights * scale) for d in batch], total
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from evsys_build.errors import ConfigError
+from evsys_build.watch import watch
 
 Marks = dict[tuple, tuple[int, int]]  # path -> (line, column), 1-based
 
@@ -28,6 +29,7 @@ class _MarkedLoader(yaml.SafeLoader):
 def load_yaml_with_marks(path: Path) -> tuple[object, Marks, str]:
     """Parse `path`; returns (data, marks, text). Duplicate keys, syntax errors and documents
     past the limits above are ConfigErrors."""
+    watch(path)
     try:
         if path.stat().st_size > MAX_BYTES:
             raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config is limited to {MAX_BYTES} bytes (keep data in data files)")

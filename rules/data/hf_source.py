@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 from pydantic import BaseModel, Field
 
 from evsys_build.errors import ConfigError
+from evsys_build.watch import unwatchable
 
 from ..plugins.registry import register_source
 from .sources import jsonable
@@ -53,6 +54,7 @@ class HFSource:
         return f"{self.cfg.name} [{self.cfg.split}] row {index + 1}"
 
     def _dataset(self):
+        unwatchable("a Hugging Face dataset (its cache is not followed by file stats)")
         if self._loaded is None:  # once per source object: a build opens the config afresh
             self._loaded = _load(self.cfg.name, self.cfg.config, self.cfg.split, self.cfg.revision)
         return self._loaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -9,6 +10,7 @@ from typing import Optional
 from pydantic import BaseModel, ValidationError, field_validator
 
 from evsys_build.errors import ConfigError
+from evsys_build.watch import watch
 from . import verifiers
 
 TASKS_FILE = "tasks.jsonl"
@@ -34,7 +36,8 @@ _FIELDS = ", ".join(Task.model_fields)
 
 
 def load_tasks(directory: Path) -> list[Task]:
-    """Parse and check `directory/tasks.jsonl`; any bad line raises a one-line ConfigError."""
+    """Parse and check `directory/tasks.jsonl`; any bad line raises a one-line ConfigError.
+    Parsed once per file version (a sweep's arms share their benchmarks)."""
     directory = Path(directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
@@ -42,6 +45,14 @@ def load_tasks(directory: Path) -> list[Task]:
     path = directory / TASKS_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: missing (a benchmark directory must hold {TASKS_FILE}, one task per line)")
+    watch(path)
+    st = path.stat()
+    return list(_parse_tasks(str(path), (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_tasks(file: str, stamp: tuple) -> tuple[Task, ...]:
+    path = Path(file)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
@@ -61,7 +72,7 @@ def load_tasks(directory: Path) -> list[Task]:
         tasks.append(task)
     if not tasks:
         raise ConfigError(f"{path}: no tasks (add one JSON object per line)")
-    return tasks
+    return tuple(tasks)
 
 
 def _parse_line(line: str, where: str) -> Task:

@@ -3,9 +3,11 @@ cache), and a model's identity for keys: the bytes of its files, never its name 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from evsys_build.errors import ConfigError
+from evsys_build.watch import watch, watch_tree
 from evsys_build.statcache import StatCache
 
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
@@ -49,6 +51,34 @@ def network_files(model_dir: Path) -> list[Path]:
 
 def file_digests(files: list[Path], model_dir: Path, statcache: StatCache) -> dict[str, str]:
     return {f.relative_to(model_dir).as_posix(): statcache.file_digest(f) for f in files}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model as the nodes key and load it: its folder, the identity of its network (weights
+    and config) and the digests of its tokenizer files."""
+
+    name: str
+    revision: str | None
+    dir: Path
+    identity: dict
+    tokenizer: dict[str, str]
+
+
+def resolve(name: str, revision: str | None, statcache: StatCache) -> ResolvedModel:
+    watch(Path(name).expanduser())  # a folder of that name appearing later changes what `name` means
+    model_dir = resolve_model(name, revision)
+    watch_tree(model_dir)
+    refs = Path(model_dir).resolve().parent.parent / "refs"
+    if refs.is_dir():  # a Hugging Face cache: which snapshot a name means is in refs/
+        watch_tree(refs)
+        for ref in refs.rglob("*"):
+            watch(ref)
+    return ResolvedModel(
+        name, revision, model_dir,
+        model_identity(name, revision, model_dir, statcache),
+        file_digests(tokenizer_files(model_dir), model_dir, statcache),
+    )
 
 
 def model_identity(name: str, revision: str | None, model_dir: Path, statcache: StatCache) -> dict:

@@ -14,7 +14,6 @@ from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.hashing import digest
 from evsys_build.planner import output_digest
-from evsys_build.statcache import StatCache
 
 from ..config.loading import Arm
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
@@ -22,27 +21,26 @@ from ..evals.benchmarks import load_tasks
 from ..evals.passk import aggregate
 from ..evals.verifiers import check, verifier_identity
 from ..ml_stack import preload_ml
-from ..models.resolve import file_digests, model_identity, tokenizer_files
+from ..models.resolve import ResolvedModel
 from ..outputs.callbacks import make_callbacks
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
-from .train import make_backend
+from .train import backend_config, make_backend
 from .views import Checkpoint, EvalResult
 
 TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
 
 
-def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path, statcache: StatCache) -> list[tuple]:
+def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel) -> list[tuple]:
     """(benchmark, step, node) for every scored checkpoint: every run_every steps and the final step.
     Besides the checkpoint's content, the key holds the base model (adapters apply to it) and the
     tokenizer files (prompts are rendered and completions decoded with them)."""
     evals = []
     backend_cls = kinds.backends.get(arm.config.backend.kind)
-    cfg = arm.config
-    model = {
-        "base": model_identity(cfg.model.name, cfg.model.revision, model_dir, statcache),
-        "tokenizer": file_digests(tokenizer_files(model_dir), model_dir, statcache),
-    }
+    resolved = backend_config(backend_cls, arm)
+    sampler_params = resolved.model_dump(exclude_defaults=True, mode="json") if resolved is not None else {}
+    model_key = digest({"base": model.identity, "tokenizer": model.tokenizer})
+    model_dir = model.dir
     max_steps = arm.params["algorithm"].max_steps
     for bench in arm.config.metadata.benchmark:
         tasks = load_tasks(Path(bench.path))
@@ -55,7 +53,7 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path, statcach
                 rule="eval",
                 name=f"eval {bench.name}@{step}",
                 version=code_identity(run_eval),
-                params={**eval_params(bench, tasks, system_prompt, backend_cls), "model": model},
+                params={**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key},
                 inputs=[("checkpoint", checkpoints[step])],
                 run=run_eval,
                 arm=arm.name,
@@ -63,7 +61,7 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path, statcach
                 param_labels={
                     "tasks": f"benchmark {bench.name} tasks changed",
                     "verifiers": f"benchmark {bench.name} verifier code changed",
-                    "sampler": "sampling code or libraries changed",
+                    "sampler": "sampling code, settings or libraries changed",
                     "model": "base model or tokenizer changed",
                 },
                 payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt},
@@ -80,11 +78,16 @@ def training_system_prompt(arm: Arm) -> str | None:
     return None
 
 
-def eval_params(bench, tasks, system_prompt: str | None, backend_cls) -> dict:
+def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_params: dict) -> dict:
     """What an eval node's key holds: task content, sampling params, verifier identity, metrics,
-    the sampler's code and libraries, and the system prompt."""
+    the sampler's code, libraries and settings (device, dtype, batch size: they can change what
+    greedy decoding picks), and the system prompt."""
     return {
-        "sampler": {"code": code_identity(backend_cls.sampling_client_from_weights), "libraries": library_versions(*getattr(backend_cls, "libraries", ()))},
+        "sampler": {
+            "code": code_identity(backend_cls.sampling_client_from_weights),
+            "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
+            "params": backend_params,
+        },
         "tasks": digest([t.model_dump(exclude_defaults=True) for t in tasks]),
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
         "metrics": sorted(bench.metrics),

@@ -4,19 +4,17 @@ algorithm params that shape tokens (supervise, max_length, truncation)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from evsys_build.chunks import map_chunks, read_row_chunk
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
-from evsys_build.statcache import StatCache
 
 from ..config.loading import Arm
 from ..data.chat_tokens import load_tokenizer, tokenize_conversation
 from ..data.token_chunks import write_token_chunk
 from ..ml_stack import preload_ml
-from ..models.resolve import file_digests, tokenizer_files
+from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
 from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset, TokenDataset
@@ -25,14 +23,14 @@ TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "jinja2")  # rendering and 
 SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params that shape the tokens, not training
 
 
-def tokenize_node(arm: Arm, rows: Node, model_dir: Path, statcache: StatCache) -> Node:
+def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
     algo = arm.params["algorithm"]
     return Node(
         rule="tokenize",
         name="tokenize",
         version=code_identity(run_tokenize),
         params={
-            "tokenizer": file_digests(tokenizer_files(model_dir), model_dir, statcache),
+            "tokenizer": model.tokenizer,
             "supervise": getattr(algo, "supervise", "all_assistant"),
             "max_length": getattr(algo, "max_length", 2048),
             "truncation": getattr(algo, "truncation", "right"),
@@ -43,7 +41,7 @@ def tokenize_node(arm: Arm, rows: Node, model_dir: Path, statcache: StatCache) -
         arm=arm.name,
         param_paths={k: f"algorithm.params.{k}" for k in SHAPING_PARAMS},
         param_labels={"tokenizer": "tokenizer or chat template changed", "libraries": "tokenizer library versions changed"},
-        payload={"model_dir": model_dir},
+        payload={"model_dir": model.dir},
     )
 
 

@@ -9,19 +9,17 @@ that a new eval schedule needs is filled in by resuming from the nearest earlier
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from evsys_build.errors import ConfigError, Interrupted
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
-from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 
 from ..backends.base import Datum, SavedCheckpoint
 from ..algorithms.sft import WALL_CLOCK_METRICS
 from ..config.loading import Arm
 from ..ml_stack import preload_ml
-from ..models.resolve import model_identity
+from ..models.resolve import ResolvedModel
 from ..outputs.callbacks import make_callbacks
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
@@ -31,7 +29,7 @@ from .views import Checkpoint, TokenDataset, TrainResult
 SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
 
 
-def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache) -> Node:
+def train_node(arm: Arm, tokens: Node, model: ResolvedModel) -> Node:
     """The arm's train node (its checkpoints are attached by `attach_checkpoints`)."""
     cfg = arm.config
     backend_cls = kinds.backends.get(cfg.backend.kind)
@@ -43,7 +41,7 @@ def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache) ->
         name="train",
         version=code_identity(run_train),
         params={
-            "model": model_identity(cfg.model.name, cfg.model.revision, model_dir, statcache),
+            "model": model.identity,
             "backend": {
                 "kind": cfg.backend.kind,
                 "params": _trajectory_params(backend_cls, backend_config(backend_cls, arm)),
@@ -58,7 +56,7 @@ def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache) ->
         arm=arm.name,
         param_paths={"seed": "seed"},
         param_labels={"model": f"model changed ({cfg.model.name})"},
-        payload={"arm": arm, "model_dir": model_dir, "backend": make_backend(arm), "algorithm": algo},
+        payload={"arm": arm, "model_dir": model.dir, "backend": make_backend(arm), "algorithm": algo},
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from evsys_build.atomic import write_atomic
 from evsys_build.errors import ConfigError, StoreError, UsageError
+from evsys_build.hashing import digest_bytes
 from evsys_build.store import Store
 
 from ..nodes.views import ReportFiles, TrainResult
@@ -24,8 +25,8 @@ def materialize(project, store: Store, results: dict, arms: list[str], echo) -> 
     """Write every built arm's run dir and experiment.md; returns the run's summary for its record."""
     try:
         return _materialize(project, store, arms, echo)
-    except StoreError:
-        raise  # a corrupt report blob (the build rebuilds it) or a full disk: its own message
+    except (StoreError, BrokenPipeError):
+        raise  # a corrupt report blob (rebuilt), a full disk (its own message), a closed stdout
     except OSError as exc:
         raise ConfigError(f"output_dir: cannot write the run dir ({exc.strerror}: {exc.filename}); choose another output_dir") from None
 
@@ -36,22 +37,45 @@ def _materialize(project, store: Store, arms: list[str], echo) -> dict:
     markdown = experiment_markdown(loaded, summaries).encode()
     base = loaded.output_dir / loaded.run_name
     single = len(project.arm_nodes) == 1
+    markdown_blob = store.put_bytes(markdown)
+    plans = []
     for nodes in project.arm_nodes:
         if nodes.arm.name not in arms:
             continue
-        files = {rel: store.get_bytes(blob) for rel, blob in report_files(store, nodes).items()}
+        blobs = report_files(store, nodes)
         if single:
-            files[EXPERIMENT_MD] = markdown
+            blobs[EXPERIMENT_MD] = markdown_blob
         run_dir = arm_run_dir(loaded, nodes.arm.name, len(project.arm_nodes))
-        replace_dir(run_dir, files, owned=lambda rel: rel in files or rel.startswith("predictions/"))
+        if not dir_holds(run_dir, blobs):  # a cached build usually finds it whole: no rewrite
+            files = {rel: store.get_bytes(blob) for rel, blob in blobs.items()}
+            replace_dir(run_dir, files, owned=lambda rel: rel in files or rel.startswith("predictions/"))
+        plans.append({"dir": str(run_dir), "files": blobs})
         echo(f"run dir: {run_dir}")
     if not single:
-        write_atomic(base / EXPERIMENT_MD, markdown)
+        if not dir_holds(base, {EXPERIMENT_MD: markdown_blob}, only_listed=False):
+            write_atomic(base / EXPERIMENT_MD, markdown)
+        plans.append({"dir": str(base), "files": {EXPERIMENT_MD: markdown_blob}})
     return {
         "run_name": loaded.run_name,
         "arms": {s["arm"]: {k: s[k] for k in ("completed", "metrics", "checkpoint_final", "report")} for s in summaries},
-        "files": {EXPERIMENT_MD: {"blob": store.put_bytes(markdown)}},
+        "files": {EXPERIMENT_MD: {"blob": markdown_blob}},
+        "run_dirs": plans,
     }
+
+
+def dir_holds(folder: Path, blobs: dict[str, str], only_listed: bool = True) -> bool:
+    """Whether `folder` holds exactly these files' bytes (each checked against its blob name)
+    and, with `only_listed`, no stale prediction files besides."""
+    for rel, blob in blobs.items():
+        try:
+            if digest_bytes((folder / rel).read_bytes()) != blob:
+                return False
+        except OSError:
+            return False
+    predictions = folder / "predictions"
+    if only_listed and predictions.is_dir():
+        return {f"predictions/{f.name}" for f in predictions.glob("*.jsonl")} <= set(blobs)
+    return True
 
 
 def write_run(store: Store, run: dict, dest: Path) -> list[Path]:

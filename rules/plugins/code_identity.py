@@ -16,23 +16,27 @@ editing them reruns nothing.
 from __future__ import annotations
 
 import ast
-import copy
 import dataclasses
 import enum
 import functools
 import importlib
 import importlib.metadata
+import json
+import os
 import inspect
 import re
 import sys
 import sysconfig
 import textwrap
+import time
 import types
 from pathlib import Path
 
 import xxhash
 
+from evsys_build.atomic import write_atomic
 from evsys_build.errors import HashingError
+from evsys_build.watch import unwatchable, watch
 
 EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
 _PUBLIC_CONSTANT = re.compile(r"[A-Z][A-Z0-9_]*")  # in evsys's own modules, only these globals are constants
@@ -54,10 +58,21 @@ def library_versions(*names: str) -> dict[str, str | None]:
     out = {}
     for name in names:
         try:
-            out[name] = importlib.metadata.version(name)
+            dist = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+            continue
+        out[name] = dist.version
+        _watch_distribution(dist)
     return out
+
+
+def _watch_distribution(dist) -> None:
+    folder = getattr(dist, "_path", None)  # the .dist-info folder: an upgrade replaces it
+    if folder is None:
+        unwatchable(f"where {dist.metadata['Name']} is installed")
+    else:
+        watch(folder)
 
 
 def code_identity(obj) -> str:
@@ -70,7 +85,84 @@ def code_identity(obj) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _source_identity(obj) -> str:
-    return "source:" + xxhash.xxh3_128_hexdigest(_Collector(obj).text().encode())
+    key = _cache_key(obj)
+    found = _disk.get(key) if _disk is not None and key else None
+    if found is not None:
+        return found
+    collector = _Collector(obj)
+    identity = "source:" + xxhash.xxh3_128_hexdigest(collector.text().encode())
+    if _disk is not None and key:
+        _disk.put(key, identity, collector.files())
+    return identity
+
+
+class IdentityCache:
+    """Identities computed by earlier processes, each valid while every source file it was made
+    of has the same stat identity (a file changed in the last two seconds is never trusted, as
+    git treats racy-clean files). Saves parsing the rules' modules on every `plan` and no-op build."""
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict | None = None
+        self.dirty = False
+
+    def get(self, key: str) -> str | None:
+        entry = self._load().get(key)
+        if not entry or entry.get("python") != sys.version:
+            return None
+        for file, stamp in entry["files"].items():
+            if _stamp(file) != stamp:
+                return None
+            watch(file)
+        return entry["identity"]
+
+    def put(self, key: str, identity: str, files: list[str]) -> None:
+        for file in files:
+            watch(file)
+        stamps = {f: _stamp(f) for f in files}
+        if any(s is None or time.time_ns() - s[1] < self.RACY_NS for s in stamps.values()):
+            return
+        self._load()[key] = {"identity": identity, "files": stamps, "python": sys.version}
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.dirty and self.entries is not None:
+            write_atomic(self.path, json.dumps(self.entries).encode(), self.path.parent / "tmp")
+            self.dirty = False
+
+    def _load(self) -> dict:
+        if self.entries is None:
+            try:
+                self.entries = json.loads(self.path.read_bytes())
+            except (FileNotFoundError, ValueError):
+                self.entries = {}
+        return self.entries
+
+
+_disk: IdentityCache | None = None
+
+
+def use_identity_cache(cache: IdentityCache | None) -> None:
+    """Let identities be read from (and written to) `cache` in this process (None: off)."""
+    global _disk
+    _disk = cache
+
+
+def _cache_key(obj) -> str | None:
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    return f"{file}::{qualname}" if file and "<locals>" not in qualname else None
+
+
+def _stamp(file: str) -> list | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 class _Collector:
@@ -81,6 +173,11 @@ class _Collector:
         self.own_package = (getattr(root, "__module__", "") or "").split(".", 1)[0]
         self.parts: dict[tuple[str, str], str] = {}  # (module, qualname) -> normalized source (or a constant's text)
         self.queue = [root]
+
+    def files(self) -> list[str]:
+        """The source files of everything visited: the identity is valid while they are unchanged."""
+        files = {getattr(sys.modules.get(module), "__file__", None) for module, _ in self.parts}
+        return sorted(f for f in files if f)
 
     def text(self) -> str:
         while self.queue:
@@ -93,17 +190,17 @@ class _Collector:
         name = (getattr(obj, "__module__", "?"), getattr(obj, "__qualname__", repr(obj)))
         if name in self.parts or getattr(obj, "__evsys_not_keyed__", False):
             return
-        tree = _parsed(obj, obj is self.root)
-        if tree is None:
+        unit = _unit(obj, obj is self.root)
+        if unit is None:
             self.parts[name] = "<no source>"
             return
-        self.parts[name] = ast.unparse(tree)
+        self.parts[name] = unit.text
         module = sys.modules.get(getattr(obj, "__module__", "") or "")
         if isinstance(obj, type):
             self.queue += [base for base in obj.__mro__[1:] if self._first_party(base)]
-        for used in _names_used(tree):
+        for used in unit.names:
             self._follow(used, module, obj)
-        for module_name, attr in _imports_inside(tree, module):
+        for module_name, attr in _imports_inside(unit.imports, module):
             self._follow_import(module_name, attr, obj)
 
     def _follow(self, dotted: str, module, obj) -> None:
@@ -183,63 +280,78 @@ def _qualified(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
 
 
-def _parsed(obj, is_root: bool) -> ast.AST | None:
-    """The object's source as an AST without docstrings; None when it has no readable source."""
-    tree = _from_module_index(obj)
-    if tree is None:
+@dataclasses.dataclass(frozen=True)
+class _Unit:
+    """One definition's normalized source, the names it reads, and its `from x import y`s."""
+
+    text: str
+    names: tuple[str, ...]
+    imports: tuple[tuple[int, str, tuple[str, ...]], ...]  # (level, module, names)
+
+
+def _unit(obj, is_root: bool) -> _Unit | None:
+    """The object's unit; None when it has no readable source."""
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    if file and file.endswith(".py") and "<locals>" not in qualname:
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
-        except (OSError, TypeError, SyntaxError) as exc:
-            if is_root:
-                raise HashingError(
-                    f"cannot read the source of {getattr(obj, '__qualname__', obj)!r} to key it ({exc}); "
-                    "give it an explicit `version = \"1\"` attribute"
-                ) from None
-            return None
-    tree = copy.deepcopy(tree)
+            st = Path(file).stat()
+        except OSError:
+            st = None
+        if st is not None:
+            found = _module_units(file, (st.st_size, st.st_mtime_ns, st.st_ino)).get(qualname)
+            if found is not None:
+                return found
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError, SyntaxError) as exc:
+        if is_root:
+            raise HashingError(
+                f"cannot read the source of {getattr(obj, '__qualname__', obj)!r} to key it ({exc}); "
+                "give it an explicit `version = \"1\"` attribute"
+            ) from None
+        return None
+    _strip_docstrings(tree)
+    return _make_unit(tree)
+
+
+@functools.lru_cache(maxsize=256)
+def _module_units(file: str, stamp: tuple) -> dict[str, _Unit]:
+    """qualname -> unit of every def/class of a module file, parsed once per process and file
+    version (`stamp`: an edited file is parsed again; inspect.getsource re-reads on every call)."""
+    try:
+        tree = ast.parse(Path(file).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return {}
+    _strip_docstrings(tree)
+    units: dict[str, _Unit] = {}
+
+    def visit(body, prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                units[prefix + node.name] = _make_unit(node)  # the last definition is the one that runs
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body, f"{prefix}{node.name}.")
+
+    visit(tree.body, "")
+    return units
+
+
+def _make_unit(node: ast.AST) -> _Unit:
+    imports = tuple(
+        (n.level, n.module or "", tuple(a.name for a in n.names)) for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
+    )
+    return _Unit(ast.unparse(node), tuple(_names_used(node)), imports)
+
+
+def _strip_docstrings(tree: ast.AST) -> None:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
             first = body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
                 node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
-def _from_module_index(obj) -> ast.AST | None:
-    """The def/class statement of `obj`, found by qualname in its module's parsed file (each file
-    is parsed once per process: inspect.getsource re-reads and re-scans modules on every call)."""
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    file = getattr(module, "__file__", None)
-    qualname = getattr(obj, "__qualname__", "")
-    if not file or "<locals>" in qualname or not file.endswith(".py"):
-        return None
-    try:
-        st = Path(file).stat()
-    except OSError:
-        return None
-    node = _module_index(file, (st.st_size, st.st_mtime_ns, st.st_ino)).get(qualname)
-    return ast.Module(body=[node], type_ignores=[]) if node is not None else None
-
-
-@functools.lru_cache(maxsize=256)
-def _module_index(file: str, stamp: tuple) -> dict[str, ast.AST]:
-    """qualname -> def/class node of a module file (`stamp`: an edited file is parsed again)."""
-    try:
-        tree = ast.parse(Path(file).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError):
-        return {}
-    index: dict[str, ast.AST] = {}
-
-    def visit(body, prefix: str) -> None:
-        for node in body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                index[prefix + node.name] = node  # the last definition is the one that runs
-                if isinstance(node, ast.ClassDef):
-                    visit(node.body, f"{prefix}{node.name}.")
-
-    visit(tree.body, "")
-    return index
 
 
 def _names_used(tree: ast.AST) -> list[str]:
@@ -276,17 +388,16 @@ def _walk_without_annotations(tree: ast.AST):
                 stack += [v for v in value if isinstance(v, ast.AST)]
 
 
-def _imports_inside(tree: ast.AST, module) -> list[tuple[str, str | None]]:
-    """(module, name) of every `from m import n` in the source (function-local imports included)."""
+def _imports_inside(imports, module) -> list[tuple[str, str | None]]:
+    """(module, name) of every `from m import n` in a unit (function-local imports included)."""
     package = getattr(module, "__package__", None) or ""
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            found += [(base, alias.name) for alias in node.names]
+    for level, name, names in imports:
+        base = name
+        if level:
+            parent = package.rsplit(".", level - 1)[0] if level > 1 else package
+            base = f"{parent}.{base}" if base else parent
+        found += [(base, alias) for alias in names]
     return found
 
 

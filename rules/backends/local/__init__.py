@@ -33,7 +33,7 @@ class LocalBackend:
     """Backend factory: training clients and samplers on this machine."""
 
     Config = LocalBackendConfig
-    sampling_only_params = ("sample_batch_size",)  # not part of the train key
+    sampling_only_params = ("sample_batch_size", "decode_cache")  # not part of the train key (the eval key has them)
     libraries = ("torch", "transformers", "peft", "safetensors")  # their versions are in the train and eval keys
 
     @staticmethod
@@ -77,4 +77,4 @@ class LocalBackend:
             raise ValueError(f"unknown weights format {meta['format']!r} in {WEIGHTS_META}")
         model.to(dtype)
         model.requires_grad_(False)
-        return LocalSamplingClient(model, device, pad_id(model), self.config.sample_batch_size)
+        return LocalSamplingClient(model, device, pad_id(model), self.config.sample_batch_size, resolve_precision(self.config).decode_cache)

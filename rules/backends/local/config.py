@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import re
@@ -21,6 +22,7 @@ class LocalBackendConfig(BaseModel, extra="forbid"):
     loss_chunk_tokens: int = Field(0, ge=0)  # loss positions per LM-head chunk; 0 = auto (CPU 1024, CUDA 4096)
     gradient_checkpointing: bool = False  # recompute decoder layers in backward (less memory, ~30% slower)
     sample_batch_size: int = Field(64, ge=1)  # prompts per generate() call
+    decode_cache: Literal["auto", "dynamic", "static"] = "auto"  # auto: static (compiled decode) on CUDA, dynamic on CPU
 
 
 def resolve_precision(config: LocalBackendConfig) -> LocalBackendConfig:
@@ -33,12 +35,17 @@ def resolve_precision(config: LocalBackendConfig) -> LocalBackendConfig:
     attention = config.attention
     if attention == "auto":
         attention = "varlen" if device == "cuda" and dtype != "float32" and torch_at_least(2, 10) else "sdpa_loop"
-    return config.model_copy(update={"device": device, "dtype": dtype, "attention": attention})
+    decode_cache = config.decode_cache if config.decode_cache != "auto" else ("static" if device == "cuda" else "dynamic")
+    return config.model_copy(update={"device": device, "dtype": dtype, "attention": attention, "decode_cache": decode_cache})
 
 
 def cuda_present() -> bool:
     """An NVIDIA GPU that a CUDA build of torch could use, judged from files, not by importing torch."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return _cuda_present(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+@functools.lru_cache(maxsize=4)
+def _cuda_present(visible: str | None) -> bool:
     if visible is not None and visible.strip() in ("", "-1"):
         return False
     if "+cpu" in _torch_version():
@@ -52,6 +59,7 @@ def torch_at_least(major: int, minor: int) -> bool:
     return len(parts) == 2 and (int(parts[0]), int(parts[1])) >= (major, minor)
 
 
+@functools.lru_cache(maxsize=1)
 def _torch_version() -> str:
     try:
         return importlib.metadata.version("torch")

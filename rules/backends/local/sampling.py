@@ -10,13 +10,16 @@ from .model_io import global_rng_lock
 class LocalSamplingClient:
     """Batched generation (HF generate, KV cache, left padding) over a frozen model."""
 
-    def __init__(self, model, device, pad_token_id: int, batch_size: int = 64):
+    def __init__(self, model, device, pad_token_id: int, batch_size: int = 64, cache: str = "dynamic"):
         self.model = model.eval()
         # only the caller's stop_token_ids may end a completion, not the model's default eos
         self.model.generation_config.eos_token_id = None
         self.device = device
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
+        # "static": a preallocated KV cache, which lets transformers compile the decode step
+        # (CUDA graphs on a GPU): decoding is overhead-bound, not FLOP-bound
+        self.cache = cache
 
     def sample(
         self,
@@ -75,6 +78,7 @@ class LocalSamplingClient:
                 eos_token_id=stops or None,
                 pad_token_id=self.pad_token_id,
                 use_cache=True,
+                **({"cache_implementation": "static"} if self.cache == "static" else {}),
                 **kwargs,
             )
         return out[:, width:].tolist()

@@ -11,7 +11,7 @@ from typing import Sequence
 from evsys_build.errors import ConfigError
 
 from ..base import AdamParams, Datum
-from .config import LocalBackendConfig
+from .config import LocalBackendConfig, resolve_precision
 from .kernels import PACKED_ATTENTION, has_varlen_attention, linear_weighted_nll, pack_datums, register_packed_attention, split_by_token_budget
 from .model_io import (
     LORA_ALPHA,
@@ -247,4 +247,4 @@ class LocalTrainingClient:
             snapshot.to(self.dtype)
         snapshot.set_attn_implementation("sdpa")
         snapshot.requires_grad_(False)
-        return LocalSamplingClient(snapshot, self.device, pad_id(snapshot), self.config.sample_batch_size)
+        return LocalSamplingClient(snapshot, self.device, pad_id(snapshot), self.config.sample_batch_size, resolve_precision(self.config).decode_cache)
