@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense bf16 peak, for MFU (default: 989 on H100/H200, none on CPU)")
     return p.parse_args(argv)
 
 
@@ -145,6 +147,29 @@ def run_baseline(model_dir: Path, data, args, total_steps: int) -> dict:
             "dtype": "bfloat16" if bf16 else "float32"}
 
 
+def training_flops_per_token(model_dir: Path, lora_rank: int, mean_len: float) -> float:
+    """Model FLOPs per trained token (Kaplan/PaLM style): 6·N for the dense weights (4·N when they
+    are frozen under LoRA: no weight gradients) plus 12·layers·hidden·seq for attention."""
+    config = json.loads((model_dir / "config.json").read_text())
+    hidden, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    heads, kv, head_dim = config["num_attention_heads"], config["num_key_value_heads"], config.get("head_dim", hidden // config["num_attention_heads"])
+    inter = config["intermediate_size"]
+    per_layer = hidden * head_dim * (heads + 2 * kv) + heads * head_dim * hidden + 3 * hidden * inter
+    dense = layers * per_layer + vocab * hidden  # the LM head (tied embeddings count once)
+    weights = (4 if lora_rank else 6) * dense
+    return weights + 12 * layers * heads * head_dim * mean_len
+
+
+def _default_peak_tflops(device: str) -> float | None:
+    """Dense bf16 peak of the GPU in use (H100/H200 SXM: 989 TFLOPS); None elsewhere."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    return 989.0 if ("H100" in name or "H200" in name) else None
+
+
 def _synchronizer(device):
     import torch
 
@@ -175,6 +200,11 @@ def main(argv=None) -> dict:
         if not args.skip_baseline:
             results["baseline"] = run_baseline(model_dir, data, args, total_steps)
             results["speedup"] = results["local"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
+        flops_per_token = training_flops_per_token(model_dir, args.lora_rank, (args.min_len + args.max_len) / 2)
+        peak = args.peak_tflops or _default_peak_tflops(results["local"]["device"])
+        for side in ("local", "baseline"):
+            if side in results:
+                results[side]["mfu"] = results[side]["tokens_per_s"] * flops_per_token / (peak * 1e12) if peak else None
     if args.json:
         print(json.dumps(results))
     else:
@@ -182,8 +212,9 @@ def main(argv=None) -> dict:
         for side in ("local", "baseline"):
             if side in results:
                 r = results[side]
+                mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
                 print(f"{side:9s} {r['tokens_per_s']:10.0f} real tok/s  {r['s_per_step']:.3f} s/step  "
-                      f"nll {r['final_nll']:.3f}  {r['device']} {r['dtype']}  peak {r['peak_mem_gib']} GiB")
+                      f"nll {r['final_nll']:.3f}  {r['device']} {r['dtype']}  peak {r['peak_mem_gib']} GiB  MFU {mfu}")
         if "speedup" in results:
             print(f"speedup local/baseline: {results['speedup']:.2f}x")
     return results

@@ -86,7 +86,8 @@ def _predictions(p):
 
 
 def _report_file(p):
-    flip_object(p, manifest(p, "report")["outputs"]["files"]["blobs"]["metrics.jsonl"])  # every build writes the run dir
+    flip_object(p, manifest(p, "report")["outputs"]["files"]["blobs"]["metrics.jsonl"])
+    (p / "out" / EXPERIMENT / "metrics.jsonl").unlink()  # the build rewrites the run dir from the store
     return "report"
 
 

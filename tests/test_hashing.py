@@ -136,13 +136,13 @@ def test_node_key_ignores_name_arm_and_payload_but_not_inputs():
 
 # Regenerated deliberately whenever the source or transform rule's code (or what it runs) changes:
 # code identities come from the source, so these pin the code as well as the key scheme.
-GOLDEN_SOURCE_KEY = "ee5fe79a1d8ea0fc192911c358e62b27"
-GOLDEN_TRANSFORM_KEY = "65e3116ccdcc8c77292ef1ed4f54d154"
+GOLDEN_SOURCE_KEY = "be164dc1e541cec34a10b242e2c44b9e"
+GOLDEN_TRANSFORM_KEY = "608643a8dbb69c9169ef5b979b13c94c"
 
 
 def test_golden_keys_of_compiled_data_nodes(tmp_path, tiny_model_dir):
     """The real rules' source and jsonl_to_chat keys for fixed bytes and config, as `plan --json` shows them."""
-    from evsys_testkit import evsys, ok, plan_json
+    from evsys_testkit import plan_json
 
     (tmp_path / "train.jsonl").write_text('{"query": "save a contact from this email", "tool_slug": "OUTLOOK_CREATE_CONTACT"}\n')
     (tmp_path / "config.yaml").write_text(
@@ -155,5 +155,25 @@ def test_golden_keys_of_compiled_data_nodes(tmp_path, tiny_model_dir):
     nodes = plan_json(tmp_path)
     assert nodes["source"]["key"] == GOLDEN_SOURCE_KEY
     assert nodes["transform[0] jsonl_to_chat"]["key"] is None  # needs the source's output
-    ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=tmp_path))
+    build_source(tmp_path)
     assert plan_json(tmp_path)["transform[0] jsonl_to_chat"]["key"] == GOLDEN_TRANSFORM_KEY
+
+
+def build_source(project) -> None:
+    """Build just the source node, in process (its output is what the transform's key is made of)."""
+    import os
+
+    from evsys_build.executor import Executor
+    from evsys_build.graph import Graph
+    from evsys_build.store import Store
+    from evsys_rules.frontend import open_project
+
+    here = os.getcwd()
+    os.chdir(project)
+    try:
+        store = Store(project / "cache")
+        graph = Graph()
+        graph.add(next(n for n in open_project(project / "config.yaml", store).graph.nodes() if n.rule == "source"))
+        Executor(store).run(graph)
+    finally:
+        os.chdir(here)

