@@ -144,4 +144,4 @@ def test_golden_keys_of_compiled_data_nodes(tmp_path, tiny_model_dir):
     )
     nodes = plan_json(tmp_path)
     assert nodes["source"]["key"] == "a4bfa92445d2c5f74e72341a01dea387"
-    assert nodes["transform[0] jsonl_to_chat"]["key"] == "ae0169a36b2716be95be32ea264e13fb"
+    assert nodes["transform[0] jsonl_to_chat"]["key"] == "8777751b620e60edec9a09a4a9056110"  # jsonl_to_chat version 2 (verbatim system prompt)
