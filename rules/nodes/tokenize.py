@@ -7,19 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from evsys_build.chunks import map_chunks, read_row_chunk
-from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
 
 from ..config.loading import Arm
-from ..data.chat_tokens import load_tokenizer, tokenize_conversation, tokenizer_files
+from ..data.chat_tokens import load_tokenizer, tokenize_conversations, tokenizer_files
 from ..data.token_chunks import write_token_chunk
 from ..ml_stack import preload_ml
 from .row_chunks import chunk_starts, stage_identity
 from .views import RowDataset, TokenDataset
 
-TOKENIZE_VERSION = "1"
+TOKENIZE_VERSION = "2"  # 2: weights by construction (prompt prefixes, offsets), whole-text ids
 SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params that shape the tokens, not training
 
 
@@ -54,13 +53,8 @@ def run_tokenize(ctx: RunContext) -> dict:
 
     def one_chunk(chunk: dict) -> dict:
         rows = read_row_chunk(ctx.store, chunk)
-        out = []
-        for i, row in enumerate(rows):
-            where = f"tokenize: row {starts[chunk['blob']] + i}"
-            messages = row.get("messages")
-            if not isinstance(messages, list):
-                raise ConfigError(f"{where}: has no `messages` list; add a transform such as jsonl_to_chat before training")
-            out.append(tokenize_conversation(tok, messages, p["supervise"], p["max_length"], p["truncation"], where))
+        wheres = [f"tokenize: row {starts[chunk['blob']] + i}" for i in range(len(rows))]
+        out = tokenize_conversations(tok, rows, p["supervise"], p["max_length"], p["truncation"], wheres)
         return write_token_chunk(ctx.store, out)
 
     chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress)
