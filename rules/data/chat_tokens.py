@@ -94,7 +94,8 @@ def special_tokens_pattern(tok) -> re.Pattern:
     size = len(tok)
     cached = _special_patterns.get(tok)
     if cached is None or cached[0] != size:
-        specials = sorted({t.content for t in tok.added_tokens_decoder.values() if t.special}, key=len, reverse=True)
+        specials = {t.content for t in tok.added_tokens_decoder.values() if t.special} | {t for t in (tok.eos_token,) if t}
+        specials = sorted(specials, key=len, reverse=True)  # the end of turn, even if not flagged special
         cached = _special_patterns[tok] = (size, re.compile("|".join(re.escape(s) for s in specials) or r"(?!x)x"))
     return cached[1]
 
