@@ -127,7 +127,7 @@ def test_a_conversation_without_an_assistant_turn_is_an_error(tok):
 
 
 def test_unknown_role_is_an_error(tok):
-    with pytest.raises(ConfigError, match=r"messages\[1\]\.role: 'robot' is not one of"):
+    with pytest.raises(ConfigError, match=r"messages\[1\]\.role 'robot' is not system, user, assistant or tool"):
         tokenize(tok, [ONE_TURN[0], {"role": "robot", "content": "hi"}, ONE_TURN[2]])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 from evsys_build.store import Store
 
@@ -27,8 +28,9 @@ def write_token_chunk(store: Store, rows: list[tuple[list[int], list[float]]]) -
     lengths = [len(ids) for ids, _ in rows]
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(lengths)
-    ids = np.array([t for r, _ in rows for t in r], dtype=np.int32)
-    weights = np.array([w for _, ws in rows for w in ws], dtype=np.float32)
+    total = int(offsets[-1])
+    ids = np.fromiter(itertools.chain.from_iterable(r for r, _ in rows), dtype=np.int32, count=total)
+    weights = np.fromiter(itertools.chain.from_iterable(ws for _, ws in rows), dtype=np.float32, count=total)
     return {
         "rows": len(rows),
         "tokens": int(offsets[-1]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import string
@@ -26,7 +27,11 @@ def template_fields(template: str) -> set[str]:
 
 @register_transform("jsonl_to_chat")
 class JsonlToChat:
-    """Render each raw dict into a system/user/assistant conversation with str.format templates."""
+    """Render each raw dict into a system/user/assistant conversation with str.format templates.
+
+    The system prompt is used verbatim (braces and all, no row fields): evaluation prompts reuse
+    it as written, so training and evaluation see the same bytes.
+    """
 
     name = "jsonl_to_chat"
     row_local = True
@@ -40,16 +45,14 @@ class JsonlToChat:
         self.cfg = self.Config(**kw)
 
     def required_fields(self) -> set[str]:
-        return template_fields(self.cfg.user_template) | template_fields(self.cfg.assistant_template) | (
-            template_fields(self.cfg.system_prompt) if self.cfg.system_prompt else set()
-        )
+        return template_fields(self.cfg.user_template) | template_fields(self.cfg.assistant_template)
 
     def __call__(self, rows):
         out = []
         for row in rows:
             messages = []
             if self.cfg.system_prompt is not None:
-                messages.append({"role": "system", "content": self._fill(self.cfg.system_prompt, row, "system_prompt")})
+                messages.append({"role": "system", "content": self.cfg.system_prompt})
             messages.append({"role": "user", "content": self._fill(self.cfg.user_template, row, "user_template")})
             messages.append({"role": "assistant", "content": self._fill(self.cfg.assistant_template, row, "assistant_template")})
             out.append({"messages": messages})
@@ -65,6 +68,119 @@ class JsonlToChat:
                 f"jsonl_to_chat.params.{field}: field {exc.args[0]!r} is not in this row "
                 f"(row has: {', '.join(sorted(row)) or 'no fields'}); fix the template or the data"
             ) from None
+
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "observation": "tool",
+    "function_call": "function_call",  # LLaMA-Factory: an assistant tool call, its value the call as JSON
+}
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+@register_transform("sharegpt_to_messages")
+class ShareGptToMessages:
+    """ShareGPT rows (`conversations: [{from, value}]`) -> `messages: [{role, content}]`.
+
+    Roles human/gpt/system/tool (and user, assistant, model, observation) map to the chat roles;
+    `function_call` turns (their value is {name, arguments} as JSON, or a list of them) become
+    assistant tool calls. A top-level `system` prompt is put first and `tools` (function schemas,
+    a list or a JSON string) are kept for the template. Unknown roles are an error: map them with
+    `roles`.
+    """
+
+    name = "sharegpt_to_messages"
+    row_local = True
+
+    class Config(BaseModel, extra="forbid"):
+        field: str = "conversations"
+        role_key: str = "from"
+        content_key: str = "value"
+        system_field: Optional[str] = "system"  # a top-level system prompt, as some ShareGPT files carry
+        tools_field: Optional[str] = "tools"  # function schemas, kept as the row's `tools`
+        roles: dict[str, str] = Field(default_factory=dict)  # extra or overriding names -> system/user/assistant/tool/function_call
+
+        @model_validator(mode="after")
+        def _known_targets(self):
+            for source, target in self.roles.items():
+                if target not in CHAT_ROLES and target != "function_call":
+                    raise ValueError(f"roles.{source}: {target!r} is not one of {', '.join(CHAT_ROLES)}")
+            return self
+
+    def __init__(self, **kw):
+        self.cfg = self.Config(**kw)
+        self.roles = {**SHAREGPT_ROLES, **self.cfg.roles}
+
+    def __call__(self, rows):
+        return [self._convert(row) for row in rows]
+
+    def _convert(self, row: dict) -> dict:
+        turns = row.get(self.cfg.field)
+        if not isinstance(turns, list):
+            raise ConfigError(
+                f"sharegpt_to_messages: row has no {self.cfg.field!r} list (row has: {', '.join(sorted(row)) or 'no fields'}); "
+                "set params.field to the conversation's key"
+            )
+        messages = [self._message(turn, i) for i, turn in enumerate(turns)]
+        system = row.get(self.cfg.system_field) if self.cfg.system_field else None
+        if isinstance(system, str) and system and not (messages and messages[0]["role"] == "system"):
+            messages.insert(0, {"role": "system", "content": system})
+        out = {"messages": messages}
+        tools = row.get(self.cfg.tools_field) if self.cfg.tools_field else None
+        if tools not in (None, "", []):
+            out["tools"] = self._tools(tools)
+        return out
+
+    def _message(self, turn, i: int) -> dict:
+        at = f"sharegpt_to_messages: {self.cfg.field}[{i}]"
+        if not isinstance(turn, dict):
+            raise ConfigError(f"{at} must be an object with {self.cfg.role_key!r} and {self.cfg.content_key!r}")
+        source = turn.get(self.cfg.role_key)
+        role = self.roles.get(source) if isinstance(source, str) else None
+        if role is None:
+            raise ConfigError(
+                f"{at}.{self.cfg.role_key}: role {source!r} is not one of {', '.join(sorted(self.roles))}; "
+                f"map it with params.roles (e.g. roles: {{{source}: assistant}})"
+            )
+        value = turn.get(self.cfg.content_key)
+        if role == "function_call":
+            return {"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(value, f"{at}.{self.cfg.content_key}")}
+        if not isinstance(value, str):
+            raise ConfigError(f"{at}.{self.cfg.content_key} must be a string, got {type(value).__name__}")
+        return {"role": role, "content": value}
+
+    def _tools(self, tools) -> list:
+        at = f"sharegpt_to_messages: {self.cfg.tools_field}"
+        if isinstance(tools, str):
+            tools = _json_value(tools, at)
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise ConfigError(f"{at} must be a list of function schemas (or a JSON string of one)")
+        return [t if t.get("type") == "function" and "function" in t else {"type": "function", "function": t} for t in tools]
+
+
+def _sharegpt_calls(value, at: str) -> list[dict]:
+    """A function_call turn's value ({name, arguments} as JSON or an object, or a list of them) as tool calls."""
+    calls = _json_value(value, at) if isinstance(value, str) else value
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for j, call in enumerate(calls):
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise ConfigError(f"{at}: call {j} must be an object with a string `name` and `arguments`")
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}})
+    return out
+
+
+def _json_value(text: str, at: str):
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{at} is not valid JSON ({exc.msg} at char {exc.pos})") from None
 
 
 @register_transform("filter")

@@ -4,6 +4,7 @@ algorithm params that shape tokens (supervise, max_length, truncation)."""
 
 from __future__ import annotations
 
+import re
 
 from evsys_build.chunks import map_chunks, read_row_chunk
 from evsys_build.errors import ConfigError
@@ -11,7 +12,7 @@ from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 
 from ..config.loading import Arm
-from ..data.chat_tokens import load_tokenizer, tokenize_conversation
+from ..data.chat_tokens import load_tokenizer, tokenize_conversations
 from ..data.token_chunks import write_token_chunk
 from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel, tokenizer_files
@@ -55,18 +56,16 @@ def run_tokenize(ctx: RunContext) -> dict:
 
     def one_chunk(chunk: dict) -> dict:
         rows = read_row_chunk(ctx.store, chunk)
-        out = []
-        for i, row in enumerate(rows):
-            index = starts[chunk["blob"]] + i
-            where = f"row {index}"
-            try:
-                messages = row.get("messages")
-                if messages is None:
-                    raise ConfigError(f"{where}: messages: the row has none; add a transform such as jsonl_to_chat before training")
-                out.append(tokenize_conversation(tok, messages, p["supervise"], p["max_length"], p["truncation"], where))
-            except ConfigError as exc:
-                located = row_location(ctx.store, rows_node, index)
-                raise ConfigError(f"{located}: tokenize: {exc.message.removeprefix(where + ': ')}") from None
+        start = starts[chunk["blob"]]
+        wheres = [f"row {start + i}" for i in range(len(rows))]
+        try:
+            out = tokenize_conversations(tok, rows, p["supervise"], p["max_length"], p["truncation"], wheres)
+        except ConfigError as exc:  # name the row by where it came from: data/train.jsonl:6
+            row = re.match(r"row (\d+): ", exc.message)
+            if row is None:
+                raise
+            located = row_location(ctx.store, rows_node, int(row.group(1)))
+            raise ConfigError(f"{located}: tokenize: {exc.message[row.end():]}") from None
         return write_token_chunk(ctx.store, out)
 
     rows_node = ctx.node.inputs[0][1]
