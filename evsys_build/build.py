@@ -12,6 +12,7 @@ from .errors import CorruptObject, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
 from .interrupts import stop_on_signals
 from .planner import PlanEntry, plan
+from .pools import NodePool, make_pool
 from .project import frontend
 from .runs import finish_run, start_run
 from .store import Store, referenced_objects
@@ -33,21 +34,23 @@ def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[Pla
     return plan(store, graph, project.refs(store))
 
 
-def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
+def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
     """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise."""
-    return build_project(frontend().open_project(config, store), store, arm, jobs, echo)
+    return build_project(frontend().open_project(config, store), store, arm, jobs, echo, executor=executor, ray_address=ray_address)
 
 
-def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
+def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
     """Build an already opened project and record the run; returns the exit code.
 
-    The whole build holds the store's shared build lock (gc waits for it); Ctrl-C/SIGTERM set
-    `stop` (see interrupts.py): nodes finish their step, the run is recorded as interrupted, and
-    Interrupted is raised (exit 130).
+    `executor` says where nodes run (pools.py: threads, inline, ray; or a NodePool). The whole
+    build holds the store's build lock (gc waits for it, or on a remote store spares what it
+    writes); Ctrl-C/SIGTERM set `stop` (see interrupts.py): nodes finish their step, the run is
+    recorded as interrupted, and Interrupted is raised (exit 130).
     """
     graph, arms = _graph_for(project, arm)
     printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
-    executor = Executor(store, jobs=jobs, on_event=printer, stop=stop)
+    pool = make_pool(executor, jobs, ray_address, project) if isinstance(executor, str) else executor
+    executor = Executor(store, jobs=jobs, on_event=printer, stop=stop, pool=pool)
     with store.build_lock(), stop_on_signals(executor.stop):
         store.clean_staging()
         run = start_run(store, project, arms)
@@ -68,6 +71,8 @@ def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, 
         finally:
             printer.clear()
             finish_run(store, run, status, graph, getattr(executor, "results", {}), summary, list(getattr(executor, "unplanned", {}).values()))
+            if pool.name == "ray":
+                _err(f"evsys: ray: {pool.submitted} task(s) submitted")
     return 0
 
 

@@ -20,7 +20,8 @@ class Project:
 
     def __init__(self, loaded: LoadedConfig, store: Store):
         self.loaded = loaded
-        statcache = StatCache(store.root / "stat-cache.json")
+        self.config_path = loaded.path
+        statcache = StatCache(store.local_dir / "stat-cache.json")
         self.graph, self.arm_nodes = compile_graph(loaded, statcache)
         statcache.save()
         self.experiment = loaded.experiment_name
