@@ -26,7 +26,7 @@ from ..models.resolve import file_digests, model_identity, tokenizer_files
 from ..outputs.callbacks import make_callbacks
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
-from .train import make_backend
+from .train import backend_resources, make_backend
 from .views import Checkpoint, EvalResult
 
 TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
@@ -44,6 +44,7 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path, statcach
         "tokenizer": file_digests(tokenizer_files(model_dir), model_dir, statcache),
     }
     max_steps = arm.params["algorithm"].max_steps
+    resources = backend_resources(make_backend(arm))
     for bench in arm.config.metadata.benchmark:
         tasks = load_tasks(Path(bench.path))
         steps = list(range(bench.run_every, max_steps + 1, bench.run_every)) if bench.run_every else []
@@ -67,6 +68,7 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model_dir: Path, statcach
                     "model": "base model or tokenizer changed",
                 },
                 payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt},
+                resources=resources,
             )
             evals.append((bench, step, node))
     return evals
