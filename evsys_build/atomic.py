@@ -12,6 +12,7 @@ from .errors import StoreError
 
 STAGING_PREFIX = ".evsys-"  # + "<pid>-": a later build or gc removes what a dead process left
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 
 
 class WriteFailed(StoreError):
@@ -20,6 +21,17 @@ class WriteFailed(StoreError):
 
 def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write `data` to `path` so readers see either nothing or the whole file."""
+    _publish(path, data, tmp_dir, exclusive=False)
+
+
+def create_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> bool:
+    """Write `data` to `path` only if nothing is there yet, atomically: the staged file is
+    hard-linked into place, and link(2) fails when the name exists (the local counterpart of S3's
+    `If-None-Match: *`). Returns False when `path` already existed."""
+    return _publish(path, data, tmp_dir, exclusive=True)
+
+
+def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool) -> bool:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,15 +43,28 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            if path.exists():  # a filesystem without hard links: check, then rename (not atomic)
+                return False
+            os.replace(tmp, path)
+            tmp = None
+            return True
+        return True
     except OSError as exc:
-        _remove(tmp)
         if exc.errno in DISK_ERRNOS:
             raise WriteFailed(f"cannot write {path}: {exc.strerror}; free some space or write elsewhere (--cache-dir, output_dir)") from None
         raise
-    except BaseException:
-        _remove(tmp)
-        raise
+    finally:
+        _remove(tmp if tmp and os.path.exists(tmp) else None)
 
 
 def staging_owner_alive(name: str) -> bool:

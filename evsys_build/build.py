@@ -14,6 +14,7 @@ from .fastpath import save as save_snapshot
 from .fastpath import try_fast_build
 from .interrupts import stop_on_signals
 from .planner import PlanEntry, plan
+from .pools import NodePool, make_pool
 from .project import frontend
 from .runs import finish_run, start_run
 from .store import Store, referenced_objects
@@ -36,13 +37,15 @@ def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[Pla
     return plan(store, graph, project.refs(store))
 
 
-def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
+def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
     """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise.
 
-    A config that nothing about has changed since its last fully cached build takes the fast
-    path (fastpath.py); a fully cached build leaves the snapshot that path checks.
+    A config that nothing about has changed since its last fully cached build into a local
+    store takes the fast path (fastpath.py); a fully cached build leaves the snapshot that path
+    checks. A remote store is shared with other machines, so its builds always compile.
     """
-    if try_fast_build(store, config, arm, echo):
+    local = getattr(store.bucket, "root", None) is not None
+    if local and try_fast_build(store, config, arm, echo):
         return 0
     lines: list[str] = []
 
@@ -52,28 +55,30 @@ def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2,
 
     with watching() as watcher:
         project = frontend().open_project(config, store)
-    code, run, executor, printer = _build(project, store, arm, jobs, tee)
-    if code == 0 and executor.executions == 0 and not printer.warned and getattr(project, "fast_path_ok", False):
+    code, run, runner, printer = _build(project, store, arm, jobs, tee, executor=executor, ray_address=ray_address)
+    if local and code == 0 and runner.executions == 0 and not printer.warned and getattr(project, "fast_path_ok", False):
         graph, _ = _graph_for(project, arm)
         save_snapshot(store, config, arm, watcher, [n.key for n in graph.nodes()], lines, run)
     return code
 
 
-def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
+def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
     """Build an already opened project and record the run; returns the exit code.
 
-    The whole build holds the store's shared build lock (gc waits for it); Ctrl-C/SIGTERM set
-    `stop` (see interrupts.py): nodes finish their step, the run is recorded as interrupted, and
-    Interrupted is raised (exit 130).
+    `executor` says where nodes run (pools.py: threads, inline, ray; or a NodePool). The whole
+    build holds the store's build lock (gc waits for it, or on a remote store spares what it
+    writes); Ctrl-C/SIGTERM set `stop` (see interrupts.py): nodes finish their step, the run is
+    recorded as interrupted, and Interrupted is raised (exit 130).
     """
-    return _build(project, store, arm, jobs, echo, stop)[0]
+    return _build(project, store, arm, jobs, echo, stop, executor, ray_address)[0]
 
 
-def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None = None):
+def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None):
     """(exit code, the run record, the executor, the printer) of one build."""
     graph, arms = _graph_for(project, arm)
     printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
-    executor = Executor(store, jobs=jobs, on_event=printer, stop=stop)
+    pool = make_pool(executor, jobs, ray_address, project) if isinstance(executor, str) else executor
+    executor = Executor(store, jobs=jobs, on_event=printer, stop=stop, pool=pool)
     with store.build_lock(), stop_on_signals(executor.stop):
         store.clean_staging()
         run = start_run(store, project, arms)
@@ -94,6 +99,8 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
         finally:
             printer.clear()
             finish_run(store, run, status, graph, getattr(executor, "results", {}), summary, list(getattr(executor, "unplanned", {}).values()))
+            if pool.name == "ray":
+                _err(f"evsys: ray: {pool.submitted} task(s) submitted")
     return 0, run, executor, printer
 
 

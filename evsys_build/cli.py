@@ -9,15 +9,20 @@ from pathlib import Path
 
 import click
 
-from . import cli_runs
+from . import cli_runs, cli_sync
 from .build import plan_entries, run_build
 from .errors import EvsysError, Interrupted, UsageError
 from .gc import collect_garbage, verify_store
+from .pools import EXECUTORS
 from .project import frontend
 from .show import show_node
-from .store import Store, default_cache_dir
+from .store import Store, cache_location, open_store
 
-cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="store location (default: $EVSYS_CACHE or ./.evsys-cache)")
+cache_option = click.option("--cache-dir", default=None, help="store location: a folder, s3://bucket/prefix or gs://bucket/prefix (default: $EVSYS_CACHE or ./.evsys-cache)")
+
+
+def _store(cache_dir: str | None, remote: str | None = None) -> Store:
+    return open_store(cache_location(cache_dir), upstream=remote)
 
 
 class EvsysGroup(click.Group):
@@ -46,15 +51,21 @@ def main():
 @main.command()
 @click.argument("config", type=click.Path())
 @click.option("--arm", default=None, help="build only this arm")
-@click.option("-j", "--jobs", default=2, show_default=True, help="nodes to run at once")
+@click.option("-j", "--jobs", default=2, show_default=True, help="nodes to run at once (--executor threads)")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="threads", show_default=True, help="where nodes run: threads of this process, inline (one at a time, for a debugger), or ray")
+@click.option("--ray-address", default=None, help="with --executor ray: auto, ray://host:10001, or host:port (default: $RAY_ADDRESS, else a local Ray)")
+@click.option("--remote", default=None, envvar="EVSYS_REMOTE", help="read through this store (s3://…, gs://… or a folder): nodes found there are copied into --cache-dir instead of rebuilt")
 @cache_option
-def build(config, arm, jobs, cache_dir):
+def build(config, arm, jobs, executor, ray_address, remote, cache_dir):
     """Build every node CONFIG implies; print one line per node, then the run dir."""
-    store = Store(default_cache_dir(cache_dir))
+    if ray_address and executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
+    store = _store(cache_dir, remote)
     try:
-        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo)
+        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo, executor=executor, ray_address=ray_address)
     except Interrupted as exc:
         resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
+        resume += (f" --executor {executor}" if executor != "threads" else "") + (f" --ray-address {ray_address}" if ray_address else "") + (f" --remote {remote}" if remote else "")
         click.echo(f"evsys: interrupted: {exc.message}; finished work is stored, run `{resume}` to resume", err=True)
         sys.exit(exc.exit_code)
     sys.exit(code)
@@ -67,7 +78,7 @@ def build(config, arm, jobs, cache_dir):
 @cache_option
 def plan(config, arm, as_json, cache_dir):
     """Dry run: which nodes would run, and why."""
-    entries = plan_entries(Path(config), Store(default_cache_dir(cache_dir)), arm)
+    entries = plan_entries(Path(config), _store(cache_dir), arm)
     if as_json:
         click.echo(json.dumps({"nodes": [e.as_json() for e in entries]}, indent=1))
         return
@@ -101,7 +112,7 @@ def _label(node, arms) -> str:
 @cache_option
 def show(ref, as_json, rows, cache_dir):
     """Show a node: `evsys show node:<key or unique prefix>`."""
-    click.echo(show_node(Store(default_cache_dir(cache_dir)), ref, as_json=as_json, rows=rows, color=sys.stdout.isatty()))
+    click.echo(show_node(_store(cache_dir), ref, as_json=as_json, rows=rows, color=sys.stdout.isatty()))
 
 
 @main.command()
@@ -120,7 +131,7 @@ def validate(config, deep):
 @cache_option
 def dag(config, fmt, cache_dir):
     """Print the build graph as mermaid or dot."""
-    project = frontend().open_project(Path(config), Store(default_cache_dir(cache_dir)))
+    project = frontend().open_project(Path(config), _store(cache_dir))
     click.echo(project.graph.to_mermaid() if fmt == "mermaid" else project.graph.to_dot(), nl=False)
 
 
@@ -131,7 +142,7 @@ def dag(config, fmt, cache_dir):
 @cache_option
 def gc(dry_run, keep_last, keep_within, cache_dir):
     """Remove what no retained run references (waits for running builds to finish)."""
-    store = Store(default_cache_dir(cache_dir))
+    store = _store(cache_dir)
     days = _days(keep_within)
     report = collect_garbage(store, keep_last, days, dry_run, on_wait=lambda: click.echo("evsys: waiting for running builds to finish...", err=True))
     verb = "would remove" if dry_run else "removed"
@@ -171,7 +182,7 @@ def _mb(size: int) -> str:
 @cache_option
 def verify(repair, cache_dir):
     """Re-hash every object, check every manifest and memo; name each bad object's node. Exit 1 on a problem."""
-    store = Store(default_cache_dir(cache_dir))
+    store = _store(cache_dir)
     problems = verify_store(store, repair=repair)
     for p in problems:
         click.echo(p)
@@ -182,6 +193,7 @@ def verify(repair, cache_dir):
 
 
 cli_runs.register(main, cache_option)
+cli_sync.register(main, cache_option)
 
 
 if __name__ == "__main__":  # `python -m evsys_build.cli ...`

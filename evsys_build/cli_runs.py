@@ -9,7 +9,7 @@ import click
 
 from .errors import UsageError
 from .project import frontend
-from .store import Store, default_cache_dir
+from .store import Store, cache_location, open_store
 
 
 def list_runs(store: Store, experiment: str | None) -> list[dict]:
@@ -20,7 +20,7 @@ def find_run(store: Store, run_id: str) -> dict:
     """The run whose id is (or starts with) `run_id`, in any experiment."""
     matches = [r for r in store.iter_runs() if r["id"].startswith(run_id)]
     if not matches:
-        raise UsageError(f"no run {run_id!r} in {store.root}; `evsys runs` lists them")
+        raise UsageError(f"no run {run_id!r} in {store}; `evsys runs` lists them")
     if len(matches) > 1:
         raise UsageError(f"run id {run_id!r} is ambiguous ({', '.join(r['id'] for r in matches[:5])}); give more characters")
     return matches[0]
@@ -56,7 +56,7 @@ def register(main: click.Group, cache_option) -> None:
     @click.pass_context
     def runs(ctx, experiment, as_json, cache_dir):
         """List the runs of the store (`evsys runs EXPERIMENT`: of one experiment), oldest first."""
-        ctx.obj = Store(default_cache_dir(cache_dir))
+        ctx.obj = open_store(cache_location(cache_dir))
         if ctx.invoked_subcommand is not None:
             return
         found = list_runs(ctx.obj, experiment)
@@ -74,7 +74,7 @@ def register(main: click.Group, cache_option) -> None:
     @click.pass_obj
     def show_run(store, run_id, write_dir, cache_dir):
         """Show one run (config, arms, node keys, metrics); with --write, rewrite its run dir from the store."""
-        store = Store(default_cache_dir(cache_dir)) if cache_dir else store
+        store = open_store(cache_location(cache_dir)) if cache_dir else store
         run = find_run(store, run_id)
         if write_dir:
             written = frontend().write_run(store, run, Path(write_dir))

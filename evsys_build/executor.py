@@ -5,6 +5,10 @@ A node's runner gets a RunContext and returns {"outputs", "metrics", "stats", "a
 "built_on"}; the executor writes the manifest atomically afterwards, so a failed or killed node
 leaves nothing behind. `outputs` is what the nodes below read and key on (its digest is the
 node's output digest); `attachments` are blobs kept beside it (for `show`) that no key depends on.
+
+The scheduler here decides *what* runs; a NodePool (pools.py: inline, threads; ray_pool.py: Ray)
+decides *where*. Every pool runs a node through `run_node` below, so results are the same bytes
+whichever runs them.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import socket
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed
 from .graph import Graph, Node
 from .hashing import digest
 from .planner import cached_manifest, output_digest
 from .store import Store, referenced_objects
+
+if TYPE_CHECKING:
+    from .pools import NodePool
 
 MAX_HEALS = 3  # rebuilds of corrupt inputs per node before the corruption is reported as a failure
 
@@ -49,6 +55,7 @@ class RunContext:
     emit: Callable[[Event], None]
     stop: threading.Event = field(default_factory=threading.Event)
     published: dict[str, dict] = field(default_factory=dict)
+    where: dict = field(default_factory=dict)  # added to built_on (a Ray worker's node id)
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         self.emit(Event("progress", self.node, done=done, total=total, message=message))
@@ -67,15 +74,15 @@ class RunContext:
 
     def publish(self, child: Node, body: dict) -> dict:
         """Write the manifest of a node this one produces (a checkpoint) while still running."""
-        manifest = node_manifest(child, body, 0.0, [("producer", self.node, None)])
-        self.store.write_manifest(child.key, manifest)
+        manifest = node_manifest(child, body, 0.0, [("producer", self.node, None)], self.where)
+        manifest = self.store.write_manifest(child.key, manifest)
         self.published[child.id] = manifest
         self.emit(Event("published", child, manifest=manifest))
         return manifest
 
 
 class Executor:
-    """Builds every node of a graph, `jobs` at a time.
+    """Builds every node of a graph, `jobs` at a time (or as a given NodePool runs them).
 
     run(graph)
       _schedule()      every pending node whose inputs are built: resolve its key, then serve it
@@ -85,11 +92,14 @@ class Executor:
       then             raise Interrupted or the first failure, once running nodes have stopped
     """
 
-    def __init__(self, store: Store, jobs: int = 1, on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None):
+    def __init__(self, store: Store, jobs: int = 1, on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None, pool: "NodePool | None" = None):
+        from .pools import ThreadPool
+
         self.store = store
         self.jobs = max(1, jobs)
         self.on_event = on_event or (lambda e: None)
         self.stop = stop or threading.Event()
+        self.pool = pool or ThreadPool(self.jobs)
         self.executions = 0
 
     def run(self, graph: Graph) -> dict[str, dict]:
@@ -101,7 +111,8 @@ class Executor:
         self.failure: BaseException | None = None
         self.heals: dict[str, int] = {}
         self.unplanned: dict[str, tuple[Node, dict]] = {}  # published nodes the graph does not hold (a checkpoint saved on interrupt)
-        with ThreadPoolExecutor(max_workers=self.jobs) as self.pool:
+        self.pool.open(graph, self.store, self._emit, self.stop)
+        try:
             while self.pending or self.running:
                 if self.failure is None and not self.stop.is_set():
                     self._schedule()
@@ -111,6 +122,8 @@ class Executor:
                         raise NodeFailed(f"nothing can run but these nodes are not built: {stuck}")
                     break
                 self._settle(*self.completions.get())
+        finally:
+            self.pool.close()
         if self.stop.is_set():
             raise self.failure if isinstance(self.failure, Interrupted) else Interrupted("the build was stopped")
         if self.failure is not None:
@@ -120,7 +133,7 @@ class Executor:
     # -- scheduling -------------------------------------------------------------
     def _schedule(self) -> None:
         for node in list(self.pending.values()):
-            if node.id in self.running:
+            if node.id in self.running or node.id not in self.pending:
                 continue
             if node.produced_by is not None:
                 if node.produced_by.id in self.results:  # its producer was cached or has finished
@@ -138,14 +151,14 @@ class Executor:
                 continue
             self.running.add(node.id)
             inputs = {label: self.results[p.id] for label, p in node.inputs}
-            self.pool.submit(self._run_node, node, inputs)
+            self.pool.submit(node, inputs, self.completions.put)
 
     def _done(self, node: Node, manifest: dict, event: str, message: str = "") -> None:
         self.results[node.id] = manifest
         self.pending.pop(node.id, None)
         self.on_event(Event(event, node, manifest=manifest, message=message))
 
-    def _settle(self, kind: str, node: Node, payload) -> None:
+    def _settle(self, kind: str, node: Node, payload, ran: bool = False) -> None:
         if kind == "published":
             if node.id in self.pending:
                 self._done(node, payload, "cached", "published")
@@ -154,6 +167,7 @@ class Executor:
             return
         self.running.discard(node.id)
         if kind == "done":
+            self.executions += ran
             self.results[node.id] = payload
             self.pending.pop(node.id, None)
         elif kind == "corrupt" and self.failure is None and not self.stop.is_set() and self._heal(node, payload):
@@ -188,52 +202,54 @@ class Executor:
                 owners.append(candidate)
         return owners
 
-    # -- one node, in a worker thread ----------------------------------------------
-    def _run_node(self, node: Node, inputs: dict[str, dict]) -> None:
-        """Run one node; exactly one completion is always queued, whatever happens (even if
-        printing an event fails), so the scheduler never waits forever."""
-        outcome: tuple = ("failed", node, NodeFailed(f"{node.name} stopped without a result"))
-        try:
-            outcome = ("done", node, self._build_node(node, inputs))
-        except CorruptObject as exc:
-            outcome = ("corrupt", node, exc)
-        except Interrupted as exc:
-            outcome = ("failed", node, exc)
-        except EvsysError as exc:
-            outcome = ("failed", node, exc)
-            _quietly(self.on_event, Event("failed", node, message=str(exc)))
-        except BaseException as exc:  # a bug in a rule: keep its traceback
-            wrapped = NodeFailed(f"{node.name} failed: {type(exc).__name__}: {exc}")
-            wrapped.traceback = traceback.format_exc()
-            outcome = ("failed", node, wrapped)
-            _quietly(self.on_event, Event("failed", node, message=wrapped.message))
-        finally:
-            self.completions.put(outcome)
-
-    def _build_node(self, node: Node, inputs: dict[str, dict]) -> dict:
-        with self.store.lock(node.key):
-            manifest = cached_manifest(self.store, node)
-            if manifest is not None:  # another build finished it while we waited
-                self.on_event(Event("cached", node, manifest=manifest))
-                return manifest
-            self.on_event(Event("start", node))
-            ctx = RunContext(self.store, node, inputs, self._emit, self.stop)
-            started = time.perf_counter()
-            body = node.run(ctx)
-            seconds = time.perf_counter() - started
-            self.executions += 1
-            manifest = node_manifest(node, body, seconds, [(label, p, inputs[label]) for label, p in node.inputs])
-            for child in node.produces:
-                if self.store.complete_manifest(child.key, label=child.name) is None:
-                    raise NodeFailed(f"{node.name} finished without producing {child.name}")
-            self.store.write_manifest(node.key, manifest)
-        self.on_event(Event("ran", node, seconds=seconds, manifest=manifest))
-        return manifest
-
     def _emit(self, event: Event) -> None:
+        """Events from running nodes (in a pool thread, or relayed from a Ray worker)."""
         if event.kind == "published":
             self.completions.put(("published", event.node, event.manifest))
         self.on_event(event)
+
+
+# -- one node, wherever a pool runs it ------------------------------------------------------------
+def run_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable[[Event], None], stop: threading.Event, where: dict | None = None) -> tuple:
+    """Run one node; returns its outcome (kind, node, manifest or error, ran), whatever happens
+    (even if printing an event fails), so the scheduler never waits forever."""
+    try:
+        manifest, ran = build_node(store, node, inputs, emit, stop, where or {})
+        return ("done", node, manifest, ran)
+    except CorruptObject as exc:
+        return ("corrupt", node, exc, False)
+    except Interrupted as exc:
+        return ("failed", node, exc, False)
+    except EvsysError as exc:
+        _quietly(emit, Event("failed", node, message=str(exc)))
+        return ("failed", node, exc, False)
+    except BaseException as exc:  # a bug in a rule: keep its traceback
+        wrapped = NodeFailed(f"{node.name} failed: {type(exc).__name__}: {exc}")
+        wrapped.traceback = traceback.format_exc()
+        _quietly(emit, Event("failed", node, message=wrapped.message))
+        return ("failed", node, wrapped, False)
+
+
+def build_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable[[Event], None], stop: threading.Event, where: dict) -> tuple[dict, bool]:
+    """Under the node's lock: serve it if another build finished it meanwhile, else run it and
+    write its manifest (after its objects). Returns (the stored manifest, whether it ran)."""
+    with store.lock(node.key):
+        manifest = cached_manifest(store, node)
+        if manifest is not None:  # another build finished it while we waited
+            emit(Event("cached", node, manifest=manifest))
+            return manifest, False
+        emit(Event("start", node))
+        ctx = RunContext(store, node, inputs, emit, stop, where=where)
+        started = time.perf_counter()
+        body = node.run(ctx)
+        seconds = time.perf_counter() - started
+        manifest = node_manifest(node, body, seconds, [(label, p, inputs[label]) for label, p in node.inputs], where)
+        for child in node.produces:
+            if store.complete_manifest(child.key, label=child.name) is None:
+                raise NodeFailed(f"{node.name} finished without producing {child.name}")
+        manifest = store.write_manifest(node.key, manifest)
+    emit(Event("ran", node, seconds=seconds, manifest=manifest))
+    return manifest, True
 
 
 def _quietly(emit, event: Event) -> None:
@@ -244,7 +260,7 @@ def _quietly(emit, event: Event) -> None:
         return
 
 
-def node_manifest(node: Node, body: dict, seconds: float, inputs: list[tuple[str, Node, dict | None]]) -> dict:
+def node_manifest(node: Node, body: dict, seconds: float, inputs: list[tuple[str, Node, dict | None]], where: dict | None = None) -> dict:
     """The manifest of a built node: its recipe, its inputs (with the output digests its key was
     made of), outputs and their digest, attachments, metrics, timings, and where it was built."""
     outputs = body.get("outputs", {})
@@ -266,5 +282,5 @@ def node_manifest(node: Node, body: dict, seconds: float, inputs: list[tuple[str
         "stats": body.get("stats", {}),
         "timings": {"seconds": round(seconds, 4)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "built_on": {"host": socket.gethostname(), **body.get("built_on", {})},
+        "built_on": {"host": socket.gethostname(), **(where or {}), **body.get("built_on", {})},
     }

@@ -35,7 +35,7 @@ SNAPSHOT_VERSION = 1
 
 def snapshot_path(store: Store, config: Path, arm: str | None) -> Path:
     key = digest({"config": os.path.abspath(config), "arm": arm, "cwd": os.getcwd(), "store": os.path.abspath(store.root)})
-    return store.root / "fastpath" / f"{key}.json"
+    return store.local_dir / "fastpath" / f"{key}.json"
 
 
 def environment() -> dict:
@@ -60,7 +60,7 @@ def save(store: Store, config: Path, arm: str | None, watcher: Watcher, node_key
         "lines": lines,
         "run": {k: v for k, v in run.items() if k not in ("id", "started", "finished", "host", "pid")},
     }
-    write_atomic(snapshot_path(store, config, arm), json.dumps(snapshot).encode(), store.tmp)
+    write_atomic(snapshot_path(store, config, arm), json.dumps(snapshot).encode(), store.local_dir / "tmp")
 
 
 def try_fast_build(store: Store, config: Path, arm: str | None, echo: Callable[[str], None]) -> bool:

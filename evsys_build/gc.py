@@ -2,8 +2,11 @@
 
 `gc` keeps every node that a retained run references (with the nodes they were built from):
 per experiment the newest `keep_last` runs and every run younger than `keep_within`, plus each
-arm's newest run. It holds the store's lock exclusively, so it waits for running builds and
-never removes what one is writing or about to reuse.
+arm's newest run. On a local store it holds the store's lock exclusively, so it waits for running
+builds and never removes what one is writing or about to reuse. A remote store cannot be locked
+that way across machines: there gc removes nothing written after the oldest running build started
+(builds register in the store with heartbeats, remote_bucket.py), and a build that reuses an old
+entry gc removes at that moment finds it missing and rebuilds it (never serves it half there).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .hashing import digest_bytes
-from .store import Store, referenced_objects
+from .errors import CorruptObject
+from .store import Store, _safe as _safe_name, referenced_objects
 
 DAY = 86400.0
 
@@ -41,13 +44,18 @@ class GcReport:
 
 def collect_garbage(store: Store, keep_last: int = 5, keep_within_days: float = 14.0, dry_run: bool = False, on_wait=None, now: float | None = None) -> GcReport:
     """Apply the retention policy; with `dry_run`, only report what would go."""
-    with store.gc_lock(on_wait):
-        return _collect(store, keep_last, keep_within_days, dry_run, now if now is not None else time.time())
+    with store.gc_lock(on_wait) as cutoff:
+        return _collect(store, keep_last, keep_within_days, dry_run, now if now is not None else time.time(), cutoff)
 
 
-def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: bool, now: float) -> GcReport:
+def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: bool, now: float, cutoff: float | None = None) -> GcReport:
+    """`cutoff`: entries written at or after it stay, referenced or not (a build may be writing them)."""
+    old = (lambda entry: True) if cutoff is None else (lambda entry: entry is not None and entry.modified < cutoff)
     runs = list(store.iter_runs())
     kept = retained_runs(store, runs, keep_last, keep_within_days, now)
+    if cutoff is not None:  # a run recorded after the cutoff belongs to a build that may still run
+        written = store.run_entries()
+        kept |= {(r["experiment"], r["id"]) for r in runs if not old(written.get((_safe_name(r["experiment"]), _safe_name(r["id"]))))}
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept])
     live_objects: set[str] = set()
@@ -62,33 +70,32 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     report = GcReport(kept_runs=len(kept), kept_nodes=len(live))
     report.removed_runs = [{"experiment": r["experiment"], "id": r["id"], "status": r.get("status"), "started": r.get("started")} for r in expired]
     owners = _run_owners(expired)
+    objects = store.entries("objects")
     counted: set[str] = set()
-    for key in store.iter_manifests():
-        if key in live:
+    for key, entry in store.entries("nodes").items():
+        if key in live or not old(entry):
             continue
         manifest = store.read_manifest(key, quarantine=False) or {}
         own = referenced_objects(manifest) - live_objects - counted
         counted |= own
-        size = sum(store.object_size(o) for o in own)
+        size = sum(objects[o].size for o in own if o in objects)
         report.removed_nodes.append(RemovedNode(key, manifest.get("name", "?"), manifest.get("rule", "?"), size, sorted(owners.get(key, []))))
-    dead_objects = [name for name in store.iter_objects() if name not in live_objects]
+    dead_objects = [name for name, entry in objects.items() if name not in live_objects and old(entry)]
     report.removed_objects = len(dead_objects)
-    report.freed_bytes = sum(store.object_size(o) for o in dead_objects)
-    dead_memos = [k for k in store.iter_memo_keys() if not _memo_live(store, k, live_objects, live_checkpoints)]
+    report.freed_bytes = sum(objects[o].size for o in dead_objects)
+    dead_memos = [k for k, entry in store.entries("memo").items() if old(entry) and not _memo_live(store, k, live_objects, live_checkpoints)]
     report.removed_memos = len(dead_memos)
-    stale = store.stale_staging()
-    report.removed_staging = len(stale)
+    report.removed_staging = len(store.stale_staging())
     if not dry_run:
         for run in expired:
             store.delete_run(run["experiment"], run["id"])
-        for node in report.removed_nodes:
+        for node in report.removed_nodes:  # manifests before their objects: a node never reads as built without them
             store.delete_manifest(node.key)
         for key in dead_memos:
             store.delete_memo(key)
         for name in dead_objects:
-            store.object_path(name).unlink(missing_ok=True)
-        for f in stale:
-            f.unlink(missing_ok=True)
+            store.delete_object(name)
+        store.clean_staging()
         store.remove_node_locks()
     return report
 
@@ -172,7 +179,9 @@ def verify_store(store: Store, repair: bool = False) -> list[str]:
             if not store.has_object(name):
                 problems.append(f"{label}: object {name} is missing; the next build rebuilds it")
     for name in store.iter_objects():
-        if digest_bytes(store.object_path(name).read_bytes()) != name:
+        try:
+            store.get_bytes(name, quarantine=False)
+        except CorruptObject:
             who = ", ".join(owners.get(name, [])) or "no node (unreferenced)"
             problems.append(f"object {name}: corrupt (its bytes do not match its name); owned by {who}")
             if repair:
@@ -182,6 +191,6 @@ def verify_store(store: Store, repair: bool = False) -> list[str]:
             problems.append(f"memo {key[:12]}: its value does not match its digest" + (" (quarantined)" if repair else ""))
     for f in store.stale_staging():
         problems.append(f"{f}: a staging file a killed build left behind" + (" (removed)" if repair else ""))
-        if repair:
-            f.unlink(missing_ok=True)
+    if repair:
+        store.clean_staging()
     return problems

@@ -21,7 +21,9 @@ class Node:
       same bytes leaves this key, and so this node's cache entry, unchanged). A node another
       node produces while it runs (a checkpoint) is keyed by (recipe, producer's key).
 
-    `params` go into both; `payload` is runtime data that must not (paths, callbacks).
+    `params` go into both; `payload` is runtime data that must not (paths, callbacks), nor may
+    `resources`: what running it asks of a cluster (num_cpus, num_gpus, custom resources,
+    max_retries; see ray_pool.py), declared by its rule and overridable per config.
     `param_paths` maps a top-level param to the config path shown in plan reasons;
     `param_labels` gives a fixed reason for a param (e.g. "data file content changed").
     """
@@ -38,6 +40,7 @@ class Node:
     produced_by: "Node | None" = None
     produces: list["Node"] = field(default_factory=list)
     payload: Any = None
+    resources: dict = field(default_factory=dict)
     key: str | None = None  # set by resolve(); None while an input is not built yet
     _id: str | None = None
 

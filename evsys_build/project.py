@@ -26,6 +26,7 @@ class Project(Protocol):
     graph: "Graph"
     experiment: str
     arm_names: list[str]
+    config_path: Path  # what it was opened from: a Ray worker reopens the project from it
 
     def graph_for(self, arm: str | None) -> "Graph":
         """The whole graph (arm None) or one arm's nodes."""
@@ -66,5 +67,9 @@ class Frontend(Protocol):
         ...
 
 
-def frontend() -> Frontend:
-    return importlib.import_module(os.environ.get("EVSYS_FRONTEND", DEFAULT_FRONTEND))
+def frontend_name() -> str:
+    return os.environ.get("EVSYS_FRONTEND", DEFAULT_FRONTEND)
+
+
+def frontend(name: str | None = None) -> Frontend:
+    return importlib.import_module(name or frontend_name())

@@ -31,7 +31,7 @@ def format_manifest(store: Store, m: dict) -> str:
     for i in m.get("inputs", []):
         lines.append(f"input    {i['label']}: {i['name']} ({i['rule']}) node:{i['key'][:12]}")
     names = sorted(referenced_objects(m.get("outputs", {})))
-    size = sum(store.object_path(n).stat().st_size for n in names if store.has_object(n))
+    size = sum(store.object_size(n) for n in names)
     lines.append(f"outputs  {', '.join(sorted(m.get('outputs', {})))} — {len(names)} objects, {size / 1e6:.2f} MB")
     if m.get("built_on"):
         built = dict(m["built_on"])

@@ -1,330 +1,407 @@
-"""The content-addressed store on disk: objects, node manifests, memos, refs and runs.
+"""The content-addressed store: objects, node manifests, memos, refs and runs, on any bucket.
 
 Layout (docs/architecture.md): objects/<2>/<rest>, nodes/<2>/<key>.json, memo/<2>/<key>.json,
 refs/<experiment>/<arm>.json, runs/<experiment>/<run id>.json, tmp/ for staging, locks/ for
-locks, quarantine/ for corrupt entries. Every write is atomic; every object read checks its digest.
+locks, quarantine/ for corrupt entries. Where the files live is the bucket's business
+(bucket.py: a local folder; remote_bucket.py: S3, GCS); this module is the format and the
+contract every location meets:
+
+- objects are written create-only and every read checks the digest (a torn or tampered object is
+  quarantined, never served);
+- a manifest is written create-only and only after every object it names exists (Nix's order),
+  so a crash in between leaves harmless orphans and the node reads as not built;
+- refs and runs change by compare-and-swap, so racing builds lose no update.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import re
+import random
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from . import __version__
-from .atomic import STAGING_PREFIX, staging_owner_alive, write_atomic
+from .bucket import Bucket, Entry, LocalBucket
 from .errors import CorruptObject, StoreError, UsageError
 from .hashing import digest, digest_bytes
 
-HEX = re.compile(r"[0-9a-f]+")
+HEX = "0123456789abcdef"
 
 DEFAULT_DIRNAME = ".evsys-cache"
+CAS_ATTEMPTS = 60  # compare-and-swap retries before a ref or run update is reported as a failure
 
 
 def default_cache_dir(cli_value: str | None = None) -> Path:
     """`--cache-dir`, else `$EVSYS_CACHE`, else `.evsys-cache/` in the directory you run from."""
-    return Path(cli_value or os.environ.get("EVSYS_CACHE") or DEFAULT_DIRNAME)
+    return Path(cache_location(cli_value))
+
+
+def cache_location(cli_value: str | None = None) -> str:
+    """The store's location as given: `--cache-dir`, else `$EVSYS_CACHE`, else `.evsys-cache`
+    (a folder, or a URL such as s3://bucket/prefix or gs://bucket/prefix)."""
+    return str(cli_value or os.environ.get("EVSYS_CACHE") or DEFAULT_DIRNAME)
+
+
+def open_store(location: str | Path, upstream: str | None = None) -> "Store":
+    """The store at `location`: a local folder, or s3://… / gs://… (needs `pip install 'evsys[s3]'`
+    or `'evsys[gcs]'`). `upstream`, a second location, is read through: a node missing here but
+    complete there is copied here when a build asks for it."""
+    return Store(open_bucket(location), upstream=Store(open_bucket(upstream)) if upstream else None)
+
+
+def open_bucket(location: str | Path) -> Bucket:
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        from .remote_bucket import open_remote_bucket  # lazily: fsspec and its cloud clients load only for remote stores
+
+        return open_remote_bucket(text)
+    return LocalBucket(Path(text.removeprefix("file://")))
+
+
+def is_remote(location: str | Path | None) -> bool:
+    text = str(location or "")
+    return "://" in text and not text.startswith("file://")
 
 
 class Store:
-    """A local content-addressed store. Small interface so other backends can slot in."""
+    """A content-addressed store on a bucket (a local folder by default: `Store(path)`)."""
 
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
-        self.tmp = self.root / "tmp"
+    def __init__(self, where: Bucket | Path | str, upstream: "Store | None" = None):
+        self.bucket: Bucket = LocalBucket(where) if isinstance(where, (str, Path)) else where
+        self.upstream = upstream
 
-    # -- objects -------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        """What another process (a Ray worker) opens to reach this store."""
+        return self.bucket.location
+
+    @property
+    def local_dir(self) -> Path:
+        """Where machine-local state goes (the stat cache): the folder itself for a local store."""
+        return self.bucket.local_dir
+
+    @property
+    def root(self) -> Path:
+        """The folder of a local store (a remote one has none)."""
+        root = getattr(self.bucket, "root", None)
+        if root is None:
+            raise StoreError(f"the store {self.bucket} is remote; it has no local folder")
+        return root
+
+    def __str__(self) -> str:
+        return str(self.bucket)
+
+    # -- objects -------------------------------------------------------------------------------
     def put_bytes(self, data: bytes) -> str:
-        """Store a blob; returns its xxh3_128 name. Storing twice is free."""
+        """Store a blob (create-only); returns its xxh3_128 name. Storing twice is free."""
         name = digest_bytes(data)
-        path = self._object_path(name)
-        try:
-            intact = path.stat().st_size == len(data)  # a truncated leftover is rewritten
-        except FileNotFoundError:
-            intact = False
-        if not intact:
-            write_atomic(path, data, self.tmp)
+        path = _object_path(name)
+        # a remote bucket checks first only for large blobs (a request saved per small one)
+        size = self.bucket.size(path) if len(data) >= getattr(self.bucket, "check_before_put", 0) else None
+        if size == len(data):
+            return name
+        if size is not None:  # a truncated leftover under this name: move it aside, then write
+            self._quarantine(path, None, "its size does not match its name")
+        self.bucket.create(path, data)  # False: a concurrent writer stored the same bytes first
         return name
 
-    def get_bytes(self, name: str) -> bytes:
+    def get_bytes(self, name: str, quarantine: bool = True) -> bytes:
         """The object's bytes, checked against its name (xxh3 runs at GB/s, so on every read).
         A missing or mismatched object raises CorruptObject; a mismatched one is quarantined."""
-        path = self._object_path(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptObject(f"object {name} is missing from {self.root}", name) from None
-        if digest_bytes(data) != name:
-            self.quarantine_object(name, "its bytes do not match its name")
-            raise CorruptObject(f"object {name} in {self.root} is corrupt (its bytes do not match its name); quarantined", name)
-        return data
+        found = self.bucket.read_versioned(_object_path(name))
+        if found is None:
+            raise CorruptObject(f"object {name} is missing from {self}", name)
+        if digest_bytes(found.data) != name:
+            if quarantine:
+                self._quarantine(_object_path(name), found.token, "its bytes do not match its name")
+            raise CorruptObject(f"object {name} in {self} is corrupt (its bytes do not match its name)" + ("; quarantined" if quarantine else ""), name)
+        return found.data
 
     def quarantine_object(self, name: str, why: str) -> None:
         """Move a bad object aside: every node that references it now reads as not built."""
-        self._quarantine(self._object_path(name), why)
+        self._quarantine(_object_path(name), None, why)
 
     def missing_objects(self, names: Iterable[str]) -> list[str]:
         """The names among `names` that have no object (one batched existence check)."""
-        return [n for n in names if not self._object_path(n).exists()]
-
-    def object_size(self, name: str) -> int:
-        try:
-            return self._object_path(name).stat().st_size
-        except FileNotFoundError:
-            return 0
+        names = list(dict.fromkeys(names))
+        present = self.bucket.exists_many([_object_path(n) for n in names]) if names else set()
+        return [n for n in names if _object_path(n) not in present]
 
     def has_object(self, name: str) -> bool:
-        return self._object_path(name).exists()
+        return not self.missing_objects([name])
+
+    def object_size(self, name: str) -> int:
+        return self.bucket.size(_object_path(name)) or 0
 
     def object_path(self, name: str) -> Path:
-        return self._object_path(name)
+        """The file of an object in a local store (tests and tools poke at it)."""
+        return self.root / _object_path(name)
 
     def iter_objects(self) -> Iterator[str]:
-        base = self.root / "objects"
-        if not base.exists():
-            return
-        for sub in sorted(base.iterdir()):
-            for f in sorted(sub.iterdir()):
-                yield sub.name + f.name
+        yield from self.entries("objects")
 
-    def _object_path(self, name: str) -> Path:
-        if not HEX.fullmatch(name or ""):
-            raise StoreError(f"{name!r} is not an object name")
-        return self.root / "objects" / name[:2] / name[2:]
+    def delete_object(self, name: str) -> None:
+        self.bucket.delete(_object_path(name))
 
-    # -- node manifests ------------------------------------------------------
-    def write_manifest(self, key: str, manifest: dict) -> None:
+    def entries(self, kind: str) -> dict[str, Entry]:
+        """Names (object names, node keys, memo keys) of one kind with their size and write
+        time, from one listing: what gc and verify walk."""
+        if kind not in ("objects", "nodes", "memo"):
+            raise ValueError(kind)
+        out = {}
+        for path, entry in self.bucket.list(kind + "/").items():
+            parts = path.split("/")
+            if len(parts) != 3:
+                continue
+            name = parts[1] + parts[2] if kind == "objects" else parts[2].removesuffix(".json")
+            if _is_hex(name) and (kind == "objects" or parts[2].endswith(".json")):
+                out[name] = entry
+        return out
+
+    # -- node manifests --------------------------------------------------------------------------
+    def write_manifest(self, key: str, manifest: dict) -> dict:
+        """Store a node's manifest; returns the manifest the store holds afterwards.
+
+        Only once every object it names exists (checked in one batch), and create-only: when
+        another writer (a second build, a retried Ray task) stored this node first, its manifest
+        is kept and returned, so everything below keys on one output. An existing manifest that
+        lost objects is replaced by compare-and-swap."""
         body = {k: v for k, v in manifest.items() if k != "checksum"}
-        body.update(key=key, evsys_version=__version__)
+        body["key"] = key
+        body.setdefault("evsys_version", __version__)  # a copied manifest keeps the version that built it
         body["checksum"] = digest(body)
-        write_atomic(self._manifest_path(key), _dumps(body), self.tmp)
+        missing = self.missing_objects(referenced_objects(body))
+        if missing:
+            raise CorruptObject(f"object {missing[0]} of node:{key[:12]} vanished before its manifest was written (gc or a repair removed it); rebuilding", missing[0])
+        data = _dumps(body)
+        path = _manifest_path(key)
+        for _ in range(CAS_ATTEMPTS):
+            if self.bucket.create(path, data):
+                return body
+            current = self.bucket.read_versioned(path)
+            if current is None:
+                continue
+            stored = _parse_manifest(key, current.data)
+            if stored is None:  # corrupt: move it aside and write ours
+                self._quarantine(path, current.token, "its checksum does not match its content")
+                continue
+            if not self.missing_objects(referenced_objects(stored)):
+                return stored
+            if self.bucket.replace(path, data, current.token):
+                return body
+        raise StoreError(f"could not write the manifest of node:{key[:12]} in {self}: it kept changing")
 
     def read_manifest(self, key: str, quarantine: bool = True, label: str = "") -> dict | None:
         """The manifest, or None when absent. One that does not parse or whose checksum does not
         match its content reads as a miss (the node reruns) and is quarantined (unless told not to:
         `verify` only reports)."""
-        path = self._manifest_path(key)
-        try:
-            manifest = json.loads(path.read_bytes())
-            body = {k: v for k, v in manifest.items() if k != "checksum"}
-            intact = manifest.get("checksum") == digest(body) and manifest.get("key") == key
-        except FileNotFoundError:
+        path = _manifest_path(key)
+        found = self.bucket.read_versioned(path)
+        if found is None:
             return None
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            intact = False
-        if not intact:
-            if quarantine:
-                self._quarantine(path, "its checksum does not match its content", label and f"the manifest of {label} (node:{key[:12]})")
-            return None
+        manifest = _parse_manifest(key, found.data)
+        if manifest is None and quarantine:
+            self._quarantine(path, found.token, "its checksum does not match its content", label and f"the manifest of {label} (node:{key[:12]})")
         return manifest
 
     def has_manifest(self, key: str) -> bool:
-        return self._manifest_path(key).exists()
+        return self.bucket.size(_manifest_path(key)) is not None
 
     def complete_manifest(self, key: str, label: str = "") -> dict | None:
         """The manifest of `key` when it and every object it references are present, else None:
-        a node is served from cache only when all of it is there."""
+        a node is served from cache only when all of it is there. With an upstream store (read
+        through), a node complete there is copied here first."""
         manifest = self.read_manifest(key, label=label)
-        if manifest is None or self.missing_objects(referenced_objects(manifest)):
-            return None
-        return manifest
+        if manifest is not None and not self.missing_objects(referenced_objects(manifest)):
+            return manifest
+        if self.upstream is not None:
+            from .sync import copy_node  # sync imports this module
+
+            if copy_node(self.upstream, self, key):
+                return self.read_manifest(key, label=label)
+        return None
 
     def iter_manifests(self) -> Iterator[str]:
-        base = self.root / "nodes"
-        if not base.exists():
-            return
-        for sub in sorted(base.iterdir()):
-            for f in sorted(sub.glob("*.json")):
-                yield f.stem
+        yield from self.entries("nodes")
 
     def resolve_prefix(self, prefix: str) -> str:
         """A unique node key for `prefix` (with or without `node:`), else a UsageError."""
         prefix = prefix.removeprefix("node:").lower()
-        if not HEX.fullmatch(prefix):
+        if not _is_hex(prefix):
             raise UsageError(f"node:{prefix}: a node key is hexadecimal (0-9, a-f); `evsys plan CONFIG` lists node keys")
         if len(prefix) < 2:
             raise UsageError(f"node prefix {prefix!r} is too short; give at least 2 hex characters")
-        sub = self.root / "nodes" / prefix[:2]
-        matches = sorted(f.stem for f in sub.glob(prefix + "*.json")) if sub.exists() else []
+        listed = self.bucket.list(f"nodes/{prefix[:2]}/")
+        matches = sorted(k for k in (p.rsplit("/", 1)[-1].removesuffix(".json") for p in listed) if k.startswith(prefix))
         if not matches:
-            raise UsageError(f"no node matches {prefix!r} in {self.root}; `evsys plan CONFIG` lists node keys")
+            raise UsageError(f"no node matches {prefix!r} in {self}; `evsys plan CONFIG` lists node keys")
         if len(matches) > 1:
             shown = ", ".join(m[:12] for m in matches[:5])
             raise UsageError(f"node prefix {prefix!r} is ambiguous ({len(matches)} nodes: {shown}); give more characters")
         return matches[0]
 
-    def _manifest_path(self, key: str) -> Path:
-        if not HEX.fullmatch(key or ""):
-            raise StoreError(f"{key!r} is not a node key")
-        return self.root / "nodes" / key[:2] / f"{key}.json"
-
     def delete_manifest(self, key: str) -> None:
-        self._manifest_path(key).unlink(missing_ok=True)
+        self.bucket.delete(_manifest_path(key))
 
-    # -- memo: small json values under a key (per-chunk and per-task caches) ----
+    # -- memo: small json values under a key (per-chunk and per-task caches) ----------------------
     def memo_get(self, key: str, quarantine: bool = True) -> dict | None:
         """The memoised value, or None. A memo carries the digest of its value: one that does not
         match (or does not parse) reads as a miss and is quarantined (unless told not to)."""
-        path = self._memo_path(key)
+        path = _memo_path(key)
+        found = self.bucket.read_versioned(path)
+        if found is None:
+            return None
         try:
-            stored = json.loads(path.read_bytes())
+            stored = json.loads(found.data)
             value = stored["value"]
             if digest(value) != stored["digest"]:
                 raise ValueError("digest mismatch")
             return value
-        except FileNotFoundError:
-            return None
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             if quarantine:
-                self._quarantine(path, "its value does not match its digest")
+                self._quarantine(path, found.token, "its value does not match its digest")
             return None
 
     def memo_put(self, key: str, value: dict) -> None:
-        write_atomic(self._memo_path(key), _dumps({"value": value, "digest": digest(value)}), self.tmp)
-
-    def _memo_path(self, key: str) -> Path:
-        if not HEX.fullmatch(key or ""):
-            raise StoreError(f"{key!r} is not a memo key")
-        return self.root / "memo" / key[:2] / f"{key}.json"
+        """Create-only: a memo already there (written by a concurrent worker) is kept."""
+        self.bucket.create(_memo_path(key), _dumps({"value": value, "digest": digest(value)}))
 
     def iter_memo_keys(self) -> Iterator[str]:
-        base = self.root / "memo"
-        if base.exists():
-            for f in sorted(base.glob("*/*.json")):
-                yield f.stem
+        yield from self.entries("memo")
 
     def delete_memo(self, key: str) -> None:
-        self._memo_path(key).unlink(missing_ok=True)
+        self.bucket.delete(_memo_path(key))
 
-    # -- refs: the last build's node keys per experiment/arm -----------------
+    # -- refs: the newest run's node keys per experiment/arm ----------------------------------------
     def read_ref(self, experiment: str, arm: str) -> dict:
-        path = self._ref_path(experiment, arm)
-        try:
-            return json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            self._quarantine(path, "it does not parse")
-            return {}
+        return self._read_json(_ref_path(experiment, arm)) or {}
 
-    def write_ref(self, experiment: str, arm: str, ref: dict) -> None:
-        write_atomic(self._ref_path(experiment, arm), _dumps(ref), self.tmp)
+    def write_ref(self, experiment: str, arm: str, ref: dict) -> dict:
+        """Point the arm's ref at `ref` unless it already names a newer run (run ids sort by start
+        time): two builds finishing together leave the newer one, whichever writes last."""
+        newer = lambda current: current if current.get("run", "") > ref.get("run", "") else ref  # noqa: E731
+        return self.update_json(_ref_path(experiment, arm), newer)
 
     def iter_refs(self) -> Iterator[tuple[str, str, dict]]:
-        base = self.root / "refs"
-        if not base.exists():
-            return
-        for f in sorted(base.glob("*/*.json")):
-            yield f.parent.name, f.stem, self.read_ref(f.parent.name, f.stem)
+        for path in self.bucket.list("refs/"):
+            parts = path.split("/")
+            if len(parts) == 3 and parts[2].endswith(".json"):
+                yield parts[1], parts[2].removesuffix(".json"), self._read_json(path) or {}
 
-    def _ref_path(self, experiment: str, arm: str) -> Path:
-        return self.root / "refs" / _safe(experiment) / f"{_safe(arm)}.json"
-
-    # -- runs: every build's record (config, node keys, status, metrics) -------
-    def write_run(self, run: dict) -> None:
-        write_atomic(self._run_path(run["experiment"], run["id"]), _dumps(run), self.tmp)
+    # -- runs: every build's record (config, node keys, status, metrics) ------------------------------
+    def write_run(self, run: dict) -> dict:
+        """Record a run; a finished record is never overwritten by an unfinished one (a late push)."""
+        keep_finished = lambda current: current if current.get("finished") and not run.get("finished") else run  # noqa: E731
+        return self.update_json(_run_path(run["experiment"], run["id"]), keep_finished)
 
     def read_run(self, experiment: str, run_id: str) -> dict | None:
-        path = self._run_path(experiment, run_id)
-        try:
-            return json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            self._quarantine(path, "it does not parse")
-            return None
+        return self._read_json(_run_path(experiment, run_id))
 
     def iter_runs(self, experiment: str | None = None) -> Iterator[dict]:
         """Runs, oldest first (run ids sort by time), of one experiment or of all."""
-        base = self.root / "runs"
-        dirs = [base / _safe(experiment)] if experiment is not None else sorted(base.glob("*")) if base.exists() else []
-        for folder in dirs:
-            for f in sorted(folder.glob("*.json")):
-                run = self.read_run(folder.name, f.stem)
+        prefix = f"runs/{_safe(experiment)}/" if experiment is not None else "runs/"
+        for path in sorted(self.bucket.list(prefix)):
+            parts = path.split("/")
+            if len(parts) == 3 and parts[2].endswith(".json"):
+                run = self._read_json(path)
                 if run is not None:
                     yield run
 
+    def run_entries(self) -> dict[tuple[str, str], Entry]:
+        """(experiment, run id) -> when its record was last written: gc never removes a run a
+        build is still writing."""
+        out = {}
+        for path, entry in self.bucket.list("runs/").items():
+            parts = path.split("/")
+            if len(parts) == 3 and parts[2].endswith(".json"):
+                out[(parts[1], parts[2].removesuffix(".json"))] = entry
+        return out
+
     def delete_run(self, experiment: str, run_id: str) -> None:
-        self._run_path(experiment, run_id).unlink(missing_ok=True)
+        self.bucket.delete(_run_path(experiment, run_id))
 
-    def _run_path(self, experiment: str, run_id: str) -> Path:
-        return self.root / "runs" / _safe(experiment) / f"{_safe(run_id)}.json"
+    # -- compare-and-swap of small JSON documents -------------------------------------------------
+    def update_json(self, path: str, change: Callable[[dict], dict]) -> dict:
+        """Read-modify-write `path` by compare-and-swap (ETag, generation, or a local flock):
+        `change(current or {})` is applied again whenever another writer got in between."""
+        for attempt in range(CAS_ATTEMPTS):
+            current = self.bucket.read_versioned(path)
+            value = self._parse_json(path, current)
+            if value is None and current is not None:
+                continue  # it did not parse and was quarantined: start from nothing
+            new = change(dict(value or {}))
+            if current is not None and new == value:
+                return new
+            if self.bucket.replace(path, _dumps(new), current.token if current is not None else None):
+                return new
+            time.sleep(min(0.002 * 2**attempt, 0.25) * random.uniform(0.5, 1.5))
+        raise StoreError(f"could not update {path} in {self}: {CAS_ATTEMPTS} other writers got in first; try again")
 
-    # -- locks ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """An exclusive per-node lock: two builds sharing a store never run one node twice."""
-        path = self.root / "locks" / f"{key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def _read_json(self, path: str) -> dict | None:
+        return self._parse_json(path, self.bucket.read_versioned(path))
 
-    @contextlib.contextmanager
-    def build_lock(self) -> Iterator[None]:
-        """Held (shared) by every build for its whole run; `gc` takes it exclusively, so gc never
-        removes what a running build is writing or about to reuse."""
-        with self._store_lock(fcntl.LOCK_SH):
-            yield
+    def _parse_json(self, path: str, found) -> dict | None:
+        if found is None:
+            return None
+        try:
+            value = json.loads(found.data)
+            if isinstance(value, dict):
+                return value
+        except (ValueError, UnicodeDecodeError):
+            pass
+        self._quarantine(path, found.token, "it does not parse")
+        return None
 
-    @contextlib.contextmanager
-    def gc_lock(self, on_wait=None) -> Iterator[None]:
-        """Exclusive: waits until no build runs (calling `on_wait()` once if it has to wait)."""
-        with self._store_lock(fcntl.LOCK_EX, on_wait):
-            yield
+    # -- locks -----------------------------------------------------------------------------------
+    def lock(self, key: str):
+        """An exclusive per-node lock: two builds sharing a store (on one machine or, for a remote
+        store, anywhere) never run one node at the same time."""
+        return self.bucket.node_lock(key)
 
-    @contextlib.contextmanager
-    def _store_lock(self, mode: int, on_wait=None) -> Iterator[None]:
-        path = self.root / "locks" / "store.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as f:
-            try:
-                fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(f.fileno(), mode)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def build_lock(self):
+        """Held by every build for its whole run: gc never removes what a running build is
+        writing or about to reuse (a local store: gc waits; a remote one: see remote_bucket.py)."""
+        return self.bucket.build_lock()
 
-    # -- housekeeping ------------------------------------------------------------
-    def stale_staging(self) -> list[Path]:
-        """Staging files in tmp/ whose writer is gone (a killed build left them)."""
-        return [f for f in self.tmp.glob(STAGING_PREFIX + "*") if not staging_owner_alive(f.name)] if self.tmp.exists() else []
+    def gc_lock(self, on_wait=None):
+        """Held by gc; yields the time before which unreferenced entries may go (None: any)."""
+        return self.bucket.gc_lock(on_wait)
 
-    def remove_node_locks(self) -> None:
-        """Per-node lock files (only while no build runs: gc holds the store lock exclusively)."""
-        for f in (self.root / "locks").glob("*.lock"):
-            if f.name != "store.lock":
-                f.unlink(missing_ok=True)
+    # -- housekeeping ----------------------------------------------------------------------------
+    def stale_staging(self) -> list[str]:
+        """Staging files a killed build left (tmp/ of a local store)."""
+        return self.bucket.stale_staging()
 
     def clean_staging(self) -> int:
-        """Remove the staging files that killed processes left in tmp/."""
-        removed = 0
-        for f in self.stale_staging():
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-                removed += 1
-        return removed
+        return self.bucket.clean_staging()
 
-    # -- corruption -----------------------------------------------------------
-    def _quarantine(self, path: Path, why: str, what: str = "") -> None:
-        dest = self.root / "quarantine" / f"{path.parent.name}{path.name}.{int(time.time() * 1e6)}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(path, dest)
-            print(f"evsys: warning: {what or path} is corrupt ({why}); moved to {dest}, rebuilding it", file=sys.stderr)
+    def remove_node_locks(self) -> None:
+        self.bucket.remove_node_locks()
+
+    # -- corruption ------------------------------------------------------------------------------
+    def _quarantine(self, path: str, token: str | None, why: str, what: str = "") -> None:
+        dest = self.bucket.quarantine(path, token)
+        if dest is not None:
+            print(f"evsys: warning: {what or self._display(path)} is corrupt ({why}); moved to {dest}, rebuilding it", file=sys.stderr)
+
+    def _display(self, path: str) -> str:
+        root = getattr(self.bucket, "root", None)
+        return str(root / path) if root is not None else f"{self.bucket.location}/{path}"
+
+
+def _parse_manifest(key: str, data: bytes) -> dict | None:
+    """A manifest whose checksum matches its content and whose key is `key`, else None."""
+    try:
+        manifest = json.loads(data)
+        body = {k: v for k, v in manifest.items() if k != "checksum"}
+        if manifest.get("checksum") == digest(body) and manifest.get("key") == key:
+            return manifest
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        pass
+    return None
 
 
 def referenced_objects(value) -> set[str]:
@@ -342,6 +419,36 @@ def referenced_objects(value) -> set[str]:
         for v in value:
             found |= referenced_objects(v)
     return found
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in HEX for c in text)
+
+
+def _object_path(name: str) -> str:
+    if not _is_hex(name or ""):
+        raise StoreError(f"{name!r} is not an object name")
+    return f"objects/{name[:2]}/{name[2:]}"
+
+
+def _manifest_path(key: str) -> str:
+    if not _is_hex(key or ""):
+        raise StoreError(f"{key!r} is not a node key")
+    return f"nodes/{key[:2]}/{key}.json"
+
+
+def _memo_path(key: str) -> str:
+    if not _is_hex(key or ""):
+        raise StoreError(f"{key!r} is not a memo key")
+    return f"memo/{key[:2]}/{key}.json"
+
+
+def _ref_path(experiment: str, arm: str) -> str:
+    return f"refs/{_safe(experiment)}/{_safe(arm)}.json"
+
+
+def _run_path(experiment: str, run_id: str) -> str:
+    return f"runs/{_safe(experiment)}/{_safe(run_id)}.json"
 
 
 def _dumps(value: dict) -> bytes:

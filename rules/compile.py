@@ -39,15 +39,27 @@ def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, li
 
 
 def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache, models: dict) -> ArmNodes:
-    rows = graph.add(source_node(loaded, arm, statcache))
+    def add(node: Node) -> Node:
+        return graph.add(with_resources(node, arm))
+
+    rows = add(source_node(loaded, arm, statcache))
     for index in range(len(arm.config.transforms)):
-        rows = graph.add(transform_node(arm, index, rows))
+        rows = add(transform_node(arm, index, rows))
     wanted = (arm.config.model.name, arm.config.model.revision)
     model = models.get(wanted) or models.setdefault(wanted, resolve(*wanted, statcache))
-    tokens = graph.add(tokenize_node(arm, rows, model))
-    train = graph.add(train_node(arm, tokens, model))
+    tokens = add(tokenize_node(arm, rows, model))
+    train = add(train_node(arm, tokens, model))
     checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}
     attach_checkpoints(train, checkpoints)
-    evals = [(bench, step, graph.add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model)]
-    report = graph.add(report_node(arm, train, evals))
+    evals = [(bench, step, add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model)]
+    report = add(report_node(arm, train, evals))
     return ArmNodes(arm, rows, tokens, train, checkpoints, evals, report)
+
+
+def with_resources(node: Node, arm: Arm) -> Node:
+    """The config's `resources.<rule>` over what the rule declares (a node shared by arms keeps
+    the first arm's)."""
+    override = arm.config.resources.get(node.rule)
+    if override is not None:
+        node.resources = {**node.resources, **override.model_dump(exclude_none=True)}
+    return node

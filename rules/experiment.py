@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evsys_build.build import build_project
-from evsys_build.store import Store, default_cache_dir
+from evsys_build.store import cache_location, open_store
 
 from .config.loading import LoadedConfig
 from .frontend import open_project
@@ -28,13 +28,14 @@ class Experiment:
 
     def __init__(self, cfg: str | Path | LoadedConfig, cache_dir: str | Path | None = None, echo=print):
         self.config_path = Path(cfg.path if isinstance(cfg, LoadedConfig) else cfg)
-        self.store = Store(default_cache_dir(str(cache_dir) if cache_dir else None))
+        self.store = open_store(cache_location(str(cache_dir) if cache_dir else None))
         self.echo = echo
 
-    def run(self, arm: str | None = None, jobs: int = 2) -> ExperimentResult:
-        """Build every node (callbacks fire, the run dir is written) and summarise the outcome."""
+    def run(self, arm: str | None = None, jobs: int = 2, executor: str = "threads", ray_address: str | None = None) -> ExperimentResult:
+        """Build every node (callbacks fire, the run dir is written) and summarise the outcome.
+        `executor`: threads, inline or ray (see `evsys build --executor`)."""
         project = open_project(self.config_path, self.store)
-        code = build_project(project, self.store, arm=arm, jobs=jobs, echo=self.echo)
+        code = build_project(project, self.store, arm=arm, jobs=jobs, echo=self.echo, executor=executor, ray_address=ray_address)
         summaries = arm_summaries(project, self.store)
         loaded = project.loaded
         artifacts: dict = {"run_dir": str(loaded.output_dir / loaded.run_name)}

@@ -21,8 +21,9 @@ class Project:
 
     def __init__(self, loaded: LoadedConfig, store: Store):
         self.loaded = loaded
-        statcache = StatCache(store.root / "stat-cache.json")
-        identities = IdentityCache(store.root / "identity-cache.json")
+        self.config_path = loaded.path
+        statcache = StatCache(store.local_dir / "stat-cache.json")
+        identities = IdentityCache(store.local_dir / "identity-cache.json")
         use_identity_cache(identities)
         try:
             self.graph, self.arm_nodes = compile_graph(loaded, statcache)

@@ -5,12 +5,18 @@ The built project is shared read-only; a test that changes it copies it first (`
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import evsys_testkit
+
+# Ray reads these when it is imported (test modules import it at collection): set them first.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray socket on 127.0.0.1
 
 from evsys_testkit import copy_project, evsys, make_evals_project, make_project, ok, tool_rows  # noqa: E402
 
@@ -55,3 +61,29 @@ def built_evals(tmp_path_factory, tiny_model_dir) -> Path:
     project = make_evals_project(tmp_path_factory.mktemp("evals") / "project")
     ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project))
     return project
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3-protocol server (moto) on loopback, for the whole session; its endpoint and fake
+    credentials are in the environment, so every client (and every `evsys` subprocess) reaches it."""
+    pytest.importorskip("moto", reason="needs the dev extra (moto[server])")
+    pytest.importorskip("s3fs", reason="needs the s3 extra")
+    from moto_server import MotoS3
+
+    server = MotoS3().start()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in server.env.items():
+            mp.setenv(name, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(moto_s3) -> str:
+    """A fresh bucket; the store lives under a prefix, as a team's would."""
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    moto_s3.create_bucket(bucket)
+    return f"s3://{bucket}/evsys"
+

@@ -83,6 +83,19 @@ class MetadataConfig(Strict):
     benchmark: list[BenchmarkConfig] = Field(default_factory=list)
 
 
+class NodeResources(Strict):
+    """What each node of one rule asks of a Ray cluster (`evsys build --executor ray`). Where a
+    node runs never changes what it computes, so none of this is in a key."""
+
+    num_cpus: Optional[float] = Field(None, ge=0)
+    num_gpus: Optional[float] = Field(None, ge=0)
+    resources: Optional[dict[str, float]] = None  # custom cluster resources, e.g. {a100: 1}
+    max_retries: Optional[int] = Field(None, ge=-1)  # reruns after a lost worker or node; -1: no limit
+
+
+ResourceRule = Literal["source", "transform", "tokenize", "train", "eval", "report"]
+
+
 class ArmConfig(Strict):
     name: SafeName
     set: dict[str, Any] = Field(default_factory=dict)  # dotted path -> value
@@ -101,6 +114,7 @@ class ExperimentConfig(Strict):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     callbacks: list[KindSpec] = Field(default_factory=list)
+    resources: dict[ResourceRule, NodeResources] = Field(default_factory=dict)  # per rule, on a cluster
     arms: list[ArmConfig] = Field(default_factory=list)
     sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted path -> values (a grid)
 

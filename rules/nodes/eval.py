@@ -25,7 +25,7 @@ from ..models.resolve import ResolvedModel
 from ..outputs.callbacks import make_callbacks
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
-from .train import backend_config, make_backend
+from .train import backend_config, backend_resources, make_backend
 from .views import Checkpoint, EvalResult
 
 TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
@@ -42,6 +42,7 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel) -> 
     model_key = digest({"base": model.identity, "tokenizer": model.tokenizer})
     model_dir = model.dir
     max_steps = arm.params["algorithm"].max_steps
+    resources = backend_resources(make_backend(arm))
     for bench in arm.config.metadata.benchmark:
         tasks = load_tasks(Path(bench.path))
         steps = list(range(bench.run_every, max_steps + 1, bench.run_every)) if bench.run_every else []
@@ -65,6 +66,7 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel) -> 
                     "model": "base model or tokenizer changed",
                 },
                 payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt},
+                resources=resources,
             )
             evals.append((bench, step, node))
     return evals

@@ -36,6 +36,7 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel) -> Node:
     algo_cls = kinds.algorithms.get(cfg.algorithm.kind)
     algo = arm.params["algorithm"]
     algo_params = {k: v for k, v in algo.model_dump(exclude_defaults=True, mode="json").items() if k not in SHAPING_PARAMS + SCHEDULE_PARAMS}
+    backend = make_backend(arm)
     return Node(
         rule="train",
         name="train",
@@ -56,7 +57,8 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel) -> Node:
         arm=arm.name,
         param_paths={"seed": "seed"},
         param_labels={"model": f"model changed ({cfg.model.name})"},
-        payload={"arm": arm, "model_dir": model.dir, "backend": make_backend(arm), "algorithm": algo},
+        payload={"arm": arm, "model_dir": model.dir, "backend": backend, "algorithm": algo},
+        resources=backend_resources(backend),
     )
 
 
@@ -70,6 +72,13 @@ def make_backend(arm: Arm):
     """The arm's backend, built from its validated Config with `auto` settings resolved."""
     backend_cls = kinds.backends.get(arm.config.backend.kind)
     return backend_cls(backend_config(backend_cls, arm))
+
+
+def backend_resources(backend) -> dict:
+    """What a node that trains or samples on `backend` asks of a cluster: a GPU when the backend
+    computes on one (its optional `node_resources()`); a hosted backend asks for nothing special."""
+    hook = getattr(backend, "node_resources", None)
+    return dict(hook()) if hook is not None else {}
 
 
 def backend_config(backend_cls, arm: Arm):

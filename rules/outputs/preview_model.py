@@ -42,7 +42,7 @@ def model_preview(store: Store, manifest: dict, rows: int) -> tuple[str, list]:
         return "\n".join(lines), preds[:rows]
     if rule == "report":
         blobs = ReportFiles.of(manifest).files
-        lines = ["run-dir files:"] + [f"  {path} ({store.object_path(b).stat().st_size} bytes)" for path, b in sorted(blobs.items())]
+        lines = ["run-dir files:"] + [f"  {path} ({store.object_size(b)} bytes)" for path, b in sorted(blobs.items())]
         lines += ["", store.get_bytes(blobs["summary.md"]).decode()]
         return "\n".join(lines), sorted(blobs)
     return "", []

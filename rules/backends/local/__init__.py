@@ -48,6 +48,10 @@ class LocalBackend:
             config = LocalBackendConfig(**config)
         self.config = config
 
+    def node_resources(self) -> dict:
+        """On a cluster, a node training or sampling on CUDA asks for one GPU."""
+        return {"num_gpus": 1} if self.config.device == "cuda" else {}
+
     def create_training_client(self, model_dir: Path, lora_rank: int, seed: int) -> LocalTrainingClient:
         return LocalTrainingClient(Path(model_dir), lora_rank, seed, self.config)
 

@@ -1,0 +1,71 @@
+"""`evsys push` and `evsys pull`: copy nodes (and the runs that keep them) between the local store
+and a remote one, as DVC copies between a cache and its remote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .errors import UsageError
+from .planner import resolve_keys
+from .project import frontend
+from .store import Store, cache_location, open_store
+from .sync import SyncReport, newest_runs, run_node_keys, sync_nodes
+
+
+def _selection(store: Store, config: str | None, arm: str | None) -> tuple[list[str], list[dict]]:
+    """Node keys and runs to copy from `store`: a config's nodes (every arm's, or one) that `store`
+    holds and the newest run of each of its arms; without a config, every run and its nodes."""
+    if config is None:
+        if arm:
+            raise UsageError("--arm needs a CONFIG")
+        runs = list(store.iter_runs())
+        return run_node_keys(store, runs), runs
+    project = frontend().open_project(Path(config), store)
+    if arm is not None and arm not in project.arm_names:
+        raise UsageError(f"--arm {arm}: no such arm; the config has: {', '.join(project.arm_names)}")
+    arms = [arm] if arm else project.arm_names
+    cached = resolve_keys(store, project.graph_for(arm))
+    return [m["key"] for m in cached.values()], newest_runs(store, project.experiment, arms)
+
+
+def _remote(remote: str | None) -> str:
+    if not remote:
+        raise UsageError("name the remote store: --remote s3://bucket/prefix (or gs://…, or a folder), or set $EVSYS_REMOTE")
+    return remote
+
+
+def _say(verb: str, src: Store, dst: Store, report: SyncReport) -> None:
+    click.echo(
+        f"{verb} {report.nodes_copied} node(s) ({report.objects_copied} objects, {report.bytes_copied / 1e6:.2f} MB) "
+        f"and {report.runs_copied} run(s) from {src} to {dst}; {report.nodes_present} node(s) were there already"
+    )
+    if report.nodes_unavailable:
+        click.echo(f"{len(report.nodes_unavailable)} node(s) are not complete in {src} and were skipped (e.g. node:{report.nodes_unavailable[0][:12]})", err=True)
+
+
+def register(main: click.Group, cache_option) -> None:
+    remote_option = click.option("--remote", default=None, envvar="EVSYS_REMOTE", help="the remote store: s3://bucket/prefix, gs://bucket/prefix or a folder (default: $EVSYS_REMOTE)")
+
+    @main.command()
+    @click.argument("config", required=False, type=click.Path())
+    @click.option("--arm", default=None, help="push only this arm's nodes")
+    @remote_option
+    @cache_option
+    def push(config, arm, remote, cache_dir):
+        """Copy built nodes from the local store to the remote: CONFIG's nodes and newest runs, or, without CONFIG, every run and its nodes."""
+        src, dst = open_store(cache_location(cache_dir)), open_store(_remote(remote))
+        keys, runs = _selection(src, config, arm)
+        _say("pushed", src, dst, sync_nodes(src, dst, keys, runs))
+
+    @main.command()
+    @click.argument("config", required=False, type=click.Path())
+    @click.option("--arm", default=None, help="pull only this arm's nodes")
+    @remote_option
+    @cache_option
+    def pull(config, arm, remote, cache_dir):
+        """Copy nodes from the remote store into the local one: CONFIG's nodes and newest runs, or, without CONFIG, every run and its nodes."""
+        src, dst = open_store(_remote(remote)), open_store(cache_location(cache_dir))
+        keys, runs = _selection(src, config, arm)
+        _say("pulled", src, dst, sync_nodes(src, dst, keys, runs))

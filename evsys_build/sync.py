@@ -1,0 +1,85 @@
+"""Copy nodes between stores: `evsys push`, `evsys pull`, and a build reading through a remote store.
+
+A node is copied as Nix copies a path: its objects first (each checked against its name when read),
+then its manifest, create-only — so the destination never holds a manifest whose objects are
+missing, and a node already there is left alone. Runs and refs follow, so the destination's gc
+keeps what was copied and `plan` there diffs against the newest run (refs move only forward).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .store import Store, referenced_objects
+
+COPY_THREADS = 8  # objects copied at once (network round trips overlap)
+
+
+@dataclass
+class SyncReport:
+    nodes_copied: int = 0
+    nodes_present: int = 0
+    nodes_unavailable: list[str] = field(default_factory=list)  # keys the source does not hold complete
+    objects_copied: int = 0
+    bytes_copied: int = 0
+    runs_copied: int = 0
+
+
+def copy_node(src: Store, dst: Store, key: str, report: SyncReport | None = None, pool: ThreadPoolExecutor | None = None) -> bool:
+    """Copy node `key` (objects, then manifest) from `src` to `dst` when `src` holds it complete.
+    True when `dst` holds it afterwards."""
+    report = report if report is not None else SyncReport()
+    manifest = src.read_manifest(key)
+    if manifest is None:
+        return False
+    names = sorted(referenced_objects(manifest))
+    if src.missing_objects(names):
+        return False
+    missing = dst.missing_objects(names)
+
+    def copy(name: str) -> int:
+        data = src.get_bytes(name)  # digest-checked: a corrupt source object is never copied
+        dst.put_bytes(data)
+        return len(data)
+
+    sizes = list(pool.map(copy, missing)) if pool is not None and len(missing) > 1 else [copy(n) for n in missing]
+    report.objects_copied += len(sizes)
+    report.bytes_copied += sum(sizes)
+    dst.write_manifest(key, manifest)
+    return True
+
+
+def sync_nodes(src: Store, dst: Store, keys: Iterable[str], runs: Iterable[dict] = ()) -> SyncReport:
+    """Copy every node of `keys` that `dst` lacks, then the run records, then point refs at the
+    newest runs. Holds both stores' build locks, so gc on either spares what is being copied."""
+    report = SyncReport()
+    with src.build_lock(), dst.build_lock(), ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="evsys-copy") as pool:
+        for key in dict.fromkeys(keys):
+            if dst.complete_manifest(key) is not None:
+                report.nodes_present += 1
+            elif copy_node(src, dst, key, report, pool):
+                report.nodes_copied += 1
+            else:
+                report.nodes_unavailable.append(key)
+        for run in runs:
+            dst.write_run(run)
+            report.runs_copied += 1
+            for arm, entry in run.get("arms", {}).items():
+                if entry.get("nodes") and run.get("finished"):
+                    dst.write_ref(run["experiment"], arm, {"experiment": run["experiment"], "arm": arm, "run": run["id"], "nodes": entry["nodes"]})
+    return report
+
+
+def run_node_keys(store: Store, runs: Iterable[dict]) -> list[str]:
+    """Every node the runs name, and every node those were built from (what gc keeps for them)."""
+    from .gc import _live_nodes  # gc imports store; keep this module light
+
+    return list(_live_nodes(store, list(runs)))
+
+
+def newest_runs(store: Store, experiment: str, arms: list[str]) -> list[dict]:
+    """The run each arm's ref points at."""
+    ids = {store.read_ref(experiment, arm).get("run") for arm in arms} - {None}
+    return [r for r in (store.read_run(experiment, i) for i in sorted(ids)) if r is not None]
