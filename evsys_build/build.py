@@ -34,7 +34,12 @@ def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[Pla
 
 
 def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
-    """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise."""
+    """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise.
+    A frontend's `fetch(config, strict=False)` first downloads what the config needs and is not
+    here yet (when the network is allowed; otherwise opening the project says what is missing)."""
+    fetch = getattr(frontend(), "fetch", None)
+    if fetch is not None:
+        fetch(config, strict=False)
     return build_project(frontend().open_project(config, store), store, arm, jobs, echo)
 
 
@@ -46,6 +51,9 @@ def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, 
     Interrupted is raised (exit 130).
     """
     graph, arms = _graph_for(project, arm)
+    preflight = getattr(project, "preflight", None)
+    if preflight is not None:  # e.g. a service's key and base model, checked before any node runs
+        preflight(arms)
     printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
     executor = Executor(store, jobs=jobs, on_event=printer, stop=stop)
     with store.build_lock(), stop_on_signals(executor.stop):

@@ -10,6 +10,7 @@ from evsys_build.statcache import StatCache
 
 from .config.loading import Arm, LoadedConfig
 from .models.resolve import resolve_model
+from .plugins import kinds
 from .nodes.eval import eval_nodes
 from .nodes.report import report_node
 from .nodes.source import source_node
@@ -31,6 +32,12 @@ class ArmNodes:
     report: Node | None = None
 
 
+def model_need(arm: Arm) -> str:
+    """What of the model must be here: its tokenizer only when the backend trains it by name on a
+    service (tinker), else its weights too."""
+    return "tokenizer" if getattr(kinds.backends.get(arm.config.backend.kind), "trains_by_name", False) else "model"
+
+
 def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, list[ArmNodes]]:
     """Every arm's nodes in one graph; arms share the nodes they have in common (same key)."""
     graph = Graph()
@@ -41,7 +48,7 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
     rows = graph.add(source_node(loaded, arm, statcache))
     for index in range(len(arm.config.transforms)):
         rows = graph.add(transform_node(arm, index, rows))
-    model_dir = resolve_model(arm.config.model.name, arm.config.model.revision)
+    model_dir = resolve_model(arm.config.model.name, arm.config.model.revision, model_need(arm), str(loaded.path))
     tokens = graph.add(tokenize_node(arm, rows, model_dir, statcache))
     train = graph.add(train_node(arm, tokens, model_dir, statcache))
     checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}
