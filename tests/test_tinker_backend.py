@@ -125,14 +125,18 @@ def test_the_walkthrough_config_builds_on_tinker_through_run_py(walkthrough):
             "/api/v1/create_sampling_session", "/api/v1/asample", "/api/v1/get_server_capabilities"} <= paths
 
 
-def test_checkpoints_hold_tinker_paths_and_the_adapter_bytes(walkthrough):
+def test_checkpoints_hold_tinker_paths_and_the_adapter_bytes(walkthrough, server):
+    from tinker_fake.local_compute import unpack
+
     store = Store(walkthrough.project / "cache")
     for step, m in checkpoint_manifests(walkthrough.project).items():
         refs = m["attachments"]["remote"]["refs"]
         assert refs["state"].startswith("tinker://") and refs["state"].endswith(f"/weights/step-{step}")
         assert refs["sampler"].endswith(f"/sampler_weights/step-{step}")
         weights = m["outputs"]["weights"]["blobs"]
-        assert store.get_bytes(weights["adapter/adapter_model.safetensors"])[:8]  # downloaded through the signed URLs
+        adapter = store.get_bytes(weights["adapter/adapter_model.safetensors"])  # downloaded through the signed URLs
+        # the sampler weights on the service are this step's, not the next one's (submitted in order)
+        assert unpack(server._checkpoints[refs["sampler"]]["data"])["adapter_model.safetensors"] == adapter
     proc = evsys("show", "node:" + checkpoint_manifests(walkthrough.project)[2]["key"][:12], cwd=walkthrough.project, env={"EVSYS_CACHE": "cache"})
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint step 2 of base model evsys/tiny-qwen3" in proc.stdout and "tinker://" in proc.stdout
@@ -160,6 +164,28 @@ def test_datums_the_service_received_are_the_local_backends_inputs(walkthrough):
         expected = [{"model_input": d.input_ids[:-1].tolist(), "loss_fn_inputs": {"target_tokens": d.input_ids[1:].tolist(), "weights": d.weights[1:].tolist()}} for d in batch]
         assert datums == expected
         assert np.float32(sum(datums[0]["loss_fn_inputs"]["weights"])) == pytest.approx(1.0)
+
+
+def test_evaluation_sends_the_local_prompts_all_at_once_with_the_end_of_turn_stop(walkthrough, tiny_model_dir):
+    from evsys_rules.data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
+    from evsys_rules.evals.benchmarks import load_tasks
+    from evsys_rules.nodes.eval import task_messages
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    system = "You select the single best tool for the user's query."
+    tasks = load_tasks(walkthrough.project / "examples" / "sft_walkthrough" / "data" / "val")
+    expected = sorted(prompt_ids(tok, task_messages(t, system)) for t in tasks)
+    samples = [(body, t) for path, body, t in walkthrough.requests if path == "/api/v1/asample"]
+    by_session: dict[str, list] = {}
+    for body, _ in samples:
+        by_session.setdefault(body["sampling_session_id"], []).append(body)
+    assert len(by_session) == 2  # one sampler per checkpoint
+    for bodies in by_session.values():
+        assert sorted(b["prompt"]["chunks"][0]["tokens"] for b in bodies) == expected
+        assert {json.dumps(b["sampling_params"], sort_keys=True) for b in bodies} == {json.dumps(
+            {"max_tokens": 64, "temperature": 0.0, "stop": end_of_turn_ids(tok), "top_k": -1, "top_p": 1.0, "seed": 0}, sort_keys=True)}
+    first_result = min(t for _, path, t in walkthrough.deliveries if path == "/api/v1/asample")
+    assert sum(t < first_result for _, t in samples) >= VAL_TASKS  # a whole benchmark before any answer
 
 
 def test_step_two_is_submitted_before_step_one_is_fetched(walkthrough):
@@ -232,6 +258,13 @@ def test_a_checkpoint_deleted_on_the_service_is_reported_by_plan_and_verify(walk
     proc = evsys("verify", cwd=project, env=env)
     assert proc.returncode == 1
     assert any(line.startswith("checkpoint@2 node:") and gone in line for line in proc.stdout.splitlines()), proc.stdout
+    state1 = checkpoint_manifests(project)[1]["attachments"]["remote"]["refs"]["state"]
+    first = len(server.requests)
+    proc = evsys("build", CONFIG, cwd=project, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {"train", "eval val@2"} <= ran_names(proc.stdout) and "eval val@1" not in ran_names(proc.stdout)
+    assert [b["path"] for p, b, _ in since(server, first) if p == "/api/v1/load_weights"] == [state1]
+    assert evsys("verify", cwd=project, env=env).returncode == 0
 
 
 def test_sigkill_mid_training_then_rebuild_resumes_from_the_newest_state(tmp_path, server, home):
@@ -315,6 +348,24 @@ def test_a_failed_step_is_recovered_once_from_the_last_saved_state(server, home,
     loads = [body["path"] for path, body, _ in since(server, first) if path == "/api/v1/load_weights"]
     assert loads == [saved[2].remote["state"]]
     assert len(logs) == 1 and "recreating the training client from the state saved at step 2" in logs[0]
+
+
+@pytest.mark.parametrize("status,expected", [
+    (429, "still rate-limited forward_backward (HTTP 429) after the SDK's retries"),
+    (402, "refused forward_backward for billing or quota (HTTP 402"),
+    (403, "refused forward_backward (HTTP 403, permission denied"),
+])
+def test_service_errors_are_one_line_without_the_key(status, expected, monkeypatch):
+    import httpx
+    import tinker
+
+    from evsys_rules.backends.tinker.errors import service_error
+
+    monkeypatch.setenv("TINKER_API_KEY", KEY)
+    cls = {429: tinker.RateLimitError, 402: tinker.BillingError, 403: tinker.PermissionDeniedError}[status]
+    response = httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1:1/api/v1/forward_backward"))
+    err = service_error(cls(f"Error code: {status} - key {KEY}", response=response, body={"detail": f"no ({KEY})"}), "forward_backward", "http://127.0.0.1:1")
+    assert expected in err.message and KEY not in err.message and "\n" not in err.message
 
 
 def test_the_canary_key_is_nowhere_on_disk(tmp_path_factory, home):

@@ -18,15 +18,15 @@ import time
 from collections import deque
 from typing import Callable, Optional, Sequence
 
-import numpy as np
-
 from ..backends.base import AdamParams, Datum, PipelinedTrainingClient, SavedCheckpoint, StepFailed, TrainingClient
 from .sft import WALL_CLOCK_METRICS as TIMING_METRICS  # noqa: F401  (re-exported for callers of the loop)
 from .sft import SFTConfig
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_permutation(num_examples: int, seed: int, epoch: int):
     """The order of examples in `epoch`, a pure function of (seed, epoch)."""
+    import numpy as np  # lazily: `plan` follows this module for code identity and must not load numpy
+
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
@@ -34,7 +34,7 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> l
     """Example indices of 1-based `step` in the epoch stream."""
     start = (step - 1) * batch_size
     indices = []
-    cached: dict[int, np.ndarray] = {}
+    cached: dict = {}
     for position in range(start, start + batch_size):
         epoch, offset = divmod(position, num_examples)
         if epoch not in cached:
@@ -62,6 +62,8 @@ def normalized_batch(batch: Sequence[Datum]) -> tuple[list[Datum], float]:
     total = sum(d.loss_weight for d in batch)
     if total <= 0:
         return list(batch), 0.0
+    import numpy as np  # lazily, as above
+
     scale = np.float32(1.0 / total)
     return [Datum(d.input_ids, d.weights * scale) for d in batch], total
 

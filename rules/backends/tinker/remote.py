@@ -14,6 +14,7 @@ from .errors import service_name
 
 _lock = threading.Lock()
 _exists: dict[tuple[Optional[str], str], bool] = {}
+_unreachable: set[Optional[str]] = set()  # services a TCP connection did not reach (asked once per process)
 
 
 def missing_paths(paths: list[str], base_url: Optional[str]) -> Optional[dict[str, str]]:
@@ -24,7 +25,8 @@ def missing_paths(paths: list[str], base_url: Optional[str]) -> Optional[dict[st
     if todo:
         from .service import reachable, rest_client
 
-        if not reachable(base_url):
+        if base_url in _unreachable or not reachable(base_url):
+            _unreachable.add(base_url)
             return None
         import tinker
 

@@ -55,9 +55,14 @@ class TinkerTrainingClient:
         self.base_model, self.lora_rank, self.seed = base_model, lora_rank, seed
         self.base_url, self.download_weights = base_url, download_weights
         self._tc = None
+        self._barrier = None  # a sampler save that later calls must not overtake (see save_checkpoint_async)
 
     # -- the training model on the service
     def _client(self):
+        """The training client, once every earlier call has its place in the service's order."""
+        if self._barrier is not None:
+            barrier, self._barrier = self._barrier, None
+            call(barrier.result, "saving sampler weights", self.base_url)
         if self._tc is None:
             sc = service_client(self.base_url)
             self._tc = call(
@@ -74,7 +79,7 @@ class TinkerTrainingClient:
         self._tc = call(lambda: sc.create_training_client_from_state_with_optimizer(path).result(), f"resuming from {path}", self.base_url)
 
     def recover(self, state: Optional[dict[str, bytes]]) -> None:
-        self._tc = None
+        self._tc, self._barrier = None, None
         if state is not None:
             self.load_state(state)
 
@@ -122,13 +127,18 @@ class TinkerTrainingClient:
     # -- checkpoints
     def save_checkpoint_async(self, name: str) -> _Mapped:
         """Submit save_state (resume) and save_weights_for_sampler (evaluation) right after the
-        last submitted step, and an export of the adapter's files when downloads are on."""
+        last submitted step, and an export of the adapter's files when downloads are on.
+
+        SDK 0.38 gives save_weights_for_sampler its place in the model's request order on its own
+        event loop, after the call returns, so a forward_backward submitted at once could overtake
+        it and the sampler would see the next step's weights: the next call waits for it (`_client`)."""
         tc = self._client()
         state = call(lambda: tc.save_state(name), "submitting save_state", self.base_url)
-        sampler = call(lambda: tc.save_weights_for_sampler(name), "submitting save_weights_for_sampler", self.base_url)
         export = None
         if self.download_weights:
             export = call(lambda: tc.save_weights_external(name), "submitting save_weights_external", self.base_url)
+        sampler = call(lambda: tc.save_weights_for_sampler(name), "submitting save_weights_for_sampler", self.base_url)
+        self._barrier = sampler
 
         def result():
             state_path = state.result().path
