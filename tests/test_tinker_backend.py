@@ -349,6 +349,14 @@ def test_a_failed_step_is_recovered_once_from_the_last_saved_state(server, home,
     assert loads == [saved[2].remote["state"]]
     assert len(logs) == 1 and "recreating the training client from the state saved at step 2" in logs[0]
 
+    server.fail_jobs(FB, times=3, skip=0)  # steps 1 and 2 (in flight) fail, then step 1 again after the recovery: raised, not retried forever
+    from evsys_rules.backends.base import StepFailed
+
+    with pytest.raises(StepFailed, match="forward_backward failed on the Tinker service at .*worker lost"):
+        train_sft(TinkerTrainingClient(TINY, 1, 0, server.base_url), data, cfg, seed=0, save_steps=set(), resume=None,
+                  on_step=lambda s, m: None, on_checkpoint=lambda s, c: None, log=logs.append)
+    assert len(logs) == 2 and "from scratch" in logs[1]
+
 
 @pytest.mark.parametrize("status,expected", [
     (429, "still rate-limited forward_backward (HTTP 429) after the SDK's retries"),

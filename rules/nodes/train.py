@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evsys_build.errors import ConfigError, Interrupted
+from evsys_build.errors import ConfigError, Interrupted, NodeFailed
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.planner import cached_manifest
 from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 
-from ..backends.base import Datum, SavedCheckpoint
+from ..backends.base import Datum, SavedCheckpoint, StepFailed
 from ..algorithms.sft import WALL_CLOCK_METRICS
 from ..config.loading import Arm
 from ..ml_stack import preload_ml
@@ -160,19 +160,22 @@ def run_train(ctx: RunContext) -> dict:
         if not usable(ctx.store, node):
             ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name, _service(backend)))
 
-    history = train_sft(
-        client,
-        data,
-        algo,
-        seed=arm.config.seed,
-        save_steps=set(checkpoints),
-        resume=resume,
-        on_step=on_step,
-        on_checkpoint=on_checkpoint,
-        stop_at=missing[-1],
-        should_stop=ctx.stop_requested,
-        log=ctx.log,
-    )
+    try:
+        history = train_sft(
+            client,
+            data,
+            algo,
+            seed=arm.config.seed,
+            save_steps=set(checkpoints),
+            resume=resume,
+            on_step=on_step,
+            on_checkpoint=on_checkpoint,
+            stop_at=missing[-1],
+            should_stop=ctx.stop_requested,
+            log=ctx.log,
+        )
+    except StepFailed as exc:  # the loop already recovered from one
+        raise NodeFailed(f"{ctx.node.name}: {exc}, again after recreating the training client") from None
     done = history[-1]["step"] if history else 0
     if done < missing[-1]:
         kept = f"checkpoint@{saved_steps[-1]} saved" if saved_steps else "no step finished"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from evsys_build.errors import NodeFailed
+
+from ..base import StepFailed
 from .service import call
 
 
@@ -46,7 +49,10 @@ class TinkerSamplingClient:
         ]
         out = []
         for future in futures:
-            response = call(future.result, "sampling", self.base_url)
+            try:
+                response = call(future.result, "sampling", self.base_url)
+            except StepFailed as exc:  # nothing to recover here: the per-task memo keeps what was sampled
+                raise NodeFailed(f"tinker: {exc}") from None
             out.append([_cut_at_stop(list(seq.tokens), set(stops)) for seq in response.sequences])
         return out
 
