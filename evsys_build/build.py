@@ -43,10 +43,15 @@ def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2,
     A config that nothing about has changed since its last fully cached build into a local
     store takes the fast path (fastpath.py); a fully cached build leaves the snapshot that path
     checks. A remote store is shared with other machines, so its builds always compile.
+    Otherwise a frontend's `fetch(config, strict=False)` first downloads what the config needs
+    and is not here yet (when the network is allowed; else opening the project says what is missing).
     """
     local = getattr(store.bucket, "root", None) is not None
     if local and try_fast_build(store, config, arm, echo):
         return 0
+    fetch = getattr(frontend(), "fetch", None)
+    if fetch is not None:
+        fetch(config, strict=False)
     lines: list[str] = []
 
     def tee(text: str) -> None:
@@ -76,6 +81,9 @@ def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, 
 def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None):
     """(exit code, the run record, the executor, the printer) of one build."""
     graph, arms = _graph_for(project, arm)
+    preflight = getattr(project, "preflight", None)
+    if preflight is not None:  # e.g. a service's key and base model, checked before any node runs
+        preflight(arms)
     printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
     pool = make_pool(executor, jobs, ray_address, project) if isinstance(executor, str) else executor
     executor = Executor(store, jobs=jobs, on_event=printer, stop=stop, pool=pool)

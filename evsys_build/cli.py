@@ -87,7 +87,8 @@ def plan(config, arm, as_json, cache_dir):
         why = "; ".join(e.reasons + _built_on(e))
         status = click.style(f"{e.status:<6}", fg=colors[e.status])
         key = e.node.key[:12] if e.node.key else "?" * 12
-        click.echo(f"{status} {key}  {_label(e.node, e.arms)}" + (f"  ({why})" if why else ""))
+        cost = f"  [{e.cost['summary']}]" if e.cost and e.cost.get("summary") else ""
+        click.echo(f"{status} {key}  {_label(e.node, e.arms)}" + (f"  ({why})" if why else "") + cost)
     counts = {s: sum(e.status == s for e in entries) for s in colors}
     click.echo(f"{counts['run']} to run, {counts['maybe']} may run, {counts['cached']} cached")
 
@@ -123,6 +124,17 @@ def validate(config, deep):
     for line in frontend().validate(Path(config), deep=deep):
         click.echo(line)
     click.echo(f"{config}: ok" + (" (deep)" if deep else ""))
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+def fetch(config):
+    """Download what CONFIG needs from the network ahead of a build (the model's tokenizer, or the model)."""
+    fetch_hook = getattr(frontend(), "fetch", None)
+    if fetch_hook is None:
+        raise UsageError("evsys fetch: this frontend has nothing to fetch")
+    for line in fetch_hook(Path(config)):
+        click.echo(line)
 
 
 @main.command()
@@ -183,7 +195,7 @@ def _mb(size: int) -> str:
 def verify(repair, cache_dir):
     """Re-hash every object, check every manifest and memo; name each bad object's node. Exit 1 on a problem."""
     store = _store(cache_dir)
-    problems = verify_store(store, repair=repair)
+    problems = verify_store(store, repair=repair, check_remote=getattr(frontend(), "check_remote", None))
     for p in problems:
         click.echo(p)
     n_objects = sum(1 for _ in store.iter_objects())

@@ -75,7 +75,7 @@ class RunContext:
     def publish(self, child: Node, body: dict) -> dict:
         """Write the manifest of a node this one produces (a checkpoint) while still running."""
         manifest = node_manifest(child, body, 0.0, [("producer", self.node, None)], self.where)
-        manifest = self.store.write_manifest(child.key, manifest)
+        manifest = self.store.write_manifest(child.key, manifest, stale=_stale_test(child))
         self.published[child.id] = manifest
         self.emit(Event("published", child, manifest=manifest))
         return manifest
@@ -247,7 +247,7 @@ def build_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable
         for child in node.produces:
             if store.complete_manifest(child.key, label=child.name) is None:
                 raise NodeFailed(f"{node.name} finished without producing {child.name}")
-        manifest = store.write_manifest(node.key, manifest)
+        manifest = store.write_manifest(node.key, manifest, stale=_stale_test(node))
     emit(Event("ran", node, seconds=seconds, manifest=manifest))
     return manifest, True
 
@@ -284,3 +284,10 @@ def node_manifest(node: Node, body: dict, seconds: float, inputs: list[tuple[str
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "built_on": {"host": socket.gethostname(), **(where or {}), **body.get("built_on", {})},
     }
+
+
+def _stale_test(node: Node) -> Callable[[dict], bool] | None:
+    """For a node whose output lives partly on a service: whether an already stored manifest of it
+    references what the service lost, so the fresh one replaces it instead of being dropped."""
+    check = node.check_stored
+    return (lambda manifest: bool(check(manifest))) if check is not None else None

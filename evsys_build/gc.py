@@ -162,17 +162,22 @@ def _memo_live(store: Store, key: str, live_objects: set[str], live_checkpoints:
     return bool(names) and names <= live_objects
 
 
-def verify_store(store: Store, repair: bool = False) -> list[str]:
+def verify_store(store: Store, repair: bool = False, check_remote=None) -> list[str]:
     """Re-hash every object, check every manifest and memo; returns the problems, each naming the
     node that owns the bad object. Changes nothing unless `repair` (then bad objects, manifests
-    and memos are quarantined and stale staging files removed; the next build rebuilds them)."""
+    and memos are quarantined and stale staging files removed; the next build rebuilds them).
+    `check_remote(manifests)` (the frontend's) reports nodes whose references on a remote
+    service (tinker:// checkpoints) are gone: nothing local to repair, the next build redoes them."""
     owners: dict[str, list[str]] = {}
     problems = []
+    remote: list[dict] = []
     for key in store.iter_manifests():
         manifest = store.read_manifest(key, quarantine=repair)
         if manifest is None:
             problems.append(f"node {key[:12]}: manifest unreadable or its checksum does not match" + (" (quarantined)" if repair else ""))
             continue
+        if (manifest.get("attachments") or {}).get("remote"):
+            remote.append(manifest)
         label = f"{manifest.get('name')} node:{key[:12]}"
         for name in sorted(referenced_objects(manifest)):
             owners.setdefault(name, []).append(label)
@@ -189,6 +194,8 @@ def verify_store(store: Store, repair: bool = False) -> list[str]:
     for key in store.iter_memo_keys():
         if store.memo_get(key, quarantine=repair) is None:
             problems.append(f"memo {key[:12]}: its value does not match its digest" + (" (quarantined)" if repair else ""))
+    if remote and check_remote is not None:
+        problems += check_remote(remote)
     for f in store.stale_staging():
         problems.append(f"{f}: a staging file a killed build left behind" + (" (removed)" if repair else ""))
     if repair:

@@ -26,6 +26,9 @@ class Node:
     max_retries; see ray_pool.py), declared by its rule and overridable per config.
     `param_paths` maps a top-level param to the config path shown in plan reasons;
     `param_labels` gives a fixed reason for a param (e.g. "data file content changed").
+    `check_stored(manifest)`, for a node whose output lives partly on a remote service (a
+    checkpoint on Tinker), says why a stored manifest can no longer be used (None: it can).
+    `estimate(store, node, input manifests)` gives `plan` what running it would cost (tokens, requests).
     """
 
     rule: str
@@ -41,6 +44,8 @@ class Node:
     produces: list["Node"] = field(default_factory=list)
     payload: Any = None
     resources: dict = field(default_factory=dict)
+    check_stored: Callable[[dict], str | None] | None = None
+    estimate: Callable[..., dict | None] | None = None
     key: str | None = None  # set by resolve(); None while an input is not built yet
     _id: str | None = None
 

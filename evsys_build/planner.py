@@ -30,12 +30,28 @@ def cached_manifest(store: Store, node: Node, warn: Callable[[str], None] | None
         if warn is not None and store.has_manifest(node.key):
             warn(f"{node.name} (node:{node.key[:12]}) is stored but {_lost_part(store, node.key)}; rebuilding it")
         return None
+    gone = remote_loss(node, manifest)
+    if gone:
+        if warn is not None:
+            warn(f"{node.name} (node:{node.key[:12]}) is stored but {gone}; rebuilding it")
+        return None
     for child in node.produces:
-        if store.complete_manifest(child.key, label=child.name) is None:
+        child_manifest = store.complete_manifest(child.key, label=child.name)
+        if child_manifest is None:
             if warn is not None and store.has_manifest(child.key):
                 warn(f"{child.name} (node:{child.key[:12]}) is stored but {_lost_part(store, child.key)}; {node.name} rebuilds it")
             return None
+        gone = remote_loss(child, child_manifest)
+        if gone:
+            if warn is not None:
+                warn(f"{child.name} (node:{child.key[:12]}) is stored but {gone}; {node.name} rebuilds it")
+            return None
     return manifest
+
+
+def remote_loss(node: Node, manifest: dict) -> str:
+    """Why a stored node is unusable because what it references on a remote service is gone ('' if not)."""
+    return (node.check_stored(manifest) or "") if node.check_stored is not None else ""
 
 
 @dataclass
@@ -45,6 +61,7 @@ class PlanEntry:
     reasons: list[str] = field(default_factory=list)
     arms: list[str] = field(default_factory=list)
     manifest: dict | None = None  # the cached manifest
+    cost: dict | None = None  # what running it would cost (node.estimate), for nodes that run
 
     def as_json(self) -> dict:
         return {
@@ -57,6 +74,7 @@ class PlanEntry:
             "status": self.status,
             "reasons": self.reasons,
             **({"built_on": self.manifest["built_on"]} if self.manifest and self.manifest.get("built_on") else {}),
+            **({"cost": self.cost} if self.cost else {}),
         }
 
 
@@ -65,6 +83,7 @@ def plan(store: Store, graph: Graph, refs: dict[str, dict]) -> list[PlanEntry]:
     the last build's record per arm."""
     digests: dict[str, str] = {}
     statuses: dict[str, str] = {}
+    manifests: dict[str, dict] = {}
     entries = []
     for node in graph.nodes():
         arms = graph.arms_of.get(node.id, [node.arm])
@@ -73,6 +92,9 @@ def plan(store: Store, graph: Graph, refs: dict[str, dict]) -> list[PlanEntry]:
         statuses[node.id] = entry.status
         if entry.manifest is not None:
             digests[node.id] = output_digest(entry.manifest)
+            manifests[node.id] = entry.manifest
+        elif node.estimate is not None:
+            entry.cost = node.estimate(store, node, {label: manifests.get(parent.id) for label, parent in node.inputs})
         entries.append(entry)
     return entries
 
@@ -136,12 +158,21 @@ def explain(store: Store, node: Node, previous: dict | None, digests: dict) -> l
 
 
 def _why_not_stored(store: Store, node: Node) -> str:
-    if store.read_manifest(node.key) is None:
+    manifest = store.read_manifest(node.key)
+    if manifest is None:
         return "not in store (interrupted, removed by gc, or quarantined)"
     lost = _lost_part(store, node.key)
     if lost:
         return f"not in store: {lost}"
-    incomplete = [child.name for child in node.produces if store.complete_manifest(child.key) is None]
+    gone = remote_loss(node, manifest)
+    if gone:
+        return gone
+    incomplete = []
+    for child in node.produces:
+        child_manifest = store.complete_manifest(child.key)
+        gone = remote_loss(child, child_manifest) if child_manifest is not None else ""
+        if child_manifest is None or gone:
+            incomplete.append(f"{child.name}" + (f" ({gone})" if gone else ""))
     return f"not stored: {', '.join(incomplete)}" if incomplete else "not in store"
 
 

@@ -162,13 +162,14 @@ class Store:
         return out
 
     # -- node manifests --------------------------------------------------------------------------
-    def write_manifest(self, key: str, manifest: dict) -> dict:
+    def write_manifest(self, key: str, manifest: dict, stale: Callable[[dict], bool] | None = None) -> dict:
         """Store a node's manifest; returns the manifest the store holds afterwards.
 
         Only once every object it names exists (checked in one batch), and create-only: when
         another writer (a second build, a retried Ray task) stored this node first, its manifest
         is kept and returned, so everything below keys on one output. An existing manifest that
-        lost objects is replaced by compare-and-swap."""
+        lost objects, or that `stale` rejects (what it references on a service is gone), is
+        replaced by compare-and-swap."""
         body = {k: v for k, v in manifest.items() if k != "checksum"}
         body["key"] = key
         body.setdefault("evsys_version", __version__)  # a copied manifest keeps the version that built it
@@ -188,7 +189,7 @@ class Store:
             if stored is None:  # corrupt: move it aside and write ours
                 self._quarantine(path, current.token, "its checksum does not match its content")
                 continue
-            if not self.missing_objects(referenced_objects(stored)):
+            if not self.missing_objects(referenced_objects(stored)) and not (stale is not None and stale(stored)):
                 return stored
             if self.bucket.replace(path, data, current.token):
                 return body

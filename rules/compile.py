@@ -10,6 +10,7 @@ from evsys_build.statcache import StatCache
 
 from .config.loading import Arm, LoadedConfig
 from .models.resolve import ResolvedModel, resolve
+from .plugins import kinds
 from .nodes.eval import eval_nodes
 from .nodes.report import report_node
 from .nodes.source import source_node
@@ -31,6 +32,17 @@ class ArmNodes:
     report: Node | None = None
 
 
+def trains_by_name(arm: Arm) -> bool:
+    """Whether the arm's backend trains its model by name on a service (tinker) that holds the weights."""
+    return bool(getattr(kinds.backends.get(arm.config.backend.kind), "trains_by_name", False))
+
+
+def model_need(arm: Arm) -> str:
+    """What of the model must be here: its tokenizer only when the backend trains it by name on a
+    service, else its weights too."""
+    return "tokenizer" if trains_by_name(arm) else "model"
+
+
 def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, list[ArmNodes]]:
     """Every arm's nodes in one graph; arms share the nodes they have in common (same id)."""
     graph = Graph()
@@ -45,8 +57,10 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
     rows = add(source_node(loaded, arm, statcache))
     for index in range(len(arm.config.transforms)):
         rows = add(transform_node(arm, index, rows))
-    wanted = (arm.config.model.name, arm.config.model.revision)
-    model = models.get(wanted) or models.setdefault(wanted, resolve(*wanted, statcache))
+    name, revision, by_name = arm.config.model.name, arm.config.model.revision, trains_by_name(arm)
+    model = models.get((name, revision, by_name)) or models.setdefault(
+        (name, revision, by_name), resolve(name, revision, statcache, model_need(arm), by_name, str(loaded.path))
+    )
     tokens = add(tokenize_node(arm, rows, model))
     train = add(train_node(arm, tokens, model))
     checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}

@@ -9,7 +9,7 @@ from evsys_build.build import build_project
 from evsys_build.store import cache_location, open_store
 
 from .config.loading import LoadedConfig
-from .frontend import open_project
+from .frontend import fetch, open_project
 from .outputs.experiment_md import conclusion
 from .outputs.run_dir import arm_run_dir, arm_summaries
 
@@ -34,6 +34,7 @@ class Experiment:
     def run(self, arm: str | None = None, jobs: int = 2, executor: str = "threads", ray_address: str | None = None) -> ExperimentResult:
         """Build every node (callbacks fire, the run dir is written) and summarise the outcome.
         `executor`: threads, inline or ray (see `evsys build --executor`)."""
+        fetch(self.config_path, strict=False)  # what the config needs from the Hub, when the network allows
         project = open_project(self.config_path, self.store)
         code = build_project(project, self.store, arm=arm, jobs=jobs, echo=self.echo, executor=executor, ray_address=ray_address)
         summaries = arm_summaries(project, self.store)

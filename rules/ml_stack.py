@@ -16,7 +16,6 @@ def preload_ml() -> None:
     with _lock:
         if _loaded:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         import torch  # noqa: F401
         import transformers

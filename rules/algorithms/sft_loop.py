@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from ..backends.base import AdamParams, Datum, SavedCheckpoint, TrainingClient
+from ..backends.base import AdamParams, Datum, PipelinedTrainingClient, SavedCheckpoint, StepFailed, TrainingClient
 from .sft import WALL_CLOCK_METRICS as TIMING_METRICS  # noqa: F401  (re-exported for callers of the loop)
 from .sft import SFTConfig
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_permutation(num_examples: int, seed: int, epoch: int):
     """The order of examples in `epoch`, a pure function of (seed, epoch)."""
     import numpy as np  # lazily: planning imports this module (to key training) but never trains
 
@@ -36,7 +37,7 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> l
     """Example indices of 1-based `step` in the epoch stream."""
     start = (step - 1) * batch_size
     indices = []
-    cached: dict[int, np.ndarray] = {}
+    cached: dict = {}
     for position in range(start, start + batch_size):
         epoch, offset = divmod(position, num_examples)
         if epoch not in cached:
@@ -121,6 +122,7 @@ def train_sft(
     stop_at: Optional[int] = None,
     show_progress: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> list[dict]:
     """Run SFT steps up to max_steps (or stop_at) and return every step's metrics.
 
@@ -128,32 +130,138 @@ def train_sft(
     `resume` (an earlier SavedCheckpoint) continues bit-identically on CPU. When `should_stop()`
     turns true the loop starts no new step: it checkpoints the last finished step (unless that
     is saved already) and returns early, so no finished step is lost.
+
+    A client on a service (`PipelinedTrainingClient`) gets step N+1 submitted before step N's
+    result is awaited, as tinker-cookbook's supervised loop does; a local client runs each step
+    to the end first. A `StepFailed` from a service is recovered once: the client is recreated
+    from the last saved state and the steps after it are trained again.
     """
     if not data:
         raise ValueError("train_sft: no training examples")
     final_step = min(cfg.max_steps, stop_at) if stop_at is not None else cfg.max_steps
-    metrics: list[dict] = []
+    run = _Run(client, data, cfg, seed, on_step, on_checkpoint, _Progress(1, final_step, False))
     first_step = 1
     if resume is not None:
         meta = resume.meta
         _check_resumable(meta, cfg, seed, len(data), client.info())
         client.load_state(resume.state)
-        metrics = [dict(m) for m in meta["metrics_so_far"]]
+        run.metrics = [dict(m) for m in meta["metrics_so_far"]]
         first_step = int(meta["step"]) + 1
-    saves = steps_to_save(cfg, save_steps, final_step)
-    progress = _Progress(first_step, final_step, show_progress)  # evsys build draws its own
-    for step in range(first_step, final_step + 1):
-        if should_stop():
-            if step - 1 >= first_step and step - 1 not in saves:
-                on_checkpoint(step - 1, _checkpoint(client, cfg, seed, step - 1, len(data), metrics))
-            return metrics
-        step_metrics = _train_step(client, data, cfg, seed, step)
-        metrics.append(step_metrics)
-        on_step(step, step_metrics)
-        progress.update(step, step_metrics["train_mean_nll"])
-        if step in saves:
-            on_checkpoint(step, _checkpoint(client, cfg, seed, step, len(data), metrics))
-    return metrics
+        run.last_saved = resume
+    run.saves = steps_to_save(cfg, save_steps, final_step)
+    run.progress = _Progress(first_step, final_step, show_progress)  # evsys build draws its own
+    recovered = False
+    step = first_step
+    while True:
+        try:
+            stopped = run.steps(step, final_step, should_stop)
+            break
+        except StepFailed as exc:
+            if recovered or not isinstance(client, PipelinedTrainingClient):
+                raise
+            recovered = True
+            saved = run.last_saved
+            step = int(saved.meta["step"]) + 1 if saved is not None else 1
+            log(f"a training step failed on the service ({exc}); recreating the training client from "
+                + (f"the state saved at step {step - 1}" if saved is not None else "scratch") + " and training again from there")
+            client.recover(saved.state if saved is not None else None)
+            run.metrics = [dict(m) for m in saved.meta["metrics_so_far"]] if saved is not None else []
+    if stopped:
+        done = run.metrics[-1]["step"] if run.metrics else 0
+        if done >= first_step and done not in run.saves:
+            run.checkpoint(done, run.save_now(done))
+    return run.metrics
+
+
+class _Run:
+    """The state of one train_sft call: metrics so far, the last saved checkpoint, the steps in flight."""
+
+    def __init__(self, client, data, cfg, seed, on_step, on_checkpoint, progress):
+        self.client, self.data, self.cfg, self.seed = client, data, cfg, seed
+        self.on_step, self.on_checkpoint, self.progress = on_step, on_checkpoint, progress
+        self.pipelined = isinstance(client, PipelinedTrainingClient)
+        self.metrics: list[dict] = []
+        self.last_saved: Optional[SavedCheckpoint] = None
+        self.saves: set[int] = set()
+        self.last_finish = 0.0
+
+    def steps(self, first: int, last: int, should_stop: Callable[[], bool]) -> bool:
+        """Train steps first..last; True when `should_stop` ended it early. Steps are submitted one
+        ahead on a service; every submitted step is finished (its metrics kept) before returning."""
+        in_flight: deque = deque()
+        ahead = 1 if self.pipelined else 0
+        stopped = False
+        for step in range(first, last + 1):
+            if should_stop():
+                stopped = True
+                break
+            in_flight.append(self.submit(step))
+            while len(in_flight) > ahead:
+                self.finish(*in_flight.popleft())
+        while in_flight:
+            self.finish(*in_flight.popleft())
+        return stopped
+
+    def submit(self, step: int) -> tuple:
+        """Step `step`'s forward_backward and optim_step (and its checkpoint save, if any), in order."""
+        started = time.perf_counter()
+        batch = [self.data[i] for i in batch_indices(len(self.data), self.cfg.batch_size, self.seed, step)]
+        normalized, raw_weight = normalized_batch(batch)
+        lr = learning_rate_at(step, self.cfg)
+        if self.pipelined:
+            result = self.client.forward_backward_async(normalized)
+            optim = self.client.optim_step_async(adam_params(self.cfg, lr))
+            save = self.client.save_checkpoint_async(f"step-{step}") if step in self.saves else None
+        else:
+            result = _Done(self.client.forward_backward(normalized))
+            optim = _Done(self.client.optim_step(adam_params(self.cfg, lr)))
+            save = _Done(self.save_now(step)) if step in self.saves else None
+        return step, raw_weight, lr, result, optim, save, started
+
+    def save_now(self, step: int):
+        """A checkpoint of the client as it is (after step `step`): submitted and awaited."""
+        if self.pipelined:
+            return self.client.save_checkpoint_async(f"step-{step}").result()
+        return self.client.save_state(), self.client.weights_blobs(), {}
+
+    def finish(self, step, raw_weight, lr, result, optim, save, started) -> None:
+        fb, opt = result.result(), optim.result()
+        elapsed = time.perf_counter() - max(started, self.last_finish)  # in flight: since the previous step ended
+        self.last_finish = time.perf_counter()
+        mean_nll = float(fb["loss_sum"]) if raw_weight > 0 else None  # weights were divided by raw_weight
+        metrics = {
+            "step": step,
+            "train_mean_nll": mean_nll,
+            "optim/lr": lr,
+            "num_tokens": int(fb["num_tokens"]),
+            "num_loss_tokens": int(fb["num_loss_tokens"]),
+            "loss_weight": raw_weight,
+            "tokens_per_s": fb["num_tokens"] / elapsed if elapsed > 0 else None,
+            "step_time_s": elapsed,
+        }
+        if "grad_norm" in opt:
+            metrics["optim/grad_norm"] = opt["grad_norm"]
+        self.metrics.append(metrics)
+        self.on_step(step, metrics)
+        self.progress.update(step, mean_nll)
+        if save is not None:
+            self.checkpoint(step, save.result())
+
+    def checkpoint(self, step: int, saved: tuple) -> None:
+        state, weights, remote = saved
+        checkpoint = SavedCheckpoint(state, weights, _meta(self.client, self.cfg, self.seed, step, len(self.data), self.metrics), remote)
+        self.last_saved = checkpoint
+        self.on_checkpoint(step, checkpoint)
+
+
+class _Done:
+    """A finished value shaped like a future (local clients compute at once)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 def _check_resumable(meta: dict, cfg: SFTConfig, seed: int, num_examples: int, info: dict) -> None:
@@ -178,33 +286,11 @@ def _precision(info: dict, field: str):
     return value.split(":", 1)[0] if field == "device" and isinstance(value, str) else value  # cuda:0 and cuda:1 train alike
 
 
-def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed: int, step: int) -> dict:
-    started = time.perf_counter()
-    batch = [data[i] for i in batch_indices(len(data), cfg.batch_size, seed, step)]
-    normalized, raw_weight = normalized_batch(batch)
-    lr = learning_rate_at(step, cfg)
-    result = client.forward_backward(normalized)
-    optim = client.optim_step(adam_params(cfg, lr))
-    elapsed = time.perf_counter() - started
-    mean_nll = float(result["loss_sum"]) if raw_weight > 0 else None  # weights were divided by raw_weight
-    metrics = {
-        "step": step,
-        "train_mean_nll": mean_nll,
-        "optim/lr": lr,
-        "num_tokens": int(result["num_tokens"]),
-        "num_loss_tokens": int(result["num_loss_tokens"]),
-        "loss_weight": raw_weight,
-        "tokens_per_s": result["num_tokens"] / elapsed if elapsed > 0 else None,
-        "step_time_s": elapsed,
-    }
-    if "grad_norm" in optim:
-        metrics["optim/grad_norm"] = optim["grad_norm"]
-    return metrics
-
-
-def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]) -> SavedCheckpoint:
+def _meta(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]) -> dict:
+    """What a checkpoint records besides the client's state: the step, the data position, the
+    metrics so far, and what resume checks (seed, batch size, data size, rank, precision)."""
     position = step * cfg.batch_size
-    meta = {
+    return {
         "step": step,
         "epoch": position // num_examples,
         "position": position,
@@ -215,4 +301,3 @@ def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, nu
         "num_examples": num_examples,
         "info": client.info(),
     }
-    return SavedCheckpoint(client.save_state(), client.weights_blobs(), meta)

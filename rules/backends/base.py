@@ -7,7 +7,7 @@ A `Backend` makes a `TrainingClient` (forward_backward + optim_step on a model, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Protocol, Sequence, runtime_checkable
 
@@ -57,6 +57,13 @@ class SavedCheckpoint:
     state: dict[str, bytes]
     weights: dict[str, bytes]
     meta: dict
+    remote: dict = field(default_factory=dict)  # role -> reference on a service (tinker:// paths), {} for local
+
+
+class StepFailed(Exception):
+    """A training step failed on a remote service in a way that recreating the training client
+    from the last saved state may fix (a lost worker, a server error after the SDK's retries).
+    The SFT loop recovers from it once; anything else is raised as it is."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,27 @@ class TrainingClient(Protocol):
 
     def sampling_client(self) -> SamplingClient:
         """A sampler over the current weights."""
+        ...
+
+
+@runtime_checkable
+class PipelinedTrainingClient(TrainingClient, Protocol):
+    """A TrainingClient on a service: calls are submitted in order and return futures (`.result()`),
+    so the loop submits step N+1 before it waits for step N and the service never idles on it.
+    The training model is created lazily: `load_state` creates it *from* a saved state (resume),
+    the first step creates a fresh one."""
+
+    def forward_backward_async(self, datums: Sequence[Datum], loss: LossName = "cross_entropy"): ...
+
+    def optim_step_async(self, adam: AdamParams): ...
+
+    def save_checkpoint_async(self, name: str):
+        """Submit saving the state (resume) and the sampler weights after the last submitted step;
+        `.result()` is (state blobs, weights blobs, remote references)."""
+        ...
+
+    def recover(self, state: Optional[dict[str, bytes]]) -> None:
+        """Drop the current training model and continue from `state` (None: from scratch)."""
         ...
 
 

@@ -67,9 +67,19 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel) -> 
                 },
                 payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt},
                 resources=resources,
+                estimate=estimate_eval,
             )
             evals.append((bench, step, node))
     return evals
+
+
+def estimate_eval(store, node: Node, inputs: dict) -> dict:
+    """What `plan` says an eval that runs will cost: one sampling request per task (num_samples
+    each) and at most max_tokens new tokens per sample (tasks already memoised cost nothing)."""
+    tasks, bench = node.payload["tasks"], node.payload["bench"]
+    samples = len(tasks) * bench.num_samples
+    cost = {"sampling_requests": len(tasks), "samples": samples, "max_new_tokens": samples * bench.max_tokens}
+    return {**cost, "summary": f"{len(tasks)} sampling requests, {samples} samples, <= {cost['max_new_tokens']:,} new tokens"}
 
 
 def training_system_prompt(arm: Arm) -> str | None:
@@ -159,9 +169,11 @@ def _sample(sampler, prompts: list[list[int]], sampling: dict, stop_ids: list[in
     common = {"max_tokens": sampling["max_tokens"], "temperature": sampling["temperature"], "stop_token_ids": stop_ids, "n": sampling["num_samples"]}
     if sampling["temperature"] == 0:
         return sampler.sample(prompts, seed=seed, **common)
+    seeds = [int(digest({"seed": seed, "prompt": prompt})[:8], 16) for prompt in prompts]
+    if getattr(sampler, "per_prompt_seeds", False):  # a service: every prompt in one submission
+        return sampler.sample(prompts, seed=seed, seeds=seeds, **common)
     out = []
-    for prompt in prompts:
-        task_seed = int(digest({"seed": seed, "prompt": prompt})[:8], 16)
+    for prompt, task_seed in zip(prompts, seeds):
         out += sampler.sample([prompt], seed=task_seed, **common)
     return out
 

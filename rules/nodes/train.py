@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 
-from evsys_build.errors import ConfigError, Interrupted
+from evsys_build.errors import ConfigError, Interrupted, NodeFailed
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
+from evsys_build.planner import cached_manifest
 from evsys_build.store import Store
 
-from ..backends.base import Datum, SavedCheckpoint
+from ..backends.base import Datum, SavedCheckpoint, StepFailed
 from ..algorithms.sft import WALL_CLOCK_METRICS
 from ..config.loading import Arm
 from ..ml_stack import preload_ml
@@ -59,6 +60,7 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel) -> Node:
         param_labels={"model": f"model changed ({cfg.model.name})"},
         payload={"arm": arm, "model_dir": model.dir, "backend": backend, "algorithm": algo},
         resources=backend_resources(backend),
+        estimate=estimate_training,
     )
 
 
@@ -99,6 +101,7 @@ def checkpoint_node(train: Node, step: int) -> Node:
         inputs=[("train", train)],
         arm=train.arm,
         produced_by=train,
+        check_stored=remote_references_lost,
     )
     if train.key is not None:
         node.key = node.key_for({})
@@ -133,11 +136,12 @@ def run_train(ctx: RunContext) -> dict:
     payload = ctx.node.payload
     arm, algo = payload["arm"], payload["algorithm"]
     backend = payload["backend"]
+    by_name = getattr(backend, "trains_by_name", False)
     if hasattr(backend, "check_ready"):
-        backend.check_ready()
+        backend.check_ready(**({"base_model": arm.config.model.name, "lora_rank": algo.lora_rank} if by_name else {}))
     checkpoints = payload["checkpoints"]
     final_step = algo.max_steps
-    missing = [s for s, n in sorted(checkpoints.items()) if ctx.store.complete_manifest(n.key) is None]
+    missing = [s for s, n in sorted(checkpoints.items()) if not usable(ctx.store, n)]
     if not missing:  # every checkpoint stored (the build died just before this manifest): nothing to train
         return _train_result(ctx.store, checkpoints[final_step])
     resume_step = newest_stored_step(ctx.store, ctx.node, below=missing[0])
@@ -147,7 +151,7 @@ def run_train(ctx: RunContext) -> dict:
     data = [Datum(ids, w) for ids, w in iter_token_rows(ctx.store, TokenDataset.of(ctx.inputs["tokens"]).chunks)]
     if not data:
         raise ConfigError(f"{ctx.node.name}: no training rows left after the transforms")
-    client = backend.create_training_client(payload["model_dir"], algo.lora_rank, arm.config.seed)
+    client = backend.create_training_client(payload["model_dir"], algo.lora_rank, arm.config.seed, **({"base_model": arm.config.model.name} if by_name else {}))
     callbacks = make_callbacks(arm.config, ctx.log)
     saved_steps: list[int] = []
 
@@ -159,21 +163,25 @@ def run_train(ctx: RunContext) -> dict:
     def on_checkpoint(step: int, saved: SavedCheckpoint) -> None:
         node = checkpoints.get(step) or checkpoint_node(ctx.node, step)
         saved_steps.append(step)
-        if ctx.store.complete_manifest(node.key) is None:
-            ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name))
+        if not usable(ctx.store, node):
+            ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name, _service(backend)))
 
-    history = train_sft(
-        client,
-        data,
-        algo,
-        seed=arm.config.seed,
-        save_steps=set(checkpoints),
-        resume=resume,
-        on_step=on_step,
-        on_checkpoint=on_checkpoint,
-        stop_at=missing[-1],
-        should_stop=ctx.stop_requested,
-    )
+    try:
+        history = train_sft(
+            client,
+            data,
+            algo,
+            seed=arm.config.seed,
+            save_steps=set(checkpoints),
+            resume=resume,
+            on_step=on_step,
+            on_checkpoint=on_checkpoint,
+            stop_at=missing[-1],
+            should_stop=ctx.stop_requested,
+            log=ctx.log,
+        )
+    except StepFailed as exc:  # the loop already recovered from one
+        raise NodeFailed(f"{ctx.node.name}: {exc}, again after recreating the training client") from None
     done = history[-1]["step"] if history else 0
     if done < missing[-1]:
         kept = f"checkpoint@{saved_steps[-1]} saved" if saved_steps else "no step finished"
@@ -182,14 +190,60 @@ def run_train(ctx: RunContext) -> dict:
 
 
 def newest_stored_step(store: Store, train: Node, below: int) -> int:
-    """The newest step < `below` with a fully stored checkpoint of this train node (0 = none)."""
+    """The newest step < `below` with a fully stored, usable checkpoint of this train node (0 = none)."""
     for step in range(below - 1, 0, -1):
-        if store.complete_manifest(checkpoint_node(train, step).key) is not None:
+        if usable(store, checkpoint_node(train, step)):
             return step
     return 0
 
 
-def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str) -> dict:
+def usable(store: Store, checkpoint: Node) -> bool:
+    """Stored completely, and whatever it references on a service still exists there."""
+    return cached_manifest(store, checkpoint) is not None
+
+
+def remote_references_lost(manifest: dict) -> str | None:
+    """Why a checkpoint is unusable: its references on a service (tinker:// paths) are gone. None
+    when it has none, when they exist, or when the service cannot be asked (no key, offline)."""
+    remote = (manifest.get("attachments") or {}).get("remote")
+    if not remote:
+        return None
+    service = remote.get("service", {})
+    if service.get("backend") not in kinds.backends:
+        return None
+    check = getattr(kinds.backends.get(service["backend"]), "missing_remote", None)
+    missing = check(sorted(remote.get("refs", {}).values()), service) if check else None
+    return "; ".join(sorted(missing.values())) if missing else None
+
+
+def _service(backend) -> dict:
+    service = getattr(backend, "service", None)
+    return service() if service is not None else {}
+
+
+def estimate_training(store: Store, train: Node, inputs: dict) -> dict:
+    """What `plan` says a train node that runs will cost: the steps left (after the newest usable
+    checkpoint), and the tokens and loss tokens they process, from the tokenized data's mean row
+    length (plan never loads numpy, so not row by row). Tokens are unknown until tokenize ran."""
+    algo = train.payload["algorithm"]
+    first_missing = algo.max_steps
+    if train.key is not None:
+        missing = [s for s, n in sorted(train.payload.get("checkpoints", {}).items()) if not usable(store, n)]
+        first_missing = missing[0] if missing else algo.max_steps + 1
+    done = newest_stored_step(store, train, below=first_missing) if train.key is not None else 0
+    steps = max(0, algo.max_steps - done)
+    rows = steps * algo.batch_size
+    cost = {"steps": steps, "rows": rows, "resumes_from_step": done}
+    tokens = TokenDataset.of(inputs["tokens"]) if inputs.get("tokens") else None
+    if tokens is None or not tokens.num_rows:
+        return {**cost, "summary": f"{steps} steps x {algo.batch_size} rows; token counts once tokenize has run"}
+    cost["tokens"] = round(tokens.num_tokens / tokens.num_rows * rows)
+    cost["loss_tokens"] = round(tokens.num_loss_tokens / tokens.num_rows * rows)
+    resumed = f", resuming after step {done}" if done else ""
+    return {**cost, "summary": f"~{cost['tokens']:,} tokens, ~{cost['loss_tokens']:,} loss tokens over {steps} steps{resumed}"}
+
+
+def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, service: dict | None = None) -> dict:
     """A checkpoint manifest body from a SavedCheckpoint: weights, state and meta as blobs (the
     content evals key on); wall-clock timings attached apart, so a retrain that computes the same
     bytes has the same output digest; where and in what precision it was built."""
@@ -204,9 +258,10 @@ def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str) -> di
         timings_blob=store.put_bytes(_json(timings)),
     )
     info = meta.get("info", {})
+    remote = {"remote": {"refs": dict(saved.remote), "service": service or {}}} if saved.remote else {}
     return {
         "outputs": checkpoint.outputs(),
-        "attachments": checkpoint.attachments(),
+        "attachments": {**checkpoint.attachments(), **remote},
         "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k != "step"},
         "stats": {
             "step": meta["step"],

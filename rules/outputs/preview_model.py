@@ -22,6 +22,11 @@ def model_preview(store: Store, manifest: dict, rows: int) -> tuple[str, list]:
             f"size {s.get('size_bytes', 0) / 1e6:.2f} MB: weights {sorted(checkpoint.weights)}, state {sorted(checkpoint.state)}",
             "metrics at this step: " + ", ".join(f"{k}={_f(v)}" for k, v in sorted(metrics.items())),
         ]
+        remote = (manifest.get("attachments") or {}).get("remote")
+        if remote:  # trained on a service: where its state and sampler weights live there
+            service = remote.get("service", {})
+            where = service.get("base_url") or f"hosted {service.get('backend', '')}".strip()
+            lines += [f"on {where}: {role} {path}" for role, path in sorted(remote.get("refs", {}).items())]
         return "\n".join(lines), [metrics]
     if rule == "train":
         result = TrainResult.of(manifest)

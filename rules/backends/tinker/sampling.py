@@ -1,0 +1,64 @@
+"""Sampling through a Tinker sampling client: every prompt of a round is submitted before any
+result is awaited, so the service sees the whole benchmark at once."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from evsys_build.errors import NodeFailed
+
+from ..base import StepFailed
+from .service import call
+
+
+class TinkerSamplingClient:
+    """The SamplingClient protocol over `tinker.SamplingClient` (a checkpoint's sampler weights)."""
+
+    per_prompt_seeds = True  # sample() takes `seeds`, one per prompt, in one submission
+
+    def __init__(self, sampler, base_url: Optional[str]):
+        self.sampler, self.base_url = sampler, base_url
+
+    def sample(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop_token_ids: Sequence[int] = (),
+        n: int = 1,
+        seed: int = 0,
+        seeds: Optional[Sequence[int]] = None,
+    ) -> list[list[list[int]]]:
+        """Per prompt, `n` completions of generated ids, cut before the first stop token."""
+        from tinker import types
+
+        stops = [int(t) for t in stop_token_ids]
+        seeds = list(seeds) if seeds is not None else [seed] * len(prompts)
+        futures = [
+            call(
+                lambda p=p, s=s: self.sampler.sample(
+                    prompt=types.ModelInput.from_ints(list(p)),
+                    num_samples=n,
+                    sampling_params=types.SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=stops, seed=s),
+                ),
+                "submitting a sampling request",
+                self.base_url,
+            )
+            for p, s in zip(prompts, seeds)
+        ]
+        out = []
+        for future in futures:
+            try:
+                response = call(future.result, "sampling", self.base_url)
+            except StepFailed as exc:  # nothing to recover here: the per-task memo keeps what was sampled
+                raise NodeFailed(f"tinker: {exc}") from None
+            out.append([_cut_at_stop(list(seq.tokens), set(stops)) for seq in response.sequences])
+        return out
+
+
+def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
+    for k, tok in enumerate(tokens):
+        if tok in stops:
+            return tokens[:k]
+    return tokens
