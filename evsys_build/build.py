@@ -5,16 +5,18 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import CorruptObject, Interrupted, NodeFailed, UsageError
+from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
 from .interrupts import stop_on_signals
 from .planner import PlanEntry, plan
 from .project import frontend
 from .runs import finish_run, start_run
 from .store import Store, referenced_objects
+from .targets import no_target_message, select_targets
 
 
 def _project_and_graph(config: Path, store: Store, arm: str | None):
@@ -28,32 +30,60 @@ def _graph_for(project, arm: str | None):
     return project.graph_for(arm), ([arm] if arm else project.arm_names)
 
 
-def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[PlanEntry]:
+def plan_entries(config: Path, store: Store, arm: str | None = None, targets: list[str] | None = None) -> list[PlanEntry]:
+    return plan_with_notes(config, store, arm, targets)[0]
+
+
+def plan_with_notes(config: Path, store: Store, arm: str | None = None, targets: list[str] | None = None) -> tuple[list[PlanEntry], list[str]]:
+    """The plan, and the project's notes (e.g. nodes that appear once the data is built)."""
     project, graph, _ = _project_and_graph(config, store, arm)
-    return plan(store, graph, project.refs(store))
+    if targets:
+        graph, unmatched = select_targets(graph, store, targets)
+        if unmatched:
+            raise UsageError(no_target_message(unmatched[0], project.graph_for(arm), _incomplete(project)))
+    return plan(store, graph, project.refs(store)), list(getattr(project, "notes", []))
 
 
-def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print) -> int:
+def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, targets: list[str] | None = None) -> int:
     """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise."""
-    return build_project(frontend().open_project(config, store), store, arm, jobs, echo)
+    return build_project(frontend().open_project(config, store), store, arm, jobs, echo, targets=targets)
 
 
-def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
-    """Build an already opened project and record the run; returns the exit code.
+@dataclass
+class BuildOutcome:
+    """What a build did: its exit code, its run record, and the failure (a node's error) if any."""
+
+    code: int
+    run: dict
+    error: str | None = None
+    traceback: str | None = None
+
+
+def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None, targets: list[str] | None = None) -> int:
+    """Build an already opened project and record the run; returns the exit code (see build_outcome)."""
+    return build_outcome(project, store, arm, jobs, echo, stop, targets).code
+
+
+def build_outcome(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None, targets: list[str] | None = None) -> BuildOutcome:
+    """Build an already opened project (only what `targets` need, when given) and record the run.
 
     The whole build holds the store's shared build lock (gc waits for it); Ctrl-C/SIGTERM set
     `stop` (see interrupts.py): nodes finish their step, the run is recorded as interrupted, and
-    Interrupted is raised (exit 130).
+    Interrupted is raised (exit 130). A node that fails makes code 1 (its error in the outcome);
+    config errors raise.
     """
     graph, arms = _graph_for(project, arm)
-    printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
+    printer = BuildPrinter(echo, arm_names=project.arm_names, arms_of=graph.arms_of)
     executor = Executor(store, jobs=jobs, on_event=printer, stop=stop)
     with store.build_lock(), stop_on_signals(executor.stop):
         store.clean_staging()
         run = start_run(store, project, arms)
-        status, summary = "failed", None
+        if targets:
+            run["targets"] = list(targets)
+        status, summary, outcome = "failed", None, None
+        built = {"graph": graph}  # the graph being built (a project that expands gets a new one)
         try:
-            summary = _build_and_finish(project, store, graph, arms, executor, printer, echo)
+            summary = _build_and_finish(project, store, arm, targets, executor, printer, echo, built)
             status = "completed"
         except Interrupted:
             status = "interrupted"
@@ -64,55 +94,118 @@ def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, 
             if tb:
                 _err(tb.rstrip())
             _err(f"evsys: error: {exc.message}")
-            return 1
+            run["error"] = exc.message
+            outcome = BuildOutcome(1, run, exc.message, tb)
         finally:
             printer.clear()
-            finish_run(store, run, status, graph, getattr(executor, "results", {}), summary, list(getattr(executor, "unplanned", {}).values()))
-    return 0
+            results = getattr(executor, "results", {})
+            finish_run(store, run, status, built["graph"], results, summary, list(getattr(executor, "unplanned", {}).values()), partial=bool(targets))
+            _close(project, store, results, arms, "partial" if targets and status == "completed" else status, printer)
+    return outcome or BuildOutcome(0, run)
 
 
-def _build_and_finish(project, store: Store, graph, arms: list[str], executor: Executor, printer, echo) -> dict:
-    """Run the graph, then write the run dir; a corrupt report blob found while writing it is
-    quarantined, the report rebuilt, and the run dir written again."""
+def _build_and_finish(project, store: Store, arm: str | None, targets: list[str] | None, executor: Executor, printer, echo, built: dict) -> dict:
+    """Run the graph (only the targets' part of it, when given; `built["graph"]` says which), then
+    write the run dir; returns the run's summary. A project that learns more of its graph from built data
+    (`expand`, e.g. a step count from the dataset size) is built again with the rest. A corrupt
+    report blob found while writing the run dir is quarantined, the report rebuilt, and the run dir
+    written again."""
+    while True:
+        graph, _ = _graph_for(project, arm)
+        selected, unmatched = select_targets(graph, store, targets) if targets else (graph, [])
+        if unmatched and not _incomplete(project):
+            raise UsageError(no_target_message(unmatched[0], graph, False))
+        built["graph"] = graph if unmatched else selected
+        printer.arms_of = graph.arms_of
+        results = executor.run(built["graph"])
+        if not _expand(project, store):
+            break
+    if unmatched:
+        raise UsageError(no_target_message(unmatched[0], graph, False))
+    if targets:
+        return {"partial": True}
     for attempt in range(3):
-        results = executor.run(graph)
         try:
-            return project.finish(store, results, arms, echo) or {}
+            return project.finish(store, results, _graph_for(project, arm)[1], echo) or {}
         except CorruptObject as exc:
             if attempt == 2:
                 raise
             owners = [m["name"] for m in results.values() if exc.name in referenced_objects(m)]
             printer.warn(f"evsys: warning: {exc.message}; rebuilding {', '.join(owners) or 'what needs it'}")
+            results = executor.run(graph)
     raise AssertionError("unreachable")
+
+
+def _incomplete(project) -> bool:
+    """Whether the project's graph is still missing nodes that built data will tell (see `expand`)."""
+    return bool(getattr(project, "incomplete", False))
+
+
+def _expand(project, store: Store) -> bool:
+    expand = getattr(project, "expand", None)
+    return bool(expand(store)) if expand is not None and _incomplete(project) else False
+
+
+def _close(project, store: Store, results: dict, arms: list[str], status: str, printer) -> None:
+    """Let the project's observers (callbacks) finish; a failing observer is a warning, never a lost build."""
+    close = getattr(project, "close", None)
+    if close is None:
+        return
+    try:
+        close(store, results, arms, status)
+    except EvsysError as exc:
+        printer.warn(f"evsys: warning: {exc.message}")
 
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-class BuildPrinter:
-    """One line per node (`cached` / `ran` + time); a progress line on a terminal for long nodes."""
+SHORT_ARM = 12  # longer arm names (sweep arms) are shown as a1, a2, ... in build lines, with a legend
 
-    def __init__(self, echo: Callable[[str], None], multi_arm: bool, arms_of: dict):
+
+class BuildPrinter:
+    """One line per node (`cached` / `ran` + time); a progress line on a terminal for long nodes.
+
+    With several arms each line says which arms the node belongs to: `[all arms]`, or the arm
+    names, where a long name (a sweep arm's `lora_rank=8,learning_rate=0.0001`) is shown by a
+    short label explained once at the start."""
+
+    def __init__(self, echo: Callable[[str], None], arm_names: list[str], arms_of: dict):
         self.echo = echo
-        self.multi_arm = multi_arm
+        self.arm_names = list(arm_names)
+        self.multi_arm = len(self.arm_names) > 1
         self.arms_of = arms_of
+        self.short = {name: (name if len(name) <= SHORT_ARM else f"a{i + 1}") for i, name in enumerate(self.arm_names)}
         self.tty = sys.stderr.isatty()
         self._lock = threading.Lock()
         self._progress_shown = False
         self._progress_start: dict[str, tuple[int, float]] = {}
+        self._shown_cached: set[str] = set()
+        shortened = [f"{short} = {name}" for name, short in self.short.items() if short != name]
+        if self.multi_arm and shortened:
+            echo("arms: " + "; ".join(shortened))
+
+    def arm_label(self, node) -> str:
+        arms = self.arms_of.get(node.id, [node.arm])
+        if len(self.arm_names) > 2 and set(arms) >= set(self.arm_names):
+            return "[all arms]"
+        return "[" + ",".join(self.short.get(a, a) for a in arms) + "]"
 
     def __call__(self, event: Event) -> None:
         with self._lock:
             node = event.node
             label = node.name
             if self.multi_arm:
-                label = f"[{','.join(self.arms_of.get(node.id, [node.arm]))}] {label}"
+                label = f"{self.arm_label(node)} {label}"
             if event.kind == "warning":
                 self.warn(f"evsys: warning: {label}: {event.message}")
             elif event.kind == "cached" and event.message == "published":
                 self._line(f"saved   {label}  {node.key[:12]}")
             elif event.kind == "cached":
+                if node.id in self._shown_cached:  # a build that expands its graph passes cached nodes again
+                    return
+                self._shown_cached.add(node.id)
                 self._line(f"cached  {label}  {node.key[:12]}")
             elif event.kind == "ran":
                 self._line(f"ran     {label}  {event.seconds:.2f}s  {node.key[:12]}")

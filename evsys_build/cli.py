@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from . import cli_runs
-from .build import plan_entries, run_build
+from . import cli_diff, cli_export, cli_runs
+from .build import plan_with_notes, run_build
 from .errors import EvsysError, Interrupted, UsageError
 from .gc import collect_garbage, verify_store
 from .project import frontend
@@ -43,18 +43,27 @@ def main():
     """evsys: declarative, content-addressed builds for LLM post-training experiments."""
 
 
+target_option = click.option(
+    "--target", "targets", multiple=True, metavar="TARGET",
+    help="only what this needs: a node name (tokenize, train, 'eval val@50'), a rule name, or node:<key prefix>; repeatable",
+)
+
+
 @main.command()
 @click.argument("config", type=click.Path())
 @click.option("--arm", default=None, help="build only this arm")
 @click.option("-j", "--jobs", default=2, show_default=True, help="nodes to run at once")
+@target_option
 @cache_option
-def build(config, arm, jobs, cache_dir):
-    """Build every node CONFIG implies; print one line per node, then the run dir."""
+def build(config, arm, jobs, targets, cache_dir):
+    """Build every node CONFIG implies (or only what --target needs); print one line per node, then the run dir."""
     store = Store(default_cache_dir(cache_dir))
     try:
-        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo)
+        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo, targets=list(targets) or None)
+        if targets and code == 0:
+            click.echo(f"built {', '.join(targets)} (a partial build: no run dir; `evsys build {config}` builds the rest)")
     except Interrupted as exc:
-        resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
+        resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + "".join(f" --target '{t}'" for t in targets) + (f" --cache-dir {cache_dir}" if cache_dir else "")
         click.echo(f"evsys: interrupted: {exc.message}; finished work is stored, run `{resume}` to resume", err=True)
         sys.exit(exc.exit_code)
     sys.exit(code)
@@ -64,12 +73,13 @@ def build(config, arm, jobs, cache_dir):
 @click.argument("config", type=click.Path())
 @click.option("--arm", default=None, help="plan only this arm")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@target_option
 @cache_option
-def plan(config, arm, as_json, cache_dir):
+def plan(config, arm, as_json, targets, cache_dir):
     """Dry run: which nodes would run, and why."""
-    entries = plan_entries(Path(config), Store(default_cache_dir(cache_dir)), arm)
+    entries, notes = plan_with_notes(Path(config), Store(default_cache_dir(cache_dir)), arm, list(targets) or None)
     if as_json:
-        click.echo(json.dumps({"nodes": [e.as_json() for e in entries]}, indent=1))
+        click.echo(json.dumps({"nodes": [e.as_json() for e in entries], "notes": notes}, indent=1))
         return
     colors = {"cached": "green", "run": "yellow", "maybe": "cyan"}
     for e in entries:
@@ -79,6 +89,8 @@ def plan(config, arm, as_json, cache_dir):
         click.echo(f"{status} {key}  {_label(e.node, e.arms)}" + (f"  ({why})" if why else ""))
     counts = {s: sum(e.status == s for e in entries) for s in colors}
     click.echo(f"{counts['run']} to run, {counts['maybe']} may run, {counts['cached']} cached")
+    for note in notes:
+        click.echo(f"note: {note}")
 
 
 def _built_on(entry) -> list[str]:
@@ -182,6 +194,8 @@ def verify(repair, cache_dir):
 
 
 cli_runs.register(main, cache_option)
+cli_diff.register(main, cache_option)
+cli_export.register(main, cache_option)
 
 
 if __name__ == "__main__":  # `python -m evsys_build.cli ...`

@@ -8,6 +8,11 @@ No length grouping: the local backend packs sequences without padding, so order 
 Loss normalisation: each step divides every datum's weights by the batch's total raw weight, so the
 summed loss the backend minimises is the mean NLL per loss token of the batch (long and short
 conversations weigh per token, as in Tinker's cookbook SFT).
+
+Gradient accumulation: a step takes `batch_size × gradient_accumulation_steps` examples from the
+stream, normalises them as one batch, and sends them as that many forward_backward calls of
+`batch_size` before one optim_step. The gradients add up on the client, so the update is the one
+the whole batch would give (up to float summation order), with a micro-batch's memory.
 """
 
 from __future__ import annotations
@@ -154,7 +159,7 @@ def train_sft(
 def _check_resumable(meta: dict, cfg: SFTConfig, seed: int, num_examples: int, info: dict) -> None:
     """Refuse a checkpoint whose batch stream or precision would differ from this run's: training
     never resumes across a different device type, dtype or attention kernel."""
-    expected = {"seed": seed, "batch_size": cfg.batch_size, "num_examples": num_examples, "lora_rank": cfg.lora_rank}
+    expected = {"seed": seed, "batch_size": _step_batch(cfg), "num_examples": num_examples, "lora_rank": cfg.lora_rank}
     differ = {k: (meta.get(k), v) for k, v in expected.items() if k in meta and meta[k] != v}
     saved = meta.get("info", {})
     for k in PRECISION_FIELDS:
@@ -173,12 +178,21 @@ def _precision(info: dict, field: str):
     return value.split(":", 1)[0] if field == "device" and isinstance(value, str) else value  # cuda:0 and cuda:1 train alike
 
 
+def _step_batch(cfg: SFTConfig) -> int:
+    """Examples per optimizer step (micro-batch × accumulation)."""
+    return cfg.batch_size * getattr(cfg, "gradient_accumulation_steps", 1)
+
+
 def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed: int, step: int) -> dict:
     started = time.perf_counter()
-    batch = [data[i] for i in batch_indices(len(data), cfg.batch_size, seed, step)]
+    batch = [data[i] for i in batch_indices(len(data), _step_batch(cfg), seed, step)]
     normalized, raw_weight = normalized_batch(batch)
     lr = learning_rate_at(step, cfg)
-    result = client.forward_backward(normalized)
+    result = {"loss_sum": 0.0, "num_tokens": 0, "num_loss_tokens": 0}
+    for start in range(0, len(normalized), cfg.batch_size):  # gradients accumulate until optim_step
+        micro = client.forward_backward(normalized[start : start + cfg.batch_size])
+        for key in result:
+            result[key] += micro[key]
     optim = client.optim_step(adam_params(cfg, lr))
     elapsed = time.perf_counter() - started
     mean_nll = float(result["loss_sum"]) if raw_weight > 0 else None  # weights were divided by raw_weight
@@ -198,7 +212,7 @@ def _train_step(client: TrainingClient, data: list[Datum], cfg: SFTConfig, seed:
 
 
 def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]) -> SavedCheckpoint:
-    position = step * cfg.batch_size
+    position = step * _step_batch(cfg)
     meta = {
         "step": step,
         "epoch": position // num_examples,
@@ -206,7 +220,7 @@ def _checkpoint(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, nu
         "metrics_so_far": [dict(m) for m in metrics],
         "lora_rank": cfg.lora_rank,
         "seed": seed,
-        "batch_size": cfg.batch_size,
+        "batch_size": _step_batch(cfg),
         "num_examples": num_examples,
         "info": client.info(),
     }

@@ -15,7 +15,11 @@ def resolve_model(name: str, revision: str | None = None) -> Path:
     """A model folder for `name`: a local directory, evsys/tiny-qwen3, or the offline HF cache."""
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name: {name!r} has no config.json; is it a model directory?")
         return path
+    if path.is_file():
+        raise ConfigError(f"model.name: {name!r} is a file; give a model directory or a hub id")
     if name == TINY_MODEL_NAME:
         return ensure_tiny_model()
     from huggingface_hub import snapshot_download
@@ -28,6 +32,14 @@ def resolve_model(name: str, revision: str | None = None) -> Path:
             f"model.name: {name!r} is not a local directory and is not in the local Hugging Face cache; "
             "download it first or use evsys/tiny-qwen3"
         ) from err
+
+
+def local_model_dir(name: str, model_dir: Path) -> str | None:
+    """The absolute folder of a model that lives here by name or path (a directory, the tiny
+    model); None for a hub id found in the Hugging Face cache (its name is what others load)."""
+    if name == TINY_MODEL_NAME or Path(name).expanduser().is_dir():
+        return str(Path(model_dir).resolve())
+    return None
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")

@@ -21,17 +21,18 @@ from ..backends.base import Datum, SavedCheckpoint
 from ..algorithms.sft import WALL_CLOCK_METRICS
 from ..config.loading import Arm
 from ..ml_stack import preload_ml
-from ..models.resolve import model_identity
-from ..outputs.callbacks import make_callbacks
+from ..models.resolve import local_model_dir, model_identity
+from ..outputs.hub import notify_train_step, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
+from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
 from .views import Checkpoint, TokenDataset, TrainResult
 
 SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
 
 
-def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache) -> Node:
+def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache, callbacks=None, data_where: str = "data") -> Node:
     """The arm's train node (its checkpoints are attached by `attach_checkpoints`)."""
     cfg = arm.config
     backend_cls = kinds.backends.get(cfg.backend.kind)
@@ -58,7 +59,7 @@ def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache) ->
         arm=arm.name,
         param_paths={"seed": "seed"},
         param_labels={"model": f"model changed ({cfg.model.name})"},
-        payload={"arm": arm, "model_dir": model_dir, "backend": make_backend(arm), "algorithm": algo},
+        payload={"arm": arm, "model_dir": model_dir, "backend": make_backend(arm), "algorithm": algo, "algorithm_cls": algo_cls, "callbacks": callbacks, "data_where": data_where},
     )
 
 
@@ -120,8 +121,7 @@ def attach_checkpoints(train: Node, checkpoints: dict[int, Node]) -> None:
 
 def run_train(ctx: RunContext) -> dict:
     preload_ml()
-    from ..algorithms.sft_loop import train_sft  # lazily: numpy loads only when training runs
-    from ..data.token_chunks import iter_token_rows
+    from ..data.token_chunks import iter_token_rows  # lazily: numpy loads only when training runs
 
     payload = ctx.node.payload
     arm, algo = payload["arm"], payload["algorithm"]
@@ -139,34 +139,34 @@ def run_train(ctx: RunContext) -> dict:
         ctx.log(f"resuming {ctx.node.name} from checkpoint@{resume_step}")
     data = [Datum(ids, w) for ids, w in iter_token_rows(ctx.store, TokenDataset.of(ctx.inputs["tokens"]).chunks)]
     if not data:
-        raise ConfigError(f"{ctx.node.name}: no training rows left after the transforms")
+        raise ConfigError(f"{payload['data_where']}: {EMPTY_DATASET}")
     client = backend.create_training_client(payload["model_dir"], algo.lora_rank, arm.config.seed)
-    callbacks = make_callbacks(arm.config, ctx.log)
+    hub = payload.get("callbacks")
     saved_steps: list[int] = []
 
     def on_step(step: int, metrics: dict) -> None:
         ctx.progress(step, missing[-1], f"loss {metrics['train_mean_nll']:.4f}")
-        for cb in callbacks:
-            cb.on_train_step(arm.name, step, metrics)
+        notify_train_step(hub, step, metrics)
 
     def on_checkpoint(step: int, saved: SavedCheckpoint) -> None:
         node = checkpoints.get(step) or checkpoint_node(ctx.node, step)
         saved_steps.append(step)
         if ctx.store.complete_manifest(node.key) is None:
-            ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name))
+            ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name, arm.config.model.revision, local_model_dir(arm.config.model.name, payload["model_dir"])))
 
-    history = train_sft(
-        client,
-        data,
-        algo,
-        seed=arm.config.seed,
-        save_steps=set(checkpoints),
-        resume=resume,
-        on_step=on_step,
-        on_checkpoint=on_checkpoint,
-        stop_at=missing[-1],
-        should_stop=ctx.stop_requested,
-    )
+    with printing_to(hub, ctx.log):
+        history = payload["algorithm_cls"].train(
+            client,
+            data,
+            algo,
+            seed=arm.config.seed,
+            save_steps=set(checkpoints),
+            resume=resume,
+            on_step=on_step,
+            on_checkpoint=on_checkpoint,
+            stop_at=missing[-1],
+            should_stop=ctx.stop_requested,
+        )
     done = history[-1]["step"] if history else 0
     if done < missing[-1]:
         kept = f"checkpoint@{saved_steps[-1]} saved" if saved_steps else "no step finished"
@@ -182,10 +182,11 @@ def newest_stored_step(store: Store, train: Node, below: int) -> int:
     return 0
 
 
-def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str) -> dict:
+def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, revision: str | None = None, model_dir: str | None = None) -> dict:
     """A checkpoint manifest body from a SavedCheckpoint: weights, state and meta as blobs (the
     content evals key on); wall-clock timings attached apart, so a retrain that computes the same
-    bytes has the same output digest; where and in what precision it was built."""
+    bytes has the same output digest; where and in what precision it was built, and its base
+    model (name, revision, and the folder when it is local: what `evsys export` loads)."""
     meta = dict(saved.meta)
     history = meta.get("metrics_so_far", [])
     meta["metrics_so_far"] = [{k: v for k, v in m.items() if k not in WALL_CLOCK_METRICS} for m in history]
@@ -204,6 +205,8 @@ def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str) -> di
         "stats": {
             "step": meta["step"],
             "base_model": model_name,
+            "base_model_revision": revision,
+            "base_model_dir": model_dir,
             "lora_rank": meta.get("lora_rank"),
             "trainable_params": info.get("trainable_params"),
             "size_bytes": sum(len(b) for part in (saved.weights, saved.state) for b in part.values()),

@@ -1,0 +1,135 @@
+"""Experiment trackers as callbacks: `wandb` and `tensorboard`, fed the events `local_logger` gets
+(live while nodes run, and the stored history of what a build served from cache: hub.py).
+
+Both are optional extras (`pip install "evsys[wandb]"`, `"evsys[tensorboard]"`); each is imported
+when its callback starts, so a config without them never loads them. The tensorboard writer is
+tensorboardX (protobuf only: no torch, no TensorFlow), so replaying a cached build stays light.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field
+
+from evsys_build.errors import ConfigError
+
+from ..plugins.registry import register_callback
+from .callbacks import Callback
+
+
+def _numeric(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _run_label(info: dict) -> str:
+    """`<run_name>` for a single-arm experiment, `<run_name>/<arm>` when there are arms."""
+    return info["run_name"] if info.get("arms", 1) == 1 else f"{info['run_name']}/{info['arm']}"
+
+
+def _missing(package: str, extra: str) -> ConfigError:
+    return ConfigError(f"callbacks: kind {extra} needs the `{package}` package; install it with: pip install \"evsys[{extra}]\"")
+
+
+@register_callback("tensorboard")
+class TensorBoardLogger(Callback):
+    """Scalars in TensorBoard event files: `train/<metric>` per step and each eval metric
+    (`<split>/<benchmark>/<metric>`, with TensorBoard's tag rules: `pass@1` shows as `pass_1`) at its step. One folder per arm,
+    `<log_dir>/<run_name>[/<arm>]`, rewritten with the whole run by every build (its old event
+    files there are replaced), so TensorBoard always shows each arm once."""
+
+    class Config(BaseModel, extra="forbid"):
+        log_dir: Optional[str] = None  # default: <output_dir>/tensorboard
+        flush_secs: int = Field(10, ge=1)  # how often the writer flushes to disk
+
+    def __init__(self, echo=print, **kw):
+        self.cfg = self.Config(**kw)
+        self.echo = echo
+        self.writer = None
+        self.folder: Path | None = None
+
+    def on_run_start(self, arm: str, info: dict) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise _missing("tensorboardX", "tensorboard") from None
+        base = Path(self.cfg.log_dir) if self.cfg.log_dir else Path(info["output_dir"]) / "tensorboard"
+        self.folder = base / _run_label(info)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob("events.out.tfevents.*"):
+            old.unlink()  # this build writes the whole run again
+        self.writer = SummaryWriter(logdir=str(self.folder), flush_secs=self.cfg.flush_secs)
+
+    def on_train_step(self, arm: str, step: int, metrics: dict) -> None:
+        for k, v in _numeric(metrics).items():
+            self.writer.add_scalar(f"train/{k}", v, step)
+
+    def on_eval(self, arm: str, step: int, benchmark: str, metrics: dict) -> None:
+        for k, v in _numeric(metrics).items():
+            self.writer.add_scalar(k, v, step)
+
+    def on_run_end(self, arm: str, run_dir, status: str) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.echo(f"        [{arm}] tensorboard: {self.folder}")
+
+
+@register_callback("wandb")
+class WandbLogger(Callback):
+    """A Weights & Biases run per arm and build: the arm's config, `train/<metric>` per step and
+    each eval metric at its step (all against a `step` axis, so evals may arrive after later train
+    steps), the build's status in the summary. Offline without a network: `mode: offline` or
+    WANDB_MODE=offline (then `wandb sync` uploads later); WANDB_DIR or `dir` say where files go."""
+
+    class Config(BaseModel, extra="forbid"):
+        project: Optional[str] = None  # default: the experiment's name
+        entity: Optional[str] = None  # the W&B team or user; default: yours
+        mode: Optional[Literal["online", "offline", "disabled"]] = None  # default: WANDB_MODE, else wandb's own default
+        dir: Optional[str] = None  # default: WANDB_DIR, else <output_dir>
+        group: Optional[str] = None  # default: the run_name (arms of one experiment side by side)
+        tags: list[str] = Field(default_factory=list)  # tags on every run
+
+    def __init__(self, echo=print, **kw):
+        self.cfg = self.Config(**kw)
+        self.echo = echo
+        self.run = None
+
+    def on_run_start(self, arm: str, info: dict) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise _missing("wandb", "wandb") from None
+        folder = self.cfg.dir or os.environ.get("WANDB_DIR") or info["output_dir"]
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=self.cfg.project or info["experiment"],
+            entity=self.cfg.entity,
+            name=_run_label(info),
+            group=self.cfg.group or info["run_name"],
+            tags=self.cfg.tags or None,
+            config={"arm": arm, **info["config"]},
+            mode=self.cfg.mode,
+            dir=folder,
+            job_type="train",
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def on_train_step(self, arm: str, step: int, metrics: dict) -> None:
+        self.run.log({"step": step, **{f"train/{k}": v for k, v in _numeric(metrics).items()}})
+
+    def on_eval(self, arm: str, step: int, benchmark: str, metrics: dict) -> None:
+        self.run.log({"step": step, **_numeric(metrics)})
+
+    def on_run_end(self, arm: str, run_dir, status: str) -> None:
+        if self.run is None:
+            return
+        self.run.summary["evsys_status"] = status
+        if run_dir is not None:
+            self.run.summary["evsys_run_dir"] = str(run_dir)
+        self.run.finish(exit_code=0 if status in ("completed", "partial") else 1)
+        self.run = None
