@@ -203,11 +203,12 @@ class BuildPrinter:
             elif event.kind == "cached" and event.message == "published":
                 self._line(f"saved   {label}  {node.key[:12]}")
             elif event.kind == "cached":
-                if node.id in self._shown_cached:  # a build that expands its graph passes cached nodes again
+                if node.id in self._shown_cached:  # a build that expands its graph passes built nodes again
                     return
                 self._shown_cached.add(node.id)
                 self._line(f"cached  {label}  {node.key[:12]}")
             elif event.kind == "ran":
+                self._shown_cached.add(node.id)
                 self._line(f"ran     {label}  {event.seconds:.2f}s  {node.key[:12]}")
             elif event.kind == "failed":
                 self._line(f"failed  {label}")

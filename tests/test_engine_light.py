@@ -20,5 +20,5 @@ def test_engine_import_loads_no_ml_library():
 
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "evsys_build.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("build", "plan", "show", "validate", "dag", "gc", "verify"):
+    for command in ("build", "plan", "show", "validate", "dag", "gc", "verify", "runs", "diff", "export"):
         assert f"  {command} " in out

@@ -104,3 +104,18 @@ def test_diff_past_runs_and_a_config(swept, built_project):
     assert "config: 0 path(s) differ" in same  # the same computation, recorded and as configured now
     assert "differ (1): report" in same  # only the report, which names its arm
     assert "(+0.0000)" in same
+
+
+def test_experiment_md_names_no_best_arm_when_arms_tie():
+    from evsys_rules.outputs.experiment_md import conclusion
+
+    def arm(name: str, **metrics) -> dict:
+        return {"arm": name, "completed": True, "metrics": metrics}
+
+    tied = [arm("a", **{"val/v/pass@1": 0.5}), arm("b", **{"val/v/pass@1": 0.5})]
+    assert conclusion(tied) == "2/2 arms completed. All arms tie on val/v/pass@1 at the final step (0.5000): no best arm."
+    three = tied + [arm("c", **{"val/v/pass@1": 0.25})]
+    assert "Arms a, b tie for best on val/v/pass@1" in conclusion(three) and "Best arm" not in conclusion(three)
+    assert "Best arm by val/v/pass@1 at the final step: c (0.7500)" in conclusion(tied + [arm("c", **{"val/v/pass@1": 0.75})])
+    losses = [arm("a", **{"val/held/nll": 1.5}), arm("b", **{"val/held/nll": 1.2})]
+    assert "Best arm by val/held/nll at the final step: b (1.2000)" in conclusion(losses)  # a loss: lowest wins

@@ -37,6 +37,8 @@ def train_node(arm: Arm, tokens: Node, model_dir: Path, statcache: StatCache, ca
     cfg = arm.config
     backend_cls = kinds.backends.get(cfg.backend.kind)
     algo_cls = kinds.algorithms.get(cfg.algorithm.kind)
+    if not callable(getattr(algo_cls, "train", None)):
+        raise ConfigError(f"algorithm.kind: {cfg.algorithm.kind!r} has no train(client, data, cfg, **kw) method (see docs/plugins.md)")
     algo = arm.params["algorithm"]
     algo_params = {k: v for k, v in algo.model_dump(exclude_defaults=True, mode="json").items() if k not in SHAPING_PARAMS + SCHEDULE_PARAMS}
     return Node(
