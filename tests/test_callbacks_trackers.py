@@ -102,7 +102,7 @@ def test_tensorboard_event_files_read_back(tracked):
     acc = EventAccumulator(str(folders[0]))
     acc.Reload()
     losses = {e.step: e.value for e in acc.Scalars("train/train_mean_nll")}
-    scores = {e.step: e.value for e in acc.Scalars("val/val/pass_1")}  # TensorBoard tags cannot hold "@"
+    scores = {e.step: e.value for e in acc.Scalars("val/val/pass@1")}
     rows = metrics_rows(tracked)
     assert losses == pytest.approx({r["step"]: r["metrics"]["train_mean_nll"] for r in rows if r["split"] == "train"})
     assert scores == pytest.approx({r["step"]: r["metrics"]["val/val/pass@1"] for r in rows if r["split"] == "val"})

@@ -24,7 +24,7 @@ from evsys_build.errors import ConfigError, UsageError
 from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 
-from ..models.resolve import model_identity, resolve_model
+from ..models.resolve import local_model_dir, model_identity, resolve_model
 from ..nodes.views import Checkpoint, TrainResult
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "chat_template.jinja", "chat_template.json")
@@ -57,8 +57,12 @@ def export_node(store: Store, key: str, dest: Path, merge: bool = False, base_mo
         for name in TOKENIZER_FILES:
             if (base_dir / name).is_file() and not (staging / name).exists():
                 shutil.copyfile(base_dir / name, staging / name)
+        mode = 0o666 & ~_umask()
+        for f in staging.iterdir():
+            os.chmod(f, mode)  # some writers create 0600 files; a model folder is for others to read
         provenance = {"checkpoint": key, "step": stats.get("step"), "base_model": base_ref, "format": "merged" if full else "peft-lora", "lora_rank": meta.get("lora_rank")}
         (staging / PROVENANCE).write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
+        os.chmod(staging, 0o777 & ~_umask())
         if dest.exists():
             dest.rmdir()
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -96,11 +100,11 @@ def _base_model(store: Store, manifest: dict, override: str | None) -> tuple[Pat
     elif recorded and Path(recorded).is_dir():
         base_dir = Path(recorded)
         ref = str(base_dir.resolve())
-    elif name and not recorded:
-        base_dir = resolve_model(name, revision)  # a hub id: found in the local Hugging Face cache
-        ref = name
+    elif name:
+        base_dir = resolve_model(name, revision)  # as a build resolves it (a hub id: the local Hugging Face cache)
+        ref = name if local_model_dir(name, base_dir) is None else str(base_dir.resolve())
     else:
-        raise UsageError(f"the base model of this checkpoint ({recorded or 'not recorded'}) is not here; pass --base-model FOLDER")
+        raise UsageError("the checkpoint does not name its base model; pass --base-model FOLDER")
     _check_identity(store, manifest, name, revision, base_dir)
     return base_dir.resolve(), ref
 
@@ -166,3 +170,9 @@ def _target_dtype(base_dir: Path, dtype: str) -> str:
     config = json.loads((base_dir / "config.json").read_text())
     found = config.get("dtype") or config.get("torch_dtype") or "float32"
     return found if found in DTYPES else "float32"
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

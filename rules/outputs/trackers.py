@@ -2,13 +2,15 @@
 (live while nodes run, and the stored history of what a build served from cache: hub.py).
 
 Both are optional extras (`pip install "evsys[wandb]"`, `"evsys[tensorboard]"`); each is imported
-when its callback starts, so a config without them never loads them. The tensorboard writer is
-tensorboardX (protobuf only: no torch, no TensorFlow), so replaying a cached build stays light.
+when its callback starts, so a config without them never loads them. Event files are written with
+TensorBoard's own TF-free writer and protos (tensorboardX and torch.utils.tensorboard would import
+torch), so replaying a cached build stays light.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -36,7 +38,7 @@ def _missing(package: str, extra: str) -> ConfigError:
 @register_callback("tensorboard")
 class TensorBoardLogger(Callback):
     """Scalars in TensorBoard event files: `train/<metric>` per step and each eval metric
-    (`<split>/<benchmark>/<metric>`, with TensorBoard's tag rules: `pass@1` shows as `pass_1`) at its step. One folder per arm,
+    (`<split>/<benchmark>/<metric>`, as metrics.jsonl names it) at its step. One folder per arm,
     `<log_dir>/<run_name>[/<arm>]`, rewritten with the whole run by every build (its old event
     files there are replaced), so TensorBoard always shows each arm once."""
 
@@ -52,23 +54,27 @@ class TensorBoardLogger(Callback):
 
     def on_run_start(self, arm: str, info: dict) -> None:
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError:
-            raise _missing("tensorboardX", "tensorboard") from None
+            raise _missing("tensorboard", "tensorboard") from None
         base = Path(self.cfg.log_dir) if self.cfg.log_dir else Path(info["output_dir"]) / "tensorboard"
         self.folder = base / _run_label(info)
         self.folder.mkdir(parents=True, exist_ok=True)
         for old in self.folder.glob("events.out.tfevents.*"):
             old.unlink()  # this build writes the whole run again
-        self.writer = SummaryWriter(logdir=str(self.folder), flush_secs=self.cfg.flush_secs)
+        self.writer = EventFileWriter(str(self.folder), flush_secs=self.cfg.flush_secs)
+
+    def _scalars(self, step: int, values: dict) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()])
+        self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def on_train_step(self, arm: str, step: int, metrics: dict) -> None:
-        for k, v in _numeric(metrics).items():
-            self.writer.add_scalar(f"train/{k}", v, step)
+        self._scalars(step, {f"train/{k}": v for k, v in _numeric(metrics).items()})
 
     def on_eval(self, arm: str, step: int, benchmark: str, metrics: dict) -> None:
-        for k, v in _numeric(metrics).items():
-            self.writer.add_scalar(k, v, step)
+        self._scalars(step, _numeric(metrics))
 
     def on_run_end(self, arm: str, run_dir, status: str) -> None:
         if self.writer is not None:
