@@ -9,12 +9,13 @@ torch), so replaying a cached build stays light.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from evsys_build.errors import ConfigError
 
@@ -35,6 +36,17 @@ def _missing(package: str, extra: str) -> ConfigError:
     return ConfigError(f"callbacks: kind {extra} needs the `{package}` package; install it with: pip install \"evsys[{extra}]\"")
 
 
+def _installed(package: str, extra: str):
+    """A Config validator: the tracker's package must be installed (found without importing it)."""
+
+    def check(self):
+        if importlib.util.find_spec(package) is None:
+            raise ValueError(f"the {extra} callback needs the `{package}` package: pip install \"evsys[{extra}]\"")
+        return self
+
+    return model_validator(mode="after")(check)
+
+
 @register_callback("tensorboard")
 class TensorBoardLogger(Callback):
     """Scalars in TensorBoard event files: `train/<metric>` per step and each eval metric
@@ -45,6 +57,8 @@ class TensorBoardLogger(Callback):
     class Config(BaseModel, extra="forbid"):
         log_dir: Optional[str] = None  # default: <output_dir>/tensorboard
         flush_secs: int = Field(10, ge=1)  # how often the writer flushes to disk
+
+        _needs_package = _installed("tensorboard", "tensorboard")
 
     def __init__(self, echo=print, **kw):
         self.cfg = self.Config(**kw)
@@ -96,6 +110,8 @@ class WandbLogger(Callback):
         dir: Optional[str] = None  # default: WANDB_DIR, else <output_dir>
         group: Optional[str] = None  # default: the run_name (arms of one experiment side by side)
         tags: list[str] = Field(default_factory=list)  # tags on every run
+
+        _needs_package = _installed("wandb", "wandb")
 
     def __init__(self, echo=print, **kw):
         self.cfg = self.Config(**kw)
