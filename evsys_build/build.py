@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import CorruptObject, Interrupted, NodeFailed, UsageError
+from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
 from .fastpath import save as save_snapshot
 from .fastpath import try_fast_build
@@ -18,6 +19,7 @@ from .pools import NodePool, make_pool
 from .project import frontend
 from .runs import finish_run, start_run
 from .store import Store, referenced_objects
+from .targets import no_target_message, select_targets
 from .watch import watching
 
 
@@ -32,21 +34,30 @@ def _graph_for(project, arm: str | None):
     return project.graph_for(arm), ([arm] if arm else project.arm_names)
 
 
-def plan_entries(config: Path, store: Store, arm: str | None = None) -> list[PlanEntry]:
+def plan_entries(config: Path, store: Store, arm: str | None = None, targets: list[str] | None = None) -> list[PlanEntry]:
+    return plan_with_notes(config, store, arm, targets)[0]
+
+
+def plan_with_notes(config: Path, store: Store, arm: str | None = None, targets: list[str] | None = None) -> tuple[list[PlanEntry], list[str]]:
+    """The plan, and the project's notes (e.g. nodes that appear once the data is built)."""
     project, graph, _ = _project_and_graph(config, store, arm)
-    return plan(store, graph, project.refs(store))
+    if targets:
+        graph, unmatched = select_targets(graph, store, targets)
+        if unmatched:
+            raise UsageError(no_target_message(unmatched[0], project.graph_for(arm), _incomplete(project)))
+    return plan(store, graph, project.refs(store)), list(getattr(project, "notes", []))
 
 
-def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
+def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, targets: list[str] | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
     """Build; returns the exit code (0 ok, 1 a node failed). Config errors and Interrupted raise.
 
     A config that nothing about has changed since its last fully cached build into a local
-    store takes the fast path (fastpath.py); a fully cached build leaves the snapshot that path
-    checks. A remote store is shared with other machines, so its builds always compile.
+    store takes the fast path (fastpath.py); a fully cached full build leaves the snapshot that
+    path checks. A remote store is shared with other machines, so its builds always compile.
     Otherwise a frontend's `fetch(config, strict=False)` first downloads what the config needs
     and is not here yet (when the network is allowed; else opening the project says what is missing).
     """
-    local = getattr(store.bucket, "root", None) is not None
+    local = getattr(store.bucket, "root", None) is not None and not targets
     if local and try_fast_build(store, config, arm, echo):
         return 0
     fetch = getattr(frontend(), "fetch", None)
@@ -60,39 +71,58 @@ def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2,
 
     with watching() as watcher:
         project = frontend().open_project(config, store)
-    code, run, runner, printer = _build(project, store, arm, jobs, tee, executor=executor, ray_address=ray_address)
-    if local and code == 0 and runner.executions == 0 and not printer.warned and getattr(project, "fast_path_ok", False):
+    outcome, runner, printer = _build(project, store, arm, jobs, tee, None, targets, executor, ray_address)
+    if local and outcome.code == 0 and runner.executions == 0 and not printer.warned and getattr(project, "fast_path_ok", False):
         graph, _ = _graph_for(project, arm)
-        save_snapshot(store, config, arm, watcher, [n.key for n in graph.nodes()], lines, run)
-    return code
+        save_snapshot(store, config, arm, watcher, [n.key for n in graph.nodes()], lines, outcome.run)
+    return outcome.code
 
 
-def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
-    """Build an already opened project and record the run; returns the exit code.
+@dataclass
+class BuildOutcome:
+    """What a build did: its exit code, its run record, and the failure (a node's error) if any."""
+
+    code: int
+    run: dict
+    error: str | None = None
+    traceback: str | None = None
+
+
+def build_project(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None, targets: list[str] | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
+    """Build an already opened project and record the run; returns the exit code (see build_outcome)."""
+    return build_outcome(project, store, arm, jobs, echo, stop, targets, executor, ray_address).code
+
+
+def build_outcome(project, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, stop: threading.Event | None = None, targets: list[str] | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> BuildOutcome:
+    """Build an already opened project (only what `targets` need, when given) and record the run.
 
     `executor` says where nodes run (pools.py: threads, inline, ray; or a NodePool). The whole
     build holds the store's build lock (gc waits for it, or on a remote store spares what it
     writes); Ctrl-C/SIGTERM set `stop` (see interrupts.py): nodes finish their step, the run is
-    recorded as interrupted, and Interrupted is raised (exit 130).
+    recorded as interrupted, and Interrupted is raised (exit 130). A node that fails makes code 1
+    (its error in the outcome); config errors raise.
     """
-    return _build(project, store, arm, jobs, echo, stop, executor, ray_address)[0]
+    return _build(project, store, arm, jobs, echo, stop, targets, executor, ray_address)[0]
 
 
-def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None):
-    """(exit code, the run record, the executor, the printer) of one build."""
+def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None, targets: list[str] | None, executor: "str | NodePool", ray_address: str | None):
+    """(the outcome, the executor, the printer) of one build."""
     graph, arms = _graph_for(project, arm)
     preflight = getattr(project, "preflight", None)
     if preflight is not None:  # e.g. a service's key and base model, checked before any node runs
         preflight(arms)
-    printer = BuildPrinter(echo, multi_arm=len(project.arm_names) > 1, arms_of=graph.arms_of)
+    printer = BuildPrinter(echo, arm_names=project.arm_names, arms_of=graph.arms_of)
     pool = make_pool(executor, jobs, ray_address, project) if isinstance(executor, str) else executor
-    executor = Executor(store, jobs=jobs, on_event=printer, stop=stop, pool=pool)
-    with store.build_lock(), stop_on_signals(executor.stop):
+    runner = Executor(store, jobs=jobs, on_event=printer, stop=stop, pool=pool)
+    with store.build_lock(), stop_on_signals(runner.stop):
         store.clean_staging()
         run = start_run(store, project, arms)
-        status, summary = "failed", None
+        if targets:
+            run["targets"] = list(targets)
+        status, summary, outcome = "failed", None, None
+        built = {"graph": graph}  # the graph being built (a project that expands gets a new one)
         try:
-            summary = _build_and_finish(project, store, graph, arms, executor, printer, echo)
+            summary = _build_and_finish(project, store, arm, targets, runner, printer, echo, built)
             status = "completed"
         except Interrupted:
             status = "interrupted"
@@ -103,60 +133,124 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
             if tb:
                 _err(tb.rstrip())
             _err(f"evsys: error: {exc.message}")
-            return 1, run, executor, printer
+            run["error"] = exc.message
+            outcome = BuildOutcome(1, run, exc.message, tb)
         finally:
             printer.clear()
-            finish_run(store, run, status, graph, getattr(executor, "results", {}), summary, list(getattr(executor, "unplanned", {}).values()))
+            results = getattr(runner, "results", {})
+            finish_run(store, run, status, built["graph"], results, summary, list(getattr(runner, "unplanned", {}).values()), partial=bool(targets))
+            _close(project, store, results, arms, "partial" if targets and status == "completed" else status, printer)
             if pool.name == "ray":
                 _err(f"evsys: ray: {pool.submitted} task(s) submitted")
-    return 0, run, executor, printer
+    return outcome or BuildOutcome(0, run), runner, printer
 
 
-def _build_and_finish(project, store: Store, graph, arms: list[str], executor: Executor, printer, echo) -> dict:
-    """Run the graph, then write the run dir; a corrupt report blob found while writing it is
-    quarantined, the report rebuilt, and the run dir written again."""
+def _build_and_finish(project, store: Store, arm: str | None, targets: list[str] | None, executor: Executor, printer, echo, built: dict) -> dict:
+    """Run the graph (only the targets' part of it, when given; `built["graph"]` says which), then
+    write the run dir; returns the run's summary. A project that learns more of its graph from built data
+    (`expand`, e.g. a step count from the dataset size) is built again with the rest. A corrupt
+    report blob found while writing the run dir is quarantined, the report rebuilt, and the run dir
+    written again."""
+    while True:
+        graph, _ = _graph_for(project, arm)
+        selected, unmatched = select_targets(graph, store, targets) if targets else (graph, [])
+        if unmatched and not _incomplete(project):
+            raise UsageError(no_target_message(unmatched[0], graph, False))
+        built["graph"] = graph if unmatched else selected
+        printer.arms_of = graph.arms_of
+        results = executor.run(built["graph"])
+        if not _expand(project, store):
+            break
+    if unmatched:
+        raise UsageError(no_target_message(unmatched[0], graph, False))
+    if targets:
+        return {"partial": True}
     for attempt in range(3):
-        results = executor.run(graph)
         try:
-            return project.finish(store, results, arms, echo) or {}
+            return project.finish(store, results, _graph_for(project, arm)[1], echo) or {}
         except CorruptObject as exc:
             if attempt == 2:
                 raise
             owners = [m["name"] for m in results.values() if exc.name in referenced_objects(m)]
             printer.warn(f"evsys: warning: {exc.message}; rebuilding {', '.join(owners) or 'what needs it'}")
+            results = executor.run(graph)
     raise AssertionError("unreachable")
+
+
+def _incomplete(project) -> bool:
+    """Whether the project's graph is still missing nodes that built data will tell (see `expand`)."""
+    return bool(getattr(project, "incomplete", False))
+
+
+def _expand(project, store: Store) -> bool:
+    expand = getattr(project, "expand", None)
+    return bool(expand(store)) if expand is not None and _incomplete(project) else False
+
+
+def _close(project, store: Store, results: dict, arms: list[str], status: str, printer) -> None:
+    """Let the project's observers (callbacks) finish; a failing observer is a warning, never a lost build."""
+    close = getattr(project, "close", None)
+    if close is None:
+        return
+    try:
+        close(store, results, arms, status)
+    except EvsysError as exc:
+        printer.warn(f"evsys: warning: {exc.message}")
 
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-class BuildPrinter:
-    """One line per node (`cached` / `ran` + time); a progress line on a terminal for long nodes."""
+SHORT_ARM = 12  # longer arm names (sweep arms) are shown as a1, a2, ... in build lines, with a legend
 
-    def __init__(self, echo: Callable[[str], None], multi_arm: bool, arms_of: dict):
+
+class BuildPrinter:
+    """One line per node (`cached` / `ran` + time); a progress line on a terminal for long nodes.
+
+    With several arms each line says which arms the node belongs to: `[all arms]`, or the arm
+    names, where a long name (a sweep arm's `lora_rank=8,learning_rate=0.0001`) is shown by a
+    short label explained once at the start."""
+
+    def __init__(self, echo: Callable[[str], None], arm_names: list[str], arms_of: dict):
         self.echo = echo
-        self.multi_arm = multi_arm
+        self.arm_names = list(arm_names)
+        self.multi_arm = len(self.arm_names) > 1
         self.arms_of = arms_of
+        self.short = {name: (name if len(name) <= SHORT_ARM else f"a{i + 1}") for i, name in enumerate(self.arm_names)}
         self.tty = sys.stderr.isatty()
         self._lock = threading.Lock()
         self._progress_shown = False
         self._progress_start: dict[str, tuple[int, float]] = {}
-        self.warned = False
+        self._shown_cached: set[str] = set()
+        self.warned = False  # a build that warned leaves no fast-path snapshot
+        shortened = [f"{short} = {name}" for name, short in self.short.items() if short != name]
+        if self.multi_arm and shortened:
+            echo("arms: " + "; ".join(shortened))
+
+    def arm_label(self, node) -> str:
+        arms = self.arms_of.get(node.id, [node.arm])
+        if len(self.arm_names) > 2 and set(arms) >= set(self.arm_names):
+            return "[all arms]"
+        return "[" + ",".join(self.short.get(a, a) for a in arms) + "]"
 
     def __call__(self, event: Event) -> None:
         with self._lock:
             node = event.node
             label = node.name
             if self.multi_arm:
-                label = f"[{','.join(self.arms_of.get(node.id, [node.arm]))}] {label}"
+                label = f"{self.arm_label(node)} {label}"
             if event.kind == "warning":
                 self.warn(f"evsys: warning: {label}: {event.message}")
             elif event.kind == "cached" and event.message == "published":
                 self._line(f"saved   {label}  {node.key[:12]}")
             elif event.kind == "cached":
+                if node.id in self._shown_cached:  # a build that expands its graph passes built nodes again
+                    return
+                self._shown_cached.add(node.id)
                 self._line(f"cached  {label}  {node.key[:12]}")
             elif event.kind == "ran":
+                self._shown_cached.add(node.id)
                 self._line(f"ran     {label}  {event.seconds:.2f}s  {node.key[:12]}")
             elif event.kind == "failed":
                 self._line(f"failed  {label}")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from . import cli_runs, cli_sync
-from .build import plan_entries, run_build
+from . import cli_diff, cli_export, cli_runs, cli_sync
+from .build import plan_with_notes, run_build
+from . import interrupts
 from .errors import EvsysError, Interrupted, UsageError
 from .gc import collect_garbage, verify_store
 from .pools import EXECUTORS
@@ -46,6 +47,13 @@ class EvsysGroup(click.Group):
 @click.version_option(package_name="evsys")
 def main():
     """evsys: declarative, content-addressed builds for LLM post-training experiments."""
+    interrupts.KEEP_HANDLERS_AFTER_STOP = True  # this process exits after an interrupted build
+
+
+target_option = click.option(
+    "--target", "targets", multiple=True, metavar="TARGET",
+    help="only what this needs: a node name (tokenize, train, 'eval val@50'), a rule name, or node:<key prefix>; repeatable",
+)
 
 
 @main.command()
@@ -55,19 +63,22 @@ def main():
 @click.option("--executor", type=click.Choice(EXECUTORS), default="threads", show_default=True, help="where nodes run: threads of this process, inline (one at a time, for a debugger), or ray")
 @click.option("--ray-address", default=None, help="with --executor ray: auto, ray://host:10001, or host:port (default: $RAY_ADDRESS, else a local Ray)")
 @click.option("--remote", default=None, envvar="EVSYS_REMOTE", help="read through this store (s3://…, gs://… or a folder): nodes found there are copied into --cache-dir instead of rebuilt")
+@target_option
 @cache_option
-def build(config, arm, jobs, executor, ray_address, remote, cache_dir):
-    """Build every node CONFIG implies; print one line per node, then the run dir."""
+def build(config, arm, jobs, executor, ray_address, remote, targets, cache_dir):
+    """Build every node CONFIG implies (or only what --target needs); print one line per node, then the run dir."""
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
     store = _store(cache_dir, remote)
     try:
-        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo, executor=executor, ray_address=ray_address)
+        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo, targets=list(targets) or None, executor=executor, ray_address=ray_address)
+        if targets and code == 0:
+            click.echo(f"built {', '.join(targets)} (a partial build: no run dir; `evsys build {config}` builds the rest)")
     except Interrupted as exc:
-        resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
+        resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + "".join(f" --target '{t}'" for t in targets) + (f" --cache-dir {cache_dir}" if cache_dir else "")
         resume += (f" --executor {executor}" if executor != "threads" else "") + (f" --ray-address {ray_address}" if ray_address else "") + (f" --remote {remote}" if remote else "")
         click.echo(f"evsys: interrupted: {exc.message}; finished work is stored, run `{resume}` to resume", err=True)
-        sys.exit(exc.exit_code)
+        interrupts.exit_now(exc.exit_code)
     sys.exit(code)
 
 
@@ -75,12 +86,13 @@ def build(config, arm, jobs, executor, ray_address, remote, cache_dir):
 @click.argument("config", type=click.Path())
 @click.option("--arm", default=None, help="plan only this arm")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@target_option
 @cache_option
-def plan(config, arm, as_json, cache_dir):
+def plan(config, arm, as_json, targets, cache_dir):
     """Dry run: which nodes would run, and why."""
-    entries = plan_entries(Path(config), _store(cache_dir), arm)
+    entries, notes = plan_with_notes(Path(config), _store(cache_dir), arm, list(targets) or None)
     if as_json:
-        click.echo(json.dumps({"nodes": [e.as_json() for e in entries]}, indent=1))
+        click.echo(json.dumps({"nodes": [e.as_json() for e in entries], "notes": notes}, indent=1))
         return
     colors = {"cached": "green", "run": "yellow", "maybe": "cyan"}
     for e in entries:
@@ -91,6 +103,8 @@ def plan(config, arm, as_json, cache_dir):
         click.echo(f"{status} {key}  {_label(e.node, e.arms)}" + (f"  ({why})" if why else "") + cost)
     counts = {s: sum(e.status == s for e in entries) for s in colors}
     click.echo(f"{counts['run']} to run, {counts['maybe']} may run, {counts['cached']} cached")
+    for note in notes:
+        click.echo(f"note: {note}")
 
 
 def _built_on(entry) -> list[str]:
@@ -206,6 +220,8 @@ def verify(repair, cache_dir):
 
 cli_runs.register(main, cache_option)
 cli_sync.register(main, cache_option)
+cli_diff.register(main, cache_option)
+cli_export.register(main, cache_option)
 
 
 if __name__ == "__main__":  # `python -m evsys_build.cli ...`

@@ -61,10 +61,11 @@ def register(main: click.Group, cache_option) -> None:
             return
         found = list_runs(ctx.obj, experiment)
         if as_json:
-            click.echo(json.dumps([{k: r.get(k) for k in ("id", "experiment", "run_name", "status", "started", "finished")} for r in found], indent=1))
+            click.echo(json.dumps([{k: r.get(k) for k in ("id", "experiment", "run_name", "status", "started", "finished", "partial", "targets", "error")} for r in found], indent=1))
             return
         for r in found:
-            click.echo(f"{r['id']}  {r['experiment']:<24} {r.get('status', '?'):<11} {', '.join(r.get('arms', {}))}  {headline(r)}")
+            status = r.get("status", "?") + (" (partial)" if r.get("partial") else "")
+            click.echo(f"{r['id']}  {r['experiment']:<24} {status:<11} {', '.join(r.get('arms', {}))}  {headline(r)}")
         click.echo(f"{len(found)} run(s)")
 
     @runs.command("show")
@@ -80,7 +81,9 @@ def register(main: click.Group, cache_option) -> None:
             written = frontend().write_run(store, run, Path(write_dir))
             click.echo(f"wrote {len(written)} files of run {run['id']} into {write_dir}")
             return
-        click.echo(f"run        {run['id']} ({run.get('status')})")
+        click.echo(f"run        {run['id']} ({run.get('status')}{', partial: ' + ', '.join(run.get('targets') or []) if run.get('partial') else ''})")
+        if run.get("error"):
+            click.echo(f"error      {run['error']}")
         click.echo(f"experiment {run['experiment']}  run_name {run.get('run_name')}")
         click.echo(f"config     {run.get('config', {}).get('path')}")
         click.echo(f"time       {run.get('started')} → {run.get('finished')} on {run.get('host')}")

@@ -164,6 +164,34 @@ class Graph:
         sub._edges = [(a, b) for a, b in self._edges if a in keep and b in keep]
         return sub
 
+    def subgraph(self, keep: set[str]) -> "Graph":
+        """The nodes whose ids are in `keep`, with their arms and the edges among them."""
+        sub = Graph()
+        for n in self.nodes():
+            if n.id in keep:
+                sub._nodes[n.id] = n
+                sub.arms_of[n.id] = list(self.arms_of.get(n.id, [n.arm]))
+        for arm, members in self.by_arm.items():
+            kept = [n for n in members if n.id in keep]
+            if kept:
+                sub.by_arm[arm] = kept
+        sub._edges = [(a, b) for a, b in self._edges if a in keep and b in keep]
+        return sub
+
+    def ancestors(self, node_id: str) -> set[str]:
+        """Ids of every node `node_id` is built from (not itself)."""
+        parents: dict[str, list[str]] = {}
+        for a, b in self._edges:
+            parents.setdefault(b, []).append(a)
+        seen: set[str] = set()
+        stack = list(parents.get(node_id, []))
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(parents.get(current, []))
+        return seen
+
     def to_mermaid(self) -> str:
         lines = ["graph TD"]
         for n in self.nodes():

@@ -13,6 +13,11 @@ from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# The CLI sets this: once a build was interrupted, the process is on its way out, so a later
+# Ctrl-C (during the exit message, or torch's shutdown) still exits 130 at once instead of
+# raising KeyboardInterrupt. A library caller (a notebook) gets its own handlers back.
+KEEP_HANDLERS_AFTER_STOP = False
+
 
 @contextlib.contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
@@ -33,6 +38,16 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     try:
         yield stop
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if not (stop.is_set() and KEEP_HANDLERS_AFTER_STOP):
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         sys.stderr.flush()
+
+
+def exit_now(code: int) -> None:
+    """Leave an interrupted build's process without interpreter finalization: everything it
+    wrote is already stored, and finalization resets signal handlers (a Ctrl-C then would kill
+    the process by signal) and joins torch's threads."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -45,6 +45,15 @@ class Project(Protocol):
         ({"arms": {arm: {"metrics", ...}}, "files": {...}}) for its record."""
         ...
 
+    def close(self, store: "Store", results: dict[str, dict], arms: list[str], status: str) -> None:
+        """After any build (completed, failed, interrupted, partial): let observers finish
+        (callbacks get what they did not see live, then the end of the run)."""
+        ...
+
+# Optional on a Project: `incomplete` (bool) and `expand(store) -> bool` for a graph that grows
+# once data is built (build_project builds what there is, expands, builds again); `notes`
+# (list[str]) that `plan` prints below its lines.
+
 
 @runtime_checkable
 class Frontend(Protocol):
@@ -64,6 +73,15 @@ class Frontend(Protocol):
 
     def write_run(self, store: "Store", run: dict, dest: Path) -> list[Path]:
         """Rewrite a recorded run's run dir into `dest` from the store; returns the files written."""
+        ...
+
+    def export_node(self, store: "Store", key: str, dest: Path, merge: bool = False, base_model: str | None = None, dtype: str = "auto") -> list[Path]:
+        """Write a stored checkpoint as a folder other tools load (an adapter, or a merged model)."""
+        ...
+
+    def arm_snapshots(self, store: "Store", source: "Path | dict") -> dict[str, dict]:
+        """Per arm of a config file (Path) or a run record (dict): its effective config flattened
+        to dotted paths, its nodes (name -> key, id) and its report's metric rows, for `evsys diff`."""
         ...
 
 

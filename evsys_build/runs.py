@@ -38,11 +38,15 @@ def start_run(store: Store, project, arms: list[str]) -> dict:
     return run
 
 
-def finish_run(store: Store, run: dict, status: str, graph: Graph, results: dict[str, dict], summary: dict | None = None, unplanned: list | None = None) -> dict:
+def finish_run(store: Store, run: dict, status: str, graph: Graph, results: dict[str, dict], summary: dict | None = None, unplanned: list | None = None, partial: bool = False) -> dict:
     """Record the outcome: each arm's nodes as built (keys, output digests), status, summary
     (headline metrics, run-dir files); then point each arm's ref at this run. `unplanned` nodes
     (a checkpoint saved when a build was interrupted) are recorded under their producer's arms,
-    so gc keeps what the next build resumes from."""
+    so gc keeps what the next build resumes from.
+
+    A partial build (`--target`) records only the nodes it built; each arm's ref keeps the nodes
+    it already had with the built ones updated, and keeps pointing at the last full run (so `plan`
+    still diffs every node, and gc keeps that run's checkpoints)."""
     digests = {node_id: output_digest(m) for node_id, m in results.items()}
     for node, manifest in unplanned or []:
         digests[node.id] = output_digest(manifest)
@@ -52,15 +56,23 @@ def finish_run(store: Store, run: dict, status: str, graph: Graph, results: dict
         nodes = {n.name: n.describe(digests) for n in members}
         run["arms"][arm] = {"nodes": nodes, **((summary or {}).get("arms", {}).get(arm, {}))}
     run.update(**{k: v for k, v in (summary or {}).items() if k != "arms"})
-    return finish_record(store, run, status)
+    return finish_record(store, run, status, partial)
 
 
-def finish_record(store: Store, run: dict, status: str) -> dict:
-    """Write a run's final record and point each of its arms' refs at it."""
+def finish_record(store: Store, run: dict, status: str, partial: bool = False) -> dict:
+    """Write a run's final record and point each of its arms' refs at it (a partial build's refs
+    keep the nodes they had, with the built ones updated, and keep naming the last full run)."""
     run.update(status=status, finished=now())
+    if partial:
+        run["partial"] = True
     store.write_run(run)
     for arm, entry in run["arms"].items():
-        store.write_ref(run["experiment"], arm, {"experiment": run["experiment"], "arm": arm, "run": run["id"], "nodes": entry["nodes"]})
+        ref = {"experiment": run["experiment"], "arm": arm, "run": run["id"], "nodes": entry["nodes"]}
+        if partial:
+            before = store.read_ref(run["experiment"], arm)
+            ref["nodes"] = {**before.get("nodes", {}), **entry["nodes"]}
+            ref["run"] = before.get("run") or run["id"]
+        store.write_ref(run["experiment"], arm, ref)
     return run
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 
+from .errors import UsageError
 from .project import frontend
 from .store import Store, referenced_objects
 
 
 def show_node(store: Store, ref: str, as_json: bool = False, rows: int | None = None, color: bool = False) -> str:
+    """`node:<key>` shows a node; `node:<key>#<output>` (e.g. `#state`, `#weights`) one of its outputs."""
+    ref, _, part = ref.partition("#")
     key = store.resolve_prefix(ref)
     manifest = store.read_manifest(key)
+    if part:
+        return show_part(store, manifest, part, as_json)
     text, rows_json = frontend().preview(store, manifest, rows if rows is not None else 3, color, text=not as_json)
     if as_json:
         out = {"manifest": manifest}
@@ -41,4 +46,19 @@ def format_manifest(store: Store, m: dict) -> str:
         lines.append("stats    " + json.dumps(m["stats"], sort_keys=True))
     if m.get("metrics"):
         lines.append("metrics  " + json.dumps(m["metrics"], sort_keys=True)[:400])
+    return "\n".join(lines)
+
+
+def show_part(store: Store, manifest: dict, part: str, as_json: bool) -> str:
+    """One output of a node: its files (name, object, size)."""
+    outputs = manifest.get("outputs", {})
+    if part not in outputs:
+        raise UsageError(f"node:{manifest['key'][:12]} ({manifest.get('name')}) has no output {part!r}; it has: {', '.join(sorted(outputs))}")
+    value = outputs[part]
+    files = value.get("blobs") if isinstance(value, dict) and isinstance(value.get("blobs"), dict) else {name: name for name in sorted(referenced_objects(value))}
+    listing = {name: {"object": obj, "bytes": store.object_size(obj) if store.has_object(obj) else None} for name, obj in sorted(files.items())}
+    if as_json:
+        return json.dumps({"node": manifest["key"], "output": part, "files": listing}, indent=1)
+    lines = [f"node     {manifest['key']}", f"name     {manifest.get('name')} ({manifest.get('rule')})", f"output   {part}: {len(listing)} files"]
+    lines += [f"  {name}  {f['object'][:12]}  {f['bytes'] if f['bytes'] is not None else 'missing'} bytes" for name, f in listing.items()]
     return "\n".join(lines)

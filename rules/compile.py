@@ -7,29 +7,34 @@ from dataclasses import dataclass, field
 
 from evsys_build.graph import Graph, Node
 from evsys_build.statcache import StatCache
+from evsys_build.store import Store
 
-from .config.loading import Arm, LoadedConfig
+from .config.loading import Arm, LoadedConfig, located
 from .models.resolve import ResolvedModel, resolve
 from .plugins import kinds
 from .nodes.eval import eval_nodes
 from .nodes.report import report_node
 from .nodes.source import source_node
+from .nodes.steps import data_where, resolve_epochs
 from .nodes.tokenize import tokenize_node
 from .nodes.train import attach_checkpoints, checkpoint_node, stored_checkpoint_steps, train_node
 from .nodes.transform import transform_node
+from .outputs.hub import ArmCallbacks
 
 
 @dataclass
 class ArmNodes:
-    """The nodes of one arm that later stages and the run dir need."""
+    """The nodes of one arm that later stages and the run dir need. `train` is None while the
+    arm's step count waits for its data (`num_epochs` before tokenize is built)."""
 
     arm: Arm
     rows: Node
     tokenize: Node
-    train: Node
+    train: Node | None = None
     checkpoints: dict[int, Node] = field(default_factory=dict)
     evals: list[tuple] = field(default_factory=list)  # (benchmark, step, node)
     report: Node | None = None
+    callbacks: ArmCallbacks | None = None
 
 
 def trains_by_name(arm: Arm) -> bool:
@@ -43,14 +48,17 @@ def model_need(arm: Arm) -> str:
     return "tokenizer" if trains_by_name(arm) else "model"
 
 
-def compile_graph(loaded: LoadedConfig, statcache: StatCache) -> tuple[Graph, list[ArmNodes]]:
-    """Every arm's nodes in one graph; arms share the nodes they have in common (same id)."""
+def compile_graph(loaded: LoadedConfig, statcache: StatCache, store: Store | None = None, hubs: dict[str, ArmCallbacks] | None = None) -> tuple[Graph, list[ArmNodes]]:
+    """Every arm's nodes in one graph; arms share the nodes they have in common (same id).
+    `store` lets an arm with `num_epochs` learn its dataset size from a built tokenize node;
+    `hubs` are the arms' callbacks, fed by the runners."""
     graph = Graph()
+    hubs = hubs or {}
     models: dict[tuple, ResolvedModel] = {}  # arms of a sweep share their model: resolve it once
-    return graph, [_compile_arm(graph, loaded, arm, statcache, models) for arm in loaded.arms]
+    return graph, [_compile_arm(graph, loaded, arm, statcache, store, hubs.get(arm.name), models) for arm in loaded.arms]
 
 
-def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache, models: dict) -> ArmNodes:
+def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache, store: Store | None, hub: ArmCallbacks | None, models: dict) -> ArmNodes:
     def add(node: Node) -> Node:
         return graph.add(with_resources(node, arm))
 
@@ -58,16 +66,21 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
     for index in range(len(arm.config.transforms)):
         rows = add(transform_node(arm, index, rows))
     name, revision, by_name = arm.config.model.name, arm.config.model.revision, trains_by_name(arm)
-    model = models.get((name, revision, by_name)) or models.setdefault(
-        (name, revision, by_name), resolve(name, revision, statcache, model_need(arm), by_name, str(loaded.path))
-    )
+    if (name, revision, by_name) not in models:
+        with located(loaded, ("model", "name")):
+            models[(name, revision, by_name)] = resolve(name, revision, statcache, model_need(arm), by_name, str(loaded.path))
+    model = models[(name, revision, by_name)]
     tokens = add(tokenize_node(arm, rows, model))
-    train = add(train_node(arm, tokens, model))
+    resolved = resolve_epochs(arm, graph, tokens, store, data_where(loaded))
+    if resolved is None:
+        return ArmNodes(arm, rows, tokens, callbacks=hub)
+    arm = resolved
+    train = add(train_node(arm, tokens, model, hub, data_where(loaded)))
     checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}
     attach_checkpoints(train, checkpoints)
-    evals = [(bench, step, add(node)) for bench, step, node in eval_nodes(arm, checkpoints, model)]
+    evals = [(bench, step, add(node)) for bench, step, node in eval_nodes(loaded, arm, checkpoints, model, statcache, hub)]
     report = add(report_node(arm, train, evals))
-    return ArmNodes(arm, rows, tokens, train, checkpoints, evals, report)
+    return ArmNodes(arm, rows, tokens, train, checkpoints, evals, report, hub)
 
 
 def with_resources(node: Node, arm: Arm) -> Node:

@@ -1,4 +1,5 @@
-"""The frontend the engine loads: open a config as a buildable project, validate, preview nodes."""
+"""The frontend the engine loads: open a config as a buildable project, validate, preview nodes,
+export checkpoints, describe arms for `evsys diff`."""
 
 from __future__ import annotations
 
@@ -14,35 +15,85 @@ from .config.loading import LoadedConfig, load_config
 from .models.resolve import cached_snapshot, fetch_model, hub_model, hub_offline
 from .nodes.train import make_backend
 from .plugins import kinds
-from .config.validate import validate  # noqa: F401  (part of the frontend contract)
-from .outputs.preview import preview  # noqa: F401  (part of the frontend contract)
 from .plugins.code_identity import IdentityCache, use_identity_cache
-from .outputs.run_dir import materialize, write_run  # noqa: F401  (write_run: part of the frontend contract)
+from .config.validate import validate  # noqa: F401  (part of the frontend contract)
+from .outputs.arm_snapshots import arm_snapshots, effective_config  # noqa: F401  (arm_snapshots: part of the frontend contract)
+from .outputs.export import export_node  # noqa: F401  (part of the frontend contract)
+from .outputs.hub import ArmCallbacks
+from .outputs.preview import preview  # noqa: F401  (part of the frontend contract)
+from .outputs.replay import replay_and_close
+from .outputs.run_dir import arm_run_dir, materialize, write_run  # noqa: F401  (write_run: part of the frontend contract)
 
 
 class Project:
-    """A compiled config: the graph of every arm, and what to do after a build."""
+    """A compiled config: the graph of every arm, and what to do after a build.
+
+    An arm whose training length comes from its data (`num_epochs`) compiles up to tokenize until
+    that is stored: the project is then `incomplete`, and `expand` compiles the rest once the
+    build has made the data (nodes/steps.py)."""
 
     def __init__(self, loaded: LoadedConfig, store: Store):
         self.loaded = loaded
         self.config_path = loaded.path
-        statcache = StatCache(store.local_dir / "stat-cache.json")
-        identities = IdentityCache(store.local_dir / "identity-cache.json")
-        use_identity_cache(identities)
-        try:
-            self.graph, self.arm_nodes = compile_graph(loaded, statcache)
-        finally:
-            use_identity_cache(None)
-        statcache.save()
-        identities.save()
         self.experiment = loaded.experiment_name
-        self.arm_names = [a.arm.name for a in self.arm_nodes]
+        self.arm_names = [a.name for a in loaded.arms]
+        self.hubs = {
+            arm.name: ArmCallbacks(arm.name, arm.config.callbacks, self._callback_info(arm))
+            for arm in loaded.arms
+        }
+        self._compile(store)
         # the no-op fast path prints and writes what a cached build does; callbacks beyond the
         # local logger (which prints nothing for cached nodes) must see every build; a backend
         # that keeps checkpoints on a service must be asked each build whether they still exist
         self.fast_path_ok = all(
             c.kind == "local_logger" for a in loaded.arms for c in a.config.callbacks
-        ) and not any(trains_by_name(a) for a in loaded.arms)
+        ) and not any(trains_by_name(a) for a in loaded.arms) and not self.incomplete
+
+    def _compile(self, store: Store) -> None:
+        statcache = StatCache(store.local_dir / "stat-cache.json")
+        identities = IdentityCache(store.local_dir / "identity-cache.json")
+        use_identity_cache(identities)
+        try:
+            self.graph, self.arm_nodes = compile_graph(self.loaded, statcache, store, self.hubs)
+        finally:
+            use_identity_cache(None)
+        statcache.save()
+        identities.save()
+
+    def _callback_info(self, arm) -> dict:
+        return {
+            "experiment": self.experiment,
+            "run_name": self.loaded.run_name,
+            "arm": arm.name,
+            "config": effective_config(arm.config.model_dump(mode="json")),
+            "run_dir": str(arm_run_dir(self.loaded, arm.name, len(self.loaded.arms))),
+            "output_dir": str(self.loaded.output_dir),
+            "arms": len(self.loaded.arms),
+        }
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether some arm's graph still waits for its data to be built (num_epochs)."""
+        return any(nodes.train is None for nodes in self.arm_nodes)
+
+    @property
+    def notes(self) -> list[str]:
+        """What `plan` adds below its lines."""
+        waiting = [nodes.arm.name for nodes in self.arm_nodes if nodes.train is None]
+        if not waiting:
+            return []
+        return [
+            f"train and what follows it are planned once tokenize is built: num_epochs needs the number of rows "
+            f"(arm{'s' if len(waiting) > 1 else ''} {', '.join(waiting)}; `evsys build` builds the data first)"
+        ]
+
+    def expand(self, store: Store) -> bool:
+        """Compile again with what the store now holds; True when the graph grew."""
+        before = len(self.graph.nodes())
+        self._compile(store)
+        if self.incomplete:
+            raise AssertionError("tokenize was built but its output is not stored")
+        return len(self.graph.nodes()) > before
 
     def graph_for(self, arm: str | None) -> Graph:
         return self.graph if arm is None else self.graph.subgraph_for_arm(arm)
@@ -51,8 +102,13 @@ class Project:
         return {arm: store.read_ref(self.experiment, arm) for arm in self.arm_names}
 
     def describe_run(self) -> dict:
-        """The config as this run saw it: its path and text, so any run can be read back later."""
-        return {"run_name": self.loaded.run_name, "config": {"path": str(self.loaded.path), "text": self.loaded.text}}
+        """The config as this run saw it: its path and text, and each arm's overrides, so any run
+        can be read back (and diffed) later."""
+        return {
+            "run_name": self.loaded.run_name,
+            "config": {"path": str(self.loaded.path), "text": self.loaded.text},
+            "arm_configs": {arm.name: {"overrides": _plain(arm.overrides)} for arm in self.loaded.arms},
+        }
 
     def preflight(self, arms: list[str]) -> None:
         """Before any node runs: each backend's own readiness check (Tinker: the key, the SDK, a
@@ -77,17 +133,28 @@ class Project:
         """Write the run dir of every built arm and experiment.md; return the run's summary."""
         return materialize(self, store, results, arms, echo)
 
+    def close(self, store: Store, results: dict, arms: list[str], status: str) -> None:
+        """After any build: replay to each arm's callbacks what they did not see live, then end their run."""
+        replay_and_close(self, store, results, arms, status)
+
+
+def _plain(value):
+    """JSON-safe overrides (a run record is JSON)."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
 
 def open_project(config_path: Path, store: Store) -> Project:
     return Project(load_config(config_path), store)
 
 
-def fetch(config_path: Path, strict: bool = True) -> list[str]:
+def fetch(config: "Path | LoadedConfig", strict: bool = True) -> list[str]:
     """Download from the Hugging Face Hub what the config's models need and the local cache lacks
     (a service's base model: its tokenizer and chat template; the local backend: the model).
     `strict=False` (a build): when that is not possible, do nothing and let opening the project
     say what is missing."""
-    loaded = load_config(config_path)
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config)
     lines, seen = [], set()
     for arm in loaded.arms:
         model, need = arm.config.model, model_need(arm)

@@ -148,9 +148,9 @@ def test_deep_validate_catches_a_template_field_missing_from_a_row(tmp_path):
     project = project_with(tmp_path, BASE_CONFIG, rows)
     assert evsys("validate", "config.yaml", cwd=project).returncode == 0  # shallow validate reads no data
     msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
-    assert msg == (
-        "data/train.jsonl:12: field 'tool_slug' used by transforms[0].params is not in this row "
-        "(row has: query); fix the template or the data"
+    assert msg == (  # the build's words: validate runs the same transform on every row
+        "data/train.jsonl:12: transform[0] jsonl_to_chat: jsonl_to_chat.params.assistant_template: field 'tool_slug' "
+        "is not in this row (row has: query); fix the template or the data"
     )
 
 
@@ -160,7 +160,7 @@ def test_deep_validate_counts_file_lines_past_blank_lines(tmp_path):
     project = project_with(tmp_path, BASE_CONFIG)
     (project / "data" / "train.jsonl").write_text("\n".join(json.dumps(r) + ("\n" if i == 1 else "") for i, r in enumerate(rows)) + "\n")
     msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
-    assert msg.startswith("data/train.jsonl:5: field 'query' used by transforms[0].params")
+    assert msg.startswith("data/train.jsonl:5: transform[0] jsonl_to_chat: jsonl_to_chat.params.user_template: field 'query'")
 
 
 def test_build_names_the_row_of_a_missing_template_field_across_chunks(tmp_path, tiny_model_dir):
@@ -207,7 +207,7 @@ def test_deep_validate_benchmark_path_that_is_a_file(tmp_path):
     project = bench_project(tmp_path, "data/train.jsonl", None)
     msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
     assert msg == (
-        "metadata.benchmark[0] (val): data/train.jsonl: benchmark path is not a directory "
+        f"config.yaml:{line_of(BENCH_CONFIG, 'path: BENCH')}:13: metadata.benchmark[0] (val): data/train.jsonl: benchmark path is not a directory "
         "(point path at a directory holding tasks.jsonl)"
     )
 

@@ -21,5 +21,5 @@ def test_engine_import_loads_no_ml_library():
 
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "evsys_build.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("build", "plan", "show", "validate", "dag", "gc", "verify", "push", "pull"):
+    for command in ("build", "plan", "show", "validate", "dag", "gc", "verify", "runs", "diff", "export", "push", "pull"):
         assert f"  {command} " in out

@@ -8,6 +8,11 @@ No length grouping: the local backend packs sequences without padding, so order 
 Loss normalisation: each step divides every datum's weights by the batch's total raw weight, so the
 summed loss the backend minimises is the mean NLL per loss token of the batch (long and short
 conversations weigh per token, as in Tinker's cookbook SFT).
+
+Gradient accumulation: a step takes `batch_size × gradient_accumulation_steps` examples from the
+stream, normalises them as one batch, and sends them as that many forward_backward calls of
+`batch_size` before one optim_step. The gradients add up on the client, so the update is the one
+the whole batch would give (up to float summation order), with a micro-batch's memory.
 """
 
 from __future__ import annotations
@@ -205,18 +210,19 @@ class _Run:
     def submit(self, step: int) -> tuple:
         """Step `step`'s forward_backward and optim_step (and its checkpoint save, if any), in order."""
         started = time.perf_counter()
-        batch = [self.data[i] for i in batch_indices(len(self.data), self.cfg.batch_size, self.seed, step)]
-        normalized, raw_weight = normalized_batch(batch)
+        batch = [self.data[i] for i in batch_indices(len(self.data), _step_batch(self.cfg), self.seed, step)]
+        normalized, raw_weight = normalized_batch(batch)  # weights over the whole step's batch
+        micro = [normalized[i : i + self.cfg.batch_size] for i in range(0, len(normalized), self.cfg.batch_size)]
         lr = learning_rate_at(step, self.cfg)
-        if self.pipelined:
-            result = self.client.forward_backward_async(normalized)
+        if self.pipelined:  # gradients accumulate over the micro-batches until optim_step
+            results = [self.client.forward_backward_async(m) for m in micro]
             optim = self.client.optim_step_async(adam_params(self.cfg, lr))
             save = self.client.save_checkpoint_async(f"step-{step}") if step in self.saves else None
         else:
-            result = _Done(self.client.forward_backward(normalized))
+            results = [_Done(self.client.forward_backward(m)) for m in micro]
             optim = _Done(self.client.optim_step(adam_params(self.cfg, lr)))
             save = _Done(self.save_now(step)) if step in self.saves else None
-        return step, raw_weight, lr, result, optim, save, started
+        return step, raw_weight, lr, results, optim, save, started
 
     def save_now(self, step: int):
         """A checkpoint of the client as it is (after step `step`): submitted and awaited."""
@@ -224,8 +230,13 @@ class _Run:
             return self.client.save_checkpoint_async(f"step-{step}").result()
         return self.client.save_state(), self.client.weights_blobs(), {}
 
-    def finish(self, step, raw_weight, lr, result, optim, save, started) -> None:
-        fb, opt = result.result(), optim.result()
+    def finish(self, step, raw_weight, lr, results, optim, save, started) -> None:
+        fb = {"loss_sum": 0.0, "num_tokens": 0, "num_loss_tokens": 0}
+        for result in results:
+            micro = result.result()
+            for key in fb:
+                fb[key] += micro[key]
+        opt = optim.result()
         elapsed = time.perf_counter() - max(started, self.last_finish)  # in flight: since the previous step ended
         self.last_finish = time.perf_counter()
         mean_nll = float(fb["loss_sum"]) if raw_weight > 0 else None  # weights were divided by raw_weight
@@ -267,7 +278,7 @@ class _Done:
 def _check_resumable(meta: dict, cfg: SFTConfig, seed: int, num_examples: int, info: dict) -> None:
     """Refuse a checkpoint whose batch stream or precision would differ from this run's: training
     never resumes across a different device type, dtype or attention kernel."""
-    expected = {"seed": seed, "batch_size": cfg.batch_size, "num_examples": num_examples, "lora_rank": cfg.lora_rank}
+    expected = {"seed": seed, "batch_size": _step_batch(cfg), "num_examples": num_examples, "lora_rank": cfg.lora_rank}
     differ = {k: (meta.get(k), v) for k, v in expected.items() if k in meta and meta[k] != v}
     saved = meta.get("info", {})
     for k in PRECISION_FIELDS:
@@ -286,10 +297,15 @@ def _precision(info: dict, field: str):
     return value.split(":", 1)[0] if field == "device" and isinstance(value, str) else value  # cuda:0 and cuda:1 train alike
 
 
+def _step_batch(cfg: SFTConfig) -> int:
+    """Examples per optimizer step (micro-batch × accumulation)."""
+    return cfg.batch_size * getattr(cfg, "gradient_accumulation_steps", 1)
+
+
 def _meta(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]) -> dict:
     """What a checkpoint records besides the client's state: the step, the data position, the
     metrics so far, and what resume checks (seed, batch size, data size, rank, precision)."""
-    position = step * cfg.batch_size
+    position = step * _step_batch(cfg)
     return {
         "step": step,
         "epoch": position // num_examples,
@@ -297,7 +313,7 @@ def _meta(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_exam
         "metrics_so_far": [dict(m) for m in metrics],
         "lora_rank": cfg.lora_rank,
         "seed": seed,
-        "batch_size": cfg.batch_size,
+        "batch_size": _step_batch(cfg),
         "num_examples": num_examples,
         "info": client.info(),
     }

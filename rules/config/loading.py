@@ -1,7 +1,13 @@
-"""Load a config file: YAML with marks → plugins → pydantic models → per-kind params → arms."""
+"""Load a config: YAML with marks (or a dict, or an ExperimentConfig) → plugins → pydantic models
+→ per-kind params → arms.
+
+A config file's relative paths resolve against the directory you run from; with `base_dir`
+(the Python API) they resolve against that folder instead (config/paths.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +19,7 @@ from ..plugins import kinds
 from ..plugins.loader import load_plugins
 from .arms import arm_raws
 from .errors import config_error, dotted, where
+from .paths import rebase_paths
 from .schema import ExperimentConfig
 from .yaml_marks import Marks, load_yaml_with_marks
 
@@ -25,20 +32,30 @@ class Arm:
     overrides: dict = field(default_factory=dict)  # dotted path -> value this arm sets over the base config
 
 
+PYTHON_CONFIG = "<python config>"  # the `path` of a config given as a dict or an ExperimentConfig
+
+
 @dataclass
 class LoadedConfig:
-    path: Path
+    """A validated config: the models, every arm, and where each key was written (for errors)."""
+
+    path: Path  # the config file, or PYTHON_CONFIG for a dict / ExperimentConfig
     raw: dict
     marks: Marks
     config: ExperimentConfig
     arms: list[Arm]
-    text: str = ""  # the config file as read (a run records it)
+    text: str = ""  # the config as read (a run records it)
+    base_dir: Path | None = None  # what relative paths were resolved against (None: the working directory)
+
+    @property
+    def from_python(self) -> bool:
+        return self.path.name == PYTHON_CONFIG
 
     @property
     def experiment_name(self) -> str:
         if self.config.experiment:
             return self.config.experiment.name
-        return self.config.run_name or self.path.stem
+        return self.config.run_name or ("experiment" if self.from_python else self.path.stem)
 
     @property
     def run_name(self) -> str:
@@ -48,16 +65,32 @@ class LoadedConfig:
     def output_dir(self) -> Path:
         if self.config.output_dir:
             return Path(self.config.output_dir)
+        if self.from_python:
+            return (self.base_dir or Path(".")) / "outputs"
         return self.path.parent / "outputs"
 
 
-def load_config(path: Path | str) -> LoadedConfig:
-    """Parse and validate a config file completely; any mistake is one ConfigError line."""
+def load_config(path: Path | str, base_dir: Path | str | None = None) -> LoadedConfig:
+    """Parse and validate a config file completely; any mistake is one ConfigError line.
+    With `base_dir`, the file's relative paths (data, benchmarks, plugins, output_dir, a local
+    model folder) resolve against it rather than the working directory."""
     path = Path(path)
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir) / path
     raw, marks, text = load_yaml_with_marks(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1:1: the config must be a mapping of blocks (data, model, algorithm, ...)")
+    return loaded_from_raw(raw, path, marks, text, base_dir)
+
+
+def loaded_from_raw(raw: dict, path: Path, marks: Marks, text: str, base_dir: Path | str | None = None) -> LoadedConfig:
+    """Validate a raw config (from YAML or Python): plugins, models, arms, each kind's params."""
+    base = Path(base_dir).resolve() if base_dir is not None else None
+    if base is not None:
+        raw = rebase_paths(raw, base)
     load_plugins(raw.get("plugins") or [], path, marks)
+    if base is not None:
+        raw = rebase_paths(raw, base)  # again: a plugin source may name more path params
     config = validate_model(ExperimentConfig, raw, path, marks, ())
     arms = [
         Arm(name, validate_model(ExperimentConfig, arm_raw, path, marks, ()), {}, overrides)
@@ -65,15 +98,23 @@ def load_config(path: Path | str) -> LoadedConfig:
     ]
     for arm in arms:
         arm.params = validate_kind_params(arm.config, path, marks)
-    return LoadedConfig(path, raw, marks, config, arms, text)
+    return LoadedConfig(path, raw, marks, config, arms, text, base)
 
 
 def check_source(loaded: LoadedConfig, source) -> None:
     """The source's own file checks, with the error pointed at `data.path` in the config."""
-    try:
+    with located(loaded, ("data", "path")):
         source.check()
+
+
+@contextlib.contextmanager
+def located(loaded: LoadedConfig, at: tuple):
+    """Prefix a ConfigError raised inside with the config's `file:line:col` of `at`, so a check
+    made while validating and the same check made while compiling say exactly the same line."""
+    try:
+        yield
     except ConfigError as exc:
-        raise ConfigError(f"{where(loaded.path, loaded.marks, ('data', 'path'))}: {exc.message}") from None
+        raise ConfigError(f"{where(loaded.path, loaded.marks, at)}: {exc.message}") from None
 
 
 def validate_model(model: type[BaseModel], data, path: Path, marks: Marks, prefix: tuple):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 
 def _one_path_component(value: str) -> str:
@@ -34,53 +34,76 @@ class Strict(BaseModel, extra="forbid"):
 
 
 class ExperimentInfo(Strict):
-    name: SafeName
-    hypothesis: str = ""
+    """What the experiment is: its name groups runs in the store; the hypothesis heads experiment.md."""
+
+    name: SafeName  # the experiment's name: runs, refs and `evsys runs EXPERIMENT` group by it
+    hypothesis: str = ""  # what the arms test; written at the top of experiment.md
 
 
 class DataConfig(Strict):
-    source_kind: str = "jsonl"
+    """Where the training rows come from: a source kind and its params."""
+
+    source_kind: str = "jsonl"  # a source kind (below, or a plugin's)
     path: Optional[str] = None  # relative to the directory you run from, or absolute
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)  # the source kind's params (see its section below)
 
 
 class KindSpec(Strict):
     """A `{kind, params}` block: transforms, callbacks."""
 
-    kind: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    kind: str  # a transform or callback kind (below, or a plugin's)
+    params: dict[str, Any] = Field(default_factory=dict)  # that kind's params
 
 
 class ModelConfig(Strict):
+    """The base model: its weights and config go into the train key, its tokenizer files into tokenize's."""
+
     name: str  # Hugging Face id, local directory, or evsys/tiny-qwen3
-    revision: Optional[str] = None
+    revision: Optional[str] = None  # a hub revision (branch, tag or commit) of a hub id
 
 
 class BackendConfig(Strict):
-    kind: str = "local"
-    params: dict[str, Any] = Field(default_factory=dict)
+    """Where training and sampling run."""
+
+    kind: str = "local"  # local (this machine) or tinker (hosted), or a plugin's
+    params: dict[str, Any] = Field(default_factory=dict)  # the backend kind's params
 
 
 class AlgorithmConfig(Strict):
-    kind: str = "sft"
-    params: dict[str, Any] = Field(default_factory=dict)
+    """How the model is trained."""
+
+    kind: str = "sft"  # sft, or a plugin's
+    params: dict[str, Any] = Field(default_factory=dict)  # the algorithm kind's params
 
 
 class BenchmarkConfig(Strict):
-    name: SafeName
-    path: str  # a directory holding tasks.jsonl
+    """A benchmark scored at checkpoints: tasks sampled and verified, or held-out loss on chat rows."""
+
+    name: SafeName  # names the eval nodes (`eval <name>@<step>`), the metrics and predictions/<name>.jsonl
+    kind: Literal["tasks", "nll"] = "tasks"  # tasks: sample and verify; nll: held-out loss (mean NLL per loss token) on chat rows
+    path: str  # tasks: a directory holding tasks.jsonl; nll: a JSONL file of chat rows ({"messages": [...]})
     run_every: Optional[int] = Field(None, ge=1)  # steps; None = once, after training
-    metrics: list[str] = Field(default_factory=lambda: ["pass@1"])  # pass@1, pass@k
+    metrics: list[str] = Field(default_factory=lambda: ["pass@1"])  # tasks: pass@1, pass@k; nll: nll (set for you)
     split: str = "val"  # a label that namespaces the metrics
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(256, ge=1)  # tokens generated per completion
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
     num_samples: int = Field(1, ge=1)  # completions per task (for pass@k)
     stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn
     system_prompt: Optional[str] = None  # None = the one the transforms gave training rows
 
+    @model_validator(mode="after")
+    def _metrics_of_kind(self):
+        if self.kind == "nll":
+            if "metrics" in self.model_fields_set and self.metrics != ["nll"]:
+                raise ValueError("a kind: nll benchmark scores only nll (remove metrics, or write [nll])")
+            self.metrics = ["nll"]
+        return self
+
 
 class MetadataConfig(Strict):
-    benchmark: list[BenchmarkConfig] = Field(default_factory=list)
+    """What the checkpoints are scored on."""
+
+    benchmark: list[BenchmarkConfig] = Field(default_factory=list)  # the benchmarks (below)
 
 
 class NodeResources(Strict):
@@ -97,25 +120,29 @@ ResourceRule = Literal["source", "transform", "tokenize", "train", "eval", "repo
 
 
 class ArmConfig(Strict):
-    name: SafeName
+    """One arm: the base config with some values set (docs/sweeps.md)."""
+
+    name: SafeName  # the arm's name: its run dir folder and the label of its nodes
     set: dict[str, Any] = Field(default_factory=dict)  # dotted path -> value
 
 
 class ExperimentConfig(Strict):
-    experiment: Optional[ExperimentInfo] = None
+    """A whole experiment config (what a YAML file holds; `ExperimentConfig(...)` builds one in Python)."""
+
+    experiment: Optional[ExperimentInfo] = None  # name and hypothesis
     run_name: Optional[SafeName] = None  # default: experiment.name, else the config file's stem
     output_dir: Optional[str] = None  # default: outputs/ beside the config file
-    seed: int = 0
+    seed: int = 0  # training's RNG (data order, LoRA init) and seeded transforms' default
     plugins: list[str] = Field(default_factory=list)  # modules or .py paths
-    data: DataConfig
-    transforms: list[KindSpec] = Field(default_factory=list)
-    model: ModelConfig
-    backend: BackendConfig = Field(default_factory=BackendConfig)
-    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
-    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
-    callbacks: list[KindSpec] = Field(default_factory=list)
-    resources: dict[ResourceRule, NodeResources] = Field(default_factory=dict)  # per rule, on a cluster
-    arms: list[ArmConfig] = Field(default_factory=list)
+    data: DataConfig  # the training rows' source
+    transforms: list[KindSpec] = Field(default_factory=list)  # rows -> rows steps, in order
+    model: ModelConfig  # the base model
+    backend: BackendConfig = Field(default_factory=BackendConfig)  # where it trains and samples
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)  # how it trains
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)  # benchmarks
+    callbacks: list[KindSpec] = Field(default_factory=list)  # observers: loggers, trackers (never in a key)
+    resources: dict[ResourceRule, NodeResources] = Field(default_factory=dict)  # per rule, on a cluster (docs/scale-out.md)
+    arms: list[ArmConfig] = Field(default_factory=list)  # named variants of this config (docs/sweeps.md)
     sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted path -> values (a grid)
 
 

@@ -1,17 +1,27 @@
-"""`evsys validate [--deep]`: every check that needs no GPU and no network."""
+"""`evsys validate [--deep]`: every check that needs no GPU and no network.
+
+`--deep` makes the checks the build would make, with the build's words (the same functions
+raise them): the model name resolves (config file:line:col), every row is a usable conversation
+after the transforms (streamed: deep_rows.py), the dataset is not empty, and every benchmark
+path is what its kind reads (config file:line:col) with well-formed tasks.
+"""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 from evsys_build.errors import ConfigError
 
+from ..compile import model_need
+from ..data.conversation import check_conversation
 from ..data.sources import read_jsonl
-from ..data.transforms import JsonlToChat
-from ..evals.benchmarks import load_tasks
+from ..models.resolve import cached_snapshot, hub_model, resolve_model
+from ..models.tiny import TINY_MODEL_NAME
+from ..nodes.eval import benchmark_tasks, check_heldout_path
+from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
 from ..plugins import kinds
-from .loading import Arm, LoadedConfig, check_source, load_config
+from .deep_rows import check_rows
+from .loading import Arm, LoadedConfig, check_source, load_config, located
 
 
 def validate(config_path: Path, deep: bool = False) -> list[str]:
@@ -20,70 +30,64 @@ def validate(config_path: Path, deep: bool = False) -> list[str]:
     lines = [f"arms: {', '.join(a.name for a in loaded.arms)}"]
     if not deep:
         return lines
-    seen_files: set[str] = set()
+    seen: set[str] = set()
     for arm in loaded.arms:
-        lines += _deep_data(loaded, arm, seen_files)
-        lines += _deep_benchmarks(arm, seen_files)
-        lines += _deep_model(arm)
+        lines += _deep_model(loaded, arm)
+        lines += _deep_data(loaded, arm, seen)
+        lines += _deep_benchmarks(loaded, arm, seen)
     return lines
+
+
+def _deep_model(loaded: LoadedConfig, arm: Arm) -> list[str]:
+    """The model name resolves as the build resolves it (the tiny model is not built here). A
+    model a service trains by name needs only its tokenizer here, which `evsys fetch` (or the
+    build, online) downloads: offline and not cached yet, that is a note, not an error, so the
+    hosted walkthrough validates with no network."""
+    model, need = arm.config.model, model_need(arm)
+    if model.name == TINY_MODEL_NAME:
+        return []
+    if need == "tokenizer" and hub_model(model.name) and cached_snapshot(model.name, model.revision, need) is None:
+        return [f"model {model.name}: its tokenizer is not in the local Hugging Face cache yet (not checked); `evsys fetch {loaded.path}` downloads it"]
+    with located(loaded, ("model", "name")):
+        resolve_model(model.name, model.revision, need, str(loaded.path))
+    return []
 
 
 def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
     source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
     check_source(loaded, source)
+    recipe = repr((arm.config.data.model_dump(), [t.model_dump() for t in arm.config.transforms], getattr(arm.params["algorithm"], "supervise", None)))
+    if recipe in seen:
+        return []
+    seen.add(recipe)
+    checked = check_rows(arm, source)
+    if checked.rows == 0:
+        raise ConfigError(f"{data_where(loaded)}: {EMPTY_DATASET}")
+    files = ", ".join(str(f) for f in source.files())
+    label = "" if len(loaded.arms) == 1 else f"[{arm.name}] "
+    lines = [f"{label}data: {files}: {checked.source_rows} rows, {checked.rows} after the transforms"]
+    algo = arm.params["algorithm"]
+    if getattr(algo, "num_epochs", None):
+        steps = steps_for_epochs(checked.rows, algo.num_epochs, algo.batch_size, getattr(algo, "gradient_accumulation_steps", 1))
+        lines.append(f"{label}num_epochs {algo.num_epochs:g} over {checked.rows} rows: max_steps {steps}")
+    return lines
+
+
+def _deep_benchmarks(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
     out = []
-    for file in source.files():
-        if str(file) in seen:
-            continue
-        seen.add(str(file))
-        if arm.config.data.source_kind != "jsonl":
-            continue
-        rows = list(read_jsonl(file))
-        out.append(f"data: {file}: {len(rows)} rows")
-        _check_template_fields(arm, file, rows)
-    return out
-
-
-def _check_template_fields(arm: Arm, file: Path, rows: list[dict]) -> None:
-    """Template fields of jsonl_to_chat transforms that see raw rows must exist in every row."""
-    for i, spec in enumerate(arm.config.transforms):
-        transform = kinds.transforms.get(spec.kind)
-        if transform is not JsonlToChat:
-            if spec.kind in ("filter", "dedup", "shuffle", "sample"):
-                continue  # these keep the raw row shape
-            return  # a user transform may reshape rows: fields can't be checked statically
-        needed = JsonlToChat(**spec.params).required_fields()
-        lineno = itertools.count(1)
-        for row in rows:
-            line = next(lineno)
-            missing = sorted(needed - set(row))
-            if missing:
-                raise ConfigError(
-                    f"{file}:{_line_of(file, line)}: field {missing[0]!r} used by transforms[{i}].params "
-                    f"is not in this row (row has: {', '.join(sorted(row))}); fix the template or the data"
-                )
-        return
-
-
-def _line_of(file: Path, row_number: int) -> int:
-    """The file line of the n-th non-blank row."""
-    seen = 0
-    with open(file, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                seen += 1
-                if seen == row_number:
-                    return lineno
-    return row_number
-
-
-def _deep_benchmarks(arm: Arm, seen: set[str]) -> list[str]:
-    out = []
+    names = [b.name for b in arm.config.metadata.benchmark]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"metadata.benchmark: two benchmarks are named {name!r} (names must be unique)")
     for i, bench in enumerate(arm.config.metadata.benchmark):
-        try:
-            tasks = load_tasks(Path(bench.path))
-        except ConfigError as exc:
-            raise ConfigError(f"metadata.benchmark[{i}] ({bench.name}): {exc.message}") from None
+        if bench.kind == "nll":
+            check_heldout_path(loaded, i, bench)
+            rows = _check_heldout_rows(Path(bench.path))
+            if bench.path not in seen:
+                seen.add(bench.path)
+                out.append(f"benchmark {bench.name} ({bench.split}, nll): {bench.path}: {rows} rows")
+            continue
+        tasks = benchmark_tasks(loaded, i, bench)
         ks = [int(m.split("@", 1)[1]) for m in bench.metrics if m.startswith("pass@") and m.split("@", 1)[1].isdigit()]
         unknown = [m for m in bench.metrics if not (m.startswith("pass@") and m.split("@", 1)[1].isdigit())]
         if unknown:
@@ -93,17 +97,20 @@ def _deep_benchmarks(arm: Arm, seen: set[str]) -> list[str]:
         if bench.path not in seen:
             seen.add(bench.path)
             out.append(f"benchmark {bench.name} ({bench.split}): {bench.path}: {len(tasks)} tasks")
-    names = [b.name for b in arm.config.metadata.benchmark]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"metadata.benchmark: two benchmarks are named {name!r} (names must be unique)")
     return out
 
 
-def _deep_model(arm: Arm) -> list[str]:
-    name = arm.config.model.name
-    if Path(name).exists() and not Path(name).is_dir():
-        raise ConfigError(f"model.name: {name!r} is a file; give a model directory or a hub id")
-    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
-        raise ConfigError(f"model.name: {name!r} has no config.json; is it a model directory?")
-    return []
+def _check_heldout_rows(path: Path) -> int:
+    """Held-out chat rows: each row has well-formed messages (tokenized at build time)."""
+    count = 0
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            for row in read_jsonl(path, lineno, data=line):
+                where = f"{path}:{lineno}"
+                if row.get("messages") is None:
+                    raise ConfigError(f"{where}: messages: the row has none (a kind: nll benchmark reads chat rows)")
+                check_conversation(row, "all", where)
+                count += 1
+    if count == 0:
+        raise ConfigError(f"{path}: no rows (add one chat row per line)")
+    return count

@@ -26,7 +26,7 @@ class HFSource:
     class Config(BaseModel, extra="forbid"):
         name: str  # hub id such as "HuggingFaceH4/no_robots", or a local folder of data files
         config: Optional[str] = None  # the dataset's configuration ("subset")
-        split: str = "train"
+        split: str = "train"  # which split to read
         revision: Optional[str] = None  # a branch, tag or commit; None = the default branch
         batch_size: int = Field(1000, ge=1)  # rows held in memory at a time
 

@@ -151,7 +151,7 @@ class CsvSource(FileSource):
 
     class Config(FileSetConfig):
         delimiter: str = Field(",", min_length=1, max_length=1)  # "\t" for TSV
-        encoding: str = "utf-8"
+        encoding: str = "utf-8"  # the files' text encoding
 
     def read_file(self, file: Path) -> Iterator[dict]:
         with open(file, newline="", encoding=self.cfg.encoding) as f:

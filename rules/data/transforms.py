@@ -37,9 +37,9 @@ class JsonlToChat:
     row_local = True
 
     class Config(BaseModel, extra="forbid"):
-        system_prompt: Optional[str] = None
-        user_template: str
-        assistant_template: str
+        system_prompt: Optional[str] = None  # a system turn first (a template too); evals reuse it
+        user_template: str  # str.format template over the row's fields
+        assistant_template: str  # str.format template over the row's fields: what trains
 
     def __init__(self, **kw):
         self.cfg = self.Config(**kw)
@@ -99,9 +99,9 @@ class ShareGptToMessages:
     row_local = True
 
     class Config(BaseModel, extra="forbid"):
-        field: str = "conversations"
-        role_key: str = "from"
-        content_key: str = "value"
+        field: str = "conversations"  # the row field holding the turns
+        role_key: str = "from"  # each turn's speaker key (human, gpt, system, tool, ...)
+        content_key: str = "value"  # each turn's text key
         system_field: Optional[str] = "system"  # a top-level system prompt, as some ShareGPT files carry
         tools_field: Optional[str] = "tools"  # function schemas, kept as the row's `tools`
         roles: dict[str, str] = Field(default_factory=dict)  # extra or overriding names -> system/user/assistant/tool/function_call
@@ -191,9 +191,9 @@ class Filter:
     row_local = True
 
     class Config(BaseModel, extra="forbid"):
-        field: str
-        op: Literal["equals", "not_equals", "contains", "regex", "exists", "min_len", "max_len"] = "exists"
-        value: Any = None
+        field: str  # the row field tested
+        op: Literal["equals", "not_equals", "contains", "regex", "exists", "min_len", "max_len"] = "exists"  # the test
+        value: Any = None  # what the test compares with (every op but exists needs one)
         keep: bool = True  # false = drop the matching rows
 
         @model_validator(mode="after")
@@ -240,7 +240,7 @@ class Dedup:
     row_local = False
 
     class Config(BaseModel, extra="forbid"):
-        fields: Optional[list[str]] = None
+        fields: Optional[list[str]] = None  # the fields that make rows equal; None = the whole row
 
     def __init__(self, **kw):
         self.cfg = self.Config(**kw)
@@ -264,7 +264,7 @@ class Shuffle:
     row_local = False
 
     class Config(BaseModel, extra="forbid"):
-        seed: Optional[int] = None
+        seed: Optional[int] = None  # default: the experiment's seed
 
     def __init__(self, **kw):
         self.cfg = self.Config(**kw)
@@ -283,9 +283,9 @@ class Sample:
     row_local = False
 
     class Config(BaseModel, extra="forbid"):
-        n: Optional[int] = Field(None, ge=0)
-        fraction: Optional[float] = Field(None, gt=0, le=1)
-        seed: Optional[int] = None
+        n: Optional[int] = Field(None, ge=0)  # rows to keep
+        fraction: Optional[float] = Field(None, gt=0, le=1)  # or the share of rows to keep
+        seed: Optional[int] = None  # default: the experiment's seed
 
         @model_validator(mode="after")
         def _one_size(self):

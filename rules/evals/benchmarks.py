@@ -35,16 +35,24 @@ class Task(BaseModel, extra="forbid"):
 _FIELDS = ", ".join(Task.model_fields)
 
 
-def load_tasks(directory: Path) -> list[Task]:
-    """Parse and check `directory/tasks.jsonl`; any bad line raises a one-line ConfigError.
-    Parsed once per file version (a sweep's arms share their benchmarks)."""
+def benchmark_path_problem(directory: Path) -> str | None:
+    """What is wrong with a benchmark path (not a directory, no tasks.jsonl), or None."""
     directory = Path(directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
-        raise ConfigError(f"{directory}: benchmark path {what} (point path at a directory holding {TASKS_FILE})")
+        return f"{directory}: benchmark path {what} (point path at a directory holding {TASKS_FILE})"
+    if not (directory / TASKS_FILE).is_file():
+        return f"{directory / TASKS_FILE}: missing (a benchmark directory must hold {TASKS_FILE}, one task per line)"
+    return None
+
+
+def load_tasks(directory: Path) -> list[Task]:
+    """Parse and check `directory/tasks.jsonl`; any bad line raises a one-line ConfigError."""
+    directory = Path(directory)
+    problem = benchmark_path_problem(directory)
+    if problem:
+        raise ConfigError(problem)
     path = directory / TASKS_FILE
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing (a benchmark directory must hold {TASKS_FILE}, one task per line)")
     watch(path)
     st = path.stat()
     return list(_parse_tasks(str(path), (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)))
@@ -52,6 +60,7 @@ def load_tasks(directory: Path) -> list[Task]:
 
 @functools.lru_cache(maxsize=64)
 def _parse_tasks(file: str, stamp: tuple) -> tuple[Task, ...]:
+    """Parsed once per file version (a sweep's arms share their benchmarks)."""
     path = Path(file)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

@@ -21,7 +21,11 @@ def resolve_model(name: str, revision: str | None = None, need: str = "model", c
     `evsys fetch` and `evsys build` do that (`fetch_model`)."""
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name: {name!r} has no config.json; is it a model directory?")
         return path
+    if path.is_file():
+        raise ConfigError(f"model.name: {name!r} is a file; give a model directory or a hub id")
     if name == TINY_MODEL_NAME:
         return ensure_tiny_model()
     found = cached_snapshot(name, revision, need)
@@ -101,6 +105,14 @@ def _complete(folder: Path, need: str) -> bool:
     if need == "tokenizer":
         return tokenizer
     return tokenizer and any(n.endswith(WEIGHT_SUFFIXES) for n in names)
+
+
+def local_model_dir(name: str, model_dir: Path) -> str | None:
+    """The absolute folder of a model that lives here by name or path (a directory, the tiny
+    model); None for a hub id found in the Hugging Face cache (its name is what others load)."""
+    if name == TINY_MODEL_NAME or Path(name).expanduser().is_dir():
+        return str(Path(model_dir).resolve())
+    return None
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")

@@ -14,27 +14,32 @@ from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.hashing import digest
 from evsys_build.planner import output_digest
+from evsys_build.statcache import StatCache
 
-from ..config.loading import Arm
+from evsys_build.errors import ConfigError
+
+from ..config.loading import Arm, LoadedConfig, located
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
-from ..evals.benchmarks import load_tasks
+from ..evals.benchmarks import benchmark_path_problem, load_tasks
 from ..evals.passk import aggregate
 from ..evals.verifiers import check, verifier_identity
 from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel
-from ..outputs.callbacks import make_callbacks
+from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
+from .heldout import heldout_nodes
 from .train import backend_config, backend_resources, make_backend
 from .views import Checkpoint, EvalResult
 
 TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
 
 
-def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel) -> list[tuple]:
+def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel, statcache: StatCache, callbacks=None) -> list[tuple]:
     """(benchmark, step, node) for every scored checkpoint: every run_every steps and the final step.
     Besides the checkpoint's content, the key holds the base model (adapters apply to it) and the
-    tokenizer files (prompts are rendered and completions decoded with them)."""
+    tokenizer files (prompts are rendered and completions decoded with them). A `kind: nll`
+    benchmark gets held-out loss nodes instead (heldout.py)."""
     evals = []
     backend_cls = kinds.backends.get(arm.config.backend.kind)
     resolved = backend_config(backend_cls, arm)
@@ -43,11 +48,13 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel) -> 
     model_dir = model.dir
     max_steps = arm.params["algorithm"].max_steps
     resources = backend_resources(make_backend(arm))
-    for bench in arm.config.metadata.benchmark:
-        tasks = load_tasks(Path(bench.path))
-        steps = list(range(bench.run_every, max_steps + 1, bench.run_every)) if bench.run_every else []
-        if max_steps not in steps:
-            steps.append(max_steps)
+    for index, bench in enumerate(arm.config.metadata.benchmark):
+        steps = eval_steps(bench, max_steps)
+        if bench.kind == "nll":
+            check_heldout_path(loaded, index, bench)
+            evals += heldout_nodes(arm, bench, {s: checkpoints[s] for s in steps}, model, statcache, callbacks, resources)
+            continue
+        tasks = benchmark_tasks(loaded, index, bench)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
         for step in steps:
             node = Node(
@@ -65,7 +72,7 @@ def eval_nodes(arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel) -> 
                     "sampler": "sampling code, settings or libraries changed",
                     "model": "base model or tokenizer changed",
                 },
-                payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt},
+                payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt, "callbacks": callbacks},
                 resources=resources,
                 estimate=estimate_eval,
             )
@@ -80,6 +87,35 @@ def estimate_eval(store, node: Node, inputs: dict) -> dict:
     samples = len(tasks) * bench.num_samples
     cost = {"sampling_requests": len(tasks), "samples": samples, "max_new_tokens": samples * bench.max_tokens}
     return {**cost, "summary": f"{len(tasks)} sampling requests, {samples} samples, <= {cost['max_new_tokens']:,} new tokens"}
+
+
+def eval_steps(bench, max_steps: int) -> list[int]:
+    """The steps a benchmark scores: every run_every steps, and the final step."""
+    steps = list(range(bench.run_every, max_steps + 1, bench.run_every)) if bench.run_every else []
+    return steps if max_steps in steps else steps + [max_steps]
+
+
+def benchmark_tasks(loaded: LoadedConfig, index: int, bench) -> list:
+    """The benchmark's tasks; a path that is not a directory holding tasks.jsonl is named by the
+    config's file:line:col (what `validate --deep` and the build both say)."""
+    label = f"metadata.benchmark[{index}] ({bench.name})"
+    with located(loaded, ("metadata", "benchmark", index, "path")):
+        problem = benchmark_path_problem(Path(bench.path))
+        if problem:
+            raise ConfigError(f"{label}: {problem}")
+    try:
+        return load_tasks(Path(bench.path))
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc.message}") from None
+
+
+def check_heldout_path(loaded: LoadedConfig, index: int, bench) -> None:
+    """A `kind: nll` benchmark's path must be a JSONL file of chat rows."""
+    path = Path(bench.path)
+    with located(loaded, ("metadata", "benchmark", index, "path")):
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): {bench.path}: {what} (kind nll reads a JSONL file of chat rows with messages)")
 
 
 def training_system_prompt(arm: Arm) -> str | None:
@@ -152,8 +188,9 @@ def run_eval(ctx: RunContext) -> dict:
         {"task_id": t.task_id, "step": step, "prediction": samples[0], "correct": v[0], **({"samples": samples, "verdicts": v} if len(samples) > 1 else {})}
         for t, samples, v in zip(tasks, completions, verdicts)
     ]
-    for cb in make_callbacks(arm.config, ctx.log):
-        cb.on_eval(arm.name, step, bench.name, {f"{bench.split}/{bench.name}/{k}": v for k, v in metrics.items()})
+    hub = payload.get("callbacks")
+    with printing_to(hub, ctx.log):
+        notify_eval(hub, step, bench.name, {f"{bench.split}/{bench.name}/{k}": v for k, v in metrics.items()})
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
     return {
         "outputs": EvalResult(ctx.store.put_bytes(data), metrics).outputs(),

@@ -20,21 +20,24 @@ from ..backends.base import Datum, SavedCheckpoint, StepFailed
 from ..algorithms.sft import WALL_CLOCK_METRICS
 from ..config.loading import Arm
 from ..ml_stack import preload_ml
-from ..models.resolve import ResolvedModel
-from ..outputs.callbacks import make_callbacks
+from ..models.resolve import ResolvedModel, local_model_dir
+from ..outputs.hub import notify_train_step, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
+from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
 from .views import Checkpoint, TokenDataset, TrainResult
 
 SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
 
 
-def train_node(arm: Arm, tokens: Node, model: ResolvedModel) -> Node:
+def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, data_where: str = "data") -> Node:
     """The arm's train node (its checkpoints are attached by `attach_checkpoints`)."""
     cfg = arm.config
     backend_cls = kinds.backends.get(cfg.backend.kind)
     algo_cls = kinds.algorithms.get(cfg.algorithm.kind)
+    if not callable(getattr(algo_cls, "train", None)):
+        raise ConfigError(f"algorithm.kind: {cfg.algorithm.kind!r} has no train(client, data, cfg, **kw) method (see docs/plugins.md)")
     algo = arm.params["algorithm"]
     algo_params = {k: v for k, v in algo.model_dump(exclude_defaults=True, mode="json").items() if k not in SHAPING_PARAMS + SCHEDULE_PARAMS}
     backend = make_backend(arm)
@@ -58,7 +61,7 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel) -> Node:
         arm=arm.name,
         param_paths={"seed": "seed"},
         param_labels={"model": f"model changed ({cfg.model.name})"},
-        payload={"arm": arm, "model_dir": model.dir, "backend": backend, "algorithm": algo},
+        payload={"arm": arm, "model_dir": model.dir, "backend": backend, "algorithm": algo, "algorithm_cls": algo_cls, "callbacks": callbacks, "data_where": data_where},
         resources=backend_resources(backend),
         estimate=estimate_training,
     )
@@ -130,8 +133,7 @@ def attach_checkpoints(train: Node, checkpoints: dict[int, Node]) -> None:
 
 def run_train(ctx: RunContext) -> dict:
     preload_ml()
-    from ..algorithms.sft_loop import train_sft  # lazily: numpy loads only when training runs
-    from ..data.token_chunks import iter_token_rows
+    from ..data.token_chunks import iter_token_rows  # lazily: numpy loads only when training runs
 
     payload = ctx.node.payload
     arm, algo = payload["arm"], payload["algorithm"]
@@ -150,36 +152,37 @@ def run_train(ctx: RunContext) -> dict:
         ctx.log(f"resuming {ctx.node.name} from checkpoint@{resume_step}")
     data = [Datum(ids, w) for ids, w in iter_token_rows(ctx.store, TokenDataset.of(ctx.inputs["tokens"]).chunks)]
     if not data:
-        raise ConfigError(f"{ctx.node.name}: no training rows left after the transforms")
+        raise ConfigError(f"{payload['data_where']}: {EMPTY_DATASET}")
     client = backend.create_training_client(payload["model_dir"], algo.lora_rank, arm.config.seed, **({"base_model": arm.config.model.name} if by_name else {}))
-    callbacks = make_callbacks(arm.config, ctx.log)
+    hub = payload.get("callbacks")
     saved_steps: list[int] = []
 
     def on_step(step: int, metrics: dict) -> None:
         ctx.progress(step, missing[-1], f"loss {metrics['train_mean_nll']:.4f}")
-        for cb in callbacks:
-            cb.on_train_step(arm.name, step, metrics)
+        notify_train_step(hub, step, metrics)
 
     def on_checkpoint(step: int, saved: SavedCheckpoint) -> None:
         node = checkpoints.get(step) or checkpoint_node(ctx.node, step)
         saved_steps.append(step)
         if not usable(ctx.store, node):
-            ctx.publish(node, checkpoint_body(ctx.store, saved, arm.config.model.name, _service(backend)))
+            body = checkpoint_body(ctx.store, saved, arm.config.model.name, arm.config.model.revision, local_model_dir(arm.config.model.name, payload["model_dir"]), _service(backend))
+            ctx.publish(node, body)
 
     try:
-        history = train_sft(
-            client,
-            data,
-            algo,
-            seed=arm.config.seed,
-            save_steps=set(checkpoints),
-            resume=resume,
-            on_step=on_step,
-            on_checkpoint=on_checkpoint,
-            stop_at=missing[-1],
-            should_stop=ctx.stop_requested,
-            log=ctx.log,
-        )
+        with printing_to(hub, ctx.log):
+            history = payload["algorithm_cls"].train(
+                client,
+                data,
+                algo,
+                seed=arm.config.seed,
+                save_steps=set(checkpoints),
+                resume=resume,
+                on_step=on_step,
+                on_checkpoint=on_checkpoint,
+                stop_at=missing[-1],
+                should_stop=ctx.stop_requested,
+                log=ctx.log,
+            )
     except StepFailed as exc:  # the loop already recovered from one
         raise NodeFailed(f"{ctx.node.name}: {exc}, again after recreating the training client") from None
     done = history[-1]["step"] if history else 0
@@ -232,7 +235,7 @@ def estimate_training(store: Store, train: Node, inputs: dict) -> dict:
         first_missing = missing[0] if missing else algo.max_steps + 1
     done = newest_stored_step(store, train, below=first_missing) if train.key is not None else 0
     steps = max(0, algo.max_steps - done)
-    rows = steps * algo.batch_size
+    rows = steps * algo.batch_size * getattr(algo, "gradient_accumulation_steps", 1)
     cost = {"steps": steps, "rows": rows, "resumes_from_step": done}
     tokens = TokenDataset.of(inputs["tokens"]) if inputs.get("tokens") else None
     if tokens is None or not tokens.num_rows:
@@ -243,10 +246,11 @@ def estimate_training(store: Store, train: Node, inputs: dict) -> dict:
     return {**cost, "summary": f"~{cost['tokens']:,} tokens, ~{cost['loss_tokens']:,} loss tokens over {steps} steps{resumed}"}
 
 
-def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, service: dict | None = None) -> dict:
+def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, revision: str | None = None, model_dir: str | None = None, service: dict | None = None) -> dict:
     """A checkpoint manifest body from a SavedCheckpoint: weights, state and meta as blobs (the
     content evals key on); wall-clock timings attached apart, so a retrain that computes the same
-    bytes has the same output digest; where and in what precision it was built."""
+    bytes has the same output digest; where and in what precision it was built, and its base
+    model (name, revision, and the folder when it is local: what `evsys export` loads)."""
     meta = dict(saved.meta)
     history = meta.get("metrics_so_far", [])
     meta["metrics_so_far"] = [{k: v for k, v in m.items() if k not in WALL_CLOCK_METRICS} for m in history]
@@ -266,6 +270,8 @@ def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, servi
         "stats": {
             "step": meta["step"],
             "base_model": model_name,
+            "base_model_revision": revision,
+            "base_model_dir": model_dir,
             "lora_rank": meta.get("lora_rank"),
             "trainable_params": info.get("trainable_params"),
             "size_bytes": sum(len(b) for part in (saved.weights, saved.state) for b in part.values()),

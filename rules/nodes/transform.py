@@ -17,15 +17,27 @@ from ..plugins.code_identity import code_identity
 from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset
 
-def transform_node(arm: Arm, index: int, rows: Node) -> Node:
-    """The node of `transforms[index]`, reading `rows` (the source's or the previous transform's)."""
-    cfg = arm.config
-    spec = cfg.transforms[index]
+def make_transform(arm: Arm, index: int):
+    """The transform object of `transforms[index]` (what its node runs, and `validate --deep` too)."""
+    return kinds.transforms.get(arm.config.transforms[index].kind)(**_transform_kwargs(arm, index))
+
+
+def _transform_kwargs(arm: Arm, index: int) -> dict:
+    """The params of `transforms[index]`; seeded transforms default to the experiment seed."""
+    spec = arm.config.transforms[index]
     cls = kinds.transforms.get(spec.kind)
     kw = dict(spec.params)
     if "seed" in getattr(getattr(cls, "Config", None), "model_fields", {}) and kw.get("seed") is None:
-        kw["seed"] = cfg.seed  # seeded transforms default to the experiment seed
-    transform = cls(**kw)
+        kw["seed"] = arm.config.seed
+    return kw
+
+
+def transform_node(arm: Arm, index: int, rows: Node) -> Node:
+    """The node of `transforms[index]`, reading `rows` (the source's or the previous transform's)."""
+    spec = arm.config.transforms[index]
+    cls = kinds.transforms.get(spec.kind)
+    kw = _transform_kwargs(arm, index)
+    transform = make_transform(arm, index)
     tcfg = getattr(transform, "cfg", None)
     params = tcfg.model_dump(exclude_defaults=True) if tcfg is not None else dict(kw)  # python mode: a date stays a date
     return Node(

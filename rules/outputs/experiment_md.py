@@ -1,4 +1,5 @@
-"""experiment.md: the hypothesis, the arms, and the conclusion (best arm by the first validation metric)."""
+"""experiment.md: the hypothesis, the arms (with what each overrides), and the conclusion: the
+best arm by the first validation metric (lowest for a loss such as `nll`), or the tie."""
 
 from __future__ import annotations
 
@@ -14,14 +15,25 @@ def first_val_metric(summaries: list[dict]) -> str | None:
     return None
 
 
+def lower_is_better(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1] in ("nll", "loss")
+
+
 def conclusion(summaries: list[dict]) -> str:
     done = sum(s["completed"] for s in summaries)
     text = f"{done}/{len(summaries)} arms completed."
     metric = first_val_metric(summaries)
-    scored = [s for s in summaries if s["completed"] and metric in s["metrics"]]
-    if metric and len(summaries) > 1 and scored:
-        best = max(scored, key=lambda s: s["metrics"][metric])
-        text += f" Best arm by {metric} at the final step: {best['arm']} ({best['metrics'][metric]:.4f})."
+    scored = [s for s in summaries if s["completed"] and isinstance(s["metrics"].get(metric), (int, float))]
+    if metric and len(summaries) > 1 and len(scored) > 1:
+        pick = min if lower_is_better(metric) else max
+        best_value = pick(s["metrics"][metric] for s in scored)
+        best = [s["arm"] for s in scored if abs(s["metrics"][metric] - best_value) <= 1e-9]
+        if len(best) == len(scored):
+            text += f" All arms tie on {metric} at the final step ({best_value:.4f}): no best arm."
+        elif len(best) > 1:
+            text += f" Arms {', '.join(best)} tie for best on {metric} at the final step ({best_value:.4f})."
+        else:
+            text += f" Best arm by {metric} at the final step: {best[0]} ({best_value:.4f})."
     return text
 
 
@@ -33,7 +45,7 @@ def experiment_markdown(loaded, summaries: list[dict]) -> str:
     metric = first_val_metric(summaries)
     lines += ["## Arms", "", f"| arm | overrides | status | final train_mean_nll | {metric or 'score'} |", "|---|---|---|---|---|"]
     for s in summaries:
-        overrides = ", ".join(f"{k}={v}" for k, v in s["overrides"].items()) or "-"
+        overrides = ", ".join(f"{k}={_value(v)}" for k, v in s["overrides"].items()) or "-"
         status = "completed" if s["completed"] else "not built"
         lines.append(f"| {s['arm']} | {overrides} | {status} | {_f(s['train'].get('final_train_mean_nll'))} | {_f(s['metrics'].get(metric))} |")
     lines += ["", "## Conclusion", "", conclusion(summaries), ""]
@@ -42,3 +54,7 @@ def experiment_markdown(loaded, summaries: list[dict]) -> str:
 
 def _f(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)

@@ -57,10 +57,14 @@ def training_plot(rows: list[dict]) -> bytes:
     ax.set_xlabel("step")
     ax.set_ylabel("train_mean_nll")
     scores: dict[str, list] = {}
+    losses: dict[str, list] = {}  # held-out nll shares the train loss axis
     for r in rows:
         if r["split"] != "train":
             for k, v in r["metrics"].items():
-                scores.setdefault(k, []).append((r["step"], v))
+                if isinstance(v, (int, float)):
+                    (losses if k.endswith("/nll") else scores).setdefault(k, []).append((r["step"], v))
+    for k, pts in sorted(losses.items()):
+        ax.plot(*zip(*pts), marker="s", linestyle=":", label=k)
     if scores:
         ax2 = ax.twinx()
         for k, pts in sorted(scores.items()):

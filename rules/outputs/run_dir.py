@@ -33,6 +33,8 @@ def materialize(project, store: Store, results: dict, arms: list[str], echo) -> 
 
 def _materialize(project, store: Store, arms: list[str], echo) -> dict:
     loaded = project.loaded
+    for hub in getattr(project, "hubs", {}).values():
+        hub.echo = echo  # callbacks print here after the build (replayed history, warnings)
     summaries = arm_summaries(project, store)
     markdown = experiment_markdown(loaded, summaries).encode()
     base = loaded.output_dir / loaded.run_name
@@ -133,8 +135,8 @@ def arm_summaries(project, store: Store) -> list[dict]:
     """Per arm: completed or not, final eval metrics, final train loss, artifacts."""
     out = []
     for nodes in project.arm_nodes:
-        report = store.read_manifest(nodes.report.key) if nodes.report.key else None
-        train = store.read_manifest(nodes.train.key) if nodes.train.key else None
+        report = store.read_manifest(nodes.report.key) if nodes.report is not None and nodes.report.key else None
+        train = store.read_manifest(nodes.train.key) if nodes.train is not None and nodes.train.key else None
         out.append(
             {
                 "arm": nodes.arm.name,

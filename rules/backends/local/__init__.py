@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ...plugins.registry import register_backend
+from ..base import Datum
 from .config import LocalBackendConfig, resolve_precision
 from .model_io import WEIGHTS_META, bytes_to_tensors, load_model, lora_config, pick_device, pick_dtype, with_lora
 from .sampling import LocalSamplingClient, pad_id
+from .scoring import score_datums
 from .training import LocalTrainingClient
 
 __all__ = ["LocalBackend", "LocalBackendConfig", "LocalTrainingClient", "LocalSamplingClient"]
@@ -57,6 +59,17 @@ class LocalBackend:
 
     def sampling_client_from_weights(self, model_dir: Path, blobs: dict[str, bytes]) -> LocalSamplingClient:
         """Load the base model, apply the saved adapter (merged) or full weights, and sample from it."""
+        model, device = self._model_from_weights(model_dir, blobs)
+        return LocalSamplingClient(model, device, pad_id(model), self.config.sample_batch_size, resolve_precision(self.config).decode_cache)
+
+    def score_from_weights(self, model_dir: Path, blobs: dict[str, bytes], datums: Sequence[Datum]) -> list[tuple[float, float]]:
+        """Per datum, (sum of -logprob × weight, sum of weights) under the saved weights: what a
+        held-out loss benchmark averages. Forward passes only, one sequence at a time."""
+        model, device = self._model_from_weights(model_dir, blobs)
+        return score_datums(model, device, datums)
+
+    def _model_from_weights(self, model_dir: Path, blobs: dict[str, bytes]):
+        """The base model with the saved adapter merged in (or the full weights loaded), frozen, in the configured dtype."""
         import torch
 
         meta = json.loads(blobs[WEIGHTS_META])
@@ -81,4 +94,4 @@ class LocalBackend:
             raise ValueError(f"unknown weights format {meta['format']!r} in {WEIGHTS_META}")
         model.to(dtype)
         model.requires_grad_(False)
-        return LocalSamplingClient(model, device, pad_id(model), self.config.sample_batch_size, resolve_precision(self.config).decode_cache)
+        return model, device

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 class LocalBackendConfig(BaseModel, extra="forbid"):
     """Settings of the local backend. `device`, `dtype` and `attention` change the numbers a run produces."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU and a CUDA torch are present
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     attention: Literal["auto", "varlen", "sdpa_loop"] = "auto"  # auto: varlen on CUDA in bf16, else sdpa_loop
     max_tokens_per_pass: int = Field(32768, ge=1)  # packed tokens per forward/backward micro-batch

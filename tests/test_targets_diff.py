@@ -1,0 +1,121 @@
+"""`evsys build --target` builds only what a target needs (and records a partial run);
+`evsys diff A B` compares configs, arms and past runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evsys_build.store import Store
+from evsys_testkit import BASE_CONFIG, EXPERIMENT, copy_project, edit_config, evsys, make_project, ok, plan_json, ran_names, ref_keys, tool_rows
+
+DATA_NODES = {"source", "transform[0] jsonl_to_chat", "transform[1] dedup", "tokenize"}
+
+
+def build(project: Path, *extra: str) -> str:
+    return ok(evsys("build", "config.yaml", "--cache-dir", "cache", *extra, cwd=project)).stdout
+
+
+def test_target_tokenize_prepares_the_data_only(tmp_path, tiny_model_dir):
+    project = make_project(tmp_path / "p", tool_rows(12))
+    out = build(project, "--target", "tokenize")
+    assert ran_names(out) == DATA_NODES
+    assert "a partial build: no run dir" in out and not (project / "out").exists()
+    (run,) = Store(project / "cache").iter_runs(EXPERIMENT)
+    assert run["status"] == "completed" and run["partial"] is True and run["targets"] == ["tokenize"]
+    assert set(run["arms"]["default"]["nodes"]) == DATA_NODES
+    assert "partial" in ok(evsys("runs", "--cache-dir", "cache", cwd=project)).stdout
+    plan = plan_json(project)
+    assert {n: e["status"] for n, e in plan.items() if n in DATA_NODES} == dict.fromkeys(DATA_NODES, "cached")
+    assert plan["train"]["status"] == "run"
+    out = build(project)  # the GPU box: the rest
+    assert ran_names(out) == {"train", "report"} and (project / "out" / "first_run" / "metrics.jsonl").is_file()
+
+
+def test_targets_by_rule_by_key_and_unknown(built_project, tmp_path):
+    project = copy_project(built_project, tmp_path / "p")
+    keys = ref_keys(project / "cache")
+    plan = json.loads(ok(evsys("plan", "config.yaml", "--json", "--cache-dir", "cache", "--target", "transform", cwd=project)).stdout)
+    assert {n["name"] for n in plan["nodes"]} == DATA_NODES - {"tokenize"}  # a rule: every transform
+    plan = json.loads(ok(evsys("plan", "config.yaml", "--json", "--cache-dir", "cache", "--target", "node:" + keys["checkpoint@1"][:10], cwd=project)).stdout)
+    assert {n["name"] for n in plan["nodes"]} == DATA_NODES | {"train", "checkpoint@1"}  # a checkpoint brings its training
+    proc = evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "evl", cwd=project)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--target evl: no node, rule or node key matches; nodes: source, transform[0] jsonl_to_chat" in proc.stderr
+
+
+def test_a_partial_build_keeps_the_last_full_run_as_the_ref(built_project, tmp_path):
+    project = copy_project(built_project, tmp_path / "p")
+    store = Store(project / "cache")
+    before = store.read_ref(EXPERIMENT, "default")
+    build(project, "--target", "tokenize")
+    after = store.read_ref(EXPERIMENT, "default")
+    assert after["run"] == before["run"] and after["nodes"] == before["nodes"]  # gc keeps the checkpoints; plan diffs every node
+
+
+SWEEP = """\
+sweep:
+  algorithm.params.learning_rate: [1.0e-4, 5.0e-3]
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(built_project, tmp_path_factory) -> Path:
+    """The built project with a two-arm learning-rate sweep, built (one arm's training is cached)."""
+    project = copy_project(built_project, tmp_path_factory.mktemp("swept") / "p")
+    edit_config(project, "    learning_rate: 1.0e-4\n", "")
+    (project / "config.yaml").write_text((project / "config.yaml").read_text() + SWEEP)
+    (project / "first-build.txt").write_text(build(project))
+    return project
+
+
+def test_sweep_build_lines_use_short_arm_labels(swept):
+    out = (swept / "first-build.txt").read_text()
+    assert out.splitlines()[0] == "arms: a1 = learning_rate=0.0001; a2 = learning_rate=0.005"
+    assert any(line.startswith("cached  [a1,a2] tokenize") for line in out.splitlines())
+    assert any(line.startswith("ran     [a2] train") for line in out.splitlines())
+    md = (swept / "out" / "first_run" / "experiment.md").read_text()
+    assert "| learning_rate=0.0001 | algorithm.params.learning_rate=0.0001 | completed |" in md
+    assert "| learning_rate=0.005 | algorithm.params.learning_rate=0.005 | completed |" in md
+
+
+def test_diff_two_arms_of_a_config(swept):
+    text = ok(evsys("diff", "config.yaml@learning_rate=0.0001", "config.yaml@learning_rate=0.005", "--cache-dir", "cache", cwd=swept)).stdout
+    assert "config: 1 path(s) differ:\n  algorithm.params.learning_rate: 0.0001 → 0.005" in text
+    assert "nodes: 4 shared (source, transform[0] jsonl_to_chat, transform[1] dedup, tokenize)" in text
+    assert "differ (3): train" in text
+    data = json.loads(ok(evsys("diff", "config.yaml@learning_rate=0.0001", "config.yaml@learning_rate=0.005", "--json", "--cache-dir", "cache", cwd=swept)).stdout)
+    (row,) = [m for m in data["metrics"] if m["metric"] == "train_mean_nll"]
+    assert row["step"] == 1 and row["delta"] == pytest.approx(row["b"] - row["a"])
+    proc = evsys("diff", "config.yaml", "config.yaml@nope", "--cache-dir", "cache", cwd=swept)
+    assert proc.returncode == 2 and "config.yaml: has arms learning_rate=0.0001, learning_rate=0.005; say which" in proc.stderr
+
+
+def test_diff_past_runs_and_a_config(swept, built_project):
+    runs = json.loads(ok(evsys("runs", "--json", "--cache-dir", "cache", cwd=swept)).stdout)
+    first, swept_run = runs[0]["id"], runs[-1]["id"]
+    text = ok(evsys("diff", first, f"{swept_run}@learning_rate=0.005", "--cache-dir", "cache", cwd=swept)).stdout
+    assert text.startswith(f"A: run {first}@default\nB: run {swept_run}@learning_rate=0.005\n")
+    assert "algorithm.params.learning_rate: 0.0001 → 0.005" in text
+    assert "differ (3): train" in text and "metrics at equal steps (B − A)" in text and "train_mean_nll  step     1:" in text
+    same = ok(evsys("diff", first, "config.yaml@learning_rate=0.0001", "--cache-dir", "cache", cwd=swept)).stdout
+    assert "config: 0 path(s) differ" in same  # the same computation, recorded and as configured now
+    assert "differ (1): report" in same  # only the report, which names its arm
+    assert "(+0.0000)" in same
+
+
+def test_experiment_md_names_no_best_arm_when_arms_tie():
+    from evsys_rules.outputs.experiment_md import conclusion
+
+    def arm(name: str, **metrics) -> dict:
+        return {"arm": name, "completed": True, "metrics": metrics}
+
+    tied = [arm("a", **{"val/v/pass@1": 0.5}), arm("b", **{"val/v/pass@1": 0.5})]
+    assert conclusion(tied) == "2/2 arms completed. All arms tie on val/v/pass@1 at the final step (0.5000): no best arm."
+    three = tied + [arm("c", **{"val/v/pass@1": 0.25})]
+    assert "Arms a, b tie for best on val/v/pass@1" in conclusion(three) and "Best arm" not in conclusion(three)
+    assert "Best arm by val/v/pass@1 at the final step: c (0.7500)" in conclusion(tied + [arm("c", **{"val/v/pass@1": 0.75})])
+    losses = [arm("a", **{"val/held/nll": 1.5}), arm("b", **{"val/held/nll": 1.2})]
+    assert "Best arm by val/held/nll at the final step: b (1.2000)" in conclusion(losses)  # a loss: lowest wins
