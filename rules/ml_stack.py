@@ -6,8 +6,26 @@ from __future__ import annotations
 import os
 import threading
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _loaded = False
+_tokenizers_loaded = False
+
+
+def preload_tokenizers() -> None:
+    """What tokenizing needs (transformers' AutoTokenizer), once, in one thread: a tokenize node
+    that reruns one chunk does not pay for peft or the model classes."""
+    global _tokenizers_loaded
+    with _lock:
+        if _tokenizers_loaded:
+            return
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        getattr(transformers, "AutoTokenizer")
+        _tokenizers_loaded = True
 
 
 def preload_ml() -> None:
@@ -16,14 +34,11 @@ def preload_ml() -> None:
     with _lock:
         if _loaded:
             return
-        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        preload_tokenizers()
         import torch  # noqa: F401
         import transformers
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        for name in ("AutoTokenizer", "AutoModelForCausalLM", "AutoConfig", "Qwen3Config", "Qwen3ForCausalLM", "AttentionInterface"):
+        for name in ("AutoModelForCausalLM", "AutoConfig", "Qwen3Config", "Qwen3ForCausalLM", "AttentionInterface"):
             getattr(transformers, name, None)
         import peft  # noqa: F401
 

@@ -56,3 +56,14 @@ def test_data_throughput_runs_both_pipelines_on_the_same_tokens(tiny_model_dir, 
     tokens = lambda line: line.split(" tokens")[0].rsplit(" ", 1)[-1]  # noqa: E731
     assert tokens(evsys_line) == tokens(datasets_line)  # the same chat template and tokenizer: the same token count
     assert out.count("incremental ") == 4 and "tokenize chunks ran: 1" in out
+
+
+def test_sweep_plan_times_a_plan_of_as_many_arms_as_asked(tmp_path):
+    sweep_plan = load("sweep_plan")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(sweep_plan.sweep_config(3))
+    store = tmp_path / "store"
+    assert sweep_plan.timed_plan(config, store) > 0  # exits on a failed plan
+    from evsys_rules.config.loading import load_config
+
+    assert len(load_config(config).arms) == 3

@@ -46,7 +46,7 @@ def benchmark_path_problem(directory: Path) -> str | None:
     return None
 
 
-def load_tasks(directory: Path) -> list[Task]:
+def load_tasks(directory: Path) -> tuple[Task, ...]:
     """Parse and check `directory/tasks.jsonl`; any bad line raises a one-line ConfigError."""
     directory = Path(directory)
     problem = benchmark_path_problem(directory)
@@ -55,7 +55,7 @@ def load_tasks(directory: Path) -> list[Task]:
     path = directory / TASKS_FILE
     watch(path)
     st = path.stat()
-    return list(_parse_tasks(str(path), (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)))
+    return _parse_tasks(str(path), (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))  # one tuple per file version
 
 
 @functools.lru_cache(maxsize=64)

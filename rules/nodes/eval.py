@@ -56,12 +56,13 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
             continue
         tasks = benchmark_tasks(loaded, index, bench)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
+        params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key}
         for step in steps:
             node = Node(
                 rule="eval",
                 name=f"eval {bench.name}@{step}",
                 version=code_identity(run_eval),
-                params={**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key},
+                params=dict(params),
                 inputs=[("checkpoint", checkpoints[step])],
                 run=run_eval,
                 arm=arm.name,
@@ -136,12 +137,30 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
             "params": backend_params,
         },
-        "tasks": digest([t.model_dump(exclude_defaults=True) for t in tasks]),
+        "tasks": _tasks_content(tasks)[0],
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
         "metrics": sorted(bench.metrics),
-        "verifiers": digest(sorted((verifier_identity(t.verifier) for t in tasks), key=lambda v: json.dumps(v, sort_keys=True))),
+        "verifiers": digest(sorted((verifier_identity(spec) for spec in _tasks_content(tasks)[1]), key=lambda v: json.dumps(v, sort_keys=True))),
         "system_prompt": system_prompt,
     }
+
+
+_tasks_memo: dict[int, tuple] = {}
+
+
+def _tasks_content(tasks) -> tuple[str, list[dict]]:
+    """(digest of the tasks' content, their distinct verifier specs): a pure function of the
+    tasks, computed once per parsed tasks file (load_tasks returns one tuple per file version,
+    which a sweep's arms and an eval's steps share). Verifier identities are not memoised: they
+    follow plugin code, which a long-lived process may reload."""
+    hit = _tasks_memo.get(id(tasks))
+    if hit is not None and hit[0] is tasks:  # holding `tasks` keeps its id from being reused
+        return hit[1]
+    specs = {json.dumps(t.verifier, sort_keys=True): t.verifier for t in tasks}
+    value = (digest([t.model_dump(exclude_defaults=True) for t in tasks]), list(specs.values()))
+    if isinstance(tasks, tuple):
+        _tasks_memo[id(tasks)] = (tasks, value)
+    return value
 
 
 def task_messages(task, system_prompt: str | None) -> list[dict]:

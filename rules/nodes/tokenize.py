@@ -5,6 +5,7 @@ algorithm params that shape tokens (supervise, max_length, truncation)."""
 from __future__ import annotations
 
 import re
+import threading
 
 from evsys_build.chunks import map_chunks, read_row_chunk
 from evsys_build.errors import ConfigError
@@ -14,7 +15,7 @@ from evsys_build.graph import Node
 from ..config.loading import Arm
 from ..data.chat_tokens import load_tokenizer, tokenize_conversations
 from ..data.token_chunks import write_token_chunk
-from ..ml_stack import preload_ml
+from ..ml_stack import preload_tokenizers
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
 from .row_chunks import chunk_starts, row_location, stage_identity
@@ -47,9 +48,18 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
 
 
 def run_tokenize(ctx: RunContext) -> dict:
-    preload_ml()
     model_dir = ctx.node.payload["model_dir"]
-    tok = load_tokenizer(str(model_dir))
+    loaded: list = []
+    loading = threading.Lock()
+
+    def tokenizer():
+        """Loaded on the first chunk that misses: a rebuild that reruns none pays nothing for it."""
+        with loading:
+            if not loaded:
+                preload_tokenizers()
+                loaded.append(load_tokenizer(str(model_dir)))
+        return loaded[0]
+
     dataset = RowDataset.of(ctx.inputs["rows"])
     starts = chunk_starts(dataset.chunks)
     p = ctx.node.params
@@ -59,7 +69,7 @@ def run_tokenize(ctx: RunContext) -> dict:
         start = starts[chunk["blob"]]
         wheres = [f"row {start + i}" for i in range(len(rows))]
         try:
-            out = tokenize_conversations(tok, rows, p["supervise"], p["max_length"], p["truncation"], wheres)
+            out = tokenize_conversations(tokenizer(), rows, p["supervise"], p["max_length"], p["truncation"], wheres)
         except ConfigError as exc:  # name the row by where it came from: data/train.jsonl:6
             row = re.match(r"row (\d+): ", exc.message)
             if row is None:
