@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
 from .errors import UsageError
-from .executor import Event, run_node
+from .node_run import Event, run_node
 from .graph import Graph, Node
 from .store import Store
 

@@ -20,7 +20,7 @@ import threading
 import time
 
 from .errors import NodeFailed, UsageError
-from .executor import Event
+from .node_run import Event
 from .graph import Graph, Node
 from .project import frontend_name
 from .ray_worker import BuildChannel, run_task

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from .errors import EvsysError, NodeFailed
-from .executor import Event, run_node
+from .node_run import Event, run_node
 from .planner import output_digest
 from .project import frontend
 from .store import open_store
