@@ -59,7 +59,19 @@ def _status(exc: BaseException) -> int:
 
 
 class _Async:
-    """Run a client's coroutines from plain threads, on the client's own event loop."""
+    """A bucket under `root` ("bucket/prefix") through an fsspec client, whose coroutines run
+    from plain threads on the client's own event loop. Subclasses speak one service's API."""
+
+    def __init__(self, fs, root: str):
+        self.fs = fs
+        self.bucket, _, self.prefix = root.partition("/")
+        self.prefix = self.prefix.strip("/")
+
+    def key(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def get(self, key: str) -> Versioned | None:
+        return self._sync(self._get(key))
 
     def _sync(self, coro):
         from fsspec.asyn import sync
@@ -94,17 +106,6 @@ class _Async:
 
 
 class S3Api(_Async):
-    def __init__(self, fs, root: str):
-        self.fs = fs
-        self.bucket, _, self.prefix = root.partition("/")
-        self.prefix = self.prefix.strip("/")
-
-    def key(self, path: str) -> str:
-        return f"{self.prefix}/{path}" if self.prefix else path
-
-    def get(self, key: str) -> Versioned | None:
-        return self._sync(self._get(key))
-
     async def _get(self, key):
         try:
             r = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=key)
@@ -177,17 +178,6 @@ class S3Api(_Async):
 
 class GcsApi(_Async):
     """GCS's JSON API through gcsfs's authenticated `_call` (extra keywords become query parameters)."""
-
-    def __init__(self, fs, root: str):
-        self.fs = fs
-        self.bucket, _, self.prefix = root.partition("/")
-        self.prefix = self.prefix.strip("/")
-
-    def key(self, path: str) -> str:
-        return f"{self.prefix}/{path}" if self.prefix else path
-
-    def get(self, key: str) -> Versioned | None:
-        return self._sync(self._get(key))
 
     async def _get(self, key):
         try:

@@ -25,27 +25,28 @@ def cached_manifest(store: Store, node: Node, warn: Callable[[str], None] | None
     """The node's manifest when the node is fully stored (manifest, every object it names, and
     every node it produces, complete), else None. Needs `node.key`. `warn` hears about a node
     that was stored but lost part of itself (an object deleted or quarantined)."""
+    manifest = _whole(store, node, warn, "rebuilding it")
+    if manifest is None:
+        return None
+    for child in node.produces:
+        if _whole(store, child, warn, f"{node.name} rebuilds it") is None:
+            return None
+    return manifest
+
+
+def _whole(store: Store, node: Node, warn: Callable[[str], None] | None, then: str) -> dict | None:
+    """The node's manifest when it and everything it names are stored (here and on any service),
+    else None; `warn` hears what was lost of a node that was stored, and `then` what follows."""
     manifest = store.complete_manifest(node.key, label=node.name)
     if manifest is None:
         if warn is not None and store.has_manifest(node.key):
-            warn(f"{node.name} (node:{node.key[:12]}) is stored but {_lost_part(store, node.key)}; rebuilding it")
+            warn(f"{node.name} (node:{node.key[:12]}) is stored but {_lost_part(store, node.key)}; {then}")
         return None
     gone = remote_loss(node, manifest)
     if gone:
         if warn is not None:
-            warn(f"{node.name} (node:{node.key[:12]}) is stored but {gone}; rebuilding it")
+            warn(f"{node.name} (node:{node.key[:12]}) is stored but {gone}; {then}")
         return None
-    for child in node.produces:
-        child_manifest = store.complete_manifest(child.key, label=child.name)
-        if child_manifest is None:
-            if warn is not None and store.has_manifest(child.key):
-                warn(f"{child.name} (node:{child.key[:12]}) is stored but {_lost_part(store, child.key)}; {node.name} rebuilds it")
-            return None
-        gone = remote_loss(child, child_manifest)
-        if gone:
-            if warn is not None:
-                warn(f"{child.name} (node:{child.key[:12]}) is stored but {gone}; {node.name} rebuilds it")
-            return None
     return manifest
 
 
