@@ -3,7 +3,8 @@
 How a token gets its weight (nothing ever searches the rendered text for a message's text):
 
 1. The conversation is rendered once, whole, by the chat template (`chat_render`), and
-   tokenized once, whole (one batched fast-tokenizer call with offsets), so special tokens are
+   tokenized as the fast tokenizer tokenizes the whole text, with offsets (`piece_encoding`:
+   the pieces between added tokens, each distinct piece encoded once), so special tokens are
    never split and the ids are exactly the tokenization of the text the model sees.
 2. An assistant turn k is trained on its *completion*: the text after the template's own
    generation prompt for messages[:k], up to and including the first end-of-turn token after
@@ -34,12 +35,14 @@ from __future__ import annotations
 import functools
 import re
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from evsys_build.errors import ConfigError
 
 from .chat_render import chat_renderer
 from .chat_rows import Conversation, read_conversation
+from .piece_encoding import piece_encoder
 
 KEYED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 EVAL_PROMPT = {"enable_thinking": False}  # the template kwargs training and evaluation render with
@@ -109,7 +112,23 @@ def tokenize_conversation(tok, messages, supervise: str, max_length: int, trunca
 
 
 def tokenize_conversations(tok, conversations, supervise: str, max_length: int, truncation: str, wheres) -> list[tuple[list[int], list[float]]]:
-    """(input_ids, weights) lists per conversation: all rows rendered, then encoded in one batched call.
+    """(input_ids, weights) lists per conversation (`tokenize_rows`, as plain lists)."""
+    rows = tokenize_rows(tok, conversations, supervise, max_length, truncation, wheres)
+    ids, weights, bounds = rows.ids.tolist(), rows.weights.tolist(), rows.offsets.tolist()
+    return [(ids[a:b], weights[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@dataclass
+class TokenRows:
+    """Tokenized rows as flat arrays: row i is [offsets[i], offsets[i + 1])."""
+
+    ids: "object"  # np.int32
+    weights: "object"  # np.float32
+    offsets: "object"  # np.int64, one more than rows
+
+
+def tokenize_rows(tok, conversations, supervise: str, max_length: int, truncation: str, wheres) -> TokenRows:
+    """All rows rendered, then encoded together (`piece_encoding`), weights from character spans.
 
     Errors name the first bad row in order (`wheres[i]`); rows before it are still checked first.
     """
@@ -129,13 +148,10 @@ def tokenize_conversations(tok, conversations, supervise: str, max_length: int, 
             failure = exc
             break
         texts.append(text)
-    out = [
-        _row_tokens(enc, row_spans, supervise, max_length, truncation, where)
-        for enc, row_spans, where in zip(_encode(tok, texts) if texts else [], spans, wheres)
-    ]
+    rows = _weighted(_encoder(tok).encode(texts), spans, supervise, max_length, truncation, wheres)
     if failure is not None:
         raise failure
-    return out
+    return rows
 
 
 def _trained_spans(renderer, conv: Conversation, text: str, supervise: str, turn_end: str, specials: re.Pattern, where: str) -> list[tuple[int, int]]:
@@ -207,33 +223,50 @@ def _encode(tok, texts: list[str]):
     return tok(texts, add_special_tokens=False).encodings  # transformers resets truncation and padding first
 
 
-def _row_tokens(enc, spans: list[tuple[int, int]], supervise: str, max_length: int, truncation: str, where: str):
-    """(ids, weights) of one encoded row: weights from character spans, then truncation."""
-    ids = enc.ids
+def _weighted(encoded, spans: list[list[tuple[int, int]]], supervise: str, max_length: int, truncation: str, wheres: list[str]) -> TokenRows:
+    """Weights of encoded rows: a token is trained when any character it covers is in one of its
+    row's spans; then truncation to max_length, weights[0] = 0 in each row, and every row must
+    keep a trained token."""
+    import numpy as np
+
+    n = len(spans)
+    lengths = np.diff(encoded.bounds)
+    row_of = np.repeat(np.arange(n, dtype=np.int64), lengths)
     if supervise == "all":
-        weights = [1.0] * len(ids)
+        trained = np.ones(len(encoded.ids), dtype=bool)
     else:
-        weights = [0.0] * len(ids)
-        for start, end in spans:
-            first, last = _token_range(enc, start, end)
-            weights[first : last + 1] = [1.0] * (last + 1 - first)
-    if len(ids) > max_length:
-        keep = slice(0, max_length) if truncation == "right" else slice(len(ids) - max_length, len(ids))
-        ids, weights = ids[keep], weights[keep]
-    if weights:
-        weights[0] = 0.0
-    if not any(weights):
+        trained = np.zeros(len(encoded.ids), dtype=bool)
+        for k in range(max((len(s) for s in spans), default=0)):  # the k-th span of every row at once
+            start = np.array([s[k][0] if k < len(s) else -1 for s in spans], dtype=np.int64)
+            end = np.array([s[k][1] if k < len(s) else -1 for s in spans], dtype=np.int64)
+            trained |= (encoded.starts < end[row_of]) & (encoded.ends > start[row_of])
+    ids = encoded.ids
+    if (lengths > max_length).any():
+        position = np.arange(len(ids), dtype=np.int64) - encoded.bounds[:-1][row_of]
+        keep = position < max_length if truncation == "right" else position >= (lengths - max_length)[row_of]
+        ids, trained, row_of = ids[keep], trained[keep], row_of[keep]
+        lengths = np.minimum(lengths, max_length)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    trained[offsets[:-1][lengths > 0]] = False  # weights[0]: nothing predicts a row's first token
+    untrained = np.flatnonzero(np.bincount(row_of, weights=trained, minlength=n) == 0)
+    if len(untrained):
         raise ConfigError(
-            f"{where}: no trained tokens left after truncation to max_length={max_length}; "
+            f"{wheres[int(untrained[0])]}: no trained tokens left after truncation to max_length={max_length}; "
             "raise algorithm.params.max_length or drop long rows with a filter transform"
         )
-    return ids, weights
+    return TokenRows(ids, trained.astype(np.float32), offsets)
 
 
-def _token_range(enc, start: int, end: int) -> tuple[int, int]:
-    """First and last token overlapping characters [start, end)."""
-    first, last = enc.char_to_token(start), enc.char_to_token(end - 1)
-    if first is None or last is None:  # a character normalization merged into a neighbour: use the offsets
-        hits = [t for t, (a, b) in enumerate(enc.offsets) if a < end and b > start]
-        first, last = hits[0], hits[-1]
-    return first, last
+def _encoder(tok):
+    """The piece encoder of `tok`'s fast tokenizer; refuses tokenizers whose offsets cannot be trusted."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError("model.name: training needs a fast tokenizer (tokenizer.json) for character offsets")
+    if getattr(tok, "split_special_tokens", False):
+        raise ConfigError("model.name: the tokenizer splits special tokens (split_special_tokens: true); chat templates need them whole")
+    if backend.truncation is not None or backend.padding is not None or backend.encode_special_tokens:
+        backend.no_truncation()  # as transformers resets them before it encodes: a saved truncation would cut rows silently
+        backend.no_padding()
+        backend.encode_special_tokens = False
+    return piece_encoder(backend)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 
 from evsys_build.store import Store
 
@@ -22,17 +21,13 @@ def _load(data: bytes):
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def write_token_chunk(store: Store, rows: list[tuple[list[int], list[float]]]) -> dict:
+def write_token_chunk(store: Store, rows) -> dict:
+    """Store tokenized rows (a `chat_tokens.TokenRows`) as one chunk; returns its descriptor."""
     import numpy as np
 
-    lengths = [len(ids) for ids, _ in rows]
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(lengths)
-    total = int(offsets[-1])
-    ids = np.fromiter(itertools.chain.from_iterable(r for r, _ in rows), dtype=np.int32, count=total)
-    weights = np.fromiter(itertools.chain.from_iterable(ws for _, ws in rows), dtype=np.float32, count=total)
+    ids, weights, offsets = rows.ids.astype(np.int32, copy=False), rows.weights.astype(np.float32, copy=False), rows.offsets.astype(np.int64, copy=False)
     return {
-        "rows": len(rows),
+        "rows": len(offsets) - 1,
         "tokens": int(offsets[-1]),
         "loss_tokens": int((weights > 0).sum()),
         "blobs": {"input_ids": store.put_bytes(_npy(ids)), "weights": store.put_bytes(_npy(weights)), "offsets": store.put_bytes(_npy(offsets))},

@@ -13,7 +13,7 @@ from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 
 from ..config.loading import Arm
-from ..data.chat_tokens import load_tokenizer, tokenize_conversations
+from ..data.chat_tokens import load_tokenizer, tokenize_rows
 from ..data.token_chunks import write_token_chunk
 from ..ml_stack import preload_tokenizers
 from ..models.resolve import ResolvedModel, tokenizer_files
@@ -69,7 +69,7 @@ def run_tokenize(ctx: RunContext) -> dict:
         start = starts[chunk["blob"]]
         wheres = [f"row {start + i}" for i in range(len(rows))]
         try:
-            out = tokenize_conversations(tokenizer(), rows, p["supervise"], p["max_length"], p["truncation"], wheres)
+            out = tokenize_rows(tokenizer(), rows, p["supervise"], p["max_length"], p["truncation"], wheres)
         except ConfigError as exc:  # name the row by where it came from: data/train.jsonl:6
             row = re.match(r"row (\d+): ", exc.message)
             if row is None:
