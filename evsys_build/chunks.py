@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 import xxhash
 
+from .chunk_workers import ChunkWorkers, compute_with_workers, worker_count
 from .errors import CorruptObject
 from .hashing import digest
 from .store import Store, referenced_objects
@@ -154,33 +155,47 @@ def map_chunks(
     fn: Callable[[dict], dict],
     progress: Callable[[int, int], None] | None = None,
     stop_check: Callable[[], None] | None = None,
+    workers: ChunkWorkers | None = None,
 ) -> tuple[list[dict], dict]:
     """Apply a chunk -> chunk function with a per-chunk memo.
 
     Returns the output chunks (empty ones dropped) and stats {"chunks_ran", "chunks_cached"}.
     `stop_check()` runs before each chunk that must be computed (it raises to stop a build;
-    the chunks done so far stay memoised).
+    the chunks done so far stay memoised). With `workers`, and enough chunks to compute, worker
+    processes compute chunks beside this thread (`chunk_workers`).
     """
-    out: list[dict] = []
-    ran = cached = 0
     stage = digest(stage_identity)
+    results: list[dict | None] = [None] * len(chunks)
+    memo_keys: dict[int, str] = {}
     for i, chunk in enumerate(chunks):
         memo_key = digest({"stage": stage, "chunk": chunk})
         hit = store.memo_get(memo_key)
         if hit is not None and _blobs_present(store, hit["chunk"]):
-            result = hit["chunk"]
-            cached += 1
+            results[i] = hit["chunk"]
         else:
+            memo_keys[i] = memo_key
+    done = len(chunks) - len(memo_keys)
+
+    def record(i: int, result: dict) -> None:
+        nonlocal done
+        store.memo_put(memo_keys[i], {"chunk": result})
+        results[i] = result
+        done += 1
+        if progress:
+            progress(done, len(chunks))
+
+    if progress:
+        progress(done, len(chunks))
+    processes = worker_count() if workers is not None else 0
+    if processes and len(memo_keys) >= workers.min_chunks:
+        compute_with_workers(workers, processes, chunks, list(memo_keys), fn, record, stop_check)
+    else:
+        for i in memo_keys:
             if stop_check is not None:
                 stop_check()
-            result = fn(chunk)
-            store.memo_put(memo_key, {"chunk": result})
-            ran += 1
-        if result["rows"]:
-            out.append(result)
-        if progress:
-            progress(i + 1, len(chunks))
-    return out, {"chunks_ran": ran, "chunks_cached": cached}
+            record(i, fn(chunks[i]))
+    out = [r for r in results if r is not None and r["rows"]]
+    return out, {"chunks_ran": len(memo_keys), "chunks_cached": len(chunks) - len(memo_keys)}
 
 
 def _blobs_present(store: Store, chunk: dict) -> bool:

@@ -4,13 +4,17 @@ algorithm params that shape tokens (supervise, max_length, truncation)."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from pathlib import Path
 
+from evsys_build.chunk_workers import ChunkWorkers
 from evsys_build.chunks import map_chunks, read_row_chunk
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
+from evsys_build.store import Store, open_store
 
 from ..config.loading import Arm
 from ..data.chat_tokens import load_tokenizer, tokenize_rows
@@ -48,7 +52,10 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
 
 
 def run_tokenize(ctx: RunContext) -> dict:
-    model_dir = ctx.node.payload["model_dir"]
+    model_dir = str(ctx.node.payload["model_dir"])
+    p = ctx.node.params
+    shaping = (p["supervise"], p["max_length"], p["truncation"])
+    store = ctx.store
     loaded: list = []
     loading = threading.Lock()
 
@@ -57,34 +64,58 @@ def run_tokenize(ctx: RunContext) -> dict:
         with loading:
             if not loaded:
                 preload_tokenizers()
-                loaded.append(load_tokenizer(str(model_dir)))
+                loaded.append(load_tokenizer(model_dir))
         return loaded[0]
 
     dataset = RowDataset.of(ctx.inputs["rows"])
     starts = chunk_starts(dataset.chunks)
-    p = ctx.node.params
-
-    def one_chunk(chunk: dict) -> dict:
-        rows = read_row_chunk(ctx.store, chunk)
-        start = starts[chunk["blob"]]
-        wheres = [f"row {start + i}" for i in range(len(rows))]
-        try:
-            out = tokenize_rows(tokenizer(), rows, p["supervise"], p["max_length"], p["truncation"], wheres)
-        except ConfigError as exc:  # name the row by where it came from: data/train.jsonl:6
-            row = re.match(r"row (\d+): ", exc.message)
-            if row is None:
-                raise
-            located = row_location(ctx.store, rows_node, int(row.group(1)))
-            raise ConfigError(f"{located}: tokenize: {exc.message[row.end():]}") from None
-        return write_token_chunk(ctx.store, out)
-
-    rows_node = ctx.node.inputs[0][1]
-    chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop)
-    files = tokenizer_files(model_dir)
+    upstream = store.upstream.location if store.upstream is not None else None
+    workers = ChunkWorkers(
+        task=tokenize_chunk_in_worker,
+        args_of=lambda chunk: (store.location, upstream, model_dir, shaping, chunk, starts[chunk["blob"]]),
+        start=start_tokenize_worker,
+    )
+    try:
+        chunks, stats = map_chunks(
+            store, dataset.chunks, stage_identity(ctx),
+            lambda chunk: tokenize_chunk(store, tokenizer(), chunk, starts[chunk["blob"]], shaping),
+            ctx.progress, ctx.check_stop, workers,
+        )
+    except ConfigError as exc:  # name the row by where it came from: data/train.jsonl:6
+        row = re.match(r"row (\d+): ", exc.message)
+        if row is None:
+            raise
+        located = row_location(store, ctx.node.inputs[0][1], int(row.group(1)))
+        raise ConfigError(f"{located}: tokenize: {exc.message[row.end():]}") from None
+    files = tokenizer_files(Path(model_dir))
     kept = [f for f in files if f.name not in ("vocab.json", "merges.txt")] if any(f.name == "tokenizer.json" for f in files) else files
-    tokens = TokenDataset([c for c in chunks if c["rows"]], {f.relative_to(model_dir).as_posix(): ctx.store.put_bytes(f.read_bytes()) for f in kept})
+    tokens = TokenDataset([c for c in chunks if c["rows"]], {f.relative_to(model_dir).as_posix(): store.put_bytes(f.read_bytes()) for f in kept})
     return {
         "outputs": tokens.outputs(),
         "attachments": tokens.attachments(),
         "stats": dict(stats, rows=tokens.num_rows, tokens=tokens.num_tokens, loss_tokens=tokens.num_loss_tokens),
     }
+
+
+def tokenize_chunk(store: Store, tok, chunk: dict, start: int, shaping: tuple) -> dict:
+    """One chunk of chat rows -> one token chunk; a bad row fails as `row <index in the dataset>: ...`."""
+    rows = read_row_chunk(store, chunk)
+    supervise, max_length, truncation = shaping
+    out = tokenize_rows(tok, rows, supervise, max_length, truncation, [f"row {start + i}" for i in range(len(rows))])
+    return write_token_chunk(store, out)
+
+
+def start_tokenize_worker() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: the processes are the parallelism
+    preload_tokenizers()
+
+
+_worker_stores: dict[tuple, Store] = {}
+
+
+def tokenize_chunk_in_worker(location: str, upstream: str | None, model_dir: str, shaping: tuple, chunk: dict, start: int) -> dict:
+    """`tokenize_chunk` in a worker process: the store and tokenizer opened once per process."""
+    store = _worker_stores.get((location, upstream))
+    if store is None:
+        store = _worker_stores[(location, upstream)] = open_store(location, upstream)
+    return tokenize_chunk(store, load_tokenizer(model_dir), chunk, start, shaping)

@@ -1,0 +1,229 @@
+"""Chunks computed in worker processes beside the calling thread, for row-local stages with many
+chunks to compute.
+
+Workers are fresh interpreters (`python -m evsys_build.chunk_workers`) that talk over pipes, not
+`multiprocessing` ones: a forked child of a process whose other threads hold locks can hang, and a
+spawned one re-runs the user's main script (`python train.py` without a `__main__` guard). They
+run in their own session, so Ctrl-C reaches only the build (its stop flag decides), and they end
+when their input closes, so they die with the build. The calling thread computes chunks too, from
+the front of the list while the workers take them from the back, so the map does not wait for
+workers to start. A worker writes its chunk's blobs into the store itself (the store is
+process-safe); the caller writes the memo entry as each result arrives, so a stopped map keeps
+every chunk that finished. A chunk that fails raises the first failure in chunk order, as
+computing one by one would; a worker that dies (killed, out of memory) leaves its chunks to the
+calling thread.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+import signal
+import subprocess
+import sys
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import Interrupted
+
+WORKERS_ENV = "EVSYS_DATA_WORKERS"  # extra processes per row-local stage; 0 computes every chunk in the calling thread
+IN_FLIGHT = 2  # chunks handed to a worker at a time: one to compute, one waiting
+
+
+@dataclass(frozen=True)
+class ChunkWorkers:
+    """How a stage's chunks run in workers: `task(*args_of(chunk))` in a worker returns what the
+    stage's own function returns for that chunk. `task` and `start` are module-level functions,
+    and the args pickle."""
+
+    task: Callable[..., dict]
+    args_of: Callable[[dict], tuple]
+    start: Callable[[], None] | None = None  # run once in each worker before its first chunk
+    min_chunks: int = 32  # fewer chunks to compute than this run in the calling thread: starting workers costs more
+
+
+def worker_count() -> int:
+    """Extra processes: `$EVSYS_DATA_WORKERS`, else one fewer than the cores this process may use."""
+    value = os.environ.get(WORKERS_ENV, "").strip()
+    if value:
+        return max(0, int(value))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, cores - 1)
+
+
+def compute_with_workers(
+    workers: ChunkWorkers,
+    processes: int,
+    chunks: list[dict],
+    todo: list[int],
+    compute: Callable[[dict], dict],
+    record: Callable[[int, dict], None],
+    stop_check: Callable[[], None] | None,
+) -> None:
+    """Compute chunks[i] for each i in `todo`, here and in `processes` workers; `record(i, result)`
+    runs in the calling thread as each finishes."""
+    pending = deque(sorted(todo))
+    failures: dict[int, BaseException] = {}
+    procs = [_Worker(workers.start) for _ in range(processes)]
+    selector = selectors.DefaultSelector()
+    for proc in procs:
+        selector.register(proc.output, selectors.EVENT_READ, proc)
+    finished = False
+    try:
+        while pending or any(p.in_flight for p in procs):
+            for proc in procs:
+                while proc.alive and pending and len(proc.in_flight) < IN_FLIGHT:
+                    i = pending.pop()
+                    proc.submit(i, workers.task, workers.args_of(chunks[i]))
+            for key, _ in selector.select(timeout=0 if pending else 0.5):
+                proc = key.data
+                i = proc.in_flight.popleft()
+                try:
+                    ok, value = proc.receive()
+                except EOFError:  # the worker died: its chunks are computed here instead
+                    pending.extendleft([i, *proc.in_flight])
+                    proc.in_flight.clear()
+                    selector.unregister(proc.output)
+                    proc.close(kill=True)
+                    continue
+                if ok:
+                    _finish(i, value, record, failures)
+                else:
+                    _fail(i, value, failures, pending)
+            if stop_check is not None:
+                stop_check()
+            if pending:
+                i = pending.popleft()
+                try:
+                    _finish(i, compute(chunks[i]), record, failures)
+                except (Interrupted, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - kept to raise in chunk order
+                    _fail(i, exc, failures, pending)
+        finished = True
+    finally:
+        selector.close()
+        for proc in procs:
+            proc.close(kill=not finished)
+    if failures:
+        raise failures[min(failures)]
+
+
+def _finish(i: int, result: dict, record: Callable[[int, dict], None], failures: dict) -> None:
+    """Record a result, unless an earlier chunk already failed."""
+    if not failures or i < min(failures):
+        record(i, result)
+
+
+def _fail(i: int, exc: BaseException, failures: dict, pending: deque) -> None:
+    """Keep the failure; chunks after the first failing one need not run."""
+    failures[i] = exc
+    first = min(failures)
+    for j in [j for j in pending if j > first]:
+        pending.remove(j)
+
+
+class _Worker:
+    """One worker process and the chunks it holds, in the order it answers them."""
+
+    def __init__(self, start: Callable[[], None] | None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "evsys_build.chunk_workers"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+            bufsize=0,  # unbuffered: an answer read ahead into a buffer would hide from select()
+        )
+        self.output = self.proc.stdout
+        self.in_flight: deque[int] = deque()
+        self.alive = True
+        self._send(list(sys.path))  # the worker imports what this process can
+        self._send(start)
+
+    def submit(self, i: int, task: Callable, args: tuple) -> None:
+        try:
+            self._send((task, args))
+        except (BrokenPipeError, OSError):
+            self.alive = False
+            raise EOFError from None
+        self.in_flight.append(i)
+
+    def receive(self) -> tuple[bool, object]:
+        frame = _read_frame(self.output)
+        if frame is None:
+            self.alive = False
+            raise EOFError
+        return pickle.loads(frame)
+
+    def close(self, kill: bool = False) -> None:
+        self.alive = False
+        try:
+            self.proc.stdin.close()  # the worker ends when its input closes
+        except OSError:
+            pass
+        if kill:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.output.close()
+
+    def _send(self, obj) -> None:
+        data = pickle.dumps(obj)
+        view = memoryview(len(data).to_bytes(8, "little") + data)
+        while view:
+            view = view[self.proc.stdin.write(view):]
+
+
+def _read_frame(stream) -> bytes | None:
+    """One length-prefixed frame, or None at the end of the stream."""
+    header = _read_exactly(stream, 8)
+    return None if header is None else _read_exactly(stream, int.from_bytes(header, "little"))
+
+
+def _read_exactly(stream, size: int) -> bytes | None:
+    parts = []
+    while size:
+        part = stream.read(size)
+        if not part:
+            return None
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def serve() -> None:
+    """A worker: read (task, args) frames, answer (ok, result or exception) frames, until input ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the answers
+    requests = sys.stdin.buffer
+    first = _read_frame(requests)
+    if first is None:
+        return
+    sys.path[:] = pickle.loads(first)
+    start_frame = _read_frame(requests)
+    start = pickle.loads(start_frame) if start_frame is not None else None
+    started = False
+    while (frame := _read_frame(requests)) is not None:
+        try:
+            if not started and start is not None:
+                start()
+            started = True
+            task, args = pickle.loads(frame)
+            answer = (True, task(*args))
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller, who raises it
+            answer = (False, exc)
+        try:
+            data = pickle.dumps(answer)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle still reports its traceback
+            data = pickle.dumps((False, RuntimeError("".join(traceback.format_exception(answer[1])).strip())))
+        answers.write(len(data).to_bytes(8, "little") + data)
+        answers.flush()
+
+
+if __name__ == "__main__":
+    serve()

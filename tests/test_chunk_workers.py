@@ -1,0 +1,143 @@
+"""Chunks computed in worker processes: the same results as computing them one by one, failures in
+chunk order, a dead worker's chunks computed by the caller, and a user's unguarded script is never
+re-run by a worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from evsys_build.chunk_workers import ChunkWorkers, compute_with_workers
+from evsys_build.chunks import map_chunks, write_row_chunk
+from evsys_build.errors import ConfigError, Interrupted
+from evsys_build.store import Store, open_store
+
+
+def square_chunk(location: str, chunk: dict) -> dict:
+    """A worker task: the chunk's numbers squared, written to the store by the worker."""
+    store = open_store(location)
+    data = store.get_bytes(chunk["blob"]).decode()
+    numbers = [int(line) for line in data.splitlines()]
+    if 1013 in numbers:
+        raise ConfigError(f"row {numbers.index(1013)}: thirteen")
+    if -1 in numbers:
+        os._exit(3)  # a worker killed mid-chunk
+    squared = "".join(f"{n * n}\n" for n in numbers).encode()
+    return {"blob": store.put_bytes(squared), "rows": len(numbers), "pid": os.getpid()}
+
+
+def number_chunks(store: Store, groups: list[list[int]]) -> list[dict]:
+    return [{"blob": store.put_bytes("".join(f"{n}\n" for n in g).encode()), "rows": len(g)} for g in groups]
+
+
+def run(store: Store, chunks: list[dict], processes: int, stop_check=None) -> dict[int, dict]:
+    results: dict[int, dict] = {}
+    workers = ChunkWorkers(task=square_chunk, args_of=lambda c: (str(store.root), c))
+    compute_with_workers(workers, processes, chunks, list(range(len(chunks))), lambda c: square_chunk(str(store.root), c), results.__setitem__, stop_check)
+    return results
+
+
+def test_workers_compute_what_the_caller_would(tmp_path):
+    store = Store(tmp_path / "store")
+    chunks = number_chunks(store, [[i, i + 1, i + 2] for i in range(0, 120, 3)])
+    here = run(store, chunks, 0)
+    there = run(store, chunks, 2)
+    assert [there[i]["blob"] for i in range(len(chunks))] == [here[i]["blob"] for i in range(len(chunks))]
+    assert len({r["pid"] for r in there.values()}) >= 2  # the caller and at least one worker took chunks
+
+
+def test_the_first_failing_chunk_in_order_is_raised(tmp_path):
+    store = Store(tmp_path / "store")
+    groups = [[i] for i in range(40)]
+    groups[5], groups[38] = [1013], [1, 1013]  # chunk 38 fails first, in a worker (they take from the back); chunk 5 here
+    with pytest.raises(ConfigError, match=r"^row 0: thirteen"):
+        run(store, number_chunks(store, groups), 2)
+
+
+def test_a_dead_workers_chunks_are_computed_by_the_caller(tmp_path):
+    store = Store(tmp_path / "store")
+    groups = [[i] for i in range(20)]
+    groups[-1] = [-1]  # the workers take chunks from the back: the first worker task kills its worker
+    chunks = number_chunks(store, groups)
+
+    def compute(chunk: dict) -> dict:
+        numbers = [int(x) for x in store.get_bytes(chunk["blob"]).decode().split()]
+        return {"blob": store.put_bytes(b"dead"), "rows": len(numbers), "pid": os.getpid()} if numbers == [-1] else square_chunk(str(store.root), chunk)
+
+    results: dict[int, dict] = {}
+    workers = ChunkWorkers(task=square_chunk, args_of=lambda c: (str(store.root), c))
+    compute_with_workers(workers, 1, chunks, list(range(len(chunks))), compute, results.__setitem__, None)
+    assert sorted(results) == list(range(20))
+    assert results[19]["pid"] == os.getpid()
+
+
+def test_a_stop_ends_the_workers_and_keeps_what_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "2")
+    store = Store(tmp_path / "store")
+    chunks = number_chunks(store, [[i] for i in range(60)])
+    calls = []
+
+    def stop_check():
+        calls.append(1)
+        if len(calls) > 5:
+            raise Interrupted("stopped")
+
+    with pytest.raises(Interrupted):
+        map_chunks(store, chunks, {"rule": "t"}, lambda c: square_chunk(str(store.root), c), None, stop_check,
+                   ChunkWorkers(task=square_chunk, args_of=lambda c: (str(store.root), c), min_chunks=1))
+    done, stats = map_chunks(store, chunks, {"rule": "t"}, lambda c: square_chunk(str(store.root), c))
+    assert 0 < stats["chunks_cached"] < 60 and len(done) == 60
+
+
+def test_an_unguarded_user_script_is_not_rerun_by_workers(tmp_path):
+    """`python train.py` with no `if __name__ == "__main__"`: multiprocessing's spawn would run it
+    again in every worker; these workers import only what the task names."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from evsys_build.store import Store
+        from test_chunk_workers import number_chunks, run
+        with open({str(tmp_path / "runs.log")!r}, "a") as log:
+            log.write("ran\\n")
+        store = Store({str(tmp_path / "store")!r})
+        results = run(store, number_chunks(store, [[i] for i in range(40)]), 2)
+        print(len(results))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "40"
+    assert (tmp_path / "runs.log").read_text() == "ran\n"
+
+
+def test_map_chunks_with_workers_memoizes_every_chunk(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "2")
+    store = Store(tmp_path / "store")
+    plain = number_chunks(store, [[i] for i in range(40)])
+    workers = ChunkWorkers(task=square_chunk, args_of=lambda c: (str(store.root), c), min_chunks=8)
+    out, stats = map_chunks(store, plain, {"rule": "sq"}, lambda c: square_chunk(str(store.root), c), None, None, workers)
+    assert stats == {"chunks_ran": 40, "chunks_cached": 0}
+    again, stats = map_chunks(store, plain, {"rule": "sq"}, lambda c: square_chunk(str(store.root), c), None, None, workers)
+    assert stats == {"chunks_ran": 0, "chunks_cached": 40} and [c["blob"] for c in again] == [c["blob"] for c in out]
+
+
+def test_tokenize_chunks_from_workers_equal_those_computed_here(tmp_path, tiny_model_dir):
+    """The real tokenize task, in real workers (each loads the tokenizer itself): the same token blobs."""
+    from evsys_rules.data.chat_tokens import load_tokenizer
+    from evsys_rules.nodes.tokenize import start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
+
+    store = Store(tmp_path / "store")
+    rows = [{"messages": [{"role": "user", "content": f"q{i} 🙂" * (i % 5 + 1)}, {"role": "assistant", "content": f"a{i}"}]} for i in range(120)]
+    chunks = [write_row_chunk(store, rows[i : i + 10]) for i in range(0, 120, 10)]
+    shaping = ("all_assistant", 2048, "right")
+    tok = load_tokenizer(str(tiny_model_dir))
+    here = [tokenize_chunk(store, tok, c, 10 * i, shaping) for i, c in enumerate(chunks)]
+    there: dict[int, dict] = {}
+    workers = ChunkWorkers(task=tokenize_chunk_in_worker, args_of=lambda c: (str(store.root), None, str(tiny_model_dir), shaping, c, 0), start=start_tokenize_worker)
+    compute_with_workers(workers, 2, chunks, list(range(len(chunks))), lambda c: tokenize_chunk(store, tok, c, 0, shaping), there.__setitem__, None)
+    assert [there[i] for i in range(len(chunks))] == here
