@@ -6,12 +6,13 @@ Workers are fresh interpreters (`python -m evsys_build.chunk_workers`) that talk
 spawned one re-runs the user's main script (`python train.py` without a `__main__` guard). They
 run in their own session, so Ctrl-C reaches only the build (its stop flag decides), and they end
 when their input closes, so they die with the build. The calling thread computes chunks too, from
-the front of the list while the workers take them from the back, so the map does not wait for
-workers to start. A worker writes its chunk's blobs into the store itself (the store is
+the front of the list while the workers take them from the back, and hands a worker chunks only
+once it says it is ready, so the map never waits for a worker to start. A worker writes its chunk's blobs into the store itself (the store is
 process-safe); the caller writes the memo entry as each result arrives, so a stopped map keeps
-every chunk that finished. A chunk that fails raises the first failure in chunk order, as
-computing one by one would; a worker that dies (killed, out of memory) leaves its chunks to the
-calling thread.
+every chunk that finished. A chunk that fails in a worker is computed again by the calling
+thread, so its error is the caller's own (naming the row and file); the first failure in chunk
+order is raised, as computing one by one would. A worker that dies (killed, out of memory) leaves
+its chunks to the calling thread.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .errors import Interrupted
 
 WORKERS_ENV = "EVSYS_DATA_WORKERS"  # extra processes per row-local stage; 0 computes every chunk in the calling thread
 IN_FLIGHT = 2  # chunks handed to a worker at a time: one to compute, one waiting
+READY = (True, "ready")  # a worker's first answer: started, so chunks handed to it will not wait for its imports
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class ChunkWorkers:
     task: Callable[..., dict]
     args_of: Callable[[dict], tuple]
     start: Callable[[], None] | None = None  # run once in each worker before its first chunk
-    min_chunks: int = 32  # fewer chunks to compute than this run in the calling thread: starting workers costs more
+    min_chunks: int = 16  # fewer chunks to compute than this run in the calling thread: not worth a process
 
 
 def worker_count() -> int:
@@ -52,6 +54,19 @@ def worker_count() -> int:
         return max(0, int(value))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, cores - 1)
+
+
+_worker_stores: dict = {}
+
+
+def worker_store(location: str, upstream: str | None):
+    """The store a task names, opened once per worker process."""
+    from .store import open_store
+
+    key = (location, upstream)
+    if key not in _worker_stores:
+        _worker_stores[key] = open_store(location, upstream)
+    return _worker_stores[key]
 
 
 def compute_with_workers(
@@ -73,26 +88,30 @@ def compute_with_workers(
         selector.register(proc.output, selectors.EVENT_READ, proc)
     finished = False
     try:
-        while pending or any(p.in_flight for p in procs):
+        while pending or any(p.in_flight for p in procs):  # workers still starting when the work is done are not waited for
             for proc in procs:
-                while proc.alive and pending and len(proc.in_flight) < IN_FLIGHT:
+                while proc.alive and proc.ready and pending and len(proc.in_flight) < IN_FLIGHT:
                     i = pending.pop()
-                    proc.submit(i, workers.task, workers.args_of(chunks[i]))
+                    try:
+                        proc.submit(i, workers.task, workers.args_of(chunks[i]))
+                    except EOFError:  # the worker died: its chunks are computed here instead
+                        pending.append(i)
+                        _lost(proc, pending, selector)
             for key, _ in selector.select(timeout=0 if pending else 0.5):
                 proc = key.data
-                i = proc.in_flight.popleft()
                 try:
                     ok, value = proc.receive()
-                except EOFError:  # the worker died: its chunks are computed here instead
-                    pending.extendleft([i, *proc.in_flight])
-                    proc.in_flight.clear()
-                    selector.unregister(proc.output)
-                    proc.close(kill=True)
+                except EOFError:
+                    _lost(proc, pending, selector)
                     continue
+                if not proc.ready:
+                    proc.ready = True  # its first answer
+                    continue
+                i = proc.in_flight.popleft()
                 if ok:
                     _finish(i, value, record, failures)
-                else:
-                    _fail(i, value, failures, pending)
+                else:  # computed again here, so a failure carries the caller's context (which row, which file)
+                    pending.appendleft(i)
             if stop_check is not None:
                 stop_check()
             if pending:
@@ -107,7 +126,7 @@ def compute_with_workers(
     finally:
         selector.close()
         for proc in procs:
-            proc.close(kill=not finished)
+            proc.close(kill=not finished or not proc.ready)  # one still starting would finish its imports first
     if failures:
         raise failures[min(failures)]
 
@@ -122,8 +141,17 @@ def _fail(i: int, exc: BaseException, failures: dict, pending: deque) -> None:
     """Keep the failure; chunks after the first failing one need not run."""
     failures[i] = exc
     first = min(failures)
-    for j in [j for j in pending if j > first]:
-        pending.remove(j)
+    kept = [j for j in pending if j < first]
+    pending.clear()
+    pending.extend(kept)
+
+
+def _lost(proc: "_Worker", pending: deque, selector) -> None:
+    """A worker that died: the chunks it held go back to the calling thread."""
+    pending.extendleft(proc.in_flight)
+    proc.in_flight.clear()
+    selector.unregister(proc.output)
+    proc.close(kill=True)
 
 
 class _Worker:
@@ -138,6 +166,7 @@ class _Worker:
         self.output = self.proc.stdout
         self.in_flight: deque[int] = deque()
         self.alive = True
+        self.ready = False
         self._send(list(sys.path))  # the worker imports what this process can
         self._send(start)
 
@@ -196,7 +225,8 @@ def _read_exactly(stream, size: int) -> bytes | None:
 
 
 def serve() -> None:
-    """A worker: read (task, args) frames, answer (ok, result or exception) frames, until input ends."""
+    """A worker: run `start`, say it is ready, then answer each (task, args) frame with an (ok,
+    result or exception) frame, until its input ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the answers
@@ -205,24 +235,30 @@ def serve() -> None:
     if first is None:
         return
     sys.path[:] = pickle.loads(first)
-    start_frame = _read_frame(requests)
-    start = pickle.loads(start_frame) if start_frame is not None else None
-    started = False
+    try:
+        start = pickle.loads(_read_frame(requests) or pickle.dumps(None))
+        if start is not None:
+            start()
+    except BaseException:  # noqa: BLE001 - a worker that cannot start says nothing; the caller computes alone
+        traceback.print_exc()
+        return
+    _answer(answers, READY)
     while (frame := _read_frame(requests)) is not None:
         try:
-            if not started and start is not None:
-                start()
-            started = True
             task, args = pickle.loads(frame)
             answer = (True, task(*args))
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller, who raises it
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller, who computes the chunk again
             answer = (False, exc)
-        try:
-            data = pickle.dumps(answer)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle still reports its traceback
-            data = pickle.dumps((False, RuntimeError("".join(traceback.format_exception(answer[1])).strip())))
-        answers.write(len(data).to_bytes(8, "little") + data)
-        answers.flush()
+        _answer(answers, answer)
+
+
+def _answer(answers, answer) -> None:
+    try:
+        data = pickle.dumps(answer)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle still reports its traceback
+        data = pickle.dumps((False, RuntimeError("".join(traceback.format_exception(answer[1])).strip())))
+    answers.write(len(data).to_bytes(8, "little") + data)
+    answers.flush()
 
 
 if __name__ == "__main__":

@@ -106,8 +106,13 @@ class RowWriter:
         self.current = []
 
 
+_ROW_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # what json.dumps(row, ...) builds per call
+_decode_row = json.JSONDecoder().decode
+
+
 def encode_row(row: dict) -> bytes:
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+    """One row as compact JSON, UTF-8 (exactly `json.dumps(row, ensure_ascii=False, separators=(",", ":"))`)."""
+    return _ROW_JSON.encode(row).encode()
 
 
 def write_row_chunk(store: Store, rows: list[dict]) -> dict:
@@ -121,7 +126,7 @@ def read_row_chunk(store: Store, chunk: dict) -> list[dict]:
     broken writer) are quarantined like any corrupt object, so the chunk is rebuilt."""
     data = store.get_bytes(chunk["blob"])
     try:
-        rows = [json.loads(line) for line in data.splitlines() if line]
+        rows = [_decode_row(line) for line in data.decode("utf-8").split("\n") if line]  # rows were written with "\n" only
     except (json.JSONDecodeError, UnicodeDecodeError):
         store.quarantine_object(chunk["blob"], "a row chunk that does not parse")
         raise CorruptObject(f"row chunk {chunk['blob']} does not parse; quarantined", chunk["blob"]) from None

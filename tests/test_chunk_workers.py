@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ def square_chunk(location: str, chunk: dict) -> dict:
         raise ConfigError(f"row {numbers.index(1013)}: thirteen")
     if -1 in numbers:
         os._exit(3)  # a worker killed mid-chunk
+    time.sleep(0.02)  # long enough that workers, once started, take some chunks
     squared = "".join(f"{n * n}\n" for n in numbers).encode()
     return {"blob": store.put_bytes(squared), "rows": len(numbers), "pid": os.getpid()}
 
@@ -138,6 +140,55 @@ def test_tokenize_chunks_from_workers_equal_those_computed_here(tmp_path, tiny_m
     tok = load_tokenizer(str(tiny_model_dir))
     here = [tokenize_chunk(store, tok, c, 10 * i, shaping) for i, c in enumerate(chunks)]
     there: dict[int, dict] = {}
+    computed_here = []
+
+    def slowly_here(chunk: dict) -> dict:  # so the workers, once started, take most chunks
+        computed_here.append(chunk["blob"])
+        time.sleep(1.0)
+        return tokenize_chunk(store, tok, chunk, 0, shaping)
+
     workers = ChunkWorkers(task=tokenize_chunk_in_worker, args_of=lambda c: (str(store.root), None, str(tiny_model_dir), shaping, c, 0), start=start_tokenize_worker)
-    compute_with_workers(workers, 2, chunks, list(range(len(chunks))), lambda c: tokenize_chunk(store, tok, c, 0, shaping), there.__setitem__, None)
+    compute_with_workers(workers, 2, chunks, list(range(len(chunks))), slowly_here, there.__setitem__, None)
     assert [there[i] for i in range(len(chunks))] == here
+    assert len(computed_here) < len(chunks)  # the rest came from the workers
+
+
+def fails_in_a_worker(location: str, parent: int, chunk: dict) -> dict:
+    """A task that fails only away from the calling process (say, out of memory there)."""
+    if os.getpid() != parent:
+        raise MemoryError("worker ran out of memory")
+    return square_chunk(location, chunk)
+
+
+def test_a_chunk_that_fails_in_a_worker_is_computed_again_by_the_caller(tmp_path):
+    store = Store(tmp_path / "store")
+    chunks = number_chunks(store, [[i] for i in range(60)])
+    results: dict[int, dict] = {}
+    tried = []
+    workers = ChunkWorkers(task=fails_in_a_worker, args_of=lambda c: tried.append(c) or (str(store.root), os.getpid(), c))
+    compute_with_workers(workers, 2, chunks, list(range(60)), lambda c: square_chunk(str(store.root), c), results.__setitem__, None)
+    assert tried  # chunks were handed to workers, and failed there
+    assert sorted(results) == list(range(60)) and {r["pid"] for r in results.values()} == {os.getpid()}
+
+
+def test_a_built_in_transform_in_workers_writes_the_chunks_written_here(tmp_path):
+    from evsys_build.chunks import read_row_chunk
+    from evsys_rules.data.transforms import JsonlToChat
+    from evsys_rules.nodes.transform import transform_chunk_in_worker
+
+    store = Store(tmp_path / "store")
+    transform = JsonlToChat(system_prompt="Pick a tool.", user_template="Q: {query}", assistant_template="<answer>{slug}</answer>")
+    chunks = [write_row_chunk(store, [{"query": f"q{i} {j} ü\u2028", "slug": "S"} for j in range(5)]) for i in range(16)]
+    here = [write_row_chunk(store, transform(read_row_chunk(store, c))) for c in chunks]
+    there: dict[int, dict] = {}
+    computed_here = []
+
+    def slowly_here(chunk: dict) -> dict:
+        computed_here.append(chunk["blob"])
+        time.sleep(0.5)
+        return here[chunks.index(chunk)]
+
+    workers = ChunkWorkers(task=transform_chunk_in_worker, args_of=lambda c: (str(store.root), None, transform, c))
+    compute_with_workers(workers, 2, chunks, list(range(16)), slowly_here, there.__setitem__, None)
+    assert [there[i] for i in range(16)] == here
+    assert len(computed_here) < 16

@@ -9,12 +9,12 @@ import re
 import threading
 from pathlib import Path
 
-from evsys_build.chunk_workers import ChunkWorkers
+from evsys_build.chunk_workers import ChunkWorkers, worker_store
 from evsys_build.chunks import map_chunks, read_row_chunk
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
-from evsys_build.store import Store, open_store
+from evsys_build.store import Store
 
 from ..config.loading import Arm
 from ..data.chat_tokens import load_tokenizer, tokenize_rows
@@ -110,12 +110,6 @@ def start_tokenize_worker() -> None:
     preload_tokenizers()
 
 
-_worker_stores: dict[tuple, Store] = {}
-
-
 def tokenize_chunk_in_worker(location: str, upstream: str | None, model_dir: str, shaping: tuple, chunk: dict, start: int) -> dict:
     """`tokenize_chunk` in a worker process: the store and tokenizer opened once per process."""
-    store = _worker_stores.get((location, upstream))
-    if store is None:
-        store = _worker_stores[(location, upstream)] = open_store(location, upstream)
-    return tokenize_chunk(store, load_tokenizer(model_dir), chunk, start, shaping)
+    return tokenize_chunk(worker_store(location, upstream), load_tokenizer(model_dir), chunk, start, shaping)

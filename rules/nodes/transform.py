@@ -6,10 +6,12 @@ edit recomputes one or two chunks; other transforms see every row at once.
 
 from __future__ import annotations
 
+from evsys_build.chunk_workers import ChunkWorkers, worker_store
 from evsys_build.chunks import iter_rows, map_chunks, read_row_chunk, rows_dataset, write_row_chunk, write_rows
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
+from evsys_build.store import Store
 
 from ..config.loading import Arm
 from ..plugins import kinds
@@ -68,13 +70,32 @@ def run_transform(ctx: RunContext) -> dict:
                 raise _locate_row(transform, rows, starts[chunk["blob"]], ctx, exc) from None
             return write_row_chunk(ctx.store, _checked(out_rows, ctx))
 
-        chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop)
+        chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop, _workers(ctx.store, transform))
         out = RowDataset.from_json(rows_dataset(chunks))
     else:
         rows = list(iter_rows(ctx.store, dataset.to_json()))
         out = RowDataset.from_json(write_rows(ctx.store, _checked(transform(rows), ctx)))
         stats = {"chunks_ran": len(out.chunks), "chunks_cached": 0}
     return {"outputs": out.outputs(), "stats": dict(stats, rows_in=dataset.num_rows, rows_out=out.num_rows)}
+
+
+def _workers(store: Store, transform) -> ChunkWorkers | None:
+    """Worker processes for a built-in transform (a user's plugin may not import in a fresh
+    interpreter, so it runs here); worth starting only for many chunks, each is cheap."""
+    if not type(transform).__module__.startswith("evsys_rules."):
+        return None
+    upstream = store.upstream.location if store.upstream is not None else None
+    return ChunkWorkers(task=transform_chunk_in_worker, args_of=lambda chunk: (store.location, upstream, transform, chunk), min_chunks=128)
+
+
+def transform_chunk_in_worker(location: str, upstream: str | None, transform, chunk: dict) -> dict:
+    """One chunk through a row-local transform, in a worker process (a failure is recomputed by the build, which names the row)."""
+    store = worker_store(location, upstream)
+    out_rows = transform(read_row_chunk(store, chunk))
+    out_rows = list(out_rows) if out_rows is not None else None
+    if out_rows is None or not all(isinstance(row, dict) for row in out_rows):
+        raise ConfigError("the transform returned something other than dict rows")  # the build recomputes it and says what
+    return write_row_chunk(store, out_rows)
 
 
 def _locate_row(transform, rows: list[dict], start: int, ctx: RunContext, exc: ConfigError) -> ConfigError:
