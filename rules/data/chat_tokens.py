@@ -81,7 +81,7 @@ def render(tok, messages: list[dict], generation_prompt: bool = False, where: st
 def prompt_ids(tok, messages: list[dict], where: str = "eval prompt") -> list[int]:
     """Token ids of a prompt (no assistant turn yet) ending with the generation prompt: the exact
     prefix training used for the same turns."""
-    return list(_encode(tok, [render(tok, messages, generation_prompt=True, where=where)])[0].ids)
+    return _encoder(tok).encode([render(tok, messages, generation_prompt=True, where=where)]).ids.tolist()
 
 
 def end_of_turn_ids(tok) -> list[int]:
@@ -209,18 +209,6 @@ def _turn_end(tok) -> str:
     if not tok.eos_token:
         raise ConfigError("model.name: the tokenizer has no eos token, so where an assistant turn ends cannot be told")
     return tok.eos_token
-
-
-def _encode(tok, texts: list[str]):
-    """One batched fast-tokenizer call (with offsets) over whole texts, no special tokens added."""
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise ConfigError("model.name: training needs a fast tokenizer (tokenizer.json) for character offsets")
-    if getattr(tok, "split_special_tokens", False):
-        raise ConfigError("model.name: the tokenizer splits special tokens (split_special_tokens: true); chat templates need them whole")
-    if backend.truncation is None and backend.padding is None and not backend.encode_special_tokens:
-        return backend.encode_batch(texts, add_special_tokens=False)
-    return tok(texts, add_special_tokens=False).encodings  # transformers resets truncation and padding first
 
 
 def _weighted(encoded, spans: list[list[tuple[int, int]]], supervise: str, max_length: int, truncation: str, wheres: list[str]) -> TokenRows:
