@@ -46,8 +46,21 @@ transforms:
 model: {{name: evsys/tiny-qwen3}}
 """
 
+# Peak RSS of a child: its own high-water mark (VmHWM, which starts afresh at exec; ru_maxrss
+# would carry over the benchmark's own memory from the fork), and the largest of its own children
+# (workers: their ru_maxrss may carry over this process's size when they started, an upper bound).
+PEAK = textwrap.dedent(
+    """
+    def peak_kb():
+        import resource
+        with open("/proc/self/status") as status:
+            own = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """
+)
+
 # Runs in a child process: builds the data nodes of the config through the engine.
-EVSYS_CHILD = textwrap.dedent(
+EVSYS_CHILD = PEAK + textwrap.dedent(
     """
     import json, resource, sys, time
     from pathlib import Path
@@ -64,14 +77,13 @@ EVSYS_CHILD = textwrap.dedent(
             graph.add(node)
     results = Executor(store, jobs=2).run(graph)
     tokens = next(m for m in results.values() if m["rule"] == "tokenize")
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({"seconds": time.perf_counter() - started, "rows": tokens["stats"]["rows"], "tokens": tokens["stats"]["tokens"],
-                      "chunks_ran": tokens["stats"].get("chunks_ran"), "peak_mb": peak / 1024}))
+                      "chunks_ran": tokens["stats"].get("chunks_ran"), "peak_mb": peak_kb() / 1024}))
     """
 )
 
 # Runs in a child process: the `datasets` pipeline a user would write by hand.
-DATASETS_CHILD = textwrap.dedent(
+DATASETS_CHILD = PEAK + textwrap.dedent(
     """
     import json, os, resource, sys, time
     started = time.perf_counter()
@@ -89,8 +101,7 @@ DATASETS_CHILD = textwrap.dedent(
     ds = load_dataset("json", data_files="train.jsonl", split="train", cache_dir=sys.argv[1])
     ds = ds.map(render, batched=True, num_proc=os.cpu_count(), remove_columns=ds.column_names)
     tokens = sum(len(x) for x in ds["input_ids"])
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print(json.dumps({"seconds": time.perf_counter() - started, "rows": len(ds), "tokens": tokens, "peak_mb": peak / 1024}))
+    print(json.dumps({"seconds": time.perf_counter() - started, "rows": len(ds), "tokens": tokens, "peak_mb": peak_kb() / 1024}))
     """
 )
 
