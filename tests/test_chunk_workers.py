@@ -192,3 +192,19 @@ def test_a_built_in_transform_in_workers_writes_the_chunks_written_here(tmp_path
     compute_with_workers(workers, 2, chunks, list(range(16)), slowly_here, there.__setitem__, None)
     assert [there[i] for i in range(16)] == here
     assert len(computed_here) < 16
+
+
+def test_a_corrupt_chunk_met_in_a_worker_reaches_the_build_as_corrupt(tmp_path):
+    """The worker quarantines the bad object; the build computes the chunk again and raises the
+    CorruptObject (naming the object) that its heal path rebuilds the owner node for."""
+    from evsys_build.errors import CorruptObject
+
+    store = Store(tmp_path / "store")
+    chunks = number_chunks(store, [[i] for i in range(60)])
+    bad = chunks[59]["blob"]  # the workers take chunks from the back
+    path = tmp_path / "store" / "objects" / bad[:2] / bad[2:]
+    path.chmod(0o644)
+    path.write_bytes(b"999\n")
+    with pytest.raises(CorruptObject) as raised:
+        run(store, chunks, 2)
+    assert raised.value.args[0].startswith(f"object {bad}")
