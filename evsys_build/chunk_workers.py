@@ -59,14 +59,18 @@ def worker_count() -> int:
 _worker_stores: dict = {}
 
 
-def worker_store(location: str, upstream: str | None):
-    """The store a task names, opened once per worker process."""
+def store_address(store) -> tuple[str, str | None]:
+    """What a worker opens to reach `store`: its location and its upstream's (`worker_store`)."""
+    return store.location, store.upstream.location if store.upstream is not None else None
+
+
+def worker_store(address: tuple[str, str | None]):
+    """The store at `address` (`store_address`), opened once per worker process."""
     from .store import open_store
 
-    key = (location, upstream)
-    if key not in _worker_stores:
-        _worker_stores[key] = open_store(location, upstream)
-    return _worker_stores[key]
+    if address not in _worker_stores:
+        _worker_stores[address] = open_store(*address)
+    return _worker_stores[address]
 
 
 def compute_with_workers(

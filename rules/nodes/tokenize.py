@@ -9,7 +9,7 @@ import re
 import threading
 from pathlib import Path
 
-from evsys_build.chunk_workers import ChunkWorkers, worker_store
+from evsys_build.chunk_workers import ChunkWorkers, store_address, worker_store
 from evsys_build.chunks import map_chunks, read_row_chunk
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
@@ -69,10 +69,10 @@ def run_tokenize(ctx: RunContext) -> dict:
 
     dataset = RowDataset.of(ctx.inputs["rows"])
     starts = chunk_starts(dataset.chunks)
-    upstream = store.upstream.location if store.upstream is not None else None
+    address = store_address(store)
     workers = ChunkWorkers(
         task=tokenize_chunk_in_worker,
-        args_of=lambda chunk: (store.location, upstream, model_dir, shaping, chunk, starts[chunk["blob"]]),
+        args_of=lambda chunk: (address, model_dir, shaping, chunk, starts[chunk["blob"]]),
         start=start_tokenize_worker,
     )
     try:
@@ -110,6 +110,6 @@ def start_tokenize_worker() -> None:
     preload_tokenizers()
 
 
-def tokenize_chunk_in_worker(location: str, upstream: str | None, model_dir: str, shaping: tuple, chunk: dict, start: int) -> dict:
+def tokenize_chunk_in_worker(address: tuple, model_dir: str, shaping: tuple, chunk: dict, start: int) -> dict:
     """`tokenize_chunk` in a worker process: the store and tokenizer opened once per process."""
-    return tokenize_chunk(worker_store(location, upstream), load_tokenizer(model_dir), chunk, start, shaping)
+    return tokenize_chunk(worker_store(address), load_tokenizer(model_dir), chunk, start, shaping)

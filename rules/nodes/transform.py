@@ -6,7 +6,7 @@ edit recomputes one or two chunks; other transforms see every row at once.
 
 from __future__ import annotations
 
-from evsys_build.chunk_workers import ChunkWorkers, worker_store
+from evsys_build.chunk_workers import ChunkWorkers, store_address, worker_store
 from evsys_build.chunks import iter_rows, map_chunks, read_row_chunk, rows_dataset, write_row_chunk, write_rows
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
@@ -68,34 +68,30 @@ def run_transform(ctx: RunContext) -> dict:
                 out_rows = transform(rows)
             except ConfigError as exc:
                 raise _locate_row(transform, rows, starts[chunk["blob"]], ctx, exc) from None
-            return write_row_chunk(ctx.store, _checked(out_rows, ctx))
+            return write_row_chunk(ctx.store, _checked(out_rows, ctx.node.name))
 
-        chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop, _workers(ctx.store, transform))
+        chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop, _workers(ctx.store, transform, ctx.node.name))
         out = RowDataset.from_json(rows_dataset(chunks))
     else:
         rows = list(iter_rows(ctx.store, dataset.to_json()))
-        out = RowDataset.from_json(write_rows(ctx.store, _checked(transform(rows), ctx)))
+        out = RowDataset.from_json(write_rows(ctx.store, _checked(transform(rows), ctx.node.name)))
         stats = {"chunks_ran": len(out.chunks), "chunks_cached": 0}
     return {"outputs": out.outputs(), "stats": dict(stats, rows_in=dataset.num_rows, rows_out=out.num_rows)}
 
 
-def _workers(store: Store, transform) -> ChunkWorkers | None:
+def _workers(store: Store, transform, name: str) -> ChunkWorkers | None:
     """Worker processes for a built-in transform (a user's plugin may not import in a fresh
     interpreter, so it runs here); worth starting only for many chunks, each is cheap."""
     if not type(transform).__module__.startswith("evsys_rules."):
         return None
-    upstream = store.upstream.location if store.upstream is not None else None
-    return ChunkWorkers(task=transform_chunk_in_worker, args_of=lambda chunk: (store.location, upstream, transform, chunk), min_chunks=128)
+    address = store_address(store)
+    return ChunkWorkers(task=transform_chunk_in_worker, args_of=lambda chunk: (address, transform, name, chunk), min_chunks=128)
 
 
-def transform_chunk_in_worker(location: str, upstream: str | None, transform, chunk: dict) -> dict:
+def transform_chunk_in_worker(address: tuple, transform, name: str, chunk: dict) -> dict:
     """One chunk through a row-local transform, in a worker process (a failure is recomputed by the build, which names the row)."""
-    store = worker_store(location, upstream)
-    out_rows = transform(read_row_chunk(store, chunk))
-    out_rows = list(out_rows) if out_rows is not None else None
-    if out_rows is None or not all(isinstance(row, dict) for row in out_rows):
-        raise ConfigError("the transform returned something other than dict rows")  # the build recomputes it and says what
-    return write_row_chunk(store, out_rows)
+    store = worker_store(address)
+    return write_row_chunk(store, _checked(transform(read_row_chunk(store, chunk)), name))
 
 
 def _locate_row(transform, rows: list[dict], start: int, ctx: RunContext, exc: ConfigError) -> ConfigError:
@@ -110,11 +106,12 @@ def _locate_row(transform, rows: list[dict], start: int, ctx: RunContext, exc: C
     return exc
 
 
-def _checked(rows, ctx: RunContext) -> list[dict]:
+def _checked(rows, name: str) -> list[dict]:
+    """The rows a transform returned, as a list; anything but dict rows is an error naming the node."""
     if rows is None:
-        raise ConfigError(f"{ctx.node.name}: the transform returned None; it must return the rows (rows -> rows)")
+        raise ConfigError(f"{name}: the transform returned None; it must return the rows (rows -> rows)")
     rows = list(rows)
     for row in rows:
         if not isinstance(row, dict):
-            raise ConfigError(f"{ctx.node.name}: the transform returned a {type(row).__name__}, not a dict row")
+            raise ConfigError(f"{name}: the transform returned a {type(row).__name__}, not a dict row")
     return rows
