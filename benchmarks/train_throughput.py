@@ -178,6 +178,18 @@ def _synchronizer(device):
     return lambda: None
 
 
+def _release_memory() -> None:
+    """Free what the side that just ran left on the GPU, so the next side has the whole card."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _peak_memory(device):
     import torch
 
@@ -197,6 +209,8 @@ def main(argv=None) -> dict:
         model_dir = build_tiny_model(Path(tmp) / "model", seed=0, **shape)
         results = {"shape": shape, "batch_size": args.batch_size, "steps": args.steps,
                    "lengths": [args.min_len, args.max_len], "local": run_local(model_dir, data, args, total_steps)}
+        print(json.dumps({"partial": True, **results}), file=sys.stderr, flush=True)  # kept if the baseline fails
+        _release_memory()
         if not args.skip_baseline:
             results["baseline"] = run_baseline(model_dir, data, args, total_steps)
             results["speedup"] = results["local"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]

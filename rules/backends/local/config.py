@@ -22,7 +22,7 @@ class LocalBackendConfig(BaseModel, extra="forbid"):
     loss_chunk_tokens: int = Field(0, ge=0)  # loss positions per LM-head chunk; 0 = auto (CPU 1024, CUDA 4096)
     gradient_checkpointing: bool = False  # recompute decoder layers in backward (less memory, ~30% slower)
     sample_batch_size: int = Field(64, ge=1)  # prompts per generate() call
-    decode_cache: Literal["auto", "dynamic", "static"] = "auto"  # auto: static (compiled decode) on CUDA, dynamic on CPU
+    decode_cache: Literal["auto", "dynamic", "static"] = "auto"  # static: greedy evals decode in a loop over a static KV cache, its step compiled into a CUDA graph on CUDA; auto: static on CUDA, dynamic (generate) on CPU
 
 
 def resolve_precision(config: LocalBackendConfig) -> LocalBackendConfig:

@@ -6,6 +6,7 @@ torch is imported inside functions only.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 from ..base import Datum
@@ -36,10 +37,8 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
         max_len = kwargs["max_length_q"]
         dtype = kwargs.get("evsys_dtype") or value.dtype  # flash kernels need bf16/fp16; q/k leave RMSNorm in fp32
         q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
-        out = varlen_attn(
-            q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len,
-            scale=scaling, window_size=(-1, 0), enable_gqa=query.shape[1] != key.shape[1],
-        )
+        options, k, v = _varlen_options(q, k, v, scaling)
+        out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **options)
         return out.unsqueeze(0), None
     gqa = query.shape[1] != key.shape[1]
     pieces = [
@@ -50,6 +49,43 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     ]
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
     return out.transpose(1, 2), None
+
+
+def _varlen_options(q, k, v, scaling):
+    """Causal, scaled, grouped-query keyword arguments in the form this torch's `varlen_attn` takes.
+
+    torch 2.13 takes `window_size=(-1, 0)` and `enable_gqa`; earlier releases take `is_causal` and
+    want as many key/value heads as query heads, so the groups are expanded here (query head h reads
+    key/value head h // group, as in SDPA's enable_gqa)."""
+    params = _varlen_parameters()
+    options = {}
+    if "window_size" in params:
+        options["window_size"] = (-1, 0)
+    elif "is_causal" in params:
+        options["is_causal"] = True
+    else:
+        raise RuntimeError("torch.nn.attention.varlen.varlen_attn takes neither window_size nor is_causal; use attention: sdpa_loop")
+    if scaling is not None:
+        if "scale" in params:
+            options["scale"] = scaling
+        elif abs(scaling - q.shape[-1] ** -0.5) > 1e-12:
+            raise RuntimeError("this torch's varlen_attn has no scale argument; use attention: sdpa_loop")
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            options["enable_gqa"] = True
+        else:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return options, k, v
+
+
+@functools.lru_cache(maxsize=1)
+def _varlen_parameters() -> frozenset[str]:
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def has_varlen_attention() -> bool:

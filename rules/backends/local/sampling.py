@@ -1,4 +1,7 @@
-"""Sampling on the local backend: batched generation (HF generate, KV cache, left padding)."""
+"""Sampling on the local backend: batched generation (KV cache, left padding).
+
+Greedy sampling with the static cache runs `StaticGreedyDecoder` (one compiled decode step); the
+rest goes through transformers' `generate`."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Sequence
 from .model_io import global_rng_lock
 
 class LocalSamplingClient:
-    """Batched generation (HF generate, KV cache, left padding) over a frozen model."""
+    """Batched generation (KV cache, left padding) over a frozen model."""
 
     def __init__(self, model, device, pad_token_id: int, batch_size: int = 64, cache: str = "dynamic"):
         self.model = model.eval()
@@ -20,6 +23,7 @@ class LocalSamplingClient:
         # "static": a preallocated KV cache, which lets transformers compile the decode step
         # (CUDA graphs on a GPU): decoding is overhead-bound, not FLOP-bound
         self.cache = cache
+        self._greedy = None  # StaticGreedyDecoder, made on the first greedy call with the static cache
 
     def sample(
         self,
@@ -63,11 +67,20 @@ class LocalSamplingClient:
         width = max(len(p) for p in prompts)
         if width == 0:
             raise ValueError("sample: empty prompt")
+        greedy = self._greedy_decoder() if temperature == 0 else None
+        rows = len(prompts)
+        if greedy is not None:
+            # one batch shape, one compiled step: a short last batch is filled up with copies of its
+            # last prompt, whose completions are dropped (rows never see each other)
+            prompts = list(prompts) + [prompts[-1]] * (self.batch_size - rows)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, p in enumerate(prompts):
             ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[row, width - len(p) :] = 1
+        if greedy is not None:
+            out = greedy.generate(ids.to(self.device), mask.to(self.device), max_tokens, stops)
+            return out[:rows].tolist()
         kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
         with torch.inference_mode():
             out = self.model.generate(
@@ -82,6 +95,16 @@ class LocalSamplingClient:
                 **kwargs,
             )
         return out[:, width:].tolist()
+
+    def _greedy_decoder(self):
+        """The static-cache greedy decoder (compiled on CUDA), or None where `generate` must do."""
+        from .greedy_decode import StaticGreedyDecoder, supports_static_greedy
+
+        if self.cache != "static":
+            return None
+        if self._greedy is None and supports_static_greedy(self.model):
+            self._greedy = StaticGreedyDecoder(self.model, compiled=self.device.type == "cuda")
+        return self._greedy
 
 
 def _cut_at_stop(seq: list[int], stops: set[int]) -> list[int]:
