@@ -103,6 +103,7 @@ class LocalBucket:
         self.tmp = self.root / "tmp"
         self.location = os.path.abspath(self.root)
         self.local_dir = self.root
+        self._prefix = os.path.join(str(self.root), "")  # plain string joins on the hot read path
 
     def __str__(self) -> str:
         return str(self.root)
@@ -110,7 +111,7 @@ class LocalBucket:
     # -- files ------------------------------------------------------------------------------
     def read_versioned(self, path: str) -> Versioned | None:
         try:
-            with open(self.root / path, "rb") as f:
+            with open(self._prefix + path, "rb") as f:
                 modified = os.fstat(f.fileno()).st_mtime
                 data = f.read()
         except (FileNotFoundError, NotADirectoryError):

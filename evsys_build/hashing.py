@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import json.encoder
 import math
 from pathlib import PurePath
 from typing import Any
@@ -19,7 +20,44 @@ def canonical_json(value: Any) -> str:
     Anything that has no canonical form (paths, bytes, arbitrary objects) raises a
     HashingError naming where it sits, instead of degrading to a random key.
     """
-    return _encode(value, "$")
+    try:
+        return _encode_plain(value)
+    except _NotPlain:
+        return _encode(value, "$")
+
+
+class _NotPlain(Exception):
+    """A value outside plain JSON types: `_encode` handles it (and names where it sits)."""
+
+
+_encode_string = json.encoder.encode_basestring  # what json.dumps(s, ensure_ascii=False) returns
+
+
+def _encode_plain(value: Any) -> str:
+    """`_encode` for exactly-typed JSON data (dict, list, str, int, float, bool, None), the bulk of
+    every key: the same text, without building a location for every element. Anything else,
+    subclasses included, raises _NotPlain and the whole value goes through `_encode`."""
+    kind = type(value)
+    if kind is str:
+        return _encode_string(value)
+    if kind is dict:
+        parts = []
+        for k in sorted(value):
+            if type(k) is not str:
+                raise _NotPlain
+            parts.append(_encode_string(k) + ":" + _encode_plain(value[k]))
+        return "{" + ",".join(parts) + "}"
+    if kind is list or kind is tuple:
+        return "[" + ",".join([_encode_plain(v) for v in value]) + "]"
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is float and math.isfinite(value):
+        return repr(value)
+    raise _NotPlain
 
 
 def digest(value: Any) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,6 @@ from .bucket import Bucket, Entry, LocalBucket
 from .errors import CorruptObject, StoreError, UsageError
 from .hashing import digest, digest_bytes
 
-HEX = "0123456789abcdef"
 
 DEFAULT_DIRNAME = ".evsys-cache"
 CAS_ATTEMPTS = 60  # compare-and-swap retries before a ref or run update is reported as a failure
@@ -422,8 +422,11 @@ def referenced_objects(value) -> set[str]:
     return found
 
 
+_HEX_NAME = re.compile(r"[0-9a-f]+")
+
+
 def _is_hex(text: str) -> bool:
-    return bool(text) and all(c in HEX for c in text)
+    return _HEX_NAME.fullmatch(text) is not None
 
 
 def _object_path(name: str) -> str:
