@@ -54,6 +54,9 @@ def parse_args(argv=None):
                         "static-cache greedy loop (compiled on CUDA); generate-static = transformers' generate with "
                         "its static cache (compiled on CUDA); dynamic = generate with its dynamic cache")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per side; the median is reported")
+    p.add_argument("--diagnose", action="store_true",
+                   help="log torch.compile's graph breaks, recompilations and performance hints (a decode step "
+                        "that skipped CUDA graphs says why there) to stderr")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -156,6 +159,10 @@ def _sync(device) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.diagnose:
+        import torch
+
+        torch._logging.set_logs(graph_breaks=True, recompiles=True, perf_hints=True)
     with tempfile.TemporaryDirectory(prefix="evsys-eval-bench-") as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", seed=0, **PRESETS[args.preset])
         tok = load_tokenizer(str(model_dir))
@@ -171,6 +178,8 @@ def main(argv=None) -> dict:
                "new_tokens": new_tokens, "local_tok_s": new_tokens / local_s, "generate_tok_s": sum(len(o) for o in base_out) / base_s,
                "first_call_s": first_call, "repeat": args.repeat}
     results["speedup"] = results["local_tok_s"] / results["generate_tok_s"]
+    batches = -(-args.prompts // args.batch_size)
+    results["local_ms_per_decode_step"] = 1000 * local_s / (batches * args.max_tokens)  # upper bound: prefill included
     if args.json:
         print(json.dumps(results))
     else:

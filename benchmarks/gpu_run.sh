@@ -41,8 +41,8 @@ if [ "$preset" = tiny ]; then
     step eval_bf16 300 benchmarks/eval_throughput.py --preset tiny --prompts 70 --max-tokens 24 --decode static
     step eval_fp32 300 benchmarks/eval_throughput.py --preset tiny --prompts 70 --max-tokens 24 --decode static --dtype float32
 else
-    step train 170 benchmarks/train_throughput.py --preset 0.5b --device cuda --steps 20 --warmup 2 --batch-size 16 --min-len 50 --max-len 1000
-    step eval_bf16 210 benchmarks/eval_throughput.py --preset 0.5b --device cuda --prompts 128 --max-tokens 128 --repeat 3
+    step train 200 benchmarks/train_throughput.py --preset 0.5b --device cuda --steps 20 --warmup 2 --batch-size 16 --min-len 50 --max-len 1000 --profile 2
+    step eval_bf16 210 benchmarks/eval_throughput.py --preset 0.5b --device cuda --prompts 128 --max-tokens 128 --repeat 3 --diagnose
     step eval_fp32 150 benchmarks/eval_throughput.py --preset 0.5b --device cuda --prompts 64 --max-tokens 64 --dtype float32
 fi
 echo "== done in $SECONDS s"

@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after the timed steps, profile this many more steps of each side (torch.profiler) and "
+                        "print their top operators to stderr: where a slow side spends its time")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 peak, for MFU (default: 989 on H100/H200, none on CPU)")
@@ -85,14 +88,18 @@ def run_local(model_dir: Path, data, args, total_steps: int) -> dict:
                     lora_rank=args.lora_rank)
     sync = _synchronizer(client.device)
     marks: list[float] = []
+    profiler = _StepProfiler("local", client.device, total_steps, args.profile)
 
     def on_step(step, metrics):
         sync()
         marks.append(time.perf_counter())
+        profiler.step(step)
 
+    cfg = cfg.model_copy(update={"max_steps": total_steps + args.profile})
     start = time.perf_counter()
     metrics = train_sft(client, data, cfg, seed=0, save_steps=set(), resume=None, on_step=on_step,
                         on_checkpoint=lambda *a: None)
+    metrics, marks = metrics[:total_steps], marks[:total_steps]
     timed = metrics[args.warmup:]
     seconds = marks[-1] - (marks[args.warmup - 1] if args.warmup else start)
     tokens = sum(m["num_tokens"] for m in timed)
@@ -119,8 +126,12 @@ def run_baseline(model_dir: Path, data, args, total_steps: int) -> dict:
                                   betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
     sync = _synchronizer(device)
     real_tokens, loss = 0, None
+    profiler = _StepProfiler("baseline", device, total_steps, args.profile)
     start = time.perf_counter()
-    for step in range(1, total_steps + 1):
+    for step in range(1, total_steps + args.profile + 1):
+        if step == total_steps + 1:  # the timed steps are done; the rest are profiled
+            sync()
+            seconds, timed_tokens, timed_loss = time.perf_counter() - start, real_tokens, loss.item()
         if step == args.warmup + 1:
             sync()
             start, real_tokens = time.perf_counter(), 0
@@ -140,10 +151,12 @@ def run_baseline(model_dir: Path, data, args, total_steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         real_tokens += sum(d.num_tokens for d in batch)
-    sync()
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": real_tokens / seconds, "s_per_step": seconds / (total_steps - args.warmup),
-            "final_nll": loss.item(), "peak_mem_gib": _peak_memory(device), "device": str(device),
+        profiler.step(step)
+    if not args.profile:
+        sync()
+        seconds, timed_tokens, timed_loss = time.perf_counter() - start, real_tokens, loss.item()
+    return {"tokens_per_s": timed_tokens / seconds, "s_per_step": seconds / (total_steps - args.warmup),
+            "final_nll": timed_loss, "peak_mem_gib": _peak_memory(device), "device": str(device),
             "dtype": "bfloat16" if bf16 else "float32"}
 
 
@@ -176,6 +189,29 @@ def _synchronizer(device):
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
+
+
+class _StepProfiler:
+    """torch.profiler over the `extra` steps after step `after`; prints the top operators at the end."""
+
+    def __init__(self, side: str, device, after: int, extra: int):
+        self.side, self.after, self.extra, self.profile = side, after, extra, None
+        self.cuda = getattr(device, "type", "cpu") == "cuda"
+
+    def step(self, step: int) -> None:
+        if not self.extra:
+            return
+        if step == self.after:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+            self.profile = profile(activities=activities)
+            self.profile.__enter__()
+        elif step == self.after + self.extra and self.profile is not None:
+            self.profile.__exit__(None, None, None)
+            sort = "cuda_time_total" if self.cuda else "cpu_time_total"
+            print(f"== profile of {self.side}, {self.extra} steps, by {sort}", file=sys.stderr)
+            print(self.profile.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr, flush=True)
 
 
 def _release_memory() -> None:

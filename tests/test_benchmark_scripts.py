@@ -33,6 +33,15 @@ def test_train_throughput_reports_both_sides_and_mfu_only_where_a_peak_is_known(
     assert abs(results["local"]["final_nll"] - results["baseline"]["final_nll"]) < 1e-3  # same model, same data
 
 
+def test_train_throughput_profiles_extra_steps_without_changing_the_timed_ones(tiny_model_dir, capsys):
+    bench = load("train_throughput")
+    plain = bench.main(["--steps", "1", "--warmup", "1", "--batch-size", "2", "--json"])
+    profiled = bench.main(["--steps", "1", "--warmup", "1", "--batch-size", "2", "--json", "--profile", "1"])
+    err = capsys.readouterr().err
+    assert "== profile of local" in err and "== profile of baseline" in err
+    assert abs(profiled["baseline"]["final_nll"] - plain["baseline"]["final_nll"]) < 1e-6  # the timed steps' loss, not the profiled ones'
+
+
 def test_training_flops_per_token_counts_the_dense_weights():
     bench = load("train_throughput")
     from evsys_rules.models.tiny import build_tiny_model
