@@ -84,8 +84,8 @@ def synthetic_data(count: int, min_len: int, max_len: int, seed: int = 0) -> lis
 def run_local(model_dir: Path, data, args, total_steps: int) -> dict:
     backend = LocalBackend(LocalBackendConfig(device=args.device, dtype=args.dtype))
     client = backend.create_training_client(model_dir, args.lora_rank, seed=0)
-    cfg = SFTConfig(learning_rate=LEARNING_RATE, max_steps=total_steps, batch_size=args.batch_size,
-                    lora_rank=args.lora_rank)
+    cfg = SFTConfig(learning_rate=LEARNING_RATE, max_steps=total_steps + args.profile, batch_size=args.batch_size,
+                    lora_rank=args.lora_rank)  # the profiled steps come after the timed ones
     sync = _synchronizer(client.device)
     marks: list[float] = []
     profiler = _StepProfiler("local", client.device, total_steps, args.profile)
@@ -95,7 +95,6 @@ def run_local(model_dir: Path, data, args, total_steps: int) -> dict:
         marks.append(time.perf_counter())
         profiler.step(step)
 
-    cfg = cfg.model_copy(update={"max_steps": total_steps + args.profile})
     start = time.perf_counter()
     metrics = train_sft(client, data, cfg, seed=0, save_steps=set(), resume=None, on_step=on_step,
                         on_checkpoint=lambda *a: None)
