@@ -89,9 +89,9 @@ def test_sampling_with_temperature_still_goes_through_generate(samplers):
 
 @pytest.mark.parametrize("signature", ["torch 2.13", "torch 2.11"])
 def test_varlen_options_give_causal_grouped_attention_on_either_signature(monkeypatch, signature):
-    """varlen_attn's keywords changed between torch releases (enable_gqa and window_size came in
-    2.13); either way the options must mean causal attention where query head h reads key head
-    h // group. Checked against SDPA, which runs on CPU."""
+    """varlen_attn's keywords changed between torch releases (2.11 has window_size but not
+    enable_gqa, as seen on a GPU machine; 2.13 has both); either way the options must mean causal
+    attention where query head h reads key head h // group. Checked against SDPA, which runs on CPU."""
     import torch.nn.functional as F
 
     params = {"torch 2.13": {"scale", "window_size", "enable_gqa"}, "torch 2.11": {"scale", "window_size"}}[signature]

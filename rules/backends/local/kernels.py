@@ -54,9 +54,10 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
 def _varlen_options(q, k, v, scaling):
     """Causal, scaled, grouped-query keyword arguments in the form this torch's `varlen_attn` takes.
 
-    torch 2.13 takes `window_size=(-1, 0)` and `enable_gqa`; earlier releases take `is_causal` and
-    want as many key/value heads as query heads, so the groups are expanded here (query head h reads
-    key/value head h // group, as in SDPA's enable_gqa)."""
+    torch 2.13 takes `window_size=(-1, 0)` and `enable_gqa`; 2.11 takes `window_size` but not
+    `enable_gqa`, and the first releases take `is_causal`. Without `enable_gqa` they want as many
+    key/value heads as query heads, so the groups are expanded here (query head h reads key/value
+    head h // group, as in SDPA's enable_gqa)."""
     params = _varlen_parameters()
     options = {}
     if "window_size" in params:
