@@ -160,12 +160,13 @@ class LocalBucket:
 
     def size(self, path: str) -> int | None:
         try:
-            return (self.root / path).stat().st_size
+            return os.stat(self._prefix + path).st_size
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def exists_many(self, paths: list[str]) -> set[str]:
-        return {p for p in paths if (self.root / p).exists()}
+        exists, prefix = os.path.exists, self._prefix
+        return {p for p in paths if exists(prefix + p)}
 
     def list(self, prefix: str) -> dict[str, Entry]:
         base = self.root / prefix

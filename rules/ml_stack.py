@@ -28,6 +28,20 @@ def preload_tokenizers() -> None:
         _tokenizers_loaded = True
 
 
+def preload_chat_templates() -> None:
+    """What rendering chat templates needs (transformers' tokenizer base and chat template code,
+    which import no torch), once, in one thread."""
+    with _lock:
+        if _tokenizers_loaded:
+            return
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        import transformers.tokenization_utils_base  # noqa: F401
+        import transformers.utils.chat_template_utils  # noqa: F401
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+
+
 def preload_ml() -> None:
     """Import the ML stack (and resolve the names rules use) exactly once, in one thread."""
     global _loaded

@@ -49,17 +49,37 @@ class ChatRenderer:
         self.template = template
         self.recipes: dict[tuple, list[_Recipe]] = {}
         self.fruitless: dict[tuple, int] = {}  # shape -> learns in a row that kept no recipe
-        self.observing, self.replay_off = _observing_template(template)
+        self.seeded: set = set()  # saved recipe files already read into `recipes` (saved_recipes)
+        self._compiled: tuple | None = None  # (observing template, why replay is off), compiled on first need
+        self._mismatch: str | None = None
+
+    @property
+    def observing(self):
+        """The template compiled to observe renders (None when it cannot be); compiled on first
+        use, so rows that recipes render need neither jinja nor transformers."""
+        if self._compiled is None:
+            self._compiled = _observing_template(self.template)
+        return self._compiled[0]
+
+    @property
+    def replay_off(self) -> str | None:
+        """Why renders are never replayed from recipes, or None."""
+        if self._mismatch is not None:
+            return self._mismatch
+        self.observing
+        return self._compiled[1]
 
     def render(self, messages: list[dict], tools: list | None, generation_prompt: bool, template_kwargs: dict, plain: bool) -> str:
         """The conversation as text; `plain` says every message is exactly {role, content: str}."""
-        if not (plain and tools is None and self.observing is not None and self.replay_off is None):
+        if not (plain and tools is None) or self._mismatch is not None:
             return self.reference(messages, tools, generation_prompt, template_kwargs)
         key = (tuple([m["role"] for m in messages]), generation_prompt, tuple(template_kwargs.items()))
         contents = [m["content"] for m in messages]
-        for recipe in self.recipes.get(key, ()):
+        for recipe in self.recipes.get(key, ()):  # only ever made while replay was on, for this template
             if recipe.holds(contents):
                 return recipe.build(contents)
+        if self.observing is None or self.replay_off is not None:
+            return self.reference(messages, tools, generation_prompt, template_kwargs)
         return self._learn(key, messages, contents, generation_prompt, template_kwargs)
 
     def reference(self, messages: list[dict], tools: list | None, generation_prompt: bool, template_kwargs: dict) -> str:
@@ -76,7 +96,7 @@ class ChatRenderer:
             return text
         recipe = self._observe(messages, generation_prompt, template_kwargs)
         if recipe is not None and recipe.reusable() and recipe.build(contents) != text:
-            self.replay_off = "an observed render differed from apply_chat_template"
+            self._mismatch = "an observed render differed from apply_chat_template"
             return text
         if recipe is not None and recipe.reusable() and self._keep(key, recipe):
             self.fruitless[key] = 0
@@ -118,10 +138,11 @@ class ChatRenderer:
 class _Recipe:
     """A render's output as template text and content slots, and the guards that make it reusable."""
 
-    __slots__ = ("parts", "guards")
+    __slots__ = ("parts", "guards", "named_guards")
 
     def __init__(self, parts: list, guards: tuple):
         self.parts = parts
+        self.named_guards = tuple(guards)  # (slot, str method name, args, kwargs, result), as recorded
         self.guards = tuple((slot, _STR_OPS[name], args, dict(kwargs) if kwargs else None, result) for slot, name, args, kwargs, result in guards)
 
     def reusable(self) -> bool:

@@ -17,9 +17,10 @@ from evsys_build.graph import Node
 from evsys_build.store import Store
 
 from ..config.loading import Arm
-from ..data.chat_tokens import load_tokenizer, tokenize_rows
+from ..data.chat_tokens import tokenize_rows
 from ..data.token_chunks import write_token_chunk
-from ..ml_stack import preload_tokenizers
+from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes
+from ..ml_stack import preload_chat_templates
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
 from .row_chunks import chunk_starts, row_location, stage_identity
@@ -63,8 +64,7 @@ def run_tokenize(ctx: RunContext) -> dict:
         """Loaded on the first chunk that misses: a rebuild that reruns none pays nothing for it."""
         with loading:
             if not loaded:
-                preload_tokenizers()
-                loaded.append(load_tokenizer(model_dir))
+                loaded.append(load_chat_tokenizer(model_dir, store))
         return loaded[0]
 
     dataset = RowDataset.of(ctx.inputs["rows"])
@@ -87,6 +87,8 @@ def run_tokenize(ctx: RunContext) -> dict:
             raise
         located = row_location(store, ctx.node.inputs[0][1], int(row.group(1)))
         raise ConfigError(f"{located}: tokenize: {exc.message[row.end():]}") from None
+    if loaded:
+        save_chat_recipes(loaded[0], model_dir, store)
     files = tokenizer_files(Path(model_dir))
     kept = [f for f in files if f.name not in ("vocab.json", "merges.txt")] if any(f.name == "tokenizer.json" for f in files) else files
     tokens = TokenDataset([c for c in chunks if c["rows"]], {f.relative_to(model_dir).as_posix(): store.put_bytes(f.read_bytes()) for f in kept})
@@ -107,9 +109,10 @@ def tokenize_chunk(store: Store, tok, chunk: dict, start: int, shaping: tuple) -
 
 def start_tokenize_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: the processes are the parallelism
-    preload_tokenizers()
+    preload_chat_templates()
 
 
 def tokenize_chunk_in_worker(address: tuple, model_dir: str, shaping: tuple, chunk: dict, start: int) -> dict:
     """`tokenize_chunk` in a worker process: the store and tokenizer opened once per process."""
-    return tokenize_chunk(worker_store(address), load_tokenizer(model_dir), chunk, start, shaping)
+    store = worker_store(address)
+    return tokenize_chunk(store, load_chat_tokenizer(model_dir, store), chunk, start, shaping)

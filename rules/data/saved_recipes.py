@@ -1,0 +1,104 @@
+"""Chat template recipes (`chat_render`) kept between processes.
+
+A process learns a recipe by rendering with transformers' `apply_chat_template`, which costs the
+transformers import (about 0.7 s) before the first row: more than tokenizing the one chunk a
+one-row edit reruns. So a tokenize node leaves the recipes its build thread learned in a file
+beside the stat cache, and the next process renders the rows those recipes hold without
+transformers or jinja (any other row still renders, and learns, as before).
+
+A recipe is only as good as what made it, so the file is named by the tokenizer snapshot's key
+(the tokenizer files' bytes, chat template included, and the transformers, tokenizers and jinja2
+versions: `tokenizer_snapshot`) and the code identity of the renderer, and carries the digest of
+its content: a file from another template, library or renderer is never read, and a damaged
+one is ignored. Recipes only ever save time; a missing file means learning again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evsys_build.atomic import write_atomic
+from evsys_build.hashing import digest
+
+from ..plugins.code_identity import code_identity
+from .chat_render import _SAME, MAX_RECIPES_PER_SHAPE, MAX_SHAPES, ChatRenderer, _Recipe, chat_renderer
+
+
+def recipes_path(local_dir: Path, snapshot_key: str) -> Path:
+    """Where the recipes of one tokenizer snapshot and this renderer's code are kept."""
+    name = digest({"snapshot": snapshot_key, "renderer": code_identity(ChatRenderer), "format": code_identity(_encode)})
+    return Path(local_dir) / "recipes" / f"{name}.json"
+
+
+def seed_recipes(tok, path: Path) -> None:
+    """Give `tok`'s renderer the recipes saved at `path` (once per renderer)."""
+    renderer = chat_renderer(tok)
+    if path in renderer.seeded:
+        return
+    renderer.seeded.add(path)
+    for key, recipes in _read(path):
+        kept = renderer.recipes.setdefault(key, [])
+        for recipe in recipes:
+            if len(kept) < MAX_RECIPES_PER_SHAPE and not any(_same(recipe, r) for r in kept):
+                kept.append(recipe)
+
+
+def save_recipes(tok, path: Path) -> None:
+    """Keep `tok`'s renderer's recipes at `path`, with those already there (within the renderer's limits)."""
+    renderer = chat_renderer(tok)
+    if not any(renderer.recipes.values()):
+        return
+    merged: dict[tuple, list[_Recipe]] = {key: list(recipes) for key, recipes in _read(path)}
+    for key, recipes in renderer.recipes.items():
+        if key not in merged and len(merged) >= MAX_SHAPES:
+            continue
+        kept = merged.setdefault(key, [])
+        for recipe in recipes:
+            if len(kept) < MAX_RECIPES_PER_SHAPE and not any(_same(recipe, r) for r in kept):
+                kept.append(recipe)
+    entries = []
+    for key, recipes in merged.items():
+        try:
+            entries.append([_encode(key), [[_encode(r.parts), _encode(r.named_guards)] for r in recipes]])
+        except TypeError:  # a guard argument JSON cannot hold exactly: that shape is learned anew each time
+            continue
+    write_atomic(path, json.dumps({"digest": digest(entries), "recipes": entries}).encode(), path.parent.parent / "tmp")
+
+
+def _read(path: Path) -> list[tuple[tuple, list[_Recipe]]]:
+    try:
+        saved = json.loads(Path(path).read_bytes())
+        entries = saved["recipes"]
+        if digest(entries) != saved["digest"]:
+            return []
+        return [(_decode(key), [_Recipe(_decode(parts), _decode(guards)) for parts, guards in recipes]) for key, recipes in entries]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # missing or damaged: learn again
+        return []
+
+
+def _same(a: _Recipe, b: _Recipe) -> bool:
+    return a.parts == b.parts and a.named_guards == b.named_guards
+
+
+def _encode(value):
+    """JSON that keeps tuples, lists and the `_SAME` marker apart; TypeError for anything else not plain."""
+    if value is _SAME:
+        return {"same": True}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return {"list": [_encode(v) for v in value]}
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    raise TypeError(f"cannot keep a {type(value).__name__} in a recipe file")
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        if "same" in value:
+            return _SAME
+        if "tuple" in value:
+            return tuple(_decode(v) for v in value["tuple"])
+        return [_decode(v) for v in value["list"]]
+    return value

@@ -1,0 +1,152 @@
+"""A tokenize node's tokenizer comes from a snapshot of AutoTokenizer's own after the first load:
+the same ids, offsets and loss weights, no torch, and never a snapshot of other files."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from evsys_build.store import Store
+from evsys_rules.data import tokenizer_snapshot
+from evsys_rules.data.chat_tokens import load_tokenizer, tokenize_rows
+from evsys_rules.data.tokenizer_snapshot import SnapshotTokenizer, load_chat_tokenizer, snapshot_key
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TEXTS = ["d", "user", "\n", "\nfoo", "foo\n", " x", "<think>\nr\n</think>\n\nans", "<tool_response>x</tool_response>", "{ }", "🙂", "e\u0301", "漢字", "  two  ", "'s", "x" * 50]
+
+
+def random_rows(n: int, seed: int) -> list:
+    """Conversations of every shape the pipeline renders: plain turns, system or not, tool calls with tools."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        messages = [{"role": "system", "content": rng.choice(TEXTS)}] if rng.random() < 0.5 else []
+        for turn in range(rng.randrange(1, 4)):
+            messages.append({"role": "user", "content": rng.choice(TEXTS) + rng.choice(TEXTS)})
+            messages.append({"role": "assistant", "content": rng.choice(TEXTS) + rng.choice(TEXTS)})
+        if i % 7 == 0:
+            call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": rng.choice(TEXTS)}}}
+            messages[-1:] = [{"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "content": "18C"}, {"role": "assistant", "content": "Sunny."}]
+            rows.append({"messages": messages, "tools": TOOLS})
+        else:
+            rows.append(messages)
+    return rows
+
+
+def encode(tok, rows, supervise="all_assistant"):
+    out = tokenize_rows(tok, rows, supervise, 4096, "right", [f"row {i}" for i in range(len(rows))])
+    return out.ids.tolist(), out.weights.tolist(), out.offsets.tolist()
+
+
+@pytest.fixture(scope="module")
+def model_copy(tiny_model_dir, tmp_path_factory):
+    """A private copy of the tiny model's tokenizer files (tests edit them)."""
+    folder = tmp_path_factory.mktemp("tok") / "model"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    return folder
+
+
+def test_the_snapshot_tokenizes_every_row_as_autotokenizer_does(tiny_model_dir, tmp_path):
+    store = Store(tmp_path / "store")
+    first = load_chat_tokenizer(str(tiny_model_dir), store)
+    assert not isinstance(first, SnapshotTokenizer)  # the first load is AutoTokenizer's, and leaves a snapshot
+    tokenizer_snapshot._loaded.clear()
+    snap = load_chat_tokenizer(str(tiny_model_dir), store)
+    assert isinstance(snap, SnapshotTokenizer)
+    auto = load_tokenizer(str(tiny_model_dir))
+    for seed in range(3):
+        rows = random_rows(120, seed)
+        for supervise in ("all_assistant", "last_assistant", "all"):
+            assert encode(snap, rows, supervise) == encode(auto, rows, supervise)
+    assert snap.special_tokens_map == auto.special_tokens_map and len(snap) == len(auto)
+    assert (snap.eos_token_id, snap.pad_token_id) == (auto.eos_token_id, auto.pad_token_id)
+
+
+def test_the_snapshot_holds_the_pipeline_transformers_built_not_the_file(tiny_model_dir, tmp_path):
+    """transformers v5 rebuilds Qwen2's pre-tokenizer (trimmed byte-level offsets); the file alone
+    would give other offsets, so other loss masks."""
+    from tokenizers import Tokenizer
+
+    store = Store(tmp_path / "store")
+    load_chat_tokenizer(str(tiny_model_dir), store)
+    tokenizer_snapshot._loaded.clear()
+    snap = load_chat_tokenizer(str(tiny_model_dir), store)
+    auto = load_tokenizer(str(tiny_model_dir))
+    from_file = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    assert snap.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
+    if from_file.to_str() == auto.backend_tokenizer.to_str():
+        pytest.skip("this transformers loads tokenizer.json unchanged; nothing to tell apart")
+    text = "<|im_start|>user\n  hello   world<|im_end|>"
+    assert snap.backend_tokenizer.encode(text).offsets == auto.backend_tokenizer.encode(text).offsets
+
+
+def test_an_edited_chat_template_is_never_served_from_the_old_snapshot(model_copy, tmp_path):
+    store = Store(tmp_path / "store")
+    load_chat_tokenizer(str(model_copy), store)
+    before = snapshot_key(str(model_copy))
+    config = json.loads((model_copy / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    (model_copy / "tokenizer_config.json").write_text(json.dumps(config))
+    assert snapshot_key(str(model_copy)) != before
+    tokenizer_snapshot._loaded.clear()
+    for _ in range(2):  # AutoTokenizer's load, then the new snapshot
+        tok = load_chat_tokenizer(str(model_copy), store)
+        text = tok.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], tokenize=False)
+        assert text == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
+        tokenizer_snapshot._loaded.clear()
+
+
+def test_new_library_versions_take_a_new_snapshot(tiny_model_dir, monkeypatch):
+    before = snapshot_key(str(tiny_model_dir))
+    real = tokenizer_snapshot.library_versions
+    monkeypatch.setattr(tokenizer_snapshot, "library_versions", lambda *names: {**real(*names), "tokenizers": "99.0"})
+    tokenizer_snapshot._snapshot_key.cache_clear()
+    try:
+        assert snapshot_key(str(tiny_model_dir)) != before
+    finally:
+        tokenizer_snapshot._snapshot_key.cache_clear()
+
+
+def test_a_collected_snapshot_is_captured_again(tiny_model_dir, tmp_path):
+    store = Store(tmp_path / "store")
+    load_chat_tokenizer(str(tiny_model_dir), store)
+    memo = store.memo_get(snapshot_key(str(tiny_model_dir)))
+    store.object_path(memo["blob"]).unlink()
+    tokenizer_snapshot._loaded.clear()
+    assert not isinstance(load_chat_tokenizer(str(tiny_model_dir), store), SnapshotTokenizer)
+    tokenizer_snapshot._loaded.clear()
+    assert isinstance(load_chat_tokenizer(str(tiny_model_dir), store), SnapshotTokenizer)
+
+
+def test_a_tokenizer_the_snapshot_cannot_reproduce_gets_none(tiny_model_dir, monkeypatch):
+    auto = load_tokenizer(str(tiny_model_dir))
+    assert tokenizer_snapshot.capture(auto) is not None
+    monkeypatch.setattr(SnapshotTokenizer, "apply_chat_template", lambda self, conversation, **kw: "something else")
+    assert tokenizer_snapshot.capture(auto) is None
+
+
+def test_a_snapshot_load_imports_neither_torch_nor_autotokenizer(tiny_model_dir, tmp_path):
+    store_dir = tmp_path / "store"
+    tokenizer_snapshot._loaded.clear()  # a snapshot this process already holds is not stored again
+    load_chat_tokenizer(str(tiny_model_dir), Store(store_dir))
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from evsys_build.store import Store
+        from evsys_rules.data.chat_tokens import tokenize_rows
+        from evsys_rules.data.tokenizer_snapshot import SnapshotTokenizer, load_chat_tokenizer
+        tok = load_chat_tokenizer({str(tiny_model_dir)!r}, Store(Path({str(store_dir)!r})))
+        out = tokenize_rows(tok, [[{{"role": "user", "content": "q"}}, {{"role": "assistant", "content": "a"}}]], "all_assistant", 64, "right", ["row 0"])
+        print(type(tok).__name__, int(out.weights.sum()) > 0, "torch" in sys.modules, "transformers.models.auto" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SnapshotTokenizer", "True", "False", "False"]
