@@ -57,27 +57,23 @@ def split_lines(lines: list[bytes], mask_bits: int = MASK_BITS, min_rows: int = 
     return chunks
 
 
-def raw_line_chunks(data: bytes | memoryview, first_line: int = 1, final: bool = True) -> Iterator[tuple[int, int, int, int]]:
-    """Content-defined chunks of a JSONL buffer found on its raw line bytes, without parsing:
-    (start offset, end offset, rows, first line number) per chunk. A line's boundary bytes are
-    the line without whitespace, so rewriting the file with other whitespace (or adding blank
-    lines) keeps every boundary at the same row. With `final=False` the rows after the last
-    boundary are not yielded (the caller carries them into the next block)."""
-    chunker = Chunker()
-    start = pos = rows = 0
-    line_no, chunk_line = first_line, first_line
-    for line in bytes(data).split(b"\n"):
-        end = pos + len(line) + 1
-        squeezed = line.translate(None, _WHITESPACE)
-        if squeezed:
-            rows += 1
-            if chunker.closes(squeezed):
-                yield start, min(end, len(data)), rows, chunk_line
-                start, rows, chunk_line = min(end, len(data)), 0, line_no + 1
+def first_raw_chunk(data: bytes, start: int, stop: int) -> tuple[int, int] | None:
+    """(end offset, rows) of the content-defined chunk that begins at `start`, a chunk boundary,
+    from the lines of data[start:stop]; None when none of them closes it. Where a chunk closes
+    depends only on the lines after its start: a scan begins afresh at every boundary."""
+    mask = (1 << MASK_BITS) - 1
+    hash_of, find = xxhash.xxh3_64_intdigest, data.find
+    rows, pos = 0, start
+    while pos < stop:
+        newline = find(b"\n", pos, stop)
+        end = stop if newline < 0 else newline + 1
+        squeezed = data[pos:end].translate(None, _WHITESPACE)
         pos = end
-        line_no += 1
-    if final and start < len(data) and rows:  # trailing blank lines alone make no chunk
-        yield start, len(data), rows, chunk_line
+        if squeezed:
+            rows += 1  # as Chunker.closes counts it
+            if rows >= MIN_ROWS and (rows >= MAX_ROWS or not hash_of(squeezed) & mask):
+                return end, rows
+    return None
 
 
 class RowWriter:

@@ -8,26 +8,19 @@ chunk; other formats stream their rows into content-defined chunks.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
-import xxhash
-
-from evsys_build.chunks import raw_line_chunks, write_row_chunk, write_rows
+from evsys_build.chunks import write_rows
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
-from evsys_build.hashing import digest
 from evsys_build.statcache import StatCache
-from evsys_build.store import Store
 
 from ..config.loading import Arm, LoadedConfig, check_source
-from ..data.sources import read_jsonl
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
+from .jsonl_scan import jsonl_chunks
 from .views import RowDataset
-
-BLOCK_BYTES = 32 << 20  # a JSONL file is read this much at a time
 
 
 def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
@@ -77,49 +70,3 @@ def _rows(rows, ctx: RunContext) -> Iterator[dict]:
         if i % 4096 == 0:
             ctx.check_stop()
         yield row
-
-
-def jsonl_chunks(ctx: RunContext, files: list[Path]) -> tuple[list[dict], dict]:
-    """Row chunks of JSONL files, parsing a raw chunk only when its bytes were never parsed."""
-    stage = digest({"parse": code_identity(parse_raw_chunk)})
-    chunks: list[dict] = []
-    ran = cached = 0
-    for file in files:
-        for data, first_line in raw_chunks(file):
-            memo_key = digest({"stage": stage, "raw": xxhash.xxh3_128_hexdigest(data)})
-            hit = ctx.store.memo_get(memo_key)
-            if hit is not None and not ctx.store.missing_objects([hit["chunk"]["blob"]]):
-                chunks.append(hit["chunk"])
-                cached += 1
-                continue
-            ctx.check_stop()
-            chunk = parse_raw_chunk(ctx.store, file, data, first_line)
-            ctx.store.memo_put(memo_key, {"chunk": chunk})
-            chunks.append(chunk)
-            ran += 1
-    return chunks, {"chunks_parsed": ran, "chunks_cached": cached}
-
-
-def parse_raw_chunk(store: Store, file: Path, data: bytes, first_line: int) -> dict:
-    """Parse one raw chunk of JSON lines into a stored row chunk (errors name file:line)."""
-    return write_row_chunk(store, list(read_jsonl(file, first_line, data)))
-
-
-def raw_chunks(file: Path) -> Iterator[tuple[bytes, int]]:
-    """(bytes, first line number) of each content-defined chunk of a JSONL file, reading it a
-    block at a time: memory holds a block and a chunk, not the file."""
-    carry, line = b"", 1  # `carry` always starts at a chunk boundary, on line `line`
-    with open(file, "rb") as f:
-        while True:
-            block = f.read(BLOCK_BYTES)
-            data = carry + block
-            final = not block
-            complete = len(data) if final else data.rfind(b"\n") + 1  # a block ends mid-line: carry the rest
-            done = 0
-            for start, end, _rows, first in raw_line_chunks(memoryview(data)[:complete], line, final=final):
-                yield data[start:end], first
-                done = end
-            if final:
-                return
-            line += data.count(b"\n", 0, done)
-            carry = data[done:]
