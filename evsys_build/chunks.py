@@ -168,13 +168,18 @@ def map_chunks(
     stage = digest(stage_identity)
     results: list[dict | None] = [None] * len(chunks)
     memo_keys: dict[int, str] = {}
+    hits: dict[int, dict] = {}
     for i, chunk in enumerate(chunks):
         memo_key = digest({"stage": stage, "chunk": chunk})
         hit = store.memo_get(memo_key)
-        if hit is not None and _blobs_present(store, hit["chunk"]):
-            results[i] = hit["chunk"]
-        else:
-            memo_keys[i] = memo_key
+        if hit is not None:
+            hits[i] = hit["chunk"]
+        memo_keys[i] = memo_key
+    missing = set(store.missing_objects(name for hit in hits.values() for name in referenced_objects(hit)))
+    for i, hit in hits.items():  # a hit whose blobs are gone (collected) is computed again
+        if missing.isdisjoint(referenced_objects(hit)):
+            results[i] = hit
+            del memo_keys[i]
     done = len(chunks) - len(memo_keys)
 
     def record(i: int, result: dict) -> None:
@@ -197,7 +202,3 @@ def map_chunks(
             record(i, fn(chunks[i]))
     out = [r for r in results if r is not None and r["rows"]]
     return out, {"chunks_ran": len(memo_keys), "chunks_cached": len(chunks) - len(memo_keys)}
-
-
-def _blobs_present(store: Store, chunk: dict) -> bool:
-    return not store.missing_objects(referenced_objects(chunk))

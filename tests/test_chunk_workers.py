@@ -147,7 +147,7 @@ def test_tokenize_chunks_from_workers_equal_those_computed_here(tmp_path, tiny_m
         time.sleep(1.0)
         return tokenize_chunk(store, tok, chunk, 0, shaping)
 
-    workers = ChunkWorkers(task=tokenize_chunk_in_worker, args_of=lambda c: ((str(store.root), None), str(tiny_model_dir), shaping, c, 0), start=start_tokenize_worker)
+    workers = ChunkWorkers(task=tokenize_chunk_in_worker, args_of=lambda c: ((str(store.root), None), str(tiny_model_dir), None, shaping, c, 0), start=start_tokenize_worker)
     compute_with_workers(workers, 2, chunks, list(range(len(chunks))), slowly_here, there.__setitem__, None)
     assert [there[i] for i in range(len(chunks))] == here
     assert len(computed_here) < len(chunks)  # the rest came from the workers

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from evsys_rules.data import saved_recipes
+from evsys_rules.data import tokenizer_snapshot
 from evsys_rules.data.chat_render import ChatRenderer, chat_renderer
 from evsys_rules.data.chat_tokens import load_tokenizer
 from evsys_rules.data.saved_recipes import _SAME, _decode, _encode, recipes_path, save_recipes, seed_recipes
@@ -80,12 +80,16 @@ def test_a_damaged_file_is_ignored(tok, tmp_path):
     assert not any(chat_renderer(fresh).recipes.values())
 
 
-def test_the_file_is_named_by_the_snapshot_and_the_renderer_code(tmp_path, monkeypatch):
-    a, b = recipes_path(tmp_path, "a" * 32), recipes_path(tmp_path, "b" * 32)
-    assert a != b
-    real = saved_recipes.code_identity
-    monkeypatch.setattr(saved_recipes, "code_identity", lambda obj: "edited" if obj is ChatRenderer else real(obj))
-    assert recipes_path(tmp_path, "a" * 32) != a  # new renderer code never reads the old recipes
+def test_the_file_is_named_by_a_snapshot_key_that_covers_the_renderer_code(tmp_path, monkeypatch, tiny_model_dir):
+    assert recipes_path(tmp_path, "a" * 32) != recipes_path(tmp_path, "b" * 32)
+    before = tokenizer_snapshot.snapshot_key(str(tiny_model_dir))
+    real = tokenizer_snapshot.code_identity
+    monkeypatch.setattr(tokenizer_snapshot, "code_identity", lambda obj: "edited" if obj is ChatRenderer else real(obj))
+    tokenizer_snapshot.tokenizer_code.cache_clear()
+    try:
+        assert tokenizer_snapshot.snapshot_key(str(tiny_model_dir)) != before  # new renderer code never reads the old recipes
+    finally:
+        tokenizer_snapshot.tokenizer_code.cache_clear()
 
 
 def test_guard_values_round_trip_exactly():

@@ -54,11 +54,12 @@ def model_copy(tiny_model_dir, tmp_path_factory):
 
 def test_the_snapshot_tokenizes_every_row_as_autotokenizer_does(tiny_model_dir, tmp_path):
     store = Store(tmp_path / "store")
-    first = load_chat_tokenizer(str(tiny_model_dir), store)
-    assert not isinstance(first, SnapshotTokenizer)  # the first load is AutoTokenizer's, and leaves a snapshot
     tokenizer_snapshot._loaded.clear()
-    snap = load_chat_tokenizer(str(tiny_model_dir), store)
-    assert isinstance(snap, SnapshotTokenizer)
+    first = load_chat_tokenizer(str(tiny_model_dir), store)  # taken from AutoTokenizer's, and stored
+    assert isinstance(first, SnapshotTokenizer) and store.memo_get(snapshot_key(str(tiny_model_dir))) is not None
+    tokenizer_snapshot._loaded.clear()
+    snap = load_chat_tokenizer(str(tiny_model_dir), store)  # read from the store
+    assert isinstance(snap, SnapshotTokenizer) and snap is not first
     auto = load_tokenizer(str(tiny_model_dir))
     for seed in range(3):
         rows = random_rows(120, seed)
@@ -95,7 +96,7 @@ def test_an_edited_chat_template_is_never_served_from_the_old_snapshot(model_cop
     (model_copy / "tokenizer_config.json").write_text(json.dumps(config))
     assert snapshot_key(str(model_copy)) != before
     tokenizer_snapshot._loaded.clear()
-    for _ in range(2):  # AutoTokenizer's load, then the new snapshot
+    for _ in range(2):  # a new snapshot taken, then read
         tok = load_chat_tokenizer(str(model_copy), store)
         text = tok.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], tokenize=False)
         assert text == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
@@ -119,16 +120,19 @@ def test_a_collected_snapshot_is_captured_again(tiny_model_dir, tmp_path):
     memo = store.memo_get(snapshot_key(str(tiny_model_dir)))
     store.object_path(memo["blob"]).unlink()
     tokenizer_snapshot._loaded.clear()
-    assert not isinstance(load_chat_tokenizer(str(tiny_model_dir), store), SnapshotTokenizer)
-    tokenizer_snapshot._loaded.clear()
     assert isinstance(load_chat_tokenizer(str(tiny_model_dir), store), SnapshotTokenizer)
+    assert store.has_object(store.memo_get(snapshot_key(str(tiny_model_dir)))["blob"])  # taken again
 
 
-def test_a_tokenizer_the_snapshot_cannot_reproduce_gets_none(tiny_model_dir, monkeypatch):
+def test_a_tokenizer_the_snapshot_cannot_reproduce_is_loaded_whole(tiny_model_dir, tmp_path, monkeypatch):
     auto = load_tokenizer(str(tiny_model_dir))
-    assert tokenizer_snapshot.capture(auto) is not None
+    assert tokenizer_snapshot.rebuild(tokenizer_snapshot.capture(auto)) is not None
     monkeypatch.setattr(SnapshotTokenizer, "apply_chat_template", lambda self, conversation, **kw: "something else")
-    assert tokenizer_snapshot.capture(auto) is None
+    assert tokenizer_snapshot.rebuild(tokenizer_snapshot.capture(auto)) is None
+    tokenizer_snapshot._loaded.clear()
+    store = Store(tmp_path / "store")
+    assert load_chat_tokenizer(str(tiny_model_dir), store) is auto  # AutoTokenizer's own, and no snapshot stored
+    assert store.memo_get(snapshot_key(str(tiny_model_dir))) is None
 
 
 def test_a_snapshot_load_imports_neither_torch_nor_autotokenizer(tiny_model_dir, tmp_path):

@@ -60,6 +60,11 @@ def load_tokenizer(model_dir: str):
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(model_dir: str, stamp: tuple):
+    return load_tokenizer_uncached(model_dir)
+
+
+def load_tokenizer_uncached(model_dir: str):
+    """AutoTokenizer's tokenizer of `model_dir`, loaded afresh (`load_tokenizer` keeps it)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -7,8 +7,8 @@ beside the stat cache, and the next process renders the rows those recipes hold 
 transformers or jinja (any other row still renders, and learns, as before).
 
 A recipe is only as good as what made it, so the file is named by the tokenizer snapshot's key
-(the tokenizer files' bytes, chat template included, and the transformers, tokenizers and jinja2
-versions: `tokenizer_snapshot`) and the code identity of the renderer, and carries the digest of
+(the tokenizer files' bytes, chat template included, the transformers, tokenizers and jinja2
+versions, and the code of the snapshot and of the renderer: `tokenizer_snapshot`), and carries the digest of
 its content: a file from another template, library or renderer is never read, and a damaged
 one is ignored. Recipes only ever save time; a missing file means learning again.
 """
@@ -21,14 +21,13 @@ from pathlib import Path
 from evsys_build.atomic import write_atomic
 from evsys_build.hashing import digest
 
-from ..plugins.code_identity import code_identity
-from .chat_render import _SAME, MAX_RECIPES_PER_SHAPE, MAX_SHAPES, ChatRenderer, _Recipe, chat_renderer
+from .chat_render import _SAME, MAX_RECIPES_PER_SHAPE, MAX_SHAPES, _Recipe, chat_renderer
 
 
 def recipes_path(local_dir: Path, snapshot_key: str) -> Path:
-    """Where the recipes of one tokenizer snapshot and this renderer's code are kept."""
-    name = digest({"snapshot": snapshot_key, "renderer": code_identity(ChatRenderer), "format": code_identity(_encode)})
-    return Path(local_dir) / "recipes" / f"{name}.json"
+    """Where the recipes of one tokenizer snapshot are kept (its key covers the renderer's code:
+    `tokenizer_snapshot.tokenizer_code`)."""
+    return Path(local_dir) / "recipes" / f"{snapshot_key}.json"
 
 
 def seed_recipes(tok, path: Path) -> None:

@@ -20,6 +20,7 @@ load uses AutoTokenizer.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import threading
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import xxhash
 
-from evsys_build.errors import CorruptObject
 from evsys_build.hashing import digest
 
 from ..ml_stack import preload_chat_templates
@@ -60,10 +60,10 @@ class SnapshotTokenizer:
     """A tokenizer rebuilt from a snapshot: the fast pipeline, the chat template and the special
     tokens, with the attributes and methods the chat pipeline uses, named as transformers names them."""
 
-    def __init__(self, snapshot: dict):
+    def __init__(self, snapshot: dict, backend: str):
         from tokenizers import Tokenizer
 
-        self.backend_tokenizer = Tokenizer.from_str(snapshot["backend"])
+        self.backend_tokenizer = Tokenizer.from_str(backend)
         self.chat_template = snapshot["chat_template"]
         self.eos_token = snapshot["eos_token"]
         self.eos_token_id = snapshot["eos_token_id"]
@@ -92,48 +92,47 @@ class SnapshotTokenizer:
         return _tokenizer_base().apply_chat_template(self, conversation, **kwargs)
 
 
-def load_chat_tokenizer(model_dir: str, store):
+def load_chat_tokenizer(model_dir: str, store, code: str | None = None):
     """The model's tokenizer for tokenizing rows: from its snapshot in `store` when there is
-    one (no torch, no AutoTokenizer), else AutoTokenizer's, whose snapshot is then stored. Its
-    renderer starts with the recipes earlier processes saved (`saved_recipes`)."""
+    one (no torch, no AutoTokenizer); else a snapshot of AutoTokenizer's is taken, stored and
+    used; AutoTokenizer's own only for a tokenizer a snapshot cannot reproduce. Its
+    renderer starts with the recipes earlier processes saved (`saved_recipes`). `code` is
+    `tokenizer_code()`, when the caller has it (a node computes it while compiling)."""
     from .chat_tokens import load_tokenizer
 
-    key = snapshot_key(model_dir)
-    tok = _snapshot_tokenizer(store, key)
-    if tok is None:
-        from ..ml_stack import preload_tokenizers
-
-        preload_tokenizers()
-        tok = load_tokenizer(model_dir)
-        snapshot = capture(tok)
-        if snapshot is not None:
-            store.memo_put(key, {"blob": store.put_bytes(json.dumps(snapshot, sort_keys=True).encode())})
+    key = snapshot_key(model_dir, code)
+    tok = _snapshot_tokenizer(store, key) or _capture_snapshot(model_dir, store, key) or load_tokenizer(model_dir)
     seed_recipes(tok, recipes_path(store.local_dir, key))
     return tok
 
 
-def save_chat_recipes(tok, model_dir: str, store) -> None:
+def save_chat_recipes(tok, model_dir: str, store, code: str | None = None) -> None:
     """Keep the recipes `tok`'s renderer learned for the next process (`saved_recipes`)."""
-    save_recipes(tok, recipes_path(store.local_dir, snapshot_key(model_dir)))
+    save_recipes(tok, recipes_path(store.local_dir, snapshot_key(model_dir, code)))
 
 
-def snapshot_key(model_dir: str) -> str:
+@functools.lru_cache(maxsize=1)
+def tokenizer_code() -> str:
+    """The code a snapshot and its saved recipes are made and read by: a change to any of it
+    takes a new snapshot and learns recipes anew."""
+    from . import saved_recipes
+    from .chat_render import ChatRenderer
+
+    return digest([code_identity(obj) for obj in (SnapshotTokenizer, capture, ChatRenderer, saved_recipes.save_recipes, saved_recipes._read)])
+
+
+def snapshot_key(model_dir: str, code: str | None = None) -> str:
     """The memo key of a model folder's snapshot (cached while the files' stats are unchanged)."""
     files = tokenizer_files(Path(model_dir))
     stamp = tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()])
-    return _snapshot_key(str(model_dir), stamp)
+    return _snapshot_key(str(model_dir), stamp, code or tokenizer_code())
 
 
 @functools.lru_cache(maxsize=8)
-def _snapshot_key(model_dir: str, stamp: tuple) -> str:
+def _snapshot_key(model_dir: str, stamp: tuple, code: str) -> str:
     root = Path(model_dir)
     files = {f.relative_to(root).as_posix(): xxhash.xxh3_128_hexdigest(f.read_bytes()) for f in tokenizer_files(root)}
-    return digest({
-        "tokenizer_snapshot": code_identity(SnapshotTokenizer),
-        "capture": code_identity(capture),
-        "files": files,
-        "libraries": library_versions(*SNAPSHOT_LIBRARIES),
-    })
+    return digest({"code": code, "files": files, "libraries": library_versions(*SNAPSHOT_LIBRARIES)})
 
 
 def _snapshot_tokenizer(store, key: str) -> SnapshotTokenizer | None:
@@ -144,25 +143,55 @@ def _snapshot_tokenizer(store, key: str) -> SnapshotTokenizer | None:
         if found is None:
             return None
         try:
-            snapshot = json.loads(store.get_bytes(found["blob"]))
-        except (CorruptObject, KeyError, TypeError, ValueError):  # collected or damaged: capture it again
+            backend = store.get_bytes(found["blob"]).decode()
+            tok = SnapshotTokenizer(found["snapshot"], backend)
+        except Exception:  # collected, damaged or unreadable: capture it again
             store.delete_memo(key)
             return None
-        tok = _loaded[key] = SnapshotTokenizer(snapshot)
+        _loaded[key] = tok
         return tok
 
 
 _loaded: dict[str, SnapshotTokenizer] = {}
 
 
+def _capture_snapshot(model_dir: str, store, key: str) -> SnapshotTokenizer | None:
+    """Load AutoTokenizer's tokenizer, store its snapshot and return the snapshot tokenizer
+    (None when it cannot have one). AutoTokenizer's is let go before the snapshot one is built,
+    so the process never holds two (about 100 MB each for Qwen3's)."""
+    from ..ml_stack import preload_tokenizers
+    from .chat_tokens import load_tokenizer_uncached
+
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        preload_tokenizers()
+        captured = capture(load_tokenizer_uncached(model_dir))
+        gc.collect()  # AutoTokenizer's tokenizer holds reference cycles
+        tok = rebuild(captured) if captured is not None else None
+        if tok is None:
+            return None
+        store.memo_put(key, {"blob": store.put_bytes(captured["backend"].encode()), "snapshot": captured["snapshot"]})
+        _loaded[key] = tok
+        return tok
+
+
 def capture(tok) -> dict | None:
-    """The snapshot of an AutoTokenizer tokenizer, or None when a rebuilt one would not match it."""
+    """What a snapshot holds of an AutoTokenizer tokenizer ("snapshot": the plain attributes,
+    "backend": the serialized pipeline), and its renders of the probes; None when it has no fast
+    pipeline or no chat template. `rebuild` checks a snapshot tokenizer against them."""
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None or not getattr(tok, "chat_template", None):
         return None
+    renders = []
+    for i, probe in enumerate(PROBES):
+        for prompt in (False, True):
+            try:
+                renders.append([i, prompt, tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=prompt, enable_thinking=False)])
+            except Exception:  # a template that refuses this probe (no system role, ...)
+                continue
     snapshot = {
         "class": type(tok).__name__,
-        "backend": backend.to_str(),
         "chat_template": tok.chat_template,
         "special_tokens_map": dict(tok.special_tokens_map),
         "eos_token": tok.eos_token,
@@ -172,27 +201,24 @@ def capture(tok) -> dict | None:
         "added_tokens": [[i, t.content, bool(t.special)] for i, t in sorted(tok.added_tokens_decoder.items())],
         "length": len(tok),
     }
+    return {"snapshot": snapshot, "backend": backend.to_str(), "renders": renders}
+
+
+def rebuild(captured: dict) -> SnapshotTokenizer | None:
+    """The snapshot tokenizer of `capture`'s result, or None when it would not be the same
+    tokenizer: its pipeline serializes otherwise, or it renders a probe otherwise."""
+    if not captured["renders"]:
+        return None
     try:
-        rebuilt = SnapshotTokenizer(json.loads(json.dumps(snapshot)))
-        if rebuilt.backend_tokenizer.to_str() != snapshot["backend"]:
+        rebuilt = SnapshotTokenizer(json.loads(json.dumps(captured["snapshot"])), captured["backend"])
+        if rebuilt.backend_tokenizer.to_str() != captured["backend"]:
             return None
+        for i, prompt, theirs in captured["renders"]:
+            if rebuilt.apply_chat_template(PROBES[i], tokenize=False, add_generation_prompt=prompt, enable_thinking=False) != theirs:
+                return None
     except Exception:  # anything this tokenizer does that a snapshot cannot: always load it whole
         return None
-    compared = 0
-    for probe in PROBES:
-        for prompt in (False, True):
-            try:
-                theirs = tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=prompt, enable_thinking=False)
-            except Exception:  # a template that refuses this probe (no system role, ...)
-                continue
-            try:
-                ours = rebuilt.apply_chat_template(probe, tokenize=False, add_generation_prompt=prompt, enable_thinking=False)
-            except Exception:
-                return None
-            if ours != theirs:
-                return None
-            compared += 1
-    return snapshot if compared else None
+    return rebuilt
 
 
 def _tokenizer_base():

@@ -93,7 +93,8 @@ def parse_raw_chunk(store: Store, file: Path, data: bytes, first_line: int) -> d
 def raw_chunks(file: Path, record: "ScanRecord") -> Iterator[tuple[bytes, int, dict | None, bool]]:
     """(bytes, first line number, the row chunk when `record` knows these bytes else None,
     whether a boundary closed it: False for the file's tail) of each content-defined chunk of a
-    JSONL file, a block at a time: memory holds a block, not the file."""
+    JSONL file, a block at a time: memory holds a block, not the file. A chunk the record knows
+    comes with no bytes (b"")."""
     carry, line = b"", 1  # `carry` always starts at a chunk boundary, on line `line`
     with open(file, "rb") as f:
         while True:
@@ -101,9 +102,9 @@ def raw_chunks(file: Path, record: "ScanRecord") -> Iterator[tuple[bytes, int, d
             data = carry + block
             final = not block
             complete = len(data) if final else data.rfind(b"\n") + 1  # a block ends mid-line: carry the rest
-            start = 0
+            start, view = 0, memoryview(data)
             while start < complete:
-                known = record.take(data, start, complete)
+                known = record.take(data, view, start, complete)
                 if known is not None:
                     end, chunk = known
                 else:
@@ -111,7 +112,7 @@ def raw_chunks(file: Path, record: "ScanRecord") -> Iterator[tuple[bytes, int, d
                     if found is None:
                         break
                     end, chunk = found[0], None
-                yield data[start:end], line, chunk, True
+                yield (data[start:end] if chunk is None else b""), line, chunk, True
                 line += data.count(b"\n", start, end)
                 start = end
             if final:
@@ -147,8 +148,9 @@ class ScanRecord:
             chunks = []
         return cls(path, stage, chunks)
 
-    def take(self, data: bytes, start: int, stop: int) -> tuple[int, dict] | None:
-        """(end, row chunk) of a recorded chunk whose bytes begin at `start` (a boundary) within data[:stop]."""
+    def take(self, data: bytes, view: memoryview, start: int, stop: int) -> tuple[int, dict] | None:
+        """(end, row chunk) of a recorded chunk whose bytes begin at `start` (a boundary) within
+        data[:stop] (`view` is memoryview(data): hashed without copying)."""
         if not self.chunks:
             return None
         head = xxhash.xxh3_64_intdigest(data[start:start + HEAD_BYTES])
@@ -156,7 +158,7 @@ class ScanRecord:
         for i in [*tried, *self.by_head.get(head, ())[:NEXT_TRIED]]:
             length, raw, recorded_head, chunk = self.chunks[i]
             end = start + length
-            if recorded_head == head and end <= stop and xxhash.xxh3_128_hexdigest(data[start:end]) == raw:
+            if recorded_head == head and end <= stop and xxhash.xxh3_128_hexdigest(view[start:end]) == raw:
                 self.next = i + 1
                 self.after.append(self.chunks[i])
                 return end, chunk

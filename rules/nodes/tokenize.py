@@ -19,7 +19,7 @@ from evsys_build.store import Store
 from ..config.loading import Arm
 from ..data.chat_tokens import tokenize_rows
 from ..data.token_chunks import write_token_chunk
-from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes
+from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code
 from ..ml_stack import preload_chat_templates
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
@@ -48,12 +48,13 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
         arm=arm.name,
         param_paths={k: f"algorithm.params.{k}" for k in SHAPING_PARAMS},
         param_labels={"tokenizer": "tokenizer or chat template changed", "libraries": "tokenizer library versions changed"},
-        payload={"model_dir": model.dir},
+        payload={"model_dir": model.dir, "tokenizer_code": tokenizer_code()},
     )
 
 
 def run_tokenize(ctx: RunContext) -> dict:
     model_dir = str(ctx.node.payload["model_dir"])
+    code = ctx.node.payload["tokenizer_code"]
     p = ctx.node.params
     shaping = (p["supervise"], p["max_length"], p["truncation"])
     store = ctx.store
@@ -64,7 +65,7 @@ def run_tokenize(ctx: RunContext) -> dict:
         """Loaded on the first chunk that misses: a rebuild that reruns none pays nothing for it."""
         with loading:
             if not loaded:
-                loaded.append(load_chat_tokenizer(model_dir, store))
+                loaded.append(load_chat_tokenizer(model_dir, store, code))
         return loaded[0]
 
     dataset = RowDataset.of(ctx.inputs["rows"])
@@ -72,7 +73,7 @@ def run_tokenize(ctx: RunContext) -> dict:
     address = store_address(store)
     workers = ChunkWorkers(
         task=tokenize_chunk_in_worker,
-        args_of=lambda chunk: (address, model_dir, shaping, chunk, starts[chunk["blob"]]),
+        args_of=lambda chunk: (address, model_dir, code, shaping, chunk, starts[chunk["blob"]]),
         start=start_tokenize_worker,
     )
     try:
@@ -88,7 +89,7 @@ def run_tokenize(ctx: RunContext) -> dict:
         located = row_location(store, ctx.node.inputs[0][1], int(row.group(1)))
         raise ConfigError(f"{located}: tokenize: {exc.message[row.end():]}") from None
     if loaded:
-        save_chat_recipes(loaded[0], model_dir, store)
+        save_chat_recipes(loaded[0], model_dir, store, code)
     files = tokenizer_files(Path(model_dir))
     kept = [f for f in files if f.name not in ("vocab.json", "merges.txt")] if any(f.name == "tokenizer.json" for f in files) else files
     tokens = TokenDataset([c for c in chunks if c["rows"]], {f.relative_to(model_dir).as_posix(): store.put_bytes(f.read_bytes()) for f in kept})
@@ -112,7 +113,7 @@ def start_tokenize_worker() -> None:
     preload_chat_templates()
 
 
-def tokenize_chunk_in_worker(address: tuple, model_dir: str, shaping: tuple, chunk: dict, start: int) -> dict:
+def tokenize_chunk_in_worker(address: tuple, model_dir: str, code: str, shaping: tuple, chunk: dict, start: int) -> dict:
     """`tokenize_chunk` in a worker process: the store and tokenizer opened once per process."""
     store = worker_store(address)
-    return tokenize_chunk(store, load_chat_tokenizer(model_dir, store), chunk, start, shaping)
+    return tokenize_chunk(store, load_chat_tokenizer(model_dir, store, code), chunk, start, shaping)
