@@ -240,6 +240,9 @@ def jsonl_location(path: Path, index: int) -> tuple[str | None, int]:
     return None, seen + 1
 
 
+_decode_json = json.JSONDecoder().decode  # what json.loads(str) calls
+
+
 def read_jsonl(path: Path, first_line: int = 1, data: bytes | None = None):
     """Yield the rows of a JSONL file (or of `data`, its lines numbered from `first_line`);
     a bad line is a ConfigError naming file:line."""
@@ -249,9 +252,12 @@ def read_jsonl(path: Path, first_line: int = 1, data: bytes | None = None):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); fix or remove the line") from None
+                row = _decode_json(line.decode("utf-8"))  # json.loads without its per-call encoding detection
+            except (ValueError, UnicodeDecodeError):  # json.loads itself: its encodings (a BOM, UTF-16) and its message
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); fix or remove the line") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
             yield row
