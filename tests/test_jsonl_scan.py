@@ -157,3 +157,40 @@ def test_small_blocks_give_the_same_chunks(base, tmp_path, monkeypatch):
     assert fresh(tmp_path, file) == whole
     found, stats = chunk_list(store, file)
     assert found == whole and stats["chunks_recognized"] >= len(whole) - 2
+
+
+def test_chunks_parsed_in_workers_are_those_parsed_here(tmp_path, monkeypatch):
+    rows = [{"query": f"request {i}", "slug": f"T{i % 7}"} for i in range(20_000)]
+    file = tmp_path / "train.jsonl"
+    rows_file(file, rows)
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "0")
+    here = fresh(tmp_path, file)
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "1")
+    monkeypatch.setattr(jsonl_scan, "WORKER_MIN_CHUNKS", 4)
+    store = Store(tmp_path / "workers")
+    there, stats = chunk_list(store, file)
+    assert there == here and stats["chunks_parsed"] == len(here)
+    assert list(iter_rows(store, {"chunks": there})) == rows
+
+
+def test_a_bad_line_parsed_in_a_worker_is_named_by_file_and_line(tmp_path, monkeypatch):
+    from evsys_build.errors import ConfigError
+
+    lines = [json.dumps({"query": f"request {i}"}) for i in range(20_000)]
+    lines[15_000] = '{"query": "unterminated'
+    file = tmp_path / "train.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "1")
+    monkeypatch.setattr(jsonl_scan, "WORKER_MIN_CHUNKS", 4)
+    with pytest.raises(ConfigError, match=rf"{file}:15001: invalid JSON"):
+        chunk_list(Store(tmp_path / "store"), file)
+
+
+def test_a_file_that_changes_between_scan_and_parse_is_an_error(tmp_path):
+    from evsys_build.errors import ConfigError
+
+    file = tmp_path / "train.jsonl"
+    rows_file(file, [{"q": i} for i in range(10)])
+    item = {"offset": 0, "length": file.stat().st_size, "line": 1, "raw": "0" * 32}
+    with pytest.raises(ConfigError, match="changed while it was being read"):
+        jsonl_scan.parse_range(Store(tmp_path / "store"), file, item)

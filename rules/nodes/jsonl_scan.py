@@ -27,7 +27,9 @@ from typing import Iterator
 import xxhash
 
 from evsys_build.atomic import write_atomic
+from evsys_build.chunk_workers import ChunkWorkers, compute_with_workers, store_address, worker_count, worker_store
 from evsys_build.chunks import first_raw_chunk, write_row_chunk
+from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.hashing import digest
 from evsys_build.store import Store
@@ -38,6 +40,7 @@ from ..plugins.code_identity import code_identity
 BLOCK_BYTES = 32 << 20  # a file is read this much at a time
 HEAD_BYTES = 256  # a recorded chunk is looked up by the hash of its first bytes
 NEXT_TRIED = 3  # recorded chunks after the last one taken, tried before the lookup by head
+WORKER_MIN_CHUNKS = 128  # chunks to parse before worker processes are worth starting
 
 
 def jsonl_chunks(ctx: RunContext, files: list[Path]) -> tuple[list[dict], dict]:
@@ -61,9 +64,14 @@ def jsonl_chunks(ctx: RunContext, files: list[Path]) -> tuple[list[dict], dict]:
 
 
 def _file_chunks(ctx: RunContext, file: Path, stage: str, record: "ScanRecord") -> tuple[list[dict], list[str], list[dict]]:
-    """(row chunks, how each scanned chunk was had, the chunks taken from the record)."""
-    chunks, seen, taken = [], [], []
-    for data, first_line, known, closed in raw_chunks(file, record):
+    """(row chunks, how each scanned chunk was had, the chunks taken from the record).
+
+    First a scan (holding offsets, never the bytes), then the chunks to parse are parsed, in
+    worker processes too when there are many (`evsys_build.chunk_workers`), each re-read from the
+    file and checked against the hash the scan took."""
+    chunks: list[dict | None] = []
+    seen, taken, todo = [], [], []
+    for offset, data, first_line, known, closed in raw_chunks(file, record):
         if known is not None:
             chunks.append(known)
             taken.append(known)
@@ -71,18 +79,47 @@ def _file_chunks(ctx: RunContext, file: Path, stage: str, record: "ScanRecord") 
         raw = xxhash.xxh3_128_hexdigest(data)
         memo_key = digest({"stage": stage, "raw": raw})
         hit = ctx.store.memo_get(memo_key)
+        slot = record.scanned(data, raw) if closed else None
         if hit is not None and not ctx.store.missing_objects([hit["chunk"]["blob"]]):
-            chunk = hit["chunk"]
+            chunks.append(hit["chunk"])
+            record.fill(slot, hit["chunk"])
             seen.append("chunks_cached")
         else:
-            ctx.check_stop()
-            chunk = parse_raw_chunk(ctx.store, file, data, first_line)
-            ctx.store.memo_put(memo_key, {"chunk": chunk})
+            todo.append({"index": len(chunks), "offset": offset, "length": len(data), "line": first_line, "raw": raw, "memo": memo_key, "slot": slot})
+            chunks.append(None)
             seen.append("chunks_parsed")
-        if closed:
-            record.scanned(data, raw, chunk)
-        chunks.append(chunk)
+
+    def record_parsed(i: int, chunk: dict) -> None:
+        item = todo[i]
+        ctx.store.memo_put(item["memo"], {"chunk": chunk})
+        chunks[item["index"]] = chunk
+        record.fill(item["slot"], chunk)
+
+    address = store_address(ctx.store)
+    workers = ChunkWorkers(task=parse_range_in_worker, args_of=lambda item: (address, str(file), item), min_chunks=WORKER_MIN_CHUNKS)
+    compute = lambda item: parse_range(ctx.store, file, item)  # noqa: E731
+    if worker_count() and len(todo) >= workers.min_chunks:
+        compute_with_workers(workers, worker_count(), todo, list(range(len(todo))), compute, record_parsed, ctx.check_stop)
+    else:
+        for i, item in enumerate(todo):
+            ctx.check_stop()
+            record_parsed(i, compute(item))
     return chunks, seen, taken
+
+
+def parse_range(store: Store, file: Path, item: dict) -> dict:
+    """Parse the raw chunk the scan found at item["offset"], re-read from the file: a file that
+    changed since is an error, never a chunk of other bytes."""
+    with open(file, "rb") as f:
+        data = os.pread(f.fileno(), item["length"], item["offset"])
+    if xxhash.xxh3_128_hexdigest(data) != item["raw"]:
+        raise ConfigError(f"{file}: the file changed while it was being read; build again")
+    return parse_raw_chunk(store, file, data, item["line"])
+
+
+def parse_range_in_worker(address: tuple, file: str, item: dict) -> dict:
+    """`parse_range` in a worker process (a failure is parsed again by the build, which names the line)."""
+    return parse_range(worker_store(address), Path(file), item)
 
 
 def parse_raw_chunk(store: Store, file: Path, data: bytes, first_line: int) -> dict:
@@ -90,12 +127,12 @@ def parse_raw_chunk(store: Store, file: Path, data: bytes, first_line: int) -> d
     return write_row_chunk(store, list(read_jsonl(file, first_line, data)))
 
 
-def raw_chunks(file: Path, record: "ScanRecord") -> Iterator[tuple[bytes, int, dict | None, bool]]:
-    """(bytes, first line number, the row chunk when `record` knows these bytes else None,
+def raw_chunks(file: Path, record: "ScanRecord") -> Iterator[tuple[int, bytes, int, dict | None, bool]]:
+    """(offset in the file, bytes, first line number, the row chunk when `record` knows these bytes else None,
     whether a boundary closed it: False for the file's tail) of each content-defined chunk of a
     JSONL file, a block at a time: memory holds a block, not the file. A chunk the record knows
     comes with no bytes (b"")."""
-    carry, line = b"", 1  # `carry` always starts at a chunk boundary, on line `line`
+    carry, line, base = b"", 1, 0  # `carry` always starts at a chunk boundary, on line `line`, at file offset `base`
     with open(file, "rb") as f:
         while True:
             block = f.read(BLOCK_BYTES)
@@ -112,14 +149,15 @@ def raw_chunks(file: Path, record: "ScanRecord") -> Iterator[tuple[bytes, int, d
                     if found is None:
                         break
                     end, chunk = found[0], None
-                yield (data[start:end] if chunk is None else b""), line, chunk, True
+                yield base + start, (data[start:end] if chunk is None else b""), line, chunk, True
                 line += data.count(b"\n", start, end)
                 start = end
             if final:
                 if start < len(data) and data[start:].translate(None, b" \t\r\n\f\v"):  # the tail: rows no boundary closed
-                    yield data[start:], line, None, False
+                    yield base + start, data[start:], line, None, False
                 return
             carry = data[start:]
+            base += start
 
 
 class ScanRecord:
@@ -164,15 +202,23 @@ class ScanRecord:
                 return end, chunk
         return None
 
-    def scanned(self, data: bytes, raw: str, chunk: dict) -> None:
-        """Record a chunk a boundary closed, found line by line. One whose last line has no newline
-        is not kept: where more text follows it, that line is another line."""
-        if data.endswith(b"\n"):
-            self.after.append([len(data), raw, xxhash.xxh3_64_intdigest(data[:HEAD_BYTES]), chunk])
+    def scanned(self, data: bytes, raw: str) -> int | None:
+        """Record a chunk a boundary closed, found line by line; its row chunk comes with `fill`,
+        at the slot returned. One whose last line has no newline is not kept (None): where more
+        text follows it, that line is another line."""
+        if not data.endswith(b"\n"):
+            return None
+        self.after.append([len(data), raw, xxhash.xxh3_64_intdigest(data[:HEAD_BYTES]), None])
+        return len(self.after) - 1
+
+    def fill(self, slot: int | None, chunk: dict) -> None:
+        if slot is not None:
+            self.after[slot][3] = chunk
 
     def save(self) -> None:
         """Keep what this scan found, for the next one."""
-        write_atomic(self.path, json.dumps({"stage": self.stage, "chunks": self.after}).encode(), self.path.parent.parent / "tmp")
+        chunks = [entry for entry in self.after if entry[3] is not None]
+        write_atomic(self.path, json.dumps({"stage": self.stage, "chunks": chunks}).encode(), self.path.parent.parent / "tmp")
 
 
 def _record_path(store: Store, file: Path) -> Path:
