@@ -53,9 +53,12 @@ SUPERVISE = ("all", "all_assistant", "last_assistant")
 def load_tokenizer(model_dir: str):
     """The model's own tokenizer, from its directory, offline; reloaded when its files change
     (an edited chat template must never be served from a process-wide cache)."""
-    files = tokenizer_files(Path(model_dir))
-    stamp = tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()])
-    return _load_tokenizer(str(model_dir), stamp)
+    return _load_tokenizer(str(model_dir), stat_stamp(tokenizer_files(Path(model_dir))))
+
+
+def stat_stamp(files: list[Path]) -> tuple:
+    """The files' stat identities: a process-wide cache keyed by it reloads when any file changes."""
+    return tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()])
 
 
 @functools.lru_cache(maxsize=8)

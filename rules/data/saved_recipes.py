@@ -37,10 +37,7 @@ def seed_recipes(tok, path: Path) -> None:
         return
     renderer.seeded.add(path)
     for key, recipes in _read(path):
-        kept = renderer.recipes.setdefault(key, [])
-        for recipe in recipes:
-            if len(kept) < MAX_RECIPES_PER_SHAPE and not any(_same(recipe, r) for r in kept):
-                kept.append(recipe)
+        _add(renderer.recipes.setdefault(key, []), recipes)
 
 
 def save_recipes(tok, path: Path) -> None:
@@ -52,10 +49,7 @@ def save_recipes(tok, path: Path) -> None:
     for key, recipes in renderer.recipes.items():
         if key not in merged and len(merged) >= MAX_SHAPES:
             continue
-        kept = merged.setdefault(key, [])
-        for recipe in recipes:
-            if len(kept) < MAX_RECIPES_PER_SHAPE and not any(_same(recipe, r) for r in kept):
-                kept.append(recipe)
+        _add(merged.setdefault(key, []), recipes)
     entries = []
     for key, recipes in merged.items():
         try:
@@ -76,8 +70,11 @@ def _read(path: Path) -> list[tuple[tuple, list[_Recipe]]]:
         return []
 
 
-def _same(a: _Recipe, b: _Recipe) -> bool:
-    return a.parts == b.parts and a.named_guards == b.named_guards
+def _add(kept: list[_Recipe], recipes: list[_Recipe]) -> None:
+    """Append the recipes `kept` does not hold yet, up to the renderer's limit per shape."""
+    for recipe in recipes:
+        if len(kept) < MAX_RECIPES_PER_SHAPE and not any(a.parts == recipe.parts and a.named_guards == recipe.named_guards for a in kept):
+            kept.append(recipe)
 
 
 def _encode(value):

@@ -33,6 +33,7 @@ from evsys_build.hashing import digest
 from ..ml_stack import preload_chat_templates
 from ..models.resolve import tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
+from .chat_tokens import load_tokenizer, load_tokenizer_uncached, stat_stamp
 from .saved_recipes import recipes_path, save_recipes, seed_recipes
 
 SNAPSHOT_LIBRARIES = ("transformers", "tokenizers", "jinja2")
@@ -98,8 +99,6 @@ def load_chat_tokenizer(model_dir: str, store, code: str | None = None):
     used; AutoTokenizer's own only for a tokenizer a snapshot cannot reproduce. Its
     renderer starts with the recipes earlier processes saved (`saved_recipes`). `code` is
     `tokenizer_code()`, when the caller has it (a node computes it while compiling)."""
-    from .chat_tokens import load_tokenizer
-
     key = snapshot_key(model_dir, code)
     tok = _snapshot_tokenizer(store, key) or _capture_snapshot(model_dir, store, key) or load_tokenizer(model_dir)
     seed_recipes(tok, recipes_path(store.local_dir, key))
@@ -123,9 +122,7 @@ def tokenizer_code() -> str:
 
 def snapshot_key(model_dir: str, code: str | None = None) -> str:
     """The memo key of a model folder's snapshot (cached while the files' stats are unchanged)."""
-    files = tokenizer_files(Path(model_dir))
-    stamp = tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()])
-    return _snapshot_key(str(model_dir), stamp, code or tokenizer_code())
+    return _snapshot_key(str(model_dir), stat_stamp(tokenizer_files(Path(model_dir))), code or tokenizer_code())
 
 
 @functools.lru_cache(maxsize=8)
@@ -160,7 +157,6 @@ def _capture_snapshot(model_dir: str, store, key: str) -> SnapshotTokenizer | No
     (None when it cannot have one). AutoTokenizer's is let go before the snapshot one is built,
     so the process never holds two (about 100 MB each for Qwen3's)."""
     from ..ml_stack import preload_tokenizers
-    from .chat_tokens import load_tokenizer_uncached
 
     with _lock:
         if key in _loaded:
