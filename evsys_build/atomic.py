@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
 from .errors import StoreError
@@ -24,25 +24,26 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     _publish(path, data, tmp_dir, exclusive=False)
 
 
-def create_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> bool:
+def create_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, fsync: bool = True) -> bool:
     """Write `data` to `path` only if nothing is there yet, atomically: the staged file is
     hard-linked into place, and link(2) fails when the name exists (the local counterpart of S3's
-    `If-None-Match: *`). Returns False when `path` already existed."""
-    return _publish(path, data, tmp_dir, exclusive=True)
+    `If-None-Match: *`). Returns False when `path` already existed. Without `fsync` the bytes may
+    not survive a power failure (see `Bucket.create`'s `durable`)."""
+    return _publish(path, data, tmp_dir, exclusive=True, fsync=fsync)
 
 
-def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool) -> bool:
+def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool, fsync: bool = True) -> bool:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = tmp_dir or path.parent
         staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=staging, prefix=f"{STAGING_PREFIX}{os.getpid()}-")
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; stores are shared like any files
+        fd, tmp = _staging_file(staging)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         if not exclusive:
             os.replace(tmp, path)
             return True
@@ -67,6 +68,20 @@ def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool) -> 
         _remove(tmp if tmp and os.path.exists(tmp) else None)
 
 
+def _staging_file(staging: Path) -> tuple[int, str]:
+    """A new file in `staging`, named `.evsys-<pid>-<n>` (n counts this process's writes), open
+    for writing; created with mode 0666 less the umask, as stores are shared like any files."""
+    while True:
+        name = os.path.join(staging, f"{STAGING_PREFIX}{os.getpid()}-{next(_staged)}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), name
+        except FileExistsError:  # left by an earlier process with this pid: take the next number
+            continue
+
+
+_staged = itertools.count()  # next() on a count is atomic: threads never share a name
+
+
 def staging_owner_alive(name: str) -> bool:
     """Whether the process that created staging file `name` (`.evsys-<pid>-...`) still runs."""
     try:
@@ -87,12 +102,3 @@ def _remove(tmp: str | None) -> None:
     if tmp:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once: os.umask is process-wide, so reading it per write races with other threads

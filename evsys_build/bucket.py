@@ -58,8 +58,11 @@ class Bucket(Protocol):
 
     def read_versioned(self, path: str) -> Versioned | None: ...
 
-    def create(self, path: str, data: bytes) -> bool:
-        """Write only if `path` does not exist; False when it did (S3 If-None-Match: *, GCS ifGenerationMatch=0)."""
+    def create(self, path: str, data: bytes, durable: bool = True) -> bool:
+        """Write only if `path` does not exist; False when it did (S3 If-None-Match: *, GCS ifGenerationMatch=0).
+        `durable=False` lets a local write skip fsync: a power failure (never a killed process) may
+        then lose it or leave it damaged, so it is only for entries every read checks against
+        their digest and that are cheap to compute again (data chunks and their memos)."""
 
     def replace(self, path: str, data: bytes, token: str | None) -> bool:
         """Compare-and-swap: write only if the current version's token is `token` (None: only if absent)."""
@@ -118,8 +121,8 @@ class LocalBucket:
             return None
         return Versioned(data, lambda: digest_bytes(data), modified, time.time())
 
-    def create(self, path: str, data: bytes) -> bool:
-        return create_atomic(self.root / path, data, self.tmp)
+    def create(self, path: str, data: bytes, durable: bool = True) -> bool:
+        return create_atomic(self.root / path, data, self.tmp, fsync=durable)
 
     def replace(self, path: str, data: bytes, token: str | None) -> bool:
         if token is None:

@@ -23,6 +23,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Callable
 from .errors import Interrupted
 
 WORKERS_ENV = "EVSYS_DATA_WORKERS"  # extra processes per row-local stage; 0 computes every chunk in the calling thread
-IN_FLIGHT = 2  # chunks handed to a worker at a time: one to compute, one waiting
+IN_FLIGHT = 4  # chunks handed to a worker at a time: one to compute, the rest waiting (it never idles for a late hand-off)
 READY = (True, "ready")  # a worker's first answer: started, so chunks handed to it will not wait for its imports
 
 
@@ -83,76 +84,163 @@ def compute_with_workers(
     stop_check: Callable[[], None] | None,
 ) -> None:
     """Compute chunks[i] for each i in `todo`, here and in `processes` workers; `record(i, result)`
-    runs in the calling thread as each finishes."""
-    pending = deque(sorted(todo))
-    failures: dict[int, BaseException] = {}
+    runs as each finishes, one call at a time (in this thread, or in the thread that feeds the
+    workers, so a worker is handed its next chunk while this thread is busy with one)."""
+    work = _Work(todo, record)
     procs = [_Worker(workers.start) for _ in range(processes)]
+    feeder = threading.Thread(target=_feed, args=(work, procs, workers, chunks), name="evsys-chunk-feeder", daemon=True)
+    feeder.start()
+    finished = False
+    try:
+        while (i := work.next_here(stop_check)) is not None:
+            try:
+                result = compute(chunks[i])
+            except (Interrupted, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - kept to raise in chunk order
+                work.fail(i, exc)
+            else:
+                work.finish(i, result)
+        finished = True
+    finally:
+        work.close()
+        feeder.join()
+        for proc in procs:
+            proc.close(kill=not finished or not proc.ready)  # one still starting would finish its imports first
+    work.raise_first()
+
+
+def call_in_worker(task: Callable, *args):
+    """`task(*args)` in a fresh worker process, its result returned or its exception raised here
+    (EOFError when the worker dies): for work whose imports would hold this process's GIL."""
+    proc = _Worker(None)
+    try:
+        proc.receive()  # READY
+        proc.submit(0, task, args)
+        ok, value = proc.receive()
+    finally:
+        proc.close()
+    if not ok:
+        raise value
+    return value
+
+
+class _Work:
+    """The chunks left to compute, shared by this thread (from the front) and the feeder (from the
+    back), and the results and failures so far."""
+
+    def __init__(self, todo: list[int], record: Callable[[int, dict], None]):
+        self.pending = deque(sorted(todo))
+        self.returned: deque[int] = deque()  # chunks a worker failed or lost: only this thread takes them
+        self.record = record
+        self.failures: dict[int, BaseException] = {}
+        self.crash: BaseException | None = None  # the feeder's own error (a memo that cannot be written)
+        self.feeding = True  # until the feeder has nothing in flight and nothing left to hand out
+        self.closed = False
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.recording = threading.Lock()
+
+    def next_here(self, stop_check: Callable[[], None] | None) -> int | None:
+        """The next chunk for this thread; waits while the workers hold the last ones (one that
+        comes back is computed here); None when all are done."""
+        while True:
+            if stop_check is not None:
+                stop_check()
+            with self.lock:
+                if self.crash is not None:
+                    raise self.crash
+                if self.returned or self.pending:
+                    return (self.returned or self.pending).popleft()
+                if not self.feeding:
+                    return None
+                self.changed.wait(timeout=0.5)
+
+    def next_there(self) -> int | None:
+        with self.lock:
+            return self.pending.pop() if self.pending and not self.closed else None
+
+    def give_back(self, chunks: list[int]) -> None:
+        """Chunks a worker failed or lost: computed here, first."""
+        with self.lock:
+            self.returned.extend(sorted(chunks))
+            self.changed.notify_all()
+
+    def finish(self, i: int, result: dict) -> None:
+        """Record a result, unless an earlier chunk already failed."""
+        with self.recording:
+            with self.lock:
+                if self.failures and i > min(self.failures):
+                    return
+            self.record(i, result)
+
+    def fail(self, i: int, exc: BaseException) -> None:
+        """Keep the failure; chunks after the first failing one need not run."""
+        with self.lock:
+            self.failures[i] = exc
+            first = min(self.failures)
+            for chunks in (self.pending, self.returned):
+                kept = [j for j in chunks if j < first]
+                chunks.clear()
+                chunks.extend(kept)
+
+    def stop_feeding(self, crash: BaseException | None = None) -> None:
+        with self.lock:
+            self.feeding = False
+            self.crash = self.crash or crash
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+    def raise_first(self) -> None:
+        if self.failures:
+            raise self.failures[min(self.failures)]
+
+
+def _feed(work: _Work, procs: list["_Worker"], workers: ChunkWorkers, chunks: list[dict]) -> None:
+    """The feeder thread: keeps each ready worker holding IN_FLIGHT chunks and records their
+    results, until no chunk is left to hand out and none is in flight, or the map is closed."""
     selector = selectors.DefaultSelector()
     for proc in procs:
         selector.register(proc.output, selectors.EVENT_READ, proc)
-    finished = False
     try:
-        while pending or any(p.in_flight for p in procs):  # workers still starting when the work is done are not waited for
+        while not work.closed:
             for proc in procs:
-                while proc.alive and proc.ready and pending and len(proc.in_flight) < IN_FLIGHT:
-                    i = pending.pop()
+                while proc.alive and proc.ready and len(proc.in_flight) < IN_FLIGHT and (i := work.next_there()) is not None:
                     try:
                         proc.submit(i, workers.task, workers.args_of(chunks[i]))
-                    except EOFError:  # the worker died: its chunks are computed here instead
-                        pending.append(i)
-                        _lost(proc, pending, selector)
-            for key, _ in selector.select(timeout=0 if pending else 0.5):
+                    except EOFError:  # the worker died: its chunks are computed by the caller instead
+                        work.give_back([i])
+                        _lost(proc, work, selector)
+            if not any(p.in_flight for p in procs) and (not work.pending or not any(p.alive for p in procs)):
+                break  # workers still starting when the work is done are not waited for
+            for key, _ in selector.select(timeout=0.1):
                 proc = key.data
                 try:
                     ok, value = proc.receive()
                 except EOFError:
-                    _lost(proc, pending, selector)
+                    _lost(proc, work, selector)
                     continue
                 if not proc.ready:
                     proc.ready = True  # its first answer
                     continue
                 i = proc.in_flight.popleft()
                 if ok:
-                    _finish(i, value, record, failures)
-                else:  # computed again here, so a failure carries the caller's context (which row, which file)
-                    pending.appendleft(i)
-            if stop_check is not None:
-                stop_check()
-            if pending:
-                i = pending.popleft()
-                try:
-                    _finish(i, compute(chunks[i]), record, failures)
-                except (Interrupted, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - kept to raise in chunk order
-                    _fail(i, exc, failures, pending)
-        finished = True
+                    work.finish(i, value)
+                else:  # computed again by the caller, so a failure carries its context (which row, which file)
+                    work.give_back([i])
+        work.stop_feeding()
+    except BaseException as exc:  # noqa: BLE001 - the caller raises it
+        work.stop_feeding(exc)
     finally:
         selector.close()
-        for proc in procs:
-            proc.close(kill=not finished or not proc.ready)  # one still starting would finish its imports first
-    if failures:
-        raise failures[min(failures)]
 
 
-def _finish(i: int, result: dict, record: Callable[[int, dict], None], failures: dict) -> None:
-    """Record a result, unless an earlier chunk already failed."""
-    if not failures or i < min(failures):
-        record(i, result)
-
-
-def _fail(i: int, exc: BaseException, failures: dict, pending: deque) -> None:
-    """Keep the failure; chunks after the first failing one need not run."""
-    failures[i] = exc
-    first = min(failures)
-    kept = [j for j in pending if j < first]
-    pending.clear()
-    pending.extend(kept)
-
-
-def _lost(proc: "_Worker", pending: deque, selector) -> None:
-    """A worker that died: the chunks it held go back to the calling thread."""
-    pending.extendleft(proc.in_flight)
+def _lost(proc: "_Worker", work: _Work, selector) -> None:
+    """A worker that died: the chunks it held go back to the caller."""
+    work.give_back(list(proc.in_flight))
     proc.in_flight.clear()
     selector.unregister(proc.output)
     proc.close(kill=True)

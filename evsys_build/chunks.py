@@ -98,7 +98,7 @@ class RowWriter:
 
     def _flush(self) -> None:
         data = b"".join(line + b"\n" for line in self.current)
-        self.chunks.append({"blob": self.store.put_bytes(data), "rows": len(self.current)})
+        self.chunks.append({"blob": self.store.put_bytes(data, durable=False), "rows": len(self.current)})
         self.current = []
 
 
@@ -114,7 +114,7 @@ def encode_row(row: dict) -> bytes:
 def write_row_chunk(store: Store, rows: list[dict]) -> dict:
     """Store one chunk of rows as JSONL; returns its descriptor."""
     data = b"".join(encode_row(r) + b"\n" for r in rows)
-    return {"blob": store.put_bytes(data), "rows": len(rows)}
+    return {"blob": store.put_bytes(data, durable=False), "rows": len(rows)}
 
 
 def read_row_chunk(store: Store, chunk: dict) -> list[dict]:
@@ -184,7 +184,7 @@ def map_chunks(
 
     def record(i: int, result: dict) -> None:
         nonlocal done
-        store.memo_put(memo_keys[i], {"chunk": result})
+        store.memo_put(memo_keys[i], {"chunk": result}, durable=False)
         results[i] = result
         done += 1
         if progress:

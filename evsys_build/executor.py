@@ -49,6 +49,7 @@ class Executor:
         self.completions: queue.Queue = queue.Queue()
         self.failure: BaseException | None = None
         self.heals: dict[str, int] = {}
+        self.warmed: set[str] = set()
         self.unplanned: dict[str, tuple[Node, dict]] = {}  # published nodes the graph does not hold (a checkpoint saved on interrupt)
         self.pool.open(graph, self.store, self._emit, self.stop)
         try:
@@ -90,7 +91,18 @@ class Executor:
                 continue
             self.running.add(node.id)
             inputs = {label: self.results[p.id] for label, p in node.inputs}
+            self._warm_after(node)
             self.pool.submit(node, inputs, self.completions.put)
+
+    def _warm_after(self, node: Node) -> None:
+        """`node` is about to run: start warming (`Node.warm`) the pending nodes that depend on it,
+        each once, in a background thread, when nodes run in this process."""
+        if not getattr(self.pool, "runs_here", False):
+            return
+        for other in self.pending.values():
+            if other.warm is not None and other.id not in self.warmed and _depends_on(other, node):
+                self.warmed.add(other.id)
+                threading.Thread(target=_warm, args=(other, self.store), name=f"evsys-warm-{other.name}", daemon=True).start()
 
     def _done(self, node: Node, manifest: dict, event: str, message: str = "") -> None:
         self.results[node.id] = manifest
@@ -146,3 +158,24 @@ class Executor:
         if event.kind == "published":
             self.completions.put(("published", event.node, event.manifest))
         self.on_event(event)
+
+
+def _depends_on(node: Node, ancestor: Node) -> bool:
+    """Whether `ancestor` is among the nodes `node` reads, directly or not."""
+    seen, stack = set(), [p for _, p in node.inputs]
+    while stack:
+        current = stack.pop()
+        if current.id == ancestor.id:
+            return True
+        if current.id not in seen:
+            seen.add(current.id)
+            stack.extend(p for _, p in current.inputs)
+    return False
+
+
+def _warm(node: Node, store: Store) -> None:
+    """A node's warm-up; a failure is left for its run to meet and report."""
+    try:
+        node.warm(store)
+    except Exception:  # noqa: BLE001 - the node's own run raises it, naming the node
+        pass

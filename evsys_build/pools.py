@@ -40,6 +40,7 @@ class InlinePool:
     """One node at a time in the scheduler's own thread: breakpoints and tracebacks where you expect them."""
 
     name = "inline"
+    runs_here = True  # nodes run in this process: warming one here helps it (`Node.warm`)
 
     def __init__(self):
         self.submitted = 0
@@ -60,6 +61,7 @@ class ThreadPool:
     """`jobs` nodes at once in threads of this process (the default executor)."""
 
     name = "threads"
+    runs_here = True
 
     def __init__(self, jobs: int = 2):
         self.jobs = max(1, jobs)

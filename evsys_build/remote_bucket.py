@@ -71,7 +71,7 @@ class RemoteBucket:
     def read_versioned(self, path: str) -> Versioned | None:
         return self.api.get(self.api.key(path))
 
-    def create(self, path: str, data: bytes) -> bool:
+    def create(self, path: str, data: bytes, durable: bool = True) -> bool:  # a completed PUT is durable
         return self.api.put(self.api.key(path), data, if_absent=True) is not None
 
     def replace(self, path: str, data: bytes, token: str | None) -> bool:

@@ -95,8 +95,10 @@ class Store:
         return str(self.bucket)
 
     # -- objects -------------------------------------------------------------------------------
-    def put_bytes(self, data: bytes) -> str:
-        """Store a blob (create-only); returns its xxh3_128 name. Storing twice is free."""
+    def put_bytes(self, data: bytes, durable: bool = True) -> str:
+        """Store a blob (create-only); returns its xxh3_128 name. Storing twice is free.
+        `durable=False`: a data chunk, checked on every read and cheap to compute again, may skip
+        fsync (`Bucket.create`)."""
         name = digest_bytes(data)
         path = _object_path(name)
         # a remote bucket checks first only for large blobs (a request saved per small one)
@@ -105,7 +107,7 @@ class Store:
             return name
         if size is not None:  # a truncated leftover under this name: move it aside, then write
             self._quarantine(path, None, "its size does not match its name")
-        self.bucket.create(path, data)  # False: a concurrent writer stored the same bytes first
+        self.bucket.create(path, data, durable)  # False: a concurrent writer stored the same bytes first
         return name
 
     def get_bytes(self, name: str, quarantine: bool = True) -> bytes:
@@ -266,9 +268,10 @@ class Store:
                 self._quarantine(path, found.token, "its value does not match its digest")
             return None
 
-    def memo_put(self, key: str, value: dict) -> None:
-        """Create-only: a memo already there (written by a concurrent worker) is kept."""
-        self.bucket.create(_memo_path(key), _dumps({"value": value, "digest": digest(value)}))
+    def memo_put(self, key: str, value: dict, durable: bool = True) -> None:
+        """Create-only: a memo already there (written by a concurrent worker) is kept. Every read
+        checks a memo against its digest; `durable=False` as for `put_bytes`."""
+        self.bucket.create(_memo_path(key), _dumps({"value": value, "digest": digest(value)}), durable)
 
     def iter_memo_keys(self) -> Iterator[str]:
         yield from self.entries("memo")

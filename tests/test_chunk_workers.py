@@ -208,3 +208,21 @@ def test_a_corrupt_chunk_met_in_a_worker_reaches_the_build_as_corrupt(tmp_path):
     with pytest.raises(CorruptObject) as raised:
         run(store, chunks, 2)
     assert raised.value.args[0].startswith(f"object {bad}")
+
+
+def test_workers_keep_computing_while_the_caller_is_busy_with_a_slow_chunk(tmp_path):
+    """Workers are fed and their results recorded by a thread of their own: a caller busy with
+    slow chunks neither starves them nor holds back their results."""
+    store = Store(tmp_path / "store")
+    chunks = number_chunks(store, [[i] for i in range(80)])
+    here, there = [], {}
+
+    def slowly_here(chunk: dict) -> dict:
+        here.append(chunk["blob"])
+        time.sleep(0.5)
+        return square_chunk(str(store.root), chunk)
+
+    workers = ChunkWorkers(task=square_chunk, args_of=lambda c: (str(store.root), c))
+    compute_with_workers(workers, 1, chunks, list(range(80)), slowly_here, there.__setitem__, None)
+    assert sorted(there) == list(range(80))
+    assert len(here) <= 12  # one worker at 0.02 s a chunk does the rest (fed one result at a time, it would do about half)

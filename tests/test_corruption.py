@@ -62,7 +62,7 @@ def _row_chunk(p):
 
 
 def _token_chunk(p):
-    flip_object(p, manifest(p, "tokenize")["outputs"]["dataset"]["chunks"][0]["blobs"]["input_ids"])
+    flip_object(p, manifest(p, "tokenize")["outputs"]["dataset"]["chunks"][0]["blob"])
     edit_config(p, "learning_rate: 1.0e-3", "learning_rate: 2.0e-3")  # training reruns and reads its tokens
     return "tokenize"
 
@@ -146,7 +146,7 @@ def test_corruption_is_caught_rebuilt_and_never_served(built_evals, tmp_path, ki
 
 def test_verify_names_the_owner_and_changes_nothing_without_repair(built_evals, tmp_path):
     project = copy_project(built_evals, tmp_path / "p")
-    blob = manifest(project, "tokenize")["outputs"]["dataset"]["chunks"][0]["blobs"]["weights"]
+    blob = manifest(project, "tokenize")["outputs"]["dataset"]["chunks"][0]["blob"]
     flip_object(project, blob)
     proc = evsys("verify", "--cache-dir", "cache", cwd=project)
     assert proc.returncode == 1

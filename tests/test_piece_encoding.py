@@ -33,7 +33,7 @@ def whole(backend, texts):
 
 
 def pieces(encoder, texts):
-    out = encoder._pieces(texts)
+    out = encoder._pieces(texts, None, 0)
     b = out.bounds.tolist()
     return [(out.ids[x:y].tolist(), list(zip(out.starts[x:y].tolist(), out.ends[x:y].tolist()))) for x, y in zip(b[:-1], b[1:])]
 
@@ -106,8 +106,8 @@ def test_a_difference_found_by_the_check_falls_back_to_whole_texts(tok, monkeypa
     encoder = piece_encoding.PieceEncoder(tok.backend_tokenizer, ())
     real = encoder._pieces
 
-    def broken(texts):
-        out = real(texts)
+    def broken(texts, *rest):
+        out = real(texts, *rest)
         out.ids[0] += 1  # a wrong id on the first row
         return out
 
@@ -149,6 +149,31 @@ def test_batched_weights_equal_the_row_by_row_rule_on_varied_conversations(tok):
     got = tokenize_conversations(tok, rows, "all_assistant", 4096, "right", [f"row {i}" for i in range(len(rows))])
     assert got == [reference_weights(tok, r) for r in rows]
     assert sum(sum(w) for _, w in got) > 0
+
+
+@pytest.mark.parametrize("supervise", ["all_assistant", "last_assistant", "all"])
+def test_pieces_without_a_loss_boundary_give_the_weights_real_offsets_give(tok, monkeypatch, supervise):
+    """Pieces that hold no span edge take the piece's offsets for every token; the weights (and
+    ids) must be exactly those of every token's own offsets, edge tokens with trimmed, empty
+    offsets included (whitespace-only turns, leading and trailing newlines)."""
+    rng = random.Random(11)
+    words = ["hi", " ", "\n", "", "\n\nlead", "trail\n\n", "  spaced  ", " \t x", "🙂 ok", "e\u0301", "漢字", "<answer>X</answer>", "a" * 30, "1 2 3"]
+    rows = []
+    for i in range(200):
+        messages = [{"role": "system", "content": rng.choice(words)}] if rng.random() < 0.5 else []
+        for _ in range(rng.randrange(1, 4)):
+            messages += [{"role": "user", "content": rng.choice(words) + f" {i}"}, {"role": "assistant", "content": rng.choice(words) + rng.choice(["", f" {i}", f"{i}\n"])}]
+        rows.append(messages)
+    wheres = [f"row {i}" for i in range(len(rows))]
+    monkeypatch.setattr(piece_encoding, "CHECKED_FIRST", 0)  # only the first row of each batch is checked against the whole text
+    got = [tokenize_rows(tok, rows[i : i + 50], supervise, 4096, "right", wheres[i : i + 50]) for i in range(0, 200, 50)]
+    real = piece_encoding.PieceEncoder.encode
+    monkeypatch.setattr(piece_encoding.PieceEncoder, "encode", lambda self, texts, boundaries=None: real(self, texts))
+    want = [tokenize_rows(tok, rows[i : i + 50], supervise, 4096, "right", wheres[i : i + 50]) for i in range(0, 200, 50)]
+    for a, b in zip(got, want):
+        assert a.ids.tolist() == b.ids.tolist() and a.weights.tolist() == b.weights.tolist() and a.offsets.tolist() == b.offsets.tolist()
+    if supervise != "all":
+        assert sum(r.weights.sum() for r in got) < sum(len(r.weights) for r in got)  # some tokens untrained: the mask is not trivial
 
 
 def test_truncation_cuts_each_row_on_its_own(tok):

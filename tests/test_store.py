@@ -160,6 +160,69 @@ def test_a_second_run_executes_nothing(tmp_path):
     assert {m["name"] for m in results.values()} == {"source", "transform[0] upper", "tokenize"}
 
 
+def warmed_graph(count_file: Path, warmed: list, tag: str = "a") -> Graph:
+    """The toy graph, its last node warmed (`Node.warm`): each warm-up is recorded."""
+    graph = toy_graph(count_file, tag)
+    last = next(n for n in graph.nodes() if n.name == "tokenize")
+    last.warm = lambda store: warmed.append(store)
+    return graph
+
+
+def test_a_node_is_warmed_once_when_a_node_it_depends_on_runs_and_not_when_all_is_cached(tmp_path):
+    store = Store(tmp_path / "cache")
+    warmed: list = []
+    Executor(store).run(warmed_graph(tmp_path / "count", warmed))
+    for _ in range(100):  # the warm-up runs in a thread of its own
+        if warmed:
+            break
+        threading.Event().wait(0.05)
+    assert warmed == [store]  # the source ran: its downstream node was warmed, once
+    Executor(store).run(warmed_graph(tmp_path / "count", warmed))
+    assert len(warmed) == 1  # nothing ran: nothing warmed
+
+
+def test_a_warm_up_that_fails_leaves_the_node_to_run_as_usual(tmp_path):
+    graph = toy_graph(tmp_path / "count")
+    next(n for n in graph.nodes() if n.name == "tokenize").warm = lambda store: 1 / 0
+    executor = Executor(Store(tmp_path / "cache"))
+    executor.run(graph)
+    assert executor.executions == 3
+
+
+def test_data_chunks_skip_fsync_and_everything_else_keeps_it(tmp_path, monkeypatch):
+    """Chunk blobs and memos are checked on every read and cheap to recompute: written without
+    fsync. Manifests, runs and other blobs are fsynced."""
+    from evsys_build.chunks import map_chunks, write_row_chunk
+
+    store = Store(tmp_path / "cache")
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    chunk = write_row_chunk(store, [{"a": 1}])
+    map_chunks(store, [chunk], {"rule": "t"}, lambda c: write_row_chunk(store, [{"a": 2}]))
+    assert synced == []
+    store.put_bytes(b"a checkpoint")
+    assert len(synced) == 1
+
+
+def test_a_token_chunk_that_does_not_hold_its_arrays_is_quarantined(tmp_path):
+    from evsys_build.errors import CorruptObject
+    from evsys_rules.data.chat_tokens import TokenRows
+    from evsys_rules.data.token_chunks import read_token_chunk, write_token_chunk
+    import numpy as np
+
+    store = Store(tmp_path / "cache")
+    good = write_token_chunk(store, TokenRows(np.array([1, 2, 3]), np.array([0.0, 1.0, 1.0]), np.array([0, 1, 3])))
+    assert [(a.tolist(), b.tolist()) for a, b in read_token_chunk(store, good)] == [([1], [0.0]), ([2, 3], [1.0, 1.0])]
+    bad = dict(good, blob=store.put_bytes(b"not three arrays"))
+    with pytest.raises(CorruptObject, match="does not hold its arrays"):
+        read_token_chunk(store, bad)
+    assert not store.has_object(bad["blob"])  # quarantined: the tokenize node reads as not built
+    short = dict(good, rows=1)  # a descriptor that disagrees with its arrays
+    with pytest.raises(CorruptObject):
+        read_token_chunk(store, short)
+
+
 def test_manifest_records_rule_params_inputs_outputs_and_stats(tmp_path):
     store = Store(tmp_path / "cache")
     graph = toy_graph(tmp_path / "count")

@@ -154,3 +154,50 @@ def test_a_snapshot_load_imports_neither_torch_nor_autotokenizer(tiny_model_dir,
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["SnapshotTokenizer", "True", "False", "False"]
+
+
+def test_the_warm_up_captures_in_a_worker_and_every_process_then_loads_that_one(tiny_model_dir, tmp_path, monkeypatch):
+    """A first build's tokenize node is warmed while earlier stages run: the capture (AutoTokenizer,
+    torch) happens in a worker process, and this process and the node's workers load its snapshot;
+    with the snapshot stored, a warm-up loads it and captures nothing."""
+    from evsys_rules.nodes.tokenize import warm_tokenizer
+
+    store = Store(tmp_path / "store")
+    tokenizer_snapshot._loaded.clear()
+    captured_here = []
+    monkeypatch.setattr(tokenizer_snapshot, "capture", lambda tok: captured_here.append(tok))
+    warm_tokenizer(str(tiny_model_dir), tokenizer_snapshot.tokenizer_code(), store)
+    assert captured_here == []  # taken in the worker, whose `capture` is the real one
+    assert store.memo_get(snapshot_key(str(tiny_model_dir))) is not None
+    assert isinstance(tokenizer_snapshot._loaded[snapshot_key(str(tiny_model_dir))], SnapshotTokenizer)
+    assert isinstance(load_chat_tokenizer(str(tiny_model_dir), store), SnapshotTokenizer)
+    tokenizer_snapshot._loaded.clear()
+    monkeypatch.setattr("evsys_rules.nodes.tokenize.call_in_worker", lambda *a: pytest.fail("captured again"))
+    warm_tokenizer(str(tiny_model_dir), tokenizer_snapshot.tokenizer_code(), store)
+    assert captured_here == []
+
+
+def test_processes_that_load_a_new_tokenizer_together_capture_it_once(tiny_model_dir, tmp_path):
+    """Two processes (a build and its worker) meet an uncaptured tokenizer at once: one captures
+    under the store's lock, the other waits and loads that snapshot."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from evsys_build.store import Store
+        from evsys_rules.data import tokenizer_snapshot
+        tokenizer_snapshot.tokenizer_code()  # keyed by the real code, before `capture` is wrapped
+        real = tokenizer_snapshot.capture
+        def counted(tok):
+            print("captured", flush=True)
+            return real(tok)
+        tokenizer_snapshot.capture = counted
+        tok = tokenizer_snapshot.load_chat_tokenizer({str(tiny_model_dir)!r}, Store(Path({str(tmp_path / "store")!r})))
+        print(type(tok).__name__)
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    lines = [line for out, _ in outs for line in out.split()]
+    assert lines.count("captured") == 1 and lines.count("SnapshotTokenizer") == 2

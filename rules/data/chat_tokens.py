@@ -156,7 +156,8 @@ def tokenize_rows(tok, conversations, supervise: str, max_length: int, truncatio
             failure = exc
             break
         texts.append(text)
-    rows = _weighted(_encoder(tok).encode(texts), spans, supervise, max_length, truncation, wheres)
+    boundaries = [[x for span in row for x in span] for row in spans] if supervise != "all" else [[] for _ in spans]
+    rows = _weighted(_encoder(tok).encode(texts, boundaries), spans, supervise, max_length, truncation, wheres)
     if failure is not None:
         raise failure
     return rows

@@ -19,6 +19,7 @@ difference turns the piece path off for that tokenizer and the batch is encoded 
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import json
@@ -68,13 +69,18 @@ class PieceEncoder:
         self.checked = 0
         self.lock = threading.Lock()
 
-    def encode(self, texts: list[str]) -> EncodedTexts:
+    def encode(self, texts: list[str], boundaries: list[list[int]] | None = None) -> EncodedTexts:
+        """Ids and offsets of `texts`. With `boundaries` (per text, the character positions where
+        its loss spans start or end), a piece that holds none of them, edges included, gets the
+        piece's own [start, end) as every token's offsets: a span covers the whole piece or none
+        of it, so the weights cut from these offsets are the same, and reading each token's
+        offsets out of the tokenizer costs more than encoding the piece."""
         if self.off is not None or self.split is None or not texts:
             return _whole(self.backend, texts)
         with self.lock:
-            encoded = self._pieces(texts)
             checks = list(range(min(len(texts), max(1, CHECKED_FIRST - self.checked))))
             self.checked += len(checks)
+            encoded = self._pieces(texts, boundaries, len(checks))
         whole = _whole(self.backend, [texts[i] for i in checks])
         for j, i in enumerate(checks):
             if not _same_row(encoded, i, whole, j):
@@ -82,15 +88,21 @@ class PieceEncoder:
                 return _whole(self.backend, texts)
         return encoded
 
-    def _pieces(self, texts: list[str]) -> EncodedTexts:
+    def _pieces(self, texts: list[str], boundaries: list[list[int]] | None, checked: int) -> EncodedTexts:
         import numpy as np
 
         parts: list[str] = []
         per_text: list[int] = []
-        for text in texts:
+        exact: set[str] | None = None if boundaries is None else set()  # parts whose tokens need their own offsets
+        for i, text in enumerate(texts):
             split = self.split(text)
             parts.extend(split)
             per_text.append(len(split))
+            if exact is not None:
+                if i < checked:  # compared with the whole text's encoding, offsets included
+                    exact.update(split)
+                elif boundaries[i]:
+                    exact.update(_parts_at(split, boundaries[i]))
         counts = collections.Counter(parts)
         table = dict.fromkeys(counts)  # this batch's distinct parts -> (ids, offsets)
         new = []
@@ -101,11 +113,27 @@ class PieceEncoder:
             table[part] = hit if part else ((), ())
         if new:
             for part, enc in zip(new, self.backend.encode_batch(new, add_special_tokens=False)):
-                table[part] = (enc.ids, enc.offsets)
+                ids = enc.ids
+                real = exact is None or counts[part] > 1 or part in exact  # a kept part may meet a boundary later
+                table[part] = (ids, enc.offsets if real else ((0, len(part)),) * len(ids))
             if len(self.kept) + len(new) > MAX_KEPT_PIECES:
                 self.kept.clear()
             self.kept.update((p, table[p]) for p in new if counts[p] > 1)
         return _assemble(np, parts, per_text, table)
+
+
+def _parts_at(split: list[str], positions: list[int]) -> list[str]:
+    """The parts of one text's split that hold any of `positions`, their edges included."""
+    ends = list(itertools.accumulate(map(len, split)))
+    found = []
+    for x in positions:
+        i = bisect.bisect_left(ends, x)  # the first part that ends at or after x: it holds x
+        if i < len(split):
+            found.append(split[i])
+        while i + 1 < len(split) and ends[i] == x:  # x is its end, so the next part starts at x
+            i += 1
+            found.append(split[i])
+    return found
 
 
 def _assemble(np, parts: list[str], per_text: list[int], table: dict) -> EncodedTexts:

@@ -1,24 +1,15 @@
-"""Tokenized datasets: per chunk, three .npy blobs (input_ids int32, weights float32, offsets int64)."""
+"""Tokenized datasets: per chunk, one blob holding three .npy arrays in a row (input_ids int32,
+weights float32, offsets int64: row i is [offsets[i], offsets[i + 1])): one file per chunk, not
+three. Chunks are written without fsync (`Store.put_bytes`'s `durable`): every read checks them."""
 
 from __future__ import annotations
 
 import io
 
+from evsys_build.errors import CorruptObject
 from evsys_build.store import Store
 
-
-def _npy(array) -> bytes:
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _load(data: bytes):
-    import numpy as np
-
-    return np.load(io.BytesIO(data), allow_pickle=False)
+ARRAYS = ("input_ids", "weights", "offsets")
 
 
 def write_token_chunk(store: Store, rows) -> dict:
@@ -26,19 +17,31 @@ def write_token_chunk(store: Store, rows) -> dict:
     import numpy as np
 
     ids, weights, offsets = rows.ids.astype(np.int32, copy=False), rows.weights.astype(np.float32, copy=False), rows.offsets.astype(np.int64, copy=False)
-    return {
-        "rows": len(offsets) - 1,
-        "tokens": int(offsets[-1]),
-        "loss_tokens": int((weights > 0).sum()),
-        "blobs": {"input_ids": store.put_bytes(_npy(ids)), "weights": store.put_bytes(_npy(weights)), "offsets": store.put_bytes(_npy(offsets))},
-    }
+    buf = io.BytesIO()
+    for array in (ids, weights, offsets):
+        np.save(buf, array, allow_pickle=False)
+    return {"rows": len(offsets) - 1, "tokens": int(offsets[-1]), "loss_tokens": int((weights > 0).sum()), "blob": store.put_bytes(buf.getvalue(), durable=False)}
+
+
+def read_token_arrays(store: Store, chunk: dict):
+    """(input_ids, weights, offsets) of one chunk. A blob that passes its digest check but does
+    not hold three arrays of matching sizes (a broken writer) is quarantined like a corrupt one."""
+    import numpy as np
+
+    buf = io.BytesIO(store.get_bytes(chunk["blob"]))
+    try:
+        ids, weights, offsets = (np.lib.format.read_array(buf, allow_pickle=False) for _ in ARRAYS)
+        if buf.read(1) or len(ids) != len(weights) or len(offsets) != chunk["rows"] + 1 or offsets[-1] != len(ids):
+            raise ValueError("sizes do not match")
+    except (ValueError, SyntaxError, EOFError):
+        store.quarantine_object(chunk["blob"], "a token chunk that does not hold its arrays")
+        raise CorruptObject(f"token chunk {chunk['blob']} does not hold its arrays; quarantined", chunk["blob"]) from None
+    return ids, weights, offsets
 
 
 def read_token_chunk(store: Store, chunk: dict):
     """[(input_ids, weights)] numpy arrays, one pair per row."""
-    ids = _load(store.get_bytes(chunk["blobs"]["input_ids"]))
-    weights = _load(store.get_bytes(chunk["blobs"]["weights"]))
-    offsets = _load(store.get_bytes(chunk["blobs"]["offsets"]))
+    ids, weights, offsets = read_token_arrays(store, chunk)
     return [(ids[a:b], weights[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
 
 

@@ -105,6 +105,12 @@ def load_chat_tokenizer(model_dir: str, store, code: str | None = None):
     return tok
 
 
+def has_snapshot(model_dir: str, store, code: str | None = None) -> bool:
+    """Whether `store` holds the snapshot of the model folder's tokenizer (loaded or not)."""
+    key = snapshot_key(model_dir, code)
+    return key in _loaded or store.memo_get(key) is not None
+
+
 def save_chat_recipes(tok, model_dir: str, store, code: str | None = None) -> None:
     """Keep the recipes `tok`'s renderer learned for the next process (`saved_recipes`)."""
     save_recipes(tok, recipes_path(store.local_dir, snapshot_key(model_dir, code)))
@@ -161,15 +167,20 @@ def _capture_snapshot(model_dir: str, store, key: str) -> SnapshotTokenizer | No
     with _lock:
         if key in _loaded:
             return _loaded[key]
-        preload_tokenizers()
-        captured = capture(load_tokenizer_uncached(model_dir))
-        gc.collect()  # AutoTokenizer's tokenizer holds reference cycles
-        tok = rebuild(captured) if captured is not None else None
-        if tok is None:
-            return None
-        store.memo_put(key, {"blob": store.put_bytes(captured["backend"].encode()), "snapshot": captured["snapshot"]})
-        _loaded[key] = tok
-        return tok
+    with store.lock(key):  # one process captures; the others (a build's workers) wait, then load its snapshot
+        found = _snapshot_tokenizer(store, key)
+        if found is not None:
+            return found
+        with _lock:
+            preload_tokenizers()
+            captured = capture(load_tokenizer_uncached(model_dir))
+            gc.collect()  # AutoTokenizer's tokenizer holds reference cycles
+            tok = rebuild(captured) if captured is not None else None
+            if tok is None:
+                return None
+            store.memo_put(key, {"blob": store.put_bytes(captured["backend"].encode()), "snapshot": captured["snapshot"]})
+            _loaded[key] = tok
+            return tok
 
 
 def capture(tok) -> dict | None:

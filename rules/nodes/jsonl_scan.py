@@ -91,7 +91,7 @@ def _file_chunks(ctx: RunContext, file: Path, stage: str, record: "ScanRecord") 
 
     def record_parsed(i: int, chunk: dict) -> None:
         item = todo[i]
-        ctx.store.memo_put(item["memo"], {"chunk": chunk})
+        ctx.store.memo_put(item["memo"], {"chunk": chunk}, durable=False)
         chunks[item["index"]] = chunk
         record.fill(item["slot"], chunk)
 

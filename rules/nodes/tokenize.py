@@ -4,12 +4,13 @@ algorithm params that shape tokens (supervise, max_length, truncation)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
 from pathlib import Path
 
-from evsys_build.chunk_workers import ChunkWorkers, store_address, worker_store
+from evsys_build.chunk_workers import ChunkWorkers, call_in_worker, store_address, worker_store
 from evsys_build.chunks import map_chunks, read_row_chunk
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
@@ -19,7 +20,7 @@ from evsys_build.store import Store
 from ..config.loading import Arm
 from ..data.chat_tokens import tokenize_rows
 from ..data.token_chunks import write_token_chunk
-from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code
+from ..data.tokenizer_snapshot import has_snapshot, load_chat_tokenizer, save_chat_recipes, tokenizer_code
 from ..ml_stack import preload_chat_templates
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
@@ -49,7 +50,21 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
         param_paths={k: f"algorithm.params.{k}" for k in SHAPING_PARAMS},
         param_labels={"tokenizer": "tokenizer or chat template changed", "libraries": "tokenizer library versions changed"},
         payload={"model_dir": model.dir, "tokenizer_code": tokenizer_code()},
+        warm=functools.partial(warm_tokenizer, str(model.dir), tokenizer_code()),
     )
+
+
+def warm_tokenizer(model_dir: str, code: str, store: Store) -> None:
+    """Load the tokenizer while the stages before this one run, so this node and its workers start
+    with it. A first build captures its snapshot in a worker process: AutoTokenizer's imports
+    would hold this process's GIL for seconds, slowing the stages that run meanwhile."""
+    if not has_snapshot(model_dir, store, code):
+        call_in_worker(capture_tokenizer_in_worker, store_address(store), model_dir, code)
+    load_chat_tokenizer(model_dir, store, code)
+
+
+def capture_tokenizer_in_worker(address: tuple, model_dir: str, code: str) -> None:
+    load_chat_tokenizer(model_dir, worker_store(address), code)
 
 
 def run_tokenize(ctx: RunContext) -> dict:

@@ -47,7 +47,7 @@ class RowDataset:
 
 @dataclass(frozen=True)
 class TokenDataset:
-    """Tokenized rows as chunks (`{"rows", "tokens", "loss_tokens", "blobs"}`): what tokenize outputs,
+    """Tokenized rows as chunks (`{"rows", "tokens", "loss_tokens", "blob"}`, `token_chunks`): what tokenize outputs,
     with the tokenizer's files attached (not keyed on) so `evsys show` can decode."""
 
     chunks: list[dict]
