@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 import xxhash
 
+from .chunk_index import load_index, save_index
 from .chunk_workers import ChunkWorkers, compute_with_workers, worker_count
 from .errors import CorruptObject
 from .hashing import digest
@@ -167,14 +168,17 @@ def map_chunks(
     """
     stage = digest(stage_identity)
     results: list[dict | None] = [None] * len(chunks)
-    memo_keys: dict[int, str] = {}
+    all_keys = [digest({"stage": stage, "chunk": chunk}) for chunk in chunks]
+    memo_keys: dict[int, str] = dict(enumerate(all_keys))
+    index = load_index(store, stage)
     hits: dict[int, dict] = {}
-    for i, chunk in enumerate(chunks):
-        memo_key = digest({"stage": stage, "chunk": chunk})
-        hit = store.memo_get(memo_key)
+    for i, memo_key in enumerate(all_keys):
+        hit = index.get(memo_key)
+        if hit is None:
+            found = store.memo_get(memo_key)
+            hit = found["chunk"] if found is not None else None
         if hit is not None:
-            hits[i] = hit["chunk"]
-        memo_keys[i] = memo_key
+            hits[i] = hit
     missing = set(store.missing_objects(name for hit in hits.values() for name in referenced_objects(hit)))
     for i, hit in hits.items():  # a hit whose blobs are gone (collected) is computed again
         if missing.isdisjoint(referenced_objects(hit)):
@@ -200,5 +204,6 @@ def map_chunks(
             if stop_check is not None:
                 stop_check()
             record(i, fn(chunks[i]))
+    save_index(store, stage, dict(zip(all_keys, results)), index)
     out = [r for r in results if r is not None and r["rows"]]
     return out, {"chunks_ran": len(memo_keys), "chunks_cached": len(chunks) - len(memo_keys)}

@@ -236,3 +236,38 @@ def test_a_rule_code_change_recomputes_every_chunk(tmp_path, monkeypatch, tiny_m
     assert after["tokenize"]["stats"]["chunks_cached"] == 0
     assert after["tokenize"]["stats"]["chunks_ran"] == n_chunks
     assert after["transform[1] jsonl_to_chat"]["key"] == before["transform[1] jsonl_to_chat"]["key"]
+
+
+def test_the_stage_index_serves_a_rebuild_and_never_a_wrong_or_missing_chunk(tmp_path):
+    """A rebuild looks chunks up in the stage's machine-local index (one file) before the memo;
+    a damaged index is ignored, and an indexed chunk whose blob is gone is computed again."""
+    from evsys_build import chunk_index
+    from evsys_build.chunks import map_chunks, read_row_chunk, write_row_chunk
+    from evsys_build.store import Store
+
+    store = Store(tmp_path / "cache")
+    chunks = [write_row_chunk(store, [{"n": i}]) for i in range(6)]
+    calls = []
+
+    def double(chunk):
+        calls.append(chunk["blob"])
+        return write_row_chunk(store, [{"n": r["n"] * 2} for r in read_row_chunk(store, chunk)])
+
+    first, _ = map_chunks(store, chunks, {"rule": "double"}, double)
+    stage_files = list((tmp_path / "cache" / "chunkmaps").glob("*.json"))
+    assert len(stage_files) == 1
+    store.memo_get = lambda key: pytest.fail("a rebuild read the memo although the index holds every chunk")
+    again, stats = map_chunks(store, chunks, {"rule": "double"}, double)
+    assert again == first and stats == {"chunks_ran": 0, "chunks_cached": 6}
+    del store.memo_get
+
+    stage_files[0].write_text(stage_files[0].read_text().replace('"rows": 1', '"rows": 7', 1))  # damaged: its digest fails
+    assert chunk_index.load_index(store, stage_files[0].stem) == {}
+    again, stats = map_chunks(store, chunks, {"rule": "double"}, double)
+    assert again == first and stats["chunks_ran"] == 0  # from the memo
+
+    store.object_path(first[2]["blob"]).unlink()  # collected since
+    before = len(calls)
+    again, stats = map_chunks(store, chunks, {"rule": "double"}, double)
+    assert stats["chunks_ran"] == 1 and calls[before:] == [chunks[2]["blob"]]
+    assert [r["n"] for c in again for r in read_row_chunk(store, c)] == [0, 2, 4, 6, 8, 10]
