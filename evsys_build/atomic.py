@@ -19,9 +19,9 @@ class WriteFailed(StoreError):
     """The disk refused a write (full, quota, read-only, too large, no permission)."""
 
 
-def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, fsync: bool = True) -> None:
     """Write `data` to `path` so readers see either nothing or the whole file."""
-    _publish(path, data, tmp_dir, exclusive=False)
+    _publish(path, data, tmp_dir, exclusive=False, fsync=fsync)
 
 
 def create_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, fsync: bool = True) -> bool:

@@ -42,7 +42,7 @@ def save_index(store, stage: str, current: dict[str, dict], previous: dict[str, 
     entries.update(current)
     path = _path(store, stage)
     try:
-        write_atomic(path, json.dumps({"digest": digest(entries), "entries": entries}).encode(), path.parent.parent / "tmp")
+        write_atomic(path, json.dumps({"digest": digest(entries), "entries": entries}).encode(), path.parent.parent / "tmp", fsync=False)
     except OSError:  # only a speed-up: a store that cannot keep it builds as before
         pass
 

@@ -179,7 +179,7 @@ class Store:
         missing = self.missing_objects(referenced_objects(body))
         if missing:
             raise CorruptObject(f"object {missing[0]} of node:{key[:12]} vanished before its manifest was written (gc or a repair removed it); rebuilding", missing[0])
-        data = _dumps(body)
+        data = _dumps(body, compact=True)
         path = _manifest_path(key)
         for _ in range(CAS_ATTEMPTS):
             if self.bucket.create(path, data):
@@ -271,7 +271,7 @@ class Store:
     def memo_put(self, key: str, value: dict, durable: bool = True) -> None:
         """Create-only: a memo already there (written by a concurrent worker) is kept. Every read
         checks a memo against its digest; `durable=False` as for `put_bytes`."""
-        self.bucket.create(_memo_path(key), _dumps({"value": value, "digest": digest(value)}), durable)
+        self.bucket.create(_memo_path(key), _dumps({"value": value, "digest": digest(value)}, compact=True), durable)
 
     def iter_memo_keys(self) -> Iterator[str]:
         yield from self.entries("memo")
@@ -458,7 +458,11 @@ def _run_path(experiment: str, run_id: str) -> str:
     return f"runs/{_safe(experiment)}/{_safe(run_id)}.json"
 
 
-def _dumps(value: dict) -> bytes:
+def _dumps(value: dict, compact: bool = False) -> bytes:
+    """JSON as stored: runs and refs indented for people; manifests and memo entries compact, which
+    json encodes in C (with `indent` it falls back to Python: 15 ms for a 3,900-chunk manifest)."""
+    if compact:
+        return (json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
     return (json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
