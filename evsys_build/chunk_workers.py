@@ -6,10 +6,11 @@ Workers are fresh interpreters (`python -m evsys_build.chunk_workers`) that talk
 spawned one re-runs the user's main script (`python train.py` without a `__main__` guard). They
 run in their own session, so Ctrl-C reaches only the build (its stop flag decides), and they end
 when their input closes, so they die with the build. The calling thread computes chunks too, from
-the front of the list while the workers take them from the back, and hands a worker chunks only
-once it says it is ready, so the map never waits for a worker to start. A worker writes its chunk's blobs into the store itself (the store is
-process-safe); the caller writes the memo entry as each result arrives, so a stopped map keeps
-every chunk that finished. A chunk that fails in a worker is computed again by the calling
+the front of the list, while a feeder thread hands the workers chunks from the back (to each only
+once it says it is ready, so the map never waits for a worker to start) and records their results
+as they arrive: a worker never waits while the calling thread is busy with a chunk. A worker
+writes its chunk's blobs into the store itself (the store is process-safe); the memo entry is
+written as each result arrives, so a stopped map keeps every chunk that finished. A chunk that fails in a worker is computed again by the calling
 thread, so its error is the caller's own (naming the row and file); the first failure in chunk
 order is raised, as computing one by one would. A worker that dies (killed, out of memory) leaves
 its chunks to the calling thread.
