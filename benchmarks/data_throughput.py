@@ -2,7 +2,8 @@
 against Hugging Face `datasets` (`load_dataset("json")` + batched `.map` with
 `apply_chat_template` and the same tokenizer, `num_proc` = cores), both from a cold cache, both as
 whole processes. Prints wall time, rows/s and peak RSS of each, and their ratios; with
-`--incremental`, also evsys's rebuild after editing, appending, inserting and deleting one row.
+`--incremental`, also evsys's rebuild after editing, appending, inserting and deleting one row
+(each `--repeat` times, with other content each time).
 
     python benchmarks/data_throughput.py 100000
     python benchmarks/data_throughput.py 1000000 --repeat 3 --incremental
@@ -165,7 +166,7 @@ def main() -> None:
             em, dm = (statistics.median(r["peak_mb"] for r in runs) for runs in (evsys_runs, datasets_runs))
             print(f"peak RSS ratio evsys/datasets: {em / dm:.2f}x")
         if args.incremental:
-            incremental(work, rows, statistics.median(r["wall"] for r in evsys_runs))
+            incremental(work, rows, statistics.median(r["wall"] for r in evsys_runs), args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -178,18 +179,25 @@ def report(name: str, runs: list[dict], n: int) -> None:
     print(f"{name:<9} {n} rows  median {wall:7.2f} s over {len(runs)} runs ({each})  {n / wall:9.0f} rows/s  {tokens} tokens  peak RSS {peak:7.0f} MB")
 
 
-def incremental(work: Path, rows: list[dict], full: float) -> None:
-    """One-row edits against the built cache: each rebuild's wall time as a share of the full build."""
-    edits = {
-        "edit": lambda r: r[: len(r) // 2] + [dict(r[len(r) // 2], query="an edited query")] + r[len(r) // 2 + 1 :],
-        "append": lambda r: r + [{"query": "an appended query", "tool_slug": SLUGS[0]}],
-        "insert": lambda r: r[: len(r) // 3] + [{"query": "an inserted query", "tool_slug": SLUGS[1]}] + r[len(r) // 3 :],
-        "delete": lambda r: r[: len(r) // 4] + r[len(r) // 4 + 1 :],
+def incremental(work: Path, rows: list[dict], full: float, repeat: int) -> None:
+    """One-row changes against the built cache, each kind `repeat` times with other content (so each
+    rebuild meets a chunk it has not seen): the median rebuild's wall time as a share of the full build."""
+    n = len(rows)
+    changes = {
+        "edit": lambda k: rows[: n // 2] + [dict(rows[n // 2], query=f"an edited query {k}")] + rows[n // 2 + 1 :],
+        "append": lambda k: rows + [{"query": f"an appended query {k}", "tool_slug": SLUGS[0]}],
+        "insert": lambda k: rows[: n // 3] + [{"query": f"an inserted query {k}", "tool_slug": SLUGS[1]}] + rows[n // 3 :],
+        "delete": lambda k: rows[: n // 4 + k] + rows[n // 4 + k + 1 :],
     }
-    for name, edit in edits.items():
-        write_rows(work / "train.jsonl", edit(rows))
-        result = run_child(EVSYS_CHILD, work, str(work / "cache"))
-        print(f"incremental {name:<7} {result['wall']:6.2f} s = {100 * result['wall'] / full:5.2f}% of the full build (goal <= 2%), tokenize chunks ran: {result['chunks_ran']}")
+    for name, change in changes.items():
+        runs = []
+        for k in range(repeat):
+            write_rows(work / "train.jsonl", change(k))
+            runs.append(run_child(EVSYS_CHILD, work, str(work / "cache")))
+        wall = statistics.median(r["wall"] for r in runs)
+        each = ", ".join(f"{r['wall']:.2f}" for r in runs)
+        ran = ",".join(sorted({str(r["chunks_ran"]) for r in runs}))
+        print(f"incremental {name:<7} median {wall:6.2f} s over {repeat} runs ({each}) = {100 * wall / full:5.2f}% of the full build (goal <= 2%), tokenize chunks ran: {ran}")
     write_rows(work / "train.jsonl", rows)
 
 

@@ -14,6 +14,12 @@ written as each result arrives, so a stopped map keeps every chunk that finished
 thread, so its error is the caller's own (naming the row and file); the first failure in chunk
 order is raised, as computing one by one would. A worker that dies (killed, out of memory) leaves
 its chunks to the calling thread.
+
+A worker may also be started before its map (`start_standby`, from a node's warm-up, while the
+stages before it run), its `start` loading what the stage needs (a tokenizer) in its own process,
+beside the build's thread rather than holding its GIL. The map adopts it (`ChunkWorkers.standby`);
+with fewer chunks to compute than `min_chunks` it computes them all, the calling thread taking only
+those it fails or loses, so a one-chunk rebuild never loads the stage's tools in the build's process.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class ChunkWorkers:
     args_of: Callable[[dict], tuple]
     start: Callable[[], None] | None = None  # run once in each worker before its first chunk
     min_chunks: int = 16  # fewer chunks to compute than this run in the calling thread: not worth a process
+    standby: str | None = None  # the key of a worker started ahead (`start_standby`) for the map to adopt
 
 
 def worker_count() -> int:
@@ -87,11 +94,12 @@ def compute_with_workers(
     """Compute chunks[i] for each i in `todo`, here and in `processes` workers; `record(i, result)`
     runs as each finishes, one call at a time (in this thread, or in the thread that feeds the
     workers, so a worker is handed its next chunk while this thread is busy with one)."""
-    work = _Work(todo, record)
-    procs = [_Worker(workers.start) for _ in range(processes)]
+    adopted = take_standby(workers.standby)
+    alone = bool(adopted) and len(todo) < workers.min_chunks  # too few to start more for: the one started ahead computes them
+    work = _Work(todo, record, here=not alone)
+    procs = adopted + ([] if alone else [_Worker(workers.start) for _ in range(processes - len(adopted))])
     feeder = threading.Thread(target=_feed, args=(work, procs, workers, chunks), name="evsys-chunk-feeder", daemon=True)
     feeder.start()
-    finished = False
     try:
         while (i := work.next_here(stop_check)) is not None:
             try:
@@ -102,36 +110,65 @@ def compute_with_workers(
                 work.fail(i, exc)
             else:
                 work.finish(i, result)
-        finished = True
     finally:
         work.close()
         feeder.join()
-        for proc in procs:
-            proc.close(kill=not finished or not proc.ready)  # one still starting would finish its imports first
+        for proc in procs:  # killed, not waited for (a tokenizer takes 0.1 s to free): each has answered
+            proc.close(kill=True)  # every chunk handed to it, or its chunks are given up (a stop, a failure)
     work.raise_first()
 
 
-def call_in_worker(task: Callable, *args):
-    """`task(*args)` in a fresh worker process, its result returned or its exception raised here
-    (EOFError when the worker dies): for work whose imports would hold this process's GIL."""
-    proc = _Worker(None)
-    try:
-        proc.receive()  # READY
-        proc.submit(0, task, args)
-        ok, value = proc.receive()
-    finally:
-        proc.close()
-    if not ok:
-        raise value
-    return value
+_standby: dict[str, "_Worker"] = {}
+_standby_lock = threading.Lock()
+
+
+class Standby:
+    """A worker started ahead of its map under a key; `close()` ends it unless a map adopted it."""
+
+    def __init__(self, key: str, worker: "_Worker"):
+        self.key, self.worker = key, worker
+
+    def close(self) -> None:
+        with _standby_lock:
+            if _standby.get(self.key) is not self.worker:
+                return  # adopted: the map closes it
+            del _standby[self.key]
+        self.worker.close(kill=True)  # perhaps still loading: nothing it holds is needed
+
+
+def start_standby(key: str, start: Callable[[], None]) -> Standby | None:
+    """Start a worker now (running `start`) for the next map whose `ChunkWorkers.standby` is `key`
+    to adopt; None when one is waiting under that key already or this build uses no workers. Whoever
+    starts it closes the Standby when the build ends."""
+    if not worker_count():
+        return None
+    with _standby_lock:
+        if key in _standby:
+            return None
+        worker = _standby[key] = _Worker(start)
+    return Standby(key, worker)
+
+
+def standby_waiting(key: str | None) -> bool:
+    """Whether a worker started under `key` waits to be adopted."""
+    with _standby_lock:
+        return key is not None and key in _standby
+
+
+def take_standby(key: str | None) -> list["_Worker"]:
+    """The worker waiting under `key`, now the caller's to close ([] when none)."""
+    with _standby_lock:
+        worker = _standby.pop(key, None) if key is not None else None
+    return [worker] if worker is not None else []
 
 
 class _Work:
     """The chunks left to compute, shared by this thread (from the front) and the feeder (from the
     back), and the results and failures so far."""
 
-    def __init__(self, todo: list[int], record: Callable[[int, dict], None]):
+    def __init__(self, todo: list[int], record: Callable[[int, dict], None], here: bool = True):
         self.pending = deque(sorted(todo))
+        self.here = here  # this thread computes pending chunks too; else only returned ones, and what the workers leave
         self.returned: deque[int] = deque()  # chunks a worker failed or lost: only this thread takes them
         self.record = record
         self.failures: dict[int, BaseException] = {}
@@ -151,8 +188,10 @@ class _Work:
             with self.lock:
                 if self.crash is not None:
                     raise self.crash
-                if self.returned or self.pending:
-                    return (self.returned or self.pending).popleft()
+                if self.returned:
+                    return self.returned.popleft()
+                if self.pending and (self.here or not self.feeding):
+                    return self.pending.popleft()
                 if not self.feeding:
                     return None
                 self.changed.wait(timeout=0.5)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 import xxhash
 
 from .chunk_index import load_index, save_index
-from .chunk_workers import ChunkWorkers, compute_with_workers, worker_count
+from .chunk_workers import ChunkWorkers, compute_with_workers, standby_waiting, worker_count
 from .errors import CorruptObject
 from .hashing import digest
 from .store import Store, referenced_objects
@@ -163,8 +163,9 @@ def map_chunks(
 
     Returns the output chunks (empty ones dropped) and stats {"chunks_ran", "chunks_cached"}.
     `stop_check()` runs before each chunk that must be computed (it raises to stop a build;
-    the chunks done so far stay memoised). With `workers`, and enough chunks to compute, worker
-    processes compute chunks beside this thread (`chunk_workers`).
+    the chunks done so far stay memoised). With `workers`, and enough chunks to compute (or a
+    worker started ahead for the stage), worker processes compute chunks beside this thread
+    (`chunk_workers`).
     """
     stage = digest(stage_identity)
     results: list[dict | None] = [None] * len(chunks)
@@ -197,7 +198,7 @@ def map_chunks(
     if progress:
         progress(done, len(chunks))
     processes = worker_count() if workers is not None else 0
-    if processes and len(memo_keys) >= workers.min_chunks:
+    if processes and memo_keys and (len(memo_keys) >= workers.min_chunks or standby_waiting(workers.standby)):
         compute_with_workers(workers, processes, chunks, list(memo_keys), fn, record, stop_check)
     else:
         for i in memo_keys:

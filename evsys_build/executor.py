@@ -49,7 +49,7 @@ class Executor:
         self.completions: queue.Queue = queue.Queue()
         self.failure: BaseException | None = None
         self.heals: dict[str, int] = {}
-        self.warmed: set[str] = set()
+        self.warm_ups = WarmUps()
         self.unplanned: dict[str, tuple[Node, dict]] = {}  # published nodes the graph does not hold (a checkpoint saved on interrupt)
         self.pool.open(graph, self.store, self._emit, self.stop)
         try:
@@ -64,6 +64,7 @@ class Executor:
                 self._settle(*self.completions.get())
         finally:
             self.pool.close()
+            self.warm_ups.close()
         if self.stop.is_set():
             raise self.failure if isinstance(self.failure, Interrupted) else Interrupted("the build was stopped")
         if self.failure is not None:
@@ -92,6 +93,7 @@ class Executor:
             self.running.add(node.id)
             inputs = {label: self.results[p.id] for label, p in node.inputs}
             self._warm_after(node)
+            self.warm_ups.wait_for(node)
             self.pool.submit(node, inputs, self.completions.put)
 
     def _warm_after(self, node: Node) -> None:
@@ -100,9 +102,8 @@ class Executor:
         if not getattr(self.pool, "runs_here", False):
             return
         for other in self.pending.values():
-            if other.warm is not None and other.id not in self.warmed and _depends_on(other, node):
-                self.warmed.add(other.id)
-                threading.Thread(target=_warm, args=(other, self.store), name=f"evsys-warm-{other.name}", daemon=True).start()
+            if other.warm is not None and other.id not in self.warm_ups.started and _depends_on(other, node):
+                self.warm_ups.start(other, self.store)
 
     def _done(self, node: Node, manifest: dict, event: str, message: str = "") -> None:
         self.results[node.id] = manifest
@@ -173,9 +174,51 @@ def _depends_on(node: Node, ancestor: Node) -> bool:
     return False
 
 
-def _warm(node: Node, store: Store) -> None:
-    """A node's warm-up; a failure is left for its run to meet and report."""
-    try:
-        node.warm(store)
-    except Exception:  # noqa: BLE001 - the node's own run raises it, naming the node
-        pass
+class WarmUps:
+    """The warm-ups of one build (`Node.warm`), each in a thread of its own, and what they left to
+    close: a warm-up may return an object with `close()` (a worker process started ahead), closed
+    when the build ends, or at once when its warm-up finishes after that. A node's run starts once
+    its warm-up has finished (warm-ups are short: they start things, or fill caches)."""
+
+    WAIT_SECONDS = 10  # the longest a node's run waits for its warm-up to finish
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.started: dict[str, threading.Thread] = {}
+        self.left: list = []
+        self.closed = False
+
+    def start(self, node: Node, store: Store) -> None:
+        thread = threading.Thread(target=self.run, args=(node, store), name=f"evsys-warm-{node.name}", daemon=True)
+        self.started[node.id] = thread
+        thread.start()
+
+    def wait_for(self, node: Node) -> None:
+        """Before a node runs: its warm-up, if one started, has finished (what it started is there to adopt)."""
+        thread = self.started.get(node.id)
+        if thread is not None:
+            thread.join(self.WAIT_SECONDS)
+
+    def run(self, node: Node, store: Store) -> None:
+        """A node's warm-up, in its own thread; a failure is left for its run to meet and report."""
+        try:
+            left = node.warm(store)
+        except Exception:  # noqa: BLE001 - the node's own run raises it, naming the node
+            return
+        if left is None:
+            return
+        with self.lock:
+            if not self.closed:
+                self.left.append(left)
+                return
+        left.close()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            left, self.left = self.left, []
+        for each in left:
+            try:
+                each.close()
+            except Exception:  # noqa: BLE001 - closing a warm-up's leftovers must not fail the build
+                pass

@@ -31,7 +31,9 @@ class Node:
     `estimate(store, node, input manifests)` gives `plan` what running it would cost (tokens, requests).
     `warm(store)` is work the node's run would start with that needs none of its inputs (loading
     a tokenizer): a build on this machine starts it in the background once a node this one
-    depends on starts running. It may only fill caches: the node may yet turn out cached.
+    depends on starts running. It may only fill caches, or start what its run adopts (a worker
+    process): the node may yet turn out cached. What it returns, if not None, is closed when
+    the build ends.
     """
 
     rule: str
@@ -49,7 +51,7 @@ class Node:
     resources: dict = field(default_factory=dict)
     check_stored: Callable[[dict], str | None] | None = None
     estimate: Callable[..., dict | None] | None = None
-    warm: Callable[[Any], None] | None = None
+    warm: Callable[[Any], Any] | None = None
     key: str | None = None  # set by resolve(); None while an input is not built yet
     _id: str | None = None
 

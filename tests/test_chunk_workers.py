@@ -4,6 +4,7 @@ re-run by a worker."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from evsys_build.chunk_workers import ChunkWorkers, compute_with_workers
+from evsys_build.chunk_workers import ChunkWorkers, compute_with_workers, standby_waiting, start_standby
 from evsys_build.chunks import map_chunks, write_row_chunk
 from evsys_build.errors import ConfigError, Interrupted
 from evsys_build.store import Store, open_store
@@ -131,7 +132,7 @@ def test_map_chunks_with_workers_memoizes_every_chunk(tmp_path, monkeypatch):
 def test_tokenize_chunks_from_workers_equal_those_computed_here(tmp_path, tiny_model_dir):
     """The real tokenize task, in real workers (each loads the tokenizer itself): the same token blobs."""
     from evsys_rules.data.chat_tokens import load_tokenizer
-    from evsys_rules.nodes.tokenize import start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
+    from evsys_rules.data.tokenize_chunk import start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
 
     store = Store(tmp_path / "store")
     rows = [{"messages": [{"role": "user", "content": f"q{i} 🙂" * (i % 5 + 1)}, {"role": "assistant", "content": f"a{i}"}]} for i in range(120)]
@@ -147,7 +148,9 @@ def test_tokenize_chunks_from_workers_equal_those_computed_here(tmp_path, tiny_m
         time.sleep(1.0)
         return tokenize_chunk(store, tok, chunk, 0, shaping)
 
-    workers = ChunkWorkers(task=tokenize_chunk_in_worker, args_of=lambda c: ((str(store.root), None), str(tiny_model_dir), None, shaping, c, 0), start=start_tokenize_worker)
+    address = (str(store.root), None)
+    start = functools.partial(start_tokenize_worker, address, str(tiny_model_dir), None)
+    workers = ChunkWorkers(task=tokenize_chunk_in_worker, args_of=lambda c: (address, str(tiny_model_dir), None, shaping, c, 0), start=start)
     compute_with_workers(workers, 2, chunks, list(range(len(chunks))), slowly_here, there.__setitem__, None)
     assert [there[i] for i in range(len(chunks))] == here
     assert len(computed_here) < len(chunks)  # the rest came from the workers
@@ -226,3 +229,68 @@ def test_workers_keep_computing_while_the_caller_is_busy_with_a_slow_chunk(tmp_p
     compute_with_workers(workers, 1, chunks, list(range(80)), slowly_here, there.__setitem__, None)
     assert sorted(there) == list(range(80))
     assert len(here) <= 12  # one worker at 0.02 s a chunk does the rest (fed one result at a time, it would do about half)
+
+
+def refuse_to_start() -> None:
+    raise RuntimeError("this worker cannot start")
+
+
+def child_pids() -> set[int]:
+    """This process's living or unreaped children."""
+    found: set[int] = set()
+    for children in Path("/proc/self/task").glob("*/children"):
+        found.update(int(pid) for pid in children.read_text().split())
+    return found
+
+
+def test_a_worker_started_ahead_computes_a_few_chunks_alone_and_ends_with_the_map(tmp_path, monkeypatch):
+    """A stage warmed ahead (say, a tokenizer loading in its worker while the source is scanned):
+    with fewer chunks to compute than start processes, that worker computes them all and this
+    process none, then it ends; the map's results and memos are what computing here gives."""
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "1")
+    store = Store(tmp_path / "store")
+    chunks = number_chunks(store, [[i, i + 1] for i in range(0, 10, 2)])
+    before = child_pids()
+    standby = start_standby("sq-stage", None)
+    assert standby is not None and start_standby("sq-stage", None) is None  # one waits under that key already
+    workers = ChunkWorkers(task=square_chunk, args_of=lambda c: (str(store.root), c), standby="sq-stage")
+    here = [square_chunk(str(store.root), c) for c in chunks]
+    out, stats = map_chunks(store, chunks, {"rule": "sq"}, lambda c: pytest.fail("computed here"), None, None, workers)
+    assert stats == {"chunks_ran": 5, "chunks_cached": 0}
+    assert [c["blob"] for c in out] == [c["blob"] for c in here]
+    assert {c["pid"] for c in out} == {standby.worker.proc.pid}
+    assert not standby_waiting("sq-stage") and child_pids() == before  # adopted, and ended with the map
+    standby.close()  # closing an adopted one is harmless
+    again, stats = map_chunks(store, chunks, {"rule": "sq"}, lambda c: pytest.fail("computed again"), None, None, workers)
+    assert stats == {"chunks_ran": 0, "chunks_cached": 5} and again == out
+
+
+def test_a_worker_started_ahead_that_dies_or_cannot_start_leaves_its_chunks_to_the_caller(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "1")
+    store = Store(tmp_path / "store")
+    workers = ChunkWorkers(task=square_chunk, args_of=lambda c: (str(store.root), c), standby="sq-stage")
+
+    def here(chunk: dict) -> dict:
+        numbers = [int(x) for x in store.get_bytes(chunk["blob"]).decode().split()]
+        return {"blob": store.put_bytes(b"here"), "rows": len(numbers), "pid": os.getpid()}
+
+    start_standby("sq-stage", refuse_to_start)
+    out, _ = map_chunks(store, number_chunks(store, [[1], [2], [3]]), {"rule": "a"}, here, None, None, workers)
+    assert {c["pid"] for c in out} == {os.getpid()}
+
+    start_standby("sq-stage", None)
+    out, _ = map_chunks(store, number_chunks(store, [[4], [-1], [5]]), {"rule": "b"}, here, None, None, workers)
+    assert len(out) == 3 and out[1]["pid"] == os.getpid()  # the chunk that killed the worker, computed here
+
+
+def test_a_worker_started_ahead_that_no_map_adopts_is_ended_by_close(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "1")
+    before = child_pids()
+    standby = start_standby("never-adopted", functools.partial(time.sleep, 60))  # still starting
+    assert standby_waiting("never-adopted") and standby.worker.proc.pid in child_pids()
+    started = time.monotonic()
+    standby.close()
+    assert time.monotonic() - started < 5 and child_pids() == before
+    assert not standby_waiting("never-adopted")
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "0")
+    assert start_standby("never-adopted", None) is None  # a build without workers starts none

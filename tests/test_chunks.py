@@ -7,6 +7,7 @@ The file is 100,000 rows; a filter keeps 1 in 5, so tokenize (the slow stage on 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -214,6 +215,39 @@ def test_row_local_stages_rerun_one_or_two_chunks(incremental):
     assert dropped["transform[1] jsonl_to_chat"]["key"] == inserted["transform[1] jsonl_to_chat"]["key"]
     assert dropped["tokenize"]["key"] == inserted["tokenize"]["key"]
     assert dropped["tokenize"]["created"] == inserted["tokenize"]["created"]  # not rebuilt
+
+
+def test_a_one_row_edit_tokenizes_in_the_warmed_worker_exactly_as_a_cold_build(tmp_path, monkeypatch, tiny_model_dir):
+    """After a one-row edit, the chunk tokenize reruns is computed in the worker its warm-up started
+    while the source was scanned: the build's process loads no tokenizer, keeps no worker, and the
+    tokens are those a cold build of the edited file makes."""
+    import evsys_rules.nodes.tokenize as tokenize_rule
+    from evsys_build import chunk_workers
+
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "1")
+    project = tmp_path / "edited"
+    (project / "data").mkdir(parents=True)
+    (project / "config.yaml").write_text(CONFIG)
+    rows = big_rows(6000)
+    write_lines(project / "data" / "train.jsonl", rows)
+    monkeypatch.chdir(project)
+    build_data_nodes(project)
+    rows[3000] = dict(rows[3000], query="an edited query about contacts")  # a kept row (3000 % KEEP_EVERY == 0)
+    write_lines(project / "data" / "train.jsonl", rows)
+    real = tokenize_rule.load_chat_tokenizer
+    monkeypatch.setattr(tokenize_rule, "load_chat_tokenizer", lambda *a, **k: pytest.fail("the build loaded a tokenizer itself"))
+    edited = build_data_nodes(project)["tokenize"]
+    monkeypatch.setattr(tokenize_rule, "load_chat_tokenizer", real)
+    assert 1 <= edited["stats"]["chunks_ran"] <= 2 and edited["stats"]["rows"] == 6000 // KEEP_EVERY
+    assert not chunk_workers._standby
+
+    cold = tmp_path / "cold"
+    shutil.copytree(project / "data", cold / "data")
+    (cold / "config.yaml").write_text(CONFIG)
+    monkeypatch.chdir(cold)
+    fresh = build_data_nodes(cold)["tokenize"]
+    assert fresh["stats"]["chunks_cached"] == 0
+    assert (fresh["key"], fresh["output_digest"]) == (edited["key"], edited["output_digest"])
 
 
 def test_a_rule_code_change_recomputes_every_chunk(tmp_path, monkeypatch, tiny_model_dir):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -179,6 +180,26 @@ def test_a_node_is_warmed_once_when_a_node_it_depends_on_runs_and_not_when_all_i
     assert warmed == [store]  # the source ran: its downstream node was warmed, once
     Executor(store).run(warmed_graph(tmp_path / "count", warmed))
     assert len(warmed) == 1  # nothing ran: nothing warmed
+
+
+def test_what_a_warm_up_leaves_is_closed_when_its_build_ends(tmp_path):
+    """A warm-up may start what the node's run adopts (a worker process); what no run took is
+    closed with the build, or at once when the warm-up finishes after the build."""
+    closed = []
+
+    class Leftover:
+        def close(self):
+            closed.append(self)
+
+    for delay in (0.0, 1.0):
+        graph = toy_graph(tmp_path / f"count{delay}", tag=str(delay))
+        next(n for n in graph.nodes() if n.name == "tokenize").warm = lambda store, delay=delay: time.sleep(delay) or Leftover()
+        Executor(Store(tmp_path / "cache")).run(graph)
+        for _ in range(100):
+            if len(closed) > delay:
+                break
+            threading.Event().wait(0.05)
+    assert len(closed) == 2
 
 
 def test_a_warm_up_that_fails_leaves_the_node_to_run_as_usual(tmp_path):

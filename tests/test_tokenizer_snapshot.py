@@ -156,25 +156,25 @@ def test_a_snapshot_load_imports_neither_torch_nor_autotokenizer(tiny_model_dir,
     assert result.stdout.split() == ["SnapshotTokenizer", "True", "False", "False"]
 
 
-def test_the_warm_up_captures_in_a_worker_and_every_process_then_loads_that_one(tiny_model_dir, tmp_path, monkeypatch):
-    """A first build's tokenize node is warmed while earlier stages run: the capture (AutoTokenizer,
-    torch) happens in a worker process, and this process and the node's workers load its snapshot;
-    with the snapshot stored, a warm-up loads it and captures nothing."""
-    from evsys_rules.nodes.tokenize import warm_tokenizer
+def test_the_warm_up_captures_in_its_worker_and_this_process_then_loads_that_one(tiny_model_dir, tmp_path, monkeypatch):
+    """A first build's tokenize node is warmed while earlier stages run: a worker process starts
+    and captures the snapshot (AutoTokenizer, torch) there, never in the build's process, which
+    then loads that snapshot; a warm-up nobody adopts ends with `close`."""
+    from evsys_build.chunk_workers import standby_waiting
+    from evsys_rules.nodes.tokenize import standby_key, warm_tokenizer
 
+    monkeypatch.setenv("EVSYS_DATA_WORKERS", "1")
     store = Store(tmp_path / "store")
     tokenizer_snapshot._loaded.clear()
-    captured_here = []
-    monkeypatch.setattr(tokenizer_snapshot, "capture", lambda tok: captured_here.append(tok))
-    warm_tokenizer(str(tiny_model_dir), tokenizer_snapshot.tokenizer_code(), store)
-    assert captured_here == []  # taken in the worker, whose `capture` is the real one
-    assert store.memo_get(snapshot_key(str(tiny_model_dir))) is not None
-    assert isinstance(tokenizer_snapshot._loaded[snapshot_key(str(tiny_model_dir))], SnapshotTokenizer)
+    monkeypatch.setattr(tokenizer_snapshot, "capture", lambda tok: pytest.fail("captured in the build's process"))
+    code = tokenizer_snapshot.tokenizer_code()
+    standby = warm_tokenizer(str(tiny_model_dir), code, store)
+    assert standby is not None and standby_waiting(standby_key(store, str(tiny_model_dir), code))
+    assert standby.worker.receive() == (True, "ready")  # its start loaded the tokenizer: the snapshot is stored
+    assert tokenizer_snapshot._loaded == {}
     assert isinstance(load_chat_tokenizer(str(tiny_model_dir), store), SnapshotTokenizer)
-    tokenizer_snapshot._loaded.clear()
-    monkeypatch.setattr("evsys_rules.nodes.tokenize.call_in_worker", lambda *a: pytest.fail("captured again"))
-    warm_tokenizer(str(tiny_model_dir), tokenizer_snapshot.tokenizer_code(), store)
-    assert captured_here == []
+    standby.close()
+    assert not standby_waiting(standby_key(store, str(tiny_model_dir), code)) and standby.worker.proc.poll() is not None
 
 
 def test_processes_that_load_a_new_tokenizer_together_capture_it_once(tiny_model_dir, tmp_path):

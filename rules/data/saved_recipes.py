@@ -40,6 +40,11 @@ def seed_recipes(tok, path: Path) -> None:
         _add(renderer.recipes.setdefault(key, []), recipes)
 
 
+def recipe_count(tok) -> int:
+    """How many recipes `tok`'s renderer holds (it grows as rendering learns)."""
+    return sum(len(recipes) for recipes in chat_renderer(tok).recipes.values())
+
+
 def save_recipes(tok, path: Path) -> None:
     """Keep `tok`'s renderer's recipes at `path`, with those already there (within the renderer's limits)."""
     renderer = chat_renderer(tok)

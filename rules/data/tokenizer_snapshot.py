@@ -105,12 +105,6 @@ def load_chat_tokenizer(model_dir: str, store, code: str | None = None):
     return tok
 
 
-def has_snapshot(model_dir: str, store, code: str | None = None) -> bool:
-    """Whether `store` holds the snapshot of the model folder's tokenizer (loaded or not)."""
-    key = snapshot_key(model_dir, code)
-    return key in _loaded or store.memo_get(key) is not None
-
-
 def save_chat_recipes(tok, model_dir: str, store, code: str | None = None) -> None:
     """Keep the recipes `tok`'s renderer learned for the next process (`saved_recipes`)."""
     save_recipes(tok, recipes_path(store.local_dir, snapshot_key(model_dir, code)))

@@ -5,23 +5,21 @@ algorithm params that shape tokens (supervise, max_length, truncation)."""
 from __future__ import annotations
 
 import functools
-import os
 import re
 import threading
 from pathlib import Path
 
-from evsys_build.chunk_workers import ChunkWorkers, call_in_worker, store_address, worker_store
-from evsys_build.chunks import map_chunks, read_row_chunk
+from evsys_build.chunk_workers import ChunkWorkers, Standby, start_standby, store_address
+from evsys_build.chunks import map_chunks
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
+from evsys_build.hashing import digest
 from evsys_build.store import Store
 
 from ..config.loading import Arm
-from ..data.chat_tokens import tokenize_rows
-from ..data.token_chunks import write_token_chunk
-from ..data.tokenizer_snapshot import has_snapshot, load_chat_tokenizer, save_chat_recipes, tokenizer_code
-from ..ml_stack import preload_chat_templates
+from ..data.tokenize_chunk import start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
+from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
 from .row_chunks import chunk_starts, row_location, stage_identity
@@ -54,17 +52,16 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
     )
 
 
-def warm_tokenizer(model_dir: str, code: str, store: Store) -> None:
-    """Load the tokenizer while the stages before this one run, so this node and its workers start
-    with it. A first build captures its snapshot in a worker process: AutoTokenizer's imports
-    would hold this process's GIL for seconds, slowing the stages that run meanwhile."""
-    if not has_snapshot(model_dir, store, code):
-        call_in_worker(capture_tokenizer_in_worker, store_address(store), model_dir, code)
-    load_chat_tokenizer(model_dir, store, code)
+def warm_tokenizer(model_dir: str, code: str, store: Store) -> Standby | None:
+    """Start a worker process that loads the tokenizer (capturing its snapshot on a first build)
+    while the stages before this one run, for this node's map to adopt: loading it here would hold
+    this process's GIL (AutoTokenizer's imports for seconds; even a snapshot for a third of a
+    second) while those stages need it, and a one-row edit then tokenizes its chunk in that worker."""
+    return start_standby(standby_key(store, model_dir, code), functools.partial(start_tokenize_worker, store_address(store), model_dir, code))
 
 
-def capture_tokenizer_in_worker(address: tuple, model_dir: str, code: str) -> None:
-    load_chat_tokenizer(model_dir, worker_store(address), code)
+def standby_key(store: Store, model_dir: str, code: str) -> str:
+    return digest({"rule": "tokenize", "store": store_address(store), "model_dir": str(model_dir), "code": code})
 
 
 def run_tokenize(ctx: RunContext) -> dict:
@@ -89,7 +86,8 @@ def run_tokenize(ctx: RunContext) -> dict:
     workers = ChunkWorkers(
         task=tokenize_chunk_in_worker,
         args_of=lambda chunk: (address, model_dir, code, shaping, chunk, starts[chunk["blob"]]),
-        start=start_tokenize_worker,
+        start=functools.partial(start_tokenize_worker, address, model_dir, code),
+        standby=standby_key(store, model_dir, code),
     )
     try:
         chunks, stats = map_chunks(
@@ -113,22 +111,3 @@ def run_tokenize(ctx: RunContext) -> dict:
         "attachments": tokens.attachments(),
         "stats": dict(stats, rows=tokens.num_rows, tokens=tokens.num_tokens, loss_tokens=tokens.num_loss_tokens),
     }
-
-
-def tokenize_chunk(store: Store, tok, chunk: dict, start: int, shaping: tuple) -> dict:
-    """One chunk of chat rows -> one token chunk; a bad row fails as `row <index in the dataset>: ...`."""
-    rows = read_row_chunk(store, chunk)
-    supervise, max_length, truncation = shaping
-    out = tokenize_rows(tok, rows, supervise, max_length, truncation, [f"row {start + i}" for i in range(len(rows))])
-    return write_token_chunk(store, out)
-
-
-def start_tokenize_worker() -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: the processes are the parallelism
-    preload_chat_templates()
-
-
-def tokenize_chunk_in_worker(address: tuple, model_dir: str, code: str, shaping: tuple, chunk: dict, start: int) -> dict:
-    """`tokenize_chunk` in a worker process: the store and tokenizer opened once per process."""
-    store = worker_store(address)
-    return tokenize_chunk(store, load_chat_tokenizer(model_dir, store, code), chunk, start, shaping)
