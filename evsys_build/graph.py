@@ -67,11 +67,15 @@ class Node:
 
     def key_for(self, input_digests: dict[str, str]) -> str:
         """The content key, given each input label's output digest (a produced node needs its producer's key)."""
+        return digest(self.key_material(input_digests))
+
+    def key_material(self, input_digests: dict[str, str]) -> dict:
+        """What the content key is the digest of."""
         if self.produced_by is not None:
             if self.produced_by.key is None:
                 raise ValueError(f"{self.name}: its producer {self.produced_by.name} has no key yet")
-            return digest({**self.recipe, "producer": self.produced_by.key})
-        return digest({**self.recipe, "inputs": [[label, input_digests[label]] for label, _ in self.inputs]})
+            return {**self.recipe, "producer": self.produced_by.key}
+        return {**self.recipe, "inputs": [[label, input_digests[label]] for label, _ in self.inputs]}
 
     def resolve(self, input_digests: dict[str, str]) -> str:
         """Set (and return) the content key; produced nodes get theirs at the same time."""

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from evsys_build.store import Store
 from evsys_testkit import evsys, make_project, ok, ran_names, tool_rows
 
@@ -148,3 +150,22 @@ def test_arms_sharing_a_train_node_store_every_arms_checkpoints(tmp_path, tiny_m
     assert "saved   [every1] checkpoint@1" in out
     again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert ran_names(again) == set()
+
+
+@pytest.mark.parametrize("probe", [None, 5])
+def test_checkpoint_keys_computed_in_bulk_are_the_checkpoint_nodes_keys(monkeypatch, probe):
+    """Resume looks for a checkpoint at every step below the first missing one: their keys come
+    from one canonical text with each step put in, and must be exactly the nodes' own (else a
+    stored checkpoint is never found again). A probe whose digits occur twice builds each node."""
+    import evsys_rules.nodes.train as train_rule
+    from evsys_build.graph import Node
+
+    train = Node("train", "train", "1", {"learning_rate": 0.01, "max_steps": 250})
+    train.key = "5" * 32
+    if probe is not None:
+        monkeypatch.setattr(train_rule, "_STEP_PROBE", probe)
+    steps = [249, 50, 10, 9, 5, 1, 10**9]
+    keys = train_rule.checkpoint_keys(train, steps)
+    assert list(keys) == steps
+    assert keys == {step: train_rule.checkpoint_node(train, step).key for step in steps}
+    assert len(set(keys.values())) == len(steps)

@@ -181,3 +181,31 @@ def test_aggregate_k_above_samples_explains_num_samples():
         aggregate([[True, False]], [1, 5])
     with pytest.raises(ConfigError):
         aggregate([], [1])
+
+
+def test_an_eval_key_follows_its_verifiers_code_within_one_process(tmp_path):
+    """An eval node's params hold its tasks' verifier identities, memoised per tasks file: the same
+    tasks and code give the same digest, and a verifier re-registered with other code (a plugin
+    edited in a long-lived process) gives another."""
+    from types import SimpleNamespace
+
+    from evsys_rules.evals.benchmarks import load_tasks
+    from evsys_rules.nodes.eval import eval_params
+
+    (tmp_path / "tasks.jsonl").write_text('{"task_id": "t1", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "edited_later", "expected": "A"}}\n')
+
+    @register_verifier("edited_later")
+    def first(prediction: str, expected: str) -> bool:
+        return prediction == expected
+
+    tasks = load_tasks(tmp_path)
+    bench = SimpleNamespace(max_tokens=8, temperature=0.0, num_samples=1, stop=[], metrics=["pass@1"])
+    backend = SimpleNamespace(sampling_client_from_weights=first, libraries=())
+    before = eval_params(bench, tasks, None, backend, {})["verifiers"]
+    assert eval_params(bench, tasks, None, backend, {})["verifiers"] == before
+
+    @register_verifier("edited_later")
+    def second(prediction: str, expected: str) -> bool:
+        return prediction.strip() == expected
+
+    assert eval_params(bench, tasks, None, backend, {})["verifiers"] != before

@@ -140,12 +140,27 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
         "tasks": _tasks_content(tasks)[0],
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
         "metrics": sorted(bench.metrics),
-        "verifiers": digest(sorted((verifier_identity(spec) for spec in _tasks_content(tasks)[1]), key=lambda v: json.dumps(v, sort_keys=True))),
+        "verifiers": _verifiers_digest(tasks),
         "system_prompt": system_prompt,
     }
 
 
 _tasks_memo: dict[int, tuple] = {}
+_verifiers_memo: dict[tuple, tuple] = {}
+
+
+def _verifiers_digest(tasks) -> str:
+    """The digest of the tasks' verifier identities (spec and code), computed once per parsed tasks
+    file and set of verifier code identities: a sweep's arms share it, a reloaded plugin does not."""
+    identities = [verifier_identity(spec) for spec in _tasks_content(tasks)[1]]
+    memo_key = (id(tasks), tuple(identity["code"] for identity in identities))
+    hit = _verifiers_memo.get(memo_key)
+    if hit is not None and hit[0] is tasks:  # holding `tasks` keeps its id from being reused
+        return hit[1]
+    value = digest(sorted(identities, key=lambda v: json.dumps(v, sort_keys=True)))
+    if isinstance(tasks, tuple):
+        _verifiers_memo[memo_key] = (tasks, value)
+    return value
 
 
 def _tasks_content(tasks) -> tuple[str, list[dict]]:

@@ -9,10 +9,14 @@ that a new eval schedule needs is filled in by resuming from the nearest earlier
 from __future__ import annotations
 
 import json
+from typing import Iterable
+
+import xxhash
 
 from evsys_build.errors import ConfigError, Interrupted, NodeFailed
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
+from evsys_build.hashing import canonical_json
 from evsys_build.planner import cached_manifest
 from evsys_build.store import Store
 
@@ -193,11 +197,28 @@ def run_train(ctx: RunContext) -> dict:
 
 
 def newest_stored_step(store: Store, train: Node, below: int) -> int:
-    """The newest step < `below` with a fully stored, usable checkpoint of this train node (0 = none)."""
-    for step in range(below - 1, 0, -1):
-        if usable(store, checkpoint_node(train, step)):
+    """The newest step < `below` with a fully stored, usable checkpoint of this train node (0 = none).
+    Any step may have one (a stopped training saves where it stopped): each step's key is
+    computed without building its node, and only a checkpoint whose manifest is here (or that an
+    upstream store may hold) is built and checked."""
+    for step, key in checkpoint_keys(train, range(below - 1, 0, -1)).items():
+        if (store.upstream is not None or store.has_manifest(key)) and usable(store, checkpoint_node(train, step)):
             return step
     return 0
+
+
+_STEP_PROBE = -7_346_519_283  # no checkpoint's step: its digits mark where a step goes in a key's canonical JSON
+
+
+def checkpoint_keys(train: Node, steps: Iterable[int]) -> dict[int, str]:
+    """`checkpoint_node(train, step).key` for each step, in order: the canonical JSON the key is the
+    digest of is made once, for a probe step, and each step's digits put in its place (what
+    `digest` hashes for that step: an int's canonical form is its decimal text)."""
+    text = canonical_json(checkpoint_node(train, _STEP_PROBE).key_material({}))
+    head, probe, tail = text.partition(str(_STEP_PROBE))
+    if not probe or str(_STEP_PROBE) in tail:  # not exactly once: build each node
+        return {step: checkpoint_node(train, step).key_for({}) for step in steps}
+    return {step: xxhash.xxh3_128_hexdigest(f"{head}{int(step)}{tail}".encode()) for step in steps}
 
 
 def usable(store: Store, checkpoint: Node) -> bool:
