@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .atomic import write_atomic
 from .hashing import digest
+from .store import referenced_objects
 
 KEPT_OTHERS = 4096  # entries of other datasets through the same stage kept beside the current map's
 
@@ -45,6 +46,30 @@ def save_index(store, stage: str, current: dict[str, dict], previous: dict[str, 
         write_atomic(path, json.dumps({"digest": digest(entries), "entries": entries}).encode(), path.parent.parent / "tmp", fsync=False)
     except OSError:  # only a speed-up: a store that cannot keep it builds as before
         pass
+
+
+def prune_indexes(store, dead: set[str], dry_run: bool = False) -> int:
+    """gc is removing the objects in `dead`: drop every index entry that names one (and remove an
+    index left empty, or one that does not check out). Returns how many indexes that changes. A
+    build on this machine writing its index meanwhile (a remote store's gc takes no local lock)
+    only costs memo reads: hits are checked to exist before use."""
+    changed = 0
+    for path in sorted((Path(store.local_dir) / "chunkmaps").glob("*.json")):
+        entries = load_index(store, path.stem)
+        kept = {key: chunk for key, chunk in entries.items() if referenced_objects(chunk).isdisjoint(dead)}
+        if entries and len(kept) == len(entries):
+            continue
+        changed += 1
+        if dry_run:
+            continue
+        try:
+            if kept:
+                write_atomic(path, json.dumps({"digest": digest(kept), "entries": kept}).encode(), path.parent.parent / "tmp", fsync=False)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:  # only a speed-up: one left as it was is checked on use
+            pass
+    return changed
 
 
 def _path(store, stage: str) -> Path:

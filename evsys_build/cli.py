@@ -188,6 +188,7 @@ def gc(dry_run, keep_last, keep_within, cache_dir):
         f"kept {report.kept_runs} runs and {report.kept_nodes} nodes; {verb} {len(report.removed_runs)} runs, "
         f"{len(report.removed_nodes)} nodes, {report.removed_objects} objects ({_mb(report.freed_bytes)}), "
         f"{report.removed_memos} memos, {report.removed_staging} staging files"
+        + (f"; {'would prune' if dry_run else 'pruned'} {report.pruned_indexes} stage indexes" if report.pruned_indexes else "")
     )
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from .chunk_index import prune_indexes
 from .errors import CorruptObject
 from .store import Store, _safe as _safe_name, referenced_objects
 
@@ -40,6 +41,7 @@ class GcReport:
     freed_bytes: int = 0
     removed_memos: int = 0
     removed_staging: int = 0
+    pruned_indexes: int = 0  # machine-local stage indexes (chunkmaps/) that named removed objects
 
 
 def collect_garbage(store: Store, keep_last: int = 5, keep_within_days: float = 14.0, dry_run: bool = False, on_wait=None, now: float | None = None) -> GcReport:
@@ -95,8 +97,11 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
             store.delete_memo(key)
         for name in dead_objects:
             store.delete_object(name)
+        report.pruned_indexes = prune_indexes(store, set(dead_objects))
         store.clean_staging()
         store.remove_node_locks()
+    else:
+        report.pruned_indexes = prune_indexes(store, set(dead_objects), dry_run=True)
     return report
 
 

@@ -305,3 +305,35 @@ def test_the_stage_index_serves_a_rebuild_and_never_a_wrong_or_missing_chunk(tmp
     again, stats = map_chunks(store, chunks, {"rule": "double"}, double)
     assert stats["chunks_ran"] == 1 and calls[before:] == [chunks[2]["blob"]]
     assert [r["n"] for c in again for r in read_row_chunk(store, c)] == [0, 2, 4, 6, 8, 10]
+
+
+def test_gc_prunes_stage_indexes_of_what_it_removes(tmp_path):
+    """Stage indexes are machine-local and grow with every stage identity a build meets: gc drops
+    the entries that name objects it removes, and an index left empty; a dry run changes none."""
+    from evsys_build import chunk_index
+    from evsys_build.chunks import map_chunks, read_row_chunk, write_row_chunk
+    from evsys_build.gc import collect_garbage
+    from evsys_build.store import Store
+
+    store = Store(tmp_path / "cache")
+    chunks = [write_row_chunk(store, [{"n": i}]) for i in range(4)]
+    twice = lambda c: write_row_chunk(store, [{"n": r["n"] * 2} for r in read_row_chunk(store, c)])  # noqa: E731
+    thrice = lambda c: write_row_chunk(store, [{"n": r["n"] * 3} for r in read_row_chunk(store, c)])  # noqa: E731
+    map_chunks(store, chunks, {"rule": "twice"}, twice)
+    map_chunks(store, chunks[:2], {"rule": "thrice"}, thrice)
+    index_files = lambda: sorted(p.name for p in (tmp_path / "cache" / "chunkmaps").glob("*.json"))  # noqa: E731
+    assert len(index_files()) == 2
+    # nothing references any of it (no run keeps it): gc removes every object older than now
+    dry = collect_garbage(store, dry_run=True)
+    assert dry.pruned_indexes == 2 and len(index_files()) == 2
+    report = collect_garbage(store)
+    assert report.pruned_indexes == 2 and index_files() == []
+
+    # a partly dead index keeps what still exists, and still checks out
+    kept = [write_row_chunk(store, [{"n": i}]) for i in range(3)]
+    out, _ = map_chunks(store, kept, {"rule": "twice"}, twice)
+    (stage_file,) = (tmp_path / "cache" / "chunkmaps").glob("*.json")
+    assert chunk_index.prune_indexes(store, {out[0]["blob"]}) == 1
+    entries = chunk_index.load_index(store, stage_file.stem)
+    assert sorted(c["blob"] for c in entries.values()) == sorted(c["blob"] for c in out[1:])
+    assert chunk_index.prune_indexes(store, {out[0]["blob"]}) == 0  # nothing left to drop
