@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-import xxhash
-
 from evsys_build.errors import ConfigError, Interrupted, NodeFailed
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
-from evsys_build.hashing import canonical_json
+from evsys_build.hashing import canonical_json, digest_bytes
 from evsys_build.planner import cached_manifest
 from evsys_build.store import Store
 
@@ -218,7 +216,7 @@ def checkpoint_keys(train: Node, steps: Iterable[int]) -> dict[int, str]:
     head, probe, tail = text.partition(str(_STEP_PROBE))
     if not probe or str(_STEP_PROBE) in tail:  # not exactly once: build each node
         return {step: checkpoint_node(train, step).key_for({}) for step in steps}
-    return {step: xxhash.xxh3_128_hexdigest(f"{head}{int(step)}{tail}".encode()) for step in steps}
+    return {step: digest_bytes(f"{head}{int(step)}{tail}".encode()) for step in steps}
 
 
 def usable(store: Store, checkpoint: Node) -> bool:
