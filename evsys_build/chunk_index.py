@@ -11,6 +11,7 @@ machine-local entries (`scans/`, `recipes/`), deleting it only makes the next bu
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -41,11 +42,7 @@ def save_index(store, stage: str, current: dict[str, dict], previous: dict[str, 
     others = [(key, chunk) for key, chunk in previous.items() if key not in current][-KEPT_OTHERS:]
     entries = dict(others)
     entries.update(current)
-    path = _path(store, stage)
-    try:
-        write_atomic(path, json.dumps({"digest": digest(entries), "entries": entries}).encode(), path.parent.parent / "tmp", fsync=False)
-    except OSError:  # only a speed-up: a store that cannot keep it builds as before
-        pass
+    _write(_path(store, stage), entries)
 
 
 def prune_indexes(store, dead: set[str], dry_run: bool = False) -> int:
@@ -62,14 +59,20 @@ def prune_indexes(store, dead: set[str], dry_run: bool = False) -> int:
         changed += 1
         if dry_run:
             continue
-        try:
-            if kept:
-                write_atomic(path, json.dumps({"digest": digest(kept), "entries": kept}).encode(), path.parent.parent / "tmp", fsync=False)
-            else:
+        if kept:
+            _write(path, kept)
+        else:
+            with contextlib.suppress(OSError):  # one left as it was is checked on use
                 path.unlink(missing_ok=True)
-        except OSError:  # only a speed-up: one left as it was is checked on use
-            pass
     return changed
+
+
+def _write(path: Path, entries: dict[str, dict]) -> None:
+    """Write an index with its digest, without fsync (machine-local, checked on every load)."""
+    try:
+        write_atomic(path, json.dumps({"digest": digest(entries), "entries": entries}).encode(), path.parent.parent / "tmp", fsync=False)
+    except OSError:  # only a speed-up: a store that cannot keep it builds as before
+        pass
 
 
 def _path(store, stage: str) -> Path:
