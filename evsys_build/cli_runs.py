@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import click
@@ -14,6 +16,21 @@ from .store import Store, cache_location, open_store
 
 def list_runs(store: Store, experiment: str | None) -> list[dict]:
     return list(store.iter_runs(experiment))
+
+
+def shown_status(run: dict) -> str:
+    """The run's status, or `killed` for a `running` record whose build process is gone from this
+    host (SIGKILL, a second Ctrl-C): its record never got its nodes; gc keeps what it saved until
+    a later build of the experiment finishes."""
+    status = run.get("status", "?")
+    if status == "running" and run.get("host") == socket.gethostname() and isinstance(run.get("pid"), int):
+        try:
+            os.kill(run["pid"], 0)
+        except ProcessLookupError:
+            return "killed"
+        except OSError:
+            pass
+    return status
 
 
 def find_run(store: Store, run_id: str) -> dict:
@@ -64,7 +81,7 @@ def register(main: click.Group, cache_option) -> None:
             click.echo(json.dumps([{k: r.get(k) for k in ("id", "experiment", "run_name", "status", "started", "finished", "partial", "targets", "error")} for r in found], indent=1))
             return
         for r in found:
-            status = r.get("status", "?") + (" (partial)" if r.get("partial") else "")
+            status = shown_status(r) + (" (partial)" if r.get("partial") else "")
             click.echo(f"{r['id']}  {r['experiment']:<24} {status:<11} {', '.join(r.get('arms', {}))}  {headline(r)}")
         click.echo(f"{len(found)} run(s)")
 
@@ -81,7 +98,7 @@ def register(main: click.Group, cache_option) -> None:
             written = frontend().write_run(store, run, Path(write_dir))
             click.echo(f"wrote {len(written)} files of run {run['id']} into {write_dir}")
             return
-        click.echo(f"run        {run['id']} ({run.get('status')}{', partial: ' + ', '.join(run.get('targets') or []) if run.get('partial') else ''})")
+        click.echo(f"run        {run['id']} ({shown_status(run)}{', partial: ' + ', '.join(run.get('targets') or []) if run.get('partial') else ''})")
         if run.get("error"):
             click.echo(f"error      {run['error']}")
         click.echo(f"experiment {run['experiment']}  run_name {run.get('run_name')}")

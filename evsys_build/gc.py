@@ -58,8 +58,10 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     if cutoff is not None:  # a run recorded after the cutoff belongs to a build that may still run
         written = store.run_entries()
         kept |= {(r["experiment"], r["id"]) for r in runs if not old(written.get((_safe_name(r["experiment"]), _safe_name(r["id"]))))}
+    kept |= pending_resumes(runs)
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
-    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept])
+    node_entries = store.entries("nodes")
+    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept], _written_by_unfinished(runs, kept, node_entries))
     live_objects: set[str] = set()
     live_checkpoints: set[str] = set()
     for key, manifest in live.items():
@@ -74,7 +76,7 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     owners = _run_owners(expired)
     objects = store.entries("objects")
     counted: set[str] = set()
-    for key, entry in store.entries("nodes").items():
+    for key, entry in node_entries.items():
         if key in live or not old(entry):
             continue
         manifest = store.read_manifest(key, quarantine=False) or {}
@@ -123,6 +125,27 @@ def retained_runs(store: Store, runs: list[dict], keep_last: int, keep_within_da
     return kept
 
 
+def pending_resumes(runs: list[dict]) -> set[tuple[str, str]]:
+    """Runs that never finished (the build was killed: SIGKILL, a second Ctrl-C, a lost machine)
+    with no finished run of their experiment after them: the next build resumes from what they
+    saved, so they are kept whatever the policy says."""
+    newest_finished: dict[str, str] = {}
+    for run in runs:
+        if run.get("status") != "running" and run["id"] > newest_finished.get(run["experiment"], ""):
+            newest_finished[run["experiment"]] = run["id"]
+    return {(r["experiment"], r["id"]) for r in runs if r.get("status") == "running" and r["id"] > newest_finished.get(r["experiment"], "")}
+
+
+def _written_by_unfinished(runs: list[dict], kept: set[tuple[str, str]], node_entries: dict) -> list[str]:
+    """Nodes a kept run that never finished may have published: its record names none (they are
+    recorded when a build ends), so every node written since it started is kept."""
+    starts = [_started(r) for r in runs if (r["experiment"], r["id"]) in kept and r.get("status") == "running"]
+    if not starts:
+        return []
+    since = min(starts) - 1.0  # `started` is recorded to the second
+    return [key for key, entry in node_entries.items() if entry is not None and entry.modified >= since]
+
+
 def _started(run: dict) -> float:
     try:
         return datetime.fromisoformat(run["started"]).timestamp()
@@ -130,10 +153,11 @@ def _started(run: dict) -> float:
         return 0.0
 
 
-def _live_nodes(store: Store, runs: list[dict]) -> dict[str, dict]:
-    """Manifests of every node the runs reference, and of the nodes those were built from."""
+def _live_nodes(store: Store, runs: list[dict], extra: list[str] = ()) -> dict[str, dict]:
+    """Manifests of every node the runs reference (and `extra`), and of the nodes those were built from."""
     live: dict[str, dict] = {}
     stack = [entry["key"] for run in runs for arm in run.get("arms", {}).values() for entry in arm.get("nodes", {}).values() if entry.get("key")]
+    stack += extra
     while stack:
         key = stack.pop()
         if key in live:

@@ -112,6 +112,11 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tiny_model_dir
     proc.wait()
     stored = _checkpoint_steps(project / "cache")
     assert 3 <= len(stored) < max_steps, f"kill came too late or too early: {stored}"
+    # the killed run's record names no nodes (they are recorded when a build ends); gc, even with
+    # the tightest policy, must keep what the next build resumes from
+    assert " killed " in ok(evsys("runs", "--cache-dir", "cache", cwd=project)).stdout
+    ok(evsys("gc", "--keep-last", "0", "--keep-within", "0d", "--cache-dir", "cache", cwd=project))
+    assert _checkpoint_steps(project / "cache") == stored
     out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert f"resuming train from checkpoint@{max(stored)}" in out
     saved = [line.split()[1] for line in out.splitlines() if line.startswith("saved ")]

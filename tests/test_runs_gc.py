@@ -126,3 +126,15 @@ def test_gc_in_process_beside_builds_in_threads_loses_nothing(tmp_path, tiny_mod
     latest = runs(project)[-1]
     assert all(store.complete_manifest(n["key"]) is not None for n in latest["arms"]["default"]["nodes"].values())
     json.loads((project / "cache" / "refs" / EXPERIMENT / "default.json").read_text())
+
+
+def test_a_killed_run_is_kept_until_a_later_run_of_its_experiment_finishes():
+    """A killed build never records its nodes; until a later build of the experiment finishes
+    (having resumed from them), gc keeps the killed run whatever the policy."""
+    from evsys_build.gc import pending_resumes
+
+    def run(experiment, id_, finished):
+        return {"experiment": experiment, "id": id_, "status": "completed" if finished else "running"}
+
+    runs = [run("a", "1", True), run("a", "2", False), run("b", "1", False), run("b", "2", True), run("c", "1", False), run("c", "2", False)]
+    assert pending_resumes(runs) == {("a", "2"), ("c", "1"), ("c", "2")}
