@@ -135,6 +135,39 @@ def test_all_assistant_and_last_assistant_on_three_turns(tok):
     assert ids_all == ids_last
 
 
+def test_an_assistant_turn_with_weight_0_is_not_trained(tok):
+    """OpenAI's fine-tuning format marks turns not to learn with `weight: 0`; `weight: 1` trains."""
+    conversation = convo("one?", "1", "two?", "2", "three?", "3")
+    conversation[2]["weight"] = 0  # "1"
+    conversation[6]["weight"] = 1.0  # "3"
+    conversation[1]["weight"] = 0  # a user turn: never trained anyway
+    assert trained_texts(tok, conversation, "all_assistant") == ["2<|im_end|>", "3<|im_end|>"]
+    conversation[6]["weight"] = False  # the last turn too: last_assistant trains the last one still weighted
+    assert trained_texts(tok, conversation, "all_assistant") == ["2<|im_end|>"]
+    assert trained_texts(tok, conversation, "last_assistant") == ["2<|im_end|>"]
+    conversation[4]["weight"] = 0
+    with pytest.raises(ConfigError, match=r"^row 0: conversation has no assistant turn to train on \(supervise: all_assistant\) \(every assistant turn has weight 0\)"):
+        tokenize(tok, conversation)
+
+
+@pytest.mark.parametrize(
+    "at, weight, supervise, expected",
+    [
+        (2, 0.5, "all_assistant", "row 0: messages[2].weight: 0.5 must be 0 (do not train this turn) or 1 (train it)"),
+        (2, "0", "all_assistant", "row 0: messages[2].weight: '0' must be 0"),
+        (1, 1, "all_assistant", "row 0: messages[1].weight: 1 asks to train this user message, but supervise: all_assistant trains assistant turns only"),
+        (1, 0, "all", "row 0: messages[1].weight is 0, which supervise: all cannot honour"),
+        (2, 0, "all", "row 0: messages[2].weight is 0, which supervise: all cannot honour"),
+    ],
+)
+def test_a_weight_evsys_cannot_honour_is_refused(tok, at, weight, supervise, expected):
+    conversation = convo("one?", "1", "two?", "2")
+    conversation[at]["weight"] = weight
+    with pytest.raises(ConfigError) as info:
+        tokenize(tok, conversation, supervise)
+    assert info.value.message.startswith(expected), info.value.message
+
+
 def test_supervise_all_trains_every_token_but_the_first(tok):
     ids, weights = tokenize(tok, convo("q", "a"), "all")
     assert ids == whole_text_ids(tok, convo("q", "a"))
@@ -209,6 +242,10 @@ def test_a_sharegpt_row_trains_its_gpt_turns(tok):
         [{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}, {"from": "human", "value": "bye"}, {"from": "gpt", "value": "bye"}]}]
     )
     assert trained_texts(tok, row) == ["hello<|im_end|>", "bye<|im_end|>"]
+    [row] = ShareGptToMessages()(  # a turn's `weight` (axolotl's ShareGPT key) is carried over
+        [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello", "weight": 0}, {"from": "human", "value": "bye"}, {"from": "gpt", "value": "bye"}]}]
+    )
+    assert trained_texts(tok, row) == ["bye<|im_end|>"]
 
 
 def test_a_sharegpt_function_call_row(tok):

@@ -22,7 +22,7 @@ class SFTConfig(BaseModel, extra="forbid"):
     batch_size: int = Field(8, ge=1)  # conversations per micro-batch (per step without accumulation)
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches per optimizer step: the step sees batch_size × this conversations
     lora_rank: int = Field(8, ge=0)  # 0 = train all weights
-    supervise: Supervise = "all_assistant"  # which turns carry loss
+    supervise: Supervise = "all_assistant"  # which turns carry loss; an assistant message with `weight: 0` (OpenAI's fine-tuning format) is never trained, and `last_assistant` trains the last turn not marked so (`all` refuses such rows)
     max_length: int = Field(2048, ge=8)  # tokens; longer conversations are truncated
     truncation: Literal["right", "left"] = "right"  # which end to cut
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # decay after warmup, towards 0 at max_steps

@@ -4,7 +4,8 @@ A row is `{"messages": [...], "tools": [...]?}` (or a bare messages list). Every
 one-line ConfigError that starts with `where` and names `messages[i]`, so no Jinja TypeError or
 traceback ever reaches the user. `read_conversation` returns the messages the template sees:
 role, content as a string, and for assistants their tool calls and reasoning; other keys
-(ids, weights, metadata) are dropped.
+(ids, metadata) are dropped. A message's `weight` (OpenAI's fine-tuning format: 0 or 1) is kept
+beside them: `weight: 0` leaves that turn untrained.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ _REASONING = ("reasoning_content", "thinking", "reasoning")  # transformers' nam
 
 
 class Conversation:
-    """Checked messages, the tools they may call, and which messages are exactly {role, content}."""
+    """Checked messages, the tools they may call, which messages are exactly {role, content}, and
+    the indexes of messages marked `weight: 0` (not trained)."""
 
-    __slots__ = ("messages", "tools", "plain")
+    __slots__ = ("messages", "tools", "plain", "untrained")
 
-    def __init__(self, messages: list[dict], tools: list[dict] | None, plain: list[bool]):
+    def __init__(self, messages: list[dict], tools: list[dict] | None, plain: list[bool], untrained: frozenset[int] = frozenset()):
         self.messages = messages
         self.tools = tools
         self.plain = plain
+        self.untrained = untrained
 
     def plain_prefix(self, end: int) -> bool:
         """Whether messages[:end] (and no tools) can take the renderer's fast path."""
@@ -42,21 +45,36 @@ def read_conversation(row, where: str, supervise: str | None, specials: re.Patte
     A message that is exactly {role, content: str} is kept as it is (nothing to normalize).
     """
     messages, tools = _messages_and_tools(row, where)
-    out, plain = [], []
+    out, plain, untrained = [], [], set()
     for i, message in enumerate(messages):
         if type(message) is dict and len(message) == 2 and type(message.get("content")) is str and message.get("role") in _ROLE_SET:
             out.append(message)
             plain.append(True)
         else:
+            if type(message) is dict and "weight" in message:
+                message = dict(message)
+                if _weight(message.pop("weight"), message.get("role"), f"{where}: messages[{i}]", supervise) == 0:
+                    untrained.add(i)
             checked = _message(message, i, where)
             out.append(checked)
             plain.append(len(checked) == 2)
-    if supervise in SUPERVISED and not any(m["role"] == "assistant" for m in out):
-        raise ConfigError(f"{where}: conversation has no assistant turn to train on (supervise: {supervise})")
+    if supervise in SUPERVISED and not any(m["role"] == "assistant" and i not in untrained for i, m in enumerate(out)):
+        marked = " (every assistant turn has weight 0)" if untrained else ""
+        raise ConfigError(f"{where}: conversation has no assistant turn to train on (supervise: {supervise}){marked}")
     tools = _tools(tools, where)
     if specials is not None and (tools is not None or not all(plain) or specials.search("\x00".join([m["content"] for m in out]))):
         _refuse_special_tokens(out, tools, specials, where)
-    return Conversation(out, tools, plain)
+    return Conversation(out, tools, plain, frozenset(untrained))
+
+
+def _weight(weight, role, at: str, supervise: str | None) -> int:
+    """A message's `weight`: 0 (do not train this turn) or 1, as OpenAI's format has it. Only
+    assistant turns are trained (but with `supervise: all`), so 1 on another role is refused."""
+    if not (isinstance(weight, (bool, int, float)) and weight in (0, 1)):
+        raise ConfigError(f"{at}.weight: {weight!r} must be 0 (do not train this turn) or 1 (train it)")
+    if weight == 1 and role != "assistant" and supervise in SUPERVISED:
+        raise ConfigError(f"{at}.weight: 1 asks to train this {role} message, but supervise: {supervise} trains assistant turns only; use supervise: all or drop the weight")
+    return int(weight)
 
 
 def _messages_and_tools(row, where: str) -> tuple[list, object]:

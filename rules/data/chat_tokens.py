@@ -26,7 +26,7 @@ How a token gets its weight (nothing ever searches the rendered text for a messa
    the model must produce, and HF's `return_assistant_tokens_mask` makes the same choice.
 
 Conventions: weights[t] is the weight of predicting token t, weights[0] = 0; `supervise: all`
-trains every other token; truncation keeps the head (right) or the tail (left) of max_length
+trains every other token; an assistant turn marked `weight: 0` is never one of the trained turns; truncation keeps the head (right) or the tail (left) of max_length
 tokens, and a row left with no trained token is an error.
 """
 
@@ -166,8 +166,11 @@ def tokenize_rows(tok, conversations, supervise: str, max_length: int, truncatio
 def _trained_spans(renderer, conv: Conversation, text: str, supervise: str, turn_end: str, specials: re.Pattern, where: str) -> list[tuple[int, int]]:
     """Character spans [start, end) of the rendered text that carry loss."""
     if supervise == "all":
+        if conv.untrained:
+            k = min(conv.untrained)
+            raise ConfigError(f"{where}: messages[{k}].weight is 0, which supervise: all cannot honour (it trains every token); use supervise: all_assistant")
         return [(0, len(text))]
-    turns = [k for k, m in enumerate(conv.messages) if m["role"] == "assistant"]
+    turns = [k for k, m in enumerate(conv.messages) if m["role"] == "assistant" and k not in conv.untrained]
     if supervise == "last_assistant":
         turns = turns[-1:]
     spans = []

@@ -91,8 +91,8 @@ class ShareGptToMessages:
     Roles human/gpt/system/tool (and user, assistant, model, observation) map to the chat roles;
     `function_call` turns (their value is {name, arguments} as JSON, or a list of them) become
     assistant tool calls. A top-level `system` prompt is put first and `tools` (function schemas,
-    a list or a JSON string) are kept for the template. Unknown roles are an error: map them with
-    `roles`.
+    a list or a JSON string) are kept for the template. A turn's `weight` (0: do not train it) is
+    carried over. Unknown roles are an error: map them with `roles`.
     """
 
     name = "sharegpt_to_messages"
@@ -150,10 +150,11 @@ class ShareGptToMessages:
             )
         value = turn.get(self.cfg.content_key)
         if role == "function_call":
-            return {"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(value, f"{at}.{self.cfg.content_key}")}
+            call = {"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(value, f"{at}.{self.cfg.content_key}")}
+            return {**call, **({"weight": turn["weight"]} if "weight" in turn else {})}
         if not isinstance(value, str):
             raise ConfigError(f"{at}.{self.cfg.content_key} must be a string, got {type(value).__name__}")
-        return {"role": role, "content": value}
+        return {"role": role, "content": value, **({"weight": turn["weight"]} if "weight" in turn else {})}
 
     def _tools(self, tools) -> list:
         at = f"sharegpt_to_messages: {self.cfg.tools_field}"
