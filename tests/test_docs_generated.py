@@ -26,7 +26,8 @@ def test_config_reference_covers_every_kind_and_param():
     text = (REPO / "docs" / "config.md").read_text()
     for registry in (kinds.sources, kinds.transforms, kinds.backends, kinds.algorithms, kinds.callbacks, kinds.verifiers):
         for name in registry.names():
-            assert f"### `{name}`" in text, name
+            if (getattr(registry.get(name), "__module__", "") or "").split(".")[0] in ("evsys_rules", "evsys_sdk"):  # built-ins, not a test's plugin
+                assert f"### `{name}`" in text, name
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert rows and not [r for r in rows if r.rstrip().endswith("|  |")], "a param without a meaning"
     for param in ("num_epochs", "gradient_accumulation_steps", "warmup_steps", "max_tokens_per_pass", "kind"):

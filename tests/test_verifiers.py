@@ -200,7 +200,7 @@ def test_an_eval_key_follows_its_verifiers_code_within_one_process(tmp_path):
 
     tasks = load_tasks(tmp_path)
     bench = SimpleNamespace(max_tokens=8, temperature=0.0, num_samples=1, stop=[], metrics=["pass@1"])
-    backend = SimpleNamespace(sampling_client_from_weights=first, libraries=())
+    backend = type("Backend", (), {"sampling_client_from_weights": staticmethod(first), "libraries": ()})
     before = eval_params(bench, tasks, None, backend, {})["verifiers"]
     assert eval_params(bench, tasks, None, backend, {})["verifiers"] == before
 

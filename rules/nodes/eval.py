@@ -29,7 +29,8 @@ from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
 from .heldout import heldout_nodes
-from .train import backend_config, backend_resources, make_backend
+from .tokenize import TOKENIZER_LIBRARIES
+from .train import backend_code, backend_config, backend_resources, make_backend
 from .views import Checkpoint, EvalResult
 
 TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
@@ -57,6 +58,8 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
         tasks = benchmark_tasks(loaded, index, bench)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
         params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key}
+        if bench.temperature > 0:  # sampled completions depend on the seed; greedy ones do not
+            params["seed"] = arm.config.seed
         for step in steps:
             node = Node(
                 rule="eval",
@@ -66,7 +69,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
                 inputs=[("checkpoint", checkpoints[step])],
                 run=run_eval,
                 arm=arm.name,
-                param_paths={"sampling": f"metadata.benchmark[{bench.name}]", "metrics": f"metadata.benchmark[{bench.name}].metrics", "system_prompt": "system prompt"},
+                param_paths={"sampling": f"metadata.benchmark[{bench.name}]", "metrics": f"metadata.benchmark[{bench.name}].metrics", "system_prompt": "system prompt", "seed": "seed"},
                 param_labels={
                     "tasks": f"benchmark {bench.name} tasks changed",
                     "verifiers": f"benchmark {bench.name} verifier code changed",
@@ -133,10 +136,11 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
     greedy decoding picks), and the system prompt."""
     return {
         "sampler": {
-            "code": code_identity(backend_cls.sampling_client_from_weights),
+            "code": backend_code(backend_cls, "sampling_client_from_weights"),
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
             "params": backend_params,
         },
+        "tokenizer_libraries": library_versions(*TOKENIZER_LIBRARIES),  # prompts are rendered and completions decoded
         "tasks": _tasks_content(tasks)[0],
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
         "metrics": sorted(bench.metrics),

@@ -28,7 +28,7 @@ from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
 from .tokenize import TOKENIZER_LIBRARIES
-from .train import _trajectory_params, backend_config, make_backend
+from .train import _trajectory_params, backend_code, backend_config, make_backend
 from .views import Checkpoint, EvalResult
 
 
@@ -41,7 +41,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
         "shaping": {k: getattr(algo, k) for k in ("supervise", "max_length", "truncation") if hasattr(algo, k)},
         "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": library_versions(*TOKENIZER_LIBRARIES)},
         "scorer": {
-            "code": code_identity(getattr(backend_cls, "score_from_weights", backend_cls.sampling_client_from_weights)),
+            "code": backend_code(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
             "precision": _trajectory_params(backend_cls, backend_config(backend_cls, arm)),
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
         },

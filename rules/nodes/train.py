@@ -25,7 +25,7 @@ from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel, local_model_dir
 from ..outputs.hub import notify_train_step, printing_to
 from ..plugins import kinds
-from ..plugins.code_identity import code_identity, library_versions
+from ..plugins.code_identity import code_identity, library_versions, method_identity
 from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
 from .views import Checkpoint, TokenDataset, TrainResult
@@ -52,7 +52,7 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
             "backend": {
                 "kind": cfg.backend.kind,
                 "params": _trajectory_params(backend_cls, backend_config(backend_cls, arm)),
-                "code": code_identity(backend_cls.create_training_client),
+                "code": backend_code(backend_cls, "create_training_client"),
                 "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
             },
             "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls)},
@@ -67,6 +67,18 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
         resources=backend_resources(backend),
         estimate=estimate_training,
     )
+
+
+def backend_code(backend_cls, method: str) -> str:
+    """A backend method's code identity as its class runs it (`self.helper()` included), with the
+    class's `Config` (its defaults are settings a config leaves out). A `version` set on the class
+    pins both."""
+    version = vars(backend_cls).get("version")
+    if version is not None:
+        return f"version:{version}"
+    config_cls = getattr(backend_cls, "Config", None)
+    config = code_identity(config_cls) if isinstance(config_cls, type) else None
+    return method_identity(backend_cls, method) + (f"+config:{config}" if config else "")
 
 
 def _trajectory_params(backend_cls, backend_cfg) -> dict:

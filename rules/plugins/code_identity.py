@@ -1,13 +1,18 @@
 """Code identity: what a rule, transform, backend or verifier *runs*, as one digest.
 
-The identity of a function or class is its source with comments and docstrings stripped (parsed
-and unparsed, as Hamilton does, so a reformat or a new comment changes nothing), followed
+The identity of a function or class is its normalized source (code_units.py), followed
 transitively through what it uses in first-party code: helpers and classes of its own module and
 of other first-party modules (the evsys packages, the plugin's own package, and any module that
-is not installed under site-packages or the standard library), base classes, names imported
-inside functions, attributes of first-party modules, and module-level constants. A behaviour edit
-anywhere on that path changes the key; a hand-set `version` on the class itself (never one it
-inherits) is the user's explicit override.
+is not installed under site-packages or the standard library), base classes, names imported at
+module level or inside functions (modules too: `helpers.fn()`), decorated helpers (through
+`__wrapped__`), `functools.partial` objects and instances of first-party classes (their class and
+their state), and module-level constants. For a method keyed with its class (`owner`), `self.x`
+and `cls.x` resolve against that class. A behaviour edit anywhere on that path changes the key;
+a hand-set `version` on the class itself (never one it inherits) is the user's explicit override.
+
+evsys's own modules are keyed whole: every module the walk enters contributes its entire
+normalized text, so a private helper, a private constant or a table there is never missed.
+Plugins are keyed per definition, so editing one transform does not rerun its neighbours.
 
 Functions marked `@not_keyed` (loggers, progress) are observers: they never change results, so
 editing them reruns nothing.
@@ -15,19 +20,15 @@ editing them reruns nothing.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import enum
 import functools
 import importlib
 import importlib.metadata
+import inspect
 import json
 import os
-import inspect
-import re
 import sys
 import sysconfig
-import textwrap
 import time
 import types
 from pathlib import Path
@@ -38,11 +39,13 @@ from evsys_build.atomic import write_atomic
 from evsys_build.errors import HashingError
 from evsys_build.watch import unwatchable, watch
 
+from .code_units import Binding, constant_text, file_stamp, module_bindings, module_statements, module_text, unit_of
+
 EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
-_PUBLIC_CONSTANT = re.compile(r"[A-Z][A-Z0-9_]*")  # in evsys's own modules, only these globals are constants
-_PRIVATE_STATE = re.compile(r"_[A-Za-z0-9_]*[A-Z][A-Za-z0-9_]*|_[a-z0-9_]+")  # `_loaded`, `_FUSED_LOSS`: runtime state
 _STDLIB = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
 _INSTALL_DIRS = {"site-packages", "dist-packages"}
+_CHASE_DEPTH = 16  # re-exports followed through at most this many modules
+_VALUE_DEPTH = 12  # nesting of a keyed value (containers, partials, instance state)
 
 
 def not_keyed(fn):
@@ -75,21 +78,28 @@ def _watch_distribution(dist) -> None:
         watch(folder)
 
 
-def code_identity(obj) -> str:
-    """`version:<v>` when the object itself declares one, else `source:<xxh3 of what it runs>`."""
-    version = vars(obj).get("version") if isinstance(obj, type) else getattr(obj, "version", None)
+def code_identity(obj, owner: type | None = None) -> str:
+    """`version:<v>` when the object (or, for a method, its `owner` class) declares one, else
+    `source:<xxh3 of what it runs>`. Pass `owner` to key a method as that class runs it."""
+    holder = owner if owner is not None else obj
+    version = vars(holder).get("version") if isinstance(holder, type) else getattr(obj, "version", None)
     if version is not None:
         return f"version:{version}"
-    return _source_identity(obj)
+    return _source_identity(obj, owner)
+
+
+def method_identity(cls: type, name: str) -> str:
+    """The identity of `cls.name` as `cls` runs it (`self.helper()` resolves against `cls`)."""
+    return code_identity(getattr(cls, name), owner=cls)
 
 
 @functools.lru_cache(maxsize=None)
-def _source_identity(obj) -> str:
-    key = _cache_key(obj)
+def _source_identity(obj, owner) -> str:
+    key = _cache_key(obj, owner)
     found = _disk.get(key) if _disk is not None and key else None
     if found is not None:
         return found
-    collector = _Collector(obj)
+    collector = _Collector(obj, owner)
     identity = "source:" + xxhash.xxh3_128_hexdigest(collector.text().encode())
     if _disk is not None and key:
         _disk.put(key, identity, collector.files())
@@ -98,8 +108,9 @@ def _source_identity(obj) -> str:
 
 class IdentityCache:
     """Identities computed by earlier processes, each valid while every source file it was made
-    of has the same stat identity (a file changed in the last two seconds is never trusted, as
-    git treats racy-clean files). Saves parsing the rules' modules on every `plan` and no-op build."""
+    of (every module whose source or namespace the walk read) has the same stat identity (a file
+    changed in the last two seconds is never trusted, as git treats racy-clean files). Saves
+    parsing the rules' modules on every `plan` and no-op build."""
 
     RACY_NS = 2_000_000_000
 
@@ -150,7 +161,12 @@ def use_identity_cache(cache: IdentityCache | None) -> None:
     _disk = cache
 
 
-def _cache_key(obj) -> str | None:
+def _cache_key(obj, owner) -> str | None:
+    keys = [_object_key(obj)] + ([_object_key(owner)] if owner is not None else [])
+    return "@".join(keys) if None not in keys else None
+
+
+def _object_key(obj) -> str | None:
     module = sys.modules.get(getattr(obj, "__module__", "") or "")
     file = getattr(module, "__file__", None)
     qualname = getattr(obj, "__qualname__", "")
@@ -168,256 +184,279 @@ def _stamp(file: str) -> list | None:
 class _Collector:
     """Walks from `root` through everything first-party it uses, collecting normalized sources."""
 
-    def __init__(self, root):
+    def __init__(self, root, owner: type | None = None):
         self.root = root
+        self.owner = owner
         self.own_package = (getattr(root, "__module__", "") or "").split(".", 1)[0]
-        self.parts: dict[tuple[str, str], str] = {}  # (module, qualname) -> normalized source (or a constant's text)
+        self.parts: dict[tuple[str, str], str] = {}  # (module, qualname) -> normalized source (or a value's text)
+        self.modules: dict[str, str | None] = {}  # first-party modules read -> whole text (evsys's own) or None
         self.queue = [root]
 
     def files(self) -> list[str]:
-        """The source files of everything visited: the identity is valid while they are unchanged."""
-        files = {getattr(sys.modules.get(module), "__file__", None) for module, _ in self.parts}
+        """The source files of every module the walk read: the identity is valid while they are unchanged."""
+        files = {getattr(sys.modules.get(name), "__file__", None) for name in self.modules}
+        files |= {getattr(sys.modules.get(module), "__file__", None) for module, _ in self.parts}
         return sorted(f for f in files if f)
 
     def text(self) -> str:
         while self.queue:
             self._visit(self.queue.pop(0))
-        # module names stay out of the text: a plugin loaded from a path gets a module name made of
-        # that path, and moving a file must not change what it computes
-        return "\n".join(sorted(f"# {qualname}\n{source}" for (_, qualname), source in self.parts.items()))
+        # module names stay out of the plugin parts: a plugin loaded from a path gets a module name
+        # made of that path, and moving a file must not change what it computes
+        parts = [f"# {qualname}\n{source}" for (_, qualname), source in self.parts.items()]
+        parts += [f"# module {name}\n{text}" for name, text in self.modules.items() if text is not None]
+        return "\n".join(sorted(parts))
 
     def _visit(self, obj) -> None:
         name = (getattr(obj, "__module__", "?"), getattr(obj, "__qualname__", repr(obj)))
         if name in self.parts or getattr(obj, "__evsys_not_keyed__", False):
             return
-        unit = _unit(obj, obj is self.root)
+        unit = unit_of(obj, obj is self.root)
         if unit is None:
             self.parts[name] = "<no source>"
             return
-        self.parts[name] = unit.text
         module = sys.modules.get(getattr(obj, "__module__", "") or "")
+        self.parts[name] = "(in the module's text)" if _in_evsys(obj) else unit.text
+        self._read_module(module)
         if isinstance(obj, type):
             self.queue += [base for base in obj.__mro__[1:] if self._first_party(base)]
+        local = {}
+        for binding in unit.imports:  # imports inside the definition: what they import is used
+            value = self._import(binding, module)
+            if value is not None:
+                local[binding.alias] = value
+                self._take_resolved(value, (binding.module, binding.attr or binding.alias), obj)
         for used in unit.names:
-            self._follow(used, module, obj)
-        for module_name, attr in _imports_inside(unit.imports, module):
-            self._follow_import(module_name, attr, obj)
+            self._follow(used, module, obj, local)
 
-    def _follow(self, dotted: str, module, obj) -> None:
-        """A name (or `module.attr`) the source uses, resolved in its module's globals."""
-        if module is None:
+    def _follow(self, dotted: str, module, user, local: dict) -> None:
+        """A dotted name the source reads, resolved in its local imports or its module's globals,
+        then through first-party modules along the chain."""
+        head, *rest = dotted.split(".")
+        if head in ("self", "cls") and self._owns(user):
+            if rest:
+                self._follow_owner(rest[0], user)
             return
-        head, _, attr = dotted.partition(".")
-        if head not in vars(module) or (self._in_evsys(obj) and _PRIVATE_STATE.fullmatch(head)):
+        if head in local:
+            value, where = local[head], None
+        elif module is not None and head in vars(module):
+            value, where = vars(module)[head], module
+            if getattr(value, "__evsys_not_keyed__", False):
+                return  # an observer: neither it nor the module it comes from is part of the key
+            self._chase(module, head)
+        else:
             return
-        value = vars(module)[head]
-        if isinstance(value, types.ModuleType):
-            if attr and self._first_party(value) and hasattr(value, attr):
-                self._take(getattr(value, attr), (value.__name__, attr), obj)
-            return
-        self._take(value, (module.__name__, head), obj)
-
-    def _follow_import(self, module_name: str, attr: str | None, obj) -> None:
-        """`from x import y` inside a function, when x is first-party (importing a library like
-        torch just to key a node would defeat the point of importing it lazily)."""
-        module = sys.modules.get(module_name)
-        if module is None:
-            if module_name.split(".", 1)[0] not in (*EVSYS_PACKAGES, self.own_package):
+        name = ((where or value).__name__ if isinstance(where or value, types.ModuleType) else "?", head)
+        for attr in rest:
+            if not isinstance(value, types.ModuleType):
+                break
+            if not self._first_party(value) or not hasattr(value, attr):
                 return
+            self._read_module(value)
+            self._chase(value, attr)
+            name, value = (value.__name__, attr), getattr(value, attr)
+        self._take_resolved(value, name, user)
+
+    def _owns(self, fn) -> bool:
+        """Whether `fn` is defined on the owner class or one of its bases (so `self` is an owner)."""
+        if self.owner is None or isinstance(fn, type):
+            return False
+        cls_name = (getattr(fn, "__qualname__", "") or "").rpartition(".")[0]
+        return any(c.__qualname__ == cls_name and c.__module__ == fn.__module__ for c in self.owner.__mro__)
+
+    def _follow_owner(self, attr: str, user) -> None:
+        """`self.attr` / `cls.attr` in a method keyed with its class: the class attribute it reads."""
+        try:
+            value = inspect.getattr_static(self.owner, attr)
+        except AttributeError:
+            return  # an instance attribute: set by code that is followed already
+        self._take_resolved(value, (self.owner.__module__, f"{self.owner.__qualname__}.{attr}"), self.owner)
+
+    def _chase(self, module, name: str) -> None:
+        """Where a module got `name` by importing it (re-exports included): those modules are read
+        too, so an edit there invalidates a cached identity."""
+        for _ in range(_CHASE_DEPTH):
+            if not self._first_party(module) or not getattr(module, "__file__", None):
+                return
+            stamp = file_stamp(module.__file__)
+            binding = module_bindings(module.__file__, stamp).get(name) if stamp else None
+            if binding is None:
+                return
+            source = sys.modules.get(binding.absolute(module.__package__ or ""))
+            if source is None or not self._first_party(source):
+                return
+            self._read_module(source)
+            if binding.attr is None:
+                return
+            module, name = source, binding.attr
+
+    def _import(self, binding: Binding, module):
+        """The value an import inside a definition binds, when it is first-party (a library like
+        torch is never imported just to key a node: that would defeat importing it lazily)."""
+        package = getattr(module, "__package__", None) or ""
+        name = binding.absolute(package)
+        target = sys.modules.get(name)
+        if target is None:
+            if name.split(".", 1)[0] not in (*EVSYS_PACKAGES, self.own_package):
+                return None
             try:
-                module = importlib.import_module(module_name)
+                target = importlib.import_module(name)
             except ImportError:
-                return
-        if attr is None or not self._first_party(module):
-            return
-        value = getattr(module, attr, None)
+                return None
+        if not self._first_party(target):
+            return None
+        self._read_module(target)
+        if binding.attr is None:
+            return target
+        value = getattr(target, binding.attr, None)
+        if value is None:
+            value = sys.modules.get(f"{name}.{binding.attr}")
+        self._chase(target, binding.attr)
+        return value
+
+    def _take_resolved(self, value, name: tuple[str, str], user) -> None:
         if isinstance(value, types.ModuleType):
+            if self._first_party(value):
+                self._read_module(value)
             return
-        if value is not None:
-            self._take(value, (module_name, attr), obj)
+        self._take(value, name, user)
 
     def _take(self, value, name: tuple[str, str], user) -> None:
+        """A value the source reads: code is followed, a plugin's data is keyed by its text."""
+        value = _unwrapped(value)
+        if _in_evsys(user):
+            # evsys's own data is in its modules' whole texts, and the names their statements use
+            # are followed; a value set at run time (a cache, a class made on first use) is state
+            # that must not make an identity depend on what this process did before
+            if isinstance(value, (types.FunctionType, type)) and self._first_party(value) and "<locals>" not in value.__qualname__:
+                self.queue.append(value)
+            return
         if isinstance(value, (types.FunctionType, type)):
             if self._first_party(value):
                 self.queue.append(value)
             return
-        if isinstance(value, (types.BuiltinFunctionType, types.MethodType, functools.partial)) or callable(value) and not hasattr(value, "model_dump"):
-            return  # library callables (and instances like registries) are not followed
-        if self._in_evsys(user) and not _PUBLIC_CONSTANT.fullmatch(name[1]):
-            return  # evsys's own module state (flags, caches, registries) is not behaviour
-        constant = _constant_text(value)
-        if constant is not None:
-            self.parts.setdefault(name, constant)
+        text = self._keyed_text(value, 0)
+        if text is not None:
+            self.parts.setdefault(name, text)
             return
-        if self._in_evsys(user):
-            return
+        if callable(value) and not self._first_party(type(value)):
+            return  # a library's callable object is not followed
         raise HashingError(
             f"{_qualified(user)} uses the module global {name[1]!r} "
             f"({type(value).__name__}), whose value evsys cannot hash; give the plugin an explicit "
             "`version = \"1\"` and bump it when that value changes"
         )
 
+    def _keyed_text(self, value, depth: int) -> str | None:
+        """A stable text for a value a plugin reads (None: it cannot be keyed). The code inside it is
+        followed: functions, `partial`s, bound methods, and instances of first-party classes (their
+        class, and their state as text)."""
+        if depth > _VALUE_DEPTH:
+            return None
+        inner = functools.partial(self._keyed_text, depth=depth + 1)
+        value = _unwrapped(value)
+        if isinstance(value, (types.FunctionType, type)):
+            if self._first_party(value):
+                self.queue.append(value)
+                return f"<{value.__qualname__}>"
+            return f"<{getattr(value, '__module__', '?')}.{value.__qualname__}>"
+        if isinstance(value, functools.partial):
+            items = [inner(v) for v in (value.func, *value.args, *value.keywords.values())]
+            if None in items:
+                return None
+            positional, named = items[: 1 + len(value.args)], items[1 + len(value.args) :]
+            return "partial(" + ", ".join(positional + [f"{k}={t}" for k, t in zip(value.keywords, named)]) + ")"
+        if isinstance(value, property):
+            items = [inner(f) for f in (value.fget, value.fset, value.fdel) if f is not None]
+            return None if None in items else "property(" + ", ".join(items) + ")"
+        if isinstance(value, types.MethodType):
+            items = [inner(value.__self__), inner(value.__func__)]
+            return None if None in items else ".".join(items)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = [inner(v) for v in value]
+            if None in items:
+                return None
+            items = sorted(items) if isinstance(value, (set, frozenset)) else items
+            return f"{type(value).__name__}[" + ", ".join(items) + "]"
+        if isinstance(value, dict):
+            items = [(inner(k), inner(v)) for k, v in value.items()]
+            return None if any(None in kv for kv in items) else "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+        text = constant_text(value)
+        if text is not None:
+            return text
+        own = self._first_party(type(value))
+        if own:
+            self.queue.append(type(value))  # an instance of a first-party class runs that class
+        state = _state_of(value)
+        if state is None or not own and not _is_plain_data(value):
+            return None
+        text = inner(state)
+        return None if text is None else f"{type(value).__qualname__}({text})"
+
+    def _read_module(self, module) -> None:
+        """Note a first-party module the identity depends on; evsys's own contribute their whole text."""
+        if module is None or module.__name__ in self.modules or not self._first_party(module):
+            return
+        file = getattr(module, "__file__", None)
+        if not (_in_evsys(module) and file and file.endswith(".py")):
+            self.modules[module.__name__] = None
+            return
+        stamp = file_stamp(file)
+        self.modules[module.__name__] = module_text(file, stamp) if stamp else "<no source>"
+        if stamp:  # what the module's own constants and tables are built from
+            for used in module_statements(file, stamp).names:
+                self._follow(used, module, module, {})
+
     def _first_party(self, obj) -> bool:
         module_name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
-        if not module_name:
+        if not module_name or not isinstance(module_name, str):
             return False
         top = module_name.split(".", 1)[0]
         if top in EVSYS_PACKAGES or top == self.own_package:
             return True
-        module = sys.modules.get(module_name)
-        file = getattr(module, "__file__", None)
-        if not file:
-            return False
-        path = Path(file).resolve()
-        return not (_INSTALL_DIRS & set(path.parts) or str(path).startswith(_STDLIB))
+        file = getattr(sys.modules.get(module_name), "__file__", None)
+        return bool(file) and _user_file(file)
 
-    @staticmethod
-    def _in_evsys(obj) -> bool:
-        return (getattr(obj, "__module__", "") or "").split(".", 1)[0] in EVSYS_PACKAGES
+
+@functools.lru_cache(maxsize=4096)
+def _user_file(file: str) -> bool:
+    """Whether a module file is the user's own code: not installed (site-packages) nor the standard library."""
+    path = Path(file).resolve()
+    return not (_INSTALL_DIRS & set(path.parts) or str(path).startswith(_STDLIB))
+
+
+def _in_evsys(obj) -> bool:
+    name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", "")
+    return (name or "").split(".", 1)[0] in EVSYS_PACKAGES
+
+
+def _unwrapped(value):
+    """The function behind a decorator (`functools.wraps`, `lru_cache`) or a static/class method."""
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if not isinstance(value, type) and hasattr(value, "__wrapped__"):
+        try:
+            value = inspect.unwrap(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _state_of(value) -> dict | None:
+    """The fields of a dataclass or pydantic model, or an object's `__dict__` (None: no state to read)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    fields = getattr(type(value), "model_fields", None)
+    if isinstance(fields, dict):
+        return {name: getattr(value, name, None) for name in fields}
+    state = getattr(value, "__dict__", None)
+    return dict(state) if isinstance(state, dict) else None
+
+
+def _is_plain_data(value) -> bool:
+    """A library's dataclass or pydantic model: data, keyed by its fields."""
+    return dataclasses.is_dataclass(value) or isinstance(getattr(type(value), "model_fields", None), dict)
 
 
 def _qualified(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Unit:
-    """One definition's normalized source, the names it reads, and its `from x import y`s."""
-
-    text: str
-    names: tuple[str, ...]
-    imports: tuple[tuple[int, str, tuple[str, ...]], ...]  # (level, module, names)
-
-
-def _unit(obj, is_root: bool) -> _Unit | None:
-    """The object's unit; None when it has no readable source."""
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    file = getattr(module, "__file__", None)
-    qualname = getattr(obj, "__qualname__", "")
-    if file and file.endswith(".py") and "<locals>" not in qualname:
-        try:
-            st = Path(file).stat()
-        except OSError:
-            st = None
-        if st is not None:
-            found = _module_units(file, (st.st_size, st.st_mtime_ns, st.st_ino)).get(qualname)
-            if found is not None:
-                return found
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
-    except (OSError, TypeError, SyntaxError) as exc:
-        if is_root:
-            raise HashingError(
-                f"cannot read the source of {getattr(obj, '__qualname__', obj)!r} to key it ({exc}); "
-                "give it an explicit `version = \"1\"` attribute"
-            ) from None
-        return None
-    _strip_docstrings(tree)
-    return _make_unit(tree)
-
-
-@functools.lru_cache(maxsize=256)
-def _module_units(file: str, stamp: tuple) -> dict[str, _Unit]:
-    """qualname -> unit of every def/class of a module file, parsed once per process and file
-    version (`stamp`: an edited file is parsed again; inspect.getsource re-reads on every call)."""
-    try:
-        tree = ast.parse(Path(file).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError):
-        return {}
-    _strip_docstrings(tree)
-    units: dict[str, _Unit] = {}
-
-    def visit(body, prefix: str) -> None:
-        for node in body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                units[prefix + node.name] = _make_unit(node)  # the last definition is the one that runs
-                if isinstance(node, ast.ClassDef):
-                    visit(node.body, f"{prefix}{node.name}.")
-
-    visit(tree.body, "")
-    return units
-
-
-def _make_unit(node: ast.AST) -> _Unit:
-    imports = tuple(
-        (n.level, n.module or "", tuple(a.name for a in n.names)) for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
-    )
-    return _Unit(ast.unparse(node), tuple(_names_used(node)), imports)
-
-
-def _strip_docstrings(tree: ast.AST) -> None:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
-            first = body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-
-
-def _names_used(tree: ast.AST) -> list[str]:
-    """Names read by the source, with one attribute where the name is followed by one (`mod.fn`).
-    Type annotations are skipped: they document, they do not run."""
-    found: set[str] = set()
-    for node in _walk_without_annotations(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            found.add(f"{node.value.id}.{node.attr}")
-            found.add(node.value.id)
-        elif isinstance(node, ast.Name):
-            found.add(node.id)
-    return sorted(found)
-
-
-def _walk_without_annotations(tree: ast.AST):
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        skip = set()
-        if isinstance(node, ast.arg):
-            skip.add("annotation")
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            skip.add("returns")
-        elif isinstance(node, ast.AnnAssign):
-            skip.add("annotation")
-        for field, value in ast.iter_fields(node):
-            if field in skip:
-                continue
-            if isinstance(value, ast.AST):
-                stack.append(value)
-            elif isinstance(value, list):
-                stack += [v for v in value if isinstance(v, ast.AST)]
-
-
-def _imports_inside(imports, module) -> list[tuple[str, str | None]]:
-    """(module, name) of every `from m import n` in a unit (function-local imports included)."""
-    package = getattr(module, "__package__", None) or ""
-    found = []
-    for level, name, names in imports:
-        base = name
-        if level:
-            parent = package.rsplit(".", level - 1)[0] if level > 1 else package
-            base = f"{parent}.{base}" if base else parent
-        found += [(base, alias) for alias in names]
-    return found
-
-
-def _constant_text(value) -> str | None:
-    """A stable text for a module-level constant (None: not a constant we can key)."""
-    if isinstance(value, re.Pattern):
-        return f"re.compile({value.pattern!r}, {int(value.flags)})"
-    if value is None or isinstance(value, (str, bytes, int, float, bool, enum.Enum)):
-        return repr(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type) or hasattr(value, "model_dump"):
-        return repr(value)  # field-by-field repr: deterministic for plain data
-    if isinstance(value, (list, tuple)):
-        items = [_constant_text(v) for v in value]
-        return None if None in items else "[" + ", ".join(items) + "]"
-    if isinstance(value, (set, frozenset)):
-        items = [_constant_text(v) for v in value]
-        return None if None in items else "{" + ", ".join(sorted(items)) + "}"
-    if isinstance(value, dict):
-        items = [(_constant_text(k), _constant_text(v)) for k, v in value.items()]
-        if any(k is None or v is None for k, v in items):
-            return None
-        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
-    return None

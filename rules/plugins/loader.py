@@ -76,5 +76,7 @@ def _reload_if_edited(module) -> None:
     before = _loaded_source.setdefault(module.__name__, current)
     if current is not None and current != before:
         linecache.checkcache(module.__file__)
-        module.__spec__.loader.exec_module(module)  # re-run in place; registrations replace the old ones
+        # re-run in place from the bytes just read, never from a cached .pyc: its check (mtime in
+        # seconds and size) misses an edit that keeps the size within the same second
+        exec(compile(current, module.__file__, "exec"), vars(module))  # registrations replace the old ones
         _loaded_source[module.__name__] = current
