@@ -1,8 +1,10 @@
 """Code identities follow every way code reaches what it runs, so an edit that changes a result
-always changes a key: helpers behind decorators, `partial`s and instances, modules imported
-inside functions, constants and functions imported from (or re-exported by) other modules,
-`self.helper()` in a backend method, and private helpers and constants in evsys's own modules.
-The on-disk identity cache must notice an edit in any of those files."""
+always changes a key: helpers behind decorators (with or without `functools.wraps`), closures,
+`partial`s and instances, modules imported inside functions, constants derived from or
+re-exported by other modules, `import *`, annotations pydantic runs, `self.helper()`, `super()`
+and `__init__` in a backend method, and private helpers and constants in evsys's own modules.
+The on-disk identity cache must notice an edit in any of those files, and no identity may
+depend on the process (run-time caches, hash seeds)."""
 
 from __future__ import annotations
 
@@ -89,12 +91,24 @@ class Fixer:
 
     def __call__(self, x):
         return x + self.suffix
+
+
+def make_adder(n):
+    def add(x):
+        return x + " " * n
+    return add
+
+
+def shouting(fn):
+    def wrapper(x):
+        return fn(x).upper()
+    return wrapper
 """
 
 TRANSFORMS = """\
 import functools
 
-from PKG.helpers import Fixer, cached_suffix, norm
+from PKG.helpers import Fixer, cached_suffix, make_adder, norm, shouting
 from PKG.consts import SUFFIX
 from PKG.api import fmt
 
@@ -131,6 +145,51 @@ class TConst:
 class TReexport:
     def __call__(self, x):
         return fmt(x)
+
+
+ADD = make_adder(3)
+
+
+class TClosure:
+    def __call__(self, x):
+        return ADD(x)
+
+
+@shouting
+def decorated(x):
+    return x + " d"
+
+
+class TNoWraps:
+    def __call__(self, x):
+        return decorated(x)
+
+
+from PKG.derived import K  # noqa: E402
+from PKG.star import *  # noqa: E402,F403
+
+
+class TDerived:
+    def __call__(self, x):
+        return x * K
+
+
+class TStar:
+    def __call__(self, x):
+        return x + STAR  # noqa: F405
+
+
+import logging  # noqa: E402
+
+log = logging.getLogger(__name__)
+_CACHE = {}
+
+
+class TRuntimeState:
+    def __call__(self, x):
+        log.debug("x")
+        _CACHE.setdefault(x, len(_CACHE))
+        return {k: k for k in {"alpha", "beta", "gamma"}}.get(x, x)
 """
 
 
@@ -143,6 +202,9 @@ def plugin(package):
         "impl_a.py": "def fmt(x):\n    return x + ' a'\n",
         "impl_b.py": "def fmt(x):\n    return x + ' b'\n",
         "api.py": "from PKG.impl_a import fmt\n",
+        "base.py": "BASE = 2\n",
+        "derived.py": "from PKG.base import BASE\nK = BASE * 2\n",
+        "star.py": "STAR = ' s'\n",
         "transforms.py": TRANSFORMS,
     }
     for name, text in files.items():
@@ -161,6 +223,12 @@ def plugin(package):
         ("TInstance", "helpers.py", "x + self.suffix", "self.suffix + x"),  # its class
         ("TConst", "consts.py", "[c1]", "[c2]"),  # a constant imported from another module
         ("TReexport", "api.py", "impl_a", "impl_b"),  # a function re-exported by another module
+        ("TClosure", "transforms.py", "make_adder(3)", "make_adder(4)"),  # a closure's captured value
+        ("TClosure", "helpers.py", '" " * n', '"-" * n'),  # the factory's body
+        ("TNoWraps", "helpers.py", "fn(x).upper()", "fn(x).lower()"),  # a decorator without functools.wraps
+        ("TNoWraps", "transforms.py", 'x + " d"', 'x + " e"'),  # the function it hides
+        ("TDerived", "base.py", "BASE = 2", "BASE = 3"),  # a constant derived in another module
+        ("TStar", "star.py", "' s'", "' t'"),  # a name from `import *`
     ],
 )
 def test_each_way_a_plugin_reaches_code_or_data_is_keyed(plugin, attr, file, old, new):
@@ -173,6 +241,9 @@ def test_each_way_a_plugin_reaches_code_or_data_is_keyed(plugin, attr, file, old
         ("TConst", "consts.py", "[c1]", "[c2]"),
         ("TReexport", "api.py", "impl_a", "impl_b"),
         ("TLocalImport", "helpers.py", '" B"', '" BB"'),
+        ("TDerived", "base.py", "BASE = 2", "BASE = 3"),
+        ("TStar", "star.py", "' s'", "' t'"),
+        ("TClosure", "transforms.py", "make_adder(3)", "make_adder(4)"),
     ],
 )
 def test_the_identity_cache_notices_an_edit_in_any_file_the_identity_read(plugin, tmp_path, monkeypatch, attr, file, old, new):
@@ -192,39 +263,98 @@ def test_the_identity_cache_notices_an_edit_in_any_file_the_identity_read(plugin
     assert fresh != before and fresh == identity_of(plugin, "transforms", attr)
 
 
+def test_a_plugins_identity_ignores_run_time_state_and_hash_seeds(plugin):
+    """A logger, a cache filled as the plugin runs and a set's iteration order are not code: the
+    identity is the same in every process, before and after the plugin ran."""
+    import subprocess
+
+    script = (
+        f"import sys; sys.path.insert(0, {str(plugin.root)!r}); import {plugin.name}.transforms as t; "
+        "from evsys_rules.plugins.code_identity import code_identity; print(code_identity(t.TRuntimeState))"
+    )
+    seen = {
+        subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(seen) == 1
+    module = plugin.load("transforms")
+    module.TRuntimeState()("alpha")
+    assert ci.code_identity(module.TRuntimeState) in seen
+
+
+def test_the_unit_of_a_plugin_is_its_module(plugin):
+    """A comment, a docstring or a reformat changes nothing; any code edit in a plugin's module
+    reruns what every plugin in it computes (a closure or a decorator there could reach it); a
+    module it does not use is not part of it."""
+    assert not changes(plugin, "transforms", "TLru", "transforms.py", "class TLru:", "# a comment\nclass TLru:  # another\n")
+    assert not changes(plugin, "transforms", "TLru", "transforms.py", "        return NORM(x)", "        'Docs.'\n        return NORM(  x  )")
+    assert changes(plugin, "transforms", "TLru", "transforms.py", "return FIXER(x)", "return str(FIXER(x))")
+    assert not changes(plugin, "transforms", "TLru", "impl_b.py", "' b'", "' B'")
+
+
+def test_a_version_must_be_a_string_or_a_number():
+    class WithPropertyVersion:
+        @property
+        def version(self):
+            return "1"
+
+    assert ci.code_identity(WithPropertyVersion).startswith("source:")
+
+
 BACKEND = """\
+from PKG.base_backend import BaseBackend
+
+
 class Config:
     rank_mult: int = 1
 
 
-class Backend:
+class Backend(BaseBackend):
     Config = Config
     SCALE = 2
 
+    def __init__(self):
+        self.offset = 1
+
+    @property
+    def factor(self):
+        return 5
+
     def create_training_client(self, rank):
-        return self._make(rank) * self.SCALE
+        return self._make(rank) * self.SCALE * self.factor + self.offset + super().base_step(rank)
 
     def _make(self, rank):
         return rank * 2
+"""
 
-    def sampling_client_from_weights(self, blobs):
-        return self._load(blobs)
-
-    def _load(self, blobs):
-        return blobs
+BASE_BACKEND = """\
+class BaseBackend:
+    def base_step(self, rank):
+        return rank + 10
 """
 
 
-def test_a_backend_method_is_keyed_with_the_helpers_it_calls_through_self(package):
-    pkg = package({"backend.py": BACKEND})
-    assert changes(pkg, "backend", "create_training_client", "backend.py", "rank * 2", "rank * 4", owner="Backend")
-    assert changes(pkg, "backend", "create_training_client", "backend.py", "SCALE = 2", "SCALE = 3", owner="Backend")
-    # a helper only the sampler uses does not rerun training
-    assert not changes(pkg, "backend", "create_training_client", "backend.py", "return blobs", "return list(blobs)", owner="Backend")
+@pytest.mark.parametrize(
+    "file, old, new",
+    [
+        ("backend.py", "rank * 2", "rank * 4"),  # a helper called through self
+        ("backend.py", "SCALE = 2", "SCALE = 3"),  # a class attribute
+        ("backend.py", "return 5", "return 6"),  # a property
+        ("backend.py", "self.offset = 1", "self.offset = 2"),  # what __init__ sets
+        ("backend.py", "rank_mult: int = 1", "rank_mult: int = 2"),  # a default of the module's Config
+        ("base_backend.py", "rank + 10", "rank + 11"),  # a base method reached through super()
+    ],
+)
+def test_a_backend_method_is_keyed_with_what_its_class_runs(package, file, old, new):
+    pkg = package({})
+    pkg.write("base_backend.py", BASE_BACKEND)
+    pkg.write("backend.py", BACKEND.replace("PKG", pkg.name))
+    assert changes(pkg, "backend", "create_training_client", file, old, new, owner="Backend")
 
 
 def test_a_version_on_the_backend_class_pins_its_method_identities(package):
-    pkg = package({"backend.py": BACKEND.replace("    SCALE = 2\n", '    SCALE = 2\n    version = "1"\n')})
+    pkg = package({"base_backend.py": BASE_BACKEND})
+    pkg.write("backend.py", BACKEND.replace("PKG", pkg.name).replace("    SCALE = 2\n", '    SCALE = 2\n    version = "1"\n'))
     assert identity_of(pkg, "backend", "create_training_client", owner="Backend") == "version:1"
     assert not changes(pkg, "backend", "create_training_client", "backend.py", "rank * 2", "rank * 4", owner="Backend")
     assert changes(pkg, "backend", "create_training_client", "backend.py", 'version = "1"', 'version = "2"', owner="Backend")

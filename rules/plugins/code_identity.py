@@ -1,18 +1,27 @@
 """Code identity: what a rule, transform, backend or verifier *runs*, as one digest.
 
-The identity of a function or class is its normalized source (code_units.py), followed
-transitively through what it uses in first-party code: helpers and classes of its own module and
-of other first-party modules (the evsys packages, the plugin's own package, and any module that
-is not installed under site-packages or the standard library), base classes, names imported at
-module level or inside functions (modules too: `helpers.fn()`), decorated helpers (through
-`__wrapped__`), `functools.partial` objects and instances of first-party classes (their class and
-their state), and module-level constants. For a method keyed with its class (`owner`), `self.x`
-and `cls.x` resolve against that class. A behaviour edit anywhere on that path changes the key;
-a hand-set `version` on the class itself (never one it inherits) is the user's explicit override.
+The unit is the module. An identity is the normalized text (code_units.py: comments, docstrings
+and formatting do not count) of every first-party module the code reaches: the evsys packages,
+the plugin's own package, and any module not installed under site-packages or the standard
+library. The walk starts at the object's module and follows what it uses: names its functions
+read (imports at module level or inside functions, attribute chains through modules, names in
+annotations), the modules those come from (re-exports and `import *` included), base classes,
+and the names a module's own top-level statements use (`FN = make_fn(3)`, `K = BASE * 2`,
+`NORM = partial(norm, ...)`). A method keyed with its class (`owner`) also reads the modules of
+that class and its bases, so `self.helper()`, `super()` and what `__init__` sets are covered.
 
-evsys's own modules are keyed whole: every module the walk enters contributes its entire
-normalized text, so a private helper, a private constant or a table there is never missed.
-Plugins are keyed per definition, so editing one transform does not rerun its neighbours.
+Values are never inspected, only source: an identity cannot depend on what the process did
+before (a cache filled at run time, a set's iteration order), and any global is allowed (a
+logger, a path, an array). What source cannot show (a file or an environment variable read at
+import time) is not keyed: give such a plugin a `version` and bump it.
+
+evsys's own modules contribute their text when the walk reaches one of their definitions, and
+only reachable definitions are followed (so the callbacks behind `@not_keyed` functions stay out
+of every key). A plugin module is followed whole: every name any of its definitions uses, so a
+decorator without `functools.wraps` or a closure cannot hide code. Editing a plugin module
+therefore reruns what every plugin in it computes; a comment or a reformat reruns nothing. A
+hand-set `version` (a string or number) on the class itself, never one it inherits, is the
+user's explicit override.
 
 Functions marked `@not_keyed` (loggers, progress) are observers: they never change results, so
 editing them reruns nothing.
@@ -20,10 +29,10 @@ editing them reruns nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
@@ -36,16 +45,14 @@ from pathlib import Path
 import xxhash
 
 from evsys_build.atomic import write_atomic
-from evsys_build.errors import HashingError
 from evsys_build.watch import unwatchable, watch
 
-from .code_units import Binding, constant_text, file_stamp, module_bindings, module_statements, module_text, unit_of
+from .code_units import Binding, file_stamp, module_bindings, module_statements, module_text, module_units, unit_of
 
 EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
 _STDLIB = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
 _INSTALL_DIRS = {"site-packages", "dist-packages"}
 _CHASE_DEPTH = 16  # re-exports followed through at most this many modules
-_VALUE_DEPTH = 12  # nesting of a keyed value (containers, partials, instance state)
 
 
 def not_keyed(fn):
@@ -81,11 +88,16 @@ def _watch_distribution(dist) -> None:
 def code_identity(obj, owner: type | None = None) -> str:
     """`version:<v>` when the object (or, for a method, its `owner` class) declares one, else
     `source:<xxh3 of what it runs>`. Pass `owner` to key a method as that class runs it."""
-    holder = owner if owner is not None else obj
-    version = vars(holder).get("version") if isinstance(holder, type) else getattr(obj, "version", None)
+    version = declared_version(owner if owner is not None else obj)
     if version is not None:
         return f"version:{version}"
     return _source_identity(obj, owner)
+
+
+def declared_version(obj) -> str | None:
+    """A hand-set `version` (string or number) on the class itself, or on a function; None otherwise."""
+    version = vars(obj).get("version") if isinstance(obj, type) else getattr(obj, "version", None)
+    return str(version) if isinstance(version, (str, int, float)) and not isinstance(version, bool) else None
 
 
 def method_identity(cls: type, name: str) -> str:
@@ -182,29 +194,32 @@ def _stamp(file: str) -> list | None:
 
 
 class _Collector:
-    """Walks from `root` through everything first-party it uses, collecting normalized sources."""
+    """Walks from `root` through the first-party code it uses, collecting whole module texts."""
 
     def __init__(self, root, owner: type | None = None):
         self.root = root
         self.owner = owner
         self.own_package = (getattr(root, "__module__", "") or "").split(".", 1)[0]
-        self.parts: dict[tuple[str, str], str] = {}  # (module, qualname) -> normalized source (or a value's text)
-        self.modules: dict[str, str | None] = {}  # first-party modules read -> whole text (evsys's own) or None
+        self.parts: dict[tuple[str, str], str] = {}  # (module, qualname) of each definition walked -> its text when its module has none
+        self.modules: dict[str, str | None] = {}  # first-party modules read -> normalized text (None: no source file)
         self.queue = [root]
 
     def files(self) -> list[str]:
         """The source files of every module the walk read: the identity is valid while they are unchanged."""
         files = {getattr(sys.modules.get(name), "__file__", None) for name in self.modules}
-        files |= {getattr(sys.modules.get(module), "__file__", None) for module, _ in self.parts}
         return sorted(f for f in files if f)
 
     def text(self) -> str:
+        if self.owner is not None:  # what `self.x`, `super()` and `__init__` can reach
+            for cls in self.owner.__mro__:
+                if self._first_party(cls):
+                    self._read_module(sys.modules.get(cls.__module__))
         while self.queue:
             self._visit(self.queue.pop(0))
-        # module names stay out of the plugin parts: a plugin loaded from a path gets a module name
-        # made of that path, and moving a file must not change what it computes
-        parts = [f"# {qualname}\n{source}" for (_, qualname), source in self.parts.items()]
-        parts += [f"# module {name}\n{text}" for name, text in self.modules.items() if text is not None]
+        # a plugin's module name stays out of the text: a plugin loaded from a path gets a module
+        # name made of that path, and moving a file must not change what it computes
+        parts = [f"# {qualname}\n{text}" for (_, qualname), text in self.parts.items()]
+        parts += [f"# module {name if _in_evsys(name) else ''}\n{text}" for name, text in self.modules.items() if text is not None]
         return "\n".join(sorted(parts))
 
     def _visit(self, obj) -> None:
@@ -212,22 +227,25 @@ class _Collector:
         if name in self.parts or getattr(obj, "__evsys_not_keyed__", False):
             return
         unit = unit_of(obj, obj is self.root)
-        if unit is None:
-            self.parts[name] = "<no source>"
-            return
         module = sys.modules.get(getattr(obj, "__module__", "") or "")
-        self.parts[name] = "(in the module's text)" if _in_evsys(obj) else unit.text
-        self._read_module(module)
+        self.parts[name] = ""
+        if unit is None:
+            return
+        if not self._read_module(module):  # no module file (a notebook cell): the definition's own text
+            self.parts[name] = unit.text
         if isinstance(obj, type):
             self.queue += [base for base in obj.__mro__[1:] if self._first_party(base)]
+        self._follow_unit(unit, module, obj)
+
+    def _follow_unit(self, unit, module, user) -> None:
         local = {}
-        for binding in unit.imports:  # imports inside the definition: what they import is used
+        for binding in unit.imports:  # imports inside the definition
             value = self._import(binding, module)
             if value is not None:
                 local[binding.alias] = value
-                self._take_resolved(value, (binding.module, binding.attr or binding.alias), obj)
+                self._take(value, user)
         for used in unit.names:
-            self._follow(used, module, obj, local)
+            self._follow(used, module, user, local)
 
     def _follow(self, dotted: str, module, user, local: dict) -> None:
         """A dotted name the source reads, resolved in its local imports or its module's globals,
@@ -238,15 +256,14 @@ class _Collector:
                 self._follow_owner(rest[0], user)
             return
         if head in local:
-            value, where = local[head], None
+            value = local[head]
         elif module is not None and head in vars(module):
-            value, where = vars(module)[head], module
+            value = vars(module)[head]
             if getattr(value, "__evsys_not_keyed__", False):
                 return  # an observer: neither it nor the module it comes from is part of the key
             self._chase(module, head)
         else:
             return
-        name = ((where or value).__name__ if isinstance(where or value, types.ModuleType) else "?", head)
         for attr in rest:
             if not isinstance(value, types.ModuleType):
                 break
@@ -254,12 +271,12 @@ class _Collector:
                 return
             self._read_module(value)
             self._chase(value, attr)
-            name, value = (value.__name__, attr), getattr(value, attr)
-        self._take_resolved(value, name, user)
+            value = getattr(value, attr)
+        self._take(value, user)
 
     def _owns(self, fn) -> bool:
         """Whether `fn` is defined on the owner class or one of its bases (so `self` is an owner)."""
-        if self.owner is None or isinstance(fn, type):
+        if self.owner is None or isinstance(fn, (type, types.ModuleType)):
             return False
         cls_name = (getattr(fn, "__qualname__", "") or "").rpartition(".")[0]
         return any(c.__qualname__ == cls_name and c.__module__ == fn.__module__ for c in self.owner.__mro__)
@@ -269,35 +286,37 @@ class _Collector:
         try:
             value = inspect.getattr_static(self.owner, attr)
         except AttributeError:
-            return  # an instance attribute: set by code that is followed already
-        self._take_resolved(value, (self.owner.__module__, f"{self.owner.__qualname__}.{attr}"), self.owner)
+            return  # an instance attribute: set by code in the owner's modules, which are read
+        if isinstance(value, property):
+            for fn in (value.fget, value.fset, value.fdel):
+                self._take(fn, self.owner)
+            return
+        self._take(getattr(value, "func", value), self.owner)  # functools.cached_property keeps its function in .func
 
-    def _chase(self, module, name: str) -> None:
-        """Where a module got `name` by importing it (re-exports included): those modules are read
-        too, so an edit there invalidates a cached identity."""
-        for _ in range(_CHASE_DEPTH):
-            if not self._first_party(module) or not getattr(module, "__file__", None):
-                return
-            stamp = file_stamp(module.__file__)
-            binding = module_bindings(module.__file__, stamp).get(name) if stamp else None
-            if binding is None:
-                return
+    def _chase(self, module, name: str, depth: int = 0) -> None:
+        """Where a module got `name` by importing it (re-exports and `import *` included): those
+        modules are read too, so an edit there changes the identity and invalidates a cached one."""
+        if depth > _CHASE_DEPTH or not self._first_party(module) or not getattr(module, "__file__", None):
+            return
+        stamp = file_stamp(module.__file__)
+        bindings = module_bindings(module.__file__, stamp) if stamp else {}
+        found = bindings.get(name)
+        sources = [found] if found is not None else list(bindings.get("*", ()))
+        for binding in sources:
             source = sys.modules.get(binding.absolute(module.__package__ or ""))
             if source is None or not self._first_party(source):
-                return
+                continue
             self._read_module(source)
-            if binding.attr is None:
-                return
-            module, name = source, binding.attr
+            if binding.attr is not None or found is None:
+                self._chase(source, binding.attr or name, depth + 1)
 
     def _import(self, binding: Binding, module):
         """The value an import inside a definition binds, when it is first-party (a library like
         torch is never imported just to key a node: that would defeat importing it lazily)."""
-        package = getattr(module, "__package__", None) or ""
-        name = binding.absolute(package)
+        name = binding.absolute(getattr(module, "__package__", None) or "")
         target = sys.modules.get(name)
         if target is None:
-            if name.split(".", 1)[0] not in (*EVSYS_PACKAGES, self.own_package):
+            if not self._importable_first_party(name):
                 return None
             try:
                 target = importlib.import_module(name)
@@ -314,98 +333,53 @@ class _Collector:
         self._chase(target, binding.attr)
         return value
 
-    def _take_resolved(self, value, name: tuple[str, str], user) -> None:
+    def _importable_first_party(self, name: str) -> bool:
+        top = name.split(".", 1)[0]
+        if top in (*EVSYS_PACKAGES, self.own_package):
+            return True
+        if top in sys.modules:
+            return self._first_party(sys.modules[top])
+        spec = importlib.util.find_spec(top)  # a top-level name: located, never imported
+        places = [spec.origin] if spec is not None and spec.origin not in (None, "built-in", "frozen") else list(getattr(spec, "submodule_search_locations", None) or [])
+        return bool(places) and all(_user_file(p) for p in places)
+
+    def _take(self, value, user) -> None:
+        """A value the source reads: code is followed (its module read, its definition walked);
+        other values are not inspected, their module's text covers how they were made."""
+        value = _unwrapped(value)
         if isinstance(value, types.ModuleType):
             if self._first_party(value):
                 self._read_module(value)
             return
-        self._take(value, name, user)
+        if not isinstance(value, (types.FunctionType, type)) or not self._first_party(value):
+            return
+        if "<locals>" in value.__qualname__:
+            if _in_evsys(value):
+                return  # made at run time (a class built on first use): state, not code; its source is in its module
+            self._read_module(sys.modules.get(value.__module__))
+        self.queue.append(value)
 
-    def _take(self, value, name: tuple[str, str], user) -> None:
-        """A value the source reads: code is followed, a plugin's data is keyed by its text."""
-        value = _unwrapped(value)
-        if _in_evsys(user):
-            # evsys's own data is in its modules' whole texts, and the names their statements use
-            # are followed; a value set at run time (a cache, a class made on first use) is state
-            # that must not make an identity depend on what this process did before
-            if isinstance(value, (types.FunctionType, type)) and self._first_party(value) and "<locals>" not in value.__qualname__:
-                self.queue.append(value)
-            return
-        if isinstance(value, (types.FunctionType, type)):
-            if self._first_party(value):
-                self.queue.append(value)
-            return
-        text = self._keyed_text(value, 0)
-        if text is not None:
-            self.parts.setdefault(name, text)
-            return
-        if callable(value) and not self._first_party(type(value)):
-            return  # a library's callable object is not followed
-        raise HashingError(
-            f"{_qualified(user)} uses the module global {name[1]!r} "
-            f"({type(value).__name__}), whose value evsys cannot hash; give the plugin an explicit "
-            "`version = \"1\"` and bump it when that value changes"
-        )
-
-    def _keyed_text(self, value, depth: int) -> str | None:
-        """A stable text for a value a plugin reads (None: it cannot be keyed). The code inside it is
-        followed: functions, `partial`s, bound methods, and instances of first-party classes (their
-        class, and their state as text)."""
-        if depth > _VALUE_DEPTH:
-            return None
-        inner = functools.partial(self._keyed_text, depth=depth + 1)
-        value = _unwrapped(value)
-        if isinstance(value, (types.FunctionType, type)):
-            if self._first_party(value):
-                self.queue.append(value)
-                return f"<{value.__qualname__}>"
-            return f"<{getattr(value, '__module__', '?')}.{value.__qualname__}>"
-        if isinstance(value, functools.partial):
-            items = [inner(v) for v in (value.func, *value.args, *value.keywords.values())]
-            if None in items:
-                return None
-            positional, named = items[: 1 + len(value.args)], items[1 + len(value.args) :]
-            return "partial(" + ", ".join(positional + [f"{k}={t}" for k, t in zip(value.keywords, named)]) + ")"
-        if isinstance(value, property):
-            items = [inner(f) for f in (value.fget, value.fset, value.fdel) if f is not None]
-            return None if None in items else "property(" + ", ".join(items) + ")"
-        if isinstance(value, types.MethodType):
-            items = [inner(value.__self__), inner(value.__func__)]
-            return None if None in items else ".".join(items)
-        if isinstance(value, (list, tuple, set, frozenset)):
-            items = [inner(v) for v in value]
-            if None in items:
-                return None
-            items = sorted(items) if isinstance(value, (set, frozenset)) else items
-            return f"{type(value).__name__}[" + ", ".join(items) + "]"
-        if isinstance(value, dict):
-            items = [(inner(k), inner(v)) for k, v in value.items()]
-            return None if any(None in kv for kv in items) else "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
-        text = constant_text(value)
-        if text is not None:
-            return text
-        own = self._first_party(type(value))
-        if own:
-            self.queue.append(type(value))  # an instance of a first-party class runs that class
-        state = _state_of(value)
-        if state is None or not own and not _is_plain_data(value):
-            return None
-        text = inner(state)
-        return None if text is None else f"{type(value).__qualname__}({text})"
-
-    def _read_module(self, module) -> None:
-        """Note a first-party module the identity depends on; evsys's own contribute their whole text."""
-        if module is None or module.__name__ in self.modules or not self._first_party(module):
-            return
+    def _read_module(self, module) -> bool:
+        """Read a first-party module's whole text (once); False when it has no source file. A
+        plugin module is followed whole, an evsys module through its top-level statements."""
+        if module is None or not self._first_party(module):
+            return False
+        if module.__name__ in self.modules:
+            return self.modules[module.__name__] is not None
         file = getattr(module, "__file__", None)
-        if not (_in_evsys(module) and file and file.endswith(".py")):
+        stamp = file_stamp(file) if file and file.endswith(".py") else None
+        if stamp is None:
             self.modules[module.__name__] = None
-            return
-        stamp = file_stamp(file)
-        self.modules[module.__name__] = module_text(file, stamp) if stamp else "<no source>"
-        if stamp:  # what the module's own constants and tables are built from
-            for used in module_statements(file, stamp).names:
-                self._follow(used, module, module, {})
+            return False
+        self.modules[module.__name__] = module_text(file, stamp)
+        for star in module_bindings(file, stamp).get("*", ()):
+            self._read_module(sys.modules.get(star.absolute(module.__package__ or "")))
+        self._follow_unit(module_statements(file, stamp), module, module)
+        if not _in_evsys(module):  # every definition of a plugin module: nothing it runs can hide
+            for qualname, unit in module_units(file, stamp).items():
+                if "." not in qualname:
+                    self._follow_unit(unit, module, module)
+        return True
 
     def _first_party(self, obj) -> bool:
         module_name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
@@ -426,7 +400,7 @@ def _user_file(file: str) -> bool:
 
 
 def _in_evsys(obj) -> bool:
-    name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", "")
+    name = obj if isinstance(obj, str) else obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", "")
     return (name or "").split(".", 1)[0] in EVSYS_PACKAGES
 
 
@@ -440,23 +414,3 @@ def _unwrapped(value):
         except ValueError:
             pass
     return value
-
-
-def _state_of(value) -> dict | None:
-    """The fields of a dataclass or pydantic model, or an object's `__dict__` (None: no state to read)."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    fields = getattr(type(value), "model_fields", None)
-    if isinstance(fields, dict):
-        return {name: getattr(value, name, None) for name in fields}
-    state = getattr(value, "__dict__", None)
-    return dict(state) if isinstance(state, dict) else None
-
-
-def _is_plain_data(value) -> bool:
-    """A library's dataclass or pydantic model: data, keyed by its fields."""
-    return dataclasses.is_dataclass(value) or isinstance(getattr(type(value), "model_fields", None), dict)
-
-
-def _qualified(obj) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"

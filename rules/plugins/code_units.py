@@ -1,6 +1,6 @@
 """Source units for code identities, read from the AST: one definition's normalized text with the
-names it reads and the imports it makes, a module's top-level import bindings, a whole module's
-normalized text, and stable texts for constant values.
+names it reads and the imports it makes, a module's top-level import bindings, its top-level
+statements, and a whole module's normalized text.
 
 "Normalized" means parsed and unparsed with docstrings stripped (Hamilton's approach): a comment,
 a docstring or a reformat changes nothing.
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import enum
 import functools
 import inspect
-import re
 import sys
 import textwrap
 import time
@@ -97,7 +95,7 @@ def file_stamp(file: str) -> tuple | None:
         st = Path(file).stat()
     except OSError:
         return None
-    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if time.time_ns() - st.st_mtime_ns < _RACY_NS:
         try:
             return (*stamp, xxhash.xxh3_128_hexdigest(Path(file).read_bytes()))
@@ -136,15 +134,19 @@ def module_units(file: str, stamp: tuple) -> dict[str, Unit]:
 
 
 @functools.lru_cache(maxsize=512)
-def module_bindings(file: str, stamp: tuple) -> dict[str, Binding]:
+def module_bindings(file: str, stamp: tuple) -> dict:
     """alias -> binding of the module's own top-level imports (inside `if` and `try` too, not
-    inside functions or classes): where a name it imported comes from."""
+    inside functions or classes): where a name it imported comes from; "*" -> the `import *`s."""
     tree = _parsed(file, stamp)
     found: dict[str, Binding] = {}
     stack = list(tree.body) if tree is not None else []
     while stack:
         node = stack.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            found.setdefault("*", ())
+            found["*"] += (Binding("*", node.level, node.module or "", None),)
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             for binding in _bindings(node):
@@ -213,11 +215,11 @@ def _strip_docstrings(tree: ast.AST) -> None:
 
 
 def _names_used(tree: ast.AST) -> list[str]:
-    """Names read (loaded) by the source, each with every prefix of the attribute chain that follows it
-    (`a.b.fn` gives `a`, `a.b`, `a.b.fn`). Type annotations are skipped: they document, they do
-    not run."""
+    """Names read (loaded) by the source, annotations included (pydantic and dataclasses run
+    them), each with every prefix of the attribute chain that follows it (`a.b.fn` gives `a`,
+    `a.b`, `a.b.fn`)."""
     found: set[str] = set()
-    for node in _walk_without_annotations(tree):
+    for node in ast.walk(tree):
         if not isinstance(getattr(node, "ctx", None), ast.Load):
             continue  # a name assigned (a local, a module-level definition) is not one read
         if isinstance(node, ast.Name):
@@ -236,34 +238,3 @@ def _dotted(node: ast.AST) -> str | None:
         attrs.append(node.attr)
         node = node.value
     return ".".join([node.id, *reversed(attrs)]) if isinstance(node, ast.Name) else None
-
-
-def _walk_without_annotations(tree: ast.AST):
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        skip = set()
-        if isinstance(node, ast.arg):
-            skip.add("annotation")
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            skip.add("returns")
-        elif isinstance(node, ast.AnnAssign):
-            skip.add("annotation")
-        for field, value in ast.iter_fields(node):
-            if field in skip:
-                continue
-            if isinstance(value, ast.AST):
-                stack.append(value)
-            elif isinstance(value, list):
-                stack += [v for v in value if isinstance(v, ast.AST)]
-
-
-def constant_text(value) -> str | None:
-    """A stable text for a scalar constant: None, str, bytes, numbers, bools, enum members and
-    compiled patterns (None: not one of those; containers and objects are the caller's to walk)."""
-    if isinstance(value, re.Pattern):
-        return f"re.compile({value.pattern!r}, {int(value.flags)})"
-    if value is None or isinstance(value, (str, bytes, int, float, bool, enum.Enum)):
-        return repr(value)
-    return None
