@@ -165,6 +165,12 @@ class TNoWraps:
         return decorated(x)
 
 
+class TImportModule:
+    def __call__(self, x):
+        import importlib
+        return importlib.import_module("PKG.impl_b").fmt(x)
+
+
 from PKG.derived import K  # noqa: E402
 from PKG.star import *  # noqa: E402,F403
 
@@ -177,6 +183,16 @@ class TDerived:
 class TStar:
     def __call__(self, x):
         return x + STAR  # noqa: F405
+
+
+from PKG.opts import Opt  # noqa: E402
+
+
+class TAnnotated:
+    opt: Opt  # pydantic and dataclasses run what annotations name
+
+    def __call__(self, x):
+        return x
 
 
 import logging  # noqa: E402
@@ -205,6 +221,8 @@ def plugin(package):
         "base.py": "BASE = 2\n",
         "derived.py": "from PKG.base import BASE\nK = BASE * 2\n",
         "star.py": "STAR = ' s'\n",
+        "opts.py": "class Opt:\n    n: int = 1\n",
+        "unused.py": "X = 1\n",
         "transforms.py": TRANSFORMS,
     }
     for name, text in files.items():
@@ -229,6 +247,8 @@ def plugin(package):
         ("TNoWraps", "transforms.py", 'x + " d"', 'x + " e"'),  # the function it hides
         ("TDerived", "base.py", "BASE = 2", "BASE = 3"),  # a constant derived in another module
         ("TStar", "star.py", "' s'", "' t'"),  # a name from `import *`
+        ("TAnnotated", "opts.py", "n: int = 1", "n: int = 2"),  # a class an annotation names
+        ("TImportModule", "impl_b.py", "' b'", "' B'"),  # importlib.import_module("a constant")
     ],
 )
 def test_each_way_a_plugin_reaches_code_or_data_is_keyed(plugin, attr, file, old, new):
@@ -289,7 +309,16 @@ def test_the_unit_of_a_plugin_is_its_module(plugin):
     assert not changes(plugin, "transforms", "TLru", "transforms.py", "class TLru:", "# a comment\nclass TLru:  # another\n")
     assert not changes(plugin, "transforms", "TLru", "transforms.py", "        return NORM(x)", "        'Docs.'\n        return NORM(  x  )")
     assert changes(plugin, "transforms", "TLru", "transforms.py", "return FIXER(x)", "return str(FIXER(x))")
-    assert not changes(plugin, "transforms", "TLru", "impl_b.py", "' b'", "' B'")
+    assert not changes(plugin, "transforms", "TLru", "unused.py", "X = 1", "X = 2")
+
+
+def test_a_root_wrapped_by_a_decorator_without_wraps_is_keyed_through_the_wrapper(package):
+    """A verifier registered through a decorator that returns a plain wrapper: the function it
+    wraps lives in another module, reachable only from the wrapper's closure."""
+    pkg = package({})
+    pkg.write("deco.py", "def strict(fn):\n    def wrapper(p, e):\n        return bool(fn(p, e))\n    return wrapper\n")
+    pkg.write("verifier.py", f"from {pkg.name}.deco import strict\n\n\n@strict\ndef exact(p, e):\n    return p == e\n")
+    assert changes(pkg, "verifier", "exact", "verifier.py", "p == e", "p.strip() == e")
 
 
 def test_a_version_must_be_a_string_or_a_number():

@@ -235,6 +235,11 @@ class _Collector:
             self.parts[name] = unit.text
         if isinstance(obj, type):
             self.queue += [base for base in obj.__mro__[1:] if self._first_party(base)]
+        for cell in getattr(obj, "__closure__", None) or ():  # a wrapper's function, a factory's helper
+            try:
+                self._take(cell.cell_contents, obj)
+            except ValueError:  # an empty cell
+                pass
         self._follow_unit(unit, module, obj)
 
     def _follow_unit(self, unit, module, user) -> None:

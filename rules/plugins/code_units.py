@@ -60,7 +60,15 @@ class Unit:
 
     @functools.cached_property
     def imports(self) -> tuple[Binding, ...]:
-        return tuple(b for n in ast.walk(self.node) if isinstance(n, (ast.Import, ast.ImportFrom)) for b in _bindings(n))
+        """Import statements, and `importlib.import_module("a.b")` calls with a constant name."""
+        found: list[Binding] = []
+        for n in ast.walk(self.node):
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                found += _bindings(n)
+            elif isinstance(n, ast.Call) and n.args and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str):
+                if _dotted(n.func) in ("importlib.import_module", "import_module") and not n.args[0].value.startswith("."):
+                    found.append(Binding("", 0, n.args[0].value, None))
+        return tuple(found)
 
 
 def unit_of(obj, is_root: bool) -> Unit | None:
