@@ -25,7 +25,7 @@ from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel, local_model_dir
 from ..outputs.hub import notify_train_step, printing_to
 from ..plugins import kinds
-from ..plugins.code_identity import code_identity, library_versions, method_identity
+from ..plugins.code_identity import code_identity, declared_version, library_versions, method_identity
 from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
 from .views import Checkpoint, TokenDataset, TrainResult
@@ -73,7 +73,7 @@ def backend_code(backend_cls, method: str) -> str:
     """A backend method's code identity as its class runs it (`self.helper()` included), with the
     class's `Config` (its defaults are settings a config leaves out). A `version` set on the class
     pins both."""
-    version = vars(backend_cls).get("version")
+    version = declared_version(backend_cls)
     if version is not None:
         return f"version:{version}"
     config_cls = getattr(backend_cls, "Config", None)
