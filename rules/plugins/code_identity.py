@@ -215,7 +215,8 @@ class _Collector:
                 if self._first_party(cls):
                     self._read_module(sys.modules.get(cls.__module__))
         while self.queue:
-            self._visit(self.queue.pop(0))
+            item = self.queue.pop(0)
+            self._follow_module(item) if isinstance(item, types.ModuleType) else self._visit(item)
         # a plugin's module name stays out of the text: a plugin loaded from a path gets a module
         # name made of that path, and moving a file must not change what it computes
         parts = [f"# {qualname}\n{text}" for (_, qualname), text in self.parts.items()]
@@ -377,6 +378,16 @@ class _Collector:
             self.modules[module.__name__] = None
             return False
         self.modules[module.__name__] = module_text(file, stamp)
+        self.queue.append(module)  # what it uses is followed from the queue: no recursion per module
+        return True
+
+    def _follow_module(self, module) -> None:
+        """A module read: its `import *`s, the names its top-level statements use, and for a plugin
+        module the names every definition uses."""
+        file = module.__file__
+        stamp = file_stamp(file)
+        if stamp is None:
+            return
         for star in module_bindings(file, stamp).get("*", ()):
             self._read_module(sys.modules.get(star.absolute(module.__package__ or "")))
         self._follow_unit(module_statements(file, stamp), module, module)
@@ -384,7 +395,6 @@ class _Collector:
             for qualname, unit in module_units(file, stamp).items():
                 if "." not in qualname:
                     self._follow_unit(unit, module, module)
-        return True
 
     def _first_party(self, obj) -> bool:
         module_name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
