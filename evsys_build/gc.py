@@ -2,7 +2,8 @@
 
 `gc` keeps every node that a retained run references (with the nodes they were built from):
 per experiment the newest `keep_last` runs and every run younger than `keep_within`, plus each
-arm's newest run. On a local store it holds the store's lock exclusively, so it waits for running
+arm's newest run and the nodes its ref names (a partial build's), and every killed run that no
+later build of its arm has concluded (the next build resumes from what it saved). On a local store it holds the store's lock exclusively, so it waits for running
 builds and never removes what one is writing or about to reuse. A remote store cannot be locked
 that way across machines: there gc removes nothing written after the oldest running build started
 (builds register in the store with heartbeats, remote_bucket.py), and a build that reuses an old
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from .chunk_index import prune_indexes
 from .errors import CorruptObject
@@ -61,7 +62,7 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     kept |= pending_resumes(runs)
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     node_entries = store.entries("nodes")
-    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept], _written_by_unfinished(runs, kept, node_entries))
+    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept], _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(store))
     live_objects: set[str] = set()
     live_checkpoints: set[str] = set()
     for key, manifest in live.items():
@@ -127,13 +128,24 @@ def retained_runs(store: Store, runs: list[dict], keep_last: int, keep_within_da
 
 def pending_resumes(runs: list[dict]) -> set[tuple[str, str]]:
     """Runs that never finished (the build was killed: SIGKILL, a second Ctrl-C, a lost machine)
-    with no finished run of their experiment after them: the next build resumes from what they
-    saved, so they are kept whatever the policy says."""
-    newest_finished: dict[str, str] = {}
+    with an arm that no later complete build has concluded: the next build of that arm resumes
+    from what they saved, so they are kept whatever the policy says. Another arm's build, or a
+    partial (`--target`) one, records only what it built and does not conclude the arm."""
+    concluded: dict[tuple[str, str], str] = {}  # (experiment, arm): the newest complete run's id
     for run in runs:
-        if run.get("status") != "running" and run["id"] > newest_finished.get(run["experiment"], ""):
-            newest_finished[run["experiment"]] = run["id"]
-    return {(r["experiment"], r["id"]) for r in runs if r.get("status") == "running" and r["id"] > newest_finished.get(r["experiment"], "")}
+        if run.get("status") == "completed" and not run.get("partial"):
+            for arm in run.get("arms", {}):
+                slot = (run["experiment"], arm)
+                concluded[slot] = max(run["id"], concluded.get(slot, ""))
+    return {
+        (r["experiment"], r["id"]) for r in runs
+        if r.get("status") == "running" and any(r["id"] > concluded.get((r["experiment"], arm), "") for arm in r.get("arms") or {"": None})
+    }
+
+
+def _ref_nodes(store: Store) -> list[str]:
+    """The nodes each arm's ref names: a partial build's nodes are there, not in the run it names."""
+    return [entry["key"] for _exp, _arm, ref in store.iter_refs() for entry in ref.get("nodes", {}).values() if entry.get("key")]
 
 
 def _written_by_unfinished(runs: list[dict], kept: set[tuple[str, str]], node_entries: dict) -> list[str]:

@@ -65,6 +65,21 @@ def test_gc_dry_run_lists_by_run_and_node_with_sizes_then_removes_exactly_that(t
     assert build(project).count("ran ") == 0  # the kept run is whole
 
 
+def test_gc_keeps_what_a_partial_build_gave_the_arm(tmp_path, tiny_model_dir):
+    """A --target build's nodes are the arm's current ones (its ref names them) though its run
+    falls out of the policy: gc keeps them, and the next plan serves them from the store."""
+    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
+    build(project)
+    edit_config(project, "learning_rate: 1.0e-4", "learning_rate: 2.0e-4")
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "train", cwd=project))
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "tokenize", cwd=project))
+    trained = train_key(runs(project)[1])
+    ok(evsys("gc", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", "cache", cwd=project))
+    assert Store(project / "cache").complete_manifest(trained) is not None
+    plan = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert ["cached", trained[:12], "train"] in [line.split()[:3] for line in plan.splitlines()], plan
+
+
 def test_runs_show_rewrites_an_earlier_runs_run_dir(tmp_path, tiny_model_dir):
     project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
     build(project)
@@ -128,13 +143,20 @@ def test_gc_in_process_beside_builds_in_threads_loses_nothing(tmp_path, tiny_mod
     json.loads((project / "cache" / "refs" / EXPERIMENT / "default.json").read_text())
 
 
-def test_a_killed_run_is_kept_until_a_later_run_of_its_experiment_finishes():
-    """A killed build never records its nodes; until a later build of the experiment finishes
-    (having resumed from them), gc keeps the killed run whatever the policy."""
+def test_a_killed_run_is_kept_until_a_later_complete_build_concludes_its_arm():
+    """A killed build never records its nodes; until a later complete build of the same arm
+    finishes (having resumed from them), gc keeps the killed run whatever the policy. Another
+    arm's build, a partial (--target) build and an interrupted one do not conclude it."""
     from evsys_build.gc import pending_resumes
 
-    def run(experiment, id_, finished):
-        return {"experiment": experiment, "id": id_, "status": "completed" if finished else "running"}
+    def run(experiment, id_, status, arms=("default",), partial=False):
+        return {"experiment": experiment, "id": id_, "status": status, "arms": {a: {} for a in arms}, **({"partial": True} if partial else {})}
 
-    runs = [run("a", "1", True), run("a", "2", False), run("b", "1", False), run("b", "2", True), run("c", "1", False), run("c", "2", False)]
-    assert pending_resumes(runs) == {("a", "2"), ("c", "1"), ("c", "2")}
+    runs = [
+        run("a", "1", "completed"), run("a", "2", "running"),  # killed last: pending
+        run("b", "1", "running"), run("b", "2", "completed"),  # concluded by a later build
+        run("c", "1", "running"), run("c", "2", "running"),
+        run("d", "1", "running", arms=("x", "y")), run("d", "2", "completed", arms=("x",)),  # y still pending
+        run("e", "1", "running"), run("e", "2", "completed", partial=True), run("e", "3", "interrupted"),
+    ]
+    assert pending_resumes(runs) == {("a", "2"), ("c", "1"), ("c", "2"), ("d", "1"), ("e", "1")}
