@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from .errors import CorruptObject
 from .store import Store, referenced_objects
 
 COPY_THREADS = 8  # objects copied at once (network round trips overlap)
@@ -44,7 +45,10 @@ def copy_node(src: Store, dst: Store, key: str, report: SyncReport | None = None
         dst.put_bytes(data)
         return len(data)
 
-    sizes = list(pool.map(copy, missing)) if pool is not None and len(missing) > 1 else [copy(n) for n in missing]
+    try:
+        sizes = list(pool.map(copy, missing)) if pool is not None and len(missing) > 1 else [copy(n) for n in missing]
+    except CorruptObject:  # quarantined there by get_bytes: the node is not complete upstream any more
+        return False
     report.objects_copied += len(sizes)
     report.bytes_copied += sum(sizes)
     dst.write_manifest(key, manifest)

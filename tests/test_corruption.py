@@ -172,3 +172,19 @@ def test_staging_files_a_killed_build_left_are_removed(built_evals, tmp_path):
     assert proc.returncode == 1 and "a staging file a killed build left behind" in proc.stdout
     ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project))
     assert not dead.exists()
+
+
+def test_a_corrupt_object_in_the_upstream_store_is_rebuilt_not_fatal(built_evals, tmp_path):
+    """Reading through a team store (--remote): a bad object there is quarantined there, and
+    the node is rebuilt here from its inputs; the build succeeds with the same results."""
+    project = copy_project(built_evals, tmp_path / "p")
+    before = results(project)
+    blob = manifest(project, "tokenize")["outputs"]["dataset"]["chunks"][0]["blob"]
+    flip_object(project, blob)
+    upstream = tmp_path / "team-store"
+    (project / "cache").rename(upstream)
+    proc = ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--remote", str(upstream), cwd=project))
+    assert blob in proc.stderr and "quarantine" in proc.stderr and "Traceback" not in proc.stderr
+    assert any(line.startswith("ran ") and "tokenize" in line for line in proc.stdout.splitlines())
+    assert results(project) == before
+    assert not Store(upstream).object_path(blob).exists()  # quarantined where it was found
