@@ -111,3 +111,19 @@ def test_export_refuses_what_it_cannot_do_in_one_line(built_project, checkpoint,
     assert "Traceback" not in proc.stderr and not (tmp_path / "y").exists()
     assert not list(tmp_path.glob(".y.evsys-export-*"))  # nothing half-written
     shutil.rmtree(other)
+
+
+def test_a_checkpoint_of_an_unfinished_training_still_checks_its_base_model(project_copy, tiny_model_dir, tmp_path):
+    """An interrupted training publishes its checkpoints but never writes its own manifest: the
+    checkpoint itself records the model identity, so a merge into other weights is refused."""
+    plan = plan_json(project_copy)
+    checkpoint, train = plan["checkpoint@1"]["key"], plan["train"]["key"]
+    Store(project_copy / "cache").delete_manifest(train)  # as after Ctrl-C or SIGKILL mid-training
+    other = linked_model_copy(tiny_model_dir, tmp_path / "other-model")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").unlink()
+    (other / "config.json").write_text(json.dumps({**config, "rope_theta": 12345.0}))
+    proc = export(project_copy, "node:" + checkpoint[:10], tmp_path / "y", "--merge", "--base-model", str(other))
+    assert proc.returncode == 2 and "not the base model this checkpoint was trained on" in proc.stderr
+    ok(export(project_copy, "node:" + checkpoint[:10], tmp_path / "z", "--merge"))  # its own base still merges
+    shutil.rmtree(other)

@@ -179,7 +179,7 @@ def run_train(ctx: RunContext) -> dict:
         node = checkpoints.get(step) or checkpoint_node(ctx.node, step)
         saved_steps.append(step)
         if not usable(ctx.store, node):
-            body = checkpoint_body(ctx.store, saved, arm.config.model.name, arm.config.model.revision, local_model_dir(arm.config.model.name, payload["model_dir"]), _service(backend))
+            body = checkpoint_body(ctx.store, saved, arm.config.model.name, arm.config.model.revision, local_model_dir(arm.config.model.name, payload["model_dir"]), _service(backend), ctx.node.params["model"])
             ctx.publish(node, body)
 
     try:
@@ -277,11 +277,13 @@ def estimate_training(store: Store, train: Node, inputs: dict) -> dict:
     return {**cost, "summary": f"~{cost['tokens']:,} tokens, ~{cost['loss_tokens']:,} loss tokens over {steps} steps{resumed}"}
 
 
-def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, revision: str | None = None, model_dir: str | None = None, service: dict | None = None) -> dict:
+def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, revision: str | None = None, model_dir: str | None = None, service: dict | None = None, model_identity: dict | None = None) -> dict:
     """A checkpoint manifest body from a SavedCheckpoint: weights, state and meta as blobs (the
     content evals key on); wall-clock timings attached apart, so a retrain that computes the same
     bytes has the same output digest; where and in what precision it was built, and its base
-    model (name, revision, and the folder when it is local: what `evsys export` loads)."""
+    model (name, revision, the folder when it is local: what `evsys export` loads, and the
+    identity training was keyed on: what export checks that folder against, even when the
+    training never finished and so wrote no manifest of its own)."""
     meta = dict(saved.meta)
     history = meta.get("metrics_so_far", [])
     meta["metrics_so_far"] = [{k: v for k, v in m.items() if k not in WALL_CLOCK_METRICS} for m in history]
@@ -303,6 +305,7 @@ def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, revis
             "base_model": model_name,
             "base_model_revision": revision,
             "base_model_dir": model_dir,
+            "base_model_identity": model_identity,
             "lora_rank": meta.get("lora_rank"),
             "trainable_params": info.get("trainable_params"),
             "size_bytes": sum(len(b) for part in (saved.weights, saved.state) for b in part.values()),

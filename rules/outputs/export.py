@@ -110,16 +110,21 @@ def _base_model(store: Store, manifest: dict, override: str | None) -> tuple[Pat
 
 
 def _check_identity(store: Store, manifest: dict, name, revision, base_dir: Path) -> None:
-    producer = next((i for i in manifest.get("inputs", []) if i.get("label") == "producer"), None)
-    train = store.read_manifest(producer["key"]) if producer and producer.get("key") else None
-    expected = (train or {}).get("params", {}).get("model")
+    expected = manifest.get("stats", {}).get("base_model_identity") or _trained_on(store, manifest)
     if expected is None:
-        return  # the training's manifest is gone (interrupted, or gc): nothing to compare with
+        return  # a checkpoint from before checkpoints recorded it, whose training's manifest is gone
     if "files" not in expected:
         return  # trained by name on a service (tinker): its base weights were never here to key
     found = model_identity(name, revision, base_dir, StatCache(store.local_dir / "stat-cache.json"))
     if found.get("files") != expected.get("files"):
         raise ConfigError(f"{base_dir}: not the base model this checkpoint was trained on (its weights or config differ); pass --base-model with the right folder")
+
+
+def _trained_on(store: Store, manifest: dict) -> dict | None:
+    """The model identity the checkpoint's training was keyed on, from the train node's manifest."""
+    producer = next((i for i in manifest.get("inputs", []) if i.get("label") == "producer"), None)
+    train = store.read_manifest(producer["key"]) if producer and producer.get("key") else None
+    return (train or {}).get("params", {}).get("model")
 
 
 def _write_adapter(folder: Path, blobs: dict[str, bytes], meta: dict, base_ref: str, revision: str | None) -> None:
