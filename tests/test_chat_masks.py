@@ -183,15 +183,22 @@ def test_prompt_ids_are_the_exact_prefix_before_the_final_reply(tok):
     assert all(w == 0.0 for w in weights[len(prompt) - 2 : len(prompt)])
 
 
-def test_a_system_prompt_with_braces_is_byte_identical_in_training_and_eval(tok):
-    system = 'Answer as JSON: {"tool": "<slug>"}; never {{escape}} or {query}.'
+@pytest.mark.parametrize("system", ['Answer as JSON: {"tool": "<slug>"}; never {{escape}} or {query}.', ""], ids=["braces", "empty"])
+def test_a_system_prompt_is_byte_identical_in_training_and_eval(tok, system):
+    """Eval prompts are built as the eval node builds them (task_messages), from the system prompt
+    training used: braces stay verbatim, and "" is an empty system turn in both."""
+    from evsys_rules.evals.benchmarks import Task
+    from evsys_rules.nodes.eval import task_messages
+
     transform = JsonlToChat(system_prompt=system, user_template="Query: {query}", assistant_template="<answer>{tool_slug}</answer>")
     [row] = transform([{"query": "send mail", "tool_slug": "GMAIL_SEND_EMAIL"}])
-    assert row["messages"][0]["content"] == system
+    assert row["messages"][0] == {"role": "system", "content": system}
     ids, _ = tokenize(tok, row)
-    eval_prompt = prompt_ids(tok, [{"role": "system", "content": system}, {"role": "user", "content": "Query: send mail"}])
+    task = Task(task_id="t", instruction="Query: send mail", verifier={"kind": "exact"})
+    eval_prompt = prompt_ids(tok, task_messages(task, system))
     assert ids[: len(eval_prompt)] == eval_prompt
-    assert system in tok.decode(eval_prompt)
+    assert tok.decode(ids[len(eval_prompt):]) == "<answer>GMAIL_SEND_EMAIL</answer><|im_end|>\n"
+    assert tok.decode(eval_prompt).startswith("<|im_start|>system\n" + system + "<|im_end|>")
 
 
 # -- tool calls ------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ class BenchmarkConfig(Strict):
     temperature: float = Field(0.0, ge=0)  # 0 = greedy
     num_samples: int = Field(1, ge=1)  # completions per task (for pass@k)
     stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn
-    system_prompt: Optional[str] = None  # None = the one the transforms gave training rows
+    system_prompt: Optional[str] = None  # None = jsonl_to_chat's system_prompt; "" = an empty system turn, as a transform's "" trains
 
     @model_validator(mode="after")
     def _metrics_of_kind(self):

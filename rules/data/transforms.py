@@ -37,7 +37,7 @@ class JsonlToChat:
     row_local = True
 
     class Config(BaseModel, extra="forbid"):
-        system_prompt: Optional[str] = None  # a system turn first (a template too); evals reuse it
+        system_prompt: Optional[str] = None  # a system turn first, verbatim (no row fields; "" = an empty turn); evals reuse it
         user_template: str  # str.format template over the row's fields
         assistant_template: str  # str.format template over the row's fields: what trains
 

@@ -123,7 +123,9 @@ def check_heldout_path(loaded: LoadedConfig, index: int, bench) -> None:
 
 
 def training_system_prompt(arm: Arm) -> str | None:
-    """The system prompt the transforms give training rows (jsonl_to_chat), so eval prompts match training."""
+    """The system prompt jsonl_to_chat gives training rows, so eval prompts match training. Rows
+    that carry their own system turns (sharegpt_to_messages, chat data) differ row by row: a
+    benchmark sets its own `system_prompt` (or each task does)."""
     for spec in arm.config.transforms:
         if spec.kind == "jsonl_to_chat":
             return spec.params.get("system_prompt")
@@ -183,8 +185,10 @@ def _tasks_content(tasks) -> tuple[str, list[dict]]:
 
 
 def task_messages(task, system_prompt: str | None) -> list[dict]:
+    """The prompt's turns: a system turn whenever one is set, even "" (training rows then carry
+    an empty system turn too, and the template renders it), then the task's instruction."""
     system = task.system_prompt if task.system_prompt is not None else system_prompt
-    messages = [{"role": "system", "content": system}] if system else []
+    messages = [{"role": "system", "content": system}] if system is not None else []
     return messages + [{"role": "user", "content": task.instruction}]
 
 
