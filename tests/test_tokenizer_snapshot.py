@@ -201,3 +201,17 @@ def test_processes_that_load_a_new_tokenizer_together_capture_it_once(tiny_model
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     lines = [line for out, _ in outs for line in out.split()]
     assert lines.count("captured") == 1 and lines.count("SnapshotTokenizer") == 2
+
+
+def test_the_process_wide_tokenizer_reloads_when_any_keyed_file_changes(model_copy):
+    """Keys cover every non-weight file of the model folder (tokenizer.model, added_tokens.json,
+    config.json, ...): the in-process cache must watch the same files, or a long-lived process
+    (the Python API, a notebook) would tokenize with what a key no longer describes."""
+    first = load_tokenizer(str(model_copy))
+    assert load_tokenizer(str(model_copy)) is first
+    extra = model_copy / "added_tokens.json"
+    extra.write_text("{}")
+    try:
+        assert load_tokenizer(str(model_copy)) is not first
+    finally:
+        extra.unlink()

@@ -40,19 +40,20 @@ from pathlib import Path
 
 from evsys_build.errors import ConfigError
 
+from ..models.resolve import tokenizer_files
 from .chat_render import chat_renderer
 from .chat_rows import Conversation, read_conversation
 from .piece_encoding import piece_encoder
 
-KEYED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 EVAL_PROMPT = {"enable_thinking": False}  # the template kwargs training and evaluation render with
 PROMPT_VARIANTS = (EVAL_PROMPT, {})  # the eval prompt, then the template's default generation prompt
 SUPERVISE = ("all", "all_assistant", "last_assistant")
 
 
 def load_tokenizer(model_dir: str):
-    """The model's own tokenizer, from its directory, offline; reloaded when its files change
-    (an edited chat template must never be served from a process-wide cache)."""
+    """The model's own tokenizer, from its directory, offline; reloaded when any file the keys
+    cover changes (every non-weight file: an edited chat template or added_tokens.json must
+    never be served from a process-wide cache)."""
     return _load_tokenizer(str(model_dir), stat_stamp(tokenizer_files(Path(model_dir))))
 
 
@@ -74,10 +75,6 @@ def load_tokenizer_uncached(model_dir: str):
     if not getattr(tok, "chat_template", None):
         raise ConfigError(f"model.name: the tokenizer in {model_dir} has no chat template; use a chat model")
     return tok
-
-
-def tokenizer_files(model_dir: Path) -> list[Path]:
-    return [model_dir / name for name in KEYED_TOKENIZER_FILES if (model_dir / name).is_file()]
 
 
 def render(tok, messages: list[dict], generation_prompt: bool = False, where: str = "conversation") -> str:
