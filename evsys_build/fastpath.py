@@ -11,6 +11,7 @@ the build takes the normal path (set EVSYS_NO_FASTPATH=1 to always take it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -30,7 +31,7 @@ from .watch import Watcher, stamp
 ENV_PREFIXES = ("EVSYS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TINKER_", "CUDA_", "PYTHON", "WANDB_", "RAY_", "AWS_", "GOOGLE_")
 ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PATH")
 OWN_SWITCHES = ("EVSYS_NO_FASTPATH", "EVSYS_FASTPATH_DEBUG")
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: environment values as digests
 
 
 def snapshot_path(store: Store, config: Path, arm: str | None) -> Path:
@@ -39,9 +40,15 @@ def snapshot_path(store: Store, config: Path, arm: str | None) -> Path:
 
 
 def environment() -> dict:
-    """What of the process's environment a compile may read."""
-    env = {k: v for k, v in os.environ.items() if (k.startswith(ENV_PREFIXES) or k in ENV_NAMES) and k not in OWN_SWITCHES}
+    """What of the process's environment a compile may read. Values are kept as digests: the
+    names include credentials (TINKER_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY), and a snapshot
+    only needs to tell whether a value changed, never what it was."""
+    env = {k: _value_digest(v) for k, v in os.environ.items() if (k.startswith(ENV_PREFIXES) or k in ENV_NAMES) and k not in OWN_SWITCHES}
     return {"env": env, "python": sys.version, "executable": sys.executable, "evsys": __version__, "cwd": os.getcwd()}
+
+
+def _value_digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def save(store: Store, config: Path, arm: str | None, watcher: Watcher, node_keys: list[str], lines: list[str], run: dict) -> None:

@@ -28,6 +28,13 @@ from .store import Store
 
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0, "max_retries": 3}
 FORWARDED_ENV = ("EVSYS_", "HF_", "TRANSFORMERS_")  # settings workers need; never credentials (docs/scale-out.md)
+CREDENTIAL_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")  # HF_TOKEN, EVSYS_*_KEY: left out
+
+
+def forwarded_env(environ) -> dict:
+    """The settings a build hands its Ray workers: evsys's, Hugging Face's and transformers'
+    switches, but no variable whose name marks a credential (workers bring their own)."""
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV) and not any(m in k.upper() for m in CREDENTIAL_MARKERS)}
 
 
 def task_options(node: Node) -> dict:
@@ -64,7 +71,7 @@ class RayPool:
     def open(self, graph: Graph, store: Store, emit, stop: threading.Event) -> None:
         ray = self.ray
         if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+            env = forwarded_env(os.environ)
             ray.init(address=self.address, runtime_env={"env_vars": env} if env else None)
         self.nodes = {n.id: n for n in graph.nodes()}
         self.emit, self.stop = emit, stop

@@ -144,3 +144,20 @@ def test_a_recently_changed_file_leaves_no_snapshot(built_project, tmp_path):
     build(project)
     _, run = build(project)
     assert not run.get("fast_path")
+
+
+def test_a_credential_in_the_environment_never_reaches_the_snapshot(built_project, tmp_path):
+    """The snapshot notices a changed environment variable without storing its value: a key the
+    user exported (TINKER_API_KEY, HF_TOKEN, ...) is nowhere in the store, and a new value of it
+    still sends the build down the normal path."""
+    project = copy_project(built_project, tmp_path / "p")
+    age(project)
+    secrets = {"TINKER_API_KEY": "tml-CANARY-0001", "HF_TOKEN": "hf_CANARY0002", "AWS_SECRET_ACCESS_KEY": "CANARY0003"}
+    _, run = build(project, env=secrets)
+    assert not run.get("fast_path")
+    _, run = build(project, env=secrets)
+    assert run.get("fast_path") is True  # the snapshot was written, and serves an unchanged environment
+    leaked = [str(f) for f in (project / "cache").rglob("*") if f.is_file() and b"CANARY" in f.read_bytes()]
+    assert leaked == []
+    _, run = build(project, env={**secrets, "HF_TOKEN": "hf_CANARY0004"})
+    assert not run.get("fast_path")

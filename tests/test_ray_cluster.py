@@ -246,3 +246,11 @@ def test_ray_results_are_the_bytes_an_inline_build_makes(sweep, tmp_path):
     ray_train = open_store(sweep["url"]).read_manifest(ray_nodes["train"]["key"])["outputs"]
     inline_train = local.read_manifest(inline_nodes["train"]["key"])["outputs"]
     assert ray_train["checkpoint-final"] == inline_train["checkpoint-final"] and ray_train["state-final"] == inline_train["state-final"]
+
+
+def test_workers_get_evsys_and_hugging_face_settings_but_no_credential():
+    from evsys_build.ray_pool import forwarded_env
+
+    environ = {"EVSYS_LEASE_TTL": "3", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_TOKEN": "hf_x",
+               "HUGGING_FACE_HUB_TOKEN": "hf_y", "EVSYS_TINKER_API_KEY": "k", "AWS_SECRET_ACCESS_KEY": "s", "PATH": "/bin"}
+    assert forwarded_env(environ) == {"EVSYS_LEASE_TTL": "3", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
