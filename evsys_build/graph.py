@@ -114,14 +114,18 @@ class Graph:
         self.by_arm: dict[str, list[Node]] = {}
 
     def add(self, node: Node) -> Node:
-        """Add a node (and its edges); a node with an existing id returns the existing one."""
+        """Add a node (and its edges) for `node.arm`; a node with an existing id returns the
+        existing one, which the arm then lists as its own."""
         existing = self._nodes.get(node.id)
         arms = self.arms_of.setdefault(node.id, [])
         if node.arm not in arms:
             arms.append(node.arm)
-        self.by_arm.setdefault(node.arm, []).append(node)
-        if existing is not None:
+        members = self.by_arm.setdefault(node.arm, [])
+        if existing is not None:  # the arm shares the node built for an earlier arm: that one (it gets the key)
+            if all(m is not existing for m in members):
+                members.append(existing)
             return existing
+        members.append(node)
         self._nodes[node.id] = node
         self._edges += [(parent.id, node.id) for _, parent in node.inputs]
         if node.produced_by is not None:

@@ -76,7 +76,7 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
         return ArmNodes(arm, rows, tokens, callbacks=hub)
     arm = resolved
     train = add(train_node(arm, tokens, model, hub, data_where(loaded)))
-    checkpoints = {s: graph.add(checkpoint_node(train, s)) for s in stored_checkpoint_steps(arm)}
+    checkpoints = {s: graph.add(checkpoint_node(train, s, arm.name)) for s in stored_checkpoint_steps(arm)}
     attach_checkpoints(train, checkpoints)
     evals = [(bench, step, add(node)) for bench, step, node in eval_nodes(loaded, arm, checkpoints, model, statcache, hub)]
     report = add(report_node(arm, train, evals))

@@ -155,6 +155,17 @@ def test_arms_sharing_a_train_node_store_every_arms_checkpoints(tmp_path, tiny_m
     assert "saved   [every1] checkpoint@1" in out
     again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert ran_names(again) == set()
+    # every arm records every node it uses, with its key (the shared ones too)
+    run = list(Store(project / "cache").iter_runs("arms_resume"))[0]  # the build that trained
+    for arm in ("every1", "final_only"):
+        nodes = run["arms"][arm]["nodes"]
+        assert "checkpoint@2" in nodes and all(entry["key"] for entry in nodes.values()), (arm, nodes)
+    diff = ok(evsys("diff", "config.yaml@every1", "config.yaml@final_only", "--cache-dir", "cache", cwd=project)).stdout
+    assert "shared (source, transform[0] jsonl_to_chat, tokenize, train, checkpoint@2)" in diff, diff
+    assert "only in A: checkpoint@1, eval val@1" in diff and "only in B" not in diff and "?" not in diff, diff
+    # the arm that shares the training builds alone, on a fresh store
+    alone = ok(evsys("build", "config.yaml", "--cache-dir", "cache2", "--arm", "final_only", cwd=project)).stdout
+    assert "] eval val@2" in alone and "checkpoint@1" not in alone
 
 
 @pytest.mark.parametrize("probe", [None, 5])

@@ -108,15 +108,16 @@ def backend_config(backend_cls, arm: Arm):
     return resolve(config) if resolve is not None and config is not None else config
 
 
-def checkpoint_node(train: Node, step: int) -> Node:
-    """The checkpoint of `train` after `step` optimizer steps; its key depends only on (train key, step)."""
+def checkpoint_node(train: Node, step: int, arm: str | None = None) -> Node:
+    """The checkpoint of `train` after `step` optimizer steps, for `arm` (default: the train
+    node's; arms share a train node); its key depends only on (train key, step)."""
     node = Node(
         rule="checkpoint",
         name=f"checkpoint@{step}",
         version=code_identity(checkpoint_body),
         params={"step": step},
         inputs=[("train", train)],
-        arm=train.arm,
+        arm=arm or train.arm,
         produced_by=train,
         check_stored=remote_references_lost,
     )
