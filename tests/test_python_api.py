@@ -112,3 +112,31 @@ def test_the_api_is_typed_for_an_ide():
     assert typing.get_type_hints(Experiment.run)["return"] is ExperimentResult
     for fn in (Experiment, Experiment.run, ExperimentResult.open, load_config, StoredArtifact.export):
         assert inspect.getdoc(fn), fn
+
+
+def test_arms_and_sweeps_resolve_paths_against_base_dir_whether_they_set_a_path_or_a_block(project, tmp_path, monkeypatch):
+    """An arm may set `data.path`, or the whole `data` block, or one benchmark, or the benchmark
+    list: each path it names resolves against base_dir, never the working directory."""
+    raw = _raw(project)
+    raw["metadata"] = {"benchmark": [{"name": "val", "path": "val"}]}
+    raw["arms"] = [
+        {"name": "dotted", "set": {"data.path": "data/other.jsonl"}},
+        {"name": "block", "set": {"data": {"source_kind": "jsonl", "path": "data/other.jsonl"}}},
+        {"name": "one_bench", "set": {"metadata.benchmark.0": {"name": "val", "path": "val2"}}},
+        {"name": "benches", "set": {"metadata.benchmark": [{"name": "val", "path": "val2"}]}},
+        {"name": "params", "set": {"data.params": {"path": "data/other.jsonl"}}},
+    ]
+    monkeypatch.chdir(tmp_path)
+    loaded = load_config(_write(tmp_path / "elsewhere.yaml", raw), base_dir=project)
+    arms = {arm.name: arm.config for arm in loaded.arms}
+    base = project.resolve()
+    for name in ("dotted", "block"):
+        assert Path(arms[name].data.path) == base / "data" / "other.jsonl"
+    for name in ("one_bench", "benches"):
+        assert Path(arms[name].metadata.benchmark[0].path) == base / "val2"
+    assert Path(arms["params"].data.params["path"]) == base / "data" / "other.jsonl"
+
+
+def _write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path

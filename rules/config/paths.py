@@ -13,8 +13,23 @@ SOURCE_PATH_PARAMS = ("path", "paths")  # data.params entries that name files (a
 def rebase_paths(raw: dict, base: Path) -> dict:
     """A copy of `raw` with every relative path made absolute under `base`: data.path and the
     source's path params, benchmark paths, output_dir, .py plugins, a model folder that exists
-    under `base`, and the same paths where `arms:` or `sweep:` set them."""
+    under `base`, and the same paths wherever `arms:` or `sweep:` set them (a dotted path, or a
+    whole block that holds them)."""
     out = copy.deepcopy(raw)
+    _rebase_config(out, base)
+    data = out.get("data") if isinstance(out.get("data"), dict) else {}
+    for arm in out.get("arms") or [] if isinstance(out.get("arms"), list) else []:
+        if isinstance(arm, dict) and isinstance(arm.get("set"), dict):
+            kind = _set_source_kind(arm["set"], data.get("source_kind", "jsonl"))
+            arm["set"] = {k: _rebase_override(k, v, base, kind) for k, v in arm["set"].items()}
+    if isinstance(out.get("sweep"), dict):
+        kind = data.get("source_kind", "jsonl")
+        out["sweep"] = {k: [_rebase_override(k, v, base, kind) for v in vs] if isinstance(vs, list) else vs for k, vs in out["sweep"].items()}
+    return out
+
+
+def _rebase_config(out: dict, base: Path) -> None:
+    """Rebase, in place, the path values of a config (or of the part of one an override builds)."""
     data = out.get("data")
     if isinstance(data, dict):
         _rebase_key(data, "path", base)
@@ -32,26 +47,36 @@ def rebase_paths(raw: dict, base: Path) -> dict:
     for bench in benchmarks if isinstance(benchmarks, list) else []:
         if isinstance(bench, dict):
             _rebase_key(bench, "path", base)
-    for arm in out.get("arms") or [] if isinstance(out.get("arms"), list) else []:
-        if isinstance(arm, dict) and isinstance(arm.get("set"), dict):
-            arm["set"] = {k: _rebase_override(k, v, base) for k, v in arm["set"].items()}
-    if isinstance(out.get("sweep"), dict):
-        out["sweep"] = {k: [_rebase_override(k, v, base) for v in vs] if isinstance(vs, list) else vs for k, vs in out["sweep"].items()}
-    return out
 
 
-def is_path_override(dotted_path: str) -> bool:
-    """Whether an `arms:`/`sweep:` dotted path names a path value."""
+def _rebase_override(dotted_path: str, value, base: Path, source_kind):
+    """The value an `arms:`/`sweep:` entry sets at `dotted_path`, rebased as it would be at that
+    place in a config: the value is put into an otherwise empty config, which is rebased."""
     parts = dotted_path.split(".")
-    return (
-        dotted_path in ("data.path", "output_dir")
-        or (parts[:2] == ["data", "params"] and len(parts) == 3 and parts[2] in SOURCE_PATH_PARAMS)
-        or (parts[:2] == ["metadata", "benchmark"] and parts[-1] == "path")
-    )
+    if not parts[0] or parts[0].isdigit():
+        return value
+    skeleton = copy.deepcopy(value)
+    for part in reversed(parts):
+        skeleton = [skeleton] if part.isdigit() else {part: skeleton}
+    data = skeleton.get("data")
+    borrowed = isinstance(data, dict) and "source_kind" not in data
+    if borrowed:
+        data["source_kind"] = source_kind  # which params of the source are paths
+    _rebase_config(skeleton, base)
+    if borrowed:
+        del data["source_kind"]
+    node = skeleton
+    for part in parts:
+        node = node[0] if part.isdigit() else node[part]
+    return node
 
 
-def _rebase_override(dotted_path: str, value, base: Path):
-    return _rebased(value, base) if is_path_override(dotted_path) else value
+def _set_source_kind(overrides: dict, default):
+    """The source kind an arm's data has: what it sets, else the base config's."""
+    block = overrides.get("data")
+    if isinstance(block, dict) and "source_kind" in block:
+        return block["source_kind"]
+    return overrides.get("data.source_kind", default)
 
 
 def _source_path_params(kind) -> tuple[str, ...]:
