@@ -468,3 +468,6 @@ def _dumps(value: dict, compact: bool = False) -> bytes:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
+
+
+safe_name = _safe  # how an experiment or arm name is written in the store (refs/, runs/): names that map alike share a file

@@ -67,7 +67,7 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
         rows = add(transform_node(arm, index, rows))
     name, revision, by_name = arm.config.model.name, arm.config.model.revision, trains_by_name(arm)
     if (name, revision, by_name) not in models:
-        with located(loaded, ("model", "name")):
+        with located(loaded, ("model", "name"), arm):
             models[(name, revision, by_name)] = resolve(name, revision, statcache, model_need(arm), by_name, str(loaded.path))
     model = models[(name, revision, by_name)]
     tokens = add(tokenize_node(arm, rows, model))

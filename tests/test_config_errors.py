@@ -238,3 +238,25 @@ def test_unknown_arm_is_a_usage_error(tmp_path, tiny_model_dir, command):
     project = project_with(tmp_path, BASE_CONFIG)
     msg = one_error_line(evsys(command, "config.yaml", "--arm", "r9", "--cache-dir", "cache", cwd=project))
     assert msg == "--arm r9: no such arm; the config has: default"
+
+
+ARMS_AT_END = BASE_CONFIG + "arms:\n  - {name: base, set: {seed: 1}}\n"
+
+ARM_MISTAKES = {
+    # what the arm says -> (the needle on the line the error names, the column, the message)
+    "misspelled param": ("  - {name: bad, set: {algorithm.params.lora_rnk: 2}}\n", "lora_rnk", "algorithm.params.lora_rnk: unknown field (did you mean lora_rank?)"),
+    "missing data file": ("  - {name: bad, set: {data.path: data/missing.jsonl}}\n", "missing.jsonl", "data.path: no such file 'data/missing.jsonl'"),
+    "output_dir": ("  - {name: bad, set: {output_dir: other}}\n", "set: {output_dir", "output_dir: an arm cannot set this"),
+    "no such list": ("  - {name: bad, set: {metadata.benchmark.0.max_tokens: 3}}\n", "benchmark.0", "metadata.benchmark.0.max_tokens: cannot set this path (metadata.benchmark is not in the base config, so it has no item 0"),
+    "names stored alike": ("  - {name: 'bad base', set: {seed: 2}}\n  - {name: bad_base, set: {seed: 3}}\n", "bad_base", "arms: arm names 'bad base' and 'bad_base' are stored under one name"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(ARM_MISTAKES))
+def test_a_mistake_in_an_arm_names_the_arms_line(tmp_path, tiny_model_dir, mistake):
+    """An arm's mistake is reported where the arm writes it, not at the base config's value."""
+    arm, needle, message = ARM_MISTAKES[mistake]
+    config = ARMS_AT_END + arm
+    msg = one_error_line(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project_with(tmp_path, config)))
+    assert msg.startswith(f"config.yaml:{line_of(config, needle)}:"), msg
+    assert message in msg, msg

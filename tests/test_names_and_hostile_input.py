@@ -52,10 +52,10 @@ def test_show_never_looks_outside_the_store(tmp_path, ref):
 
 def test_a_sweep_value_with_a_slash_becomes_a_safe_arm_name(tmp_path, tiny_model_dir):
     project = make_project(tmp_path / "p", tool_rows(4))
-    edit_config(project, "callbacks:", "sweep:\n  run_name: [a, b]\ncallbacks:")
+    edit_config(project, "callbacks:", "sweep:\n  seed: [1, 2]\ncallbacks:")
     proc = ok(evsys("validate", "config.yaml", cwd=project))
-    assert "arms: run_name=a, run_name=b" in proc.stdout
-    edit_config(project, "run_name: [a, b]", "data.path: [data/train.jsonl, ./data/train.jsonl]")
+    assert "arms: seed=1, seed=2" in proc.stdout
+    edit_config(project, "seed: [1, 2]", "data.path: [data/train.jsonl, ./data/train.jsonl]")
     proc = ok(evsys("validate", "config.yaml", cwd=project))
     assert "arms: path=data_train.jsonl, path=._data_train.jsonl" in proc.stdout
 

@@ -9,33 +9,84 @@ from pathlib import Path
 
 from evsys_build.errors import ConfigError
 from evsys_build.hashing import digest
+from evsys_build.store import safe_name
 
 from .errors import where
 from .schema import ExperimentConfig
 from .yaml_marks import Marks
 
 
-def arm_raws(raw: dict, config: ExperimentConfig, path: Path, marks: Marks) -> list[tuple[str, dict, dict]]:
-    """(arm name, raw config, overrides) per arm: explicit `arms`, a `sweep` grid, or the one default arm."""
+FIXED_PER_EXPERIMENT = ("experiment", "run_name", "output_dir", "plugins", "arms", "sweep")  # every arm shares these
+
+
+def arm_raws(raw: dict, config: ExperimentConfig, path: Path, marks: Marks) -> list[tuple[str, dict, dict, tuple]]:
+    """(arm name, raw config, overrides, where its overrides are written) per arm: explicit
+    `arms`, a `sweep` grid, or the one default arm."""
     base = {k: v for k, v in raw.items() if k not in ("arms", "sweep")}
     if config.arms and config.sweep:
         raise ConfigError(f"{where(path, marks, ('sweep',), key=True)}: sweep: use either arms or sweep, not both")
     if config.arms:
-        names = [a.name for a in config.arms]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            raise ConfigError(f"{where(path, marks, ('arms',))}: arms: duplicate arm name {sorted(dupes)[0]!r} (names must be unique)")
-        return [(a.name, _apply(base, a.set, path, marks, ("arms", i, "set")), dict(a.set)) for i, a in enumerate(config.arms)]
+        _check_names([a.name for a in config.arms], path, marks)
+        out = []
+        for i, a in enumerate(config.arms):
+            _check_settable(a.set, path, marks, ("arms", i, "set"))
+            out.append((a.name, _apply(base, a.set, path, marks, ("arms", i, "set")), dict(a.set), ("arms", i, "set")))
+        return out
     if config.sweep:
+        _check_settable(config.sweep, path, marks, ("sweep",))
         keys = list(config.sweep)
         out = []
         taken: set[str] = set()
         for values in itertools.product(*(config.sweep[k] for k in keys)):
             overrides = dict(zip(keys, values))
             name = sweep_arm_name(overrides, taken)
-            out.append((name, _apply(base, overrides, path, marks, ("sweep",)), overrides))
+            out.append((name, _apply(base, overrides, path, marks, ("sweep",)), overrides, ("sweep",)))
         return out
-    return [("default", base, {})]
+    return [("default", base, {}, ())]
+
+
+def _check_names(names: list[str], path: Path, marks: Marks) -> None:
+    """Arm names are unique, also as the store writes them (a ref file per arm: `a b` and `a_b`
+    would share one, and each arm's record would overwrite the other's)."""
+    seen: dict[str, str] = {}
+    for i, name in enumerate(names):
+        stored = safe_name(name)
+        if stored in seen:
+            same = "duplicate arm name" if seen[stored] == name else f"arm names {seen[stored]!r} and {name!r} are stored under one name ({stored!r})"
+            raise ConfigError(f"{where(path, marks, ('arms', i, 'name'))}: arms: {same} (names must be unique; rename one)")
+        seen[stored] = name
+
+
+def _check_settable(overrides: dict, path: Path, marks: Marks, at: tuple) -> None:
+    for dotted_path in overrides:
+        top = dotted_path.split(".", 1)[0]
+        if top in FIXED_PER_EXPERIMENT:
+            raise ConfigError(
+                f"{where(path, marks, at + (dotted_path,), key=True)}: {dotted_path}: an arm cannot set this "
+                f"(every arm of an experiment shares {top}; each arm's run dir is <output_dir>/<run_name>/<arm>): set it in the base config"
+            )
+
+
+def arm_marks(marks: Marks, overrides: dict, at: tuple) -> Marks:
+    """The base config's marks, with every path an arm overrides pointing at the arm's entry
+    (and the paths inside a block it sets at their place there): an error about an arm's value
+    names the line that set it, not the base config's."""
+    if not overrides:
+        return marks
+    out = dict(marks)
+    for dotted_path in overrides:
+        target = tuple(int(p) if p.isdigit() else p for p in dotted_path.split("."))
+        entry = at + (dotted_path,)
+        site = marks.get(entry) or marks.get(entry + ("<key>",))
+        for key in [k for k in out if k[: len(target)] == target]:
+            del out[key]
+        if site is None:
+            continue
+        out[target] = site
+        out[target + ("<key>",)] = marks.get(entry + ("<key>",), site)
+        if at[:1] == ("arms",):  # a block's own paths (a sweep's entry is a list of values)
+            out.update({target + k[len(entry):]: v for k, v in marks.items() if k[: len(entry)] == entry and len(k) > len(entry)})
+    return out
 
 
 def sweep_arm_name(overrides: dict, taken: set[str]) -> str:
@@ -68,6 +119,8 @@ def _apply(base: dict, overrides: dict, path: Path, marks: Marks, at: tuple) -> 
             elif isinstance(node, dict):
                 if last:
                     node[part] = value
+                elif part not in node and parts[depth + 1].isdigit():
+                    raise ConfigError(f"{where(path, marks, at + (dotted_path,), key=True)}: {dotted_path}: cannot set this path ({'.'.join(parts[:depth + 1])} is not in the base config, so it has no item {parts[depth + 1]}; set the whole list)")
                 else:
                     node = node.setdefault(part, {})
             else:

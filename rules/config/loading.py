@@ -17,7 +17,7 @@ from evsys_build.errors import ConfigError
 
 from ..plugins import kinds
 from ..plugins.loader import load_plugins
-from .arms import arm_raws
+from .arms import arm_marks, arm_raws
 from .errors import config_error, dotted, where
 from .paths import rebase_paths
 from .schema import ExperimentConfig
@@ -30,6 +30,7 @@ class Arm:
     config: ExperimentConfig
     params: dict = field(default_factory=dict)  # validated per-kind Config objects, by dotted block
     overrides: dict = field(default_factory=dict)  # dotted path -> value this arm sets over the base config
+    marks: dict = field(default_factory=dict)  # where each of its values is written (an override: in arms:/sweep:)
 
 
 PYTHON_CONFIG = "<python config>"  # the `path` of a config given as a dict or an ExperimentConfig
@@ -92,29 +93,31 @@ def loaded_from_raw(raw: dict, path: Path, marks: Marks, text: str, base_dir: Pa
     if base is not None:
         raw = rebase_paths(raw, base)  # again: a plugin source may name more path params
     config = validate_model(ExperimentConfig, raw, path, marks, ())
-    arms = [
-        Arm(name, validate_model(ExperimentConfig, arm_raw, path, marks, ()), {}, overrides)
-        for name, arm_raw, overrides in arm_raws(raw, config, path, marks)
-    ]
+    arms = []
+    for name, arm_raw, overrides, at in arm_raws(raw, config, path, marks):
+        own_marks = arm_marks(marks, overrides, at)
+        arms.append(Arm(name, validate_model(ExperimentConfig, arm_raw, path, own_marks, ()), {}, overrides, own_marks))
     for arm in arms:
-        arm.params = validate_kind_params(arm.config, path, marks)
+        arm.params = validate_kind_params(arm.config, path, arm.marks)
     return LoadedConfig(path, raw, marks, config, arms, text, base)
 
 
-def check_source(loaded: LoadedConfig, source) -> None:
+def check_source(loaded: LoadedConfig, source, arm: Arm | None = None) -> None:
     """The source's own file checks, with the error pointed at `data.path` in the config."""
-    with located(loaded, ("data", "path")):
+    with located(loaded, ("data", "path"), arm):
         source.check()
 
 
 @contextlib.contextmanager
-def located(loaded: LoadedConfig, at: tuple):
-    """Prefix a ConfigError raised inside with the config's `file:line:col` of `at`, so a check
-    made while validating and the same check made while compiling say exactly the same line."""
+def located(loaded: LoadedConfig, at: tuple, arm: Arm | None = None):
+    """Prefix a ConfigError raised inside with the config's `file:line:col` of `at` (as `arm`
+    has it: a value an arm sets is where the arm sets it), so a check made while validating and
+    the same check made while compiling say exactly the same line."""
     try:
         yield
     except ConfigError as exc:
-        raise ConfigError(f"{where(loaded.path, loaded.marks, at)}: {exc.message}") from None
+        marks = arm.marks if arm is not None and arm.marks else loaded.marks
+        raise ConfigError(f"{where(loaded.path, marks, at)}: {exc.message}") from None
 
 
 def validate_model(model: type[BaseModel], data, path: Path, marks: Marks, prefix: tuple):

@@ -48,14 +48,14 @@ def _deep_model(loaded: LoadedConfig, arm: Arm) -> list[str]:
         return []
     if need == "tokenizer" and hub_model(model.name) and cached_snapshot(model.name, model.revision, need) is None:
         return [f"model {model.name}: its tokenizer is not in the local Hugging Face cache yet (not checked); `evsys fetch {loaded.path}` downloads it"]
-    with located(loaded, ("model", "name")):
+    with located(loaded, ("model", "name"), arm):
         resolve_model(model.name, model.revision, need, str(loaded.path))
     return []
 
 
 def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
     source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
-    check_source(loaded, source)
+    check_source(loaded, source, arm)
     recipe = repr((arm.config.data.model_dump(), [t.model_dump() for t in arm.config.transforms], getattr(arm.params["algorithm"], "supervise", None)))
     if recipe in seen:
         return []
@@ -81,13 +81,13 @@ def _deep_benchmarks(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str
             raise ConfigError(f"metadata.benchmark: two benchmarks are named {name!r} (names must be unique)")
     for i, bench in enumerate(arm.config.metadata.benchmark):
         if bench.kind == "nll":
-            check_heldout_path(loaded, i, bench)
+            check_heldout_path(loaded, i, bench, arm)
             rows = _check_heldout_rows(Path(bench.path))
             if bench.path not in seen:
                 seen.add(bench.path)
                 out.append(f"benchmark {bench.name} ({bench.split}, nll): {bench.path}: {rows} rows")
             continue
-        tasks = benchmark_tasks(loaded, i, bench)
+        tasks = benchmark_tasks(loaded, i, bench, arm)
         ks = [int(m.split("@", 1)[1]) for m in bench.metrics if m.startswith("pass@") and m.split("@", 1)[1].isdigit()]
         unknown = [m for m in bench.metrics if not (m.startswith("pass@") and m.split("@", 1)[1].isdigit())]
         if unknown:

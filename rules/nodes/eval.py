@@ -52,10 +52,10 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
     for index, bench in enumerate(arm.config.metadata.benchmark):
         steps = eval_steps(bench, max_steps)
         if bench.kind == "nll":
-            check_heldout_path(loaded, index, bench)
+            check_heldout_path(loaded, index, bench, arm)
             evals += heldout_nodes(arm, bench, {s: checkpoints[s] for s in steps}, model, statcache, callbacks, resources)
             continue
-        tasks = benchmark_tasks(loaded, index, bench)
+        tasks = benchmark_tasks(loaded, index, bench, arm)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
         params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key}
         if bench.temperature > 0:  # sampled completions depend on the seed; greedy ones do not
@@ -99,11 +99,11 @@ def eval_steps(bench, max_steps: int) -> list[int]:
     return steps if max_steps in steps else steps + [max_steps]
 
 
-def benchmark_tasks(loaded: LoadedConfig, index: int, bench) -> list:
+def benchmark_tasks(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> list:
     """The benchmark's tasks; a path that is not a directory holding tasks.jsonl is named by the
     config's file:line:col (what `validate --deep` and the build both say)."""
     label = f"metadata.benchmark[{index}] ({bench.name})"
-    with located(loaded, ("metadata", "benchmark", index, "path")):
+    with located(loaded, ("metadata", "benchmark", index, "path"), arm):
         problem = benchmark_path_problem(Path(bench.path))
         if problem:
             raise ConfigError(f"{label}: {problem}")
@@ -113,10 +113,10 @@ def benchmark_tasks(loaded: LoadedConfig, index: int, bench) -> list:
         raise ConfigError(f"{label}: {exc.message}") from None
 
 
-def check_heldout_path(loaded: LoadedConfig, index: int, bench) -> None:
+def check_heldout_path(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> None:
     """A `kind: nll` benchmark's path must be a JSONL file of chat rows."""
     path = Path(bench.path)
-    with located(loaded, ("metadata", "benchmark", index, "path")):
+    with located(loaded, ("metadata", "benchmark", index, "path"), arm):
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
             raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): {bench.path}: {what} (kind nll reads a JSONL file of chat rows with messages)")

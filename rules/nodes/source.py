@@ -28,7 +28,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     cfg = arm.config
     source_cls = kinds.sources.get(cfg.data.source_kind)
     source = source_cls(**arm.params["data"].model_dump())
-    check_source(loaded, source)
+    check_source(loaded, source, arm)
     source_params = arm.params["data"].model_dump(exclude_defaults=True)
     source_params.pop("path", None)
     identity = getattr(source, "identity", None)

@@ -70,7 +70,7 @@ def _run_configs(run: dict) -> dict[str, dict]:
         except EvsysError:
             pass
         config = validate_model(ExperimentConfig, raw, path, {}, ())
-        return {name: flat_config(effective_config(arm_raw)) for name, arm_raw, _ in arm_raws(raw, config, path, {})}
+        return {name: flat_config(effective_config(arm_raw)) for name, arm_raw, *_ in arm_raws(raw, config, path, {})}
     except (yaml.YAMLError, EvsysError):
         return {}
 
