@@ -54,7 +54,7 @@ MISSING = object()
 
 def load_side(store: Store, spec: str) -> Side:
     """A config file or a run id, with an optional `@arm`."""
-    target, _, arm = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    target, arm = split_spec(spec)
     if Path(target).is_file():
         arms = frontend().arm_snapshots(store, Path(target))
         where = target
@@ -72,6 +72,19 @@ def load_side(store: Store, spec: str) -> Side:
         raise UsageError(f"{spec}: no arm {arm!r}; {where} has: {', '.join(arms)}")
     snap = arms[arm]
     return Side(f"{where}@{arm}", snap["config"], snap["nodes"], snap["metrics"])
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """(config file or run id, arm) of `CONFIG@ARM` or `RUN@ARM`. Arm names may hold `@`, and a
+    file name may too: the arm follows the first `@` that ends an existing file's name, else the
+    first `@` (run ids have none)."""
+    if Path(spec).is_file():
+        return spec, ""
+    for i, c in enumerate(spec):
+        if c == "@" and Path(spec[:i]).is_file():
+            return spec[:i], spec[i + 1:]
+    target, _, arm = spec.partition("@")
+    return target, arm
 
 
 def diff_sides(a: Side, b: Side) -> Diff:

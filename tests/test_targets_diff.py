@@ -119,3 +119,16 @@ def test_experiment_md_names_no_best_arm_when_arms_tie():
     assert "Best arm by val/v/pass@1 at the final step: c (0.7500)" in conclusion(tied + [arm("c", **{"val/v/pass@1": 0.75})])
     losses = [arm("a", **{"val/held/nll": 1.5}), arm("b", **{"val/held/nll": 1.2})]
     assert "Best arm by val/held/nll at the final step: b (1.2000)" in conclusion(losses)  # a loss: lowest wins
+
+
+def test_diff_specs_split_at_the_config_file_so_arm_names_may_hold_at_signs(tmp_path, monkeypatch):
+    from evsys_build.diff import split_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "at.yaml").write_text("")
+    (tmp_path / "v@2.yaml").write_text("")
+    assert split_spec("at.yaml@r@1") == ("at.yaml", "r@1")
+    assert split_spec("at.yaml") == ("at.yaml", "")
+    assert split_spec("v@2.yaml") == ("v@2.yaml", "")
+    assert split_spec("v@2.yaml@a") == ("v@2.yaml", "a")
+    assert split_spec("20261127T211315.296158Z-84f64e@r@1") == ("20261127T211315.296158Z-84f64e", "r@1")
