@@ -78,3 +78,14 @@ def test_plan_text_marks_maybe_nodes(built, tmp_path):
     train = next(line for line in lines if "  train  (runs if tokenize changes)" in line)
     assert train.startswith("maybe  ????????????")
     assert lines[-1] == "1 to run, 8 may run, 2 cached"
+
+
+def test_a_training_only_backend_setting_that_gives_the_same_checkpoints_keeps_the_evals(built, tmp_path):
+    """max_tokens_per_pass is in the train key (it can change the numbers), not in the eval key:
+    here every batch fits one pass either way, so training reruns to the same bytes and the
+    evals of those checkpoints stay cached."""
+    project = copy_project(built, tmp_path / "p")
+    edit_config(project, "backend: {kind: local}", "backend: {kind: local, params: {max_tokens_per_pass: 65536}}")
+    plan = plan_json(project)
+    assert plan["train"]["status"] == "run" and plan["eval val@2"]["status"] == "maybe"
+    assert ran_names(build(project)) == {"train", "report"}  # the report writes the arm's config out

@@ -44,7 +44,8 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
     evals = []
     backend_cls = kinds.backends.get(arm.config.backend.kind)
     resolved = backend_config(backend_cls, arm)
-    sampler_params = resolved.model_dump(exclude_defaults=True, mode="json") if resolved is not None else {}
+    training_only = set(getattr(backend_cls, "training_only_params", ()))  # the checkpoint's digest carries their effect
+    sampler_params = {k: v for k, v in resolved.model_dump(exclude_defaults=True, mode="json").items() if k not in training_only} if resolved is not None else {}
     model_key = digest({"base": model.identity, "tokenizer": model.tokenizer})
     model_dir = model.dir
     max_steps = arm.params["algorithm"].max_steps
