@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from evsys_build.store import Store
-from evsys_testkit import copy_project, evsys, ran_names
+from evsys_testkit import copy_project, evsys, ok, ran_names
 from tinker_fake.local_compute import LocalCompute
 from tinker_fake.server import TinkerProtocolServer
 
@@ -140,6 +140,23 @@ def test_checkpoints_hold_tinker_paths_and_the_adapter_bytes(walkthrough, server
     proc = evsys("show", "node:" + checkpoint_manifests(walkthrough.project)[2]["key"][:12], cwd=walkthrough.project, env={"EVSYS_CACHE": "cache"})
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint step 2 of base model evsys/tiny-qwen3" in proc.stdout and "tinker://" in proc.stdout
+
+
+def test_a_tinker_checkpoint_exports_as_the_adapter_the_service_wrote(walkthrough, tmp_path):
+    manifest = checkpoint_manifests(walkthrough.project)[2]
+    ref = "node:" + manifest["key"][:12]
+    env = {"EVSYS_CACHE": "cache"}
+    ok(evsys("export", ref, str(tmp_path / "adapter"), cwd=walkthrough.project, env=env))
+    store = Store(walkthrough.project / "cache")
+    blobs = manifest["outputs"]["weights"]["blobs"]
+    stored = {name.removeprefix("adapter/"): store.get_bytes(obj) for name, obj in blobs.items() if name.startswith("adapter/")}
+    assert stored and all((tmp_path / "adapter" / name).read_bytes() == data for name, data in stored.items())
+    provenance = json.loads((tmp_path / "adapter" / "evsys_export.json").read_text())
+    assert provenance["checkpoint"] == manifest["key"] and provenance["step"] == 2
+    assert (tmp_path / "adapter" / "tokenizer_config.json").is_file()  # the base model resolves here: its tokenizer comes along
+    merged = evsys("export", ref, str(tmp_path / "merged"), "--merge", cwd=walkthrough.project, env=env)
+    assert merged.returncode == 2 and merged.stderr.count("\n") == 1 and "--merge takes checkpoints trained here" in merged.stderr
+    assert not (tmp_path / "merged").exists()
 
 
 def test_datums_the_service_received_are_the_local_backends_inputs(walkthrough):

@@ -6,6 +6,8 @@ folders other tools load.
 - `--merge`, or a full fine-tune: a Hugging Face model folder (model.safetensors, config.json with
   its dtype, generation_config.json, tokenizer files), loadable by
   `AutoModelForCausalLM.from_pretrained(DIR)` and laid out as vLLM expects.
+- A checkpoint trained on a service (Tinker) with `download_weights`: the adapter files the
+  service exported, as it wrote them (no --merge: its base weights are not keyed here).
 
 The base model is the folder the checkpoint was trained on (recorded in the checkpoint), else
 `--base-model`, else its name resolved as a build would; its weights must be the ones the
@@ -29,6 +31,8 @@ from ..nodes.views import Checkpoint, TrainResult
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 PROVENANCE = "evsys_export.json"
+WEIGHTS_META = "evsys_weights.json"  # among a checkpoint trained here: its format, rank and target modules
+SERVICE_ADAPTER = "adapter/"  # among a service's checkpoint: the adapter files it exported (Tinker's download_weights)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -42,19 +46,27 @@ def export_node(store: Store, key: str, dest: Path, merge: bool = False, base_mo
         raise UsageError(f"{dest}: exists and is not an empty folder; export into a new folder")
     checkpoint = Checkpoint.of(manifest)
     blobs = {name: store.get_bytes(obj) for name, obj in checkpoint.weights.items()}
-    meta = json.loads(blobs["evsys_weights.json"])
     stats = manifest.get("stats", {})
-    base_dir, base_ref = _base_model(store, manifest, base_model)
-    full = merge or meta["format"] == "full"
+    service_files = _service_adapter(key, manifest, blobs, merge) if WEIGHTS_META not in blobs else None
+    if service_files is not None:
+        meta, full = {"format": "lora", "lora_rank": stats.get("lora_rank")}, False
+        base_dir, base_ref = _service_base(store, manifest, base_model)
+    else:
+        meta = json.loads(blobs[WEIGHTS_META])
+        base_dir, base_ref = _base_model(store, manifest, base_model)
+        full = merge or meta["format"] == "full"
     staging = dest.parent / f".{dest.name}.evsys-export-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        if full:
+        if service_files is not None:
+            for name, data in service_files.items():
+                (staging / name).write_bytes(data)
+        elif full:
             _write_full(staging, base_dir, blobs, meta, dtype)
         else:
             _write_adapter(staging, blobs, meta, base_ref, stats.get("base_model_revision"))
-        for name in TOKENIZER_FILES:
+        for name in TOKENIZER_FILES if base_dir is not None else ():
             if (base_dir / name).is_file() and not (staging / name).exists():
                 shutil.copyfile(base_dir / name, staging / name)
         mode = 0o666 & ~_umask()
@@ -70,6 +82,32 @@ def export_node(store: Store, key: str, dest: Path, merge: bool = False, base_mo
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sorted(p for p in dest.iterdir() if p.is_file())
+
+
+def _service_adapter(key: str, manifest: dict, blobs: dict[str, bytes], merge: bool) -> dict[str, bytes]:
+    """The adapter files a service (Tinker) exported for this checkpoint, by file name, as it
+    wrote them (a PEFT adapter: adapter_model.safetensors, adapter_config.json)."""
+    files = {name.removeprefix(SERVICE_ADAPTER): data for name, data in blobs.items() if name.startswith(SERVICE_ADAPTER)}
+    sampler = ((manifest.get("attachments") or {}).get("remote") or {}).get("refs", {}).get("sampler", "the service")
+    if not files:
+        raise UsageError(f"node:{key[:12]}: its weights live on the service ({sampler}), not in the store; build with backend.params.download_weights: true to store them, then export")
+    if merge:
+        raise UsageError(f"node:{key[:12]}: trained on a service, it exports as the adapter the service wrote; --merge takes checkpoints trained here (backend local)")
+    bad = [name for name in files if "/" in name or name in ("", ".", "..") or name == PROVENANCE]
+    if bad:
+        raise UsageError(f"node:{key[:12]}: the service's adapter has a file named {bad[0]!r}, which export will not write")
+    return files
+
+
+def _service_base(store: Store, manifest: dict, override: str | None) -> tuple[Path | None, str]:
+    """Where the tokenizer files come from for a service's adapter: the base model when it
+    resolves here (else the adapter goes without them), and how it is named."""
+    try:
+        return _base_model(store, manifest, override)
+    except (UsageError, ConfigError):
+        if override:
+            raise
+        return None, manifest.get("stats", {}).get("base_model") or "?"
 
 
 def _checkpoint_manifest(store: Store, key: str) -> tuple[str, dict]:
