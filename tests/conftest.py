@@ -21,6 +21,16 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray soc
 from evsys_testkit import copy_project, evsys, make_evals_project, make_project, ok, tool_rows  # noqa: E402
 
 
+SLOW_FILES_FIRST = ("test_offline_example.py", "test_interrupts.py", "test_tinker_backend.py", "test_ray_cluster.py", "test_walkthrough_e2e.py", "test_arms_resume.py", "test_runs_gc.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The longest test files start first: with files run side by side (scripts/test), the suite
+    then ends on short files instead of one worker finishing a long one alone."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES_FIRST)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _models_home(tmp_path_factory):
     """EVSYS_MODELS points at a session tmp dir so evsys/tiny-qwen3 is built once, privately."""
