@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections import ChainMap
 import re
 from pathlib import Path
 
@@ -67,26 +68,36 @@ def _check_settable(overrides: dict, path: Path, marks: Marks, at: tuple) -> Non
             )
 
 
-def arm_marks(marks: Marks, overrides: dict, at: tuple) -> Marks:
+def arm_marks(marks: Marks, overrides: dict, at: tuple, index: dict[tuple, list[tuple]] | None = None) -> Marks:
     """The base config's marks, with every path an arm overrides pointing at the arm's entry
     (and the paths inside a block it sets at their place there): an error about an arm's value
-    names the line that set it, not the base config's."""
+    names the line that set it, not the base config's. A view over `marks` (nothing copied);
+    `index` (marks_index) finds the paths under a path without a scan of every mark."""
     if not overrides:
         return marks
-    out = dict(marks)
+    index = index if index is not None else marks_index(marks)
+    own: dict[tuple, tuple[int, int]] = {}
     for dotted_path in overrides:
         target = tuple(int(p) if p.isdigit() else p for p in dotted_path.split("."))
         entry = at + (dotted_path,)
         site = marks.get(entry) or marks.get(entry + ("<key>",))
-        for key in [k for k in out if k[: len(target)] == target]:
-            del out[key]
         if site is None:
             continue
-        out[target] = site
-        out[target + ("<key>",)] = marks.get(entry + ("<key>",), site)
+        own.update({key: site for key in index.get(target, ())})  # the base's values there: replaced
+        own[target] = site
+        own[target + ("<key>",)] = marks.get(entry + ("<key>",), site)
         if at[:1] == ("arms",):  # a block's own paths (a sweep's entry is a list of values)
-            out.update({target + k[len(entry):]: v for k, v in marks.items() if k[: len(entry)] == entry and len(k) > len(entry)})
-    return out
+            own.update({target + key[len(entry):]: marks[key] for key in index.get(entry, ()) if len(key) > len(entry)})
+    return ChainMap(own, marks)
+
+
+def marks_index(marks: Marks) -> dict[tuple, list[tuple]]:
+    """Every path of `marks` under each of its prefixes."""
+    index: dict[tuple, list[tuple]] = {}
+    for key in marks:
+        for n in range(1, len(key) + 1):
+            index.setdefault(key[:n], []).append(key)
+    return index
 
 
 def sweep_arm_name(overrides: dict, taken: set[str]) -> str:

@@ -17,7 +17,7 @@ from evsys_build.errors import ConfigError
 
 from ..plugins import kinds
 from ..plugins.loader import load_plugins
-from .arms import arm_marks, arm_raws
+from .arms import arm_marks, arm_raws, marks_index
 from .errors import config_error, dotted, where
 from .paths import rebase_paths
 from .schema import ExperimentConfig
@@ -30,7 +30,7 @@ class Arm:
     config: ExperimentConfig
     params: dict = field(default_factory=dict)  # validated per-kind Config objects, by dotted block
     overrides: dict = field(default_factory=dict)  # dotted path -> value this arm sets over the base config
-    marks: dict = field(default_factory=dict)  # where each of its values is written (an override: in arms:/sweep:)
+    marks: Marks = field(default_factory=dict)  # where each of its values is written (an override: in arms:/sweep:)
 
 
 PYTHON_CONFIG = "<python config>"  # the `path` of a config given as a dict or an ExperimentConfig
@@ -94,9 +94,13 @@ def loaded_from_raw(raw: dict, path: Path, marks: Marks, text: str, base_dir: Pa
         raw = rebase_paths(raw, base)  # again: a plugin source may name more path params
     config = validate_model(ExperimentConfig, raw, path, marks, ())
     arms = []
+    index = marks_index(marks)
+    marks_at: dict[tuple, Marks] = {}  # a sweep's arms set the same paths at one place: one view serves them all
     for name, arm_raw, overrides, at in arm_raws(raw, config, path, marks):
-        own_marks = arm_marks(marks, overrides, at)
-        arms.append(Arm(name, validate_model(ExperimentConfig, arm_raw, path, own_marks, ()), {}, overrides, own_marks))
+        site = (at, tuple(overrides))
+        if site not in marks_at:
+            marks_at[site] = arm_marks(marks, overrides, at, index)
+        arms.append(Arm(name, validate_model(ExperimentConfig, arm_raw, path, marks_at[site], ()), {}, overrides, marks_at[site]))
     for arm in arms:
         arm.params = validate_kind_params(arm.config, path, arm.marks)
     return LoadedConfig(path, raw, marks, config, arms, text, base)
