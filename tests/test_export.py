@@ -35,6 +35,16 @@ def reference(built_project, checkpoint, tiny_model_dir):
         return ids, model(input_ids=ids).logits
 
 
+def other_base_model(model_dir: Path, dest: Path) -> Path:
+    """A copy of the tiny model whose config differs (other numbers, same shapes): not the base
+    any checkpoint here was trained on."""
+    other = linked_model_copy(model_dir, dest)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").unlink()  # a symlink into the shared model: replace, never write through
+    (other / "config.json").write_text(json.dumps({**config, "rope_theta": 12345.0}))
+    return other
+
+
 def export(project: Path, ref: str, dest: Path, *extra: str):
     return evsys("export", ref, str(dest), "--cache-dir", "cache", *extra, cwd=project)
 
@@ -102,10 +112,7 @@ def test_export_refuses_what_it_cannot_do_in_one_line(built_project, checkpoint,
     proc = export(built_project, "node:" + checkpoint[:10], tmp_path / "full")
     assert proc.returncode == 2 and "exists and is not an empty folder" in proc.stderr
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    other = linked_model_copy(tiny_model_dir, tmp_path / "other-model")
-    config = json.loads((other / "config.json").read_text())
-    (other / "config.json").unlink()
-    (other / "config.json").write_text(json.dumps({**config, "rope_theta": 12345.0}))
+    other = other_base_model(tiny_model_dir, tmp_path / "other-model")
     proc = export(built_project, "node:" + checkpoint[:10], tmp_path / "y", "--merge", "--base-model", str(other))
     assert proc.returncode == 2 and "not the base model this checkpoint was trained on" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "y").exists()
@@ -119,10 +126,7 @@ def test_a_checkpoint_of_an_unfinished_training_still_checks_its_base_model(proj
     plan = plan_json(project_copy)
     checkpoint, train = plan["checkpoint@1"]["key"], plan["train"]["key"]
     Store(project_copy / "cache").delete_manifest(train)  # as after Ctrl-C or SIGKILL mid-training
-    other = linked_model_copy(tiny_model_dir, tmp_path / "other-model")
-    config = json.loads((other / "config.json").read_text())
-    (other / "config.json").unlink()
-    (other / "config.json").write_text(json.dumps({**config, "rope_theta": 12345.0}))
+    other = other_base_model(tiny_model_dir, tmp_path / "other-model")
     proc = export(project_copy, "node:" + checkpoint[:10], tmp_path / "y", "--merge", "--base-model", str(other))
     assert proc.returncode == 2 and "not the base model this checkpoint was trained on" in proc.stderr
     ok(export(project_copy, "node:" + checkpoint[:10], tmp_path / "z", "--merge"))  # its own base still merges
