@@ -30,7 +30,7 @@ from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
 from .heldout import heldout_nodes
 from .tokenize import TOKENIZER_LIBRARIES
-from .train import backend_code, backend_config, backend_resources, make_backend
+from .train import backend_code, backend_config, backend_resources, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
 TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
@@ -43,9 +43,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
     benchmark gets held-out loss nodes instead (heldout.py)."""
     evals = []
     backend_cls = kinds.backends.get(arm.config.backend.kind)
-    resolved = backend_config(backend_cls, arm)
-    training_only = set(getattr(backend_cls, "training_only_params", ()))  # the checkpoint's digest carries their effect
-    sampler_params = {k: v for k, v in resolved.model_dump(exclude_defaults=True, mode="json").items() if k not in training_only} if resolved is not None else {}
+    sampler_params = keyed_backend_params(backend_cls, backend_config(backend_cls, arm), "training_only_params")
     model_key = digest({"base": model.identity, "tokenizer": model.tokenizer})
     model_dir = model.dir
     max_steps = arm.params["algorithm"].max_steps

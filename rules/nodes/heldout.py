@@ -28,7 +28,7 @@ from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, library_versions
 from .tokenize import TOKENIZER_LIBRARIES
-from .train import _trajectory_params, backend_code, backend_config, make_backend
+from .train import backend_code, backend_config, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
 
@@ -42,7 +42,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
         "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": library_versions(*TOKENIZER_LIBRARIES)},
         "scorer": {
             "code": backend_code(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
-            "precision": _trajectory_params(backend_cls, backend_config(backend_cls, arm)),
+            "precision": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
         },
     }

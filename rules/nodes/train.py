@@ -51,7 +51,7 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
             "model": model.identity,
             "backend": {
                 "kind": cfg.backend.kind,
-                "params": _trajectory_params(backend_cls, backend_config(backend_cls, arm)),
+                "params": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),
                 "code": backend_code(backend_cls, "create_training_client"),
                 "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
             },
@@ -81,10 +81,14 @@ def backend_code(backend_cls, method: str) -> str:
     return method_identity(backend_cls, method) + (f"+config:{config}" if config else "")
 
 
-def _trajectory_params(backend_cls, backend_cfg) -> dict:
-    """Backend settings that change training (device, dtype, kernels), not the sampling-only ones."""
-    sampling_only = set(getattr(backend_cls, "sampling_only_params", ()))
-    return {k: v for k, v in backend_cfg.model_dump(exclude_defaults=True, mode="json").items() if k not in sampling_only}
+def keyed_backend_params(backend_cls, backend_cfg, left_out: str = "sampling_only_params") -> dict:
+    """The backend's settings a key holds: those set away from their defaults, less the ones the
+    backend lists under `left_out` (sampling_only_params for training, training_only_params for
+    sampling: their effect reaches the other side through the checkpoint's bytes)."""
+    if backend_cfg is None:
+        return {}
+    skipped = set(getattr(backend_cls, left_out, ()))
+    return {k: v for k, v in backend_cfg.model_dump(exclude_defaults=True, mode="json").items() if k not in skipped}
 
 
 def make_backend(arm: Arm):
