@@ -68,14 +68,13 @@ def _check_settable(overrides: dict, path: Path, marks: Marks, at: tuple) -> Non
             )
 
 
-def arm_marks(marks: Marks, overrides: dict, at: tuple, index: dict[tuple, list[tuple]] | None = None) -> Marks:
+def arm_marks(marks: Marks, overrides: dict, at: tuple, index: dict[tuple, list[tuple]]) -> Marks:
     """The base config's marks, with every path an arm overrides pointing at the arm's entry
     (and the paths inside a block it sets at their place there): an error about an arm's value
     names the line that set it, not the base config's. A view over `marks` (nothing copied);
     `index` (marks_index) finds the paths under a path without a scan of every mark."""
     if not overrides:
         return marks
-    index = index if index is not None else marks_index(marks)
     own: dict[tuple, tuple[int, int]] = {}
     for dotted_path in overrides:
         target = tuple(int(p) if p.isdigit() else p for p in dotted_path.split("."))

@@ -95,12 +95,9 @@ def loaded_from_raw(raw: dict, path: Path, marks: Marks, text: str, base_dir: Pa
     config = validate_model(ExperimentConfig, raw, path, marks, ())
     arms = []
     index = marks_index(marks)
-    marks_at: dict[tuple, Marks] = {}  # a sweep's arms set the same paths at one place: one view serves them all
     for name, arm_raw, overrides, at in arm_raws(raw, config, path, marks):
-        site = (at, tuple(overrides))
-        if site not in marks_at:
-            marks_at[site] = arm_marks(marks, overrides, at, index)
-        arms.append(Arm(name, validate_model(ExperimentConfig, arm_raw, path, marks_at[site], ()), {}, overrides, marks_at[site]))
+        own_marks = arm_marks(marks, overrides, at, index)
+        arms.append(Arm(name, validate_model(ExperimentConfig, arm_raw, path, own_marks, ()), {}, overrides, own_marks))
     for arm in arms:
         arm.params = validate_kind_params(arm.config, path, arm.marks)
     return LoadedConfig(path, raw, marks, config, arms, text, base)
