@@ -55,14 +55,15 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     """`cutoff`: entries written at or after it stay, referenced or not (a build may be writing them)."""
     old = (lambda entry: True) if cutoff is None else (lambda entry: entry is not None and entry.modified < cutoff)
     runs = list(store.iter_runs())
-    kept = retained_runs(store, runs, keep_last, keep_within_days, now)
+    refs = list(store.iter_refs())
+    kept = retained_runs(runs, refs, keep_last, keep_within_days, now)
     if cutoff is not None:  # a run recorded after the cutoff belongs to a build that may still run
         written = store.run_entries()
         kept |= {(r["experiment"], r["id"]) for r in runs if not old(written.get((_safe_name(r["experiment"]), _safe_name(r["id"]))))}
     kept |= pending_resumes(runs)
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     node_entries = store.entries("nodes")
-    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept], _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(store))
+    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept], _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(refs))
     live_objects: set[str] = set()
     live_checkpoints: set[str] = set()
     for key, manifest in live.items():
@@ -108,7 +109,7 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     return report
 
 
-def retained_runs(store: Store, runs: list[dict], keep_last: int, keep_within_days: float, now: float) -> set[tuple[str, str]]:
+def retained_runs(runs: list[dict], refs: list[tuple[str, str, dict]], keep_last: int, keep_within_days: float, now: float) -> set[tuple[str, str]]:
     """(experiment, run id) of the runs the policy keeps: the newest `keep_last` per experiment,
     those started within `keep_within_days`, and the run each arm's ref points at."""
     kept: set[tuple[str, str]] = set()
@@ -120,7 +121,7 @@ def retained_runs(store: Store, runs: list[dict], keep_last: int, keep_within_da
         for i, run in enumerate(items):
             if i < keep_last or now - _started(run) <= keep_within_days * DAY:
                 kept.add((experiment, run["id"]))
-    for experiment, _arm, ref in store.iter_refs():
+    for experiment, _arm, ref in refs:
         if ref.get("run"):
             kept.add((experiment, ref["run"]))
     return kept
@@ -143,9 +144,9 @@ def pending_resumes(runs: list[dict]) -> set[tuple[str, str]]:
     }
 
 
-def _ref_nodes(store: Store) -> list[str]:
+def _ref_nodes(refs: list[tuple[str, str, dict]]) -> list[str]:
     """The nodes each arm's ref names: a partial build's nodes are there, not in the run it names."""
-    return [entry["key"] for _exp, _arm, ref in store.iter_refs() for entry in ref.get("nodes", {}).values() if entry.get("key")]
+    return [entry["key"] for _exp, _arm, ref in refs for entry in ref.get("nodes", {}).values() if entry.get("key")]
 
 
 def _written_by_unfinished(runs: list[dict], kept: set[tuple[str, str]], node_entries: dict) -> list[str]:
