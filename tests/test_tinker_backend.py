@@ -159,6 +159,25 @@ def test_a_tinker_checkpoint_exports_as_the_adapter_the_service_wrote(walkthroug
     assert not (tmp_path / "merged").exists()
 
 
+def test_a_checkpoint_kept_on_the_service_says_how_to_download_it(walkthrough, tmp_path):
+    from evsys_build.store import referenced_objects
+
+    manifest = checkpoint_manifests(walkthrough.project)[2]
+    source = Store(walkthrough.project / "cache")
+    blobs = manifest["outputs"]["weights"]["blobs"]
+    manifest["outputs"]["weights"]["blobs"] = {n: o for n, o in blobs.items() if not n.startswith("adapter/")}  # as download_weights: false stores it
+    store = Store(tmp_path / "cache")
+    for name in referenced_objects(manifest):
+        assert store.put_bytes(source.get_bytes(name)) == name
+    store.write_manifest(manifest["key"], manifest)
+    state = manifest["attachments"]["remote"]["refs"]["state"]
+    assert state.startswith("tinker://")
+    out = evsys("export", "node:" + manifest["key"][:12], str(tmp_path / "adapter"), cwd=tmp_path, env={"EVSYS_CACHE": "cache"})
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"tinker checkpoint download {state}" in out.stderr and "download_weights: false" in out.stderr
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_datums_the_service_received_are_the_local_backends_inputs(walkthrough):
     import numpy as np
 

@@ -88,9 +88,12 @@ def _service_adapter(key: str, manifest: dict, blobs: dict[str, bytes], merge: b
     """The adapter files a service (Tinker) exported for this checkpoint, by file name, as it
     wrote them (a PEFT adapter: adapter_model.safetensors, adapter_config.json)."""
     files = {name.removeprefix(SERVICE_ADAPTER): data for name, data in blobs.items() if name.startswith(SERVICE_ADAPTER)}
-    sampler = ((manifest.get("attachments") or {}).get("remote") or {}).get("refs", {}).get("sampler", "the service")
+    refs = ((manifest.get("attachments") or {}).get("remote") or {}).get("refs", {})
     if not files:
-        raise UsageError(f"node:{key[:12]}: its weights live on the service ({sampler}), not in the store; build with backend.params.download_weights: true to store them, then export")
+        # download_weights is out of the train key, so turning it on later does not refetch these
+        # checkpoints: the service still holds them, and its own CLI downloads them
+        state = refs.get("state") or refs.get("sampler") or "<its tinker:// path>"
+        raise UsageError(f"node:{key[:12]}: trained with backend.params.download_weights: false, its weights live on the service, not in the store; download them with `tinker checkpoint download {state}` (checkpoints trained with download_weights: true export here)")
     if merge:
         raise UsageError(f"node:{key[:12]}: trained on a service, it exports as the adapter the service wrote; --merge takes checkpoints trained here (backend local)")
     bad = [name for name in files if "/" in name or name in ("", ".", "..") or name == PROVENANCE]
