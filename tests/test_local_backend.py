@@ -107,6 +107,28 @@ def test_packing_does_not_leak_between_sequences(model_dir):
     assert together == pytest.approx(alone, rel=1e-5)
 
 
+def test_packed_attention_keeps_a_models_sliding_window(tmp_path):
+    """A model whose layers attend to a sliding window trains on the function it computes at
+    evaluation: packed loss and gradients equal the plain forward's, with sequences longer than
+    the window (each packed after another)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=16, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    transformers.Qwen3ForCausalLM(config).save_pretrained(tmp_path / "windowed")
+    client = LocalBackend(CPU).create_training_client(tmp_path / "windowed", lora_rank=0, seed=0)
+    datums = make_datums([21, 30, 9], seed=5)
+    result = client.forward_backward(datums)
+    packed_grads = {n: p.grad.clone() for n, p in client.model.named_parameters()}
+    client.optimizer.zero_grad(set_to_none=True)
+    expected = reference_loss(client.model, datums)
+    expected.backward()
+    assert abs(result["loss_sum"] - expected.item()) / result["weight_sum"] < 1e-5
+    for name, param in client.model.named_parameters():
+        assert (packed_grads[name] - param.grad).norm() / param.grad.norm() < 1e-5, name
+
+
 def test_lora_trains_only_adapters_and_rank0_trains_everything(model_dir):
     lora = LocalBackend(CPU).create_training_client(model_dir, lora_rank=4, seed=0)
     trainable = [n for n, p in lora.model.named_parameters() if p.requires_grad]

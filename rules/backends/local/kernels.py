@@ -20,7 +20,9 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     """transformers attention function over one packed row: (1, H, T, D) in, (1, T, H, D) out.
 
     Reads `cu_seq_lens_q` (int32 tensor of sequence starts + total) and `evsys_bounds` (the same as a
-    Python list); each token attends causally within its own sequence only.
+    Python list); each token attends causally within its own sequence only, and within the layer's
+    `sliding_window` (the last `sliding_window` positions, itself included) when the model sets one,
+    as transformers' own kernels do. Attention dropout is applied as SDPA applies it.
     """
     import torch
     import torch.nn.functional as F
@@ -31,19 +33,23 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
         raise RuntimeError("evsys_packed attention needs cu_seq_lens_q and evsys_bounds (use LocalTrainingClient)")
     if query.shape[0] != 1:
         raise RuntimeError(f"evsys_packed attention expects one packed row, got batch {query.shape[0]}")
+    window = kwargs.get("sliding_window")
     if kwargs.get("evsys_kernel") == "varlen":
         from torch.nn.attention.varlen import varlen_attn
 
         max_len = kwargs["max_length_q"]
         dtype = kwargs.get("evsys_dtype") or value.dtype  # flash kernels need bf16/fp16; q/k leave RMSNorm in fp32
         q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
-        options, k, v = _varlen_options(q, k, v, scaling)
+        if dropout:
+            raise RuntimeError("this model trains with attention dropout, which the varlen kernel lacks; use attention: sdpa_loop")
+        options, k, v = _varlen_options(q, k, v, scaling, window)
         out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **options)
         return out.unsqueeze(0), None
     gqa = query.shape[1] != key.shape[1]
     pieces = [
         F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, enable_gqa=gqa
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], scale=scaling, enable_gqa=gqa, dropout_p=dropout,
+            **_causal_mask(e - s, window, query.device),
         )
         for s, e in zip(bounds[:-1], bounds[1:])
     ]
@@ -51,17 +57,31 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     return out.transpose(1, 2), None
 
 
-def _varlen_options(q, k, v, scaling):
-    """Causal, scaled, grouped-query keyword arguments in the form this torch's `varlen_attn` takes.
+def _causal_mask(length: int, window, device) -> dict:
+    """SDPA's keyword for causal attention over `length` positions, banded to the last `window`
+    positions (query i reads keys i - window + 1 .. i) where a window is set and shorter."""
+    if not window or window >= length:
+        return {"is_causal": True}
+    import torch
 
-    torch 2.13 takes `window_size=(-1, 0)` and `enable_gqa`; 2.11 takes `window_size` but not
+    offset = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)[None, :]
+    return {"attn_mask": (offset >= 0) & (offset < window)}
+
+
+def _varlen_options(q, k, v, scaling, window=None):
+    """Causal, scaled, grouped-query keyword arguments (banded to `window` positions when set) in
+    the form this torch's `varlen_attn` takes.
+
+    torch 2.13 takes `window_size=(-1, 0)` (or `(window - 1, 0)`) and `enable_gqa`; 2.11 takes `window_size` but not
     `enable_gqa`, and the first releases take `is_causal`. Without `enable_gqa` they want as many
     key/value heads as query heads, so the groups are expanded here (query head h reads key/value
     head h // group, as in SDPA's enable_gqa)."""
     params = _varlen_parameters()
     options = {}
     if "window_size" in params:
-        options["window_size"] = (-1, 0)
+        options["window_size"] = (window - 1 if window else -1, 0)
+    elif window:
+        raise RuntimeError("this torch's varlen_attn has no window_size, which this model's sliding window needs; use attention: sdpa_loop")
     elif "is_causal" in params:
         options["is_causal"] = True
     else:
