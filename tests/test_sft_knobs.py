@@ -130,3 +130,10 @@ def test_max_steps_and_num_epochs_together_is_a_config_error(tmp_path):
     project = make_project(tmp_path / "p", [], EPOCHS_CONFIG.replace("LENGTH", "max_steps: 3, num_epochs: 1"))
     proc = evsys("validate", "config.yaml", cwd=project)
     assert proc.returncode == 2 and "algorithm.params: Value error, give max_steps or num_epochs, not both" in proc.stderr
+
+
+@pytest.mark.parametrize("rows, epochs, batch, steps", [(100, 1.1, 10, 11), (50, 2.2, 1, 110), (100, 0.3, 10, 3), (10, 1, 4, 3), (7, 0.01, 8, 1)])
+def test_num_epochs_counts_steps_on_the_decimal_the_config_gives(rows, epochs, batch, steps):
+    from evsys_rules.nodes.steps import steps_for_epochs
+
+    assert steps_for_epochs(rows, epochs, batch) == steps  # 100 × 1.1 is 110.00000000000001 in floats

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 
 from evsys_build.errors import ConfigError
 from evsys_build.graph import Graph, Node
@@ -32,8 +33,10 @@ EMPTY_DATASET = "no training rows left after the transforms; check data.path and
 
 def steps_for_epochs(num_rows: int, num_epochs: float, batch_size: int, accumulation: int = 1) -> int:
     """Optimizer steps that cover `num_epochs` passes over `num_rows` rows (the last batch filled
-    from the next epoch, as every batch is)."""
-    return max(1, math.ceil(num_rows * num_epochs / (batch_size * accumulation)))
+    from the next epoch, as every batch is). Exact arithmetic on the decimal the config gives:
+    in binary floats 100 rows × 1.1 epochs is 110.00000000000001, one step too many at batch 10."""
+    epochs = Fraction(str(num_epochs))  # str(): the shortest decimal that is this float, as written
+    return max(1, math.ceil(num_rows * epochs / (batch_size * accumulation)))
 
 
 def resolve_epochs(arm: Arm, graph: Graph, tokens: Node, store: Store | None, data_where: str) -> Arm | None:
