@@ -211,3 +211,29 @@ def test_sampling_stops_at_stop_tokens_and_matches_saved_weights(model_dir):
     hot = sampler.sample(prompts, max_tokens=5, temperature=1.0, n=3, seed=1)
     assert [len(c) for c in hot] == [3, 3] and all(len(s) == 5 for c in hot for s in c)
     assert hot == sampler.sample(prompts, max_tokens=5, temperature=1.0, n=3, seed=1)
+
+
+def test_seeded_sampling_is_unmoved_by_a_checkpoint_loading_in_another_thread(model_dir):
+    """Evaluations run beside each other: loading a LoRA checkpoint (peft draws its init from
+    torch's process-wide RNG) must not shift the stream of a seeded sampling running meanwhile."""
+    import threading
+
+    backend = LocalBackend(CPU)
+    blobs = backend.create_training_client(model_dir, lora_rank=2, seed=0).weights_blobs()
+    sampler = backend.sampling_client_from_weights(model_dir, blobs)
+    prompts = [[1, 2, 3, 4], [5, 6, 7]]
+    alone = sampler.sample(prompts, max_tokens=16, temperature=1.0, n=2, seed=1)
+    done = threading.Event()
+
+    def load_again_and_again():
+        while not done.is_set():
+            backend._model_from_weights(model_dir, blobs)
+
+    loader = threading.Thread(target=load_again_and_again)
+    loader.start()
+    try:
+        beside = [sampler.sample(prompts, max_tokens=16, temperature=1.0, n=2, seed=1) for _ in range(4)]
+    finally:
+        done.set()
+        loader.join()
+    assert all(b == alone for b in beside)

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from ...plugins.registry import register_backend
 from ..base import Datum
 from .config import LocalBackendConfig, resolve_precision
-from .model_io import WEIGHTS_META, bytes_to_tensors, load_model, lora_config, pick_device, pick_dtype, with_lora
+from .model_io import WEIGHTS_META, bytes_to_tensors, global_rng_lock, load_model, lora_config, pick_device, pick_dtype, with_lora
 from .sampling import LocalSamplingClient, pad_id
 from .scoring import score_datums
 from .training import LocalTrainingClient
@@ -76,11 +76,16 @@ class LocalBackend:
         meta = json.loads(blobs[WEIGHTS_META])
         device = pick_device(self.config)
         dtype = pick_dtype(self.config, device)
-        model = load_model(Path(model_dir), torch.float32, device)
+        # loading and peft's adapter init draw from torch's process-wide RNG (the drawn values are
+        # overwritten): under the lock, on a forked state, so a seeded sampling in another thread
+        # sees exactly its own stream
+        with global_rng_lock, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model = load_model(Path(model_dir), torch.float32, device)
+            if meta["format"] == "lora":
+                peft_model = with_lora(model, lora_config(meta["lora_rank"], meta["target_modules"], meta["lora_alpha"]))
         if meta["format"] == "lora":
             from peft import set_peft_model_state_dict
 
-            peft_model = with_lora(model, lora_config(meta["lora_rank"], meta["target_modules"], meta["lora_alpha"]))
             result = set_peft_model_state_dict(peft_model, bytes_to_tensors(blobs["adapter_model.safetensors"]))
             if getattr(result, "unexpected_keys", None):
                 raise ValueError(f"adapter weights do not fit the model: unexpected {result.unexpected_keys[:5]}")
