@@ -342,3 +342,87 @@ def test_a_plugin_with_a_syntax_error_is_one_line_naming_its_file_and_line(tmp_p
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert "broken.py:2:" in line and "plugins[0]" in line and "Traceback" not in proc.stderr
+
+
+def test_a_plugin_that_fails_to_import_is_one_line_and_is_retried_once_fixed(tmp_path, monkeypatch):
+    """A plugin whose own import raises (a missing dependency, a bug at module level) is one line
+    naming the plugin's line; once fixed, loading again in the same process (a notebook) runs it,
+    rather than finding it half-loaded and registering nothing."""
+    from evsys_build.errors import ConfigError
+    from evsys_rules.config.loading import load_config
+    from evsys_rules.plugins.registry import transforms
+
+    (tmp_path / "needs_dep.py").write_text(
+        "from evsys_sdk import register_transform\n"
+        "import helper_dep_of_a_plugin\n"
+        "@register_transform('needs_dep_test')\n"
+        "class T:\n"
+        "    def __init__(self, **kw): pass\n"
+        "    def __call__(self, rows): return rows\n"
+    )
+    (tmp_path / "data.jsonl").write_text('{"q": "Hi"}\n')
+    (tmp_path / "config.yaml").write_text(
+        "plugins: [needs_dep.py]\ndata: {source_kind: jsonl, path: data.jsonl}\n"
+        "transforms: [{kind: needs_dep_test}]\nmodel: {name: evsys/tiny-qwen3}\n"
+    )
+    proc = evsys("validate", "config.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "needs_dep.py:2: ModuleNotFoundError: No module named 'helper_dep_of_a_plugin'" in line and "plugins[0]" in line
+    (tmp_path / "raises.py").write_text("x = 1\nraise RuntimeError('bad\\nsetup')\n")
+    (tmp_path / "config2.yaml").write_text("plugins: [raises.py]\ndata: {source_kind: jsonl, path: data.jsonl}\nmodel: {name: evsys/tiny-qwen3}\n")
+    proc = evsys("validate", "config2.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "raises.py:2: RuntimeError: bad setup" in proc.stderr
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="No module named"):
+        load_config(tmp_path / "config.yaml")
+    (tmp_path / "helper_dep_of_a_plugin.py").write_text("")
+    load_config(tmp_path / "config.yaml")  # the same process, the dependency now there
+    assert transforms.get("needs_dep_test")()([{"q": 1}]) == [{"q": 1}]
+
+
+def test_a_helper_module_edited_in_a_live_process_is_reloaded_before_it_is_keyed(tmp_path, monkeypatch):
+    """Notebook/SDK use: a plugin imports a helper module of the user's, which is edited while the
+    process lives. The next config load runs the edited helper, and the key follows it; a key
+    asked for without that load is refused, never computed for code that does not run."""
+    from evsys_build.errors import ConfigError
+    from evsys_rules.config.loading import load_config
+    from evsys_rules.plugins.code_identity import code_identity, forget_identities
+    from evsys_rules.plugins.registry import transforms
+
+    (tmp_path / "tag_helper_live.py").write_text("def tag(s):\n    return s + '-v1'\n")
+    (tmp_path / "tagger_live.py").write_text(
+        "import tag_helper_live\n"
+        "from evsys_sdk import register_transform\n"
+        "@register_transform('tagger_live_test')\n"
+        "class Tagger:\n"
+        "    def __init__(self, **kw): pass\n"
+        "    def __call__(self, rows): return [{'q': tag_helper_live.tag(r['q'])} for r in rows]\n"
+    )
+    (tmp_path / "data.jsonl").write_text('{"q": "Hi"}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "plugins: [tagger_live.py]\ndata: {source_kind: jsonl, path: data.jsonl}\n"
+        "transforms: [{kind: tagger_live_test}]\nmodel: {name: evsys/tiny-qwen3}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tag_helper_live", raising=False)
+    try:
+        load_config(config)
+        first = transforms.get("tagger_live_test")
+        assert first()([{"q": "a"}]) == [{"q": "a-v1"}]
+        first_identity = code_identity(first)
+        (tmp_path / "tag_helper_live.py").write_text("def tag(s):\n    return s + '-v2'\n")  # same size, same second
+        forget_identities()
+        with pytest.raises(ConfigError, match="tag_helper_live.py: edited since this process imported it"):
+            code_identity(first)
+        load_config(config)
+        second = transforms.get("tagger_live_test")
+        assert second()([{"q": "a"}]) == [{"q": "a-v2"}]
+        assert code_identity(second) != first_identity
+    finally:
+        sys.modules.pop("tag_helper_live", None)

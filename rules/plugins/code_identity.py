@@ -47,6 +47,7 @@ import xxhash
 from evsys_build.atomic import write_atomic
 from evsys_build.watch import unwatchable, watch
 
+from .freshness import check as check_fresh, check_files, note as note_source, note_files
 from .code_units import Binding, file_stamp, module_bindings, module_statements, module_text, module_units, unit_of
 
 EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
@@ -110,12 +111,22 @@ def _source_identity(obj, owner) -> str:
     key = _cache_key(obj, owner)
     found = _disk.get(key) if _disk is not None and key else None
     if found is not None:
+        files = _disk.files(key)
+        check_files(files)
+        note_files(files)
         return found
     collector = _Collector(obj, owner)
     identity = "source:" + xxhash.xxh3_128_hexdigest(collector.text().encode())
+    note_source(collector.module_objects())  # the source this process runs, as keyed: an edit is reloaded or refused
+    files = collector.files()
     if _disk is not None and key:
-        _disk.put(key, identity, collector.files())
+        _disk.put(key, identity, files)
     return identity
+
+
+def forget_identities() -> None:
+    """Drop this process's identities (a plugin or a module it uses was re-executed)."""
+    _source_identity.cache_clear()
 
 
 class IdentityCache:
@@ -140,6 +151,10 @@ class IdentityCache:
                 return None
             watch(file)
         return entry["identity"]
+
+    def files(self, key: str) -> list[str]:
+        """The source files the identity `key` was made of (after a `get` that found it)."""
+        return list(self._load()[key]["files"])
 
     def put(self, key: str, identity: str, files: list[str]) -> None:
         for file in files:
@@ -203,6 +218,10 @@ class _Collector:
         self.parts: dict[tuple[str, str], str] = {}  # (module, qualname) of each definition walked -> its text when its module has none
         self.modules: dict[str, str | None] = {}  # first-party modules read -> normalized text (None: no source file)
         self.queue = [root]
+
+    def module_objects(self) -> list:
+        """The modules the walk read."""
+        return [m for name in self.modules if (m := sys.modules.get(name)) is not None]
 
     def files(self) -> list[str]:
         """The source files of every module the walk read: the identity is valid while they are unchanged."""
@@ -377,6 +396,7 @@ class _Collector:
         if stamp is None:
             self.modules[module.__name__] = None
             return False
+        check_fresh(module)  # never the key of an edit this process does not run
         self.modules[module.__name__] = module_text(file, stamp)
         self.queue.append(module)  # what it uses is followed from the queue: no recursion per module
         return True

@@ -6,24 +6,28 @@ import importlib
 import importlib.util
 import linecache
 import sys
+import traceback
 from pathlib import Path
 
-from evsys_build.errors import ConfigError
+from evsys_build.errors import ConfigError, EvsysError
 
 from ..config.errors import where
 from ..config.yaml_marks import Marks
+from .freshness import ran as ran_source, reload_edited
+from .code_identity import forget_identities
 
 
 def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
     """Import each plugin module (dotted name, or a .py path relative to the run dir or the config)."""
     if not isinstance(plugins, list):
         raise ConfigError(f"{where(path, marks, ('plugins',))}: plugins: must be a list of module names or .py paths")
+    rerun = _reload_edited_modules(where(path, marks, ("plugins",)) if plugins else str(path))
     for i, spec in enumerate(plugins):
         at = f"{where(path, marks, ('plugins', i))}: plugins[{i}]"
         if not isinstance(spec, str):
             raise ConfigError(f"{at}: must be a module name or a .py path")
         if spec.endswith(".py"):
-            _import_path(spec, path, at)
+            _import_path(spec, path, at, rerun)
             continue
         try:
             module = importlib.import_module(spec)
@@ -31,31 +35,72 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
             raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
         except SyntaxError as exc:
             raise _syntax_error(exc, at) from None
-        _reload_if_edited(module)
+        except EvsysError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the plugin's own code failed: say where, in one line
+            raise _import_error(exc, at) from None
+        _reload_if_edited(module, at, rerun)
 
 
-def _import_path(spec: str, config_path: Path, at: str) -> None:
+def _reload_edited_modules(at: str) -> set[str] | None:
+    """Reload the user modules keys were computed from that were edited since this process ran
+    them (`freshness`); then the plugins run again too, so names they bound from those modules
+    are bound again. None when nothing was edited, else the modules already re-run."""
+    try:
+        reloaded = reload_edited()
+    except SyntaxError as exc:
+        raise _syntax_error(exc, at) from None
+    except EvsysError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the edited module fails as its import would
+        raise _import_error(exc, at) from None
+    if not reloaded:
+        return None
+    forget_identities()
+    return set(reloaded)
+
+
+def _import_path(spec: str, config_path: Path, at: str, rerun: set[str] | None = None) -> None:
     candidates = [Path(spec), config_path.parent / spec]
     file = next((c for c in candidates if c.is_file()), None)
     if file is None:
         raise ConfigError(f"{at}: no such plugin file {spec!r} (looked in the run dir and beside the config)")
     name = "evsys_plugin_" + "".join(ch if ch.isalnum() else "_" for ch in str(file.resolve()))
     if name in sys.modules:
-        _reload_if_edited(sys.modules[name])
+        _reload_if_edited(sys.modules[name], at, rerun)
         return
     module_spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        del sys.modules[name]
-        raise _syntax_error(exc, at) from None
+    except BaseException as exc:
+        del sys.modules[name]  # half-run: the next load runs it again, never skips it as loaded
+        if isinstance(exc, SyntaxError):
+            raise _syntax_error(exc, at) from None
+        if isinstance(exc, Exception) and not isinstance(exc, EvsysError):
+            raise _import_error(exc, at) from None
+        raise
     _loaded_source[name] = _source_bytes(module)
 
 
 def _syntax_error(exc: SyntaxError, at: str) -> ConfigError:
     return ConfigError(f"{exc.filename}:{exc.lineno}:{exc.offset or 0}: {exc.msg} (in the plugin named at {at}); fix the plugin's syntax")
+
+
+def _import_error(exc: Exception, at: str) -> ConfigError:
+    """One line for a plugin whose module raised while it ran: the plugin's own line that raised
+    (its deepest frame outside the standard library and site-packages), and the exception."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not _library_file(f.filename)] or frames
+    place = f"{own[-1].filename}:{own[-1].lineno}: " if own else ""
+    fix = "install it or add its folder to PYTHONPATH" if isinstance(exc, ImportError) else "fix the plugin"
+    message = " ".join(str(exc).split())  # one line, whatever the exception says
+    return ConfigError(f"{place}{type(exc).__name__}: {message} (loading the plugin named at {at}); {fix}")
+
+
+def _library_file(filename: str) -> bool:
+    return filename.startswith("<") or "site-packages" in filename or filename.startswith(sys.base_prefix)
 
 
 _loaded_source: dict[str, bytes | None] = {}  # module name -> the source it was executed from
@@ -69,14 +114,26 @@ def _source_bytes(module) -> bytes | None:
         return None
 
 
-def _reload_if_edited(module) -> None:
-    """Re-execute a plugin whose file changed since this process imported it (notebooks, the SDK):
-    its key is computed from the source on disk, so the code that runs must be that source too."""
+def _reload_if_edited(module, at: str, rerun: set[str] | None = None) -> None:
+    """Re-execute a plugin whose file changed since this process imported it (notebooks, the SDK),
+    or every plugin once a module was reloaded (`rerun`: the modules that already ran again): its
+    key is computed from the source on disk, so the code that runs must be that source too."""
     current = _source_bytes(module)
     before = _loaded_source.setdefault(module.__name__, current)
-    if current is not None and current != before:
+    if rerun is not None and module.__name__ in rerun:
+        _loaded_source[module.__name__] = current
+    elif current is not None and (current != before or rerun is not None):
         linecache.checkcache(module.__file__)
         # re-run in place from the bytes just read, never from a cached .pyc: its check (mtime in
         # seconds and size) misses an edit that keeps the size within the same second
-        exec(compile(current, module.__file__, "exec"), vars(module))  # registrations replace the old ones
+        try:
+            exec(compile(current, module.__file__, "exec"), vars(module))  # registrations replace the old ones
+        except SyntaxError as exc:
+            raise _syntax_error(exc, at) from None
+        except EvsysError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded as not loaded: the next load runs it again
+            raise _import_error(exc, at) from None
         _loaded_source[module.__name__] = current
+        ran_source(module, current)
+        forget_identities()
