@@ -4,6 +4,7 @@ directory of shards; keyed by content (never the path); errors name file:line (o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -121,6 +122,13 @@ def test_hf_datasets_are_read_from_the_local_cache_and_keyed_by_content(here, ti
     assert plan_json(here)["source"]["status"] == "cached"  # same prepared files: same key
     pq.write_table(pa.table({"query": ["new"], "tool_slug": ["T9"]}), here / "ds" / "data" / "train-00000.parquet")
     assert plan_json(here)["source"]["status"] == "run"  # new data: new prepared files
+    assert source_rows(here)[0] == [{"query": "new", "tool_slug": "T9"}]
+    shard = here / "ds" / "data" / "train-00000.parquet"
+    before = shard.stat()
+    pq.write_table(pa.table({"query": ["old"], "tool_slug": ["T8"]}), shard)  # the same size
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` and `rsync -t` keep it: datasets' cache would reuse its Arrow files
+    assert shard.stat().st_size == before.st_size
+    assert source_rows(here)[0] == [{"query": "old", "tool_slug": "T8"}]
     (here / "config.yaml").write_text(config("hf", "null", f"name: {here / 'ds'}, split: nope").replace("path: null, ", ""))
     proc = evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=here)
     assert proc.returncode == 2 and "data.params.split" in proc.stderr and "Traceback" not in proc.stderr

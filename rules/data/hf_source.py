@@ -7,11 +7,13 @@ is cached. Rows are read in batches, never the whole table at once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator, Optional
 
 from pydantic import BaseModel, Field
 
+from evsys_build.atomic import write_atomic
 from evsys_build.errors import ConfigError
 from evsys_build.watch import unwatchable
 
@@ -56,18 +58,56 @@ class HFSource:
     def _dataset(self):
         unwatchable("a Hugging Face dataset (its cache is not followed by file stats)")
         if self._loaded is None:  # once per source object: a build opens the config afresh
-            self._loaded = _load(self.cfg.name, self.cfg.config, self.cfg.split, self.cfg.revision)
+            self._loaded = _load_fresh(self.cfg.name, self.cfg.config, self.cfg.split, self.cfg.revision)
         return self._loaded
 
 
-def _load(name: str, config: str | None, split: str, revision: str | None):
+PREPARED_FROM = "evsys-prepared-from.json"  # beside a local dataset's Arrow files: the stats of the files they came from
+
+
+def _load_fresh(name: str, config: str | None, split: str, revision: str | None):
+    """The dataset, its Arrow files prepared from the local data files as they are now. `datasets`
+    reuses Arrow files while a local file keeps its path and mtime, so an edit that keeps the mtime
+    (`cp -p`, `rsync -t`, a checkout) would be read stale; evsys records the files' full stats
+    (ctime and inode too, which no edit keeps) beside the Arrow files, and re-prepares on a change."""
+    dataset = _load(name, config, split, revision)
+    stats = _local_stats(name)
+    if stats is None or not dataset.cache_files:
+        return dataset  # a hub dataset: its revision is in the Arrow files' path
+    marker = Path(dataset.cache_files[0]["filename"]).parent / PREPARED_FROM
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != stats:
+        dataset = _load(name, config, split, revision, download_mode="force_redownload")
+        marker = Path(dataset.cache_files[0]["filename"]).parent / PREPARED_FROM
+        write_atomic(marker, json.dumps(stats, sort_keys=True).encode(), marker.parent)
+    return dataset
+
+
+def _local_stats(name: str) -> dict | None:
+    """{relative path: [size, mtime_ns, ctime_ns, inode]} of a local dataset's files (hidden ones
+    left out); None when `name` is not a local path."""
+    root = Path(name).expanduser()
+    if not root.exists():
+        return None
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts))
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[str(f.relative_to(root)) if f != root else f.name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
+
+
+def _load(name: str, config: str | None, split: str, revision: str | None, download_mode: str | None = None):
     try:
         import datasets  # lazily: heavy, and only `hf` sources need it
     except ImportError:
         raise ConfigError("data.source_kind: hf needs the datasets library: pip install 'evsys[data]'") from None
     datasets.disable_progress_bars()
     try:
-        return datasets.load_dataset(name, config, split=split, revision=revision)
+        return datasets.load_dataset(name, config, split=split, revision=revision, download_mode=download_mode)
     except ValueError as exc:
         if "split" in str(exc).lower():
             raise ConfigError(f"data.params.split: {split!r}: {exc}") from None
