@@ -223,19 +223,30 @@ def test_the_cli_connects_to_the_cluster_and_finds_everything_cached(sweep, moto
 def test_ray_results_are_the_bytes_an_inline_build_makes(sweep, tmp_path):
     """Same runners, same store format: every node's output digest matches an inline build of the arm
     whose node was killed (training's own history aside: it records wall-clock throughput, which no
-    two runs share; its checkpoints and final state are compared)."""
+    two runs share; its checkpoints and final state are compared). Float sums on CPU depend on how
+    many threads share them, so the inline build uses as many torch threads as a Ray task gets."""
+    import torch
+
     from evsys_build.build import build_project
     from evsys_build.store import Store, open_store
     from evsys_rules.frontend import open_project
 
+    @ray.remote(num_cpus=0, resources={"gpu": 1})
+    def worker_threads() -> int:
+        import torch
+
+        return torch.get_num_threads()
+
     arm = sweep["killed"][0][0]  # the arm whose training lost its node
-    cwd = os.getcwd()
+    cwd, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(sweep["root"])
+    torch.set_num_threads(ray.get(worker_threads.remote()))
     try:
         local = Store(tmp_path / "inline")
         assert build_project(open_project(Path("config.yaml"), local), local, arm=arm, executor="inline", echo=lambda line: None) == 0
     finally:
         os.chdir(cwd)
+        torch.set_num_threads(threads)
     ray_nodes = open_store(sweep["url"]).read_ref("raysweep", arm)["nodes"]
     inline_nodes = local.read_ref("raysweep", arm)["nodes"]
     assert set(ray_nodes) == set(inline_nodes)
