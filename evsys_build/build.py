@@ -108,6 +108,10 @@ def build_outcome(project, store: Store, arm: str | None = None, jobs: int = 2, 
 def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None, targets: list[str] | None, executor: "str | NodePool", ray_address: str | None):
     """(the outcome, the executor, the printer) of one build."""
     graph, arms = _graph_for(project, arm)
+    if targets and not _incomplete(project):  # a mistyped target is bad usage: no run is recorded for it
+        unmatched = select_targets(graph, store, targets)[1]
+        if unmatched:
+            raise UsageError(no_target_message(unmatched[0], graph, False))
     preflight = getattr(project, "preflight", None)
     if preflight is not None:  # e.g. a service's key and base model, checked before any node runs
         preflight(arms)

@@ -17,7 +17,7 @@ from .gc import collect_garbage, verify_store
 from .pools import EXECUTORS
 from .project import frontend
 from .show import show_node
-from .store import Store, cache_location, open_store
+from .store import Store, cache_location, open_built_store, open_store
 
 cache_option = click.option("--cache-dir", default=None, help="store location: a folder, s3://bucket/prefix or gs://bucket/prefix (default: $EVSYS_CACHE or ./.evsys-cache)")
 
@@ -59,7 +59,7 @@ target_option = click.option(
 @main.command()
 @click.argument("config", type=click.Path())
 @click.option("--arm", default=None, help="build only this arm")
-@click.option("-j", "--jobs", default=2, show_default=True, help="nodes to run at once (--executor threads)")
+@click.option("-j", "--jobs", default=2, show_default=True, type=click.IntRange(min=1), help="nodes to run at once (--executor threads)")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="threads", show_default=True, help="where nodes run: threads of this process, inline (one at a time, for a debugger), or ray")
 @click.option("--ray-address", default=None, help="with --executor ray: auto, ray://host:10001, or host:port (default: $RAY_ADDRESS, else a local Ray)")
 @click.option("--remote", default=None, envvar="EVSYS_REMOTE", help="read through this store (s3://…, gs://… or a folder): nodes found there are copied into --cache-dir instead of rebuilt")
@@ -123,11 +123,11 @@ def _label(node, arms) -> str:
 @main.command()
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest (and rows) as JSON")
-@click.option("--rows", default=None, type=int, help="rows to preview")
+@click.option("--rows", default=None, type=click.IntRange(min=0), help="rows to preview")
 @cache_option
 def show(ref, as_json, rows, cache_dir):
     """Show a node: `evsys show node:<key or unique prefix>`."""
-    click.echo(show_node(_store(cache_dir), ref, as_json=as_json, rows=rows, color=sys.stdout.isatty()))
+    click.echo(show_node(open_built_store(cache_location(cache_dir)), ref, as_json=as_json, rows=rows, color=sys.stdout.isatty()))
 
 
 @main.command()
@@ -168,7 +168,7 @@ def dag(config, fmt, cache_dir):
 @cache_option
 def gc(dry_run, keep_last, keep_within, cache_dir):
     """Remove what no retained run references (waits for running builds to finish)."""
-    store = _store(cache_dir)
+    store = open_built_store(cache_location(cache_dir))
     days = _days(keep_within)
     report = collect_garbage(store, keep_last, days, dry_run, on_wait=lambda: click.echo("evsys: waiting for running builds to finish...", err=True))
     verb = "would remove" if dry_run else "removed"
@@ -209,7 +209,7 @@ def _mb(size: int) -> str:
 @cache_option
 def verify(repair, cache_dir):
     """Re-hash every object, check every manifest and memo; name each bad object's node. Exit 1 on a problem."""
-    store = _store(cache_dir)
+    store = open_built_store(cache_location(cache_dir))
     problems = verify_store(store, repair=repair, check_remote=getattr(frontend(), "check_remote", None))
     for p in problems:
         click.echo(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .project import frontend
-from .store import cache_location, open_store
+from .store import cache_location, open_built_store
 
 
 def register(main: click.Group, cache_option) -> None:
@@ -23,7 +23,7 @@ def register(main: click.Group, cache_option) -> None:
         """Write checkpoint REF (node:<key prefix> of a checkpoint, or of a train node: its final
         checkpoint) into the new folder DEST: a PEFT adapter (LoRA) whose adapter_config.json names
         the base model, or with --merge (and for full fine-tunes) a Hugging Face model folder."""
-        store = open_store(cache_location(cache_dir))
+        store = open_built_store(cache_location(cache_dir))
         key = store.resolve_prefix(ref.split("#", 1)[0])
         written = frontend().export_node(store, key, Path(dest), merge=merge, base_model=base_model, dtype=dtype)
         click.echo(f"wrote {len(written)} files into {dest}: {', '.join(p.name for p in written)}")

@@ -11,7 +11,7 @@ import click
 
 from .errors import UsageError
 from .project import frontend
-from .store import Store, cache_location, open_store
+from .store import Store, cache_location, open_built_store
 
 
 def list_runs(store: Store, experiment: str | None) -> list[dict]:
@@ -73,7 +73,7 @@ def register(main: click.Group, cache_option) -> None:
     @click.pass_context
     def runs(ctx, experiment, as_json, cache_dir):
         """List the runs of the store (`evsys runs EXPERIMENT`: of one experiment), oldest first."""
-        ctx.obj = open_store(cache_location(cache_dir))
+        ctx.obj = open_built_store(cache_location(cache_dir))
         if ctx.invoked_subcommand is not None:
             return
         found = list_runs(ctx.obj, experiment)
@@ -92,7 +92,7 @@ def register(main: click.Group, cache_option) -> None:
     @click.pass_obj
     def show_run(store, run_id, write_dir, cache_dir):
         """Show one run (config, arms, node keys, metrics); with --write, rewrite its run dir from the store."""
-        store = open_store(cache_location(cache_dir)) if cache_dir else store
+        store = open_built_store(cache_location(cache_dir)) if cache_dir else store
         run = find_run(store, run_id)
         if write_dir:
             written = frontend().write_run(store, run, Path(write_dir))

@@ -10,7 +10,7 @@ import click
 from .errors import UsageError
 from .planner import resolve_keys
 from .project import frontend
-from .store import Store, cache_location, open_store
+from .store import Store, cache_location, open_built_store, open_store
 from .sync import SyncReport, newest_runs, run_node_keys, sync_nodes
 
 
@@ -55,7 +55,7 @@ def register(main: click.Group, cache_option) -> None:
     @cache_option
     def push(config, arm, remote, cache_dir):
         """Copy built nodes from the local store to the remote: CONFIG's nodes and newest runs, or, without CONFIG, every run and its nodes."""
-        src, dst = open_store(cache_location(cache_dir)), open_store(_remote(remote))
+        src, dst = open_built_store(cache_location(cache_dir)), open_store(_remote(remote))
         keys, runs = _selection(src, config, arm)
         _say("pushed", src, dst, sync_nodes(src, dst, keys, runs))
 

@@ -58,6 +58,8 @@ def load_side(store: Store, spec: str) -> Side:
     if Path(target).is_file():
         arms = frontend().arm_snapshots(store, Path(target))
         where = target
+    elif target.endswith((".yaml", ".yml", ".json")) or "/" in target:
+        raise UsageError(f"{target}: no such config file (a side of diff is a config file or a run id as `evsys runs` lists it)")
     else:
         from .cli_runs import find_run  # the run lookup `evsys runs show` uses
 

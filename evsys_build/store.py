@@ -52,6 +52,14 @@ def open_store(location: str | Path, upstream: str | None = None) -> "Store":
     return Store(open_bucket(location), upstream=Store(open_bucket(upstream)) if upstream else None)
 
 
+def open_built_store(location: str) -> "Store":
+    """The store at `location`, for commands that read what builds wrote (gc, verify, runs, show,
+    export, diff, push): a local folder that does not exist is a mistyped path, not an empty store."""
+    if not is_remote(location) and not Path(location.removeprefix("file://")).is_dir():
+        raise UsageError(f"{location}: no store there (nothing was built into it); give --cache-dir (or $EVSYS_CACHE) where `evsys build` wrote")
+    return open_store(location)
+
+
 def open_bucket(location: str | Path) -> Bucket:
     text = str(location)
     if "://" in text and not text.startswith("file://"):

@@ -142,3 +142,18 @@ def test_a_full_disk_is_one_line_naming_the_path_and_leaves_no_half_written_run_
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # the old run dir, whole
     assert not list((project / "cache" / "tmp").glob(".evsys-*"))
     ok(evsys("verify", "--cache-dir", "cache", cwd=project))
+
+
+@pytest.mark.parametrize("command", [["gc", "--dry-run"], ["verify"], ["runs"], ["show", "node:abcdef123456"], ["export", "node:abcdef123456", "out"], ["push", "elsewhere"]])
+def test_a_mistyped_store_path_is_one_line_and_creates_nothing(tmp_path, command):
+    proc = evsys(*command, "--cache-dir", str(tmp_path / "typo"), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"{tmp_path / 'typo'}: no store there" in line
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("command", [["build", "config.yaml", "-j", "0"], ["build", "config.yaml", "--jobs", "-3"], ["show", "node:abc", "--rows", "-1"]])
+def test_an_out_of_range_flag_is_bad_usage(tmp_path, command):
+    proc = evsys(*command, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Invalid value" in proc.stderr

@@ -41,9 +41,11 @@ def test_targets_by_rule_by_key_and_unknown(built_project, tmp_path):
     assert {n["name"] for n in plan["nodes"]} == DATA_NODES - {"tokenize"}  # a rule: every transform
     plan = json.loads(ok(evsys("plan", "config.yaml", "--json", "--cache-dir", "cache", "--target", "node:" + keys["checkpoint@1"][:10], cwd=project)).stdout)
     assert {n["name"] for n in plan["nodes"]} == DATA_NODES | {"train", "checkpoint@1"}  # a checkpoint brings its training
+    runs = len(list(Store(project / "cache").iter_runs(EXPERIMENT)))
     proc = evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "evl", cwd=project)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--target evl: no node, rule or node key matches; nodes: source, transform[0] jsonl_to_chat" in proc.stderr
+    assert len(list(Store(project / "cache").iter_runs(EXPERIMENT))) == runs  # bad usage records no run
 
 
 def test_a_partial_build_keeps_the_last_full_run_as_the_ref(built_project, tmp_path):
@@ -104,6 +106,8 @@ def test_diff_past_runs_and_a_config(swept, built_project):
     assert "config: 0 path(s) differ" in same  # the same computation, recorded and as configured now
     assert "differ (1): report" in same  # only the report, which names its arm
     assert "(+0.0000)" in same
+    missing = evsys("diff", "nofile.yaml", "config.yaml", "--cache-dir", "cache", cwd=swept)
+    assert missing.returncode == 2 and missing.stderr.strip() == "evsys: error: nofile.yaml: no such config file (a side of diff is a config file or a run id as `evsys runs` lists it)"
 
 
 def test_experiment_md_names_no_best_arm_when_arms_tie():
