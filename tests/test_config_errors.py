@@ -260,3 +260,21 @@ def test_a_mistake_in_an_arm_names_the_arms_line(tmp_path, tiny_model_dir, mista
     msg = one_error_line(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project_with(tmp_path, config)))
     assert msg.startswith(f"config.yaml:{line_of(config, needle)}:"), msg
     assert message in msg, msg
+
+
+def test_an_unknown_benchmark_metric_names_its_line(tmp_path):
+    project = bench_project(tmp_path, "data/val", [json.dumps(BENCH_TASK)])
+    config = (project / "config.yaml").read_text().replace("      max_tokens: 16\n", "      max_tokens: 16\n      metrics: [pass@one]\n")
+    (project / "config.yaml").write_text(config)
+    for args in (["validate", "--deep"], ["plan", "--cache-dir", "cache"]):
+        msg = one_error_line(evsys(args[0], "config.yaml", *args[1:], cwd=project))
+        assert msg.startswith(f"config.yaml:{line_of(config, 'metrics:')}:") and "metadata.benchmark[0].metrics: Value error, unknown metric 'pass@one' (use pass@1 or pass@k)" in msg, (args, msg)
+
+
+def test_a_model_path_that_does_not_exist_says_so(tmp_path):
+    config = BASE_CONFIG.replace("name: evsys/tiny-qwen3", "name: /nonexistent/model", 1)
+    assert "/nonexistent/model" in config
+    project = project_with(tmp_path, config)
+    for args in (["validate", "--deep"], ["plan", "--cache-dir", "cache"]):
+        msg = one_error_line(evsys(args[0], "config.yaml", *args[1:], cwd=project))
+        assert msg.startswith(f"config.yaml:{line_of(config, '/nonexistent/model')}:") and "model.name: '/nonexistent/model': no such model directory" in msg, args

@@ -6,9 +6,10 @@ Each kind's `params` are validated afterwards by that kind's own Config class
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 
 def _one_path_component(value: str) -> str:
@@ -91,12 +92,26 @@ class BenchmarkConfig(Strict):
     stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn
     system_prompt: Optional[str] = None  # None = jsonl_to_chat's system_prompt; "" = an empty system turn, as a transform's "" trains
 
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        for metric in metrics:
+            if metric != "nll" and not re.fullmatch(r"pass@[1-9][0-9]*", metric):
+                raise ValueError(f"unknown metric {metric!r} (use pass@1 or pass@k)")
+        return metrics
+
     @model_validator(mode="after")
     def _metrics_of_kind(self):
         if self.kind == "nll":
             if "metrics" in self.model_fields_set and self.metrics != ["nll"]:
                 raise ValueError("a kind: nll benchmark scores only nll (remove metrics, or write [nll])")
             self.metrics = ["nll"]
+            return self
+        if "nll" in self.metrics:
+            raise ValueError("nll is the metric of kind: nll benchmarks (held-out loss); a tasks benchmark scores pass@k")
+        k = max(int(m.split("@")[1]) for m in self.metrics) if self.metrics else 1
+        if k > self.num_samples:
+            raise ValueError(f"num_samples {self.num_samples} is below k={k} of pass@{k} (set num_samples >= {k})")
         return self
 
 

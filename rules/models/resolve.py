@@ -26,6 +26,8 @@ def resolve_model(name: str, revision: str | None = None, need: str = "model", c
         return path
     if path.is_file():
         raise ConfigError(f"model.name: {name!r} is a file; give a model directory or a hub id")
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name:  # a path: hub ids are owner/name
+        raise ConfigError(f"model.name: {name!r}: no such model directory; give an existing folder (config.json, weights, tokenizer) or a hub id such as Qwen/Qwen3-0.6B")
     if name == TINY_MODEL_NAME:
         return ensure_tiny_model()
     found = cached_snapshot(name, revision, need)
