@@ -206,7 +206,27 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-SHORT_ARM = 12  # longer arm names (sweep arms) are shown as a1, a2, ... in build lines, with a legend
+SHORT_ARM = 12  # longer arm names (sweep arms) are shown as a1, a2, ... in build and plan lines, with a legend
+
+
+class ArmLabels:
+    """Which arms a node belongs to, as build and plan lines say it: `[all arms]` (of three or
+    more), else the names, a long one (a sweep arm's `lora_rank=8,learning_rate=0.0001`, which
+    holds commas) shown by a short label that `legend` explains once."""
+
+    def __init__(self, arm_names: list[str]):
+        self.arm_names = list(arm_names)
+        several = len(self.arm_names) > 1
+        self.short = {name: (f"a{i + 1}" if several and len(name) > SHORT_ARM else name) for i, name in enumerate(self.arm_names)}
+
+    def legend(self) -> str | None:
+        shortened = [f"{short} = {name}" for name, short in self.short.items() if short != name]
+        return "arms: " + "; ".join(shortened) if shortened else None
+
+    def label(self, arms: list[str]) -> str:
+        if len(self.arm_names) > 2 and set(arms) >= set(self.arm_names):
+            return "[all arms]"
+        return "[" + ",".join(self.short.get(a, a) for a in arms) + "]"
 
 
 class BuildPrinter:
@@ -221,22 +241,19 @@ class BuildPrinter:
         self.arm_names = list(arm_names)
         self.multi_arm = len(self.arm_names) > 1
         self.arms_of = arms_of
-        self.short = {name: (name if len(name) <= SHORT_ARM else f"a{i + 1}") for i, name in enumerate(self.arm_names)}
+        self.labels = ArmLabels(self.arm_names)
         self.tty = sys.stderr.isatty()
         self._lock = threading.Lock()
         self._progress_shown = False
         self._progress_start: dict[str, tuple[int, float]] = {}
         self._shown_cached: set[str] = set()
         self.warned = False  # a build that warned leaves no fast-path snapshot
-        shortened = [f"{short} = {name}" for name, short in self.short.items() if short != name]
-        if self.multi_arm and shortened:
-            echo("arms: " + "; ".join(shortened))
+        legend = self.labels.legend()
+        if legend:
+            echo(legend)
 
     def arm_label(self, node) -> str:
-        arms = self.arms_of.get(node.id, [node.arm])
-        if len(self.arm_names) > 2 and set(arms) >= set(self.arm_names):
-            return "[all arms]"
-        return "[" + ",".join(self.short.get(a, a) for a in arms) + "]"
+        return self.labels.label(self.arms_of.get(node.id, [node.arm]))
 
     def __call__(self, event: Event) -> None:
         with self._lock:

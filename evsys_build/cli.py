@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import cli_diff, cli_export, cli_runs, cli_sync
-from .build import plan_with_notes, run_build
+from .build import ArmLabels, plan_with_notes, run_build
 from . import interrupts
 from .errors import EvsysError, Interrupted, UsageError
 from .gc import collect_garbage, verify_store
@@ -95,12 +95,16 @@ def plan(config, arm, as_json, targets, cache_dir):
         click.echo(json.dumps({"nodes": [e.as_json() for e in entries], "notes": notes}, indent=1))
         return
     colors = {"cached": "green", "run": "yellow", "maybe": "cyan"}
+    labels = ArmLabels(list(dict.fromkeys(a for e in entries for a in e.arms or [])))
+    if labels.legend():
+        click.echo(labels.legend())
     for e in entries:
         why = "; ".join(e.reasons + _built_on(e))
         status = click.style(f"{e.status:<6}", fg=colors[e.status])
         key = e.node.key[:12] if e.node.key else "?" * 12
         cost = f"  [{e.cost['summary']}]" if e.cost and e.cost.get("summary") else ""
-        click.echo(f"{status} {key}  {_label(e.node, e.arms)}" + (f"  ({why})" if why else "") + cost)
+        arms = f"{labels.label(e.arms)} " if e.arms and e.arms != ["default"] else ""
+        click.echo(f"{status} {key}  {arms}{e.node.name}" + (f"  ({why})" if why else "") + cost)
     counts = {s: sum(e.status == s for e in entries) for s in colors}
     click.echo(f"{counts['run']} to run, {counts['maybe']} may run, {counts['cached']} cached")
     for note in notes:
@@ -113,11 +117,6 @@ def _built_on(entry) -> list[str]:
     if entry.status != "cached" or "device" not in built:
         return []
     return [f"built on {built.get('host', '?')}: {built['device']} {built.get('dtype', '')} {built.get('attention', '')}".rstrip()]
-
-
-def _label(node, arms) -> str:
-    arm = f"[{','.join(arms)}] " if arms and arms != ["default"] else ""
-    return f"{arm}{node.name}"
 
 
 @main.command()

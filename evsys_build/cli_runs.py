@@ -73,10 +73,10 @@ def register(main: click.Group, cache_option) -> None:
     @click.pass_context
     def runs(ctx, experiment, as_json, cache_dir):
         """List the runs of the store (`evsys runs EXPERIMENT`: of one experiment), oldest first."""
-        ctx.obj = open_built_store(cache_location(cache_dir))
+        ctx.obj = cache_dir  # `runs --cache-dir X show RUN`; `runs show RUN --cache-dir X` wins
         if ctx.invoked_subcommand is not None:
             return
-        found = list_runs(ctx.obj, experiment)
+        found = list_runs(open_built_store(cache_location(cache_dir)), experiment)
         if as_json:
             click.echo(json.dumps([{k: r.get(k) for k in ("id", "experiment", "run_name", "status", "started", "finished", "partial", "targets", "error")} for r in found], indent=1))
             return
@@ -90,9 +90,9 @@ def register(main: click.Group, cache_option) -> None:
     @click.option("--write", "write_dir", type=click.Path(file_okay=False), default=None, help="rewrite the run's run dir into this folder")
     @cache_option
     @click.pass_obj
-    def show_run(store, run_id, write_dir, cache_dir):
+    def show_run(group_cache_dir, run_id, write_dir, cache_dir):
         """Show one run (config, arms, node keys, metrics); with --write, rewrite its run dir from the store."""
-        store = open_built_store(cache_location(cache_dir)) if cache_dir else store
+        store = open_built_store(cache_location(cache_dir or group_cache_dir))
         run = find_run(store, run_id)
         if write_dir:
             written = frontend().write_run(store, run, Path(write_dir))

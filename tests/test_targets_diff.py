@@ -78,6 +78,12 @@ def test_sweep_build_lines_use_short_arm_labels(swept):
     assert out.splitlines()[0] == "arms: a1 = learning_rate=0.0001; a2 = learning_rate=0.005"
     assert any(line.startswith("cached  [a1,a2] tokenize") for line in out.splitlines())
     assert any(line.startswith("ran     [a2] train") for line in out.splitlines())
+    plan = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=swept)).stdout.splitlines()
+    assert plan[0] == "arms: a1 = learning_rate=0.0001; a2 = learning_rate=0.005"  # plan labels arms as build does
+    assert any(line.startswith("cached") and line.endswith("[a1,a2] tokenize") for line in plan)
+    assert any(line.startswith("cached") and "[a2] train" in line for line in plan)
+    one = ok(evsys("plan", "config.yaml", "--arm", "learning_rate=0.005", "--cache-dir", "cache", cwd=swept)).stdout.splitlines()
+    assert not one[0].startswith("arms:") and any("[learning_rate=0.005] train" in line for line in one)
     md = (swept / "out" / "first_run" / "experiment.md").read_text()
     assert "| learning_rate=0.0001 | algorithm.params.learning_rate=0.0001 | completed |" in md
     assert "| learning_rate=0.005 | algorithm.params.learning_rate=0.005 | completed |" in md
