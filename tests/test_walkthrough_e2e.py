@@ -105,7 +105,8 @@ def test_first_build_trains_evaluates_and_logs(built):
 def test_run_dir_files_and_row_format(built):
     rd = run_dir(built)
     rows = read_jsonl(rd / "metrics.jsonl")
-    assert all(set(r) == {"step", "split", "metrics"} for r in rows)
+    assert all(list(r) == ["step", "split", "metrics"] for r in rows)  # the walkthrough's order: {step, split, metrics}
+    assert (rd / "metrics.jsonl").read_text().startswith('{"step": 1, "split": "train", "metrics": {"train_mean_nll": ')
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
     assert [r["step"] for r in train] == [1, 2, 3, 4]

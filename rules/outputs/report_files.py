@@ -11,8 +11,12 @@ PLOT_NAME = "training.png"
 
 
 def metrics_jsonl(rows: list[dict]) -> bytes:
-    """One `{step, split, metrics}` row per event, as the walkthrough shows."""
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    """One `{step, split, metrics}` row per event, in that key order as the walkthrough shows; a
+    row's metrics sorted by name, the training loss first."""
+    def ordered(metrics: dict) -> dict:
+        return dict(sorted(metrics.items(), key=lambda kv: (kv[0] != "train_mean_nll", kv[0])))
+
+    return "".join(json.dumps({"step": r["step"], "split": r["split"], "metrics": ordered(r["metrics"])}) + "\n" for r in rows).encode()
 
 
 def final_eval_metrics(rows: list[dict]) -> dict:
