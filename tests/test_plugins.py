@@ -384,10 +384,12 @@ def test_a_plugin_that_fails_to_import_is_one_line_and_is_retried_once_fixed(tmp
     assert transforms.get("needs_dep_test")()([{"q": 1}]) == [{"q": 1}]
 
 
-def test_a_helper_module_edited_in_a_live_process_is_reloaded_before_it_is_keyed(tmp_path, monkeypatch):
+def test_a_helper_module_edited_in_a_live_process_is_refused_not_keyed(tmp_path, monkeypatch):
     """Notebook/SDK use: a plugin imports a helper module of the user's, which is edited while the
-    process lives. The next config load runs the edited helper, and the key follows it; a key
-    asked for without that load is refused, never computed for code that does not run."""
+    process lives (after the config was loaded, before any key was computed). The process still
+    runs the old helper, so no key may be computed from the new source: loading the config again
+    and asking for the key is a one-line error saying to restart, never a key for code that does
+    not run (or old output stored under the new key)."""
     from evsys_build.errors import ConfigError
     from evsys_rules.config.loading import load_config
     from evsys_rules.plugins.code_identity import code_identity, forget_identities
@@ -395,12 +397,12 @@ def test_a_helper_module_edited_in_a_live_process_is_reloaded_before_it_is_keyed
 
     (tmp_path / "tag_helper_live.py").write_text("def tag(s):\n    return s + '-v1'\n")
     (tmp_path / "tagger_live.py").write_text(
-        "import tag_helper_live\n"
+        "from tag_helper_live import tag\n"
         "from evsys_sdk import register_transform\n"
         "@register_transform('tagger_live_test')\n"
         "class Tagger:\n"
         "    def __init__(self, **kw): pass\n"
-        "    def __call__(self, rows): return [{'q': tag_helper_live.tag(r['q'])} for r in rows]\n"
+        "    def __call__(self, rows): return [{'q': tag(r['q'])} for r in rows]\n"
     )
     (tmp_path / "data.jsonl").write_text('{"q": "Hi"}\n')
     config = tmp_path / "config.yaml"
@@ -413,16 +415,45 @@ def test_a_helper_module_edited_in_a_live_process_is_reloaded_before_it_is_keyed
     monkeypatch.delitem(sys.modules, "tag_helper_live", raising=False)
     try:
         load_config(config)
-        first = transforms.get("tagger_live_test")
-        assert first()([{"q": "a"}]) == [{"q": "a-v1"}]
-        first_identity = code_identity(first)
         (tmp_path / "tag_helper_live.py").write_text("def tag(s):\n    return s + '-v2'\n")  # same size, same second
         forget_identities()
-        with pytest.raises(ConfigError, match="tag_helper_live.py: edited since this process imported it"):
-            code_identity(first)
-        load_config(config)
-        second = transforms.get("tagger_live_test")
-        assert second()([{"q": "a"}]) == [{"q": "a-v2"}]
-        assert code_identity(second) != first_identity
+        for _ in range(2):  # the first key asked for, and again after loading the config again
+            with pytest.raises(ConfigError, match="tag_helper_live.py: edited since this process imported it .* restart the process"):
+                code_identity(transforms.get("tagger_live_test"))
+            load_config(config)
+        assert transforms.get("tagger_live_test")()([{"q": "a"}]) == [{"q": "a-v1"}]  # what runs is still v1
     finally:
         sys.modules.pop("tag_helper_live", None)
+
+
+def test_a_plugin_whose_rerun_failed_runs_again_once_reverted(tmp_path, monkeypatch):
+    """An edit that breaks a plugin half way through its re-run, then reverted: the plugin is
+    re-run on the next load (it holds half of the broken code), so what runs is the source keyed."""
+    from evsys_build.errors import ConfigError
+    from evsys_rules.config.loading import load_config
+    from evsys_rules.plugins.code_identity import code_identity
+    from evsys_rules.plugins.registry import transforms
+
+    good = (
+        "from evsys_sdk import register_transform\n"
+        "SUFFIX = '-good'\n"
+        "@register_transform('revert_test')\n"
+        "class T:\n"
+        "    def __init__(self, **kw): pass\n"
+        "    def __call__(self, rows): return [{'q': r['q'] + SUFFIX} for r in rows]\n"
+    )
+    plugin = tmp_path / "revert_plug.py"
+    plugin.write_text(good)
+    (tmp_path / "data.jsonl").write_text('{"q": "Hi"}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text("plugins: [revert_plug.py]\ndata: {source_kind: jsonl, path: data.jsonl}\ntransforms: [{kind: revert_test}]\nmodel: {name: evsys/tiny-qwen3}\n")
+    monkeypatch.chdir(tmp_path)
+    load_config(config)
+    first = code_identity(transforms.get("revert_test"))
+    plugin.write_text(good.replace("SUFFIX = '-good'\n", "SUFFIX = '-bad'\nraise RuntimeError('half way')\n"))
+    with pytest.raises(ConfigError, match="half way"):
+        load_config(config)
+    plugin.write_text(good)
+    load_config(config)
+    assert transforms.get("revert_test")()([{"q": "a"}]) == [{"q": "a-good"}]
+    assert code_identity(transforms.get("revert_test")) == first

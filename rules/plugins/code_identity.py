@@ -37,7 +37,6 @@ import inspect
 import json
 import os
 import sys
-import sysconfig
 import time
 import types
 from pathlib import Path
@@ -47,12 +46,10 @@ import xxhash
 from evsys_build.atomic import write_atomic
 from evsys_build.watch import unwatchable, watch
 
-from .freshness import check as check_fresh, check_files, note as note_source, note_files
+from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
 from .code_units import Binding, file_stamp, module_bindings, module_statements, module_text, module_units, unit_of
 
 EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
-_STDLIB = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
-_INSTALL_DIRS = {"site-packages", "dist-packages"}
 _CHASE_DEPTH = 16  # re-exports followed through at most this many modules
 
 
@@ -92,7 +89,10 @@ def code_identity(obj, owner: type | None = None) -> str:
     version = declared_version(owner if owner is not None else obj)
     if version is not None:
         return f"version:{version}"
-    return _source_identity(obj, owner)
+    identity, user_modules = _source_identity(obj, owner)
+    for module in user_modules:  # a stat each: refused once one was edited since this process ran it
+        check_fresh(module)
+    return identity
 
 
 def declared_version(obj) -> str | None:
@@ -107,21 +107,18 @@ def method_identity(cls: type, name: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _source_identity(obj, owner) -> str:
+def _source_identity(obj, owner) -> tuple[str, tuple]:
+    """(the identity, the user modules it was computed from: each recorded with the source it runs)."""
     key = _cache_key(obj, owner)
     found = _disk.get(key) if _disk is not None and key else None
     if found is not None:
-        files = _disk.files(key)
-        check_files(files)
-        note_files(files)
-        return found
+        return found, tuple(watch_files(_disk.files(key)))
     collector = _Collector(obj, owner)
     identity = "source:" + xxhash.xxh3_128_hexdigest(collector.text().encode())
-    note_source(collector.module_objects())  # the source this process runs, as keyed: an edit is reloaded or refused
-    files = collector.files()
+    user_modules = tuple(watch_modules(collector.module_objects()))
     if _disk is not None and key:
-        _disk.put(key, identity, files)
-    return identity
+        _disk.put(key, identity, collector.files())
+    return identity, user_modules
 
 
 def forget_identities() -> None:
@@ -392,11 +389,11 @@ class _Collector:
         if module.__name__ in self.modules:
             return self.modules[module.__name__] is not None
         file = getattr(module, "__file__", None)
+        check_fresh(module)  # never the key of an edit (or a removal) this process does not run
         stamp = file_stamp(file) if file and file.endswith(".py") else None
         if stamp is None:
             self.modules[module.__name__] = None
             return False
-        check_fresh(module)  # never the key of an edit this process does not run
         self.modules[module.__name__] = module_text(file, stamp)
         self.queue.append(module)  # what it uses is followed from the queue: no recursion per module
         return True
@@ -425,13 +422,6 @@ class _Collector:
             return True
         file = getattr(sys.modules.get(module_name), "__file__", None)
         return bool(file) and _user_file(file)
-
-
-@functools.lru_cache(maxsize=4096)
-def _user_file(file: str) -> bool:
-    """Whether a module file is the user's own code: not installed (site-packages) nor the standard library."""
-    path = Path(file).resolve()
-    return not (_INSTALL_DIRS & set(path.parts) or str(path).startswith(_STDLIB))
 
 
 def _in_evsys(obj) -> bool:

@@ -1,20 +1,22 @@
-"""The user modules this process runs are the source their keys were computed from.
+"""The user modules this process runs are the source their keys are computed from.
 
 Keys hash the source on disk (code_identity.py); the code that runs is what the process imported.
 In one long-lived process (the Python API, a notebook, a Ray worker) the two part when a module
-is edited after its import: a helper module a plugin imports, say. So every user module a key
-was computed from (not evsys, not installed, not the standard library) is recorded with the
-bytes it had then; loading a config reloads those edited since (from the bytes on disk, never a
-cached .pyc), and a key that would read an edited module this process has not reloaded is an
-error rather than a key for code that does not run.
+is edited after its import: a helper module a plugin imports, say. So the source of every user
+module (not evsys, not installed, not the standard library, not `__main__`) is recorded when
+evsys first sees it: right after a config's plugins are imported, else when a key first reads
+it. A key that would read a module whose file has changed since (or is gone) is an error that
+says to restart the process; evsys never re-runs such a module itself, since names other modules
+bound from it would keep the old code. Plugin files named by a config are the one exception: the
+loader re-runs an edited one and records what it ran (`ran`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import linecache
+import os
 import sys
+import sysconfig
 import threading
 import weakref
 from pathlib import Path
@@ -22,76 +24,90 @@ from pathlib import Path
 from evsys_build.errors import ConfigError
 
 _lock = threading.Lock()
-_ran: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> the source it runs (as a key first saw it)
+_ran: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (file stat, the source it runs, as first seen)
+_STDLIB = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
+_INSTALL_DIRS = {"site-packages", "dist-packages"}
 
 
-def note_files(files) -> None:
-    """Record the source of the user modules these files are (a key was computed from them now)."""
-    wanted = [f for f in files if not _evsys_file(f)]
-    if wanted:
-        note(_modules_of(wanted))
+def note_loaded() -> None:
+    """Record every user module imported so far (called once a config's plugins are imported:
+    the closest evsys gets to their import). Only recorded: a module no key reads may change."""
+    for module in list(sys.modules.values()):
+        if _user_module(module):
+            _record(module)
 
 
-def note(modules) -> None:
-    """Record the source of these user modules, where not recorded for this module object yet (a
-    module imported afresh from an edited file runs its new source: it is a new object)."""
+def watch_files(files) -> list:
+    """`watch_modules` of the modules these source files are (an identity read them)."""
+    wanted = {f for f in files if _watched_file(f)}
+    return watch_modules([m for m in list(sys.modules.values()) if getattr(m, "__file__", None) in wanted]) if wanted else []
+
+
+def watch_modules(modules) -> list:
+    """The user modules among these, each recorded with the source it runs where not recorded for
+    this module object yet (a module imported afresh from an edited file runs its new source: it
+    is a new object); raises for one edited since it was recorded."""
+    out = []
     for module in modules:
-        file = getattr(module, "__file__", None)
-        if file and module not in _ran and not _evsys_file(file):
-            source = _read(file)
-            if source is not None:
-                with _lock:
-                    _ran.setdefault(module, source)
+        if _user_module(module) and _record(module):
+            check(module)
+            out.append(module)
+    return out
 
 
-def check_files(files) -> None:
-    wanted = [f for f in files if not _evsys_file(f)]
-    for module in _modules_of(wanted) if wanted else ():
-        check(module)
+def _user_module(module) -> bool:
+    file = getattr(module, "__file__", None)
+    return bool(file) and getattr(module, "__name__", "") != "__main__" and _watched_file(file)
+
+
+def _record(module) -> bool:
+    """Record the source `module` runs, unless recorded already; False when its file cannot be read."""
+    if module in _ran:
+        return True
+    source = _read(module.__file__)
+    if source is None:
+        return False
+    with _lock:
+        _ran.setdefault(module, (_stamp(module.__file__), source))
+    return True
 
 
 def check(module) -> None:
-    """Raise when `module`'s file was edited since this process ran it and it was not reloaded."""
-    before = _ran.get(module)
-    if before is not None and _read(module.__file__) not in (before, None):
+    """Raise when `module`'s file changed (or went) since this process recorded the source it
+    runs: a stat when nothing changed, the bytes compared when the stat did."""
+    recorded = _ran.get(module)
+    if recorded is None:
+        return
+    stamp, before = recorded
+    now = _stamp(module.__file__)
+    if now is not None and now == stamp:
+        return
+    if _read(module.__file__) != before:
         raise ConfigError(
-            f"{module.__file__}: edited since this process imported it, and evsys reloads edited modules only when a config is loaded; "
-            "load the config again (a new Experiment) or restart the process"
+            f"{module.__file__}: edited since this process imported it ({module.__name__}); its keys would "
+            "describe code that is not running: restart the process (evsys re-runs edited plugin files, not "
+            "the modules they import)"
         )
-
-
-def reload_edited() -> list[str]:
-    """Re-execute, in place, every recorded module edited since: the modules a module imports
-    first (they come later in sys.modules). Returns the names reloaded; the caller re-runs the
-    plugins, so names they bound from these modules are bound again."""
-    edited = {}
-    for module, before in list(_ran.items()):
-        source = _read(module.__file__)
-        if source is not None and source != before:
-            edited[module] = source
-    if not edited:
-        return []
-    order = [m for m in list(sys.modules.values()) if m in edited]
-    done = []
-    for module in reversed(order):
-        linecache.checkcache(module.__file__)
-        exec(compile(edited[module], module.__file__, "exec"), vars(module))  # raises like an import would
-        with _lock:
-            _ran[module] = edited[module]
-        done.append(module.__name__)
-    return done
-
-
-def ran(module, source: bytes) -> None:
-    """`module` was re-executed from `source` (where a key was computed from it)."""
     with _lock:
-        if module in _ran:
-            _ran[module] = source
+        _ran[module] = (now, before)  # touched, not changed
 
 
-def _modules_of(files: list[str]) -> list:
-    wanted = set(files)
-    return [m for m in list(sys.modules.values()) if getattr(m, "__file__", None) in wanted]
+def ran(module, source: bytes | None) -> None:
+    """`module` (a plugin file) was re-run from `source`; None: it failed part way, so whatever it
+    holds matches no source and the next load runs it again."""
+    with _lock:
+        _ran[module] = (None, FAILED) if source is None else (_stamp(module.__file__), source)
+
+
+FAILED = b"\0a re-run that failed part way\0"  # matches no file: keys refuse the module until it runs whole
+
+
+def _stamp(file: str) -> tuple | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _read(file: str) -> bytes | None:
@@ -101,16 +117,28 @@ def _read(file: str) -> bytes | None:
         return None
 
 
-@functools.lru_cache(maxsize=4096)
-def _evsys_file(file: str) -> bool:
+@functools.lru_cache(maxsize=8192)
+def user_file(file: str) -> bool:
+    """Whether a module file is the user's own code (or evsys's): not installed (site-packages) nor the standard library."""
     path = Path(file).resolve()
-    return any(path.is_relative_to(folder) for folder in _evsys_folders())
+    return not (_INSTALL_DIRS & set(path.parts) or str(path).startswith(_STDLIB))
+
+
+@functools.lru_cache(maxsize=8192)
+def _watched_file(file: str) -> bool:
+    """A user's own module source: a .py file outside evsys, the standard library and installed packages."""
+    if not file.endswith(".py") or not user_file(file):
+        return False
+    path = Path(file).resolve()
+    return not any(path.is_relative_to(folder) for folder in _evsys_folders())
 
 
 @functools.lru_cache(maxsize=1)
 def _evsys_folders() -> tuple[Path, ...]:
     """Where evsys's own packages are (their modules change only with an upgrade: restart for it).
     Looked up by name: importing the packages here would put all of evsys into keys that reach this."""
+    import importlib.util
+
     folders = [Path(__file__).resolve().parents[1]]  # evsys_rules
     for name in ("evsys_build", "evsys_sdk"):
         spec = importlib.util.find_spec(name)

@@ -13,7 +13,7 @@ from evsys_build.errors import ConfigError, EvsysError
 
 from ..config.errors import where
 from ..config.yaml_marks import Marks
-from .freshness import ran as ran_source, reload_edited
+from .freshness import note_loaded, ran as ran_source
 from .code_identity import forget_identities
 
 
@@ -21,13 +21,12 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
     """Import each plugin module (dotted name, or a .py path relative to the run dir or the config)."""
     if not isinstance(plugins, list):
         raise ConfigError(f"{where(path, marks, ('plugins',))}: plugins: must be a list of module names or .py paths")
-    rerun = _reload_edited_modules(where(path, marks, ("plugins",)) if plugins else str(path))
     for i, spec in enumerate(plugins):
         at = f"{where(path, marks, ('plugins', i))}: plugins[{i}]"
         if not isinstance(spec, str):
             raise ConfigError(f"{at}: must be a module name or a .py path")
         if spec.endswith(".py"):
-            _import_path(spec, path, at, rerun)
+            _import_path(spec, path, at)
             continue
         try:
             module = importlib.import_module(spec)
@@ -39,41 +38,27 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
             raise
         except Exception as exc:  # noqa: BLE001 - the plugin's own code failed: say where, in one line
             raise _import_error(exc, at) from None
-        _reload_if_edited(module, at, rerun)
+        _reload_if_edited(module, at)
+    note_loaded()  # the source each user module runs, as near its import as evsys gets
 
 
-def _reload_edited_modules(at: str) -> set[str] | None:
-    """Reload the user modules keys were computed from that were edited since this process ran
-    them (`freshness`); then the plugins run again too, so names they bound from those modules
-    are bound again. None when nothing was edited, else the modules already re-run."""
-    try:
-        reloaded = reload_edited()
-    except SyntaxError as exc:
-        raise _syntax_error(exc, at) from None
-    except EvsysError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the edited module fails as its import would
-        raise _import_error(exc, at) from None
-    if not reloaded:
-        return None
-    forget_identities()
-    return set(reloaded)
-
-
-def _import_path(spec: str, config_path: Path, at: str, rerun: set[str] | None = None) -> None:
+def _import_path(spec: str, config_path: Path, at: str) -> None:
     candidates = [Path(spec), config_path.parent / spec]
     file = next((c for c in candidates if c.is_file()), None)
     if file is None:
         raise ConfigError(f"{at}: no such plugin file {spec!r} (looked in the run dir and beside the config)")
     name = "evsys_plugin_" + "".join(ch if ch.isalnum() else "_" for ch in str(file.resolve()))
     if name in sys.modules:
-        _reload_if_edited(sys.modules[name], at, rerun)
+        _reload_if_edited(sys.modules[name], at)
         return
     module_spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(module_spec)
+    source = file.read_bytes()
     sys.modules[name] = module
     try:
-        module_spec.loader.exec_module(module)
+        # from the bytes just read, never a cached .pyc (its mtime-in-seconds check misses a quick
+        # edit), and those bytes are what the key's source must be
+        exec(compile(source, module.__file__, "exec"), vars(module))
     except BaseException as exc:
         del sys.modules[name]  # half-run: the next load runs it again, never skips it as loaded
         if isinstance(exc, SyntaxError):
@@ -81,7 +66,8 @@ def _import_path(spec: str, config_path: Path, at: str, rerun: set[str] | None =
         if isinstance(exc, Exception) and not isinstance(exc, EvsysError):
             raise _import_error(exc, at) from None
         raise
-    _loaded_source[name] = _source_bytes(module)
+    _loaded_source[name] = source
+    ran_source(module, source)
 
 
 def _syntax_error(exc: SyntaxError, at: str) -> ConfigError:
@@ -114,16 +100,17 @@ def _source_bytes(module) -> bytes | None:
         return None
 
 
-def _reload_if_edited(module, at: str, rerun: set[str] | None = None) -> None:
-    """Re-execute a plugin whose file changed since this process imported it (notebooks, the SDK),
-    or every plugin once a module was reloaded (`rerun`: the modules that already ran again): its
-    key is computed from the source on disk, so the code that runs must be that source too."""
+def _reload_if_edited(module, at: str) -> None:
+    """Re-execute a plugin whose file changed since this process imported it (notebooks, the SDK):
+    its key is computed from the source on disk, so the code that runs must be that source too.
+    A re-run that fails leaves the plugin half-run: it is marked so the next load runs it again,
+    and no key is computed from it meanwhile."""
     current = _source_bytes(module)
     before = _loaded_source.setdefault(module.__name__, current)
-    if rerun is not None and module.__name__ in rerun:
-        _loaded_source[module.__name__] = current
-    elif current is not None and (current != before or rerun is not None):
+    if current is not None and current != before:
         linecache.checkcache(module.__file__)
+        _loaded_source[module.__name__] = None
+        ran_source(module, None)
         # re-run in place from the bytes just read, never from a cached .pyc: its check (mtime in
         # seconds and size) misses an edit that keeps the size within the same second
         try:
@@ -132,7 +119,7 @@ def _reload_if_edited(module, at: str, rerun: set[str] | None = None) -> None:
             raise _syntax_error(exc, at) from None
         except EvsysError:
             raise
-        except Exception as exc:  # noqa: BLE001 - recorded as not loaded: the next load runs it again
+        except Exception as exc:  # noqa: BLE001 - the plugin's own code failed: say where, in one line
             raise _import_error(exc, at) from None
         _loaded_source[module.__name__] = current
         ran_source(module, current)
