@@ -278,3 +278,14 @@ def test_a_model_path_that_does_not_exist_says_so(tmp_path):
     for args in (["validate", "--deep"], ["plan", "--cache-dir", "cache"]):
         msg = one_error_line(evsys(args[0], "config.yaml", *args[1:], cwd=project))
         assert msg.startswith(f"config.yaml:{line_of(config, '/nonexistent/model')}:") and "model.name: '/nonexistent/model': no such model directory" in msg, args
+
+
+def test_pass_at_k_with_num_samples_set_by_each_arm_is_valid(tmp_path):
+    project = bench_project(tmp_path, "data/val", [json.dumps(BENCH_TASK)])
+    config = (project / "config.yaml").read_text().replace("      max_tokens: 16\n", "      max_tokens: 16\n      metrics: [pass@1, pass@4]\n      temperature: 1.0\n")
+    (project / "config.yaml").write_text(config + "sweep:\n  metadata.benchmark.0.num_samples: [4, 8]\n")
+    proc = evsys("validate", "config.yaml", "--deep", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    (project / "config.yaml").write_text(config + "sweep:\n  metadata.benchmark.0.num_samples: [2, 8]\n")
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert "num_samples: 2 is below k=4 of pass@4 (set num_samples >= 4)" in msg

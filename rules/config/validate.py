@@ -88,7 +88,11 @@ def _deep_benchmarks(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str
                 seen.add(bench.path)
                 out.append(f"benchmark {bench.name} ({bench.split}, nll): {bench.path}: {rows} rows")
             continue
-        tasks = benchmark_tasks(loaded, i, bench, arm)  # metrics and num_samples: checked by the schema
+        tasks = benchmark_tasks(loaded, i, bench, arm)  # metric names: checked by the schema
+        k = max((int(m.split("@", 1)[1]) for m in bench.metrics), default=1)
+        if k > bench.num_samples:
+            with located(loaded, ("metadata", "benchmark", i, "metrics"), arm):
+                raise ConfigError(f"metadata.benchmark[{i}].num_samples: {bench.num_samples} is below k={k} of pass@{k} (set num_samples >= {k})")
         if bench.path not in seen:
             seen.add(bench.path)
             out.append(f"benchmark {bench.name} ({bench.split}): {bench.path}: {len(tasks)} tasks")
