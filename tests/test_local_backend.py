@@ -237,3 +237,23 @@ def test_seeded_sampling_is_unmoved_by_a_checkpoint_loading_in_another_thread(mo
         done.set()
         loader.join()
     assert all(b == alone for b in beside)
+
+
+def test_dropout_masks_come_from_the_seed_not_the_process(tmp_path):
+    """A model that trains with attention dropout: the same seed gives the same loss whatever the
+    process-wide RNG holds (an eval sampling in another thread draws from it), another seed not."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=16, attention_dropout=0.3)
+    transformers.Qwen3ForCausalLM(config).save_pretrained(tmp_path / "dropout")
+    datums = make_datums([21, 30, 9], seed=5)
+
+    def loss(seed: int, global_seed: int) -> float:
+        client = LocalBackend(CPU).create_training_client(tmp_path / "dropout", lora_rank=0, seed=seed)
+        torch.manual_seed(global_seed)
+        return client.forward_backward(datums)["loss_sum"]
+
+    assert loss(0, 1) == loss(0, 2)
+    assert loss(0, 1) != loss(1, 1)  # dropout is on: another seed draws other masks

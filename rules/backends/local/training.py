@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -54,6 +55,11 @@ class LocalTrainingClient:
             self.model = self._build_model()  # peft's own init draws from the global RNG; redone below
         self._init_adapters()
         self.model.train()
+        self.dropout = _has_dropout(self.model)  # then each pass draws its masks from a seed of the generator
+        if self.dropout and self.kernel == "varlen":
+            if config.attention != "auto":
+                raise ConfigError("backend.local.attention: this model trains with dropout, which the varlen kernel lacks; use auto or sdpa_loop")
+            self.kernel = "sdpa_loop"
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         # fused AdamW: one pass over each tensor, ~5x faster than the per-tensor loop on CPU
         self.optimizer = torch.optim.AdamW([p for _, p in self.named_trainable], lr=0.0, fused=True)
@@ -113,10 +119,27 @@ class LocalTrainingClient:
         if not datums:
             raise ValueError("forward_backward: no datums")
         totals = {"loss_sum": 0.0, "weight_sum": 0.0, "num_tokens": 0, "num_loss_tokens": 0, "num_sequences": 0}
-        for group in split_by_token_budget(datums, self.config.max_tokens_per_pass):  # no randomness: no dropout
-            for key, value in self._forward_backward_packed(group).items():
+        for group in split_by_token_budget(datums, self.config.max_tokens_per_pass):
+            with self._seeded_dropout():
+                part = self._forward_backward_packed(group)
+            for key, value in part.items():
                 totals[key] += value
         return totals
+
+    @contextlib.contextmanager
+    def _seeded_dropout(self):
+        """A model with dropout draws its masks from torch's process-wide RNG: for each pass, that
+        RNG is forked and seeded from the client's generator (in the key through the seed, saved
+        with the state), under the lock that seeded sampling in other threads holds too."""
+        if not self.dropout:
+            yield
+            return
+        import torch
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        with global_rng_lock, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
 
     def _forward_backward_packed(self, datums: Sequence[Datum]) -> dict:
         batch = pack_datums(datums, self.device)
@@ -248,3 +271,14 @@ class LocalTrainingClient:
         snapshot.set_attn_implementation("sdpa")
         snapshot.requires_grad_(False)
         return LocalSamplingClient(snapshot, self.device, pad_id(snapshot), self.config.sample_batch_size, resolve_precision(self.config).decode_cache)
+
+
+def _has_dropout(model) -> bool:
+    """Whether training `model` draws dropout masks: a Dropout module with p > 0, or an attention
+    dropout its config sets (transformers passes that to the attention function)."""
+    import torch
+
+    config = getattr(model, "config", None)
+    if any(float(getattr(config, name, 0) or 0) > 0 for name in ("attention_dropout", "attn_pdrop")):
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
