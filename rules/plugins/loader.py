@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import linecache
@@ -28,16 +29,11 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
         if spec.endswith(".py"):
             _import_path(spec, path, at)
             continue
-        try:
-            module = importlib.import_module(spec)
-        except ModuleNotFoundError as exc:
-            raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
-        except SyntaxError as exc:
-            raise _syntax_error(exc, at) from None
-        except EvsysError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the plugin's own code failed: say where, in one line
-            raise _import_error(exc, at) from None
+        with _one_line_errors(at):
+            try:
+                module = importlib.import_module(spec)
+            except ModuleNotFoundError as exc:
+                raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
         _reload_if_edited(module, at)
     note_loaded()  # the source each user module runs, as near its import as evsys gets
 
@@ -56,18 +52,29 @@ def _import_path(spec: str, config_path: Path, at: str) -> None:
     source = file.read_bytes()
     sys.modules[name] = module
     try:
-        # from the bytes just read, never a cached .pyc (its mtime-in-seconds check misses a quick
-        # edit), and those bytes are what the key's source must be
-        exec(compile(source, module.__file__, "exec"), vars(module))
-    except BaseException as exc:
+        with _one_line_errors(at):
+            # from the bytes just read, never a cached .pyc (its mtime-in-seconds check misses a
+            # quick edit), and those bytes are what the key's source must be
+            exec(compile(source, module.__file__, "exec"), vars(module))
+    except BaseException:
         del sys.modules[name]  # half-run: the next load runs it again, never skips it as loaded
-        if isinstance(exc, SyntaxError):
-            raise _syntax_error(exc, at) from None
-        if isinstance(exc, Exception) and not isinstance(exc, EvsysError):
-            raise _import_error(exc, at) from None
         raise
     _loaded_source[name] = source
     ran_source(module, source)
+
+
+@contextlib.contextmanager
+def _one_line_errors(at: str):
+    """A plugin's own failure while its module runs, as one line: its syntax error, or its line
+    that raised (an evsys error it raises passes as it is)."""
+    try:
+        yield
+    except SyntaxError as exc:
+        raise _syntax_error(exc, at) from None
+    except EvsysError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the plugin's own code failed: say where, in one line
+        raise _import_error(exc, at) from None
 
 
 def _syntax_error(exc: SyntaxError, at: str) -> ConfigError:
@@ -113,14 +120,8 @@ def _reload_if_edited(module, at: str) -> None:
         ran_source(module, None)
         # re-run in place from the bytes just read, never from a cached .pyc: its check (mtime in
         # seconds and size) misses an edit that keeps the size within the same second
-        try:
+        with _one_line_errors(at):
             exec(compile(current, module.__file__, "exec"), vars(module))  # registrations replace the old ones
-        except SyntaxError as exc:
-            raise _syntax_error(exc, at) from None
-        except EvsysError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the plugin's own code failed: say where, in one line
-            raise _import_error(exc, at) from None
         _loaded_source[module.__name__] = current
         ran_source(module, current)
         forget_identities()
