@@ -35,7 +35,6 @@ import importlib.metadata
 import importlib.util
 import inspect
 import json
-import os
 import sys
 import time
 import types
@@ -47,7 +46,7 @@ from evsys_build.atomic import write_atomic
 from evsys_build.watch import unwatchable, watch
 
 from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
-from .code_units import Binding, file_stamp, module_bindings, module_statements, module_text, module_units, unit_of
+from .code_units import Binding, file_stamp, stat_stamp, module_bindings, module_statements, module_text, module_units, unit_of
 
 EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
 _CHASE_DEPTH = 16  # re-exports followed through at most this many modules
@@ -198,11 +197,8 @@ def _object_key(obj) -> str | None:
 
 
 def _stamp(file: str) -> list | None:
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    stamp = stat_stamp(file)
+    return list(stamp) if stamp is not None else None  # a list: as the cache's JSON gives it back
 
 
 class _Collector:

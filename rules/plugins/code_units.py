@@ -95,16 +95,23 @@ def unit_of(obj, is_root: bool) -> Unit | None:
     return _make_unit(tree)
 
 
-def file_stamp(file: str) -> tuple | None:
-    """What the parsed forms of a file are cached under: its stat identity, plus a digest of its
-    bytes while it is racy (changed in the last two seconds, when a same-size edit can keep the
-    stat identity), as git does."""
+def stat_stamp(file: str) -> tuple | None:
+    """A file's stat identity (size, mtime, inode, ctime); None when it cannot be read."""
     try:
         st = Path(file).stat()
     except OSError:
         return None
-    stamp = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-    if time.time_ns() - st.st_mtime_ns < _RACY_NS:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def file_stamp(file: str) -> tuple | None:
+    """What the parsed forms of a file are cached under: its stat identity, plus a digest of its
+    bytes while it is racy (changed in the last two seconds, when a same-size edit can keep the
+    stat identity), as git does."""
+    stamp = stat_stamp(file)
+    if stamp is None:
+        return None
+    if time.time_ns() - stamp[1] < _RACY_NS:
         try:
             return (*stamp, xxhash.xxh3_128_hexdigest(Path(file).read_bytes()))
         except OSError:

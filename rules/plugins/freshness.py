@@ -14,7 +14,6 @@ loader re-runs an edited one and records what it ran (`ran`).
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import sysconfig
 import threading
@@ -22,6 +21,8 @@ import weakref
 from pathlib import Path
 
 from evsys_build.errors import ConfigError
+
+from .code_units import stat_stamp
 
 _lock = threading.Lock()
 _ran: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (file stat, the source it runs, as first seen)
@@ -64,11 +65,12 @@ def _record(module) -> bool:
     """Record the source `module` runs, unless recorded already; False when its file cannot be read."""
     if module in _ran:
         return True
+    stamp = stat_stamp(module.__file__)  # before the read: an edit between the two shows as a changed stat
     source = _read(module.__file__)
     if source is None:
         return False
     with _lock:
-        _ran.setdefault(module, (_stamp(module.__file__), source))
+        _ran.setdefault(module, (stamp, source))
     return True
 
 
@@ -79,7 +81,7 @@ def check(module) -> None:
     if recorded is None:
         return
     stamp, before = recorded
-    now = _stamp(module.__file__)
+    now = stat_stamp(module.__file__)
     if now is not None and now == stamp:
         return
     if _read(module.__file__) != before:
@@ -96,18 +98,10 @@ def ran(module, source: bytes | None) -> None:
     """`module` (a plugin file) was re-run from `source`; None: it failed part way, so whatever it
     holds matches no source and the next load runs it again."""
     with _lock:
-        _ran[module] = (None, FAILED) if source is None else (_stamp(module.__file__), source)
+        _ran[module] = (None, FAILED if source is None else source)  # no stat: the next check compares the bytes once
 
 
 FAILED = b"\0a re-run that failed part way\0"  # matches no file: keys refuse the module until it runs whole
-
-
-def _stamp(file: str) -> tuple | None:
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _read(file: str) -> bytes | None:
