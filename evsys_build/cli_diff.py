@@ -6,7 +6,6 @@ import json
 
 import click
 
-from .diff import diff_sides, format_diff, load_side
 from .store import cache_location, open_store
 
 
@@ -21,6 +20,8 @@ def register(main: click.Group, cache_option) -> None:
         """Compare two configs, arms or runs: A and B are each a config file (config.yaml, or
         config.yaml@ARM) or a run id prefix from `evsys runs` (RUN, or RUN@ARM). Prints the config
         paths that differ, the nodes they share and do not, and metric deltas at equal steps."""
+        from .diff import diff_sides, format_diff, load_side  # only `diff` pays for importing it
+
         store = open_store(cache_location(cache_dir))
         result = diff_sides(load_side(store, a), load_side(store, b))
         if as_json:

@@ -4,6 +4,7 @@ and a remote one, as DVC copies between a cache and its remote."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,12 +12,16 @@ from .errors import UsageError
 from .planner import resolve_keys
 from .project import frontend
 from .store import Store, cache_location, open_built_store, open_store
-from .sync import SyncReport, newest_runs, run_node_keys, sync_nodes
+
+if TYPE_CHECKING:
+    from .sync import SyncReport
 
 
 def _selection(store: Store, config: str | None, arm: str | None) -> tuple[list[str], list[dict]]:
     """Node keys and runs to copy from `store`: a config's nodes (every arm's, or one) that `store`
     holds and the newest run of each of its arms; without a config, every run and its nodes."""
+    from .sync import newest_runs, run_node_keys  # only push and pull import sync (and its thread pool)
+
     if config is None:
         if arm:
             raise UsageError("--arm needs a CONFIG")
@@ -57,6 +62,8 @@ def register(main: click.Group, cache_option) -> None:
         """Copy built nodes from the local store to the remote: CONFIG's nodes and newest runs, or, without CONFIG, every run and its nodes."""
         src, dst = open_built_store(cache_location(cache_dir)), open_store(_remote(remote))
         keys, runs = _selection(src, config, arm)
+        from .sync import sync_nodes
+
         _say("pushed", src, dst, sync_nodes(src, dst, keys, runs))
 
     @main.command()
@@ -68,4 +75,6 @@ def register(main: click.Group, cache_option) -> None:
         """Copy nodes from the remote store into the local one: CONFIG's nodes and newest runs, or, without CONFIG, every run and its nodes."""
         src, dst = open_store(_remote(remote)), open_store(cache_location(cache_dir))
         keys, runs = _selection(src, config, arm)
+        from .sync import sync_nodes
+
         _say("pulled", src, dst, sync_nodes(src, dst, keys, runs))

@@ -11,7 +11,6 @@ download, so a checkpoint that expires on the service keeps its weights in the l
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from typing import Callable, Optional, Sequence
 
@@ -169,6 +168,8 @@ class TinkerTrainingClient:
     def _download(self, export) -> dict[str, bytes]:
         """The exported adapter's files (from the service's signed URLs), then the export deleted
         from the service. A service that offers no export stores the checkpoint without them."""
+        import urllib.request  # http.client and ssl: only a build that exports weights pays for them
+
         import tinker
 
         try:
