@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from importlib import metadata
 from typing import Any, Callable
@@ -25,24 +26,42 @@ class Registry:
         self.kind = kind
         self.protocol = protocol
         self._items: dict[str, Any] = {}
+        self._providers: dict[str, str] = {}  # built-in name -> the module that registers it (provide)
 
     def register(self, name: str) -> Callable[[Any], Any]:
-        """Decorator: `@transforms.register("strip_pii")`. Re-registering a name replaces it."""
+        """Decorator: `@transforms.register("strip_pii")`. Re-registering a name replaces it,
+        except that a built-in kind's module, imported after a plugin took its name (see
+        `provide`), leaves the plugin's in place, as if it had been imported first."""
 
         def decorate(obj: Any) -> Any:
             if self.protocol is not None:
                 check_protocol(obj, self.protocol, f"{self.kind} {name!r}")
-            self._items[name] = obj
+            current, provider = self._items.get(name), self._providers.get(name)
+            late_builtin = provider is not None and getattr(obj, "__module__", None) == provider
+            if not (late_builtin and current is not None and not isinstance(current, _Provided)
+                    and getattr(current, "__module__", None) != provider):
+                self._items[name] = obj
             return obj
 
         return decorate
+
+    def provide(self, name: str, module: str, attribute: str) -> None:
+        """A built-in kind whose module is imported when the name is first looked up: `module`
+        registers `module.attribute` under `name`. A config that never names the kind never pays
+        for importing its module, nor the libraries that module reaches."""
+        self._providers[name] = module
+        self._items.setdefault(name, _Provided(module, attribute))
 
     def get(self, name: str, where: str = "") -> Any:
         """Look a name up; unknown names raise with the known ones and a did-you-mean."""
         if name not in self._items:
             load_entry_point_plugins()
         if name in self._items:
-            return self._items[name]
+            item = self._items[name]
+            if isinstance(item, _Provided):
+                item = getattr(importlib.import_module(item.module), item.attribute)
+                self._items[name] = item
+            return item
         known = sorted(self._items)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -56,6 +75,13 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+class _Provided:
+    """A built-in kind whose module is not imported yet (Registry.provide)."""
+
+    def __init__(self, module: str, attribute: str):
+        self.module, self.attribute = module, attribute
 
 
 def check_protocol(obj: Any, protocol: type, what: str) -> None:
