@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import collector
 from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
 from .fastpath import save as save_snapshot
@@ -116,6 +117,7 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
     if preflight is not None:  # e.g. a service's key and base model, checked before any node runs
         preflight(arms)
     printer = BuildPrinter(echo, arm_names=project.arm_names, arms_of=graph.arms_of)
+    collector.resume()  # nodes run from here: a training may allocate for hours
     pool = make_pool(executor, jobs, ray_address, project) if isinstance(executor, str) else executor
     runner = Executor(store, jobs=jobs, on_event=printer, stop=stop, pool=pool)
     with store.build_lock(), stop_on_signals(runner.stop):

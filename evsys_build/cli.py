@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import cli_diff, cli_export, cli_runs, cli_sync
+from . import cli_diff, cli_export, cli_runs, cli_sync, collector
 from .build import ArmLabels, plan_with_notes, run_build
 from . import interrupts
 from .errors import EvsysError, Interrupted, UsageError
@@ -30,6 +30,7 @@ class EvsysGroup(click.Group):
     """Maps evsys errors to one line and the exit codes of DESIGN.md (0 ok, 1 node failed, 2 bad config)."""
 
     def invoke(self, ctx):
+        collector.pause()  # while the command imports and compiles; running nodes resume it (collector.py)
         try:
             return super().invoke(ctx)
         except BrokenPipeError:  # `evsys plan | head`: the reader left; not an error of ours
@@ -41,6 +42,8 @@ class EvsysGroup(click.Group):
                 click.echo(tb.rstrip(), err=True)
             click.echo(f"evsys: error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
+        finally:
+            collector.resume()  # a command invoked in a longer-lived process (tests, a notebook) gives it back
 
 
 @click.group(cls=EvsysGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,6 +137,8 @@ def show(ref, as_json, rows, cache_dir):
 @click.option("--deep", is_flag=True, help="also check every kind/params block, data files, templates, benchmarks, verifiers")
 def validate(config, deep):
     """Check CONFIG offline (no GPU, no network)."""
+    if deep:
+        collector.resume()  # a deep check reads every row
     for line in frontend().validate(Path(config), deep=deep):
         click.echo(line)
     click.echo(f"{config}: ok" + (" (deep)" if deep else ""))
