@@ -3,6 +3,7 @@ export checkpoints, describe arms for `evsys diff`."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from evsys_build.errors import ConfigError
@@ -38,7 +39,7 @@ class Project:
         self.experiment = loaded.experiment_name
         self.arm_names = [a.name for a in loaded.arms]
         self.hubs = {
-            arm.name: ArmCallbacks(arm.name, arm.config.callbacks, self._callback_info(arm))
+            arm.name: ArmCallbacks(arm.name, arm.config.callbacks, functools.partial(self._callback_info, arm))
             for arm in loaded.arms
         }
         self._compile(store)

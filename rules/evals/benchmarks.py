@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -48,13 +49,14 @@ def benchmark_path_problem(directory: Path) -> str | None:
 
 def load_tasks(directory: Path) -> tuple[Task, ...]:
     """Parse and check `directory/tasks.jsonl`; any bad line raises a one-line ConfigError."""
-    directory = Path(directory)
-    problem = benchmark_path_problem(directory)
-    if problem:
-        raise ConfigError(problem)
-    path = directory / TASKS_FILE
+    path = Path(directory) / TASKS_FILE
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise ConfigError(benchmark_path_problem(Path(directory)) or f"{path}: not a regular file (point path at a directory holding {TASKS_FILE})")
     watch(path)
-    st = path.stat()
     return _parse_tasks(str(path), (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))  # one tuple per file version
 
 

@@ -102,13 +102,13 @@ def benchmark_tasks(loaded: LoadedConfig, index: int, bench, arm: Arm | None = N
     """The benchmark's tasks; a path that is not a directory holding tasks.jsonl is named by the
     config's file:line:col (what `validate --deep` and the build both say)."""
     label = f"metadata.benchmark[{index}] ({bench.name})"
-    with located(loaded, ("metadata", "benchmark", index, "path"), arm):
-        problem = benchmark_path_problem(Path(bench.path))
-        if problem:
-            raise ConfigError(f"{label}: {problem}")
     try:
         return load_tasks(Path(bench.path))
     except ConfigError as exc:
+        problem = benchmark_path_problem(Path(bench.path))  # checked only on failure: a sweep loads each file per arm
+        if problem:
+            with located(loaded, ("metadata", "benchmark", index, "path"), arm):
+                raise ConfigError(f"{label}: {problem}") from None
         raise ConfigError(f"{label}: {exc.message}") from None
 
 

@@ -22,10 +22,10 @@ from .callbacks import make_callbacks
 
 
 class ArmCallbacks:
-    def __init__(self, arm: str, specs: list, info: dict):
+    def __init__(self, arm: str, specs: list, info: "dict | Callable[[], dict]"):
         self.arm = arm
         self.specs = list(specs)
-        self.info = info  # what on_run_start gets
+        self._info = info  # what on_run_start gets, or what makes it when the first callback starts
         self.echo: Callable[[str], None] = print  # where callbacks print outside a node (replay, run end)
         self._instances: list | None = None
         self._lock = threading.RLock()
@@ -33,6 +33,13 @@ class ArmCallbacks:
         self._broken: set[int] = set()
         self.seen_steps: set[int] = set()
         self.seen_evals: set[tuple[str, int]] = set()
+
+    @property
+    def info(self) -> dict:
+        """What on_run_start gets: made on first use (a `plan` of 1,000 arms starts no callback)."""
+        if callable(self._info):
+            self._info = self._info()
+        return self._info
 
     # -- where callbacks print: the running node's log inside a runner, else `echo`
     @contextlib.contextmanager

@@ -14,6 +14,7 @@ loader re-runs an edited one and records what it ran (`ran`).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import sysconfig
 import threading
@@ -114,7 +115,7 @@ def _read(file: str) -> bytes | None:
 @functools.lru_cache(maxsize=8192)
 def user_file(file: str) -> bool:
     """Whether a module file is the user's own code (or evsys's): not installed (site-packages) nor the standard library."""
-    path = Path(file).resolve()
+    path = _real_path(file)
     return not (_INSTALL_DIRS & set(path.parts) or str(path).startswith(_STDLIB))
 
 
@@ -123,8 +124,24 @@ def _watched_file(file: str) -> bool:
     """A user's own module source: a .py file outside evsys, the standard library and installed packages."""
     if not file.endswith(".py") or not user_file(file):
         return False
-    path = Path(file).resolve()
+    path = _real_path(file)
     return not any(path.is_relative_to(folder) for folder in _evsys_folders())
+
+
+@functools.lru_cache(maxsize=8192)
+def _real_path(file: str) -> Path:
+    """`Path(file).resolve()`, resolving each folder once (a process imports hundreds of modules
+    from a few dozen folders): the folder's real path, then the file's own link if it is one."""
+    file = os.path.abspath(file)
+    if os.path.islink(file):
+        return Path(os.path.realpath(file))
+    folder, name = os.path.split(file)
+    return Path(_real_folder(folder), name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 @functools.lru_cache(maxsize=1)
