@@ -431,3 +431,28 @@ def test_the_canary_key_is_nowhere_on_disk(tmp_path_factory, home):
                     continue
     assert not found
     assert not (home / ".tinker").exists()  # the SDK wrote no credentials or state under HOME
+
+
+def test_a_checkpoint_that_expires_while_a_process_runs_is_seen_gone_once_its_answer_is_old(walkthrough, server, home, monkeypatch):
+    """"Gone" answers are kept for the process; "there" ones only for a minute, so a checkpoint the
+    service expires while a notebook or the Python API keeps running is not trusted for ever."""
+    from evsys_rules.backends.tinker import remote
+
+    existing = checkpoint_manifests(walkthrough.project)[1]["attachments"]["remote"]["refs"]["sampler"]
+    expiring = existing.rsplit("/", 1)[0] + "/expiring-" + uuid.uuid4().hex[:8]
+    with server._lock:  # a copy of a real checkpoint under a path no other test uses
+        server._checkpoints[expiring] = dict(server._checkpoints[existing])
+    for name, value in tinker_env(server, home).items():
+        monkeypatch.setenv(name, value)
+    clock = [1000.0]
+    monkeypatch.setattr(remote, "_clock", lambda: clock[0])
+    assert remote.missing_paths([expiring], server.base_url) == {}
+    server.delete_checkpoint(expiring)
+    clock[0] += remote.EXISTS_FOR_S / 2
+    assert remote.missing_paths([expiring], server.base_url) == {}  # asked within the minute: not asked again
+    clock[0] += remote.EXISTS_FOR_S
+    assert list(remote.missing_paths([expiring], server.base_url)) == [expiring]
+    clock[0] += 10 * remote.EXISTS_FOR_S
+    asked = len(server.requests)
+    assert list(remote.missing_paths([expiring], server.base_url)) == [expiring]  # gone stays gone, unasked
+    assert len(server.requests) == asked

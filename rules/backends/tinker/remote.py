@@ -1,19 +1,24 @@
 """Do a checkpoint's `tinker://` paths still exist on the service? (Tinker checkpoints have a TTL.)
 
-Answers are kept for the process, so a plan asks once per path. Without TINKER_API_KEY, or when
-the service cannot be reached, the answer is "unknown" (None): `plan` stays quick and offline-safe.
+A plan asks once per path: "gone" is kept for the process (a deleted checkpoint never comes
+back), "there" for EXISTS_FOR_S only, since a checkpoint can expire while a long-lived process
+(the Python API, a notebook) runs. Without TINKER_API_KEY, or when the service cannot be reached,
+the answer is "unknown" (None): `plan` stays quick and offline-safe.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Optional
 
 from .errors import service_name
 
 _lock = threading.Lock()
-_exists: dict[tuple[Optional[str], str], bool] = {}
+_exists: dict[tuple[Optional[str], str], tuple[bool, float]] = {}  # (found, when asked)
+EXISTS_FOR_S = 60.0
+_clock = time.monotonic
 _unreachable: set[Optional[str]] = set()  # services a TCP connection did not reach (asked once per process)
 
 
@@ -21,7 +26,7 @@ def missing_paths(paths: list[str], base_url: Optional[str]) -> Optional[dict[st
     """{path: why it is unusable} for the paths the service no longer has; None when it cannot tell."""
     if not os.environ.get("TINKER_API_KEY"):
         return None
-    todo = [p for p in paths if (base_url, p) not in _exists]
+    todo = [p for p in paths if not _known(base_url, p)]
     if todo:
         from .service import reachable, rest_client
 
@@ -44,9 +49,15 @@ def missing_paths(paths: list[str], base_url: Optional[str]) -> Optional[dict[st
             except Exception:  # noqa: BLE001 - cannot tell: assume it is there, the build finds out
                 continue
             with _lock:
-                _exists[(base_url, path)] = found
+                _exists[(base_url, path)] = (found, _clock())
     where = service_name(base_url)
-    return {p: f"{p} no longer exists on {where}" for p in paths if _exists.get((base_url, p)) is False}
+    return {p: f"{p} no longer exists on {where}" for p in paths if _exists.get((base_url, p), (None,))[0] is False}
+
+
+def _known(base_url: Optional[str], path: str) -> bool:
+    """Whether an answer for `path` is still good: "gone" always, "there" for EXISTS_FOR_S."""
+    found, asked = _exists.get((base_url, path), (None, 0.0))
+    return found is False or (found is True and _clock() - asked < EXISTS_FOR_S)
 
 
 def forget(paths: list[str], base_url: Optional[str]) -> None:
