@@ -140,3 +140,21 @@ def test_arms_and_sweeps_resolve_paths_against_base_dir_whether_they_set_a_path_
 def _write(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def test_a_callbacks_path_params_resolve_against_base_dir_in_the_config_and_in_arms(project, tmp_path, monkeypatch):
+    """A tracker's folder (`log_dir`, `dir`) is a path like data's: base_dir resolves it, whether
+    the config, an arm's dotted override or an arm's whole callbacks block sets it."""
+    pytest.importorskip("tensorboard")
+    raw = _raw(project)
+    raw["callbacks"] = [{"kind": "local_logger"}, {"kind": "tensorboard", "params": {"log_dir": "tb"}}]
+    raw["arms"] = [
+        {"name": "base"},
+        {"name": "dotted", "set": {"callbacks.1.params.log_dir": "tb_dotted"}},
+        {"name": "block", "set": {"callbacks": [{"kind": "tensorboard", "params": {"log_dir": "tb_block"}}]}},
+    ]
+    monkeypatch.chdir(tmp_path)
+    loaded = load_config(_write(tmp_path / "elsewhere.yaml", raw), base_dir=project)
+    log_dirs = {arm.name: [c.params.get("log_dir") for c in arm.config.callbacks if c.kind == "tensorboard"] for arm in loaded.arms}
+    base = project.resolve()
+    assert log_dirs == {"base": [str(base / "tb")], "dotted": [str(base / "tb_dotted")], "block": [str(base / "tb_block")]}

@@ -12,19 +12,19 @@ SOURCE_PATH_PARAMS = ("path", "paths")  # data.params entries that name files (a
 
 def rebase_paths(raw: dict, base: Path) -> dict:
     """A copy of `raw` with every relative path made absolute under `base`: data.path and the
-    source's path params, benchmark paths, output_dir, .py plugins, a model folder that exists
-    under `base`, and the same paths wherever `arms:` or `sweep:` set them (a dotted path, or a
-    whole block that holds them)."""
+    source's path params, a callback's path params (`log_dir`), benchmark paths, output_dir, .py
+    plugins, a model folder that exists under `base`, and the same paths wherever `arms:` or
+    `sweep:` set them (a dotted path, or a whole block that holds them)."""
     out = copy.deepcopy(raw)
     _rebase_config(out, base)
     data = out.get("data") if isinstance(out.get("data"), dict) else {}
     for arm in out.get("arms") or [] if isinstance(out.get("arms"), list) else []:
         if isinstance(arm, dict) and isinstance(arm.get("set"), dict):
             kind = _set_source_kind(arm["set"], data.get("source_kind", "jsonl"))
-            arm["set"] = {k: _rebase_override(k, v, base, kind) for k, v in arm["set"].items()}
+            arm["set"] = {k: _rebase_override(k, v, base, kind, out) for k, v in arm["set"].items()}
     if isinstance(out.get("sweep"), dict):
         kind = data.get("source_kind", "jsonl")
-        out["sweep"] = {k: [_rebase_override(k, v, base, kind) for v in vs] if isinstance(vs, list) else vs for k, vs in out["sweep"].items()}
+        out["sweep"] = {k: [_rebase_override(k, v, base, kind, out) for v in vs] if isinstance(vs, list) else vs for k, vs in out["sweep"].items()}
     return out
 
 
@@ -47,11 +47,17 @@ def _rebase_config(out: dict, base: Path) -> None:
     for bench in benchmarks if isinstance(benchmarks, list) else []:
         if isinstance(bench, dict):
             _rebase_key(bench, "path", base)
+    callbacks = out.get("callbacks")
+    for block in callbacks if isinstance(callbacks, list) else []:
+        if isinstance(block, dict) and isinstance(block.get("params"), dict):
+            for key in _callback_path_params(block.get("kind")):
+                _rebase_key(block["params"], key, base)
 
 
-def _rebase_override(dotted_path: str, value, base: Path, source_kind):
+def _rebase_override(dotted_path: str, value, base: Path, source_kind, config: dict):
     """The value an `arms:`/`sweep:` entry sets at `dotted_path`, rebased as it would be at that
-    place in a config: the value is put into an otherwise empty config, which is rebased."""
+    place in a config: the value is put into an otherwise empty config, which is rebased (with the
+    kinds `config` has there: which params of a source or callback are paths)."""
     parts = dotted_path.split(".")
     if not parts[0] or parts[0].isdigit():
         return value
@@ -62,13 +68,30 @@ def _rebase_override(dotted_path: str, value, base: Path, source_kind):
     borrowed = isinstance(data, dict) and "source_kind" not in data
     if borrowed:
         data["source_kind"] = source_kind  # which params of the source are paths
+    callback = _overridden_callback(parts, skeleton, config)
     _rebase_config(skeleton, base)
     if borrowed:
         del data["source_kind"]
+    if callback is not None:
+        del callback["kind"]
     node = skeleton
     for part in parts:
         node = node[0] if part.isdigit() else node[part]
     return node
+
+
+def _overridden_callback(parts: list[str], skeleton: dict, config: dict) -> dict | None:
+    """For `callbacks.<i>.params...`: the skeleton's callback block, given the kind the config's
+    callback <i> has (removed again after rebasing); None for any other path."""
+    if len(parts) < 2 or parts[0] != "callbacks" or not parts[1].isdigit():
+        return None
+    blocks, index = config.get("callbacks"), int(parts[1])
+    kind = blocks[index].get("kind") if isinstance(blocks, list) and index < len(blocks) and isinstance(blocks[index], dict) else None
+    block = skeleton["callbacks"][0]
+    if kind is None or not isinstance(block, dict) or "kind" in block:
+        return None
+    block["kind"] = kind
+    return block
 
 
 def _set_source_kind(overrides: dict, default):
@@ -86,6 +109,14 @@ def _source_path_params(kind) -> tuple[str, ...]:
     if isinstance(kind, str) and kind in kinds.sources:
         extra = tuple(getattr(kinds.sources.get(kind), "path_params", ()))
     return SOURCE_PATH_PARAMS + extra
+
+
+def _callback_path_params(kind) -> tuple[str, ...]:
+    from ..plugins import kinds  # lazily, as above
+
+    if isinstance(kind, str) and kind in kinds.callbacks:
+        return tuple(getattr(kinds.callbacks.get(kind), "path_params", ()))
+    return ()
 
 
 def _rebase_key(block: dict, key: str, base: Path) -> None:

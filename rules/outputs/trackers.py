@@ -54,6 +54,8 @@ class TensorBoardLogger(Callback):
     `<log_dir>/<run_name>[/<arm>]`, rewritten with the whole run by every build (its old event
     files there are replaced), so TensorBoard always shows each arm once."""
 
+    path_params = ("log_dir",)  # the Python API's base_dir resolves it
+
     class Config(BaseModel, extra="forbid"):
         log_dir: Optional[str] = None  # default: <output_dir>/tensorboard
         flush_secs: int = Field(10, ge=1)  # how often the writer flushes to disk
@@ -102,6 +104,8 @@ class WandbLogger(Callback):
     each eval metric at its step (all against a `step` axis, so evals may arrive after later train
     steps), the build's status in the summary. Offline without a network: `mode: offline` or
     WANDB_MODE=offline (then `wandb sync` uploads later); WANDB_DIR or `dir` say where files go."""
+
+    path_params = ("dir",)  # the Python API's base_dir resolves it
 
     class Config(BaseModel, extra="forbid"):
         project: Optional[str] = None  # default: the experiment's name
