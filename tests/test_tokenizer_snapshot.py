@@ -215,3 +215,27 @@ def test_the_process_wide_tokenizer_reloads_when_any_keyed_file_changes(model_co
         assert load_tokenizer(str(model_copy)) is not first
     finally:
         extra.unlink()
+
+
+def test_a_file_edited_within_its_timestamp_tick_is_not_vouched_for_by_its_stat(model_copy, monkeypatch):
+    """Two same-size writes within one timestamp tick leave a file's stat as it was: while a file
+    is that fresh, the process-wide caches (the tokenizer, the snapshot key) are not used. Here
+    the stat is frozen on purpose, as a coarse clock would leave it."""
+    from evsys_rules.data import chat_tokens
+
+    template = model_copy / "tokenizer_config.json"
+    original = template.read_text()
+    frozen = chat_tokens.stat_stamp([template])
+    frozen = tuple((name, size, chat_tokens.time.time_ns(), ctime, ino) for name, size, _, ctime, ino in frozen)  # written just now
+    monkeypatch.setattr(tokenizer_snapshot, "stat_stamp", lambda files: frozen)
+    monkeypatch.setattr(chat_tokens, "stat_stamp", lambda files: frozen)
+    before, first = snapshot_key(str(model_copy)), load_tokenizer(str(model_copy))
+    config = json.loads(original)
+    config["chat_template"] = config["chat_template"].replace("<|im_start|>", "<|im_START|>", 1)
+    template.write_text(json.dumps(config))
+    try:
+        assert snapshot_key(str(model_copy)) != before
+        second = load_tokenizer(str(model_copy))
+        assert second is not first and second.chat_template != first.chat_template
+    finally:
+        template.write_text(original)

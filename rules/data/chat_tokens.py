@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from evsys_build.errors import ConfigError
+from evsys_build.statcache import RACY_NS
 
 from ..models.resolve import tokenizer_files
 from .chat_render import chat_renderer
@@ -54,12 +56,21 @@ def load_tokenizer(model_dir: str):
     """The model's own tokenizer, from its directory, offline; reloaded when any file the keys
     cover changes (every non-weight file: an edited chat template or added_tokens.json must
     never be served from a process-wide cache)."""
-    return _load_tokenizer(str(model_dir), stat_stamp(tokenizer_files(Path(model_dir))))
+    stamp = stat_stamp(tokenizer_files(Path(model_dir)))
+    return load_tokenizer_uncached(str(model_dir)) if racy(stamp) else _load_tokenizer(str(model_dir), stamp)
 
 
 def stat_stamp(files: list[Path]) -> tuple:
-    """The files' stat identities: a process-wide cache keyed by it reloads when any file changes."""
+    """The files' stat identities: a process-wide cache keyed by it reloads when any file changes
+    (unless `racy`: then it must not be used at all)."""
     return tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()])
+
+
+def racy(stamp: tuple) -> bool:
+    """Whether a file of `stamp` changed too recently for its stat to vouch for its bytes: a second
+    same-size write within one timestamp tick leaves the stat as it was (git's racy-clean rule)."""
+    now = time.time_ns()
+    return any(now - mtime < RACY_NS for _, _, mtime, _, _ in stamp)
 
 
 @functools.lru_cache(maxsize=8)

@@ -33,7 +33,7 @@ from evsys_build.hashing import digest
 from ..ml_stack import preload_chat_templates
 from ..models.resolve import tokenizer_files
 from ..plugins.code_identity import code_identity, library_versions
-from .chat_tokens import load_tokenizer, load_tokenizer_uncached, stat_stamp
+from .chat_tokens import load_tokenizer, load_tokenizer_uncached, racy, stat_stamp
 from .saved_recipes import recipes_path, save_recipes, seed_recipes
 
 SNAPSHOT_LIBRARIES = ("transformers", "tokenizers", "jinja2")
@@ -122,7 +122,9 @@ def tokenizer_code() -> str:
 
 def snapshot_key(model_dir: str, code: str | None = None) -> str:
     """The memo key of a model folder's snapshot (cached while the files' stats are unchanged)."""
-    return _snapshot_key(str(model_dir), stat_stamp(tokenizer_files(Path(model_dir))), code or tokenizer_code())
+    stamp = stat_stamp(tokenizer_files(Path(model_dir)))
+    compute = _snapshot_key.__wrapped__ if racy(stamp) else _snapshot_key  # a racy stat vouches for nothing
+    return compute(str(model_dir), stamp, code or tokenizer_code())
 
 
 @functools.lru_cache(maxsize=8)
