@@ -229,5 +229,14 @@ cli_diff.register(main, cache_option)
 cli_export.register(main, cache_option)
 
 
+def command_line() -> None:
+    """The `evsys` executable (and `python -m evsys_build.cli`): the commands, then an exit that
+    skips the collector's last pass over everything the command imported (collector.py)."""
+    try:
+        main()
+    finally:
+        collector.before_exit()
+
+
 if __name__ == "__main__":  # `python -m evsys_build.cli ...`
-    main()
+    command_line()

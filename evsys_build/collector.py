@@ -7,6 +7,11 @@ counting meanwhile; only objects in reference cycles wait for the collector, and
 few. So a command pauses it on start, and it is resumed where work of unbounded length begins
 (running nodes, `validate --deep`) and when the command ends. A process that had it off already
 keeps it off.
+
+The interpreter's shutdown runs one more full collection, over everything the process imported:
+60 ms after a `plan` whose whole work took under half a second. The `evsys` executable is about
+to exit, so it freezes (`gc.freeze`) what is alive instead, and the shutdown's pass skips it: the
+operating system takes the memory back either way, and what evsys writes is closed explicitly.
 """
 
 from __future__ import annotations
@@ -30,3 +35,8 @@ def resume() -> None:
     if _paused:
         _paused = False
         gc.enable()
+
+
+def before_exit() -> None:
+    """Called by the `evsys` executable as it exits (never by a process that goes on)."""
+    gc.freeze()
