@@ -76,3 +76,14 @@ def test_sweep_plan_times_a_plan_of_as_many_arms_as_asked(tmp_path):
     from evsys_rules.config.loading import load_config
 
     assert len(load_config(config).arms) == 3
+
+
+def test_sweep_plan_alternates_with_a_baseline_revision(tmp_path, capsys):
+    """--baseline runs the same plan with a git revision's code (here HEAD), each side from its own
+    source folder and store; a failed plan on either side exits."""
+    sweep_plan = load("sweep_plan")
+    sweep_plan.compare(2, 1, "HEAD", tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[3:5] for line in out[:2]] == [["this", "tree"], ["HEAD", "median"]]
+    assert out[2].startswith("ratio this tree / HEAD: ")
+    assert (tmp_path / "baseline" / "evsys_build" / "cli.py").is_file()  # the revision's code, unpacked
