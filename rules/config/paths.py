@@ -103,20 +103,19 @@ def _set_source_kind(overrides: dict, default):
 
 
 def _source_path_params(kind) -> tuple[str, ...]:
-    from ..plugins import kinds  # lazily: config modules import no registries at import time
-
-    extra = ()
-    if isinstance(kind, str) and kind in kinds.sources:
-        extra = tuple(getattr(kinds.sources.get(kind), "path_params", ()))
-    return SOURCE_PATH_PARAMS + extra
+    return SOURCE_PATH_PARAMS + _declared_path_params("sources", kind)
 
 
 def _callback_path_params(kind) -> tuple[str, ...]:
-    from ..plugins import kinds  # lazily, as above
+    return _declared_path_params("callbacks", kind)
 
-    if isinstance(kind, str) and kind in kinds.callbacks:
-        return tuple(getattr(kinds.callbacks.get(kind), "path_params", ()))
-    return ()
+
+def _declared_path_params(registry: str, kind) -> tuple[str, ...]:
+    """The `path_params` a kind's class declares (none for a kind no registry knows)."""
+    from ..plugins import kinds  # lazily: config modules import no registries at import time
+
+    known = getattr(kinds, registry)
+    return tuple(getattr(known.get(kind), "path_params", ())) if isinstance(kind, str) and kind in known else ()
 
 
 def _rebase_key(block: dict, key: str, base: Path) -> None:

@@ -36,14 +36,18 @@ class Registry:
         def decorate(obj: Any) -> Any:
             if self.protocol is not None:
                 check_protocol(obj, self.protocol, f"{self.kind} {name!r}")
-            current, provider = self._items.get(name), self._providers.get(name)
-            late_builtin = provider is not None and getattr(obj, "__module__", None) == provider
-            if not (late_builtin and current is not None and not isinstance(current, _Provided)
-                    and getattr(current, "__module__", None) != provider):
+            if not self._taken_from_builtin(name, obj):
                 self._items[name] = obj
             return obj
 
         return decorate
+
+    def _taken_from_builtin(self, name: str, obj: Any) -> bool:
+        """Whether `obj` is a provided built-in registering late, under a name a plugin took meanwhile."""
+        provider, current = self._providers.get(name), self._items.get(name)
+        if provider is None or getattr(obj, "__module__", None) != provider:
+            return False
+        return current is not None and not isinstance(current, _Provided) and getattr(current, "__module__", None) != provider
 
     def provide(self, name: str, module: str, attribute: str) -> None:
         """A built-in kind whose module is imported when the name is first looked up: `module`
