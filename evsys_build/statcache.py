@@ -11,10 +11,7 @@ from pathlib import Path
 import xxhash
 
 from .atomic import write_atomic
-from .watch import watch
-
-
-RACY_NS = 2_000_000_000  # like git's racy-clean check: a file modified this recently is rehashed
+from .watch import RACY_NS, watch
 
 
 class StatCache:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-RACY_NS = 2_000_000_000  # a file changed this recently may change again within its mtime tick
+RACY_NS = 2_000_000_000  # a file changed this recently may change again within its mtime tick (git's racy-clean rule); every stat-keyed cache uses this one
 
 _current: contextvars.ContextVar["Watcher | None"] = contextvars.ContextVar("evsys_watcher", default=None)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evsys_build.errors import ConfigError
-from evsys_build.statcache import RACY_NS
+from evsys_build.watch import RACY_NS
 
 from ..models.resolve import tokenizer_files
 from .chat_render import chat_renderer

@@ -43,7 +43,7 @@ from pathlib import Path
 import xxhash
 
 from evsys_build.atomic import write_atomic
-from evsys_build.watch import unwatchable, watch
+from evsys_build.watch import RACY_NS, unwatchable, watch
 
 from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
 from .code_units import Binding, file_stamp, stat_stamp, module_bindings, module_statements, module_text, module_units, unit_of
@@ -131,8 +131,6 @@ class IdentityCache:
     changed in the last two seconds is never trusted, as git treats racy-clean files). Saves
     parsing the rules' modules on every `plan` and no-op build."""
 
-    RACY_NS = 2_000_000_000
-
     def __init__(self, path: Path):
         self.path = path
         self.entries: dict | None = None
@@ -156,7 +154,7 @@ class IdentityCache:
         for file in files:
             watch(file)
         stamps = {f: _stamp(f) for f in files}
-        if any(s is None or time.time_ns() - s[1] < self.RACY_NS for s in stamps.values()):
+        if any(s is None or time.time_ns() - s[1] < RACY_NS for s in stamps.values()):
             return
         self._load()[key] = {"identity": identity, "files": stamps, "python": sys.version}
         self.dirty = True

@@ -20,8 +20,7 @@ from pathlib import Path
 import xxhash
 
 from evsys_build.errors import HashingError
-
-_RACY_NS = 2_000_000_000
+from evsys_build.watch import RACY_NS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +110,7 @@ def file_stamp(file: str) -> tuple | None:
     stamp = stat_stamp(file)
     if stamp is None:
         return None
-    if time.time_ns() - stamp[1] < _RACY_NS:
+    if time.time_ns() - stamp[1] < RACY_NS:
         try:
             return (*stamp, xxhash.xxh3_128_hexdigest(Path(file).read_bytes()))
         except OSError:
