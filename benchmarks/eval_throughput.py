@@ -49,9 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate() call, both sides")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    p.add_argument("--decode", choices=["auto", "static", "generate-static", "dynamic"], default="auto",
+    p.add_argument("--decode", choices=["auto", "static", "static-trees", "generate-static", "dynamic"], default="auto",
                    help="the local side's decode_cache: auto = the backend's default (static on CUDA); static = the "
-                        "static-cache greedy loop (compiled on CUDA); generate-static = transformers' generate with "
+                        "static-cache greedy loop (on CUDA its step compiled and captured as one CUDA graph); "
+                        "static-trees = the same loop with the step compiled in torch's reduce-overhead mode "
+                        "(torch's CUDA graph trees, no capture of our own); generate-static = transformers' generate with "
                         "its static cache (compiled on CUDA); dynamic = generate with its dynamic cache")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per side; the median is reported")
     p.add_argument("--diagnose", action="store_true",
@@ -71,14 +73,19 @@ def make_prompts(tok, n: int) -> list[list[int]]:
     ]
 
 
-def run_local(model_dir: Path, blobs: dict, prompts, stops, args) -> tuple[float, list, float]:
-    """(seconds, completions, seconds of the first call, compilation included)."""
-    cache = {"auto": "auto", "static": "static", "generate-static": "static", "dynamic": "dynamic"}[args.decode]
+def run_local(model_dir: Path, blobs: dict, prompts, stops, args) -> tuple[float, list, float, bool]:
+    """(seconds, completions, seconds of the first call with compilation, whether the step replays as our CUDA graph)."""
+    cache = {"auto": "auto", "static": "static", "static-trees": "static", "generate-static": "static",
+             "dynamic": "dynamic"}[args.decode]
     backend = LocalBackend(LocalBackendConfig(device=args.device, dtype=args.dtype, sample_batch_size=args.batch_size,
                                               decode_cache=cache))
     sampler = backend.sampling_client_from_weights(model_dir, blobs)
     if args.decode == "generate-static":
         sampler._greedy_decoder = lambda: None  # noqa: SLF001 (measure transformers' own static path)
+    if args.decode == "static-trees":
+        from evsys_rules.backends.local.greedy_decode import StaticGreedyDecoder
+
+        sampler._greedy = StaticGreedyDecoder(sampler.model, compiled=sampler.device.type == "cuda", capture=False)  # noqa: SLF001
     started = time.perf_counter()
     sampler.sample(prompts[: args.batch_size], max_tokens=args.max_tokens, stop_token_ids=stops)  # warm up
     _sync(sampler.device)
@@ -89,7 +96,8 @@ def run_local(model_dir: Path, blobs: dict, prompts, stops, args) -> tuple[float
         out = sampler.sample(prompts, max_tokens=args.max_tokens, stop_token_ids=stops)
         _sync(sampler.device)
         times.append(time.perf_counter() - started)
-    return statistics.median(times), [o[0] for o in out], first_call
+    state = getattr(getattr(sampler, "_greedy", None), "_state", None)  # noqa: SLF001 (whether a graph replays)
+    return statistics.median(times), [o[0] for o in out], first_call, state is not None and state.graph is not None
 
 
 def run_generate(model_dir: Path, prompts, stops, args, pad: int) -> tuple[float, list]:
@@ -170,13 +178,13 @@ def main(argv=None) -> dict:
         stops = end_of_turn_ids(tok)
         weights = {"evsys_weights.json": json.dumps({"format": "full", "lora_rank": 0}).encode(),
                    "model.safetensors": (model_dir / "model.safetensors").read_bytes()}
-        local_s, local_out, first_call = run_local(model_dir, weights, prompts, stops, args)
+        local_s, local_out, first_call, captured = run_local(model_dir, weights, prompts, stops, args)
         base_s, base_out = run_generate(model_dir, prompts, stops, args, tok.pad_token_id or 0)
     new_tokens = sum(len(o) for o in local_out)
     results = {"preset": args.preset, "prompts": args.prompts, "max_tokens": args.max_tokens, "decode": args.decode,
                "dtype": args.dtype, **agreement(local_out, base_out),
                "new_tokens": new_tokens, "local_tok_s": new_tokens / local_s, "generate_tok_s": sum(len(o) for o in base_out) / base_s,
-               "first_call_s": first_call, "repeat": args.repeat}
+               "first_call_s": first_call, "repeat": args.repeat, "captured": captured}
     results["speedup"] = results["local_tok_s"] / results["generate_tok_s"]
     batches = -(-args.prompts // args.batch_size)
     results["local_ms_per_decode_step"] = 1000 * local_s / (batches * args.max_tokens)  # upper bound: prefill included

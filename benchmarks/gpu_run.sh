@@ -7,6 +7,9 @@
 #   PRESET=tiny bash benchmarks/gpu_run.sh /tmp/o # the same steps on CPU with a tiny model (dry run)
 #   ONLY="train eval_bf16" bash benchmarks/gpu_run.sh # some of the steps
 #
+# With WHEELS=DIR, the wheels there are installed into /tmp/site first, and the repository itself is put
+# on the path (a GPU machine of this workplace has torch but neither pydantic nor this transformers).
+#
 # Each step has its own time limit and writes one JSON line to OUT_DIR; a failed step does not stop
 # the ones after it. Needs evsys importable (an install, or PYTHONPATH) and its `local` extra.
 set -u
@@ -14,6 +17,13 @@ out=${1:-${OUT:-/tmp/evsys-gpu}}
 preset=${PRESET:-0.5b}
 py=${PYTHON:-python3}
 mkdir -p "$out"
+if [ -n "${WHEELS:-}" ]; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
+    mkdir -p /tmp/src
+    for pkg in evsys_build evsys_sdk; do ln -sfn "$PWD/$pkg" /tmp/src/$pkg; done
+    ln -sfn "$PWD/rules" /tmp/src/evsys_rules
+    export PYTHONPATH=/tmp/site:/tmp/src${PYTHONPATH:+:$PYTHONPATH}
+fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 step() {  # step NAME SECONDS ARGS...: run one benchmark, keep its JSON line and its log
@@ -37,12 +47,14 @@ EOF
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
 
 if [ "$preset" = tiny ]; then
-    step train 300 benchmarks/train_throughput.py --preset tiny --steps 2 --warmup 1 --batch-size 4
+    step train 300 benchmarks/train_throughput.py --preset tiny --steps 2 --warmup 1 --batch-size 4 --compile both --profile 1
     step eval_bf16 300 benchmarks/eval_throughput.py --preset tiny --prompts 70 --max-tokens 24 --decode static
     step eval_fp32 300 benchmarks/eval_throughput.py --preset tiny --prompts 70 --max-tokens 24 --decode static --dtype float32
 else
-    step train 200 benchmarks/train_throughput.py --preset 0.5b --device cuda --steps 20 --warmup 2 --batch-size 16 --min-len 50 --max-len 1000 --profile 2
-    step eval_bf16 210 benchmarks/eval_throughput.py --preset 0.5b --device cuda --prompts 128 --max-tokens 128 --repeat 3 --diagnose
+    TORCH_LOGS="recompiles,graph_breaks" step train 300 benchmarks/train_throughput.py --preset 0.5b --device cuda --steps 12 --warmup 3 --batch-size 16 --min-len 50 --max-len 1000 --compile both --profile 2
+    step eval_bf16 200 benchmarks/eval_throughput.py --preset 0.5b --device cuda --prompts 128 --max-tokens 128 --repeat 3 --diagnose
     step eval_fp32 150 benchmarks/eval_throughput.py --preset 0.5b --device cuda --prompts 64 --max-tokens 64 --dtype float32
+    # the decode step in torch's own CUDA graph trees (reduce-overhead), for comparison with our capture
+    step eval_trees 200 benchmarks/eval_throughput.py --preset 0.5b --device cuda --prompts 128 --max-tokens 128 --decode static-trees --diagnose
 fi
 echo "== done in $SECONDS s"

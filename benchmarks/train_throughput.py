@@ -32,6 +32,8 @@ PRESETS = {
     "0.5b": {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
              "head_dim": 128, "intermediate_size": 3072},
 }
+LOCAL_SIDES = {"off": [("local", False)], "on": [("local_compiled", True)],
+               "both": [("local", False), ("local_compiled", True)]}
 LOSS_FRACTION = 0.3
 LEARNING_RATE = 1e-5
 
@@ -50,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                   help="the local side's `compile` setting (torch.compile per decoder layer; CUDA only); both = "
+                        "run the local side twice, eager then compiled, against one baseline")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after the timed steps, profile this many more steps of each side (torch.profiler) and "
@@ -81,14 +86,15 @@ def synthetic_data(count: int, min_len: int, max_len: int, seed: int = 0) -> lis
     return rows
 
 
-def run_local(model_dir: Path, data, args, total_steps: int) -> dict:
-    backend = LocalBackend(LocalBackendConfig(device=args.device, dtype=args.dtype))
+def run_local(model_dir: Path, data, args, total_steps: int, compiled: bool = False) -> dict:
+    backend = LocalBackend(LocalBackendConfig(device=args.device, dtype=args.dtype, compile=compiled))
+    started = time.perf_counter()
     client = backend.create_training_client(model_dir, args.lora_rank, seed=0)
     cfg = SFTConfig(learning_rate=LEARNING_RATE, max_steps=total_steps + args.profile, batch_size=args.batch_size,
                     lora_rank=args.lora_rank)  # the profiled steps come after the timed ones
     sync = _synchronizer(client.device)
     marks: list[float] = []
-    profiler = _StepProfiler("local", client.device, total_steps, args.profile)
+    profiler = _StepProfiler("local (compiled)" if compiled else "local", client.device, total_steps, args.profile)
 
     def on_step(step, metrics):
         sync()
@@ -96,6 +102,7 @@ def run_local(model_dir: Path, data, args, total_steps: int) -> dict:
         profiler.step(step)
 
     start = time.perf_counter()
+    setup_s = start - started
     metrics = train_sft(client, data, cfg, seed=0, save_steps=set(), resume=None, on_step=on_step,
                         on_checkpoint=lambda *a: None)
     metrics, marks = metrics[:total_steps], marks[:total_steps]
@@ -104,7 +111,8 @@ def run_local(model_dir: Path, data, args, total_steps: int) -> dict:
     tokens = sum(m["num_tokens"] for m in timed)
     return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed),
             "final_nll": metrics[-1]["train_mean_nll"], "peak_mem_gib": _peak_memory(client.device),
-            "device": str(client.device), "dtype": client.info()["dtype"]}
+            "device": str(client.device), "dtype": client.info()["dtype"], "compiled": compiled,
+            "warmup_s": round(setup_s + (marks[args.warmup - 1] - start if args.warmup else 0.0), 1)}
 
 
 def run_baseline(model_dir: Path, data, args, total_steps: int) -> dict:
@@ -206,11 +214,17 @@ class _StepProfiler:
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
             self.profile = profile(activities=activities)
             self.profile.__enter__()
+            self.started = time.perf_counter()
         elif step == self.after + self.extra and self.profile is not None:
+            wall = time.perf_counter() - self.started
             self.profile.__exit__(None, None, None)
-            sort = "cuda_time_total" if self.cuda else "cpu_time_total"
-            print(f"== profile of {self.side}, {self.extra} steps, by {sort}", file=sys.stderr)
-            print(self.profile.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr, flush=True)
+            table = self.profile.key_averages()
+            sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+            on_device = [e for e in table if not self.cuda or str(getattr(e, "device_type", "")).endswith("CUDA")]
+            busy = sum(getattr(e, sort, 0) for e in on_device) / 1e6  # kernels' own time (microseconds), each once
+            print(f"== profile of {self.side}, {self.extra} steps in {wall:.3f} s wall; "
+                  f"{'GPU' if self.cuda else 'CPU'} busy {busy:.3f} s (self time summed), by {sort}", file=sys.stderr)
+            print(table.table(sort_by=sort, row_limit=30), file=sys.stderr, flush=True)
 
 
 def _release_memory() -> None:
@@ -243,29 +257,43 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="evsys-bench-") as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", seed=0, **shape)
         results = {"shape": shape, "batch_size": args.batch_size, "steps": args.steps,
-                   "lengths": [args.min_len, args.max_len], "local": run_local(model_dir, data, args, total_steps)}
-        print(json.dumps({"partial": True, **results}), file=sys.stderr, flush=True)  # kept if the baseline fails
-        _release_memory()
+                   "lengths": [args.min_len, args.max_len]}
+        for side, compiled in LOCAL_SIDES[args.compile]:
+            try:
+                results[side] = run_local(model_dir, data, args, total_steps, compiled)
+            except Exception as error:  # noqa: BLE001 (a failed variant is reported; the others still run)
+                results[side] = {"error": f"{type(error).__name__}: {error}"}
+            print(json.dumps({"partial": True, **results}), file=sys.stderr, flush=True)  # kept if a later side fails
+            _release_memory()
         if not args.skip_baseline:
             results["baseline"] = run_baseline(model_dir, data, args, total_steps)
-            results["speedup"] = results["local"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
+            for side, _ in LOCAL_SIDES[args.compile]:
+                if "tokens_per_s" in results[side]:
+                    results[side]["speedup"] = results[side]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
+            first = LOCAL_SIDES[args.compile][0][0]
+            results["speedup"] = results[first].get("speedup")
         flops_per_token = training_flops_per_token(model_dir, args.lora_rank, (args.min_len + args.max_len) / 2)
-        peak = args.peak_tflops or _default_peak_tflops(results["local"]["device"])
-        for side in ("local", "baseline"):
-            if side in results:
+        device = next((r["device"] for r in results.values() if isinstance(r, dict) and "device" in r), "cpu")
+        peak = args.peak_tflops or _default_peak_tflops(device)
+        for side in ("local", "local_compiled", "baseline"):
+            if "tokens_per_s" in results.get(side, {}):
                 results[side]["mfu"] = results[side]["tokens_per_s"] * flops_per_token / (peak * 1e12) if peak else None
     if args.json:
         print(json.dumps(results))
     else:
         print(f"shape {shape}  batch {args.batch_size}  lengths {args.min_len}-{args.max_len}  timed steps {args.steps}")
-        for side in ("local", "baseline"):
+        for side in ("local", "local_compiled", "baseline"):
             if side in results:
                 r = results[side]
+                if "error" in r:
+                    print(f"{side:14s} failed: {r['error']}")
+                    continue
                 mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-                print(f"{side:9s} {r['tokens_per_s']:10.0f} real tok/s  {r['s_per_step']:.3f} s/step  "
+                print(f"{side:14s} {r['tokens_per_s']:10.0f} real tok/s  {r['s_per_step']:.3f} s/step  "
                       f"nll {r['final_nll']:.3f}  {r['device']} {r['dtype']}  peak {r['peak_mem_gib']} GiB  MFU {mfu}")
-        if "speedup" in results:
-            print(f"speedup local/baseline: {results['speedup']:.2f}x")
+        for side, _ in LOCAL_SIDES[args.compile]:
+            if results[side].get("speedup"):
+                print(f"speedup {side}/baseline: {results[side]['speedup']:.2f}x")
     return results
 
 

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from evsys_rules.backends.local import LocalBackend, LocalBackendConfig  # noqa: E402
 from evsys_rules.backends.local import kernels  # noqa: E402
-from evsys_rules.backends.local.greedy_decode import CACHE_BUCKET, cache_length  # noqa: E402
+from evsys_rules.backends.local.greedy_decode import CACHE_BUCKET, WARM_STEPS, StaticGreedyDecoder, cache_length  # noqa: E402
 from evsys_rules.models.tiny import build_tiny_model  # noqa: E402
 
 
@@ -41,6 +41,9 @@ def test_static_greedy_loop_gives_generates_tokens(samplers):
     batch = prompts(7, seed=0)  # 4 + a short batch of 3, filled up to 4 and cut back
     reference = dynamic.sample(batch, max_tokens=40)
     assert static._greedy_decoder() is not None  # noqa: SLF001 (the loop is in use, not generate)
+    config = static.model.config
+    assert config._attn_implementation == kernels.DECODE_ATTENTION  # noqa: SLF001 (grouped decode attention, checked here)
+    assert config.num_attention_heads > config.num_key_value_heads  # the grouped path, not the plain one
     assert static.sample(batch, max_tokens=40) == reference
     assert all(len(c[0]) == 40 for c in reference)
 
@@ -85,6 +88,54 @@ def test_sampling_with_temperature_still_goes_through_generate(samplers):
     hot = static.sample(batch, max_tokens=8, temperature=1.0, n=2, seed=7)
     assert hot == static.sample(batch, max_tokens=8, temperature=1.0, n=2, seed=7)
     assert [len(c) for c in hot] == [2, 2, 2]
+
+
+class ReplayedStep:
+    """Stands in for a captured CUDA graph on CPU: a replay runs the recorded step on the same buffers."""
+
+    def __init__(self, decoder, state):
+        self.decoder, self.state, self.replays = decoder, state, 0
+
+    def replay(self):
+        self.replays += 1
+        self.decoder._step(self.state)  # noqa: SLF001
+
+
+def test_a_captured_step_replays_to_generates_tokens(samplers, monkeypatch):
+    """On a GPU the step is captured once per (batch, cache length) after WARM_STEPS compiled steps and
+    then only replayed, also by later calls of that shape: every token still equals generate's."""
+    dynamic, static = samplers
+    decoder = StaticGreedyDecoder(static.model, compiled=False, capture=True)
+    graphs = []
+    monkeypatch.setattr(decoder, "_capture", lambda state: graphs.append(ReplayedStep(decoder, state)) or graphs[-1])
+    monkeypatch.setattr(static, "_greedy", decoder)
+    first, second = prompts(4, seed=8), prompts(4, seed=9)
+    assert static.sample(first, max_tokens=30) == dynamic.sample(first, max_tokens=30)
+    assert static.sample(second, max_tokens=30) == dynamic.sample(second, max_tokens=30)
+    assert len(graphs) == 1  # one shape, one capture
+    assert graphs[0].replays == (30 - 1 - WARM_STEPS) + (30 - 1)
+
+
+def test_a_sliding_window_cache_is_never_captured(tmp_path):
+    """A sliding-window cache layer counts positions in a Python int, which a replayed graph would
+    freeze: such a model decodes step by step, with generate's tokens."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(vocab_size=3000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    decoder = StaticGreedyDecoder(model, compiled=False, capture=True)
+    batch = prompts(2, seed=10)
+    width = max(map(len, batch))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    ours = decoder.generate(ids, mask, 12, [])
+    assert decoder._state.capture_failed and decoder._state.graph is None  # noqa: SLF001 (refused before any CUDA call)
+    with torch.no_grad():
+        reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert ours.tolist() == reference[:, width:].tolist()
 
 
 @pytest.mark.parametrize("signature", ["torch 2.13", "torch 2.11"])

@@ -257,3 +257,22 @@ def test_dropout_masks_come_from_the_seed_not_the_process(tmp_path):
 
     assert loss(0, 1) == loss(0, 2)
     assert loss(0, 1) != loss(1, 1)  # dropout is on: another seed draws other masks
+
+
+def test_compiled_layers_need_the_varlen_kernel(model_dir):
+    """`compile` compiles each decoder layer over the varlen kernel (CUDA, bf16); over the SDPA loop,
+    whose per-sequence Python would recompile on every batch, it is refused in one line."""
+    with pytest.raises(ConfigError, match=r"backend\.local\.compile: needs the varlen attention kernel"):
+        LocalBackend(LocalBackendConfig(device="cpu", compile=True)).create_training_client(model_dir, lora_rank=0, seed=0)
+
+
+def test_a_sampler_snapshot_of_compiled_layers_runs_eagerly(model_dir):
+    """A sampler taken during compiled training copies the weights, not the layers' compiled entry
+    points (which would still call the training model's layers)."""
+    client = LocalBackend(CPU).create_training_client(model_dir, lora_rank=0, seed=0)
+    for layer in client.model.model.layers:
+        layer.compile(dynamic=True)  # what compile: true does on a GPU; nothing compiles until a call
+    sampler = client.sampling_client()
+    assert all(m._compiled_call_impl is None for m in sampler.model.modules())  # noqa: SLF001
+    assert all(layer._compiled_call_impl is not None for layer in client.model.model.layers)  # noqa: SLF001 (training's kept)
+    assert len(sampler.sample([[5, 6, 7]], max_tokens=3)[0][0]) == 3

@@ -6,7 +6,6 @@ torch is imported inside functions only.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 from ..base import Datum
@@ -29,14 +28,13 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
 
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     bounds = kwargs.get("evsys_bounds")
-    if cu_seq_lens is None or bounds is None:
+    if cu_seq_lens is None or (bounds is None and kwargs.get("evsys_kernel") != "varlen"):
         raise RuntimeError("evsys_packed attention needs cu_seq_lens_q and evsys_bounds (use LocalTrainingClient)")
     if query.shape[0] != 1:
         raise RuntimeError(f"evsys_packed attention expects one packed row, got batch {query.shape[0]}")
     window = kwargs.get("sliding_window")
     if kwargs.get("evsys_kernel") == "varlen":
-        from torch.nn.attention.varlen import varlen_attn
-
+        varlen_attn = _varlen_function()
         max_len = kwargs["max_length_q"]
         dtype = kwargs.get("evsys_dtype") or value.dtype  # flash kernels need bf16/fp16; q/k leave RMSNorm in fp32
         q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
@@ -100,13 +98,23 @@ def _varlen_options(q, k, v, scaling, window=None):
     return options, k, v
 
 
-@functools.lru_cache(maxsize=1)
+_VARLEN: dict = {}  # filled on first use, outside any compiled region: torch.compile reads it as a constant
+
+
+def _varlen_function():
+    if "function" not in _VARLEN:
+        from torch.nn.attention.varlen import varlen_attn
+
+        _VARLEN["function"] = varlen_attn
+    return _VARLEN["function"]
+
+
 def _varlen_parameters() -> frozenset[str]:
-    import inspect
+    if "parameters" not in _VARLEN:
+        import inspect
 
-    from torch.nn.attention.varlen import varlen_attn
-
-    return frozenset(inspect.signature(varlen_attn).parameters)
+        _VARLEN["parameters"] = frozenset(inspect.signature(_varlen_function()).parameters)
+    return _VARLEN["parameters"]
 
 
 def has_varlen_attention() -> bool:
@@ -119,6 +127,51 @@ def register_packed_attention() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+    if has_varlen_attention():
+        _varlen_parameters()  # looked up now, not inside a compiled layer
+
+
+# ----------------------------------------------------------------------------- decode attention
+
+DECODE_ATTENTION = "evsys_decode"
+_SDPA: dict = {}  # transformers' SDPA attention and mask functions, looked up once, outside compiled code
+
+
+def decode_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' SDPA attention, except for one query token over grouped key/value heads: there the
+    query heads of each group are laid out as that group's queries, so SDPA reads each key/value head once
+    instead of `repeat_kv`'s copies of them (transformers does this too, but not in compiled code, which
+    is where a static-cache decode step runs). Same kernel, same mask, same scale."""
+    sdpa_forward = _SDPA["attention"]
+    batch, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    plain = (length != 1 or groups == 1 or dropout or (attention_mask is not None and attention_mask.shape[1] != 1)
+             or any(kwargs.get(name) is not None for name in ("position_bias", "softcap", "s_aux")))
+    if plain:
+        return sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    import torch.nn.functional as F
+
+    grouped = query.reshape(batch, key.shape[1], groups, dim)  # query head h reads key/value head h // groups
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def use_decode_attention(model) -> bool:
+    """Switch a model that runs transformers' SDPA attention to `decode_attention_forward`; False where
+    it runs another attention or this transformers lacks the interfaces (it is left as it is)."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    try:
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:
+        return False
+    _SDPA["attention"] = sdpa_attention_forward
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention_forward)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)  # the masks SDPA gets, built the same way
+    model.set_attn_implementation(DECODE_ATTENTION)
+    return True
 
 
 # ----------------------------------------------------------------------------- fused LM head + weighted NLL

@@ -60,6 +60,8 @@ class LocalTrainingClient:
             if config.attention != "auto":
                 raise ConfigError("backend.local.attention: this model trains with dropout, which the varlen kernel lacks; use auto or sdpa_loop")
             self.kernel = "sdpa_loop"
+        if config.compile:
+            self._compile_layers()
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         # fused AdamW: one pass over each tensor, ~5x faster than the per-tensor loop on CPU
         self.optimizer = torch.optim.AdamW([p for _, p in self.named_trainable], lr=0.0, fused=True)
@@ -90,6 +92,16 @@ class LocalTrainingClient:
             return model
         model.requires_grad_(False)
         return with_lora(model, lora_config(self.lora_rank))
+
+    def _compile_layers(self) -> None:
+        """torch.compile each decoder layer (regional compilation: one layer's code compiles once for all
+        of them), shapes dynamic since every packed batch has its own length. Only over the varlen
+        kernel: the SDPA loop's per-sequence Python would recompile for every batch."""
+        if self.kernel != "varlen":
+            raise ConfigError("backend.local.compile: needs the varlen attention kernel (CUDA, dtype bfloat16, torch >= 2.10); "
+                              "set compile: false")
+        for layer in self._causal_lm().model.layers:
+            layer.compile(dynamic=True)
 
     def _init_adapters(self) -> None:
         """LoRA init from the client's generator, as peft does it: A kaiming-uniform, B zeros."""
@@ -156,7 +168,7 @@ class LocalTrainingClient:
                 cu_seq_lens_k=batch["cu_seq_lens"],
                 max_length_q=batch["max_length"],
                 max_length_k=batch["max_length"],
-                evsys_bounds=batch["bounds"],
+                evsys_bounds=batch["bounds"] if self.kernel != "varlen" else None,  # a list would recompile compiled layers
                 evsys_kernel=self.kernel,
                 evsys_dtype=self.dtype,
             ).last_hidden_state[0]
@@ -263,6 +275,7 @@ class LocalTrainingClient:
 
     def sampling_client(self) -> LocalSamplingClient:
         """A sampler over a snapshot of the current weights (later training does not change it)."""
+        # compiled layers' entry points stay behind (torch's Module.__getstate__ drops them): the snapshot runs eagerly
         if self.lora_rank > 0:
             snapshot = copy.deepcopy(self.model).merge_and_unload()
         else:
