@@ -218,6 +218,7 @@ class ArmLabels:
 
     def __init__(self, arm_names: list[str]):
         self.arm_names = list(arm_names)
+        self._every = frozenset(self.arm_names)  # made once: a 1,000-arm sweep labels thousands of lines
         several = len(self.arm_names) > 1
         self.short = {name: (f"a{i + 1}" if several and len(name) > SHORT_ARM else name) for i, name in enumerate(self.arm_names)}
 
@@ -226,7 +227,7 @@ class ArmLabels:
         return "arms: " + "; ".join(shortened) if shortened else None
 
     def label(self, arms: list[str]) -> str:
-        if len(self.arm_names) > 2 and set(arms) >= set(self.arm_names):
+        if len(self.arm_names) > 2 and len(arms) >= len(self._every) and self._every.issubset(arms):
             return "[all arms]"
         return "[" + ",".join(self.short.get(a, a) for a in arms) + "]"
 

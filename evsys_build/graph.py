@@ -111,6 +111,7 @@ class Graph:
         self._edges: list[tuple[str, str]] = []
         self._order: list[Node] | None = None
         self.arms_of: dict[str, list[str]] = {}
+        self._arm_sets: dict[str, set[str]] = {}
         self.by_arm: dict[str, list[Node]] = {}
 
     def add(self, node: Node) -> Node:
@@ -118,7 +119,11 @@ class Graph:
         existing one, which the arm then lists as its own."""
         existing = self._nodes.get(node.id)
         arms = self.arms_of.setdefault(node.id, [])
-        if node.arm not in arms:
+        seen = self._arm_sets.get(node.id)  # membership in O(1): a shared node of a 1,000-arm sweep
+        if seen is None:
+            seen = self._arm_sets[node.id] = set(arms)
+        if node.arm not in seen:
+            seen.add(node.arm)
             arms.append(node.arm)
         members = self.by_arm.setdefault(node.arm, [])
         if existing is not None:  # the arm shares the node built for an earlier arm: that one (it gets the key)
