@@ -276,3 +276,16 @@ def test_a_sampler_snapshot_of_compiled_layers_runs_eagerly(model_dir):
     assert all(m._compiled_call_impl is None for m in sampler.model.modules())  # noqa: SLF001
     assert all(layer._compiled_call_impl is not None for layer in client.model.model.layers)  # noqa: SLF001 (training's kept)
     assert len(sampler.sample([[5, 6, 7]], max_tokens=3)[0][0]) == 3
+
+
+def test_training_settings_key_training_and_sampling_settings_key_evals():
+    """`compile` and the other training-only settings are in the train key, not in an eval's sampler
+    params (their effect reaches evals through the checkpoint's bytes); sampling-only ones the reverse."""
+    from evsys_rules.backends.local import LocalBackend as Backend
+    from evsys_rules.nodes.train import keyed_backend_params
+
+    config = LocalBackendConfig(device="cpu", compile=True, gradient_checkpointing=True, sample_batch_size=8)
+    train = keyed_backend_params(Backend, config)
+    sampler = keyed_backend_params(Backend, config, "training_only_params")
+    assert train["compile"] is True and train["gradient_checkpointing"] is True and "sample_batch_size" not in train
+    assert "compile" not in sampler and "gradient_checkpointing" not in sampler and sampler["sample_batch_size"] == 8

@@ -36,7 +36,7 @@ class LocalBackend:
 
     Config = LocalBackendConfig
     sampling_only_params = ("sample_batch_size", "decode_cache")  # not part of the train key (the eval key has them)
-    training_only_params = ("max_tokens_per_pass", "loss_chunk_tokens", "gradient_checkpointing")  # not part of the eval key (the train key has them)
+    training_only_params = ("max_tokens_per_pass", "loss_chunk_tokens", "gradient_checkpointing", "compile")  # not part of the eval key (the train key has them)
     libraries = ("torch", "transformers", "peft", "safetensors")  # their versions are in the train and eval keys
 
     @staticmethod
