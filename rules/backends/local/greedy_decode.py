@@ -14,7 +14,8 @@ float32 logits, and rows that stopped keep decoding (their tail is cut off by th
 
 A graph replays the kernels it recorded and nothing else, so it is captured only where the step
 keeps all its state in tensors: a cache whose layers are all plain `StaticLayer`s (a sliding-window
-layer counts positions in a Python int). Elsewhere, or when capture fails, the compiled step runs
+layer counts positions in a Python int) and a fixed rotary table (a `dynamic` or `longrope` one is
+re-derived on the host). Elsewhere, or when capture fails, the compiled step runs
 per token (torch.compile's own guards then see every change).
 
 Needs transformers' static cache with the `cache=` forward argument (transformers 5.x); where the

@@ -134,7 +134,7 @@ def register_packed_attention() -> None:
 # ----------------------------------------------------------------------------- decode attention
 
 DECODE_ATTENTION = "evsys_decode"
-_SDPA: dict = {}  # transformers' SDPA attention and mask functions, looked up once, outside compiled code
+_SDPA: dict = {}  # transformers' SDPA attention function, looked up once, outside compiled code
 
 
 def decode_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
