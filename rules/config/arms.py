@@ -115,7 +115,7 @@ def sweep_arm_name(overrides: dict, taken: set[str]) -> str:
 
 def _apply(base: dict, overrides: dict, path: Path, marks: Marks, at: tuple) -> dict:
     """A deep copy of `base` with dotted-path overrides (`algorithm.params.lora_rank: 8`, `transforms.0.params.x`)."""
-    out = copy.deepcopy(base)
+    out = _copy_tree(base)
     for dotted_path, value in overrides.items():
         parts = dotted_path.split(".")
         node = out
@@ -137,3 +137,16 @@ def _apply(base: dict, overrides: dict, path: Path, marks: Marks, at: tuple) -> 
                 reason = f"list index {part!r} is out of range or not a number" if isinstance(node, list) else f"{'.'.join(parts[:depth])} is a value, not a block"
                 raise ConfigError(f"{where(path, marks, at + (dotted_path,), key=True)}: {dotted_path}: cannot set this path ({reason})")
     return out
+
+
+def _copy_tree(value):
+    """A deep copy of parsed YAML: new dicts and lists all the way down, the immutable scalars
+    shared (copy.deepcopy, with its memo and dispatch, was a third of a 100-arm sweep's expansion)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy_tree(v) for v in value]
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    return copy.deepcopy(value)  # anything else YAML makes (a date, a set): the general copy

@@ -26,6 +26,13 @@ class _MarkedLoader(yaml.SafeLoader):
     pass
 
 
+# libyaml's parser (when PyYAML was built with it) gives the same nodes, tags and marks 15x
+# faster; its error messages are terser, so a document it rejects is parsed again by the
+# pure-Python loader for the message (tests/test_yaml_marks.py compares the two on the
+# walkthrough, varied documents and a set of broken ones)
+_FastLoader = getattr(yaml, "CSafeLoader", _MarkedLoader)
+
+
 def load_yaml_with_marks(path: Path) -> tuple[object, Marks, str]:
     """Parse `path`; returns (data, marks, text). Duplicate keys, syntax errors and documents
     past the limits above are ConfigErrors."""
@@ -41,23 +48,33 @@ def load_yaml_with_marks(path: Path) -> tuple[object, Marks, str]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); save the config as UTF-8") from None
     try:
-        _check_shape(text, path)
-        root = yaml.compose(text, Loader=_MarkedLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        root = _compose(text, path, _FastLoader)
+    except yaml.YAMLError as fast_error:
+        try:
+            _compose(text, path, _MarkedLoader)
+            error = fast_error
+        except yaml.YAMLError as exc:
+            error = exc
+        mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{where}: invalid YAML: {getattr(error, 'problem', error)}") from None
     if root is None:
         return {}, {}, text
     marks: Marks = {}
-    data = _build(root, (), marks, path, [0])
+    data = _build(root, (), marks, path, [0], yaml.constructor.SafeConstructor())
     return data, marks, text
 
 
-def _check_shape(text: str, path: Path) -> None:
+def _compose(text: str, path: Path, loader: type) -> "yaml.Node | None":
+    """The document's node tree, once its shape is within bounds (ConfigError if not)."""
+    _check_shape(text, path, loader)
+    return yaml.compose(text, Loader=loader)
+
+
+def _check_shape(text: str, path: Path, loader: type) -> None:
     """Bound depth and aliases from the event stream (iterative: no recursion, nothing built)."""
     depth = aliases = 0
-    for event in yaml.parse(text, Loader=_MarkedLoader):
+    for event in yaml.parse(text, Loader=loader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
@@ -74,7 +91,7 @@ def _at(path: Path, event) -> str:
     return f"{path}:{event.start_mark.line + 1}:{event.start_mark.column + 1}"
 
 
-def _build(node: yaml.Node, path: tuple, marks: Marks, file: Path, count: list[int]):
+def _build(node: yaml.Node, path: tuple, marks: Marks, file: Path, count: list[int], scalars: yaml.constructor.SafeConstructor):
     count[0] += 1
     if count[0] > MAX_NODES:
         raise ConfigError(f"{file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: the config expands to more than {MAX_NODES} values (an alias bomb?); write it out plainly")
@@ -84,19 +101,14 @@ def _build(node: yaml.Node, path: tuple, marks: Marks, file: Path, count: list[i
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise ConfigError(f"{file}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}: a key must be a plain name, not a {'list' if isinstance(key_node, yaml.SequenceNode) else 'mapping'}")
-            key = _scalar(key_node)
+            key = scalars.construct_object(key_node)
             if key in out:
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 dotted = ".".join(str(p) for p in path + (key,))
                 raise ConfigError(f"{file}:{line}:{col}: {dotted}: duplicate key (remove one of the two)")
             marks[path + (key, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _build(value_node, path + (key,), marks, file, count)
+            out[key] = _build(value_node, path + (key,), marks, file, count, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, path + (i,), marks, file, count) for i, item in enumerate(node.value)]
-    return _scalar(node)
-
-
-def _scalar(node: yaml.Node):
-    """The Python value of a scalar node, with YAML's safe type resolution."""
-    return _MarkedLoader("").construct_object(node)
+        return [_build(item, path + (i,), marks, file, count, scalars) for i, item in enumerate(node.value)]
+    return scalars.construct_object(node)  # YAML's safe type resolution

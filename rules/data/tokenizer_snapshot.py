@@ -32,7 +32,8 @@ from evsys_build.hashing import digest
 
 from ..ml_stack import preload_chat_templates
 from ..models.resolve import tokenizer_files
-from ..plugins.code_identity import code_identity, library_versions
+from ..plugins.code_identity import code_identity
+from ..plugins.installed import library_versions
 from .chat_tokens import load_tokenizer, load_tokenizer_uncached, racy, stat_stamp
 from .saved_recipes import recipes_path, save_recipes, seed_recipes
 

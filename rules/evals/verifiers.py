@@ -151,8 +151,13 @@ def check(spec: dict, prediction: str, where: str) -> bool:
     return bool(fn(prediction, **args))
 
 
-def verifier_identity(spec: dict) -> dict:
+def verifier_identity(spec: dict, code: str | None = None) -> dict:
     """JSON-able cache identity: the spec plus the verifier function's code identity (the spec
-    was checked when its tasks file was parsed: only the function is looked up here)."""
-    fn = verifiers.get(str(spec["fn_name"]))
-    return {"spec": dict(spec), "code": code_identity(fn)}
+    was checked when its tasks file was parsed: only the function is looked up here; `code`:
+    its `verifier_code`, when the caller has it)."""
+    return {"spec": dict(spec), "code": code if code is not None else verifier_code(str(spec["fn_name"]))}
+
+
+def verifier_code(name: str) -> str:
+    """The code identity of the verifier registered as `name`."""
+    return code_identity(verifiers.get(name))

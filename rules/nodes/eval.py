@@ -22,12 +22,13 @@ from ..config.loading import Arm, LoadedConfig, located
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
 from ..evals.benchmarks import benchmark_path_problem, load_tasks
 from ..evals.passk import aggregate
-from ..evals.verifiers import check, verifier_identity
+from ..evals.verifiers import check, verifier_code, verifier_identity
 from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel
 from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
-from ..plugins.code_identity import code_identity, library_versions
+from ..plugins.code_identity import code_identity
+from ..plugins.installed import library_versions
 from .heldout import heldout_nodes
 from .tokenize import TOKENIZER_LIBRARIES
 from .train import backend_code, backend_config, backend_resources, keyed_backend_params, make_backend
@@ -157,11 +158,13 @@ _verifiers_memo: dict[tuple, tuple] = {}
 def _verifiers_digest(tasks) -> str:
     """The digest of the tasks' verifier identities (spec and code), computed once per parsed tasks
     file and set of verifier code identities: a sweep's arms share it, a reloaded plugin does not."""
-    identities = [verifier_identity(spec) for spec in _tasks_content(tasks)[1]]
-    memo_key = (id(tasks), tuple(identity["code"] for identity in identities))
+    specs = _tasks_content(tasks)[1]
+    codes = {name: verifier_code(name) for name in sorted({str(spec["fn_name"]) for spec in specs})}  # once per verifier, not per spec
+    memo_key = (id(tasks), tuple(codes.items()))
     hit = _verifiers_memo.get(memo_key)
     if hit is not None and hit[0] is tasks:  # holding `tasks` keeps its id from being reused
         return hit[1]
+    identities = [verifier_identity(spec, codes[str(spec["fn_name"])]) for spec in specs]
     value = digest(sorted(identities, key=lambda v: json.dumps(v, sort_keys=True)))
     if isinstance(tasks, tuple):
         _verifiers_memo[memo_key] = (tasks, value)

@@ -26,7 +26,8 @@ from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel
 from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
-from ..plugins.code_identity import code_identity, library_versions
+from ..plugins.code_identity import code_identity
+from ..plugins.installed import library_versions
 from .tokenize import TOKENIZER_LIBRARIES
 from .train import backend_code, backend_config, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult

@@ -21,7 +21,8 @@ from ..config.loading import Arm
 from ..data.tokenize_chunk import start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
 from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code
 from ..models.resolve import ResolvedModel, tokenizer_files
-from ..plugins.code_identity import code_identity, library_versions
+from ..plugins.code_identity import code_identity
+from ..plugins.installed import library_versions
 from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset, TokenDataset
 

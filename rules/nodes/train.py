@@ -25,7 +25,8 @@ from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel, local_model_dir
 from ..outputs.hub import notify_train_step, printing_to
 from ..plugins import kinds
-from ..plugins.code_identity import code_identity, declared_version, library_versions, method_identity
+from ..plugins.code_identity import code_identity, declared_version, method_identity
+from ..plugins.installed import library_versions
 from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
 from .views import Checkpoint, TokenDataset, TrainResult

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -43,7 +42,7 @@ from pathlib import Path
 import xxhash
 
 from evsys_build.atomic import write_atomic
-from evsys_build.watch import RACY_NS, unwatchable, watch
+from evsys_build.watch import RACY_NS, watch
 
 from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
 from .code_units import Binding, file_stamp, stat_stamp, module_bindings, module_statements, module_text, module_units, unit_of
@@ -56,30 +55,6 @@ def not_keyed(fn):
     """Mark a function as an observer (logging, progress): code identities do not follow it."""
     fn.__evsys_not_keyed__ = True
     return fn
-
-
-@functools.lru_cache(maxsize=None)
-def library_versions(*names: str) -> dict[str, str | None]:
-    """Installed versions of libraries whose behaviour shapes a node's output (a tokenizer
-    library, torch): upgrading one reruns what it computes. Read from metadata, never imported."""
-    out = {}
-    for name in names:
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-            continue
-        out[name] = dist.version
-        _watch_distribution(dist)
-    return out
-
-
-def _watch_distribution(dist) -> None:
-    folder = getattr(dist, "_path", None)  # the .dist-info folder: an upgrade replaces it
-    if folder is None:
-        unwatchable(f"where {dist.metadata['Name']} is installed")
-    else:
-        watch(folder)
 
 
 def code_identity(obj, owner: type | None = None) -> str:
@@ -174,6 +149,11 @@ class IdentityCache:
 
 
 _disk: IdentityCache | None = None
+
+
+def current_identity_cache() -> IdentityCache | None:
+    """The cache `use_identity_cache` set (None: off)."""
+    return _disk
 
 
 def use_identity_cache(cache: IdentityCache | None) -> None:

@@ -115,8 +115,8 @@ def _read(file: str) -> bytes | None:
 @functools.lru_cache(maxsize=8192)
 def user_file(file: str) -> bool:
     """Whether a module file is the user's own code (or evsys's): not installed (site-packages) nor the standard library."""
-    path = _real_path(file)
-    return not (_INSTALL_DIRS & set(path.parts) or str(path).startswith(_STDLIB))
+    real = _real_path(file)
+    return not (_INSTALL_DIRS.intersection(real.split(os.sep)) or real.startswith(_STDLIB))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -124,19 +124,20 @@ def _watched_file(file: str) -> bool:
     """A user's own module source: a .py file outside evsys, the standard library and installed packages."""
     if not file.endswith(".py") or not user_file(file):
         return False
-    path = _real_path(file)
-    return not any(path.is_relative_to(folder) for folder in _evsys_folders())
+    real = _real_path(file)
+    return not any(real.startswith(folder) for folder in _evsys_folders())
 
 
 @functools.lru_cache(maxsize=8192)
-def _real_path(file: str) -> Path:
-    """`Path(file).resolve()`, resolving each folder once (a process imports hundreds of modules
-    from a few dozen folders): the folder's real path, then the file's own link if it is one."""
+def _real_path(file: str) -> str:
+    """`os.path.realpath(file)`, resolving each folder once (a process imports hundreds of modules
+    from a few dozen folders): the folder's real path, then the file's own link if it is one.
+    Strings, not Paths: every module of a process passes here once per command."""
     file = os.path.abspath(file)
     if os.path.islink(file):
-        return Path(os.path.realpath(file))
+        return os.path.realpath(file)
     folder, name = os.path.split(file)
-    return Path(_real_folder(folder), name)
+    return os.path.join(_real_folder(folder), name)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -145,9 +146,10 @@ def _real_folder(folder: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _evsys_folders() -> tuple[Path, ...]:
-    """Where evsys's own packages are (their modules change only with an upgrade: restart for it).
-    Looked up by name: importing the packages here would put all of evsys into keys that reach this."""
+def _evsys_folders() -> tuple[str, ...]:
+    """Where evsys's own packages are (their modules change only with an upgrade: restart for it),
+    each as a real path ending in a separator. Looked up by name: importing the packages here would
+    put all of evsys into keys that reach this."""
     import importlib.util
 
     folders = [Path(__file__).resolve().parents[1]]  # evsys_rules
@@ -155,4 +157,4 @@ def _evsys_folders() -> tuple[Path, ...]:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
             folders.append(Path(spec.origin).resolve().parent)
-    return tuple(folders)
+    return tuple(os.path.join(str(folder), "") for folder in folders)

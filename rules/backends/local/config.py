@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import re
 from pathlib import Path
@@ -62,7 +61,6 @@ def torch_at_least(major: int, minor: int) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _torch_version() -> str:
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
+    from ...plugins.installed import library_versions
+
+    return library_versions("torch")["torch"] or ""

@@ -1,0 +1,35 @@
+"""Each arm's config is its own copy of the base: what one arm sets (or what later code does to
+one arm's config) never shows in another arm or in the base."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from evsys_rules.config import arms
+from evsys_rules.config.schema import ExperimentConfig
+
+BASE = {
+    "experiment": {"name": "e"},
+    "data": {"path": "d.jsonl", "when": datetime.date(2026, 11, 28)},
+    "transforms": [{"kind": "jsonl_to_chat", "params": {"system_prompt": "s", "tags": ["a", "b"]}}],
+    "algorithm": {"kind": "sft", "params": {"learning_rate": 1e-4, "lora_rank": 8}},
+}
+
+
+def expand(sweep: dict) -> list[tuple[str, dict, dict, tuple]]:
+    raw = {**BASE, "sweep": sweep}
+    return arms.arm_raws(raw, ExperimentConfig.model_construct(arms=None, sweep=sweep), Path("config.yaml"), {})
+
+
+def test_sweep_arms_are_independent_deep_copies():
+    expanded = expand({"algorithm.params.learning_rate": [1e-4, 2e-4], "transforms.0.params.system_prompt": ["x", "y"]})
+    configs = [raw for _, raw, _, _ in expanded]
+    assert [(c["algorithm"]["params"]["learning_rate"], c["transforms"][0]["params"]["system_prompt"]) for c in configs] == [(1e-4, "x"), (1e-4, "y"), (2e-4, "x"), (2e-4, "y")]
+    assert BASE["algorithm"]["params"]["learning_rate"] == 1e-4 and BASE["transforms"][0]["params"]["system_prompt"] == "s"
+    configs[0]["transforms"][0]["params"]["tags"].append("c")  # later code changing one arm's config
+    configs[0]["data"]["path"] = "other.jsonl"
+    assert all(c["transforms"][0]["params"]["tags"] == ["a", "b"] for c in configs[1:])
+    assert all(c["data"]["path"] == "d.jsonl" for c in configs[1:])
+    assert BASE["transforms"][0]["params"]["tags"] == ["a", "b"] and BASE["data"]["path"] == "d.jsonl"
+    assert all(c["data"]["when"] == datetime.date(2026, 11, 28) for c in configs)
