@@ -33,9 +33,11 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _models_home(tmp_path_factory):
-    """EVSYS_MODELS points at a session tmp dir so evsys/tiny-qwen3 is built once, privately."""
+    """EVSYS_MODELS points at a session tmp dir so evsys/tiny-qwen3 is built once, privately;
+    tokenizer snapshots are kept for the session's stores in another (machine_snapshots.py)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EVSYS_MODELS", str(tmp_path_factory.mktemp("models")))
+        mp.setenv("EVSYS_TOKENIZER_CACHE", str(tmp_path_factory.mktemp("tokenizer-snapshots")))
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         mp.delenv("EVSYS_CACHE", raising=False)

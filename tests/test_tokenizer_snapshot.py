@@ -4,6 +4,7 @@ the same ids, offsets and loss weights, no torch, and never a snapshot of other 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import textwrap
 import pytest
 
 from evsys_build.store import Store
-from evsys_rules.data import tokenizer_snapshot
+from evsys_rules.data import machine_snapshots, tokenizer_snapshot
 from evsys_rules.data.chat_tokens import load_tokenizer, tokenize_rows
 from evsys_rules.data.tokenizer_snapshot import SnapshotTokenizer, load_chat_tokenizer, snapshot_key
 
@@ -42,6 +43,14 @@ def random_rows(n: int, seed: int) -> list:
 def encode(tok, rows, supervise="all_assistant"):
     out = tokenize_rows(tok, rows, supervise, 4096, "right", [f"row {i}" for i in range(len(rows))])
     return out.ids.tolist(), out.weights.tolist(), out.offsets.tolist()
+
+
+@pytest.fixture(autouse=True)
+def machine_folder(tmp_path, monkeypatch):
+    """Each test its own machine-wide snapshot folder (the session shares one: conftest)."""
+    folder = tmp_path / "machine-snapshots"
+    monkeypatch.setenv("EVSYS_TOKENIZER_CACHE", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +194,7 @@ def test_processes_that_load_a_new_tokenizer_together_capture_it_once(tiny_model
         import sys
         from pathlib import Path
         from evsys_build.store import Store
-        from evsys_rules.data import tokenizer_snapshot
+        from evsys_rules.data import machine_snapshots, tokenizer_snapshot
         tokenizer_snapshot.tokenizer_code()  # keyed by the real code, before `capture` is wrapped
         real = tokenizer_snapshot.capture
         def counted(tok):
@@ -239,3 +248,61 @@ def test_a_file_edited_within_its_timestamp_tick_is_not_vouched_for_by_its_stat(
         assert second is not first and second.chat_template != first.chat_template
     finally:
         template.write_text(original)
+
+
+# -- kept once per machine ----------------------------------------------------------------------
+
+
+def test_a_new_store_copies_the_machines_snapshot_instead_of_taking_it(tiny_model_dir, tmp_path, machine_folder, monkeypatch):
+    tokenizer_snapshot._loaded.clear()
+    first = load_chat_tokenizer(str(tiny_model_dir), Store(tmp_path / "first"))
+    key = snapshot_key(str(tiny_model_dir))
+    assert (machine_folder / f"{key}.json").is_file()
+    tokenizer_snapshot._loaded.clear()
+    monkeypatch.setattr(tokenizer_snapshot, "capture", lambda tok: pytest.fail("took the snapshot again"))
+    second_store = Store(tmp_path / "second")
+    second = load_chat_tokenizer(str(tiny_model_dir), second_store)
+    assert isinstance(second, SnapshotTokenizer)
+    assert second_store.has_object(second_store.memo_get(key)["blob"])  # the store holds it now, whole
+    rows = random_rows(40, seed=3)
+    assert encode(second, rows) == encode(first, rows)
+    tokenizer_snapshot._loaded.clear()
+
+
+def test_a_damaged_machine_snapshot_is_removed_and_taken_again(tiny_model_dir, tmp_path, machine_folder, monkeypatch):
+    tokenizer_snapshot._loaded.clear()
+    load_chat_tokenizer(str(tiny_model_dir), Store(tmp_path / "first"))
+    path = machine_folder / f"{snapshot_key(str(tiny_model_dir))}.json"
+    entry = json.loads(path.read_text())
+    entry["snapshot"]["chat_template"] = entry["snapshot"]["chat_template"].replace("assistant", "asistant", 1)  # valid JSON, wrong bytes
+    path.write_text(json.dumps(entry))
+    tokenizer_snapshot._loaded.clear()
+    captures = []
+    real = tokenizer_snapshot.capture
+    monkeypatch.setattr(tokenizer_snapshot, "capture", lambda tok: captures.append(1) or real(tok))
+    tok = load_chat_tokenizer(str(tiny_model_dir), Store(tmp_path / "second"))
+    assert captures == [1] and "asistant" not in tok.chat_template
+    assert "asistant" not in json.loads(path.read_text())["snapshot"]["chat_template"]  # written again, whole
+    tokenizer_snapshot._loaded.clear()
+
+
+def test_off_keeps_snapshots_in_stores_only(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EVSYS_TOKENIZER_CACHE", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    tokenizer_snapshot._loaded.clear()
+    store = Store(tmp_path / "store")
+    load_chat_tokenizer(str(tiny_model_dir), store)
+    assert store.memo_get(snapshot_key(str(tiny_model_dir))) is not None
+    assert machine_snapshots.folder() is None and not (tmp_path / "xdg").exists()
+    tokenizer_snapshot._loaded.clear()
+
+
+def test_the_most_recently_used_snapshots_are_kept(machine_folder):
+    for i in range(machine_snapshots.KEEP):
+        machine_snapshots.write(f"k{i}", {"n": i}, "{}")
+        os.utime(machine_folder / f"k{i}.json", (1000 + i, 1000 + i))  # k0 the oldest
+    assert machine_snapshots.read("k0") == ({"n": 0}, "{}")  # a read makes it the most recent
+    machine_snapshots.write("new1", {"n": -1}, "{}")
+    machine_snapshots.write("new2", {"n": -2}, "{}")
+    kept = {p.stem for p in machine_folder.glob("*.json")}
+    assert len(kept) == machine_snapshots.KEEP and {"k0", "new1", "new2"} <= kept and not {"k1", "k2"} & kept

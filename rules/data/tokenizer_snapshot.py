@@ -15,6 +15,9 @@ Nothing is re-derived from the files: transformers v5 rewrites some pipelines as
 move loss-mask boundaries. A snapshot is only stored when the rebuilt pipeline serializes
 exactly as AutoTokenizer's does and renders a probe conversation identically; otherwise every
 load uses AutoTokenizer.
+
+Each snapshot is also kept once per machine (machine_snapshots.py): a new store copies it from
+there instead of taking it again.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..ml_stack import preload_chat_templates
 from ..models.resolve import tokenizer_files
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
+from . import machine_snapshots
 from .chat_tokens import load_tokenizer, load_tokenizer_uncached, racy, stat_stamp
 from .saved_recipes import recipes_path, save_recipes, seed_recipes
 
@@ -141,15 +145,31 @@ def _snapshot_tokenizer(store, key: str) -> SnapshotTokenizer | None:
             return _loaded[key]
         found = store.memo_get(key)
         if found is None:
-            return None
+            return _adopt_machine_snapshot(store, key)
         try:
             backend = store.get_bytes(found["blob"]).decode()
             tok = SnapshotTokenizer(found["snapshot"], backend)
         except Exception:  # collected, damaged or unreadable: capture it again
             store.delete_memo(key)
-            return None
+            return _adopt_machine_snapshot(store, key)
         _loaded[key] = tok
         return tok
+
+
+def _adopt_machine_snapshot(store, key: str) -> SnapshotTokenizer | None:
+    """The snapshot this machine keeps under `key` (machine_snapshots.py), copied into `store`
+    (the store stays whole without this machine); None when there is none. Caller holds _lock."""
+    kept = machine_snapshots.read(key)
+    if kept is None:
+        return None
+    snapshot, backend = kept
+    try:
+        tok = SnapshotTokenizer(snapshot, backend)
+    except Exception:  # a snapshot this version of `tokenizers` cannot read: take it again
+        return None
+    store.memo_put(key, {"blob": store.put_bytes(backend.encode()), "snapshot": snapshot})
+    _loaded[key] = tok
+    return tok
 
 
 _loaded: dict[str, SnapshotTokenizer] = {}
@@ -176,6 +196,7 @@ def _capture_snapshot(model_dir: str, store, key: str) -> SnapshotTokenizer | No
             if tok is None:
                 return None
             store.memo_put(key, {"blob": store.put_bytes(captured["backend"].encode()), "snapshot": captured["snapshot"]})
+            machine_snapshots.write(key, captured["snapshot"], captured["backend"])  # for this machine's other stores
             _loaded[key] = tok
             return tok
 
