@@ -130,10 +130,8 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tiny_model_dir
     assert weights_resumed == weights_fresh  # content-addressed: bitwise-equal final weights
 
 
-def test_cached_rebuild_runs_no_training_step(tmp_path, tiny_model_dir):
-    project = make_project(tmp_path / "p", tool_rows(16), config(2))
-    ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project))
-    out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+def test_cached_rebuild_runs_no_training_step(project_copy):
+    out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project_copy)).stdout
     assert ran_names(out) == set()
     assert "train_mean_nll=" not in out
 

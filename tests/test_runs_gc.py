@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from evsys_build.gc import collect_garbage
 from evsys_build.store import Store
-from evsys_testkit import BASE_CONFIG, EXPERIMENT, edit_config, evsys, make_project, ok, tool_rows
+from evsys_testkit import BASE_CONFIG, EXPERIMENT, copy_project, edit_config, evsys, make_project, ok, tool_rows
 
 
 def runs(project: Path) -> list[dict]:
@@ -28,11 +31,24 @@ def train_key(run: dict) -> str:
     return run["arms"]["default"]["nodes"]["train"]["key"]
 
 
-def test_variants_are_separate_runs_and_gc_keeps_the_earlier_training(tmp_path, tiny_model_dir):
-    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
-    build(project)
+@pytest.fixture(scope="module")
+def two_variants(tmp_path_factory, built_project) -> Path:
+    """The shared built project (max_steps 1), then built again with max_steps 2: two runs of two
+    variants; the first run's metrics kept aside as first-metrics.jsonl. Copy it to change it."""
+    project = copy_project(built_project, tmp_path_factory.mktemp("variants") / "p")
+    shutil.copy(project / "out" / "first_run" / "metrics.jsonl", project / "first-metrics.jsonl")
     edit_config(project, "max_steps: 1", "max_steps: 2")
     build(project)
+    return project
+
+
+@pytest.fixture
+def variants(two_variants, tmp_path) -> Path:
+    return copy_project(two_variants, tmp_path / "p")
+
+
+def test_variants_are_separate_runs_and_gc_keeps_the_earlier_training(variants):
+    project = variants
     first, second = runs(project)
     assert first["status"] == second["status"] == "completed"
     assert train_key(first) != train_key(second)
@@ -44,11 +60,8 @@ def test_variants_are_separate_runs_and_gc_keeps_the_earlier_training(tmp_path, 
     assert first["id"] in listing and second["id"] in listing and listing.rstrip().endswith("2 run(s)")
 
 
-def test_gc_dry_run_lists_by_run_and_node_with_sizes_then_removes_exactly_that(tmp_path, tiny_model_dir):
-    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
-    build(project)
-    edit_config(project, "max_steps: 1", "max_steps: 2")
-    build(project)
+def test_gc_dry_run_lists_by_run_and_node_with_sizes_then_removes_exactly_that(variants):
+    project = variants
     first, second = runs(project)
     dry = ok(evsys("gc", "--dry-run", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", "cache", cwd=project)).stdout
     assert f"would remove run {EXPERIMENT}/{first['id']} (completed" in dry
@@ -65,11 +78,10 @@ def test_gc_dry_run_lists_by_run_and_node_with_sizes_then_removes_exactly_that(t
     assert build(project).count("ran ") == 0  # the kept run is whole
 
 
-def test_gc_keeps_what_a_partial_build_gave_the_arm(tmp_path, tiny_model_dir):
+def test_gc_keeps_what_a_partial_build_gave_the_arm(project_copy):
     """A --target build's nodes are the arm's current ones (its ref names them) though its run
     falls out of the policy: gc keeps them, and the next plan serves them from the store."""
-    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
-    build(project)
+    project = project_copy
     edit_config(project, "learning_rate: 1.0e-4", "learning_rate: 2.0e-4")
     ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "train", cwd=project))
     ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "tokenize", cwd=project))
@@ -80,12 +92,9 @@ def test_gc_keeps_what_a_partial_build_gave_the_arm(tmp_path, tiny_model_dir):
     assert ["cached", trained[:12], "train"] in [line.split()[:3] for line in plan.splitlines()], plan
 
 
-def test_runs_show_rewrites_an_earlier_runs_run_dir(tmp_path, tiny_model_dir):
-    project = make_project(tmp_path / "p", tool_rows(20), BASE_CONFIG)
-    build(project)
-    first_metrics = (project / "out" / "first_run" / "metrics.jsonl").read_text()
-    edit_config(project, "max_steps: 1", "max_steps: 2")
-    build(project)
+def test_runs_show_rewrites_an_earlier_runs_run_dir(variants):
+    project = variants
+    first_metrics = (project / "first-metrics.jsonl").read_text()
     assert (project / "out" / "first_run" / "metrics.jsonl").read_text() != first_metrics  # the latest build owns the path
     first = runs(project)[0]
     shown = ok(evsys("runs", "show", first["id"][:18], "--cache-dir", "cache", cwd=project)).stdout
@@ -97,7 +106,7 @@ def test_runs_show_rewrites_an_earlier_runs_run_dir(tmp_path, tiny_model_dir):
 
 def test_gc_waits_for_a_running_build_and_removes_none_of_its_work(tmp_path, tiny_model_dir):
     """gc started while a build runs waits for it (store lock); afterwards the build is whole."""
-    project = make_project(tmp_path / "p", tool_rows(40), BASE_CONFIG.replace("max_steps: 1", "max_steps: 30"))
+    project = make_project(tmp_path / "p", tool_rows(40), BASE_CONFIG.replace("max_steps: 1", "max_steps: 16"))
     env = {k: v for k, v in os.environ.items() if k != "EVSYS_CACHE"}
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen([sys.executable, "-m", "evsys_build.cli", "build", "config.yaml", "--cache-dir", "cache"],
