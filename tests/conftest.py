@@ -17,6 +17,12 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import evsys_testkit
 # Ray reads these when it is imported (test modules import it at collection): set them first.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray socket on 127.0.0.1
+# Test files run in parallel worker processes (scripts/test): each worker's trainings get their
+# share of the cores. With every torch taking all of them, the OpenMP threads of two trainings
+# spin against each other and both ran 2-3x slower. Tests compare runs made under one setting.
+if "PYTEST_XDIST_WORKER" in os.environ:  # a worker (the controller, which runs no test, sets nothing its workers inherit)
+    _share = len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 
 from evsys_testkit import copy_project, evsys, make_evals_project, make_project, ok, tool_rows  # noqa: E402
 
