@@ -151,11 +151,6 @@ class IdentityCache:
 _disk: IdentityCache | None = None
 
 
-def current_identity_cache() -> IdentityCache | None:
-    """The cache `use_identity_cache` set (None: off)."""
-    return _disk
-
-
 def use_identity_cache(cache: IdentityCache | None) -> None:
     """Let identities be read from (and written to) `cache` in this process (None: off)."""
     global _disk
