@@ -13,10 +13,11 @@ from . import collector
 from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
 from .fastpath import save as save_snapshot
-from .fastpath import try_fast_build
+from .fastpath import save_plan, try_fast_build, try_fast_plan
 from .interrupts import stop_on_signals
 from .planner import PlanEntry, plan
 from .pools import NodePool, make_pool
+from .read_journal import JournalBucket
 from .project import frontend
 from .runs import finish_run, start_run
 from .store import Store, referenced_objects
@@ -41,12 +42,39 @@ def plan_entries(config: Path, store: Store, arm: str | None = None, targets: li
 
 def plan_with_notes(config: Path, store: Store, arm: str | None = None, targets: list[str] | None = None) -> tuple[list[PlanEntry], list[str]]:
     """The plan, and the project's notes (e.g. nodes that appear once the data is built)."""
+    project, entries = _planned(config, store, arm, targets)
+    return entries, list(getattr(project, "notes", []))
+
+
+def _planned(config: Path, store: Store, arm: str | None, targets: list[str] | None):
     project, graph, _ = _project_and_graph(config, store, arm)
     if targets:
         graph, unmatched = select_targets(graph, store, targets)
         if unmatched:
             raise UsageError(no_target_message(unmatched[0], project.graph_for(arm), _incomplete(project)))
-    return plan(store, graph, project.refs(store)), list(getattr(project, "notes", []))
+    return project, plan(store, graph, project.refs(store))
+
+
+def run_plan(config: Path, store: Store, arm: str | None, view: str, render: Callable[[list[PlanEntry], list[str]], list[str]], echo: Callable[[str], None] = print, targets: list[str] | None = None) -> None:
+    """`evsys plan`: print what `render` makes of the plan. A plan of a local store that nothing it
+    read has changed since the same plan (same config, arm, `view`, folder and store) is printed
+    from that plan's snapshot without compiling (fastpath.py); a compiled one leaves the snapshot."""
+    local = getattr(store.bucket, "root", None) is not None and store.upstream is None and not targets
+    if local and try_fast_plan(store, config, arm, view, echo):
+        return
+    if not local:
+        entries, notes = plan_with_notes(config, store, arm, targets)
+        for line in render(entries, notes):
+            echo(line)
+        return
+    journal = JournalBucket(store.bucket)
+    with watching() as watcher:  # the planner too: an estimate may read files, or what cannot be watched
+        project, entries = _planned(config, Store(journal), arm, None)
+    lines = render(entries, list(getattr(project, "notes", [])))
+    for line in lines:
+        echo(line)
+    if getattr(project, "plan_fast_path_ok", False):
+        save_plan(store, config, arm, view, watcher, journal, lines)
 
 
 def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, targets: list[str] | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:

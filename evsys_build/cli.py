@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import cli_diff, cli_export, cli_runs, cli_sync, collector
-from .build import ArmLabels, plan_with_notes, run_build
+from .build import ArmLabels, run_build, run_plan
 from . import interrupts
 from .errors import EvsysError, Interrupted, UsageError
 from .gc import collect_garbage, verify_store
@@ -93,25 +93,29 @@ def build(config, arm, jobs, executor, ray_address, remote, targets, cache_dir):
 @cache_option
 def plan(config, arm, as_json, targets, cache_dir):
     """Dry run: which nodes would run, and why."""
-    entries, notes = plan_with_notes(Path(config), _store(cache_dir), arm, list(targets) or None)
-    if as_json:
-        click.echo(json.dumps({"nodes": [e.as_json() for e in entries], "notes": notes}, indent=1))
-        return
+    render = plan_json_lines if as_json else plan_lines
+    run_plan(Path(config), _store(cache_dir), arm, "json" if as_json else "text", render, click.echo, list(targets) or None)
+
+
+def plan_json_lines(entries, notes) -> list[str]:
+    return [json.dumps({"nodes": [e.as_json() for e in entries], "notes": notes}, indent=1)]
+
+
+def plan_lines(entries, notes) -> list[str]:
+    """The plan as `evsys plan` prints it: a legend of arms, one line per node, counts, notes."""
     colors = {"cached": "green", "run": "yellow", "maybe": "cyan"}
     labels = ArmLabels(list(dict.fromkeys(a for e in entries for a in e.arms or [])))
-    if labels.legend():
-        click.echo(labels.legend())
+    lines = [labels.legend()] if labels.legend() else []
     for e in entries:
         why = "; ".join(e.reasons + _built_on(e))
         status = click.style(f"{e.status:<6}", fg=colors[e.status])
         key = e.node.key[:12] if e.node.key else "?" * 12
         cost = f"  [{e.cost['summary']}]" if e.cost and e.cost.get("summary") else ""
         arms = f"{labels.label(e.arms)} " if e.arms and e.arms != ["default"] else ""
-        click.echo(f"{status} {key}  {arms}{e.node.name}" + (f"  ({why})" if why else "") + cost)
+        lines.append(f"{status} {key}  {arms}{e.node.name}" + (f"  ({why})" if why else "") + cost)
     counts = {s: sum(e.status == s for e in entries) for s in colors}
-    click.echo(f"{counts['run']} to run, {counts['maybe']} may run, {counts['cached']} cached")
-    for note in notes:
-        click.echo(f"note: {note}")
+    lines.append(f"{counts['run']} to run, {counts['maybe']} may run, {counts['cached']} cached")
+    return lines + [f"note: {note}" for note in notes]
 
 
 def _built_on(entry) -> list[str]:

@@ -7,6 +7,11 @@ config, from the same directory, into the same store, checks all of that — and
 is still whole in the store and the run dir on disk still holds exactly those bytes — and then
 records its run and prints the same lines without importing the frontend. Any difference, and
 the build takes the normal path (set EVSYS_NO_FASTPATH=1 to always take it).
+
+`evsys plan` has one too: a plan of a local store leaves the lines it printed with the same
+stamps of what its compile read, and the stat identities of everything it read from the store
+(read_journal.py): which manifests, objects and refs were there, and what they held. The next
+identical plan prints those lines when every stamp still holds, without importing the frontend.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ import xxhash
 from . import __version__
 from .atomic import write_atomic
 from .hashing import digest
+from .read_journal import JournalBucket, first_changed
 from .runs import finish_record, new_run_id, now
 from .store import Store
-from .watch import Watcher, stamp
+from .watch import Watcher
 
 ENV_PREFIXES = ("EVSYS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TINKER_", "CUDA_", "PYTHON", "WANDB_", "RAY_", "AWS_", "GOOGLE_")
 ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PATH")
 OWN_SWITCHES = ("EVSYS_NO_FASTPATH", "EVSYS_FASTPATH_DEBUG")
 SNAPSHOT_VERSION = 2  # 2: environment values as digests
+PLAN_SNAPSHOT_VERSION = 1
 
 
 def snapshot_path(store: Store, config: Path, arm: str | None) -> Path:
@@ -74,16 +81,9 @@ def try_fast_build(store: Store, config: Path, arm: str | None, echo: Callable[[
     """Build from the snapshot if everything it recorded still holds; False: take the normal path."""
     if os.environ.get("EVSYS_NO_FASTPATH"):
         return False
-    path = snapshot_path(store, config, arm)
-    try:
-        snapshot = json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):
-        return _debug("no snapshot")
-    if snapshot.get("version") != SNAPSHOT_VERSION or any(snapshot.get(k) != v for k, v in environment().items()):
-        return _debug("the environment or interpreter differ")
-    changed = next((p for p, s in snapshot["paths"].items() if stamp(p) != s), None)
-    if changed is not None:
-        return _debug(f"{changed} changed")
+    snapshot = _current_snapshot(snapshot_path(store, config, arm), SNAPSHOT_VERSION)
+    if snapshot is None:
+        return False
     with store.build_lock():
         if not all(store.complete_manifest(key) is not None for key in snapshot["nodes"]):
             return _debug("a node is not whole in the store")
@@ -94,6 +94,54 @@ def try_fast_build(store: Store, config: Path, arm: str | None, echo: Callable[[
             echo(line)
         finish_record(store, run, "completed")
     return True
+
+
+def plan_snapshot_path(store: Store, config: Path, arm: str | None, view: str) -> Path:
+    key = digest({"plan": view, "config": os.path.abspath(config), "arm": arm, "cwd": os.getcwd(), "store": os.path.abspath(store.root)})
+    return store.local_dir / "fastpath" / f"plan-{key}.json"
+
+
+def save_plan(store: Store, config: Path, arm: str | None, view: str, watcher: Watcher, journal: JournalBucket, lines: list[str]) -> None:
+    """Leave a snapshot of a plan: its lines, what its compile read, and what it read from the store."""
+    if os.environ.get("EVSYS_NO_FASTPATH"):
+        return
+    watcher.add_python_modules()
+    if not watcher.trustworthy() or not journal.trustworthy():
+        _debug(f"no plan snapshot: {watcher.broken or ('it wrote to the store' if journal.wrote else 'a file it read changed in the last 2 s')}")
+        return
+    snapshot = {"version": PLAN_SNAPSHOT_VERSION, **environment(), "paths": watcher.paths, "store_reads": journal.stamps, "lines": lines}
+    write_atomic(plan_snapshot_path(store, config, arm, view), json.dumps(snapshot).encode(), store.local_dir / "tmp")
+
+
+def try_fast_plan(store: Store, config: Path, arm: str | None, view: str, echo: Callable[[str], None]) -> bool:
+    """Print the plan from its snapshot if nothing it read (config, files, code, environment, the
+    store's manifests, objects and refs) has changed; False: plan the normal way."""
+    if os.environ.get("EVSYS_NO_FASTPATH"):
+        return False
+    snapshot = _current_snapshot(plan_snapshot_path(store, config, arm, view), PLAN_SNAPSHOT_VERSION)
+    if snapshot is None:
+        return False
+    changed = first_changed(snapshot["store_reads"])
+    if changed is not None:
+        return _debug(f"the store changed: {changed}")
+    for line in snapshot["lines"]:
+        echo(line)
+    return True
+
+
+def _current_snapshot(path: Path, version: int) -> dict | None:
+    """The snapshot at `path` when the environment, interpreter and every file its compile read are
+    as they were; else None (and why, under EVSYS_FASTPATH_DEBUG)."""
+    try:
+        snapshot = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return _debug("no snapshot") or None
+    if snapshot.get("version") != version or any(snapshot.get(k) != v for k, v in environment().items()):
+        return _debug("the environment or interpreter differ") or None
+    changed = first_changed(snapshot["paths"])
+    if changed is not None:
+        return _debug(f"{changed} changed") or None
+    return snapshot
 
 
 def _debug(why: str) -> bool:

@@ -48,7 +48,12 @@ class Watcher:
         self.broken = self.broken or why
 
     def add_python_modules(self) -> None:
-        """Every imported module that is not installed library code (evsys's own and user plugins)."""
+        """Every imported module that is not installed library code (evsys's own and user plugins),
+        and the folders libraries are installed in: installing, upgrading or removing one changes
+        their listing, so a library's new version (pydantic's validation, say) is never assumed."""
+        for folder in sys.path:
+            if os.path.basename(folder) in ("site-packages", "dist-packages") and os.path.isdir(folder):
+                self.add(folder)
         installed = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
         for module in list(sys.modules.values()):
             file = getattr(module, "__file__", None)

@@ -45,10 +45,10 @@ class Project:
         self._compile(store)
         # the no-op fast path prints and writes what a cached build does; callbacks beyond the
         # local logger (which prints nothing for cached nodes) must see every build; a backend
-        # that keeps checkpoints on a service must be asked each build whether they still exist
-        self.fast_path_ok = all(
-            c.kind == "local_logger" for a in loaded.arms for c in a.config.callbacks
-        ) and not any(trains_by_name(a) for a in loaded.arms) and not self.incomplete
+        # that keeps checkpoints on a service must be asked each build (and plan) whether they
+        # still exist
+        self.plan_fast_path_ok = not any(trains_by_name(a) for a in loaded.arms) and not self.incomplete
+        self.fast_path_ok = self.plan_fast_path_ok and all(c.kind == "local_logger" for a in loaded.arms for c in a.config.callbacks)
 
     def _compile(self, store: Store) -> None:
         statcache = StatCache(store.local_dir / "stat-cache.json")
