@@ -1,4 +1,4 @@
-"""`build` and `plan` as plain functions (the CLI and tests share them)."""
+"""`build` as plain functions (the CLI, the Python API and tests share them); `plan` is plans.py."""
 
 from __future__ import annotations
 
@@ -13,68 +13,15 @@ from . import collector
 from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, UsageError
 from .executor import Event, Executor
 from .fastpath import save as save_snapshot
-from .fastpath import save_plan, try_fast_build, try_fast_plan
+from .fastpath import try_fast_build
 from .interrupts import stop_on_signals
-from .planner import PlanEntry, plan
+from .plans import ArmLabels, graph_for, incomplete_project
 from .pools import NodePool, make_pool
-from .read_journal import JournalBucket
 from .project import frontend
 from .runs import finish_run, start_run
 from .store import Store, referenced_objects
 from .targets import no_target_message, select_targets
 from .watch import watching
-
-
-def _project_and_graph(config: Path, store: Store, arm: str | None):
-    project = frontend().open_project(config, store)
-    return (project, *_graph_for(project, arm))
-
-
-def _graph_for(project, arm: str | None):
-    if arm is not None and arm not in project.arm_names:
-        raise UsageError(f"--arm {arm}: no such arm; the config has: {', '.join(project.arm_names)}")
-    return project.graph_for(arm), ([arm] if arm else project.arm_names)
-
-
-def plan_entries(config: Path, store: Store, arm: str | None = None, targets: list[str] | None = None) -> list[PlanEntry]:
-    return plan_with_notes(config, store, arm, targets)[0]
-
-
-def plan_with_notes(config: Path, store: Store, arm: str | None = None, targets: list[str] | None = None) -> tuple[list[PlanEntry], list[str]]:
-    """The plan, and the project's notes (e.g. nodes that appear once the data is built)."""
-    project, entries = _planned(config, store, arm, targets)
-    return entries, list(getattr(project, "notes", []))
-
-
-def _planned(config: Path, store: Store, arm: str | None, targets: list[str] | None):
-    project, graph, _ = _project_and_graph(config, store, arm)
-    if targets:
-        graph, unmatched = select_targets(graph, store, targets)
-        if unmatched:
-            raise UsageError(no_target_message(unmatched[0], project.graph_for(arm), _incomplete(project)))
-    return project, plan(store, graph, project.refs(store))
-
-
-def run_plan(config: Path, store: Store, arm: str | None, view: str, render: Callable[[list[PlanEntry], list[str]], list[str]], echo: Callable[[str], None] = print, targets: list[str] | None = None) -> None:
-    """`evsys plan`: print what `render` makes of the plan. A plan of a local store that nothing it
-    read has changed since the same plan (same config, arm, `view`, folder and store) is printed
-    from that plan's snapshot without compiling (fastpath.py); a compiled one leaves the snapshot."""
-    local = getattr(store.bucket, "root", None) is not None and store.upstream is None and not targets
-    if local and try_fast_plan(store, config, arm, view, echo):
-        return
-    if not local:
-        entries, notes = plan_with_notes(config, store, arm, targets)
-        for line in render(entries, notes):
-            echo(line)
-        return
-    journal = JournalBucket(store.bucket)
-    with watching() as watcher:  # the planner too: an estimate may read files, or what cannot be watched
-        project, entries = _planned(config, Store(journal), arm, None)
-    lines = render(entries, list(getattr(project, "notes", [])))
-    for line in lines:
-        echo(line)
-    if getattr(project, "plan_fast_path_ok", False):
-        save_plan(store, config, arm, view, watcher, journal, lines)
 
 
 def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2, echo: Callable[[str], None] = print, targets: list[str] | None = None, executor: "str | NodePool" = "threads", ray_address: str | None = None) -> int:
@@ -102,7 +49,7 @@ def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2,
         project = frontend().open_project(config, store)
     outcome, runner, printer = _build(project, store, arm, jobs, tee, None, targets, executor, ray_address)
     if local and outcome.code == 0 and runner.executions == 0 and not printer.warned and getattr(project, "fast_path_ok", False):
-        graph, _ = _graph_for(project, arm)
+        graph, _ = graph_for(project, arm)
         save_snapshot(store, config, arm, watcher, [n.key for n in graph.nodes()], lines, outcome.run)
     return outcome.code
 
@@ -136,8 +83,8 @@ def build_outcome(project, store: Store, arm: str | None = None, jobs: int = 2, 
 
 def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None, targets: list[str] | None, executor: "str | NodePool", ray_address: str | None):
     """(the outcome, the executor, the printer) of one build."""
-    graph, arms = _graph_for(project, arm)
-    if targets and not _incomplete(project):  # a mistyped target is bad usage: no run is recorded for it
+    graph, arms = graph_for(project, arm)
+    if targets and not incomplete_project(project):  # a mistyped target is bad usage: no run is recorded for it
         unmatched = select_targets(graph, store, targets)[1]
         if unmatched:
             raise UsageError(no_target_message(unmatched[0], graph, False))
@@ -186,9 +133,9 @@ def _build_and_finish(project, store: Store, arm: str | None, targets: list[str]
     report blob found while writing the run dir is quarantined, the report rebuilt, and the run dir
     written again."""
     while True:
-        graph, _ = _graph_for(project, arm)
+        graph, _ = graph_for(project, arm)
         selected, unmatched = select_targets(graph, store, targets) if targets else (graph, [])
-        if unmatched and not _incomplete(project):
+        if unmatched and not incomplete_project(project):
             raise UsageError(no_target_message(unmatched[0], graph, False))
         built["graph"] = graph if unmatched else selected
         printer.arms_of = graph.arms_of
@@ -201,7 +148,7 @@ def _build_and_finish(project, store: Store, arm: str | None, targets: list[str]
         return {"partial": True}
     for attempt in range(3):
         try:
-            return project.finish(store, results, _graph_for(project, arm)[1], echo) or {}
+            return project.finish(store, results, graph_for(project, arm)[1], echo) or {}
         except CorruptObject as exc:
             if attempt == 2:
                 raise
@@ -211,14 +158,9 @@ def _build_and_finish(project, store: Store, arm: str | None, targets: list[str]
     raise AssertionError("unreachable")
 
 
-def _incomplete(project) -> bool:
-    """Whether the project's graph is still missing nodes that built data will tell (see `expand`)."""
-    return bool(getattr(project, "incomplete", False))
-
-
 def _expand(project, store: Store) -> bool:
     expand = getattr(project, "expand", None)
-    return bool(expand(store)) if expand is not None and _incomplete(project) else False
+    return bool(expand(store)) if expand is not None and incomplete_project(project) else False
 
 
 def _close(project, store: Store, results: dict, arms: list[str], status: str, printer) -> None:
@@ -234,30 +176,6 @@ def _close(project, store: Store, results: dict, arms: list[str], status: str, p
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-SHORT_ARM = 12  # longer arm names (sweep arms) are shown as a1, a2, ... in build and plan lines, with a legend
-
-
-class ArmLabels:
-    """Which arms a node belongs to, as build and plan lines say it: `[all arms]` (of three or
-    more), else the names, a long one (a sweep arm's `lora_rank=8,learning_rate=0.0001`, which
-    holds commas) shown by a short label that `legend` explains once."""
-
-    def __init__(self, arm_names: list[str]):
-        self.arm_names = list(arm_names)
-        self._every = frozenset(self.arm_names)  # made once: a 1,000-arm sweep labels thousands of lines
-        several = len(self.arm_names) > 1
-        self.short = {name: (f"a{i + 1}" if several and len(name) > SHORT_ARM else name) for i, name in enumerate(self.arm_names)}
-
-    def legend(self) -> str | None:
-        shortened = [f"{short} = {name}" for name, short in self.short.items() if short != name]
-        return "arms: " + "; ".join(shortened) if shortened else None
-
-    def label(self, arms: list[str]) -> str:
-        if len(self.arm_names) > 2 and len(arms) >= len(self._every) and self._every.issubset(arms):
-            return "[all arms]"
-        return "[" + ",".join(self.short.get(a, a) for a in arms) + "]"
 
 
 class BuildPrinter:

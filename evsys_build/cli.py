@@ -10,13 +10,11 @@ from pathlib import Path
 import click
 
 from . import cli_diff, cli_export, cli_runs, cli_sync, collector
-from .build import ArmLabels, run_build, run_plan
+from .plans import ArmLabels, run_plan
 from . import interrupts
 from .errors import EvsysError, Interrupted, UsageError
-from .gc import collect_garbage, verify_store
 from .pools import EXECUTORS
 from .project import frontend
-from .show import show_node
 from .store import Store, cache_location, open_built_store, open_store
 
 cache_option = click.option("--cache-dir", default=None, help="store location: a folder, s3://bucket/prefix or gs://bucket/prefix (default: $EVSYS_CACHE or ./.evsys-cache)")
@@ -72,6 +70,8 @@ def build(config, arm, jobs, executor, ray_address, remote, targets, cache_dir):
     """Build every node CONFIG implies (or only what --target needs); print one line per node, then the run dir."""
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
+    from .build import run_build  # lazily: the executor and its pools load for builds only
+
     store = _store(cache_dir, remote)
     try:
         code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo, targets=list(targets) or None, executor=executor, ray_address=ray_address)
@@ -133,6 +133,8 @@ def _built_on(entry) -> list[str]:
 @cache_option
 def show(ref, as_json, rows, cache_dir):
     """Show a node: `evsys show node:<key or unique prefix>`."""
+    from .show import show_node
+
     click.echo(show_node(open_built_store(cache_location(cache_dir)), ref, as_json=as_json, rows=rows, color=sys.stdout.isatty()))
 
 
@@ -176,6 +178,8 @@ def dag(config, fmt, cache_dir):
 @cache_option
 def gc(dry_run, keep_last, keep_within, cache_dir):
     """Remove what no retained run references (waits for running builds to finish)."""
+    from .gc import collect_garbage
+
     store = open_built_store(cache_location(cache_dir))
     days = _days(keep_within)
     report = collect_garbage(store, keep_last, days, dry_run, on_wait=lambda: click.echo("evsys: waiting for running builds to finish...", err=True))
@@ -217,6 +221,8 @@ def _mb(size: int) -> str:
 @cache_option
 def verify(repair, cache_dir):
     """Re-hash every object, check every manifest and memo; name each bad object's node. Exit 1 on a problem."""
+    from .gc import verify_store
+
     store = open_built_store(cache_location(cache_dir))
     problems = verify_store(store, repair=repair, check_remote=getattr(frontend(), "check_remote", None))
     for p in problems:

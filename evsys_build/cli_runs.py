@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import click
@@ -22,6 +21,8 @@ def shown_status(run: dict) -> str:
     """The run's status, or `killed` for a `running` record whose build process is gone from this
     host (SIGKILL, a second Ctrl-C): its record never got its nodes; gc keeps what it saved until
     a later build of the experiment finishes."""
+    import socket  # lazily: every command imports this module, few list runs
+
     status = run.get("status", "?")
     if status == "running" and run.get("host") == socket.gethostname() and isinstance(run.get("pid"), int):
         try:

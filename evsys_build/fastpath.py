@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Callable
@@ -30,7 +29,6 @@ from . import __version__
 from .atomic import write_atomic
 from .hashing import digest
 from .read_journal import JournalBucket, first_changed
-from .runs import finish_record, new_run_id, now
 from .store import Store
 from .watch import Watcher
 
@@ -84,6 +82,10 @@ def try_fast_build(store: Store, config: Path, arm: str | None, echo: Callable[[
     snapshot = _current_snapshot(snapshot_path(store, config, arm), SNAPSHOT_VERSION)
     if snapshot is None:
         return False
+    import socket  # lazily (and runs.py): a plan from its snapshot needs neither
+
+    from .runs import finish_record, new_run_id, now
+
     with store.build_lock():
         if not all(store.complete_manifest(key) is not None for key in snapshot["nodes"]):
             return _debug("a node is not whole in the store")

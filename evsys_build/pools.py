@@ -9,13 +9,16 @@ through `executor.run_node`, and reports each outcome exactly once through `fini
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from .errors import UsageError
-from .node_run import Event, run_node
 from .graph import Graph, Node
 from .store import Store
+
+if TYPE_CHECKING:  # the rest loads when a pool runs: `evsys plan` imports this module for EXECUTORS
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .node_run import Event
 
 EXECUTORS = ("threads", "inline", "ray")
 
@@ -50,6 +53,8 @@ class InlinePool:
         self.submitted = 0
 
     def submit(self, node: Node, inputs: dict[str, dict], finish: Finish) -> None:
+        from .node_run import run_node
+
         self.submitted += 1
         finish(run_node(self.store, node, inputs, self.emit, self.stop))
 
@@ -71,9 +76,13 @@ class ThreadPool:
     def open(self, graph, store, emit, stop) -> None:
         self.store, self.emit, self.stop = store, emit, stop
         self.submitted = 0
+        from concurrent.futures import ThreadPoolExecutor
+
         self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="evsys-node")
 
     def submit(self, node: Node, inputs: dict[str, dict], finish: Finish) -> None:
+        from .node_run import run_node
+
         self.submitted += 1
         self._pool.submit(lambda: finish(run_node(self.store, node, inputs, self.emit, self.stop)))
 

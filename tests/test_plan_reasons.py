@@ -188,7 +188,7 @@ def test_a_removed_manifest_is_reported_and_only_that_node_reruns(project_copy):
 def test_a_rule_code_change_is_a_reason(project_copy, monkeypatch):
     """Plan in-process as if run_transform's code had changed (its code identity differs)."""
     import evsys_rules.nodes.transform as transform_rule
-    from evsys_build.build import plan_entries
+    from evsys_build.plans import plan_entries
 
     real = transform_rule.code_identity
     monkeypatch.setattr(transform_rule, "code_identity", lambda obj: real(obj) + ("-edited" if obj is transform_rule.run_transform else ""))
