@@ -32,7 +32,7 @@ from .read_journal import JournalBucket, first_changed
 from .store import Store
 from .watch import Watcher
 
-ENV_PREFIXES = ("EVSYS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TINKER_", "CUDA_", "PYTHON", "WANDB_", "RAY_", "AWS_", "GOOGLE_")
+ENV_PREFIXES = ("EVSYS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TINKER_", "CUDA_", "NVIDIA_", "PYTHON", "WANDB_", "RAY_", "AWS_", "GOOGLE_")
 ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PATH")
 OWN_SWITCHES = ("EVSYS_NO_FASTPATH", "EVSYS_FASTPATH_DEBUG")
 SNAPSHOT_VERSION = 2  # 2: environment values as digests
@@ -49,7 +49,8 @@ def environment() -> dict:
     names include credentials (TINKER_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY), and a snapshot
     only needs to tell whether a value changed, never what it was."""
     env = {k: _value_digest(v) for k, v in os.environ.items() if (k.startswith(ENV_PREFIXES) or k in ENV_NAMES) and k not in OWN_SWITCHES}
-    return {"env": env, "python": sys.version, "executable": sys.executable, "evsys": __version__, "cwd": os.getcwd()}
+    started = {"path": sys.path, "flags": repr(sys.flags)}  # `python -m` (the run dir first), `-I`, `-S`: other modules import
+    return {"env": env, "python": sys.version, "executable": sys.executable, "started": started, "evsys": __version__, "cwd": os.getcwd()}
 
 
 def _value_digest(value: str) -> str:

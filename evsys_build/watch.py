@@ -49,10 +49,13 @@ class Watcher:
 
     def add_python_modules(self) -> None:
         """Every imported module that is not installed library code (evsys's own and user plugins),
-        and the folders libraries are installed in: installing, upgrading or removing one changes
-        their listing, so a library's new version (pydantic's validation, say) is never assumed."""
+        and every folder on sys.path but the run dir: installing, upgrading or removing a library
+        changes its folder's listing, so a new pydantic is never assumed. (The run dir, first on
+        sys.path under `python -m`, changes with every file written there; the plugin loader
+        watches it where a module plugin could be shadowed from it.)"""
+        here = os.getcwd()
         for folder in sys.path:
-            if os.path.basename(folder) in ("site-packages", "dist-packages") and os.path.isdir(folder):
+            if folder and os.path.isdir(folder) and os.path.abspath(folder) != here:
                 self.add(folder)
         installed = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
         for module in list(sys.modules.values()):
@@ -93,10 +96,15 @@ def watch_tree(folder) -> None:
     """Report a folder and its subfolders: their listings decide which files are read."""
     if _current.get() is None:
         return
-    watch(folder)
-    for sub in Path(folder).rglob("*"):
-        if sub.is_dir():
-            watch(sub)
+    watch(folder)  # absent, or a file: its stamp says so
+    seen = set()
+    for root, dirs, _files in os.walk(folder, followlinks=True):  # as glob's `**` does
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            dirs.clear()
+            continue
+        seen.add(real)
+        watch(root)
 
 
 def unwatchable(why: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 from evsys_build.bucket import LocalBucket
 from evsys_build.read_journal import JournalBucket, first_changed
 from evsys_build.store import Store, referenced_objects
-from evsys_testkit import EXPERIMENT, copy_project, edit_config, evsys, ok
+from evsys_testkit import BASE_CONFIG, EXPERIMENT, copy_project, edit_config, evsys, make_project, ok, tool_rows, write_jsonl
 
 NOT_TAKEN = "fast path not taken"
 
@@ -153,3 +153,132 @@ def test_a_snapshot_watches_the_folders_libraries_are_installed_in():
     watcher.add_python_modules()
     installed = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
     assert installed and all(os.path.abspath(p) in watcher.paths for p in installed)
+
+
+SHARDS_PLUGIN = """\
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from evsys_sdk import register_source
+
+
+@register_source("shards")
+class Shards:
+    class Config(BaseModel, extra="forbid"):
+        folder: str
+
+    def __init__(self, **params):
+        self.cfg = self.Config(**params)
+
+    def files(self):
+        return sorted(Path(self.cfg.folder).glob("*.jsonl"))  # the plugin lists the folder itself
+
+    def check(self):
+        pass
+
+    def read(self):
+        return [json.loads(line) for f in self.files() for line in f.read_text().splitlines() if line.strip()]
+"""
+
+
+def unbuilt_project(root: Path, config: str = BASE_CONFIG) -> Path:
+    """A project never built: its plan still names every key, and a change to what it read changes them."""
+    return make_project(root, tool_rows(20), config)
+
+
+def primed(project: Path, *roots: Path, env: dict | None = None, config: str = "config.yaml") -> str:
+    """Plan until one is printed from the snapshot (the first plan makes the store's folders and
+    caches: aged, the second leaves the snapshot); returns the plan."""
+    age(project, *roots)
+    first = plan_in(project, env, config)
+    age(project, *roots)
+    plan_in(project, env, config)
+    again = plan_in(project, env, config)
+    assert NOT_TAKEN not in again.stderr, again.stderr
+    assert again.stdout == first.stdout
+    return again.stdout
+
+
+def plan_in(project: Path, env: dict | None = None, config: str = "config.yaml") -> subprocess.CompletedProcess:
+    return ok(evsys("plan", config, "--cache-dir", "cache", cwd=project, env={"EVSYS_FASTPATH_DEBUG": "1", **(env or {})}))
+
+
+def changed_plan(project: Path, before: str, env: dict | None = None, config: str = "config.yaml") -> str:
+    after = plan_in(project, env, config)
+    assert NOT_TAKEN in after.stderr, "printed from the snapshot"
+    slow = ok(evsys("plan", config, "--cache-dir", "cache", cwd=project, env={"EVSYS_NO_FASTPATH": "1", **(env or {})})).stdout
+    assert after.stdout == slow and after.stdout != before
+    return after.stdout
+
+
+def test_a_shard_added_beside_a_plugin_sources_files_takes_the_normal_path(tiny_model_dir, tmp_path):
+    config = BASE_CONFIG.replace("  source_kind: jsonl\n  path: data/train.jsonl\n", "  source_kind: shards\n  params: {folder: shards}\n")
+    project = unbuilt_project(tmp_path / "p", config.replace("output_dir: out\n", "output_dir: out\nplugins: [shards.py]\n"))
+    (project / "shards.py").write_text(SHARDS_PLUGIN)
+    write_jsonl(project / "shards" / "a.jsonl", tool_rows(20))
+    before = primed(project, tiny_model_dir)
+    write_jsonl(project / "shards" / "b.jsonl", tool_rows(5, seed=3))
+    changed_plan(project, before)
+
+
+def test_a_plugin_file_appearing_where_the_lookup_looks_first_takes_the_normal_path(tiny_model_dir, tmp_path):
+    """`plugins: [shards.py]` looks in the run dir before the config's folder."""
+    config = BASE_CONFIG.replace("  source_kind: jsonl\n  path: data/train.jsonl\n", "  source_kind: shards\n  params: {folder: shards}\n")
+    project = unbuilt_project(tmp_path / "p")
+    (project / "conf").mkdir()
+    (project / "conf" / "config.yaml").write_text(config.replace("output_dir: out\n", "output_dir: out\nplugins: [shards.py]\n"))
+    (project / "conf" / "shards.py").write_text(SHARDS_PLUGIN)
+    write_jsonl(project / "shards" / "a.jsonl", tool_rows(20))
+    before = primed(project, tiny_model_dir, config="conf/config.yaml")
+    (project / "shards.py").write_text(SHARDS_PLUGIN.replace("glob(\"*.jsonl\")", "glob(\"*.json*\")"))
+    changed_plan(project, before, config="conf/config.yaml")
+
+
+def test_a_file_under_a_linked_folder_of_a_recursive_glob_takes_the_normal_path(tiny_model_dir, tmp_path):
+    """glob's `**` follows a linked folder; so does what the snapshot watches."""
+    project = unbuilt_project(tmp_path / "p", BASE_CONFIG.replace("path: data/train.jsonl", 'path: "data/**/*.jsonl"'))
+    outside = tmp_path / "outside"
+    write_jsonl(outside / "sub" / "b.jsonl", tool_rows(5, seed=1))
+    (project / "data" / "linked").symlink_to(outside)
+    before = primed(project, tiny_model_dir, outside)
+    write_jsonl(outside / "sub" / "c.jsonl", tool_rows(5, seed=2))
+    changed_plan(project, before)
+
+
+def test_a_library_installed_into_a_pythonpath_folder_takes_the_normal_path(built_project, tiny_model_dir, tmp_path):
+    """`pip install --target libs` with PYTHONPATH=libs: the folder's listing is watched like site-packages."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    project = copy_project(built_project, tmp_path / "p")
+    env = {"PYTHONPATH": str(libs)}
+    before = primed(project, tiny_model_dir, libs, env=env)
+    (libs / "tokenizers-99.0.dist-info").mkdir()
+    (libs / "tokenizers-99.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: tokenizers\nVersion: 99.0\n\n")
+    assert "tokenizer library versions changed" in changed_plan(project, before, env=env)
+
+
+def test_the_gpu_a_config_sees_is_reported_to_the_snapshot():
+    """`device: auto` turns on whether an NVIDIA GPU is there: the files that tell are watched."""
+    from evsys_build.watch import watching
+    from evsys_rules.backends.local.config import NVIDIA_FILES, cuda_present
+
+    with watching() as watcher:
+        cuda_present()
+    assert {os.path.abspath(p) for p in NVIDIA_FILES} <= set(watcher.paths)
+
+
+def test_a_module_plugin_shadowed_from_the_run_dir_takes_the_normal_path(tiny_model_dir, tmp_path):
+    """`plugins: [shardsrc]` found on PYTHONPATH; a `shardsrc.py` written in the run dir (first on
+    sys.path under `python -m`) would be imported instead."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "shardsrc.py").write_text(SHARDS_PLUGIN)
+    config = BASE_CONFIG.replace("  source_kind: jsonl\n  path: data/train.jsonl\n", "  source_kind: shards\n  params: {folder: shards}\n")
+    project = unbuilt_project(tmp_path / "p", config.replace("output_dir: out\n", "output_dir: out\nplugins: [shardsrc]\n"))
+    write_jsonl(project / "shards" / "a.jsonl", tool_rows(20))
+    env = {"PYTHONPATH": str(mods)}
+    before = primed(project, tiny_model_dir, mods, env=env)
+    (project / "shardsrc.py").write_text(SHARDS_PLUGIN.replace('glob("*.jsonl")', 'glob("*.json*")'))
+    changed_plan(project, before, env=env)

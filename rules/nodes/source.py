@@ -8,6 +8,7 @@ chunk; other formats stream their rows into content-defined chunks.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 from evsys_build.chunks import write_rows
@@ -15,6 +16,7 @@ from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
+from evsys_build.watch import unwatchable, watch, watch_tree
 
 from ..config.loading import Arm, LoadedConfig, check_source
 from ..plugins import kinds
@@ -32,6 +34,9 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     source_params = arm.params["data"].model_dump(exclude_defaults=True)
     source_params.pop("path", None)
     identity = getattr(source, "identity", None)
+    files = source.files()
+    if source_cls.__module__.split(".")[0] != __package__.split(".")[0]:
+        _watch_plugin_source(source, files, arm.params["data"].model_dump().get("path"), identity is not None)
     return Node(
         rule="source",
         name="source",
@@ -39,7 +44,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
         params={
             "kind": cfg.data.source_kind,
             "params": source_params,
-            "content": [statcache.file_digest(f) for f in source.files()],
+            "content": [statcache.file_digest(f) for f in files],
             **({"identity": identity()} if identity is not None else {}),
         },
         run=run_source,
@@ -48,6 +53,18 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
         param_labels={"content": "data file content changed", "identity": "dataset revision changed"},
         payload={"source": source},
     )
+
+
+def _watch_plugin_source(source, files: list, path, has_identity: bool) -> None:
+    """What a plugin source's file list may come from, for the fast paths: the folders its files
+    are in and its `path` param (a shard added beside one, or in an empty folder, changes the
+    list). What its `identity()` reads no stat can follow."""
+    for folder in sorted({str(Path(f).parent) for f in files}):
+        watch(folder)
+    if isinstance(path, str) and path:
+        watch_tree(path)  # a folder and its subfolders, or the file
+    if has_identity:
+        unwatchable(f"the plugin source {type(source).__name__}'s identity()")
 
 
 def run_source(ctx: RunContext) -> dict:

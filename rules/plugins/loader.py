@@ -6,11 +6,13 @@ import contextlib
 import importlib
 import importlib.util
 import linecache
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from evsys_build.errors import ConfigError, EvsysError
+from evsys_build.watch import watch
 
 from ..config.errors import where
 from ..config.yaml_marks import Marks
@@ -35,12 +37,28 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
             except ModuleNotFoundError as exc:
                 raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
         _reload_if_edited(module, at)
+        _watch_shadowing(spec)
     note_loaded()  # the source each user module runs, as near its import as evsys gets
+
+
+def _watch_shadowing(spec: str) -> None:
+    """Report the sys.path folders searched before the one a module plugin was found in: a
+    `name.py` or `name/` appearing in one (the run dir, under `python -m`) would be imported instead."""
+    top = sys.modules.get(spec.split(".")[0])
+    file = getattr(top, "__file__", None)
+    found = os.path.dirname(os.path.dirname(file) if file and os.path.basename(file) == "__init__.py" else file) if file else None
+    for folder in sys.path:
+        folder = os.path.abspath(folder or ".")
+        if folder == found:
+            return
+        watch(folder)
 
 
 def _import_path(spec: str, config_path: Path, at: str) -> None:
     candidates = [Path(spec), config_path.parent / spec]
     file = next((c for c in candidates if c.is_file()), None)
+    for looked in candidates[: candidates.index(file) if file is not None else len(candidates)]:
+        watch(looked)  # a file appearing where the lookup looks first would be the plugin
     if file is None:
         raise ConfigError(f"{at}: no such plugin file {spec!r} (looked in the run dir and beside the config)")
     name = "evsys_plugin_" + "".join(ch if ch.isalnum() else "_" for ch in str(file.resolve()))

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from evsys_build.watch import watch
+
 
 class LocalBackendConfig(BaseModel, extra="forbid"):
     """Settings of the local backend. `device`, `dtype` and `attention` change the numbers a run produces."""
@@ -40,8 +42,14 @@ def resolve_precision(config: LocalBackendConfig) -> LocalBackendConfig:
 
 
 def cuda_present() -> bool:
-    """An NVIDIA GPU that a CUDA build of torch could use, judged from files, not by importing torch."""
+    """An NVIDIA GPU that a CUDA build of torch could use, judged from files, not by importing torch
+    (reported to the fast paths' watcher: a GPU that appears changes the device, dtype and keys)."""
+    for path in NVIDIA_FILES:
+        watch(path)
     return _cuda_present(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+NVIDIA_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/gpus")
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,8 +58,8 @@ def _cuda_present(visible: str | None) -> bool:
         return False
     if "+cpu" in _torch_version():
         return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return Path("/dev/nvidiactl").exists() or (gpus.is_dir() and any(gpus.iterdir()))
+    control, gpus = (Path(p) for p in NVIDIA_FILES)
+    return control.exists() or (gpus.is_dir() and any(gpus.iterdir()))
 
 
 def torch_at_least(major: int, minor: int) -> bool:
