@@ -53,18 +53,13 @@ def run_plan(config: Path, store: Store, arm: str | None, view: str, render: Cal
     local = getattr(store.bucket, "root", None) is not None and store.upstream is None and not targets
     if local and try_fast_plan(store, config, arm, view, echo):
         return
-    if not local:
-        entries, notes = plan_with_notes(config, store, arm, targets)
-        for line in render(entries, notes):
-            echo(line)
-        return
-    journal = JournalBucket(store.bucket)
+    journal = JournalBucket(store.bucket) if local else None
     with watching() as watcher:  # the planner too: an estimate may read files, or what cannot be watched
-        project, entries = planned(config, Store(journal), arm, None)
+        project, entries = planned(config, Store(journal) if journal is not None else store, arm, targets)
     lines = render(entries, list(getattr(project, "notes", [])))
     for line in lines:
         echo(line)
-    if getattr(project, "plan_fast_path_ok", False):
+    if journal is not None and getattr(project, "plan_fast_path_ok", False):
         save_plan(store, config, arm, view, watcher, journal, lines)
 
 

@@ -35,10 +35,9 @@ class JournalBucket:
     def __str__(self) -> str:
         return str(self._inner)
 
-    def _keep(self, full: str) -> list | None:
+    def _keep(self, full: str) -> None:
         if full not in self.stamps:
             self.stamps[full] = stamp(full)
-        return self.stamps[full]
 
     def _keep_file(self, path: str) -> None:
         """The file's stamp when it exists, else its folder's (absence is a property of the folder)."""
