@@ -36,7 +36,7 @@ ENV_PREFIXES = ("EVSYS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TINKER_", "CU
 ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PATH")
 OWN_SWITCHES = ("EVSYS_NO_FASTPATH", "EVSYS_FASTPATH_DEBUG")
 SNAPSHOT_VERSION = 2  # 2: environment values as digests
-PLAN_SNAPSHOT_VERSION = 1
+PLAN_SNAPSHOT_VERSION = 2  # 2: the store's reads among the watched paths
 
 
 def snapshot_path(store: Store, config: Path, arm: str | None) -> Path:
@@ -105,14 +105,15 @@ def plan_snapshot_path(store: Store, config: Path, arm: str | None, view: str) -
 
 
 def save_plan(store: Store, config: Path, arm: str | None, view: str, watcher: Watcher, journal: JournalBucket, lines: list[str]) -> None:
-    """Leave a snapshot of a plan: its lines, what its compile read, and what it read from the store."""
+    """Leave a snapshot of a plan: its lines, and what its compile and planner read (`watcher`,
+    which `journal` reported the store's reads to)."""
     if os.environ.get("EVSYS_NO_FASTPATH"):
         return
     watcher.add_python_modules()
-    if not watcher.trustworthy() or not journal.trustworthy():
-        _debug(f"no plan snapshot: {watcher.broken or ('it wrote to the store' if journal.wrote else 'a file it read changed in the last 2 s')}")
+    if journal.wrote or not watcher.trustworthy():
+        _debug(f"no plan snapshot: {'it wrote to the store' if journal.wrote else watcher.broken or 'a file it read changed in the last 2 s'}")
         return
-    snapshot = {"version": PLAN_SNAPSHOT_VERSION, **environment(), "paths": watcher.paths, "store_reads": journal.stamps, "lines": lines}
+    snapshot = {"version": PLAN_SNAPSHOT_VERSION, **environment(), "paths": watcher.paths, "lines": lines}
     write_atomic(plan_snapshot_path(store, config, arm, view), json.dumps(snapshot).encode(), store.local_dir / "tmp")
 
 
@@ -124,9 +125,6 @@ def try_fast_plan(store: Store, config: Path, arm: str | None, view: str, echo: 
     snapshot = _current_snapshot(plan_snapshot_path(store, config, arm, view), PLAN_SNAPSHOT_VERSION)
     if snapshot is None:
         return False
-    changed = first_changed(snapshot["store_reads"])
-    if changed is not None:
-        return _debug(f"the store changed: {changed}")
     for line in snapshot["lines"]:
         echo(line)
     return True

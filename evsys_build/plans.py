@@ -53,8 +53,8 @@ def run_plan(config: Path, store: Store, arm: str | None, view: str, render: Cal
     local = getattr(store.bucket, "root", None) is not None and store.upstream is None and not targets
     if local and try_fast_plan(store, config, arm, view, echo):
         return
-    journal = JournalBucket(store.bucket) if local else None
     with watching() as watcher:  # the planner too: an estimate may read files, or what cannot be watched
+        journal = JournalBucket(store.bucket, watcher) if local else None
         project, entries = planned(config, Store(journal) if journal is not None else store, arm, targets)
     lines = render(entries, list(getattr(project, "notes", [])))
     for line in lines:

@@ -1,32 +1,32 @@
 """What a command read from a local store, kept as stat identities: enough for a later process
 to tell, with a few hundred `stat` calls, that every one of those reads would return the same.
 
-`JournalBucket` wraps a `LocalBucket` and passes everything through. A file whose bytes or size
-were read (a manifest, a ref) is kept as the file's own stamp. A presence check that found
-nothing, or a batch of them (`exists_many`), is kept as the stamp of the folder the file is or
+`JournalBucket` wraps a `LocalBucket`, passes everything through, and reports what it read to
+a `Watcher` (watch.py), beside the files the compile read, under the same 2 s racy rule. A file
+whose bytes or size were read (a manifest, a ref) is reported itself. A presence check that
+found nothing, or a batch of them (`exists_many`), is reported as the folder the file is or
 would be in: creating, removing or renaming a file in a folder changes the folder's mtime and
-ctime, and a folder that did not exist stamps as None until it does. A listing is kept as the
-stamps of every folder it walked. Each stamp is taken before the read it stands for, so a change
-that lands during the read shows as a different stamp later. A write through the bucket (a
+ctime, and a folder that did not exist stamps as None until it does. A listing is reported as
+every folder it walked. Each stamp is taken before the read it stands for, so a change that
+lands during the read shows as a different stamp later. A write through the bucket (a
 quarantine, a cache object) marks the journal `wrote`: what it read is then not what is there.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
-from .watch import RACY_NS, stamp
+from .watch import Watcher, stamp
 
 
 class JournalBucket:
-    """A local bucket that remembers the stat identity of everything read through it."""
+    """A local bucket that reports the stat identity of everything read through it to `watcher`."""
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Any, watcher: Watcher):
         self._inner = inner
         self._prefix = os.path.join(inner.location, "")
-        self.stamps: dict[str, list | None] = {}
+        self._watcher = watcher
         self.wrote = False
 
     def __getattr__(self, name: str) -> Any:  # root, local_dir, location, locks, staging
@@ -35,19 +35,15 @@ class JournalBucket:
     def __str__(self) -> str:
         return str(self._inner)
 
-    def _keep(self, full: str) -> None:
-        if full not in self.stamps:
-            self.stamps[full] = stamp(full)
-
     def _keep_file(self, path: str) -> None:
         """The file's stamp when it exists, else its folder's (absence is a property of the folder)."""
         full = self._prefix + path
-        if full not in self.stamps:
+        if full not in self._watcher.paths:
             found = stamp(full)
             if found is None:
-                self._keep(os.path.dirname(full))
+                self._watcher.add(os.path.dirname(full))
             else:
-                self.stamps[full] = found
+                self._watcher.paths[full] = found
 
     # -- reads --------------------------------------------------------------------------------
     def read_versioned(self, path: str):
@@ -60,14 +56,14 @@ class JournalBucket:
 
     def exists_many(self, paths: list[str]) -> set[str]:
         for folder in {os.path.dirname(p) for p in paths}:
-            self._keep(self._prefix + folder)
+            self._watcher.add(self._prefix + folder)
         return self._inner.exists_many(paths)
 
     def list(self, prefix: str) -> dict:
         base = self._prefix + prefix
-        self._keep(base.rstrip("/") or base)
+        self._watcher.add(base)
         for folder, _dirs, _files in os.walk(base):
-            self._keep(folder.rstrip("/"))
+            self._watcher.add(folder)
         return self._inner.list(prefix)
 
     # -- writes -------------------------------------------------------------------------------
@@ -86,13 +82,6 @@ class JournalBucket:
     def quarantine(self, path: str, token: str | None) -> str | None:
         self.wrote = True
         return self._inner.quarantine(path, token)
-
-    # -- trust --------------------------------------------------------------------------------
-    def trustworthy(self) -> bool:
-        """Nothing written, and nothing read changed so recently that its stamp may not show the
-        next change (the 2 s racy rule of watch.py)."""
-        now = time.time_ns()
-        return not self.wrote and all(s is None or now - s[1] >= RACY_NS for s in self.stamps.values())
 
 
 def first_changed(stamps: dict[str, list | None]) -> str | None:

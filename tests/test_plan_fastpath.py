@@ -130,19 +130,22 @@ def node_line(out: str, name: str) -> str:
 
 
 def test_a_journal_stamps_files_read_and_folders_of_files_not_found(tmp_path):
+    from evsys_build.watch import Watcher
+
     bucket = LocalBucket(tmp_path / "store")
     bucket.create("nodes/ab/present.json", b"{}")
     age(tmp_path)
-    journal = JournalBucket(bucket)
+    watcher = Watcher()
+    journal = JournalBucket(bucket, watcher)
     assert journal.read_versioned("nodes/ab/present.json").data == b"{}"
     assert journal.size("nodes/cd/absent.json") is None
     assert journal.exists_many(["objects/ef/0123"]) == set()
-    assert set(journal.stamps) == {f"{tmp_path}/store/nodes/ab/present.json", f"{tmp_path}/store/nodes/cd", f"{tmp_path}/store/objects/ef"}
-    assert journal.trustworthy() and first_changed(journal.stamps) is None
+    assert set(watcher.paths) == {f"{tmp_path}/store/nodes/ab/present.json", f"{tmp_path}/store/nodes/cd", f"{tmp_path}/store/objects/ef"}
+    assert watcher.trustworthy() and not journal.wrote and first_changed(watcher.paths) is None
     bucket.create("objects/ef/0123", b"x")  # a folder that did not exist now does
-    assert first_changed(journal.stamps) == f"{tmp_path}/store/objects/ef"
+    assert first_changed(watcher.paths) == f"{tmp_path}/store/objects/ef"
     journal.create("nodes/cd/absent.json", b"{}")
-    assert not journal.trustworthy()  # it wrote: what it read is no longer what is there
+    assert journal.wrote  # it wrote: what it read is no longer what is there
 
 
 def test_a_snapshot_watches_the_folders_libraries_are_installed_in():

@@ -36,7 +36,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     identity = getattr(source, "identity", None)
     files = source.files()
     if source_cls.__module__.split(".")[0] != __package__.split(".")[0]:
-        _watch_plugin_source(source, files, arm.params["data"].model_dump().get("path"), identity is not None)
+        _watch_plugin_source(source, files, getattr(arm.params["data"], "path", None), identity is not None)
     return Node(
         rule="source",
         name="source",

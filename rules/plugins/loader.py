@@ -44,9 +44,12 @@ def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
 def _watch_shadowing(spec: str) -> None:
     """Report the sys.path folders searched before the one a module plugin was found in: a
     `name.py` or `name/` appearing in one (the run dir, under `python -m`) would be imported instead."""
-    top = sys.modules.get(spec.split(".")[0])
-    file = getattr(top, "__file__", None)
-    found = os.path.dirname(os.path.dirname(file) if file and os.path.basename(file) == "__init__.py" else file) if file else None
+    file = getattr(sys.modules.get(spec.split(".")[0]), "__file__", None)
+    found = None  # the sys.path folder that holds the module or its package
+    if file:
+        found = os.path.dirname(file)
+        if os.path.basename(file) == "__init__.py":
+            found = os.path.dirname(found)
     for folder in sys.path:
         folder = os.path.abspath(folder or ".")
         if folder == found:
