@@ -221,6 +221,12 @@ class Store:
     def has_manifest(self, key: str) -> bool:
         return self.bucket.size(_manifest_path(key)) is not None
 
+    def stored_manifests(self, keys: Iterable[str]) -> set[str]:
+        """The keys among `keys` that have a manifest here (one batched existence check; the
+        manifests are neither read nor checked)."""
+        paths = {_manifest_path(k): k for k in keys}
+        return {paths[p] for p in self.bucket.exists_many(list(paths))} if paths else set()
+
     def complete_manifest(self, key: str, label: str = "") -> dict | None:
         """The manifest of `key` when it and every object it references are present, else None:
         a node is served from cache only when all of it is there. With an upstream store (read

@@ -40,6 +40,8 @@ class Watcher:
         self.broken: str | None = None
 
     def add(self, path) -> None:
+        if path in self.paths:  # already an absolute, normalised name: stamped
+            return
         name = os.path.abspath(path)
         if name not in self.paths:
             self.paths[name] = stamp(name)

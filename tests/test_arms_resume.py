@@ -117,6 +117,8 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tiny_model_dir
     assert " killed " in ok(evsys("runs", "--cache-dir", "cache", cwd=project)).stdout
     ok(evsys("gc", "--keep-last", "0", "--keep-within", "0d", "--cache-dir", "cache", cwd=project))
     assert _checkpoint_steps(project / "cache") == stored
+    planned = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert f"resuming after step {max(stored)}" in planned  # plan finds the same newest checkpoint
     out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert f"resuming train from checkpoint@{max(stored)}" in out
     saved = [line.split()[1] for line in out.splitlines() if line.startswith("saved ")]

@@ -217,8 +217,10 @@ def newest_stored_step(store: Store, train: Node, below: int) -> int:
     Any step may have one (a stopped training saves where it stopped): each step's key is
     computed without building its node, and only a checkpoint whose manifest is here (or that an
     upstream store may hold) is built and checked."""
-    for step, key in checkpoint_keys(train, range(below - 1, 0, -1)).items():
-        if (store.upstream is not None or store.has_manifest(key)) and usable(store, checkpoint_node(train, step)):
+    keys = checkpoint_keys(train, range(below - 1, 0, -1))
+    here = set(keys.values()) if store.upstream is not None else store.stored_manifests(keys.values())
+    for step, key in keys.items():
+        if key in here and usable(store, checkpoint_node(train, step)):
             return step
     return 0
 
