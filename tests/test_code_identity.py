@@ -273,13 +273,13 @@ def test_the_identity_cache_notices_an_edit_in_any_file_the_identity_read(plugin
     monkeypatch.setattr(ci, "_disk", cache)
     before = identity_of(plugin, "transforms", attr)
     assert cache.entries and cache.dirty  # it was stored
-    ci._source_identity.cache_clear()  # as a new process would start
+    ci.forget_identities()  # as a new process would start
     assert identity_of(plugin, "transforms", attr) == before  # served from disk
     plugin.edit(file, old, new)
-    ci._source_identity.cache_clear()
+    ci.forget_identities()
     fresh = identity_of(plugin, "transforms", attr)
     monkeypatch.setattr(ci, "_disk", None)
-    ci._source_identity.cache_clear()
+    ci.forget_identities()
     assert fresh != before and fresh == identity_of(plugin, "transforms", attr)
 
 
@@ -504,7 +504,7 @@ def test_identities_do_not_depend_on_what_the_process_did_before(tmp_path, monke
     fresh = subprocess.run([sys.executable, "-c", IDENTITIES_SCRIPT], capture_output=True, text=True, check=True).stdout.split()
     linear_weighted_nll(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long), torch.ones(2), chunk=2)
     monkeypatch.setattr(ci, "_disk", ci.IdentityCache(tmp_path / "identity-cache.json"))
-    ci._source_identity.cache_clear()
+    ci.forget_identities()
     from evsys_rules.backends.local import LocalBackend
     from evsys_rules.nodes import eval as eval_rule
     from evsys_rules.nodes import tokenize, train

@@ -202,7 +202,8 @@ def run_eval(ctx: RunContext) -> dict:
     checkpoint = ctx.inputs["checkpoint"]
     sampling = ctx.node.params["sampling"]
     prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
-    sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "sampler": ctx.node.params["sampler"], "model": ctx.node.params["model"]}
+    sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "sampler": ctx.node.params["sampler"], "model": ctx.node.params["model"],
+                        "tokenizer_libraries": ctx.node.params["tokenizer_libraries"]}  # completions are decoded with them
     checkpoint_digest = output_digest(checkpoint)
     memo_keys = [
         digest({"checkpoint": checkpoint_digest, "prompt": p, "sampling": sampling, "seed": arm.config.seed, "sampler": sampler_identity})

@@ -45,12 +45,13 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
             "kind": cfg.data.source_kind,
             "params": source_params,
             "content": [statcache.file_digest(f) for f in files],
+            "suffixes": [Path(f).suffix for f in files],  # a source may parse by suffix (`json`: .json whole, .jsonl by line)
             **({"identity": identity()} if identity is not None else {}),
         },
         run=run_source,
         arm=arm.name,
         param_paths={"params": "data.params", "kind": "data.source_kind"},
-        param_labels={"content": "data file content changed", "identity": "dataset revision changed"},
+        param_labels={"content": "data file content changed", "suffixes": "data file suffixes changed", "identity": "dataset revision changed"},
         payload={"source": source},
     )
 

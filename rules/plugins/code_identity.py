@@ -29,7 +29,6 @@ editing them reruns nothing.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import inspect
@@ -42,10 +41,13 @@ from pathlib import Path
 import xxhash
 
 from evsys_build.atomic import write_atomic
+from evsys_build.errors import HashingError
+from evsys_build.hashing import canonical_json
 from evsys_build.watch import RACY_NS, watch
 
+from .registry import Registry
 from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
-from .code_units import Binding, file_stamp, stat_stamp, module_bindings, module_statements, module_text, module_units, unit_of
+from .code_units import Binding, file_stamp, stat_stamp, module_bindings, module_imports, module_statements, module_text, module_units, unit_of
 
 EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
 _CHASE_DEPTH = 16  # re-exports followed through at most this many modules
@@ -80,24 +82,34 @@ def method_identity(cls: type, name: str) -> str:
     return code_identity(getattr(cls, name), owner=cls)
 
 
-@functools.lru_cache(maxsize=None)
+_identities: dict[tuple, tuple[str, tuple]] = {}
+
+
 def _source_identity(obj, owner) -> tuple[str, tuple]:
-    """(the identity, the user modules it was computed from: each recorded with the source it runs)."""
+    """(the identity, the user modules it was computed from: each recorded with the source it runs).
+    Kept for the process, except one that reached a definition with no module file (a notebook
+    cell's): the globals it reads can change under the same function object."""
+    known = _identities.get((obj, owner))
+    if known is not None:
+        return known
     key = _cache_key(obj, owner)
     found = _disk.get(key) if _disk is not None and key else None
     if found is not None:
-        return found, tuple(watch_files(_disk.files(key)))
+        result = _identities[(obj, owner)] = (found, tuple(watch_files(_disk.files(key))))
+        return result
     collector = _Collector(obj, owner)
     identity = "source:" + xxhash.xxh3_128_hexdigest(collector.text().encode())
     user_modules = tuple(watch_modules(collector.module_objects()))
     if _disk is not None and key:
-        _disk.put(key, identity, collector.files())
+        _disk.put(key, identity, collector.files(), collector.module_files())
+    if not collector.sourceless():
+        _identities[(obj, owner)] = (identity, user_modules)
     return identity, user_modules
 
 
 def forget_identities() -> None:
     """Drop this process's identities (a plugin or a module it uses was re-executed)."""
-    _source_identity.cache_clear()
+    _identities.clear()
 
 
 class IdentityCache:
@@ -113,8 +125,10 @@ class IdentityCache:
 
     def get(self, key: str) -> str | None:
         entry = self._load().get(key)
-        if not entry or entry.get("python") != sys.version:
+        if not entry or entry.get("python") != sys.version or "modules" not in entry:
             return None
+        if any(_module_file(name) != file for name, file in entry["modules"].items()):
+            return None  # a module the walk read now comes from another file (PYTHONPATH, another checkout)
         for file, stamp in entry["files"].items():
             if _stamp(file) != stamp:
                 return None
@@ -125,13 +139,13 @@ class IdentityCache:
         """The source files the identity `key` was made of (after a `get` that found it)."""
         return list(self._load()[key]["files"])
 
-    def put(self, key: str, identity: str, files: list[str]) -> None:
+    def put(self, key: str, identity: str, files: list[str], modules: dict[str, str | None]) -> None:
         for file in files:
             watch(file)
         stamps = {f: _stamp(f) for f in files}
         if any(s is None or time.time_ns() - s[1] < RACY_NS for s in stamps.values()):
             return
-        self._load()[key] = {"identity": identity, "files": stamps, "python": sys.version}
+        self._load()[key] = {"identity": identity, "files": stamps, "modules": modules, "python": sys.version}
         self.dirty = True
 
     def save(self) -> None:
@@ -169,6 +183,18 @@ def _object_key(obj) -> str | None:
     return f"{file}::{qualname}" if file and "<locals>" not in qualname else None
 
 
+def _module_file(name: str) -> str | None:
+    """The file module `name` is (or, not imported yet, would be) loaded from; never imports it."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(name)  # imports its parent packages only
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
 def _stamp(file: str) -> list | None:
     stamp = stat_stamp(file)
     return list(stamp) if stamp is not None else None  # a list: as the cache's JSON gives it back
@@ -188,6 +214,15 @@ class _Collector:
     def module_objects(self) -> list:
         """The modules the walk read."""
         return [m for name in self.modules if (m := sys.modules.get(name)) is not None]
+
+    def sourceless(self) -> bool:
+        """Whether a definition with no module file was keyed by its own text (and the values it reads)."""
+        return any(self.parts.values())
+
+    def module_files(self) -> dict[str, str | None]:
+        """Each module the walk read and the file it was loaded from: a cached identity holds only
+        while the same names still come from the same files."""
+        return {name: getattr(sys.modules.get(name), "__file__", None) for name in sorted(self.modules)}
 
     def files(self) -> list[str]:
         """The source files of every module the walk read: the identity is valid while they are unchanged."""
@@ -221,11 +256,15 @@ class _Collector:
             self.parts[name] = unit.text
         if isinstance(obj, type):
             self.queue += [base for base in obj.__mro__[1:] if self._first_party(base)]
-        for cell in getattr(obj, "__closure__", None) or ():  # a wrapper's function, a factory's helper
+        sourceless = self.parts[name] != ""
+        for index, cell in enumerate(getattr(obj, "__closure__", None) or ()):  # a wrapper's function, a factory's helper
             try:
-                self._take(cell.cell_contents, obj)
+                value = cell.cell_contents
             except ValueError:  # an empty cell
-                pass
+                continue
+            if sourceless:
+                self._keep_value(name, f"closure[{index}]", value)
+            self._take(value, obj)
         self._follow_unit(unit, module, obj)
 
     def _follow_unit(self, unit, module, user) -> None:
@@ -253,6 +292,8 @@ class _Collector:
             if getattr(value, "__evsys_not_keyed__", False):
                 return  # an observer: neither it nor the module it comes from is part of the key
             self._chase(module, head)
+            if self.modules.get(module.__name__, "") is None:  # a notebook's global: no module text says what it holds
+                self._keep_value((module.__name__, ""), head, value)
         else:
             return
         for attr in rest:
@@ -264,6 +305,19 @@ class _Collector:
             self._chase(value, attr)
             value = getattr(value, attr)
         self._take(value, user)
+
+    def _keep_value(self, where: tuple, name: str, value) -> None:
+        """A value read by a definition that has no module file (a notebook cell's function reading
+        a global, or its closure): no source shows how it was made, so what it holds is keyed, as
+        canonical JSON, else as its repr when that names no address; code is followed instead."""
+        if isinstance(_unwrapped(value), (types.ModuleType, types.FunctionType, type, Registry)):
+            return
+        try:
+            text = canonical_json(value)
+        except HashingError:
+            shown = repr(value)
+            text = shown if " at 0x" not in shown else f"<a {type(value).__qualname__}>"
+        self.parts[(where[0], f"{where[1]}:{name}")] = f"value {name} = {text}"
 
     def _owns(self, fn) -> bool:
         """Whether `fn` is defined on the owner class or one of its bases (so `self` is an owner)."""
@@ -338,6 +392,9 @@ class _Collector:
         """A value the source reads: code is followed (its module read, its definition walked);
         other values are not inspected, their module's text covers how they were made."""
         value = _unwrapped(value)
+        if isinstance(value, Registry) and not _in_evsys(user):
+            self._take_registered(value, user)
+            return
         if isinstance(value, types.ModuleType):
             if self._first_party(value):
                 self._read_module(value)
@@ -349,6 +406,14 @@ class _Collector:
                 return  # made at run time (a class built on first use): state, not code; its source is in its module
             self._read_module(sys.modules.get(value.__module__))
         self.queue.append(value)
+
+    def _take_registered(self, registry: Registry, user) -> None:
+        """A plugin that reads a registry (`kinds.transforms.get(name)`) may run any plugin in it
+        by a name known only at run time: every user plugin registered there is part of its key
+        (the built-in kinds are evsys's code, keyed by the version of evsys's modules it reads)."""
+        for item in registry.registered():
+            if not _in_evsys(item):
+                self._take(item, user)
 
     def _read_module(self, module) -> bool:
         """Read a first-party module's whole text (once); False when it has no source file. A
@@ -381,6 +446,18 @@ class _Collector:
             for qualname, unit in module_units(file, stamp).items():
                 if "." not in qualname:
                     self._follow_unit(unit, module, module)
+            self._read_imports(module, module_imports(file, stamp))
+
+    def _read_imports(self, module, imports: tuple) -> None:
+        """Every user module a plugin module imports at its top level, whether or not a name from it
+        is read: an import made for its side effect (a helper that fills a table the plugin looks
+        up) is code the plugin runs. Only modules already imported: keying never imports."""
+        package = module.__package__ or ""
+        for binding in imports:
+            name = binding.absolute(package)
+            for target in (sys.modules.get(name), sys.modules.get(f"{name}.{binding.attr}") if binding.attr else None):
+                if isinstance(target, types.ModuleType) and not _in_evsys(target):
+                    self._read_module(target)
 
     def _first_party(self, obj) -> bool:
         module_name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)

@@ -173,6 +173,26 @@ def module_bindings(file: str, stamp: tuple) -> dict:
 
 
 @functools.lru_cache(maxsize=512)
+def module_imports(file: str, stamp: tuple) -> tuple[Binding, ...]:
+    """Every top-level import of a module (inside `if` and `try` too), with its full module name:
+    `import a.b` as the module a.b (its binding, `a`, loses that), `from m import x` as m and x."""
+    tree = _parsed(file, stamp)
+    found: list[Binding] = []
+    stack = list(tree.body) if tree is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Import):
+            found += [Binding(a.asname or a.name, 0, a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found += [Binding(a.asname or a.name, node.level, node.module or "", None if a.name == "*" else a.name) for a in node.names]
+        else:
+            stack += [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=512)
 def module_text(file: str, stamp: tuple) -> str:
     """A whole module's normalized source, without the `@not_keyed` functions (observers)."""
     tree = _parsed(file, stamp)

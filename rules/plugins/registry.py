@@ -77,6 +77,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def registered(self) -> list[Any]:
+        """What is registered and imported, by name (a provided built-in not looked up yet is left out)."""
+        return [self._items[n] for n in sorted(self._items) if not isinstance(self._items[n], _Provided)]
+
     def __contains__(self, name: str) -> bool:
         return name in self._items
 
