@@ -24,6 +24,9 @@ class Node:
     `params` go into both; `payload` is runtime data that must not (paths, callbacks), nor may
     `resources`: what running it asks of a cluster (num_cpus, num_gpus, custom resources,
     max_retries; see ray_pool.py), declared by its rule and overridable per config.
+    `disk_stamps` are the stat identities of the files whose content the compile's keys hold (data,
+    model and tokenizer files), as they were read: a node is neither run nor stored once one of
+    them changed since (node_run.py), so no key is made of content other than what ran.
     `param_paths` maps a top-level param to the config path shown in plan reasons;
     `param_labels` gives a fixed reason for a param (e.g. "data file content changed").
     `check_stored(manifest)`, for a node whose output lives partly on a remote service (a
@@ -52,6 +55,7 @@ class Node:
     check_stored: Callable[[dict], str | None] | None = None
     estimate: Callable[..., dict | None] | None = None
     warm: Callable[[Any], Any] | None = None
+    disk_stamps: dict[str, list] | None = None
     key: str | None = None  # set by resolve(); None while an input is not built yet
     _id: str | None = None
 

@@ -10,6 +10,7 @@ output digest); `attachments` are blobs kept beside it (for `show`) that no key 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -102,9 +103,11 @@ def build_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable
             return manifest, False
         emit(Event("start", node))
         ctx = RunContext(store, node, inputs, emit, stop, where=where)
+        check_keyed_files(node)
         started = time.perf_counter()
         body = node.run(ctx)
         seconds = time.perf_counter() - started
+        check_keyed_files(node)  # changed while it ran: what it read may be either content
         manifest = node_manifest(node, body, seconds, [(label, p, inputs[label]) for label, p in node.inputs], where)
         for child in node.produces:
             if store.complete_manifest(child.key, label=child.name) is None:
@@ -112,6 +115,20 @@ def build_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable
         manifest = store.write_manifest(node.key, manifest, stale=_stale_test(node))
     emit(Event("ran", node, seconds=seconds, manifest=manifest))
     return manifest, True
+
+
+def check_keyed_files(node: Node) -> None:
+    """Refuse to run or store a node once a file the build's keys were made of changed since the
+    config was compiled (a data file, a model or tokenizer file edited during the build): the
+    node would read other bytes than its key holds. A file absent here (a worker on another
+    machine) is not checked here; the node cannot read it either."""
+    for path, stamp in (node.disk_stamps or {}).items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev] != stamp:
+            raise NodeFailed(f"{node.name}: {path} changed while this build ran (its key holds the content read when the config was compiled); build again")
 
 
 def _quietly(emit, event: Event) -> None:

@@ -23,6 +23,7 @@ class StatCache:
         self._entries: dict[str, list] | None = None
         self._dirty = False
         self._resolved: dict[str, str] = {}  # path as given -> real path (a sweep asks for the same files per arm)
+        self.keyed: dict[str, list] = {}  # real path -> the stat identity its digest was taken under (keys hold that content)
 
     def file_digest(self, file: Path) -> str:
         watch(file)
@@ -33,6 +34,7 @@ class StatCache:
         if name is None:
             name = self._resolved[str(file)] = os.path.realpath(file)
         racy = time.time_ns() - st.st_mtime_ns < RACY_NS  # written just now: may change again within the tick
+        self.keyed[name] = ident
         with self._lock:
             entries = self._load()
             hit = entries.get(name)

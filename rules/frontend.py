@@ -58,6 +58,9 @@ class Project:
             self.graph, self.arm_nodes = compile_graph(self.loaded, statcache, store, self.hubs)
         finally:
             use_identity_cache(None)
+        stamps = dict(statcache.keyed)  # every node checks them before it runs and before it is stored
+        for node in self.graph.nodes():
+            node.disk_stamps = stamps
         statcache.save()
         identities.save()
 
