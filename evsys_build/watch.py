@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from .tree import walk
+
 RACY_NS = 2_000_000_000  # a file changed this recently may change again within its mtime tick (git's racy-clean rule); every stat-keyed cache uses this one
 
 _current: contextvars.ContextVar["Watcher | None"] = contextvars.ContextVar("evsys_watcher", default=None)
@@ -99,13 +101,7 @@ def watch_tree(folder) -> None:
     if _current.get() is None:
         return
     watch(folder)  # absent, or a file: its stamp says so
-    seen = set()
-    for root, dirs, _files in os.walk(folder, followlinks=True):  # as glob's `**` does
-        real = os.path.realpath(root)
-        if real in seen:  # a link back up the tree
-            dirs.clear()
-            continue
-        seen.add(real)
+    for root, _files in walk(folder):  # through links to folders, as glob's `**` does
         watch(root)
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from evsys_build.atomic import write_atomic
 from evsys_build.errors import ConfigError
+from evsys_build.tree import files_under
 from evsys_build.watch import unwatchable
 
 from ..plugins.registry import register_source
@@ -92,7 +93,7 @@ def _local_stats(name: str) -> dict | None:
     root = Path(name).expanduser()
     if not root.exists():
         return None
-    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts))
+    files = [root] if root.is_file() else files_under(root, skip_hidden=True)
     out = {}
     for f in files:
         st = f.stat()

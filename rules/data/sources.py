@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 from pydantic import BaseModel, Field
 
 from evsys_build.errors import ConfigError
+from evsys_build.tree import files_under
 from evsys_build.watch import watch_tree
 
 from ..plugins.registry import register_source
@@ -43,7 +44,7 @@ def resolve_files(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
     path = Path(pattern)
     if path.is_dir():
         watch_tree(path)  # a shard added or removed changes the rows
-        return sorted(f for f in path.rglob("*") if f.is_file() and f.name.endswith(suffixes) and not f.name.startswith("."))
+        return [f for f in files_under(path) if f.name.endswith(suffixes) and not f.name.startswith(".")]
     if any(c in pattern for c in "*?["):
         static = Path(*[part for part in path.parts[: next(i for i, p in enumerate(path.parts) if any(c in p for c in "*?["))]]) if path.parts else Path(".")
         watch_tree(static if str(static) else Path("."))

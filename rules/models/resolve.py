@@ -9,6 +9,7 @@ from pathlib import Path
 
 from evsys_build.errors import ConfigError
 from evsys_build.statcache import StatCache
+from evsys_build.tree import files_under
 from evsys_build.watch import watch, watch_tree
 
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
@@ -160,7 +161,7 @@ def resolve(name: str, revision: str | None, statcache: StatCache, need: str = "
     refs = Path(model_dir).resolve().parent.parent / "refs"
     if refs.is_dir():  # a Hugging Face cache: which snapshot a name means is in refs/
         watch_tree(refs)
-        for ref in refs.rglob("*"):
+        for ref in files_under(refs):
             watch(ref)
     return ResolvedModel(
         name, revision, model_dir,
@@ -184,8 +185,4 @@ def model_identity(name: str, revision: str | None, model_dir: Path, statcache: 
 
 
 def _files(model_dir: Path) -> list[Path]:
-    model_dir = Path(model_dir)
-    return sorted(
-        f for f in model_dir.rglob("*")
-        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(model_dir).parts)
-    )
+    return files_under(model_dir, skip_hidden=True)  # through links to folders, as AutoTokenizer reads them
