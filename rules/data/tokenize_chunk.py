@@ -14,6 +14,7 @@ from evsys_build.chunks import read_row_chunk
 from evsys_build.store import Store
 
 from .chat_tokens import tokenize_rows
+from .template_clock import pinned
 from .saved_recipes import recipe_count
 from .token_chunks import write_token_chunk
 from .tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes
@@ -22,8 +23,9 @@ from .tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes
 def tokenize_chunk(store: Store, tok, chunk: dict, start: int, shaping: tuple) -> dict:
     """One chunk of chat rows -> one token chunk; a bad row fails as `row <index in the dataset>: ...`."""
     rows = read_row_chunk(store, chunk)
-    supervise, max_length, truncation = shaping
-    out = tokenize_rows(tok, rows, supervise, max_length, truncation, [f"row {start + i}" for i in range(len(rows))])
+    supervise, max_length, truncation, clock = shaping
+    with pinned(clock):  # the date the key holds, for a template that renders it
+        out = tokenize_rows(tok, rows, supervise, max_length, truncation, [f"row {start + i}" for i in range(len(rows))])
     return write_token_chunk(store, out)
 
 

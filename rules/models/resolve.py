@@ -10,8 +10,9 @@ from pathlib import Path
 from evsys_build.errors import ConfigError
 from evsys_build.statcache import StatCache
 from evsys_build.tree import files_under
-from evsys_build.watch import watch, watch_tree
+from evsys_build.watch import unwatchable, watch, watch_tree
 
+from ..data.template_clock import template_clock
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
 
 
@@ -150,6 +151,7 @@ class ResolvedModel:
     dir: Path
     identity: dict
     tokenizer: dict[str, str]
+    clock: dict | None = None  # what its chat templates render from the clock (template_clock.py)
 
 
 def resolve(name: str, revision: str | None, statcache: StatCache, need: str = "model", by_name: bool = False, config_path: str = "CONFIG") -> ResolvedModel:
@@ -163,11 +165,11 @@ def resolve(name: str, revision: str | None, statcache: StatCache, need: str = "
         watch_tree(refs)
         for ref in files_under(refs):
             watch(ref)
-    return ResolvedModel(
-        name, revision, model_dir,
-        model_identity(name, revision, model_dir, statcache, by_name=by_name),
-        file_digests(tokenizer_files(model_dir), model_dir, statcache),
-    )
+    tokenizer = file_digests(tokenizer_files(model_dir), model_dir, statcache)
+    clock = template_clock(model_dir, tokenizer)
+    if clock is not None:  # tomorrow's plan keys another date: no snapshot of this one is reused
+        unwatchable("the chat template renders the clock (strftime_now)")
+    return ResolvedModel(name, revision, model_dir, model_identity(name, revision, model_dir, statcache, by_name=by_name), tokenizer, clock)
 
 
 def model_identity(name: str, revision: str | None, model_dir: Path, statcache: StatCache, by_name: bool = False) -> dict:

@@ -20,6 +20,7 @@ from evsys_build.errors import ConfigError
 
 from ..config.loading import Arm, LoadedConfig, located
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
+from ..data.template_clock import pinned
 from ..evals.benchmarks import benchmark_path_problem, load_tasks
 from ..evals.passk import aggregate
 from ..evals.verifiers import check, verifier_code, verifier_identity
@@ -60,6 +61,8 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
         params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key}
         if bench.temperature > 0:  # sampled completions depend on the seed; greedy ones do not
             params["seed"] = arm.config.seed
+        if model.clock is not None:  # prompts render the date
+            params["clock"] = model.clock
         for step in steps:
             node = Node(
                 rule="eval",
@@ -75,6 +78,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
                     "verifiers": f"benchmark {bench.name} verifier code changed",
                     "sampler": "sampling code, settings or libraries changed",
                     "model": "base model or tokenizer changed",
+                    "clock": "the date the chat template renders changed",
                 },
                 payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt, "callbacks": callbacks},
                 resources=resources,
@@ -201,7 +205,8 @@ def run_eval(ctx: RunContext) -> dict:
     tok = load_tokenizer(str(payload["model_dir"]))
     checkpoint = ctx.inputs["checkpoint"]
     sampling = ctx.node.params["sampling"]
-    prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
+    with pinned(ctx.node.params.get("clock")):  # the date the key holds, for a template that renders it
+        prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
     sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "sampler": ctx.node.params["sampler"], "model": ctx.node.params["model"],
                         "tokenizer_libraries": ctx.node.params["tokenizer_libraries"]}  # completions are decoded with them
     checkpoint_digest = output_digest(checkpoint)

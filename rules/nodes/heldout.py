@@ -21,6 +21,7 @@ from evsys_build.statcache import StatCache
 
 from ..config.loading import Arm
 from ..data.chat_tokens import load_tokenizer, tokenize_conversations
+from ..data.template_clock import pinned
 from ..data.sources import read_jsonl
 from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel
@@ -40,7 +41,8 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
     params = {
         "rows": statcache.file_digest(Path(bench.path)),
         "shaping": {k: getattr(algo, k) for k in ("supervise", "max_length", "truncation") if hasattr(algo, k)},
-        "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": library_versions(*TOKENIZER_LIBRARIES)},
+        "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": library_versions(*TOKENIZER_LIBRARIES),
+                  **({"clock": model.clock} if model.clock is not None else {})},  # a template that renders the date
         "scorer": {
             "code": backend_code(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
             "precision": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),
@@ -92,7 +94,8 @@ def run_heldout(ctx: RunContext) -> dict:
     payload = ctx.node.payload
     arm, bench, step = payload["arm"], payload["bench"], payload["step"]
     tok = load_tokenizer(str(payload["model_dir"]))
-    rows = heldout_rows(Path(bench.path), tok, ctx.node.params["shaping"])
+    with pinned(ctx.node.params["model"].get("clock")):
+        rows = heldout_rows(Path(bench.path), tok, ctx.node.params["shaping"])
     backend = make_backend(arm)
     score = getattr(backend, "score_from_weights", None)
     if score is None:

@@ -32,6 +32,7 @@ SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params t
 
 def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
     algo = arm.params["algorithm"]
+    clock = {"clock": model.clock} if model.clock is not None else {}  # a template that renders the date
     return Node(
         rule="tokenize",
         name="tokenize",
@@ -42,12 +43,14 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
             "max_length": getattr(algo, "max_length", 2048),
             "truncation": getattr(algo, "truncation", "right"),
             "libraries": library_versions(*TOKENIZER_LIBRARIES),
+            **clock,
         },
         inputs=[("rows", rows)],
         run=run_tokenize,
         arm=arm.name,
         param_paths={k: f"algorithm.params.{k}" for k in SHAPING_PARAMS},
-        param_labels={"tokenizer": "tokenizer or chat template changed", "libraries": "tokenizer library versions changed"},
+        param_labels={"tokenizer": "tokenizer or chat template changed", "libraries": "tokenizer library versions changed",
+                      "clock": "the date the chat template renders changed"},
         payload={"model_dir": model.dir, "tokenizer_code": tokenizer_code()},
         warm=functools.partial(warm_tokenizer, str(model.dir), tokenizer_code()),
     )
@@ -69,7 +72,7 @@ def run_tokenize(ctx: RunContext) -> dict:
     model_dir = str(ctx.node.payload["model_dir"])
     code = ctx.node.payload["tokenizer_code"]
     p = ctx.node.params
-    shaping = (p["supervise"], p["max_length"], p["truncation"])
+    shaping = (p["supervise"], p["max_length"], p["truncation"], p.get("clock"))
     store = ctx.store
     loaded: list = []
     loading = threading.Lock()
