@@ -64,7 +64,7 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
 
     rows = add(source_node(loaded, arm, statcache))
     for index in range(len(arm.config.transforms)):
-        rows = add(transform_node(arm, index, rows))
+        rows = add(transform_node(arm, index, rows, statcache))
     name, revision, by_name = arm.config.model.name, arm.config.model.revision, trains_by_name(arm)
     if (name, revision, by_name) not in models:
         with located(loaded, ("model", "name"), arm):

@@ -6,12 +6,16 @@ edit recomputes one or two chunks; other transforms see every row at once.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from evsys_build.chunk_workers import ChunkWorkers, store_address, worker_store
 from evsys_build.chunks import iter_rows, map_chunks, read_row_chunk, rows_dataset, write_row_chunk, write_rows
 from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
+from evsys_build.statcache import StatCache
 from evsys_build.store import Store
+from evsys_build.watch import unwatchable
 
 from ..config.loading import Arm
 from ..plugins import kinds
@@ -34,7 +38,7 @@ def _transform_kwargs(arm: Arm, index: int) -> dict:
     return kw
 
 
-def transform_node(arm: Arm, index: int, rows: Node) -> Node:
+def transform_node(arm: Arm, index: int, rows: Node, statcache: StatCache) -> Node:
     """The node of `transforms[index]`, reading `rows` (the source's or the previous transform's)."""
     spec = arm.config.transforms[index]
     cls = kinds.transforms.get(spec.kind)
@@ -46,14 +50,32 @@ def transform_node(arm: Arm, index: int, rows: Node) -> Node:
         rule="transform",
         name=f"transform[{index}] {spec.kind}",
         version=code_identity(run_transform),
-        params={"kind": spec.kind, "params": params, "code": code_identity(cls), "row_local": bool(getattr(cls, "row_local", False))},
+        params={"kind": spec.kind, "params": params, "code": code_identity(cls), "row_local": bool(getattr(cls, "row_local", False)),
+                **read_at_run_time(transform, statcache)},
         inputs=[("rows", rows)],
         run=run_transform,
         arm=arm.name,
         param_paths={"params": f"transforms[{index}].params", "kind": f"transforms[{index}].kind"},
-        param_labels={"code": f"transform {spec.kind} code changed"},
+        param_labels={"code": f"transform {spec.kind} code changed", "files": f"a file transform {spec.kind} reads changed",
+                      "identity": f"what transform {spec.kind} reads changed (its identity())"},
         payload={"transform": transform},
     )
+
+
+def read_at_run_time(transform, statcache: StatCache) -> dict:
+    """What a transform declares it reads besides its rows and params: `files()` (their bytes are
+    keyed, never their paths, and a file edited during the build fails the node) and `identity()`
+    (plain data: an environment variable, a table version; nothing a stat can follow, so a config
+    with one always compiles)."""
+    declared = {}
+    files = getattr(transform, "files", None)
+    if files is not None:
+        declared["files"] = [statcache.file_digest(Path(f)) for f in files()]
+    identity = getattr(transform, "identity", None)
+    if identity is not None:
+        unwatchable(f"the transform {type(transform).__name__}'s identity()")
+        declared["identity"] = identity()
+    return declared
 
 
 def run_transform(ctx: RunContext) -> dict:
