@@ -109,7 +109,7 @@ def test_a_captured_step_replays_to_generates_tokens(samplers, monkeypatch):
     graphs = []
     monkeypatch.setattr(decoder, "_capture", lambda state: graphs.append(ReplayedStep(decoder, state)) or graphs[-1])
     monkeypatch.setattr(static, "_greedy", decoder)
-    first, second = prompts(4, seed=8), prompts(4, seed=9)
+    first, second = [p[:30] for p in prompts(4, seed=8)], [p[:30] for p in prompts(4, seed=9)]  # one padded width: one batch each
     assert static.sample(first, max_tokens=30) == dynamic.sample(first, max_tokens=30)
     assert static.sample(second, max_tokens=30) == dynamic.sample(second, max_tokens=30)
     assert len(graphs) == 1  # one shape, one capture
@@ -166,3 +166,20 @@ def test_varlen_options_on_the_oldest_signature_use_is_causal(monkeypatch):
     assert options == {"is_causal": True}
     with pytest.raises(RuntimeError, match="no scale argument"):
         kernels._varlen_options(q, k, k, 0.5)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_greedy_completion_is_the_same_whichever_prompts_share_its_batch(tmp_path_factory, cache):
+    """Evaluations cache completions per task and sample only new tasks, so a task is decoded beside
+    other tasks from one build to the next: in bfloat16, where padding and row count change the
+    rounding, each completion must still be the one a batch of all the prompts gives."""
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=11)
+    blobs = {"evsys_weights.json": b'{"format": "full", "lora_rank": 0}',
+             "model.safetensors": (Path(model_dir) / "model.safetensors").read_bytes()}
+    sampler = LocalBackend(LocalBackendConfig(device="cpu", dtype="bfloat16", decode_cache=cache, sample_batch_size=8)).sampling_client_from_weights(model_dir, blobs)
+    batch = prompts(16, seed=12)
+    together = sampler.sample(batch, max_tokens=12)
+    half_then_rest = sampler.sample(batch[:8], max_tokens=12) + sampler.sample(batch[8:], max_tokens=12)
+    alone = [sampler.sample([p], max_tokens=12)[0] for p in batch[::3]]
+    assert half_then_rest == together
+    assert alone == together[::3]

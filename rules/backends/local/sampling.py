@@ -1,7 +1,17 @@
 """Sampling on the local backend: batched generation (KV cache, left padding).
 
 Greedy sampling with the static cache runs `StaticGreedyDecoder` (one compiled decode step); the
-rest goes through transformers' `generate`."""
+rest goes through transformers' `generate`.
+
+A greedy completion depends on its prompt alone, never on the prompts decoded beside it: the
+evaluation caches completions per task and samples only the tasks it has not seen, so a batch
+holds other tasks from one build to the next. Every greedy batch has one shape, decided by the
+prompt's own length: `batch_size` rows (a short batch filled with copies of a prompt) and a
+width of the prompt's length rounded up to `WIDTH_STEP` (only prompts of the same width share a
+batch). Rows never see each other and every kernel runs on the same shapes, so in low precision
+too, where a different padding or row count changes the rounding and can flip a near-tie, a
+task's completion is what a build that sampled all tasks at once makes. Sampling (temperature
+> 0) decodes each prompt alone (eval.py `_sample`)."""
 
 from __future__ import annotations
 
@@ -9,6 +19,8 @@ import contextlib
 from typing import Sequence
 
 from .model_io import global_rng_lock
+
+WIDTH_STEP = 32  # greedy batches pad prompts to a multiple of this many tokens
 
 class LocalSamplingClient:
     """Batched generation (KV cache, left padding) over a frozen model."""
@@ -44,6 +56,7 @@ class LocalSamplingClient:
             n_runs = 1  # greedy: every copy would be identical
         else:
             n_runs = n
+        greedy = temperature == 0
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[list[list[int]]] = [[] for _ in prompts]
         stops = set(int(t) for t in stop_token_ids)
@@ -51,8 +64,7 @@ class LocalSamplingClient:
         rng = global_rng_lock if temperature > 0 else contextlib.nullcontext()  # greedy draws nothing
         with rng, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for start in range(0, len(order), per_call):
-                idx = order[start : start + per_call]
+            for idx in _batches(order, prompts, per_call, by_width=greedy):
                 outputs = self._generate([prompts[i] for i in idx], max_tokens, temperature, list(stops), n_runs)
                 for j, i in enumerate(idx):
                     for seq in outputs[j * n_runs : (j + 1) * n_runs]:
@@ -69,9 +81,10 @@ class LocalSamplingClient:
             raise ValueError("sample: empty prompt")
         greedy = self._greedy_decoder() if temperature == 0 else None
         rows = len(prompts)
-        if greedy is not None:
-            # one batch shape, one compiled step: a short last batch is filled up with copies of its
-            # last prompt, whose completions are dropped (rows never see each other)
+        if temperature == 0:
+            # one batch shape per width (see the module's docstring), one compiled step: a short
+            # batch is filled up with copies of its last prompt, whose completions are dropped
+            width = padded_width(width)
             prompts = list(prompts) + [prompts[-1]] * (self.batch_size - rows)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -94,7 +107,7 @@ class LocalSamplingClient:
                 **({"cache_implementation": "static"} if self.cache == "static" else {}),
                 **kwargs,
             )
-        return out[:, width:].tolist()
+        return out[:rows, width:].tolist() if temperature == 0 else out[:, width:].tolist()
 
     def _greedy_decoder(self):
         """The static-cache greedy decoder (compiled on CUDA), or None where `generate` must do."""
@@ -105,6 +118,23 @@ class LocalSamplingClient:
         if self._greedy is None and supports_static_greedy(self.model):
             self._greedy = StaticGreedyDecoder(self.model, compiled=self.device.type == "cuda")
         return self._greedy
+
+
+def padded_width(length: int) -> int:
+    return -(-length // WIDTH_STEP) * WIDTH_STEP
+
+
+def _batches(order: list[int], prompts: list, per_call: int, by_width: bool) -> list[list[int]]:
+    """Consecutive runs of `order` (prompts by length) of at most `per_call`; with `by_width`, a
+    batch never mixes padded widths."""
+    batches: list[list[int]] = []
+    for i in order:
+        last = batches[-1] if batches else None
+        if last is None or len(last) == per_call or (by_width and padded_width(len(prompts[i])) != padded_width(len(prompts[last[0]]))):
+            batches.append([i])
+        else:
+            last.append(i)
+    return batches
 
 
 def _cut_at_stop(seq: list[int], stops: set[int]) -> list[int]:
