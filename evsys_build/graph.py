@@ -6,7 +6,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .hashing import digest
+from .hashing import canonical_json, digest_bytes
 
 
 @dataclass(eq=False)
@@ -58,6 +58,7 @@ class Node:
     disk_stamps: dict[str, list] | None = None
     key: str | None = None  # set by resolve(); None while an input is not built yet
     _id: str | None = None
+    _recipe_text: tuple[str, str] | None = None  # canonical JSON around the params: made once for id and key
 
     @property
     def recipe(self) -> dict:
@@ -66,20 +67,37 @@ class Node:
     @property
     def id(self) -> str:
         if self._id is None:
-            self._id = digest({**self.recipe, "inputs": [[label, node.id] for label, node in self.inputs]})
+            self._id = self._digest_with("inputs", [[label, node.id] for label, node in self.inputs])
         return self._id
 
     def key_for(self, input_digests: dict[str, str]) -> str:
         """The content key, given each input label's output digest (a produced node needs its producer's key)."""
-        return digest(self.key_material(input_digests))
+        if self.produced_by is not None:
+            return self._digest_with("producer", self._producer_key())
+        return self._digest_with("inputs", [[label, input_digests[label]] for label, _ in self.inputs])
 
     def key_material(self, input_digests: dict[str, str]) -> dict:
         """What the content key is the digest of."""
         if self.produced_by is not None:
-            if self.produced_by.key is None:
-                raise ValueError(f"{self.name}: its producer {self.produced_by.name} has no key yet")
-            return {**self.recipe, "producer": self.produced_by.key}
+            return {**self.recipe, "producer": self._producer_key()}
         return {**self.recipe, "inputs": [[label, input_digests[label]] for label, _ in self.inputs]}
+
+    def _producer_key(self) -> str:
+        if self.produced_by.key is None:
+            raise ValueError(f"{self.name}: its producer {self.produced_by.name} has no key yet")
+        return self.produced_by.key
+
+    def _digest_with(self, field_name: str, value) -> str:
+        """`digest({**recipe, field_name: value})` for "inputs" or "producer", with the params'
+        canonical JSON (the bulk of a key) made once per node: both names sort before "rule" and
+        "version", "inputs" before "params" and "producer" after it."""
+        if self._recipe_text is None:
+            params = canonical_json(self.params)
+            self._recipe_text = (f'"params":{params}', f'"rule":{canonical_json(self.rule)},"version":{canonical_json(self.version)}}}')
+        params, tail = self._recipe_text
+        item = f'"{field_name}":{canonical_json(value)}'
+        head = f"{{{item},{params}" if field_name < "params" else f"{{{params},{item}"
+        return digest_bytes(f"{head},{tail}".encode())
 
     def resolve(self, input_digests: dict[str, str]) -> str:
         """Set (and return) the content key; produced nodes get theirs at the same time."""
