@@ -21,6 +21,7 @@ from evsys_build.watch import unwatchable, watch, watch_tree
 from ..config.loading import Arm, LoadedConfig, check_source
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
+from ..plugins.environment_reads import environment_read_by
 from .jsonl_scan import jsonl_chunks
 from .views import RowDataset
 
@@ -47,13 +48,20 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
             "content": [statcache.file_digest(f) for f in files],
             "suffixes": [Path(f).suffix for f in files],  # a source may parse by suffix (`json`: .json whole, .jsonl by line)
             **({"identity": identity()} if identity is not None else {}),
+            **_environment(source_cls),
         },
         run=run_source,
         arm=arm.name,
         param_paths={"params": "data.params", "kind": "data.source_kind"},
-        param_labels={"content": "data file content changed", "suffixes": "data file suffixes changed", "identity": "dataset revision changed"},
+        param_labels={"content": "data file content changed", "suffixes": "data file suffixes changed", "identity": "dataset revision changed",
+                      "environment": "an environment variable the source reads changed"},
         payload={"source": source},
     )
+
+
+def _environment(source_cls) -> dict:
+    environment = environment_read_by(source_cls, f"the source {source_cls.__name__}")
+    return {"environment": environment} if environment else {}
 
 
 def _watch_plugin_source(source, files: list, path, has_identity: bool) -> None:

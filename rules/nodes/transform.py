@@ -20,6 +20,7 @@ from evsys_build.watch import unwatchable
 from ..config.loading import Arm
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
+from ..plugins.environment_reads import environment_read_by
 from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset
 
@@ -57,17 +58,22 @@ def transform_node(arm: Arm, index: int, rows: Node, statcache: StatCache) -> No
         arm=arm.name,
         param_paths={"params": f"transforms[{index}].params", "kind": f"transforms[{index}].kind"},
         param_labels={"code": f"transform {spec.kind} code changed", "files": f"a file transform {spec.kind} reads changed",
-                      "identity": f"what transform {spec.kind} reads changed (its identity())"},
+                      "identity": f"what transform {spec.kind} reads changed (its identity())",
+                      "environment": f"an environment variable transform {spec.kind} reads changed"},
         payload={"transform": transform},
     )
 
 
 def read_at_run_time(transform, statcache: StatCache) -> dict:
-    """What a transform declares it reads besides its rows and params: `files()` (their bytes are
-    keyed, never their paths, and a file edited during the build fails the node) and `identity()`
-    (plain data: an environment variable, a table version; nothing a stat can follow, so a config
+    """What a transform reads besides its rows and params: the environment variables its modules
+    name (environment_reads.py), and what it declares: `files()` (their bytes are keyed, never
+    their paths, and a file edited during the build fails the node) and `identity()` (plain data:
+    a table version, a variable whose name it computes; nothing a stat can follow, so a config
     with one always compiles)."""
     declared = {}
+    environment = environment_read_by(type(transform), f"the transform {type(transform).__name__}")
+    if environment:
+        declared["environment"] = environment
     files = getattr(transform, "files", None)
     if files is not None:
         declared["files"] = [statcache.file_digest(Path(f)) for f in files()]

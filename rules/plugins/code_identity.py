@@ -71,6 +71,12 @@ def code_identity(obj, owner: type | None = None) -> str:
     return identity
 
 
+def user_modules_of(obj, owner: type | None = None) -> tuple:
+    """The modules of yours (neither evsys's nor installed ones) that the code of `obj` reaches,
+    as its identity walk found them; walked even where a `version` is declared."""
+    return tuple(_source_identity(obj, owner)[1])
+
+
 def declared_version(obj) -> str | None:
     """A hand-set `version` (string or number) on the class itself, or on a function; None otherwise."""
     version = vars(obj).get("version") if isinstance(obj, type) else getattr(obj, "version", None)
