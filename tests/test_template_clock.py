@@ -12,6 +12,7 @@ import pytest
 from evsys_build.statcache import StatCache
 from evsys_rules.data.chat_tokens import load_tokenizer_uncached, render
 from evsys_rules.data.template_clock import pinned, template_clock
+from evsys_rules.data.tokenizer_snapshot import capture, rebuild
 from evsys_rules.models.resolve import resolve
 from evsys_testkit import BASE_CONFIG, evsys, linked_model_copy, make_project, ok, plan_json, ref_keys, tool_rows
 
@@ -70,3 +71,11 @@ def test_another_date_reruns_tokenize_with_its_reason_and_renders_that_date(tmp_
     assert dates[first] != dates[second]
     for key, text in shown.items():  # each node's tokens hold one date, the one its key was made with
         assert text.count("Today Date: ") == text.count(f"Today Date: {dates[key]}")
+
+
+def test_a_tokenizer_snapshot_of_a_dated_template_is_checked_on_one_fixed_date(tmp_path, tiny_model_dir):
+    """The machine-wide tokenizer snapshot is checked against renders it captured: those hold a
+    fixed date, so tomorrow's check still matches and the snapshot stays usable."""
+    captured = capture(load_tokenizer_uncached(str(dated_model(tiny_model_dir, tmp_path / "m"))))
+    assert any("Today Date: 03 Feb 2001\n" in text for _, _, text in captured["renders"])
+    assert rebuild(captured) is not None

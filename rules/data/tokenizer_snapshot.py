@@ -40,6 +40,7 @@ from ..plugins.installed import library_versions
 from . import machine_snapshots
 from .chat_tokens import load_tokenizer, load_tokenizer_uncached, racy, stat_stamp
 from .saved_recipes import recipes_path, save_recipes, seed_recipes
+from .template_clock import pinned
 
 SNAPSHOT_LIBRARIES = ("transformers", "tokenizers", "jinja2")
 PROBES = (  # rendered by both tokenizers before a snapshot is kept (those AutoTokenizer's renders)
@@ -201,6 +202,9 @@ def _capture_snapshot(model_dir: str, store, key: str) -> SnapshotTokenizer | No
             return tok
 
 
+PROBE_CLOCK = {"at": "2001-02-03T04:05:06"}  # the probes render any date in a template as this one
+
+
 def capture(tok) -> dict | None:
     """What a snapshot holds of an AutoTokenizer tokenizer ("snapshot": the plain attributes,
     "backend": the serialized pipeline), and its renders of the probes; None when it has no fast
@@ -209,12 +213,13 @@ def capture(tok) -> dict | None:
     if backend is None or not getattr(tok, "chat_template", None):
         return None
     renders = []
-    for i, probe in enumerate(PROBES):
-        for prompt in (False, True):
-            try:
-                renders.append([i, prompt, tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=prompt, enable_thinking=False)])
-            except Exception:  # a template that refuses this probe (no system role, ...)
-                continue
+    with pinned(PROBE_CLOCK):  # a template that renders the date: the probes' renders hold one date
+        for i, probe in enumerate(PROBES):
+            for prompt in (False, True):
+                try:
+                    renders.append([i, prompt, tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=prompt, enable_thinking=False)])
+                except Exception:  # a template that refuses this probe (no system role, ...)
+                    continue
     snapshot = {
         "class": type(tok).__name__,
         "chat_template": tok.chat_template,
@@ -238,9 +243,10 @@ def rebuild(captured: dict) -> SnapshotTokenizer | None:
         rebuilt = SnapshotTokenizer(json.loads(json.dumps(captured["snapshot"])), captured["backend"])
         if rebuilt.backend_tokenizer.to_str() != captured["backend"]:
             return None
-        for i, prompt, theirs in captured["renders"]:
-            if rebuilt.apply_chat_template(PROBES[i], tokenize=False, add_generation_prompt=prompt, enable_thinking=False) != theirs:
-                return None
+        with pinned(PROBE_CLOCK):
+            for i, prompt, theirs in captured["renders"]:
+                if rebuilt.apply_chat_template(PROBES[i], tokenize=False, add_generation_prompt=prompt, enable_thinking=False) != theirs:
+                    return None
     except Exception:  # anything this tokenizer does that a snapshot cannot: always load it whole
         return None
     return rebuilt
