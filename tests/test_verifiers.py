@@ -209,3 +209,28 @@ def test_an_eval_key_follows_its_verifiers_code_within_one_process(tmp_path):
         return prediction.strip() == expected
 
     assert eval_params(bench, tasks, None, backend, {})["verifiers"] != before
+
+
+def test_a_verifier_is_keyed_with_the_environment_variables_its_module_names(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from evsys_rules.evals.verifiers import verifier_code
+
+    (tmp_path / "strict_verifier.py").write_text(
+        "import os\nfrom evsys_sdk import register_verifier\n\n\n"
+        "@register_verifier('strict_by_env')\ndef strict_by_env(completion, expected):\n"
+        "    return completion == expected if os.environ.get('VERIFY_STRICT') else expected in completion\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("VERIFY_STRICT", "1")
+    importlib.import_module("strict_verifier")
+    try:
+        strict = verifier_code("strict_by_env")
+        monkeypatch.delenv("VERIFY_STRICT")
+        assert verifier_code("strict_by_env") != strict
+        monkeypatch.setenv("VERIFY_STRICT", "1")
+        assert verifier_code("strict_by_env") == strict
+    finally:
+        sys.modules.pop("strict_verifier", None)
+        verifiers._items.pop("strict_by_env", None)  # noqa: SLF001 (a registration made for this test)

@@ -12,7 +12,10 @@ import re
 from typing import Any, Callable
 
 from evsys_build.errors import ConfigError
+from evsys_build.hashing import digest
+
 from ..plugins.code_identity import code_identity
+from ..plugins.environment_reads import environment_read_by
 from ..plugins.registry import Registry, register_verifier, verifiers
 
 KINDS = Registry("verifier runner")  # how a spec runs; only in-process functions for now
@@ -159,5 +162,8 @@ def verifier_identity(spec: dict, code: str | None = None) -> dict:
 
 
 def verifier_code(name: str) -> str:
-    """The code identity of the verifier registered as `name`."""
-    return code_identity(verifiers.get(name))
+    """The code identity of the verifier registered as `name`, with the values of the environment
+    variables its modules name (environment_reads.py)."""
+    fn = verifiers.get(name)
+    environment = environment_read_by(fn, f"the verifier {name}")
+    return code_identity(fn) + (f" env:{digest(environment)}" if environment else "")

@@ -75,7 +75,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
                 param_paths={"sampling": f"metadata.benchmark[{bench.name}]", "metrics": f"metadata.benchmark[{bench.name}].metrics", "system_prompt": "system prompt", "seed": "seed"},
                 param_labels={
                     "tasks": f"benchmark {bench.name} tasks changed",
-                    "verifiers": f"benchmark {bench.name} verifier code changed",
+                    "verifiers": f"benchmark {bench.name} verifier code (or a variable it reads) changed",
                     "sampler": "sampling code, settings or libraries changed",
                     "model": "base model or tokenizer changed",
                     "clock": "the date the chat template renders changed",
