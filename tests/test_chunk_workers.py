@@ -137,7 +137,7 @@ def test_tokenize_chunks_from_workers_equal_those_computed_here(tmp_path, tiny_m
     store = Store(tmp_path / "store")
     rows = [{"messages": [{"role": "user", "content": f"q{i} 🙂" * (i % 5 + 1)}, {"role": "assistant", "content": f"a{i}"}]} for i in range(120)]
     chunks = [write_row_chunk(store, rows[i : i + 10]) for i in range(0, 120, 10)]
-    shaping = ("all_assistant", 2048, "right")
+    shaping = ("all_assistant", 2048, "right", None)  # no template clock
     tok = load_tokenizer(str(tiny_model_dir))
     here = [tokenize_chunk(store, tok, c, 10 * i, shaping) for i, c in enumerate(chunks)]
     there: dict[int, dict] = {}
