@@ -22,6 +22,7 @@ from pathlib import Path
 _ANY = re.compile(r"\bstrftime_now\b")
 _LITERAL_CALL = re.compile(r"""\bstrftime_now\s*\(\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*\)""")
 _DEFINED_TEST = re.compile(r"\bstrftime_now\s+is\s+(?:not\s+)?defined\b")
+TEMPLATE_JSON_FILES = ("tokenizer_config.json", "chat_template.json", "processor_config.json")  # where transformers reads templates (besides .jinja files)
 _sources: dict[tuple[str, str], tuple[str, ...]] = {}  # (file, digest) -> its templates that read the clock
 
 
@@ -43,9 +44,10 @@ def template_clock(model_dir: Path, tokenizer_digests: dict[str, str], now: _dt.
 
 
 def _clock_templates(path: Path, file_digest: str) -> tuple[str, ...]:
-    """The templates in one tokenizer file (a .jinja file, or the strings of a .json file such as
-    tokenizer_config.json's chat_template) that mention strftime_now; read once per content."""
-    if not path.name.endswith((".jinja", ".json")) or path.name == "tokenizer.json":
+    """The templates in one tokenizer file (a .jinja file, or the strings of a JSON file that holds
+    templates, such as tokenizer_config.json's chat_template) that mention strftime_now; read once
+    per content."""
+    if not (path.name.endswith(".jinja") or path.name in TEMPLATE_JSON_FILES):
         return ()
     key = (str(path), file_digest)
     if key not in _sources:
