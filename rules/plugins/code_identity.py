@@ -12,8 +12,9 @@ that class and its bases, so `self.helper()`, `super()` and what `__init__` sets
 
 Values are never inspected, only source: an identity cannot depend on what the process did
 before (a cache filled at run time, a set's iteration order), and any global is allowed (a
-logger, a path, an array). What source cannot show (a file or an environment variable read at
-import time) is not keyed: give such a plugin a `version` and bump it.
+logger, a path, an array). What source cannot show (a file read at import time) is not keyed:
+give such a plugin a `version` and bump it. Environment variables its modules name are keyed by
+value beside the identity (environment_reads.py).
 
 evsys's own modules contribute their text when the walk reaches one of their definitions, and
 only reachable definitions are followed (so the callbacks behind `@not_keyed` functions stay out

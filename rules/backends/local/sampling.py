@@ -6,7 +6,7 @@ rest goes through transformers' `generate`.
 A greedy completion depends on its prompt alone, never on the prompts decoded beside it: the
 evaluation caches completions per task and samples only the tasks it has not seen, so a batch
 holds other tasks from one build to the next. Every greedy batch has one shape, decided by the
-prompt's own length: `batch_size` rows (a short batch filled with copies of a prompt) and a
+prompt's own length: `greedy_rows` rows (a short batch filled with copies of a prompt) and a
 width of the prompt's length rounded up to `WIDTH_STEP` (only prompts of the same width share a
 batch). Rows never see each other and every kernel runs on the same shapes, so in low precision
 too, where a different padding or row count changes the rounding and can flip a near-tie, a
@@ -21,6 +21,7 @@ from typing import Sequence
 from .model_io import global_rng_lock
 
 WIDTH_STEP = 32  # greedy batches pad prompts to a multiple of this many tokens
+CPU_GREEDY_ROWS = 8  # greedy batches on a CPU have this many rows (fewer where sample_batch_size is smaller)
 
 class LocalSamplingClient:
     """Batched generation (KV cache, left padding) over a frozen model."""
@@ -60,7 +61,7 @@ class LocalSamplingClient:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[list[list[int]]] = [[] for _ in prompts]
         stops = set(int(t) for t in stop_token_ids)
-        per_call = max(1, self.batch_size // n_runs)
+        per_call = self.greedy_rows if greedy else max(1, self.batch_size // n_runs)
         rng = global_rng_lock if temperature > 0 else contextlib.nullcontext()  # greedy draws nothing
         with rng, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -72,6 +73,13 @@ class LocalSamplingClient:
         if n_runs != n:
             results = [r * n for r in results]
         return results
+
+    @property
+    def greedy_rows(self) -> int:
+        """The rows of every greedy batch: `batch_size` on a GPU, where a decode step costs about
+        the same for 1 row as for 64; at most CPU_GREEDY_ROWS on a CPU, where every row costs its
+        share (a batch of one prompt is not filled up to 64)."""
+        return self.batch_size if self.device.type == "cuda" else min(self.batch_size, CPU_GREEDY_ROWS)
 
     def _generate(self, prompts, max_tokens, temperature, stops, n_runs) -> list[list[int]]:
         import torch
@@ -85,7 +93,7 @@ class LocalSamplingClient:
             # one batch shape per width (see the module's docstring), one compiled step: a short
             # batch is filled up with copies of its last prompt, whose completions are dropped
             width = padded_width(width)
-            prompts = list(prompts) + [prompts[-1]] * (self.batch_size - rows)
+            prompts = list(prompts) + [prompts[-1]] * (self.greedy_rows - rows)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, p in enumerate(prompts):
