@@ -12,6 +12,7 @@ import os
 import sys
 import types
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,17 @@ def test_a_tokenizer_library_upgrade_samples_the_evals_again(built_evals, tmp_pa
         shown = ok(evsys("show", f"node:{key}", "--cache-dir", "cache", cwd=project)).stdout
         stats = json.loads(next(line for line in shown.splitlines() if line.startswith("stats")).split(None, 1)[1])
         assert stats["tasks_cached"] == 0 and stats["tasks_sampled"] > 0, (name, stats)
+
+
+def test_a_folder_without_tokenizer_json_is_keyed_with_the_libraries_that_convert_it():
+    """transformers builds the fast tokenizer of a `tokenizer.model` (sentencepiece, protobuf) or
+    tiktoken folder itself: their versions decide the tokens there, and only there."""
+    from evsys_rules.models.resolve import ResolvedModel
+    from evsys_rules.nodes.tokenize import tokenizer_libraries
+
+    def model(*files):
+        return ResolvedModel("m", None, Path("m"), {}, {name: "0" * 32 for name in files})
+
+    assert set(tokenizer_libraries(model("tokenizer.json", "tokenizer_config.json"))) == {"transformers", "tokenizers", "jinja2"}
+    assert set(tokenizer_libraries(model("tokenizer.model", "tokenizer_config.json"))) == {
+        "transformers", "tokenizers", "jinja2", "sentencepiece", "protobuf", "tiktoken"}

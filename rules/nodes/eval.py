@@ -31,7 +31,7 @@ from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
 from .heldout import heldout_nodes
-from .tokenize import TOKENIZER_LIBRARIES
+from .tokenize import tokenizer_libraries
 from .train import backend_code, backend_config, backend_resources, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
@@ -58,7 +58,8 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
             continue
         tasks = benchmark_tasks(loaded, index, bench, arm)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
-        params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key}
+        params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key,
+                  "tokenizer_libraries": tokenizer_libraries(model)}  # prompts are rendered and completions decoded
         if bench.temperature > 0:  # sampled completions depend on the seed; greedy ones do not
             params["seed"] = arm.config.seed
         if model.clock is not None:  # prompts render the date
@@ -146,7 +147,6 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
             "params": backend_params,
         },
-        "tokenizer_libraries": library_versions(*TOKENIZER_LIBRARIES),  # prompts are rendered and completions decoded
         "tasks": _tasks_content(tasks)[0],
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
         "metrics": sorted(bench.metrics),

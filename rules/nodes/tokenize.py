@@ -27,6 +27,7 @@ from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset, TokenDataset
 
 TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "jinja2")  # rendering and encoding
+CONVERTER_LIBRARIES = ("sentencepiece", "protobuf", "tiktoken")  # what builds a fast tokenizer from a folder without tokenizer.json
 SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params that shape the tokens, not training
 
 
@@ -42,7 +43,7 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
             "supervise": getattr(algo, "supervise", "all_assistant"),
             "max_length": getattr(algo, "max_length", 2048),
             "truncation": getattr(algo, "truncation", "right"),
-            "libraries": library_versions(*TOKENIZER_LIBRARIES),
+            "libraries": tokenizer_libraries(model),
             **clock,
         },
         inputs=[("rows", rows)],
@@ -54,6 +55,13 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
         payload={"model_dir": model.dir, "tokenizer_code": tokenizer_code()},
         warm=functools.partial(warm_tokenizer, str(model.dir), tokenizer_code()),
     )
+
+
+def tokenizer_libraries(model: ResolvedModel) -> dict[str, str | None]:
+    """The versions of what renders and encodes with the model's tokenizer; for a folder without
+    `tokenizer.json`, also of what converts its `tokenizer.model` or tiktoken file to one."""
+    converts = not any(name.rsplit("/", 1)[-1] == "tokenizer.json" for name in model.tokenizer)
+    return library_versions(*TOKENIZER_LIBRARIES, *(CONVERTER_LIBRARIES if converts else ()))
 
 
 def warm_tokenizer(model_dir: str, code: str, store: Store) -> Standby | None:
