@@ -132,12 +132,12 @@ def test_map_chunks_with_workers_memoizes_every_chunk(tmp_path, monkeypatch):
 def test_tokenize_chunks_from_workers_equal_those_computed_here(tmp_path, tiny_model_dir):
     """The real tokenize task, in real workers (each loads the tokenizer itself): the same token blobs."""
     from evsys_rules.data.chat_tokens import load_tokenizer
-    from evsys_rules.data.tokenize_chunk import start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
+    from evsys_rules.data.tokenize_chunk import TokenShaping, start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
 
     store = Store(tmp_path / "store")
     rows = [{"messages": [{"role": "user", "content": f"q{i} 🙂" * (i % 5 + 1)}, {"role": "assistant", "content": f"a{i}"}]} for i in range(120)]
     chunks = [write_row_chunk(store, rows[i : i + 10]) for i in range(0, 120, 10)]
-    shaping = ("all_assistant", 2048, "right", None)  # no template clock
+    shaping = TokenShaping("all_assistant", 2048, "right", None)  # no template clock
     tok = load_tokenizer(str(tiny_model_dir))
     here = [tokenize_chunk(store, tok, c, 10 * i, shaping) for i, c in enumerate(chunks)]
     there: dict[int, dict] = {}

@@ -8,6 +8,7 @@ needs and nothing of the config layer: a worker started ahead of a one-row edit'
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from evsys_build.chunk_workers import worker_store
 from evsys_build.chunks import read_row_chunk
@@ -20,12 +21,21 @@ from .token_chunks import write_token_chunk
 from .tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes
 
 
-def tokenize_chunk(store: Store, tok, chunk: dict, start: int, shaping: tuple) -> dict:
+class TokenShaping(NamedTuple):
+    """What a tokenize node's params say about its tokens, besides the tokenizer: the algorithm's
+    shaping params, and the date a chat template that renders one renders (None: it does not)."""
+
+    supervise: str
+    max_length: int
+    truncation: str
+    clock: dict | None
+
+
+def tokenize_chunk(store: Store, tok, chunk: dict, start: int, shaping: TokenShaping) -> dict:
     """One chunk of chat rows -> one token chunk; a bad row fails as `row <index in the dataset>: ...`."""
     rows = read_row_chunk(store, chunk)
-    supervise, max_length, truncation, clock = shaping
-    with pinned(clock):  # the date the key holds, for a template that renders it
-        out = tokenize_rows(tok, rows, supervise, max_length, truncation, [f"row {start + i}" for i in range(len(rows))])
+    with pinned(shaping.clock):  # the date the key holds, for a template that renders it
+        out = tokenize_rows(tok, rows, shaping.supervise, shaping.max_length, shaping.truncation, [f"row {start + i}" for i in range(len(rows))])
     return write_token_chunk(store, out)
 
 
@@ -35,7 +45,7 @@ def start_tokenize_worker(address: tuple, model_dir: str, code: str) -> None:
     load_chat_tokenizer(model_dir, worker_store(address), code)
 
 
-def tokenize_chunk_in_worker(address: tuple, model_dir: str, code: str, shaping: tuple, chunk: dict, start: int) -> dict:
+def tokenize_chunk_in_worker(address: tuple, model_dir: str, code: str, shaping: TokenShaping, chunk: dict, start: int) -> dict:
     """`tokenize_chunk` in a worker process: the store and tokenizer opened once per process; the
     recipes it learns are kept for the next process, as the build's own are."""
     store = worker_store(address)

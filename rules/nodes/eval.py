@@ -31,7 +31,7 @@ from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
 from .heldout import heldout_nodes
-from .tokenize import tokenizer_libraries
+from .tokenize import clock_params, tokenizer_libraries
 from .train import backend_code, backend_config, backend_resources, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
@@ -59,11 +59,9 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
         tasks = benchmark_tasks(loaded, index, bench, arm)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
         params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key,
-                  "tokenizer_libraries": tokenizer_libraries(model)}  # prompts are rendered and completions decoded
+                  "tokenizer_libraries": tokenizer_libraries(model), **clock_params(model)}  # prompts are rendered (and may render the date), completions decoded
         if bench.temperature > 0:  # sampled completions depend on the seed; greedy ones do not
             params["seed"] = arm.config.seed
-        if model.clock is not None:  # prompts render the date
-            params["clock"] = model.clock
         for step in steps:
             node = Node(
                 rule="eval",

@@ -29,7 +29,7 @@ from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
-from .tokenize import tokenizer_libraries
+from .tokenize import clock_params, tokenizer_libraries
 from .train import backend_code, backend_config, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
@@ -41,8 +41,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
     params = {
         "rows": statcache.file_digest(Path(bench.path)),
         "shaping": {k: getattr(algo, k) for k in ("supervise", "max_length", "truncation") if hasattr(algo, k)},
-        "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": tokenizer_libraries(model),
-                  **({"clock": model.clock} if model.clock is not None else {})},  # a template that renders the date
+        "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": tokenizer_libraries(model), **clock_params(model)},
         "scorer": {
             "code": backend_code(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
             "precision": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),

@@ -18,7 +18,7 @@ from evsys_build.hashing import digest
 from evsys_build.store import Store
 
 from ..config.loading import Arm
-from ..data.tokenize_chunk import start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
+from ..data.tokenize_chunk import TokenShaping, start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
 from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity
@@ -33,7 +33,6 @@ SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params t
 
 def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
     algo = arm.params["algorithm"]
-    clock = {"clock": model.clock} if model.clock is not None else {}  # a template that renders the date
     return Node(
         rule="tokenize",
         name="tokenize",
@@ -44,7 +43,7 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
             "max_length": getattr(algo, "max_length", 2048),
             "truncation": getattr(algo, "truncation", "right"),
             "libraries": tokenizer_libraries(model),
-            **clock,
+            **clock_params(model),
         },
         inputs=[("rows", rows)],
         run=run_tokenize,
@@ -64,6 +63,12 @@ def tokenizer_libraries(model: ResolvedModel) -> dict[str, str | None]:
     return library_versions(*TOKENIZER_LIBRARIES, *(CONVERTER_LIBRARIES if converts else ()))
 
 
+def clock_params(model: ResolvedModel) -> dict:
+    """`{"clock": ...}` when the model's chat template renders the date (`template_clock`), else
+    nothing: the tokenize, eval and held-out keys hold it in this one shape."""
+    return {"clock": model.clock} if model.clock is not None else {}
+
+
 def warm_tokenizer(model_dir: str, code: str, store: Store) -> Standby | None:
     """Start a worker process that loads the tokenizer (capturing its snapshot on a first build)
     while the stages before this one run, for this node's map to adopt: loading it here would hold
@@ -80,7 +85,7 @@ def run_tokenize(ctx: RunContext) -> dict:
     model_dir = str(ctx.node.payload["model_dir"])
     code = ctx.node.payload["tokenizer_code"]
     p = ctx.node.params
-    shaping = (p["supervise"], p["max_length"], p["truncation"], p.get("clock"))
+    shaping = TokenShaping(p["supervise"], p["max_length"], p["truncation"], p.get("clock"))
     store = ctx.store
     loaded: list = []
     loading = threading.Lock()
