@@ -29,7 +29,7 @@ from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
-from .tokenize import clock_params, tokenizer_libraries
+from .tokenize import SHAPING_PARAMS, clock_params, tokenizer_libraries
 from .train import backend_code, backend_config, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
@@ -40,7 +40,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
     algo = arm.params["algorithm"]
     params = {
         "rows": statcache.file_digest(Path(bench.path)),
-        "shaping": {k: getattr(algo, k) for k in ("supervise", "max_length", "truncation") if hasattr(algo, k)},
+        "shaping": {k: getattr(algo, k) for k in SHAPING_PARAMS if hasattr(algo, k)},
         "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": tokenizer_libraries(model), **clock_params(model)},
         "scorer": {
             "code": backend_code(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
