@@ -12,8 +12,8 @@ comes back as template text and whole contents. The template is a deterministic 
 what it read, so any later row of that shape whose contents give the same answers renders to
 the same text with its own contents in place. A render makes no recipe ("opaque") when the
 template reads a content in a way no method call shows: passed to a filter such as `tojson`,
-to a call, `str.format`, `~` or a captured block (`_replay_blocker` refuses templates that
-can). The first render of every recipe is checked against `apply_chat_template` itself; a
+to a call, `str.format`, `repr` (`{{ [content] }}`), `~`, `%` or a captured block
+(`_replay_blocker` refuses templates that can). The first render of every recipe is checked against `apply_chat_template` itself; a
 mismatch turns recipes off for that tokenizer. Everything else renders through
 `apply_chat_template`.
 """
@@ -200,6 +200,10 @@ class _Observed(str):
         self._rec.opaque = True
         return iter(str.__str__(self))
 
+    def __repr__(self):  # `{{ [content] }}`, `{{ message }}`, `'%r' % (content,)`: text no slot survives in
+        self._rec.opaque = True
+        return str.__repr__(str.__str__(self))
+
 
 class _Rope(str):
     """Text built with `+` from template literals and contents; remembers which parts were contents."""
@@ -226,6 +230,10 @@ class _Rope(str):
     def __iter__(self):
         self._rec.opaque = True
         return iter(str.__str__(self))
+
+    def __repr__(self):
+        self._rec.opaque = True
+        return str.__repr__(str.__str__(self))
 
 
 def _rope_parts(value: str) -> tuple:
@@ -424,6 +432,10 @@ def _replay_blocker(env, source: str) -> str | None:
     for name in tree.find_all(nodes.Name):
         if name.name in _IMPURE_NAMES:
             return f"the template calls {name.name}"
+    for mod in tree.find_all(nodes.Mod):  # `'%c' % (content,)` reads a content with no method call
+        numeric = isinstance(mod.right, nodes.Const) and type(mod.right.value) in (int, float)  # `loop.index0 % 2`
+        if not numeric or (isinstance(mod.left, nodes.Const) and isinstance(mod.left.value, str)):
+            return "the template formats text with `%`"
     for flt in tree.find_all(nodes.Filter):
         if flt.name == "random":
             return "the template uses the random filter"

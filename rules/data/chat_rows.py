@@ -4,7 +4,8 @@ A row is `{"messages": [...], "tools": [...]?}` (or a bare messages list). Every
 one-line ConfigError that starts with `where` and names `messages[i]`, so no Jinja TypeError or
 traceback ever reaches the user. `read_conversation` returns the messages the template sees:
 role, content as a string, and for assistants their tool calls and reasoning; other keys
-(ids, metadata) are dropped. A message's `weight` (OpenAI's fine-tuning format: 0 or 1) is kept
+(ids, metadata) are dropped, but another tool's loss switch (`training: false`, ...) is refused,
+as it would otherwise be ignored. A message's `weight` (OpenAI's fine-tuning format: 0 or 1) is kept
 beside them: `weight: 0` leaves that turn untrained.
 """
 
@@ -20,6 +21,8 @@ _ROLE_SET = frozenset(ROLES)
 SUPERVISED = ("all_assistant", "last_assistant")
 _OPTIONAL_TEXT = ("name", "tool_call_id")  # passed through to the template when they are strings
 _REASONING = ("reasoning_content", "thinking", "reasoning")  # transformers' names for a message's reasoning
+# Other tools' per-message loss switches (axolotl's `training`, ...): dropping one would train the turn.
+_FOREIGN_TRAINING_FLAGS = ("train", "training", "train_detail", "trainable", "loss", "loss_mask", "mask", "masked", "ignore_loss")
 
 
 class Conversation:
@@ -103,6 +106,12 @@ def _message(message, i: int, where: str) -> dict:
     role = message.get("role")
     if role not in ROLES:
         raise ConfigError(f"{at}.role {role!r} is not system, user, assistant or tool")
+    flag = next((key for key in _FOREIGN_TRAINING_FLAGS if key in message), None)
+    if flag is not None:
+        raise ConfigError(
+            f"{at}.{flag}: evsys does not read this field, so the turn would be trained as if it were absent; "
+            "to leave a turn untrained give it weight: 0 (OpenAI's format), e.g. with a transform, or drop the field"
+        )
     content = message.get("content")
     if type(content) is str and len(message) == 2:  # the common case, checked in full
         return {"role": role, "content": content}

@@ -13,12 +13,15 @@ How a token gets its weight (nothing ever searches the rendered text for a messa
    template's default for turns it renders without the empty think block) and must be a prefix
    of the whole rendering; then every character before it belongs to the earlier turns and the
    assistant header, every character after it up to the end of turn to message k: its content,
-   the tool calls and think block the template renders for it, and `<|im_end|>`. Never the role
-   header, never Qwen3's empty `<think>\\n\\n</think>\\n\\n` before a final reply (the eval prompt
+   the tool calls and think block the template renders for it, and `<|im_end|>`. Never the
+   generation prompt's role header (a template that writes no generation prompt leaves the header
+   to the completion: its sampler must write it too), never Qwen3's empty `<think>\\n\\n</think>\\n\\n` before a final reply (the eval prompt
    ends with it), never system, user or tool turns.
 3. When no prompt is a prefix (the template renders earlier turns differently once a turn
-   follows), the turn has no end-of-turn token, or the template writes a special token inside
-   the turn, the row fails with a one-line ConfigError naming it and messages[k]: never a guess.
+   follows), the turn has no end-of-turn token, the template writes a special token inside
+   the turn, or the span holds text of a later message (rendered again with every later content
+   changed, the text before the span's end must not change: a template that skips an empty
+   reply, or ends turns only at the end of the conversation), the row fails with a one-line ConfigError naming it and messages[k]: never a guess.
    Message text that spells a special token (`<|im_end|>`) is refused (`chat_rows`).
 4. Characters become token weights through the tokenizer's offsets: a token is trained when any
    character it covers is trained. A token that straddles a boundary (Qwen3 renders an earlier
@@ -184,7 +187,9 @@ def _trained_spans(renderer, conv: Conversation, text: str, supervise: str, turn
     spans = []
     for k in turns:
         start = _completion_start(renderer, conv, k, text, where)
-        spans.append((start, _completion_end(text, start, turn_end, specials, f"{where}: messages[{k}]")))
+        end = _completion_end(text, start, turn_end, specials, f"{where}: messages[{k}]")
+        _check_no_later_text(renderer, conv, k, text, end, turn_end, where)
+        spans.append((start, end))
     return spans
 
 
@@ -211,6 +216,34 @@ def _completion_end(text: str, start: int, turn_end: str, specials: re.Pattern, 
     if inside:
         raise ConfigError(f"{at}: the chat template writes {inside.group()!r} inside this assistant turn; cannot tell where it ends")
     return end + len(turn_end)
+
+
+MARK = "\ue000"  # a private-use character no template treats specially
+
+
+def _check_no_later_text(renderer, conv: Conversation, k: int, text: str, end: int, turn_end: str, where: str) -> None:
+    """Turn k's span must hold nothing of a later message: the conversation rendered again with
+    every later message's content changed (a mark in its middle, so `startswith` and `endswith`
+    answer as before; a mark for an empty one) must not differ from `text` before `end`. Else
+    the template skipped this turn (an empty reply) or ends turns only at the end of the
+    conversation, and the span would train another message's text: refused."""
+    if k == len(conv.messages) - 1:
+        return
+    changed = list(conv.messages[: k + 1])
+    for message in conv.messages[k + 1 :]:
+        content = message["content"]
+        half = len(content) // 2
+        changed.append({**message, "content": content[:half] + MARK + content[half:]})
+    try:
+        other = _render(renderer, Conversation(changed, conv.tools, conv.plain, conv.untrained), len(changed), False, EVAL_PROMPT, where)
+    except ConfigError:
+        other = ""
+    if other[:end] != text[:end]:
+        raise ConfigError(
+            f"{where}: messages[{k}]: the chat template writes later messages inside this assistant turn (before its "
+            f"{turn_end!r}), so which tokens it produced cannot be told; drop empty assistant turns, or use "
+            "supervise: last_assistant or a template that ends every turn"
+        )
 
 
 def _render(renderer, conv: Conversation, end: int, generation_prompt: bool, variant: dict, where: str) -> str:

@@ -1,0 +1,134 @@
+"""Loss masks never credit one message with another's text, whatever the chat template does.
+
+Odd but real template styles (plain-text roles with one eos at the end of the conversation,
+templates that skip empty messages, templates that print a content through `%` or `repr`) must
+either give exact masks or refuse the row by name: never train a token of a later message as
+part of an earlier turn, and never replay one row's content into another row's text.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from evsys_build.errors import ConfigError
+from evsys_rules.data.chat_render import chat_renderer
+from evsys_rules.data.chat_tokens import tokenize_conversation
+
+
+@pytest.fixture
+def fresh_tok(tiny_model_dir):
+    """A private tokenizer object a test may give another chat template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+
+
+def trained_text(tok, messages, supervise="all_assistant") -> str:
+    """The text of the trained tokens, runs joined with '|'."""
+    ids, weights = tokenize_conversation(tok, messages, supervise, 4096, "right", "row 0")
+    runs, current = [], []
+    for t, w in zip(ids, weights):
+        if w > 0:
+            current.append(t)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return "|".join(tok.decode(r) for r in runs)
+
+
+PLAIN_ROLES_ONE_EOS = (
+    "{% for m in messages %}{{ m.role|capitalize + ': ' + m.content + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% else %}{{ eos_token }}{% endif %}"
+)
+SKIPS_EMPTY = (
+    "{% for m in messages %}{% if m.content %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_turn_whose_end_of_turn_comes_after_later_messages_is_refused(fresh_tok):
+    """One eos at the end of the conversation: turn 1 would otherwise train the user's next question."""
+    fresh_tok.chat_template = PLAIN_ROLES_ONE_EOS
+    messages = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "SECRET user text"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    with pytest.raises(ConfigError) as info:
+        trained_text(fresh_tok, messages)
+    assert info.value.message.startswith("row 0: messages[1]: the chat template writes later messages inside this assistant turn")
+    assert "\n" not in info.value.message
+    # the final turn alone is well defined: its reply, the template's newline and the eos
+    assert trained_text(fresh_tok, messages, "last_assistant") == " a2\n<|im_end|>"
+
+
+def test_an_empty_turn_the_template_skips_is_not_credited_with_the_next_turn(fresh_tok):
+    """The empty reply renders nothing, so the text after its prompt is the next (weight 0) turn's."""
+    fresh_tok.chat_template = SKIPS_EMPTY
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": ""},
+        {"role": "assistant", "content": "NOT TO BE TRAINED", "weight": 0},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    with pytest.raises(ConfigError, match=r"^row 0: messages\[1\]: the chat template writes later messages inside this assistant turn"):
+        trained_text(fresh_tok, messages)
+    messages[1]["content"] = "a1"
+    assert trained_text(fresh_tok, messages) == "a1<|im_end|>|a2<|im_end|>"
+
+
+def test_an_empty_final_turn_the_template_skips_is_refused(fresh_tok):
+    fresh_tok.chat_template = SKIPS_EMPTY
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}, {"role": "assistant", "content": ""}]
+    with pytest.raises(ConfigError, match=r"^row 0: messages\[3\]"):
+        trained_text(fresh_tok, messages, "last_assistant")
+
+
+REPR_AND_PERCENT_TEMPLATES = [
+    "{% for m in messages %}{{ '%r' % (m.content,) }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ '%s' % (m.content,) }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ '<%s>' % m.content }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ m }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ [m.content] }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ [m.content]|string }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ {'c': m.content} }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ (m.content + '!',) }}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ '%c' % (m.content,) if m.content|length == 1 else m.content }}<|im_end|>{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", REPR_AND_PERCENT_TEMPLATES)
+def test_contents_printed_through_repr_or_percent_are_never_replayed_from_another_row(fresh_tok, template):
+    fresh_tok.chat_template = template
+    renderer = chat_renderer(fresh_tok)
+    for content in ("first row", "second row", "a", "b", "first row"):
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
+        assert renderer.render(messages, None, False, {}, True) == fresh_tok.apply_chat_template(messages, tokenize=False)
+
+
+def test_modulo_on_numbers_keeps_replay_on(fresh_tok):
+    """Llama-2 style role checks (`loop.index0 % 2`) read no content: recipes still work."""
+    fresh_tok.chat_template = (
+        "{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('alternate') }}{% endif %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    renderer = chat_renderer(fresh_tok)
+    assert renderer.replay_off is None
+    for content in ("a", "b", "c"):
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
+        assert renderer.render(messages, None, False, {}, True) == fresh_tok.apply_chat_template(messages, tokenize=False)
+    assert any(renderer.recipes.values())
+
+
+@pytest.mark.parametrize("flag", ["train", "training", "train_detail", "loss", "loss_mask", "mask", "masked", "trainable"])
+def test_a_per_message_training_flag_evsys_does_not_read_is_refused(fresh_tok, flag):
+    """`training: false` (axolotl's field) must not be dropped silently: the turn would be trained."""
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", flag: False}, {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(ConfigError) as info:
+        trained_text(fresh_tok, messages)
+    assert info.value.message.startswith(f"row 0: messages[1].{flag}: evsys does not read this field")
+    assert "weight: 0" in info.value.message
