@@ -23,6 +23,14 @@ def fresh_tok(tiny_model_dir):
     return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
 
 
+@pytest.fixture(scope="module")
+def tok_qwen3(tiny_model_dir):
+    """The real Qwen3 tokenizer and chat template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+
+
 def trained_text(tok, messages, supervise="all_assistant") -> str:
     """The text of the trained tokens, runs joined with '|'."""
     ids, weights = tokenize_conversation(tok, messages, supervise, 4096, "right", "row 0")
@@ -132,3 +140,47 @@ def test_a_per_message_training_flag_evsys_does_not_read_is_refused(fresh_tok, f
         trained_text(fresh_tok, messages)
     assert info.value.message.startswith(f"row 0: messages[1].{flag}: evsys does not read this field")
     assert "weight: 0" in info.value.message
+
+
+def test_the_one_render_check_agrees_with_the_turn_by_turn_check(fresh_tok, tok_qwen3):
+    """The marked render (all turns at once) and the turn-by-turn check give the same answer
+    whenever the first can tell, on random conversations under four templates."""
+    import random
+
+    from evsys_rules.data import chat_tokens
+    from evsys_rules.data.chat_rows import read_conversation
+
+    templates = {"one eos": PLAIN_ROLES_ONE_EOS, "skips empty": SKIPS_EMPTY, "chatml": SKIPS_EMPTY.replace("{% if m.content %}", "{% if true %}")}
+    rng = random.Random(5)
+    texts = ["", "a", "hi there", "\nx\n", "<think>r</think>ans", "<tool_response>t</tool_response>", "ok."]
+    told = flagged = 0
+    for name, tokenizer in [*((n, fresh_tok) for n in templates), ("qwen3", tok_qwen3)]:
+        if name in templates:
+            tokenizer.chat_template = templates[name]
+        renderer = chat_tokens.chat_renderer(tokenizer)
+        for _ in range(150):
+            roles = ["user"] + [rng.choice(["user", "assistant", "assistant", "tool"]) for _ in range(rng.randint(1, 6))]
+            messages = [{"role": r, "content": rng.choice(texts)} for r in roles]
+            if rng.random() < 0.3:
+                k = rng.randrange(1, len(messages))
+                messages[k] = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}
+            try:
+                conv = read_conversation(messages, "row", "all_assistant", chat_tokens.special_tokens_pattern(tokenizer))
+                text = chat_tokens._render(renderer, conv, len(conv.messages), False, chat_tokens.EVAL_PROMPT, "row")
+                turns = [k for k, m in enumerate(conv.messages) if m["role"] == "assistant"]
+                checked = []
+                for k in turns:
+                    start = chat_tokens._completion_start(renderer, conv, k, text, "row")
+                    checked.append((k, (start, chat_tokens._completion_end(text, start, "<|im_end|>", chat_tokens.special_tokens_pattern(tokenizer), "row"))))
+            except ConfigError:
+                continue
+            checked = [(k, span) for k, span in checked if k < len(conv.messages) - 1]
+            if not checked:
+                continue
+            fast = chat_tokens.later_marks_in_spans(renderer, conv, checked, text, "row")
+            slow = next((k for k, (_, end) in checked if chat_tokens.later_contents_move_text(renderer, conv, k, text, end, "row")), None)
+            if fast != chat_tokens._UNKNOWN:
+                assert fast == slow, (name, messages)
+                told += 1
+                flagged += fast is not None
+    assert told > 150 and flagged > 20  # the one render decided most rows, and found the bad ones

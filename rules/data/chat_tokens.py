@@ -19,9 +19,10 @@ How a token gets its weight (nothing ever searches the rendered text for a messa
    ends with it), never system, user or tool turns.
 3. When no prompt is a prefix (the template renders earlier turns differently once a turn
    follows), the turn has no end-of-turn token, the template writes a special token inside
-   the turn, or the span holds text of a later message (rendered again with every later content
-   changed, the text before the span's end must not change: a template that skips an empty
-   reply, or ends turns only at the end of the conversation), the row fails with a one-line ConfigError naming it and messages[k]: never a guess.
+   the turn, or the span holds text of a later message (a template that skips an empty reply, or
+   ends turns only at the end of the conversation: found by rendering again with later messages
+   marked or changed), the row fails with a one-line ConfigError naming it and messages[k]:
+   never a guess.
    Message text that spells a special token (`<|im_end|>`) is refused (`chat_rows`).
 4. Characters become token weights through the tokenizer's offsets: a token is trained when any
    character it covers is trained. A token that straddles a boundary (Qwen3 renders an earlier
@@ -187,9 +188,8 @@ def _trained_spans(renderer, conv: Conversation, text: str, supervise: str, turn
     spans = []
     for k in turns:
         start = _completion_start(renderer, conv, k, text, where)
-        end = _completion_end(text, start, turn_end, specials, f"{where}: messages[{k}]")
-        _check_no_later_text(renderer, conv, k, text, end, turn_end, where)
-        spans.append((start, end))
+        spans.append((start, _completion_end(text, start, turn_end, specials, f"{where}: messages[{k}]")))
+    _refuse_later_text_in_spans(renderer, conv, turns, spans, text, turn_end, where)
     return spans
 
 
@@ -218,32 +218,85 @@ def _completion_end(text: str, start: int, turn_end: str, specials: re.Pattern, 
     return end + len(turn_end)
 
 
-MARK = "\ue000"  # a private-use character no template treats specially
+MARKS = 0xE000, 0xF8FF  # private-use characters, to mark contents with (no template treats them specially)
+_MARK = re.compile(f"[{chr(MARKS[0])}-{chr(MARKS[1])}]")
+_UNKNOWN = -1
 
 
-def _check_no_later_text(renderer, conv: Conversation, k: int, text: str, end: int, turn_end: str, where: str) -> None:
-    """Turn k's span must hold nothing of a later message: the conversation rendered again with
-    every later message's content changed (a mark in its middle, so `startswith` and `endswith`
-    answer as before; a mark for an empty one) must not differ from `text` before `end`. Else
-    the template skipped this turn (an empty reply) or ends turns only at the end of the
-    conversation, and the span would train another message's text: refused."""
-    if k == len(conv.messages) - 1:
+def _refuse_later_text_in_spans(renderer, conv: Conversation, turns: list[int], spans: list[tuple[int, int]], text: str, turn_end: str, where: str) -> None:
+    """No trained span may hold text of a later message (a template that skips an empty reply,
+    or ends turns only at the end of the conversation, would train a turn on the next message).
+    One render with every later message marked answers for all turns when the template wrote
+    the marks verbatim (`later_marks_in_spans`); otherwise each turn is checked on its own by
+    changing the messages after it (`later_contents_move_text`)."""
+    checked = [(k, span) for k, span in zip(turns, spans) if k < len(conv.messages) - 1]
+    if not checked:
         return
+    first = later_marks_in_spans(renderer, conv, checked, text, where)
+    if first == _UNKNOWN:
+        first = next((k for k, (_, end) in checked if later_contents_move_text(renderer, conv, k, text, end, where)), None)
+    if first is not None:
+        raise ConfigError(
+            f"{where}: messages[{first}]: the chat template writes later messages inside this assistant turn (before its "
+            f"{turn_end!r}), so which tokens it produced cannot be told; drop empty assistant turns, or use "
+            "supervise: last_assistant or a template that ends every turn"
+        )
+
+
+def later_marks_in_spans(renderer, conv: Conversation, checked: list[tuple[int, tuple[int, int]]], text: str, where: str) -> int:
+    """The first checked turn whose span holds text of a later message, None if none, or _UNKNOWN
+    when this render cannot tell.
+
+    Each message after the first checked turn gets its own private-use character, put before and
+    after its content (or, when its content is empty, its first tool call's name). With the marks
+    removed the render must be `text` exactly (else the template inspected what the marks
+    changed: _UNKNOWN), and each pair of marks is then where that text sits in `text`. A message
+    with neither content nor tool calls cannot be marked without changing its truthiness, and one
+    whose marks the template did not write cannot be placed: _UNKNOWN for both."""
+    low = checked[0][0] + 1
+    if len(conv.messages) - low > MARKS[1] - MARKS[0] or _MARK.search(text):
+        return _UNKNOWN
+    marked = list(conv.messages[:low])
+    for j in range(low, len(conv.messages)):
+        message, mark = conv.messages[j], chr(MARKS[0] + j - low)
+        if message["content"]:
+            marked.append({**message, "content": mark + message["content"] + mark})
+        elif message.get("tool_calls"):
+            first, *rest = message["tool_calls"]
+            name = mark + first["function"]["name"] + mark
+            marked.append({**message, "tool_calls": [{**first, "function": {**first["function"], "name": name}}, *rest]})
+        else:
+            return _UNKNOWN
+    try:
+        other = _render(renderer, Conversation(marked, conv.tools, conv.plain, conv.untrained), len(marked), False, EVAL_PROMPT, where)
+    except ConfigError:
+        return _UNKNOWN
+    places: dict[int, list[int]] = {}
+    for removed, found in enumerate(_MARK.finditer(other)):  # where each mark sits in `text`
+        places.setdefault(low + ord(found.group()) - MARKS[0], []).append(found.start() - removed)
+    if _MARK.sub("", other) != text or len(places) != len(marked) - low or any(len(at) % 2 for at in places.values()):
+        return _UNKNOWN  # not the text with marks added, or a message the template wrote no mark of (where is it?)
+    for k, (start, end) in checked:
+        for j in range(k + 1, len(conv.messages)):
+            at = places.get(j, ())
+            if any(a < end and b > start for a, b in zip(at[::2], at[1::2])):
+                return k
+    return None
+
+
+def later_contents_move_text(renderer, conv: Conversation, k: int, text: str, end: int, where: str) -> bool:
+    """Whether the text before turn k's `end` changes when every later message's content changes
+    (a mark in its middle, so `startswith` and `endswith` answer as before; a mark for an empty one)."""
     changed = list(conv.messages[: k + 1])
     for message in conv.messages[k + 1 :]:
         content = message["content"]
         half = len(content) // 2
-        changed.append({**message, "content": content[:half] + MARK + content[half:]})
+        changed.append({**message, "content": content[:half] + chr(MARKS[0]) + content[half:]})
     try:
         other = _render(renderer, Conversation(changed, conv.tools, conv.plain, conv.untrained), len(changed), False, EVAL_PROMPT, where)
     except ConfigError:
-        other = ""
-    if other[:end] != text[:end]:
-        raise ConfigError(
-            f"{where}: messages[{k}]: the chat template writes later messages inside this assistant turn (before its "
-            f"{turn_end!r}), so which tokens it produced cannot be told; drop empty assistant turns, or use "
-            "supervise: last_assistant or a template that ends every turn"
-        )
+        return True
+    return other[:end] != text[:end]
 
 
 def _render(renderer, conv: Conversation, end: int, generation_prompt: bool, variant: dict, where: str) -> str:
