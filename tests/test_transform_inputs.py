@@ -69,5 +69,57 @@ def test_the_environment_reads_a_module_names_are_found(tmp_path):
         "a = os.environ['A_VAR']\nb = os.environ.get(\"B_VAR\", 1)\nc = getenv('C_VAR')\n"
         "d = environ . get ( 'D_VAR' )\ne = os.environ.setdefault('E_VAR', '')\n"
         "f = os.environ[name]  # computed: not seen\n"
+        "LOUD = 'G_VAR'\nQUIET: str = \"H_VAR\"  # constants naming variables\n"
+        "g = 'F_VAR' in os.environ\nh = \"I_VAR\" not in environ\ni = os.environ.get(LOUD)\nj = QUIET in os.environ\n"
     )
-    assert _names(str(module)) == ("A_VAR", "B_VAR", "C_VAR", "D_VAR", "E_VAR")
+    assert _names(str(module)) == ("A_VAR", "B_VAR", "C_VAR", "D_VAR", "E_VAR", "F_VAR", "G_VAR", "H_VAR", "I_VAR")
+
+
+ORDERED_PLUGIN = '''\
+import datetime
+
+from pydantic import BaseModel, Field
+
+from evsys_sdk import register_transform
+
+
+@register_transform("replace_all")
+class ReplaceAll:
+    row_local = True
+
+    class Config(BaseModel, extra="forbid"):
+        table: dict[str, str] = {}
+        stamp: str = Field(default_factory=lambda: datetime.datetime.now().isoformat())
+        tags: list[str] = Field(default_factory=list)
+
+    def __init__(self, **params):
+        self.cfg = self.Config(**params)
+
+    def __call__(self, rows):
+        out = []
+        for row in rows:
+            query = row["query"]
+            for old, new in self.cfg.table.items():  # in order: the mapping's order is part of the result
+                query = query.replace(old, new)
+            out.append(dict(row, query=query))
+        return out
+'''
+
+
+def test_a_reordered_mapping_or_a_fresh_default_factory_value_reruns_the_transform(tmp_path):
+    """Canonical JSON sorts keys, and `exclude_defaults` compares a factory's value with a fresh
+    call: neither may hide a change the transform's rows show."""
+    config = BASE_CONFIG.replace("transforms:\n", "plugins: [ordered.py]\ntransforms:\n  - kind: replace_all\n    params: {table: {email: mail, mail: post}}\n", 1)
+    project = make_project(tmp_path / "p", tool_rows(6), config)
+    (project / "ordered.py").write_text(ORDERED_PLUGIN)
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "transform[0] replace_all", cwd=project))
+    again = plan_json(project)["transform[0] replace_all"]
+    assert again["status"] == "run"  # a new timestamp each compile: a new key, never the old rows
+
+    (project / "ordered.py").write_text(ORDERED_PLUGIN.replace("default_factory=lambda: datetime.datetime.now().isoformat()", "default='fixed'"))
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "transform[0] replace_all", cwd=project))
+    assert plan_json(project)["transform[0] replace_all"]["status"] == "cached"
+    (project / "config.yaml").write_text(config.replace("{email: mail, mail: post}", "{mail: post, email: mail}"))
+    reordered = plan_json(project)["transform[0] replace_all"]
+    assert reordered["status"] == "run"
+    assert any("mapping_order" in reason for reason in reordered["reasons"]), reordered["reasons"]

@@ -52,6 +52,7 @@ class SFT:
 
     Config = SFTConfig
     needs_tokenized_chat = True
+    libraries = ("numpy",)  # each epoch's order is numpy's Generator.permutation, which numpy may change between releases
 
     @staticmethod
     def train(client, data, cfg, **kw) -> list[dict]:

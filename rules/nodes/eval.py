@@ -18,6 +18,7 @@ from evsys_build.statcache import StatCache
 
 from evsys_build.errors import ConfigError
 
+from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm, LoadedConfig, located
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
 from ..data.template_clock import pinned
@@ -182,7 +183,7 @@ def _tasks_content(tasks) -> tuple[str, list[dict]]:
     if hit is not None and hit[0] is tasks:  # holding `tasks` keeps its id from being reused
         return hit[1]
     specs = {json.dumps(t.verifier, sort_keys=True): t.verifier for t in tasks}
-    value = (digest([t.model_dump(exclude_defaults=True) for t in tasks]), list(specs.values()))
+    value = (digest([with_mapping_orders(keyed_dump(t), t) for t in tasks]), list(specs.values()))
     if isinstance(tasks, tuple):
         _tasks_memo[id(tasks)] = (tasks, value)
     return value

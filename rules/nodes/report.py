@@ -13,6 +13,7 @@ from evsys_build.graph import Node
 
 from ..config.loading import Arm
 from ..plugins.code_identity import code_identity
+from ..plugins.installed import library_versions
 from ..outputs.report_files import final_eval_metrics, metrics_jsonl, summary_markdown, training_plot, PLOT_NAME
 from .views import EvalResult, ReportFiles, TrainResult
 
@@ -23,7 +24,7 @@ def report_node(arm: Arm, train: Node, evals: list[tuple]) -> Node:
         rule="report",
         name="report",
         version=code_identity(run_report),
-        params={"benchmarks": benches, "arm": arm.name},
+        params={"benchmarks": benches, "arm": arm.name, "libraries": library_versions("matplotlib")},  # training.png
         inputs=inputs,
         run=run_report,
         arm=arm.name,

@@ -18,6 +18,7 @@ from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
 from evsys_build.watch import unwatchable, watch, watch_tree
 
+from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm, LoadedConfig, check_source
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
@@ -32,8 +33,9 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     source_cls = kinds.sources.get(cfg.data.source_kind)
     source = source_cls(**arm.params["data"].model_dump())
     check_source(loaded, source, arm)
-    source_params = arm.params["data"].model_dump(exclude_defaults=True)
+    source_params = keyed_dump(arm.params["data"])
     source_params.pop("path", None)
+    source_params = with_mapping_orders(source_params, arm.params["data"])
     identity = getattr(source, "identity", None)
     files = source.files()
     if source_cls.__module__.split(".")[0] != __package__.split(".")[0]:

@@ -20,6 +20,7 @@ from evsys_build.store import Store
 
 from ..backends.base import Datum, SavedCheckpoint, StepFailed
 from ..algorithms.sft import WALL_CLOCK_METRICS
+from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm
 from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel, local_model_dir
@@ -42,7 +43,8 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
     if not callable(getattr(algo_cls, "train", None)):
         raise ConfigError(f"algorithm.kind: {cfg.algorithm.kind!r} has no train(client, data, cfg, **kw) method (see docs/plugins.md)")
     algo = arm.params["algorithm"]
-    algo_params = {k: v for k, v in algo.model_dump(exclude_defaults=True, mode="json").items() if k not in SHAPING_PARAMS + SCHEDULE_PARAMS}
+    algo_params = {k: v for k, v in keyed_dump(algo, mode="json").items() if k not in SHAPING_PARAMS + SCHEDULE_PARAMS}
+    algo_params = with_mapping_orders(algo_params, algo)
     backend = make_backend(arm)
     return Node(
         rule="train",
@@ -56,7 +58,8 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
                 "code": backend_code(backend_cls, "create_training_client"),
                 "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
             },
-            "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls)},
+            "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls),
+                          **({"libraries": library_versions(*algo_cls.libraries)} if getattr(algo_cls, "libraries", ()) else {})},
             "seed": cfg.seed,
         },
         inputs=[("tokens", tokens)],
@@ -89,7 +92,8 @@ def keyed_backend_params(backend_cls, backend_cfg, left_out: str = "sampling_onl
     if backend_cfg is None:
         return {}
     skipped = set(getattr(backend_cls, left_out, ()))
-    return {k: v for k, v in backend_cfg.model_dump(exclude_defaults=True, mode="json").items() if k not in skipped}
+    params = {k: v for k, v in keyed_dump(backend_cfg, mode="json").items() if k not in skipped}
+    return with_mapping_orders(params, backend_cfg)
 
 
 def make_backend(arm: Arm):

@@ -17,6 +17,7 @@ from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 from evsys_build.watch import unwatchable
 
+from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
@@ -46,7 +47,8 @@ def transform_node(arm: Arm, index: int, rows: Node, statcache: StatCache) -> No
     kw = _transform_kwargs(arm, index)
     transform = make_transform(arm, index)
     tcfg = getattr(transform, "cfg", None)
-    params = tcfg.model_dump(exclude_defaults=True) if tcfg is not None else dict(kw)  # python mode: a date stays a date
+    params = keyed_dump(tcfg) if tcfg is not None else dict(kw)  # python mode: a date stays a date
+    params = with_mapping_orders(params, tcfg if tcfg is not None else kw)
     return Node(
         rule="transform",
         name=f"transform[{index}] {spec.kind}",

@@ -48,12 +48,18 @@ def _f(v) -> str:
 
 
 def training_plot(rows: list[dict]) -> bytes:
-    """training.png: train_mean_nll per step, and every eval metric on a second axis."""
+    """training.png: train_mean_nll per step, and every eval metric on a second axis; drawn with
+    matplotlib's own defaults, never a `matplotlibrc` (the report's key holds no rc file)."""
     import matplotlib  # lazily: matplotlib is slow to import and only the report node draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with plt.style.context("default"):
+        return _draw(plt, rows)
+
+
+def _draw(plt, rows: list[dict]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     train = [(r["step"], r["metrics"].get("train_mean_nll")) for r in rows if r["split"] == "train" and r["metrics"].get("train_mean_nll") is not None]
     if train:
