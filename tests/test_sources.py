@@ -107,6 +107,25 @@ def test_parquet_is_read_in_batches(here, tiny_model_dir, monkeypatch):
     assert source_rows(here)[0][0] == {"query": "q0"}
 
 
+def test_a_source_that_decodes_with_a_library_keys_its_version(here, tiny_model_dir):
+    """pyarrow decodes parquet: another release may give other rows from the same bytes."""
+    import importlib.metadata
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from evsys_rules.frontend import open_project
+
+    pq.write_table(pa.table({"query": ["q"], "tool_slug": ["T"]}), here / "rows.parquet")
+    write(here, "parquet", "rows.parquet")
+    source = next(n for n in open_project(here / "config.yaml", Store(here / "cache")).graph.nodes() if n.rule == "source")
+    assert source.params["libraries"] == {"pyarrow": importlib.metadata.version("pyarrow")}
+    write_jsonl(here / "rows.jsonl", ROWS)
+    write(here, "jsonl", "rows.jsonl")
+    source = next(n for n in open_project(here / "config.yaml", Store(here / "cache")).graph.nodes() if n.rule == "source")
+    assert "libraries" not in source.params  # evsys parses JSON Lines itself
+
+
 def test_hf_datasets_are_read_from_the_local_cache_and_keyed_by_content(here, tiny_model_dir, monkeypatch):
     """A local dataset folder through `datasets.load_dataset`, offline, with its own cache."""
     import pyarrow as pa

@@ -26,6 +26,8 @@ from .sources import jsonable
 class HFSource:
     """Rows of one split of a Hugging Face dataset (a hub id, or a local dataset folder)."""
 
+    libraries = ("datasets", "pyarrow")  # they decode the files: their versions are in the source's key
+
     class Config(BaseModel, extra="forbid"):
         name: str  # hub id such as "HuggingFaceH4/no_robots", or a local folder of data files
         config: Optional[str] = None  # the dataset's configuration ("subset")

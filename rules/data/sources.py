@@ -188,6 +188,7 @@ class ParquetSource(FileSource):
     """Parquet files, read in record batches with pyarrow (never the whole table at once)."""
 
     suffixes = (".parquet",)
+    libraries = ("pyarrow",)  # it decodes the files: its version is in the source's key
 
     class Config(FileSetConfig):
         columns: Optional[list[str]] = None  # read only these columns

@@ -23,6 +23,7 @@ from ..config.loading import Arm, LoadedConfig, check_source
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.environment_reads import environment_read_by
+from ..plugins.installed import library_versions
 from .jsonl_scan import jsonl_chunks
 from .views import RowDataset
 
@@ -50,12 +51,13 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
             "content": [statcache.file_digest(f) for f in files],
             "suffixes": [Path(f).suffix for f in files],  # a source may parse by suffix (`json`: .json whole, .jsonl by line)
             **({"identity": identity()} if identity is not None else {}),
+            **({"libraries": library_versions(*source_cls.libraries)} if getattr(source_cls, "libraries", ()) else {}),
             **_environment(source_cls),
         },
         run=run_source,
         arm=arm.name,
         param_paths={"params": "data.params", "kind": "data.source_kind"},
-        param_labels={"content": "data file content changed", "suffixes": "data file suffixes changed", "identity": "dataset revision changed",
+        param_labels={"content": "data file content changed", "suffixes": "data file suffixes changed", "identity": "dataset revision changed", "libraries": "the source's library versions changed",
                       "environment": "an environment variable the source reads changed"},
         payload={"source": source},
     )
