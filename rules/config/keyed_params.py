@@ -6,6 +6,8 @@ adds) leaves keys alone, plus two things that call would lose though a run depen
 - a field a `default_factory` filled, unless the factory is a plain container or scalar type:
   pydantic decides "is default" by calling the factory again, so a factory that reads the clock
   or a file always looks default and its value would never be keyed;
+- a field marked `Field(exclude=True)`, set away from its default: left out of every dump, but
+  the plugin still reads it;
 - the order of a mapping's entries (`mapping_orders`): canonical JSON sorts keys, but code may
   apply `{email: mail, mail: post}` in order, and YAML and Python keep that order.
 """
@@ -25,7 +27,12 @@ def keyed_dump(model, mode: str = "python") -> dict:
     full = None
     for name, field in type(model).model_fields.items():
         value = getattr(model, name, None)
-        if name not in out:
+        if name not in out and field.exclude:  # `Field(exclude=True)` leaves dumps, not the plugin's reach
+            if value != field.get_default(call_default_factory=False) or field.default_factory is not None:
+                from pydantic_core import to_jsonable_python
+
+                out[name] = to_jsonable_python(value)
+        elif name not in out:
             if field.default_factory is not None and field.default_factory not in PURE_FACTORIES:
                 full = full if full is not None else model.model_dump(mode=mode)
                 out[name] = full[name]
