@@ -96,7 +96,7 @@ def test_an_empty_final_turn_the_template_skips_is_refused(fresh_tok):
         trained_text(fresh_tok, messages, "last_assistant")
 
 
-REPR_AND_PERCENT_TEMPLATES = [
+HIDDEN_READ_TEMPLATES = [
     "{% for m in messages %}{{ '%r' % (m.content,) }}<|im_end|>{% endfor %}",
     "{% for m in messages %}{{ '%s' % (m.content,) }}<|im_end|>{% endfor %}",
     "{% for m in messages %}{{ '<%s>' % m.content }}<|im_end|>{% endfor %}",
@@ -106,16 +106,64 @@ REPR_AND_PERCENT_TEMPLATES = [
     "{% for m in messages %}{{ {'c': m.content} }}<|im_end|>{% endfor %}",
     "{% for m in messages %}{{ (m.content + '!',) }}<|im_end|>{% endfor %}",
     "{% for m in messages %}{{ '%c' % (m.content,) if m.content|length == 1 else m.content }}<|im_end|>{% endfor %}",
+    # contents read in C through an iterator, or rendered into a buffer
+    "{{ messages|selectattr('role', 'equalto', 'assistant')|map(attribute='content')|join('\n') }}<|im_end|>",
+    "{{ '\n'.join(messages|map(attribute='content')) }}<|im_end|>",
+    "{{ messages|map(attribute='content')|map('trim')|reverse|join('|') }}<|im_end|>",
+    "{% for m in messages recursive %}{{ m.content }}<|im_end|>{% endfor %}",
+    "{% autoescape true %}{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}{% endautoescape %}",
+    "{% block turns %}{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}{% endblock %}{{ self.turns() }}",
+    # a read that raises: jinja makes it Undefined, and no guard could hold the answer
+    "{% for m in messages %}{{ m.content }}{% if m.content[5] is defined %} (long){% endif %}<|im_end|>{% endfor %}",
+    "{% for m in messages %}{{ m.content }}{{ m.content[5]|default('') }}<|im_end|>{% endfor %}",
 ]
 
 
-@pytest.mark.parametrize("template", REPR_AND_PERCENT_TEMPLATES)
-def test_contents_printed_through_repr_or_percent_are_never_replayed_from_another_row(fresh_tok, template):
+@pytest.mark.parametrize("template", HIDDEN_READ_TEMPLATES)
+def test_contents_read_where_no_method_call_shows_are_never_replayed_from_another_row(fresh_tok, template):
     fresh_tok.chat_template = template
     renderer = chat_renderer(fresh_tok)
     for content in ("first row", "second row", "a", "b", "first row"):
         messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
         assert renderer.render(messages, None, False, {}, True) == fresh_tok.apply_chat_template(messages, tokenize=False)
+
+
+MERGES_ASSISTANT_TURNS = (  # consecutive assistant messages share one turn; tool calls print instead of content
+    "{% for m in messages %}{% set prev = messages[loop.index0 - 1].role if not loop.first else '' %}"
+    "{% set nxt = messages[loop.index0 + 1].role if not loop.last else '' %}"
+    "{% if m.role == 'assistant' %}{% if prev != 'assistant' %}<|im_start|>assistant\n{% endif %}"
+    "{% if m.tool_calls %}{% for tc in m.tool_calls %}<tool_call>{{ tc.function.name }}{{ tc.function.arguments|tojson }}</tool_call>{% endfor %}"
+    "{% else %}{{ m.content }}{% endif %}{% if nxt != 'assistant' %}<|im_end|>\n{% endif %}"
+    "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_later_tool_call_inside_a_trained_turn_is_refused(fresh_tok):
+    """The weight-0 message's tool call (not its content) lands in the turn before it."""
+    fresh_tok.chat_template = MERGES_ASSISTANT_TURNS
+    call = {"type": "function", "function": {"name": "fn2", "arguments": {"q": "C2"}}}
+    messages = [
+        {"role": "user", "content": "U0"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "assistant", "content": "calling", "weight": 0, "tool_calls": [call]},
+        {"role": "tool", "content": "T3"},
+    ]
+    with pytest.raises(ConfigError, match=r"^row 0: messages\[1\]: the chat template writes later messages inside this assistant turn"):
+        trained_text(fresh_tok, messages)
+    messages[2]["content"] = ""  # an empty content: the one-render check cannot mark it, the turn-by-turn one decides
+    with pytest.raises(ConfigError, match=r"^row 0: messages\[1\]: the chat template writes later messages inside"):
+        trained_text(fresh_tok, messages)
+
+
+def test_reasoning_reaches_a_template_under_the_name_the_row_gave_it(fresh_tok):
+    """`reasoning` is rendered as Qwen3's `reasoning_content` and stays readable as `reasoning`."""
+    fresh_tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning %}[r]{{ m.reasoning }}[/r]{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning": "two and two"}]
+    assert trained_text(fresh_tok, messages) == "[r]two and two[/r]4<|im_end|>"
 
 
 def test_modulo_on_numbers_keeps_replay_on(fresh_tok):
@@ -144,13 +192,14 @@ def test_a_per_message_training_flag_evsys_does_not_read_is_refused(fresh_tok, f
 
 def test_the_one_render_check_agrees_with_the_turn_by_turn_check(fresh_tok, tok_qwen3):
     """The marked render (all turns at once) and the turn-by-turn check give the same answer
-    whenever the first can tell, on random conversations under four templates."""
+    whenever the first can tell, on random conversations under five templates."""
     import random
 
     from evsys_rules.data import chat_tokens
     from evsys_rules.data.chat_rows import read_conversation
 
-    templates = {"one eos": PLAIN_ROLES_ONE_EOS, "skips empty": SKIPS_EMPTY, "chatml": SKIPS_EMPTY.replace("{% if m.content %}", "{% if true %}")}
+    templates = {"one eos": PLAIN_ROLES_ONE_EOS, "skips empty": SKIPS_EMPTY, "chatml": SKIPS_EMPTY.replace("{% if m.content %}", "{% if true %}"),
+                 "merges turns": MERGES_ASSISTANT_TURNS}
     rng = random.Random(5)
     texts = ["", "a", "hi there", "\nx\n", "<think>r</think>ans", "<tool_response>t</tool_response>", "ok."]
     told = flagged = 0

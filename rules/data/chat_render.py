@@ -12,10 +12,11 @@ comes back as template text and whole contents. The template is a deterministic 
 what it read, so any later row of that shape whose contents give the same answers renders to
 the same text with its own contents in place. A render makes no recipe ("opaque") when the
 template reads a content in a way no method call shows: passed to a filter such as `tojson`,
-to a call, `str.format`, `repr` (`{{ [content] }}`), `~`, `%` or a captured block
-(`_replay_blocker` refuses templates that can). The first render of every recipe is checked against `apply_chat_template` itself; a
-mismatch turns recipes off for that tokenizer. Everything else renders through
-`apply_chat_template`.
+to a call (iterators drained first, so `|map(...)|join` is seen), `str.format`, `repr`
+(`{{ [content] }}`), `~`, `%`, or anything rendered into a buffer (captured blocks, macros,
+recursive loops, blocks, autoescape): `_replay_blocker` refuses templates that can. The
+first render of every recipe is checked against `apply_chat_template` itself; a mismatch
+turns recipes off for that tokenizer. Everything else renders through `apply_chat_template`.
 """
 
 from __future__ import annotations
@@ -279,7 +280,11 @@ def _observer(name: str, fn):
         if _holds_observed(args) or _holds_observed(kwargs.values()):
             rec.opaque = True
             return fn(str.__str__(self), *args, **kwargs)
-        result = fn(self, *args, **kwargs)
+        try:
+            result = fn(self, *args, **kwargs)
+        except Exception:  # jinja turns `content[40]` raising into Undefined: an answer no guard could hold
+            rec.opaque = True
+            raise
         if type(result) is str and str.__eq__(result, self):
             rec.guards.append((self._slot, name, args, tuple(sorted(kwargs.items())), _SAME))
             return self
@@ -367,6 +372,8 @@ def _observing_environment(reference_env):
 
     class ObservingEnvironment(ImmutableSandboxedEnvironment):
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's own signature)
+            args = _drained(args)
+            kwargs = {k: v if k in _JINJA_CALL_STATE else _drain(v) for k, v in kwargs.items()}
             _mark_if_observed(args)
             _mark_if_observed(v for k, v in kwargs.items() if k not in _JINJA_CALL_STATE)
             return super().call(__context, __obj, *args, **kwargs)
@@ -402,6 +409,7 @@ def _guarded(fn):
     """A filter or test that marks the render opaque when a content is among its arguments."""
 
     def guarded(*args, **kwargs):
+        args, kwargs = _drained(args), {k: _drain(v) for k, v in kwargs.items()}
         _mark_if_observed(args)
         _mark_if_observed(kwargs.values())
         return fn(*args, **kwargs)
@@ -409,6 +417,18 @@ def _guarded(fn):
     if hasattr(fn, "jinja_pass_arg"):
         guarded.jinja_pass_arg = fn.jinja_pass_arg
     return guarded
+
+
+def _drain(value):
+    """An iterator (`messages|map(attribute='content')` is a generator) as a list, so the contents
+    it yields can be seen before a filter or call (`join`) reads them in C; anything else as is."""
+    if isinstance(value, (str, bytes, list, tuple, dict)) or not hasattr(value, "__next__") or type(value).__name__ == "LoopContext":
+        return value  # jinja's `loop` is an iterator too: never consume it
+    return list(value)
+
+
+def _drained(args: tuple) -> tuple:
+    return tuple(_drain(a) for a in args)
 
 
 def _replay_blocker(env, source: str) -> str | None:
@@ -422,6 +442,8 @@ def _replay_blocker(env, source: str) -> str | None:
         (nodes.Macro, "defines macros"),
         (nodes.CallBlock, "uses call blocks"),
         (nodes.FilterBlock, "uses filter blocks"),
+        (nodes.Block, "defines blocks"),  # `self.name()` renders one into a buffer
+        (nodes.EvalContextModifier, "changes autoescaping"),  # markupsafe escapes a content in C
         (nodes.Extends, "extends a template"),
         (nodes.Include, "includes a template"),
         (nodes.Import, "imports a template"),
@@ -429,6 +451,8 @@ def _replay_blocker(env, source: str) -> str | None:
     ):
         if tree.find(node_type) is not None:
             return f"the template {why}"
+    if any(loop.recursive for loop in tree.find_all(nodes.For)):
+        return "the template uses a recursive loop"  # `loop(...)` renders into a buffer
     for name in tree.find_all(nodes.Name):
         if name.name in _IMPURE_NAMES:
             return f"the template calls {name.name}"

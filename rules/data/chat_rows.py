@@ -131,6 +131,8 @@ def _message(message, i: int, where: str) -> dict:
         if role != "assistant":
             raise ConfigError(f"{at}.{reasoning}: only assistant messages carry reasoning (this one is {role})")
         out["reasoning_content"] = _text(message[reasoning], f"{at}.{reasoning}")
+        if reasoning != "reasoning_content":
+            out[reasoning] = out["reasoning_content"]  # kept under its own name too, for a template that reads that one
     return out
 
 

@@ -248,25 +248,21 @@ def later_marks_in_spans(renderer, conv: Conversation, checked: list[tuple[int, 
     when this render cannot tell.
 
     Each message after the first checked turn gets its own private-use character, put before and
-    after its content (or, when its content is empty, its first tool call's name). With the marks
-    removed the render must be `text` exactly (else the template inspected what the marks
-    changed: _UNKNOWN), and each pair of marks is then where that text sits in `text`. A message
-    with neither content nor tool calls cannot be marked without changing its truthiness, and one
-    whose marks the template did not write cannot be placed: _UNKNOWN for both."""
+    after each of its texts: content, reasoning, each tool call's name (`_with_texts_changed`).
+    With the marks removed the render must be `text` exactly (else the template inspected what
+    the marks changed: _UNKNOWN), and each pair of marks is then where that text sits in `text`.
+    An empty content is not marked (that would change its truthiness); a message with no text to
+    mark, or whose marks the template did not write, cannot be placed: _UNKNOWN."""
     low = checked[0][0] + 1
     if len(conv.messages) - low > MARKS[1] - MARKS[0] or _MARK.search(text):
         return _UNKNOWN
     marked = list(conv.messages[:low])
     for j in range(low, len(conv.messages)):
-        message, mark = conv.messages[j], chr(MARKS[0] + j - low)
-        if message["content"]:
-            marked.append({**message, "content": mark + message["content"] + mark})
-        elif message.get("tool_calls"):
-            first, *rest = message["tool_calls"]
-            name = mark + first["function"]["name"] + mark
-            marked.append({**message, "tool_calls": [{**first, "function": {**first["function"], "name": name}}, *rest]})
-        else:
+        mark = chr(MARKS[0] + j - low)
+        message = _with_texts_changed(conv.messages[j], lambda t, mark=mark: mark + t + mark if t else t)
+        if message is conv.messages[j]:
             return _UNKNOWN
+        marked.append(message)
     try:
         other = _render(renderer, Conversation(marked, conv.tools, conv.plain, conv.untrained), len(marked), False, EVAL_PROMPT, where)
     except ConfigError:
@@ -285,18 +281,36 @@ def later_marks_in_spans(renderer, conv: Conversation, checked: list[tuple[int, 
 
 
 def later_contents_move_text(renderer, conv: Conversation, k: int, text: str, end: int, where: str) -> bool:
-    """Whether the text before turn k's `end` changes when every later message's content changes
-    (a mark in its middle, so `startswith` and `endswith` answer as before; a mark for an empty one)."""
+    """Whether the text before turn k's `end` changes when every later message's texts change (a
+    mark in the middle of its content, reasoning and tool names, so `startswith` and `endswith`
+    answer as before; a mark for an empty content; one more key in each tool call's arguments)."""
     changed = list(conv.messages[: k + 1])
     for message in conv.messages[k + 1 :]:
-        content = message["content"]
-        half = len(content) // 2
-        changed.append({**message, "content": content[:half] + chr(MARKS[0]) + content[half:]})
+        changed.append(_with_texts_changed(message, lambda t: t[: len(t) // 2] + chr(MARKS[0]) + t[len(t) // 2 :], arguments=True))
     try:
         other = _render(renderer, Conversation(changed, conv.tools, conv.plain, conv.untrained), len(changed), False, EVAL_PROMPT, where)
     except ConfigError:
         return True
     return other[:end] != text[:end]
+
+
+def _with_texts_changed(message: dict, change, arguments: bool = False) -> dict:
+    """`message` with `change` applied to its content, reasoning and tool call names (and, with
+    `arguments`, a key added to each tool call's arguments object); the same object when none
+    changed."""
+    out = {}
+    for key in ("content", "reasoning_content"):
+        if isinstance(message.get(key), str) and change(message[key]) != message[key]:
+            out[key] = change(message[key])
+    if message.get("tool_calls"):
+        calls = []
+        for call in message["tool_calls"]:
+            function = {**call["function"], "name": change(call["function"]["name"])}
+            if arguments and isinstance(function.get("arguments"), dict):
+                function["arguments"] = {**function["arguments"], chr(MARKS[0]): chr(MARKS[0])}
+            calls.append({**call, "function": function})
+        out["tool_calls"] = calls
+    return {**message, **out} if out else message
 
 
 def _render(renderer, conv: Conversation, end: int, generation_prompt: bool, variant: dict, where: str) -> str:
