@@ -113,6 +113,10 @@ HIDDEN_READ_TEMPLATES = [
     "{% for m in messages recursive %}{{ m.content }}<|im_end|>{% endfor %}",
     "{% autoescape true %}{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}{% endautoescape %}",
     "{% block turns %}{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}{% endblock %}{{ self.turns() }}",
+    # a content as another argument of a filter that is safe for its value: read in C
+    "{% for m in messages %}{{ '<|{role}|>\n{content}\n'|replace('{role}', m.role)|replace('{content}', m.content) }}{% endfor %}",
+    "{% for m in messages %}{{ m.role|trim(m.content) }};{{ 'abc'|replace(m.content, '#') }}{% endfor %}",
+    "{% for m in messages %}[{{ m.values()|join('/') }}][{{ '/'.join(m.values()) }}]{% endfor %}",
     # a read that raises: jinja makes it Undefined, and no guard could hold the answer
     "{% for m in messages %}{{ m.content }}{% if m.content[5] is defined %} (long){% endif %}<|im_end|>{% endfor %}",
     "{% for m in messages %}{{ m.content }}{{ m.content[5]|default('') }}<|im_end|>{% endfor %}",
@@ -164,6 +168,16 @@ def test_reasoning_reaches_a_template_under_the_name_the_row_gave_it(fresh_tok):
     )
     messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning": "two and two"}]
     assert trained_text(fresh_tok, messages) == "[r]two and two[/r]4<|im_end|>"
+
+
+def test_a_trimmed_content_keeps_replay_on(fresh_tok):
+    """Llama 3's `message['content'] | trim` reads the value through observed methods: recipes work."""
+    fresh_tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content|trim }}<|im_end|>\n{% endfor %}"
+    renderer = chat_renderer(fresh_tok)
+    for content in ("a", " b ", "c"):
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
+        assert renderer.render(messages, None, False, {}, True) == fresh_tok.apply_chat_template(messages, tokenize=False)
+    assert any(renderer.recipes.values())
 
 
 def test_modulo_on_numbers_keeps_replay_on(fresh_tok):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import ItemsView, KeysView, ValuesView
 
 MAX_RECIPES_PER_SHAPE = 8
 MAX_SHAPES = 512
@@ -319,7 +320,7 @@ def _holds_observed(values, depth: int = 0) -> bool:
     for value in values:
         if isinstance(value, (_Observed, _Rope)):
             return True
-        if depth < 8 and isinstance(value, (list, tuple)) and _holds_observed(value, depth + 1):
+        if depth < 8 and isinstance(value, (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)) and _holds_observed(value, depth + 1):
             return True
         if depth < 8 and isinstance(value, dict) and (_holds_observed(value.keys(), depth + 1) or _holds_observed(value.values(), depth + 1)):
             return True
@@ -331,7 +332,7 @@ def _mark_if_observed(values) -> None:
     for value in values:
         if isinstance(value, (_Observed, _Rope)):
             value._rec.opaque = True
-        elif isinstance(value, (list, tuple, dict)) and _holds_observed([value]):
+        elif isinstance(value, (list, tuple, dict, set, frozenset, KeysView, ValuesView, ItemsView)) and _holds_observed([value]):
             _mark_nested(value)
 
 
@@ -340,7 +341,7 @@ def _mark_nested(value, depth: int = 0) -> None:
     for item in items:
         if isinstance(item, (_Observed, _Rope)):
             item._rec.opaque = True
-        elif depth < 8 and isinstance(item, (list, tuple, dict)):
+        elif depth < 8 and isinstance(item, (list, tuple, dict, set, frozenset, KeysView, ValuesView, ItemsView)):
             _mark_nested(item, depth + 1)
 
 
@@ -349,6 +350,7 @@ _SAFE_FILTERS = frozenset(
     {"length", "count", "first", "last", "reverse", "string", "trim", "lower", "upper", "capitalize", "replace",
      "default", "d", "list", "select", "reject", "selectattr", "rejectattr", "map", "items"}
 )
+_VALUE_ONLY_FILTERS = frozenset({"replace", "trim"})  # safe for the value, not for their other arguments
 _UNSAFE_TESTS = frozenset({"sameas", "in"})
 _JINJA_CALL_STATE = frozenset({"_loop_vars", "_block_vars"})  # jinja's own bookkeeping, not arguments
 _IMPURE_NAMES = frozenset({"strftime_now", "lipsum"})  # output that depends on the clock or chance
@@ -400,9 +402,29 @@ def _observing_environment(reference_env):
     }
     env = ObservingEnvironment(extensions=[type(e) for e in reference_env.extensions.values()], **settings)
     env.globals.update(reference_env.globals)
-    env.filters = {name: f if name in _SAFE_FILTERS else _guarded(f) for name, f in reference_env.filters.items()}
+    env.filters = {
+        name: (_value_only(f) if name in _VALUE_ONLY_FILTERS else f) if name in _SAFE_FILTERS else _guarded(f)
+        for name, f in reference_env.filters.items()
+    }
     env.tests = {name: _guarded(t) if name in _UNSAFE_TESTS else t for name, t in reference_env.tests.items()}
     return env
+
+
+def _value_only(fn):
+    """A filter that reads its value through (observed) methods but its other arguments in C
+    (`'{content}'|replace('{content}', m.content)`, `role|trim(m.content)`): a content among those
+    makes the render opaque."""
+    first = 1 if hasattr(fn, "jinja_pass_arg") else 0  # the context jinja passes before the value
+
+    def value_only(*args, **kwargs):
+        args, kwargs = _drained(args), {k: _drain(v) for k, v in kwargs.items()}
+        _mark_if_observed(args[first + 1 :])
+        _mark_if_observed(kwargs.values())
+        return fn(*args, **kwargs)
+
+    if hasattr(fn, "jinja_pass_arg"):
+        value_only.jinja_pass_arg = fn.jinja_pass_arg
+    return value_only
 
 
 def _guarded(fn):
@@ -422,6 +444,8 @@ def _guarded(fn):
 def _drain(value):
     """An iterator (`messages|map(attribute='content')` is a generator) as a list, so the contents
     it yields can be seen before a filter or call (`join`) reads them in C; anything else as is."""
+    if isinstance(value, (KeysView, ValuesView, ItemsView)):  # `message.values()|join`
+        return list(value)
     if isinstance(value, (str, bytes, list, tuple, dict)) or not hasattr(value, "__next__") or type(value).__name__ == "LoopContext":
         return value  # jinja's `loop` is an iterator too: never consume it
     return list(value)
