@@ -170,6 +170,23 @@ def test_reasoning_reaches_a_template_under_the_name_the_row_gave_it(fresh_tok):
     assert trained_text(fresh_tok, messages) == "[r]two and two[/r]4<|im_end|>"
 
 
+def test_a_recipe_that_replays_wrong_text_is_caught_by_its_first_replays(fresh_tok):
+    """A read the observation missed (simulated: a recipe with row 0's content baked in) shows in
+    the checked replays: the reference text is returned and replay turns off for the tokenizer."""
+    fresh_tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    renderer = chat_renderer(fresh_tok)
+
+    def row(content):
+        return [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
+
+    renderer.render(row("first"), None, False, {}, True)
+    [[recipe]] = renderer.recipes.values()
+    recipe.parts = [p if p.__class__ is str else "first" if p == 1 else p for p in recipe.parts]  # row 0's text baked in
+    assert renderer.render(row("second"), None, False, {}, True) == fresh_tok.apply_chat_template(row("second"), tokenize=False)
+    assert renderer.replay_off == "a replayed render differed from apply_chat_template"
+    assert renderer.render(row("third"), None, False, {}, True) == fresh_tok.apply_chat_template(row("third"), tokenize=False)
+
+
 def test_a_trimmed_content_keeps_replay_on(fresh_tok):
     """Llama 3's `message['content'] | trim` reads the value through observed methods: recipes work."""
     fresh_tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content|trim }}<|im_end|>\n{% endfor %}"

@@ -15,8 +15,9 @@ template reads a content in a way no method call shows: passed to a filter such 
 to a call (iterators drained first, so `|map(...)|join` is seen), `str.format`, `repr`
 (`{{ [content] }}`), `~`, `%`, or anything rendered into a buffer (captured blocks, macros,
 recursive loops, blocks, autoescape): `_replay_blocker` refuses templates that can. The
-first render of every recipe is checked against `apply_chat_template` itself; a mismatch
-turns recipes off for that tokenizer. Everything else renders through `apply_chat_template`.
+first render of every recipe, and its first CHECKED_REPLAYS replays for other contents (saved
+recipes included), are checked against `apply_chat_template` itself; a mismatch turns recipes
+off for that tokenizer, so a read the observation missed shows there. Everything else renders through `apply_chat_template`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import ItemsView, KeysView, ValuesView
 
 MAX_RECIPES_PER_SHAPE = 8
 MAX_SHAPES = 512
+CHECKED_REPLAYS = 3  # a recipe's first replays are checked against apply_chat_template: a read it missed shows there
 MAX_FRUITLESS_LEARNS = 64  # a shape whose renders keep making no recipe stops being observed
 _SAME = object()  # a guard result meaning "returned the content itself"
 _renderers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -79,7 +81,14 @@ class ChatRenderer:
         contents = [m["content"] for m in messages]
         for recipe in self.recipes.get(key, ()):  # only ever made while replay was on, for this template
             if recipe.holds(contents):
-                return recipe.build(contents)
+                text = recipe.build(contents)
+                if recipe.checks_left > 0:  # its first replays, for other contents, are checked too
+                    recipe.checks_left -= 1
+                    reference = self.reference(messages, tools, generation_prompt, template_kwargs)
+                    if reference != text:
+                        self._mismatch = "a replayed render differed from apply_chat_template"
+                        return reference
+                return text
         if self.observing is None or self.replay_off is not None:
             return self.reference(messages, tools, generation_prompt, template_kwargs)
         return self._learn(key, messages, contents, generation_prompt, template_kwargs)
@@ -140,10 +149,11 @@ class ChatRenderer:
 class _Recipe:
     """A render's output as template text and content slots, and the guards that make it reusable."""
 
-    __slots__ = ("parts", "guards", "named_guards")
+    __slots__ = ("parts", "guards", "named_guards", "checks_left")
 
     def __init__(self, parts: list, guards: tuple):
         self.parts = parts
+        self.checks_left = CHECKED_REPLAYS
         self.named_guards = tuple(guards)  # (slot, str method name, args, kwargs, result), as recorded
         self.guards = tuple((slot, _STR_OPS[name], args, dict(kwargs) if kwargs else None, result) for slot, name, args, kwargs, result in guards)
 

@@ -48,13 +48,13 @@ def recipe_count(tok) -> int:
 def save_recipes(tok, path: Path) -> None:
     """Keep `tok`'s renderer's recipes at `path`, with those already there (within the renderer's limits)."""
     renderer = chat_renderer(tok)
-    if not any(renderer.recipes.values()):
-        return
+    if not any(renderer.recipes.values()) or renderer.replay_off is not None:
+        return  # a renderer whose replay went wrong keeps nothing
     merged: dict[tuple, list[_Recipe]] = {key: list(recipes) for key, recipes in _read(path)}
     for key, recipes in renderer.recipes.items():
         if key not in merged and len(merged) >= MAX_SHAPES:
             continue
-        _add(merged.setdefault(key, []), recipes)
+        _add(merged.setdefault(key, []), [r for r in recipes if r.checks_left == 0])  # only recipes whose checked replays all matched
     entries = []
     for key, recipes in merged.items():
         try:
@@ -70,9 +70,15 @@ def _read(path: Path) -> list[tuple[tuple, list[_Recipe]]]:
         entries = saved["recipes"]
         if digest(entries) != saved["digest"]:
             return []
-        return [(_decode(key), [_Recipe(_decode(parts), _decode(guards)) for parts, guards in recipes]) for key, recipes in entries]
+        return [(_decode(key), [_checked(_Recipe(_decode(parts), _decode(guards))) for parts, guards in recipes]) for key, recipes in entries]
     except (OSError, ValueError, KeyError, TypeError, IndexError):  # missing or damaged: learn again
         return []
+
+
+def _checked(recipe: _Recipe) -> _Recipe:
+    """A saved recipe: its checked replays matched in the process that saved it."""
+    recipe.checks_left = 0
+    return recipe
 
 
 def _add(kept: list[_Recipe], recipes: list[_Recipe]) -> None:
