@@ -21,7 +21,8 @@ from pathlib import Path
 from evsys_build.atomic import write_atomic
 from evsys_build.hashing import digest
 
-from .chat_render import _SAME, MAX_RECIPES_PER_SHAPE, MAX_SHAPES, _Recipe, chat_renderer
+from .chat_observe import _SAME
+from .chat_render import MAX_RECIPES_PER_SHAPE, MAX_SHAPES, _Recipe, chat_renderer
 
 
 def recipes_path(local_dir: Path, snapshot_key: str) -> Path:
