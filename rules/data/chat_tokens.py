@@ -15,8 +15,9 @@ How a token gets its weight (nothing ever searches the rendered text for a messa
    assistant header, every character after it up to the end of turn to message k: its content,
    the tool calls and think block the template renders for it, and `<|im_end|>`. Never the
    generation prompt's role header (a template that writes no generation prompt leaves the header
-   to the completion: its sampler must write it too), never Qwen3's empty `<think>\\n\\n</think>\\n\\n` before a final reply (the eval prompt
-   ends with it), never system, user or tool turns.
+   to the completion: its sampler must write it too), never Qwen3's empty
+   `<think>\\n\\n</think>\\n\\n` before a final reply (the eval prompt ends with it), never
+   system, user or tool turns.
 3. When no prompt is a prefix (the template renders earlier turns differently once a turn
    follows), the turn has no end-of-turn token, the template writes a special token inside
    the turn, or the span holds text of a later message (a template that skips an empty reply, or
@@ -299,7 +300,7 @@ def _with_texts_changed(message: dict, change, arguments: bool = False) -> dict:
     `arguments`, a key added to each tool call's arguments object); the same object when none
     changed."""
     out = {}
-    for key in ("content", "reasoning_content"):
+    for key in ("content", "reasoning_content", "reasoning", "thinking"):  # reasoning under each name a row gave it
         if isinstance(message.get(key), str) and change(message[key]) != message[key]:
             out[key] = change(message[key])
     if message.get("tool_calls"):
