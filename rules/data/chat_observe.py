@@ -19,47 +19,14 @@ class _Recorder:
         self.opaque = False
 
 
-class _Observed(str):
-    """A message content inside an observed render: every method call on it is a recorded guard."""
+class _Traced(str):
+    """Text in an observed render that remembers where it came from: `+` keeps it (a `_Rope`),
+    and reading it character by character or as `repr` (`{{ [content] }}`, `'%r' % (x,)`)
+    leaves text no slot survives in, so the render makes no recipe."""
 
-    def __new__(cls, value: str, slot: int, rec: _Recorder):
-        self = str.__new__(cls, value)
-        self._slot = slot
-        self._rec = rec
-        return self
+    _rec: _Recorder
 
-    def __str__(self):  # `{{ content }}` outputs the content itself, slot and all
-        return self
-
-    def __add__(self, other):
-        return _Rope.concat(self, other, self._rec) if isinstance(other, str) else NotImplemented
-
-    def __radd__(self, other):
-        return _Rope.concat(other, self, self._rec) if isinstance(other, str) else NotImplemented
-
-    def __iter__(self):
-        self._rec.opaque = True
-        return iter(str.__str__(self))
-
-    def __repr__(self):  # `{{ [content] }}`, `{{ message }}`, `'%r' % (content,)`: text no slot survives in
-        self._rec.opaque = True
-        return str.__repr__(str.__str__(self))
-
-
-class _Rope(str):
-    """Text built with `+` from template literals and contents; remembers which parts were contents."""
-
-    def __new__(cls, parts: tuple, rec: _Recorder):
-        self = str.__new__(cls, "".join(str.__str__(p) for p in parts))
-        self._parts = parts
-        self._rec = rec
-        return self
-
-    @staticmethod
-    def concat(left: str, right: str, rec: _Recorder) -> "_Rope":
-        return _Rope(_rope_parts(left) + _rope_parts(right), rec)
-
-    def __str__(self):
+    def __str__(self):  # `{{ content }}` outputs the text itself, slots and all
         return self
 
     def __add__(self, other):
@@ -75,6 +42,30 @@ class _Rope(str):
     def __repr__(self):
         self._rec.opaque = True
         return str.__repr__(str.__str__(self))
+
+
+class _Observed(_Traced):
+    """A message content inside an observed render: every method call on it is a recorded guard."""
+
+    def __new__(cls, value: str, slot: int, rec: _Recorder):
+        self = str.__new__(cls, value)
+        self._slot = slot
+        self._rec = rec
+        return self
+
+
+class _Rope(_Traced):
+    """Text built with `+` from template literals and contents; remembers which parts were contents."""
+
+    def __new__(cls, parts: tuple, rec: _Recorder):
+        self = str.__new__(cls, "".join(str.__str__(p) for p in parts))
+        self._parts = parts
+        self._rec = rec
+        return self
+
+    @staticmethod
+    def concat(left: str, right: str, rec: _Recorder) -> "_Rope":
+        return _Rope(_rope_parts(left) + _rope_parts(right), rec)
 
 
 def _rope_parts(value: str) -> tuple:
