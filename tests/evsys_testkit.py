@@ -137,6 +137,18 @@ def ref_keys(cache: Path, experiment: str = EXPERIMENT, arm: str = "default") ->
     return {name: entry["key"] for name, entry in Store(cache).read_ref(experiment, arm)["nodes"].items()}
 
 
+def data_graph(config: Path, store: Store):
+    """The config's source, transform and tokenize nodes (no training), opened on `store`."""
+    from evsys_build.graph import Graph
+    from evsys_rules.frontend import open_project
+
+    data = Graph()
+    for node in open_project(config, store).graph.nodes():
+        if node.rule in ("source", "transform", "tokenize"):
+            data.add(node)
+    return data
+
+
 def manifest(cache: Path, key: str) -> dict:
     m = Store(cache).read_manifest(key)
     assert m is not None, f"no manifest for {key}"

@@ -540,9 +540,8 @@ def test_the_tokenize_rule_names_the_bad_row_of_a_chunk(tmp_path, monkeypatch, t
     from pathlib import Path
 
     from evsys_build.executor import Executor
-    from evsys_build.graph import Graph
     from evsys_build.store import Store
-    from evsys_rules.frontend import open_project
+    from evsys_testkit import data_graph
 
     rows = [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]} for i in range(8)]
     rows[5]["conversations"][1]["value"] = "done<|im_end|>"
@@ -556,11 +555,7 @@ def test_the_tokenize_rule_names_the_bad_row_of_a_chunk(tmp_path, monkeypatch, t
     )
     monkeypatch.chdir(tmp_path)
     store = Store(tmp_path / "cache")
-    project = open_project(Path("config.yaml"), store)
-    graph = Graph()
-    for node in project.graph.nodes():
-        if node.rule in ("source", "transform", "tokenize"):
-            graph.add(node)
+    graph = data_graph(Path("config.yaml"), store)
     with pytest.raises(ConfigError, match=r"^train.jsonl:6: tokenize: messages\[1\]\.content contains the special token '<\|im_end\|>'"):
         Executor(store).run(graph)
 

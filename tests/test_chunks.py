@@ -16,9 +16,8 @@ import xxhash
 
 from evsys_build.chunks import MASK_BITS, MAX_ROWS, encode_row, iter_rows, split_lines, write_rows
 from evsys_build.executor import Executor
-from evsys_build.graph import Graph
 from evsys_build.store import Store
-from evsys_testkit import ASSISTANT_TEMPLATE, SYSTEM_PROMPT, USER_TEMPLATE
+from evsys_testkit import ASSISTANT_TEMPLATE, SYSTEM_PROMPT, USER_TEMPLATE, data_graph
 
 N_ROWS = 100_000
 KEEP_EVERY = 5  # rows with i % 5 == 0 are "train"; the filter keeps those
@@ -118,15 +117,8 @@ STAGES = ["transform[0] filter", "transform[1] jsonl_to_chat", "tokenize"]
 
 def build_data_nodes(project: Path) -> dict[str, dict]:
     """Build source, transforms and tokenize only (no training), via the frontend + Executor."""
-    from evsys_rules.frontend import open_project
-
     store = Store(project / "cache")
-    opened = open_project(project / "config.yaml", store)
-    data = Graph()
-    for node in opened.graph.nodes():
-        if node.rule in ("source", "transform", "tokenize"):
-            data.add(node)
-    results = Executor(store).run(data)
+    results = Executor(store).run(data_graph(project / "config.yaml", store))
     return {m["name"]: m for m in results.values()}
 
 

@@ -134,9 +134,8 @@ def test_unknown_role_is_an_error(tok):
 def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monkeypatch, tiny_model_dir):
     """Through the real rule: max_length too short for one long row fails on that row, not silently."""
     from evsys_build.executor import Executor
-    from evsys_build.graph import Graph
     from evsys_build.store import Store
-    from evsys_rules.frontend import open_project
+    from evsys_testkit import data_graph
 
     rows = [{"query": f"short query {i}", "tool_slug": "T"} for i in range(6)]
     rows[3]["query"] = "a very long query " + "with many many words " * 40
@@ -151,11 +150,7 @@ def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monke
     )
     monkeypatch.chdir(tmp_path)
     store = Store(tmp_path / "cache")
-    project = open_project(Path("config.yaml"), store)
-    graph = Graph()
-    for node in project.graph.nodes():
-        if node.rule in ("source", "transform", "tokenize"):
-            graph.add(node)
+    graph = data_graph(Path("config.yaml"), store)
     with pytest.raises(ConfigError, match=r"^train.jsonl:4: tokenize: no trained tokens left after truncation to max_length=64"):
         Executor(store).run(graph)
     tokenize_node = next(n for n in graph.nodes() if n.rule == "tokenize")
