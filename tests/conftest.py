@@ -57,6 +57,22 @@ def tiny_model_dir(_models_home) -> Path:
     return ensure_tiny_model()
 
 
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    """The tiny model's tokenizer (the real Qwen3 one), as the tokenize rule loads it; one per test module."""
+    from evsys_rules.data.chat_tokens import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture
+def fresh_tok(tiny_model_dir):
+    """A private tokenizer object a test may give another chat template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+
+
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory, tiny_model_dir) -> Path:
     """A project (config.yaml, data/train.jsonl, cache/) built once through the CLI. Do not modify it."""

@@ -72,6 +72,20 @@ def tool_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"query": f"request {i}: please handle item {rng.randrange(10**6)}", "tool_slug": SLUGS[i % len(SLUGS)]} for i in range(n)]
 
 
+def runs(ids, weights, trained=True) -> list[list[int]]:
+    """Maximal runs of consecutive tokens whose weight is (or is not) positive."""
+    out, current = [], []
+    for t, w in zip(ids, weights):
+        if (w > 0) == trained:
+            current.append(t)
+        elif current:
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -8,7 +8,6 @@ without a lock, so under a threaded server two racing `If-None-Match: *` PUTs ca
 from __future__ import annotations
 
 import logging
-import os
 import urllib.request
 
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer

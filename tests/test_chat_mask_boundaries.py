@@ -13,14 +13,7 @@ import pytest
 from evsys_build.errors import ConfigError
 from evsys_rules.data.chat_render import chat_renderer
 from evsys_rules.data.chat_tokens import tokenize_conversation
-
-
-@pytest.fixture
-def fresh_tok(tiny_model_dir):
-    """A private tokenizer object a test may give another chat template."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+from evsys_testkit import runs
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +27,7 @@ def tok_qwen3(tiny_model_dir):
 def trained_text(tok, messages, supervise="all_assistant") -> str:
     """The text of the trained tokens, runs joined with '|'."""
     ids, weights = tokenize_conversation(tok, messages, supervise, 4096, "right", "row 0")
-    runs, current = [], []
-    for t, w in zip(ids, weights):
-        if w > 0:
-            current.append(t)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return "|".join(tok.decode(r) for r in runs)
+    return "|".join(tok.decode(r) for r in runs(ids, weights))
 
 
 PLAIN_ROLES_ONE_EOS = (

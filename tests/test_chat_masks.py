@@ -15,29 +15,16 @@ import pytest
 from evsys_build.errors import ConfigError
 from evsys_rules.data.chat_render import chat_renderer
 from evsys_rules.data.chat_tokens import (
-    load_tokenizer,
     prompt_ids,
     render,
     tokenize_conversation,
     tokenize_conversations,
 )
 from evsys_rules.data.transforms import JsonlToChat, ShareGptToMessages
+from evsys_testkit import runs
 
 SYSTEM = "You select the single best tool for the user's query."
 THINK_EMPTY = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(str(tiny_model_dir))
-
-
-@pytest.fixture
-def fresh_tok(tiny_model_dir):
-    """A private tokenizer object a test may give another chat template."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
 
 
 def convo(*turns, system=SYSTEM):
@@ -49,20 +36,6 @@ def convo(*turns, system=SYSTEM):
 
 def tokenize(tok, conversation, supervise="all_assistant", max_length=4096, truncation="right", where="row 0"):
     return tokenize_conversation(tok, conversation, supervise, max_length, truncation, where)
-
-
-def runs(ids, weights, trained=True) -> list[list[int]]:
-    """Maximal runs of consecutive tokens whose weight is (or is not) positive."""
-    out, current = [], []
-    for t, w in zip(ids, weights):
-        if (w > 0) == trained:
-            current.append(t)
-        elif current:
-            out.append(current)
-            current = []
-    if current:
-        out.append(current)
-    return out
 
 
 def whole_text_ids(tok, conversation) -> list[int]:
@@ -96,7 +69,7 @@ def test_a_reply_that_occurs_in_the_template_trains_only_itself(tok, reply):
 
 def test_a_reply_that_also_occurs_in_the_user_turn_and_system_prompt(tok):
     reply = "the single best tool"
-    conversation = convo(f"Which is the single best tool? I said: the single best tool", reply)
+    conversation = convo("Which is the single best tool? I said: the single best tool", reply)
     ids, weights = tokenize(tok, conversation)
     assert [tok.decode(r) for r in runs(ids, weights)] == [reply + "<|im_end|>"]
     untrained = "".join(tok.decode(r) for r in runs(ids, weights, trained=False))

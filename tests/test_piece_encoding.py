@@ -9,7 +9,7 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
 
 from evsys_rules.data import piece_encoding
-from evsys_rules.data.chat_tokens import load_tokenizer, tokenize_conversations, tokenize_rows
+from evsys_rules.data.chat_tokens import tokenize_conversations, tokenize_rows
 from evsys_rules.data.piece_encoding import piece_encoder
 
 # Pieces chosen to stress the split: special and non-special added tokens side by side, text that
@@ -36,11 +36,6 @@ def pieces(encoder, texts):
     out = encoder._pieces(texts, None, 0)
     b = out.bounds.tolist()
     return [(out.ids[x:y].tolist(), list(zip(out.starts[x:y].tolist(), out.ends[x:y].tolist()))) for x, y in zip(b[:-1], b[1:])]
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(str(tiny_model_dir))
 
 
 def test_pieces_equal_the_whole_text_encoding_of_the_qwen3_tokenizer(tok):

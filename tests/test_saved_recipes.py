@@ -10,7 +10,6 @@ import pytest
 
 from evsys_rules.data import tokenizer_snapshot
 from evsys_rules.data.chat_render import ChatRenderer, chat_renderer
-from evsys_rules.data.chat_tokens import load_tokenizer
 from evsys_rules.data.saved_recipes import _SAME, _decode, _encode, recipes_path, save_recipes, seed_recipes
 
 TEXTS = ["d", "user", "\n", "\nfoo", "foo\n", " x", "<think>\nr\n</think>\n\nans", "<tool_response>x</tool_response>", "{ }", "🙂", "</think>", ""]
@@ -25,11 +24,6 @@ def conversations(seed: int, n: int) -> list[list[dict]]:
             messages.append({"role": ("user", "assistant")[i % 2], "content": rng.choice(TEXTS)})
         out.append(messages)
     return out
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(str(tiny_model_dir))
 
 
 class Fresh:

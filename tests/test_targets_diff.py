@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evsys_build.store import Store
-from evsys_testkit import BASE_CONFIG, EXPERIMENT, copy_project, edit_config, evsys, make_project, ok, plan_json, ran_names, ref_keys, tool_rows
+from evsys_testkit import EXPERIMENT, copy_project, edit_config, evsys, make_project, ok, plan_json, ran_names, ref_keys, tool_rows
 
 DATA_NODES = {"source", "transform[0] jsonl_to_chat", "transform[1] dedup", "tokenize"}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from evsys_build.errors import ConfigError
-from evsys_rules.data.chat_tokens import load_tokenizer, prompt_ids, tokenize_conversation
+from evsys_rules.data.chat_tokens import prompt_ids, tokenize_conversation
+from evsys_testkit import runs
 
 SYSTEM = "You select the single best tool for the user's query."
 USER1 = "Query: edit a slack message I sent earlier\nReply with the tool slug inside <answer></answer>."
@@ -24,27 +25,8 @@ ONE_TURN = [
 TWO_TURNS = ONE_TURN + [{"role": "user", "content": USER2}, {"role": "assistant", "content": ANSWER2}]
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(str(tiny_model_dir))
-
-
 def tokenize(tok, messages, supervise="all_assistant", max_length=2048, truncation="right", where="row 0"):
     return tokenize_conversation(tok, messages, supervise, max_length, truncation, where)
-
-
-def runs(ids, weights, trained=True) -> list[list[int]]:
-    """Maximal runs of consecutive tokens whose weight is (or is not) positive."""
-    out, current = [], []
-    for t, w in zip(ids, weights):
-        if (w > 0) == trained:
-            current.append(t)
-        elif current:
-            out.append(current)
-            current = []
-    if current:
-        out.append(current)
-    return out
 
 
 def test_trained_tokens_are_exactly_the_answer_and_end_of_turn(tok):
