@@ -73,6 +73,10 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     for run in runs:
         if (run["experiment"], run["id"]) in kept:
             live_objects |= referenced_objects(run.get("files", {}))
+    memo_entries = store.entries("memo")
+    resume_memos = _written_by_unfinished(runs, kept, memo_entries)  # a killed build's finished chunks: no manifest names them yet
+    for key in resume_memos:
+        live_objects |= referenced_objects(store.memo_get(key, quarantine=False) or {})
     report = GcReport(kept_runs=len(kept), kept_nodes=len(live))
     report.removed_runs = [{"experiment": r["experiment"], "id": r["id"], "status": r.get("status"), "started": r.get("started")} for r in expired]
     owners = _run_owners(expired)
@@ -89,7 +93,8 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     dead_objects = [name for name, entry in objects.items() if name not in live_objects and old(entry)]
     report.removed_objects = len(dead_objects)
     report.freed_bytes = sum(objects[o].size for o in dead_objects)
-    dead_memos = [k for k, entry in store.entries("memo").items() if old(entry) and not _memo_live(store, k, live_objects, live_checkpoints)]
+    resume_memos = set(resume_memos)
+    dead_memos = [k for k, entry in memo_entries.items() if old(entry) and k not in resume_memos and not _memo_live(store, k, live_objects, live_checkpoints)]
     report.removed_memos = len(dead_memos)
     report.removed_staging = len(store.stale_staging())
     if not dry_run:
@@ -149,14 +154,14 @@ def _ref_nodes(refs: list[tuple[str, str, dict]]) -> list[str]:
     return [entry["key"] for _exp, _arm, ref in refs for entry in ref.get("nodes", {}).values() if entry.get("key")]
 
 
-def _written_by_unfinished(runs: list[dict], kept: set[tuple[str, str]], node_entries: dict) -> list[str]:
-    """Nodes a kept run that never finished may have published: its record names none (they are
-    recorded when a build ends), so every node written since it started is kept."""
+def _written_by_unfinished(runs: list[dict], kept: set[tuple[str, str]], entries: dict) -> list[str]:
+    """Nodes (or chunk memos) a kept run that never finished may have published: its record names
+    none (they are recorded when a build ends), so every one written since it started is kept."""
     starts = [_started(r) for r in runs if (r["experiment"], r["id"]) in kept and r.get("status") == "running"]
     if not starts:
         return []
     since = min(starts) - 1.0  # `started` is recorded to the second
-    return [key for key, entry in node_entries.items() if entry is not None and entry.modified >= since]
+    return [key for key, entry in entries.items() if entry is not None and entry.modified >= since]
 
 
 def _started(run: dict) -> float:

@@ -169,3 +169,25 @@ def test_a_killed_run_is_kept_until_a_later_complete_build_concludes_its_arm():
         run("e", "1", "running"), run("e", "2", "completed", partial=True), run("e", "3", "interrupted"),
     ]
     assert pending_resumes(runs) == {("a", "2"), ("c", "1"), ("c", "2"), ("d", "1"), ("e", "1")}
+
+
+def test_gc_keeps_the_chunks_a_killed_build_finished(tmp_path):
+    """A killed build's finished chunks are memoised but no manifest names them yet: gc keeps the
+    memos and their objects for the build that resumes, whatever the policy."""
+    from types import SimpleNamespace
+
+    from evsys_build.chunks import map_chunks
+    from evsys_build.runs import start_run
+
+    store = Store(tmp_path / "store")
+    start_run(store, SimpleNamespace(experiment="e", describe_run=dict), ["default"])  # never finished: killed
+    chunks = [{"blob": store.put_bytes(f"{i}\n".encode()), "rows": 1} for i in range(6)]
+
+    def double(chunk: dict) -> dict:
+        return {"blob": store.put_bytes(store.get_bytes(chunk["blob"]) * 2), "rows": 1}
+
+    first, _ = map_chunks(store, chunks, {"rule": "t"}, double)
+    report = collect_garbage(store, keep_last=0, keep_within_days=0)
+    assert report.removed_memos == 0
+    again, stats = map_chunks(store, chunks, {"rule": "t"}, double)
+    assert stats == {"chunks_ran": 0, "chunks_cached": 6} and again == first
