@@ -71,3 +71,26 @@ def test_stat_cache_survives_a_corrupt_file(tmp_path):
     data = tmp_path / "d"
     data.write_bytes(b"z")
     assert StatCache(tmp_path / "stat-cache.json").file_digest(data) == digest_bytes(b"z")
+
+
+def test_a_digest_taken_while_the_file_was_racy_is_not_kept(tmp_path, monkeypatch):
+    """Coarse timestamps (1 s on ext3, FAT, many network mounts): a same-size save in the tick the
+    build hashed the file in leaves its whole stat as it was, so a digest taken while the file was
+    that young must not be stored for later builds to trust."""
+    import evsys_build.statcache as statcache_module
+    from evsys_build.hashing import digest_bytes
+    from evsys_build.statcache import RACY_NS, StatCache
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b"old\n")
+    frozen = os.stat(data)
+    real_stat = os.stat
+    monkeypatch.setattr(statcache_module.os, "stat", lambda f, *a, **k: frozen if str(f) == str(data) else real_stat(f, *a, **k))
+    cache = StatCache(tmp_path / "stat-cache.json")
+    assert cache.file_digest(data) == digest_bytes(b"old\n")
+    data.write_bytes(b"new\n")  # same size, same tick: the (frozen) stat does not move
+    cache.save()
+    later = frozen.st_mtime_ns + 10 * RACY_NS
+    monkeypatch.setattr(statcache_module.time, "time_ns", lambda: later)
+    assert cache.file_digest(data) == digest_bytes(b"new\n")
+    assert StatCache(tmp_path / "stat-cache.json").file_digest(data) == digest_bytes(b"new\n")
