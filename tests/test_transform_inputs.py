@@ -72,7 +72,76 @@ def test_the_environment_reads_a_module_names_are_found(tmp_path):
         "LOUD = 'G_VAR'\nQUIET: str = \"H_VAR\"  # constants naming variables\n"
         "g = 'F_VAR' in os.environ\nh = \"I_VAR\" not in environ\ni = os.environ.get(LOUD)\nj = QUIET in os.environ\n"
     )
-    assert _names(str(module)) == ("A_VAR", "B_VAR", "C_VAR", "D_VAR", "E_VAR", "F_VAR", "G_VAR", "H_VAR", "I_VAR")
+    assert _names(str(module))[0] == ("A_VAR", "B_VAR", "C_VAR", "D_VAR", "E_VAR", "F_VAR", "G_VAR", "H_VAR", "I_VAR")
+
+
+def test_reads_through_an_alias_or_an_imported_constant_are_found():
+    from evsys_rules.plugins.environment_reads import names_and_constants
+
+    names, constants = names_and_constants(
+        "import os\nfrom os import environ as E, getenv as ge\nfrom settings import SUFFIX_VAR\n"
+        "env = os.environ\nlookup = os.getenv\n"
+        "a = env.get('A_VAR')\nb = E['B_VAR']\nc = ge('C_VAR')\nd = lookup('D_VAR')\ne = 'E_VAR' in env\n"
+        "f = os.environ.get(SUFFIX_VAR)\n"
+    )
+    assert names == {"A_VAR", "B_VAR", "C_VAR", "D_VAR", "E_VAR"}
+    assert constants == {"SUFFIX_VAR"}  # its value is read from the loaded module (keyed_names)
+
+
+HIDDEN_READS = """\
+import os
+
+from evsys_sdk import register_transform
+from settings import SUFFIX_VAR
+
+
+@register_transform("suffix")
+class Suffix:
+    row_local = True
+
+    def __init__(self, how: str = "constant"):
+        self.how = how
+
+    def __call__(self, rows):
+        env = os.environ  # an alias
+        if self.how == "constant":
+            suffix = os.environ.get(SUFFIX_VAR, "") + env.get("ALIASED_VAR", "")
+        elif self.how == "computed":
+            suffix = os.environ.get("QUERY_" + "SUFFIX", "")
+        else:
+            suffix = str(len(dict(os.environ)))
+        return [dict(row, query=row["query"] + suffix) for row in rows]
+"""
+
+
+def test_an_imported_constant_or_an_alias_keys_the_variable_and_a_hidden_read_fails(tmp_path):
+    """Reads the scan finds are keyed (a new value reruns the transform); a read it cannot see (a
+    computed name, the whole environment) fails the node by file:line, and nothing is cached."""
+    def project_with(how: str, name: str):
+        config = BASE_CONFIG.replace("transforms:\n", f"plugins: [suffix.py]\ntransforms:\n  - kind: suffix\n    params: {{how: {how}}}\n", 1)
+        project = make_project(tmp_path / name, tool_rows(6), config)
+        (project / "suffix.py").write_text(HIDDEN_READS)
+        (project / "settings.py").write_text('SUFFIX_VAR = "MY_" + "SUFFIX"  # computed, but a str by the time it is imported\n')
+        return project
+
+    target = ("--target", "transform[0] suffix")
+    project = project_with("constant", "keyed")
+    env = {"MY_SUFFIX": "a", "ALIASED_VAR": "b", "PYTHONPATH": str(tmp_path / "keyed")}
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", *target, cwd=project, env=env))
+    assert plan_json(project, env=env)["transform[0] suffix"]["status"] == "cached"
+    for changed in ({"MY_SUFFIX": "c"}, {"ALIASED_VAR": "d"}):
+        entry = plan_json(project, env={**env, **changed})["transform[0] suffix"]
+        assert entry["status"] == "run" and entry["reasons"] == ["an environment variable transform suffix reads changed"], (changed, entry)
+
+    for how, message in (("computed", "reads the environment variable QUERY_SUFFIX, which its key does not hold"),
+                         ("whole", "reads the whole environment")):
+        project = project_with(how, how)
+        ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "source", cwd=project, env={"PYTHONPATH": str(project)}))
+        memos = set((project / "cache").glob("memo/**/*.json"))
+        proc = evsys("build", "config.yaml", "--cache-dir", "cache", *target, cwd=project, env={"PYTHONPATH": str(project)})
+        assert proc.returncode == 2, proc.stderr
+        assert f"suffix.py:{19 if how == 'computed' else 21}: the transform suffix {message}" in proc.stderr, proc.stderr
+        assert set((project / "cache").glob("memo/**/*.json")) == memos  # no transformed chunk was memoised under the key
 
 
 ORDERED_PLUGIN = '''\
@@ -123,3 +192,33 @@ def test_a_reordered_mapping_or_a_fresh_default_factory_value_reruns_the_transfo
     reordered = plan_json(project)["transform[0] replace_all"]
     assert reordered["status"] == "run"
     assert any("mapping_order" in reason for reason in reordered["reasons"]), reordered["reasons"]
+
+
+ALGORITHM_PLUGIN = '''\
+import os
+
+from evsys_rules.algorithms.sft import SFT, SFTConfig
+from evsys_sdk import register_algorithm
+
+SHARE_VAR = "WARMUP_SHARE"
+
+
+@register_algorithm("sft_env_warmup")
+class SFTEnvWarmup:
+    Config = SFTConfig
+
+    @staticmethod
+    def train(client, data, cfg, **kw):
+        steps = max(1, round(cfg.max_steps * float(os.environ.get(SHARE_VAR, "0.5"))))
+        return SFT.train(client, data, cfg.model_copy(update={"warmup_steps": steps}), **kw)
+'''
+
+
+def test_a_variable_a_plugin_algorithm_reads_keys_the_training(tmp_path):
+    config = BASE_CONFIG.replace("transforms:\n", "plugins: [algo.py]\ntransforms:\n", 1).replace("kind: sft\n", "kind: sft_env_warmup\n", 1)
+    assert "sft_env_warmup" in config
+    project = make_project(tmp_path / "p", tool_rows(6), config)
+    (project / "algo.py").write_text(ALGORITHM_PLUGIN)
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "tokenize", cwd=project))
+    keys = {share: plan_json(project, env={"WARMUP_SHARE": share})["train"]["key"] for share in ("0.5", "1.0")}
+    assert None not in keys.values() and keys["0.5"] != keys["1.0"]

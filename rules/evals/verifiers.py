@@ -16,6 +16,7 @@ from evsys_build.hashing import digest
 
 from ..plugins.code_identity import code_identity
 from ..plugins.environment_reads import environment_read_by
+from ..plugins.environment_watch import environment_checked
 from ..plugins.registry import Registry, register_verifier, verifiers
 
 KINDS = Registry("verifier runner")  # how a spec runs; only in-process functions for now
@@ -151,7 +152,8 @@ def _check_signature(fn: Callable, args: dict, name: str, prefix: str) -> None:
 def check(spec: dict, prediction: str, where: str) -> bool:
     """Run the spec's verifier on one prediction."""
     fn, args = resolve(spec, where)
-    return bool(fn(prediction, **args))
+    with environment_checked(fn, f"the verifier {spec['fn_name']}"):
+        return bool(fn(prediction, **args))
 
 
 def verifier_identity(spec: dict, code: str | None = None) -> dict:

@@ -23,6 +23,7 @@ from ..config.loading import Arm, LoadedConfig, check_source
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.environment_reads import environment_read_by
+from ..plugins.environment_watch import environment_checked
 from ..plugins.installed import library_versions
 from .jsonl_scan import jsonl_chunks
 from .views import RowDataset
@@ -32,13 +33,16 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     """The arm's source node; its params hold the source kind, its params (not the path) and the files' digests."""
     cfg = arm.config
     source_cls = kinds.sources.get(cfg.data.source_kind)
-    source = source_cls(**arm.params["data"].model_dump())
+    what = f"the source {cfg.data.source_kind}"
+    with environment_checked(source_cls, what):
+        source = source_cls(**arm.params["data"].model_dump())
     check_source(loaded, source, arm)
+    with environment_checked(source_cls, what):
+        files = source.files()
     source_params = keyed_dump(arm.params["data"])
     source_params.pop("path", None)
     source_params = with_mapping_orders(source_params, arm.params["data"])
     identity = getattr(source, "identity", None)
-    files = source.files()
     if source_cls.__module__.split(".")[0] != __package__.split(".")[0]:
         _watch_plugin_source(source, files, getattr(arm.params["data"], "path", None), identity is not None)
     return Node(
@@ -82,11 +86,15 @@ def _watch_plugin_source(source, files: list, path, has_identity: bool) -> None:
 
 def run_source(ctx: RunContext) -> dict:
     source = ctx.node.payload["source"]
+    what = f"the source {ctx.node.params['kind']}"
     if hasattr(source, "jsonl_files"):
-        chunks, stats = jsonl_chunks(ctx, source.jsonl_files())
+        with environment_checked(type(source), what):
+            files = source.jsonl_files()
+        chunks, stats = jsonl_chunks(ctx, files)
         dataset = RowDataset(chunks)
     else:
-        dataset = RowDataset.from_json(write_rows(ctx.store, _rows(source.read(), ctx)))
+        with environment_checked(type(source), what):  # the rows are read as they are written: nothing is kept if it fails
+            dataset = RowDataset.from_json(write_rows(ctx.store, _rows(source.read(), ctx)))
         stats = {}
     if not dataset.num_rows:
         raise ConfigError(f"data.path: the source {ctx.node.params['kind']} read no rows; check the path and the files")

@@ -27,12 +27,19 @@ from ..models.resolve import ResolvedModel, local_model_dir
 from ..outputs.hub import notify_train_step, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, declared_version, method_identity
+from ..plugins.environment_reads import environment_read_by
 from ..plugins.installed import library_versions
 from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
 from .views import Checkpoint, TokenDataset, TrainResult
 
 SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
+
+
+def _environment(cls, what: str) -> dict:
+    """The environment variables a plugin algorithm's or backend's modules name, by value (none for evsys's own)."""
+    environment = environment_read_by(cls, what)
+    return {"environment": environment} if environment else {}
 
 
 def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, data_where: str = "data") -> Node:
@@ -57,9 +64,11 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
                 "params": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),
                 "code": backend_code(backend_cls, "create_training_client"),
                 "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
+                **_environment(backend_cls, f"the backend {cfg.backend.kind}"),
             },
             "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls),
-                          **({"libraries": library_versions(*algo_cls.libraries)} if getattr(algo_cls, "libraries", ()) else {})},
+                          **({"libraries": library_versions(*algo_cls.libraries)} if getattr(algo_cls, "libraries", ()) else {}),
+                          **_environment(algo_cls, f"the algorithm {cfg.algorithm.kind}")},
             "seed": cfg.seed,
         },
         inputs=[("tokens", tokens)],

@@ -22,12 +22,16 @@ from ..config.loading import Arm
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.environment_reads import environment_read_by
+from ..plugins.environment_watch import environment_checked
 from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset
 
 def make_transform(arm: Arm, index: int):
     """The transform object of `transforms[index]` (what its node runs, and `validate --deep` too)."""
-    return kinds.transforms.get(arm.config.transforms[index].kind)(**_transform_kwargs(arm, index))
+    kind = arm.config.transforms[index].kind
+    cls = kinds.transforms.get(kind)
+    with environment_checked(cls, f"the transform {kind}"):
+        return cls(**_transform_kwargs(arm, index))
 
 
 def _transform_kwargs(arm: Arm, index: int) -> dict:
@@ -78,7 +82,9 @@ def read_at_run_time(transform, statcache: StatCache) -> dict:
         declared["environment"] = environment
     files = getattr(transform, "files", None)
     if files is not None:
-        declared["files"] = [statcache.file_digest(Path(f)) for f in files()]
+        with environment_checked(type(transform), f"the transform {type(transform).__name__}"):
+            listed = files()
+        declared["files"] = [statcache.file_digest(Path(f)) for f in listed]
     identity = getattr(transform, "identity", None)
     if identity is not None:
         unwatchable(f"the transform {type(transform).__name__}'s identity()")
@@ -88,6 +94,7 @@ def read_at_run_time(transform, statcache: StatCache) -> dict:
 
 def run_transform(ctx: RunContext) -> dict:
     transform = ctx.node.payload["transform"]
+    what = f"the transform {ctx.node.params['kind']}"
     dataset = RowDataset.of(ctx.inputs["rows"])
     if getattr(transform, "row_local", False):
         starts = chunk_starts(dataset.chunks)
@@ -95,7 +102,8 @@ def run_transform(ctx: RunContext) -> dict:
         def one_chunk(chunk: dict) -> dict:
             rows = read_row_chunk(ctx.store, chunk)
             try:
-                out_rows = transform(rows)
+                with environment_checked(type(transform), what):  # before the chunk is memoised
+                    out_rows = transform(rows)
             except ConfigError as exc:
                 raise _locate_row(transform, rows, starts[chunk["blob"]], ctx, exc) from None
             return write_row_chunk(ctx.store, _checked(out_rows, ctx.node.name))
@@ -104,7 +112,9 @@ def run_transform(ctx: RunContext) -> dict:
         out = RowDataset.from_json(rows_dataset(chunks))
     else:
         rows = list(iter_rows(ctx.store, dataset.to_json()))
-        out = RowDataset.from_json(write_rows(ctx.store, _checked(transform(rows), ctx.node.name)))
+        with environment_checked(type(transform), what):
+            out_rows = transform(rows)
+        out = RowDataset.from_json(write_rows(ctx.store, _checked(out_rows, ctx.node.name)))
         stats = {"chunks_ran": len(out.chunks), "chunks_cached": 0}
     return {"outputs": out.outputs(), "stats": dict(stats, rows_in=dataset.num_rows, rows_out=out.num_rows)}
 

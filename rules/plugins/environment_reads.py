@@ -1,13 +1,16 @@
 """Environment variables a plugin reads by name: a value that changes what it computes must be in
 its key, and code identities hold only source. The plugin's own modules (every module of yours
 its code identity reached) are read for literal names: `os.environ["X"]`, `os.environ.get("X")`,
-`os.getenv("X")`, `environ.get("X")`, `"X" in os.environ`, and the same with a module constant
-`NAME = "X"` in place of the literal; the values of those variables key the node. A name the code
-computes, or a read of the whole environment (`os.environ.copy()`, `dict(os.environ)`), cannot be
-seen: declare such a read with the plugin's `identity()`."""
+`os.getenv("X")`, `environ.get("X")`, `"X" in os.environ`, the same through an alias
+(`env = os.environ`, `from os import environ as env`), and the same with a name holding the
+literal (`NAME = "X"` in the module, or a string constant imported into it); the values of those
+variables key the node. A name the code computes, or a read of the whole environment
+(`os.environ.copy()`, `dict(os.environ)`), cannot be seen here: `environment_watch` fails a plugin
+that makes one while it runs, unless the plugin declares what it reads with `identity()`."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -16,41 +19,89 @@ from evsys_build.watch import unwatchable
 from .code_identity import user_modules_of
 
 _NAME = r"""(?:[rbuRBU]{0,2})(?P<q>["'])(?P<var>[A-Za-z_][A-Za-z0-9_]*)(?P=q)"""  # a string literal naming a variable
-_BY_CALL = r"""\b(?:environ\s*(?:\.\s*(?:get|setdefault|pop)\s*)?[\[(]|getenvb?\s*\()\s*"""
-_READ = re.compile(_BY_CALL + _NAME)  # os.environ["X"], os.environ.get("X"), os.getenv("X")
-_TEST = re.compile(_NAME + r"""\s+(?:not\s+)?in\s+(?:os\s*\.\s*)?environ\b""")  # "X" in os.environ
-_READ_CONSTANT = re.compile(_BY_CALL + r"""(?P<const>[A-Za-z_][A-Za-z0-9_]*)\s*[\]),]""")  # os.environ.get(NAME)
-_TEST_CONSTANT = re.compile(r"""\b(?P<const>[A-Za-z_][A-Za-z0-9_]*)\s+(?:not\s+)?in\s+(?:os\s*\.\s*)?environ\b""")
+_CONST = r"""(?P<const>[A-Za-z_][A-Za-z0-9_]*)"""  # a name that may hold one
 _CONSTANT = re.compile(r"""^(?P<const>[A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*str\s*)?=\s*""" + _NAME + r"""\s*(?:#.*)?$""", re.MULTILINE)  # NAME = "X"
-_names_in: dict[tuple[str, int, int], tuple[str, ...]] = {}  # (file, mtime_ns, size) -> names
+_ALIAS = re.compile(r"""^[ \t]*(?P<alias>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:os\s*\.\s*)?(?P<of>environ|getenv)\s*(?:#.*)?$""", re.MULTILINE)  # env = os.environ
+_FROM_OS = re.compile(r"""^[ \t]*from\s+os\s+import\s+\(?(?P<names>[^)\n]*)""", re.MULTILINE)  # from os import environ as env
+_names_in: dict[tuple[str, int, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}  # (file, mtime_ns, size) -> (names, other constants)
 
 
 def environment_read_by(obj, what: str) -> dict[str, str | None]:
     """{name: value (None when unset)} of each variable the user modules behind `obj` name; a
     config that has any is compiled on every plan (no snapshot follows a variable's value)."""
-    names = sorted({name for module in user_modules_of(obj) for name in _names(getattr(module, "__file__", None))})
+    names = keyed_names(obj)
     if names:
         unwatchable(f"{what} reads the environment variable(s) {', '.join(names)}")
     return {name: os.environ.get(name) for name in names}
 
 
-def _names(file: str | None) -> tuple[str, ...]:
+def keyed_names(obj) -> list[str]:
+    """The variables the user modules behind `obj` name, sorted: those its key holds. A name held
+    by a module global (`from settings import TOKEN_VAR`) is read from the loaded module."""
+    names: set[str] = set()
+    for module in user_modules_of(obj):
+        found, constants = _names(getattr(module, "__file__", None))
+        names.update(found)
+        held = [getattr(module, const, None) for const in constants]
+        names.update(v for v in held if isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v))
+    return sorted(names)
+
+
+def _names(file: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if not file:
-        return ()
+        return (), ()
     try:
         st = os.stat(file)
     except OSError:
-        return ()
+        return (), ()
     key = (file, st.st_mtime_ns, st.st_size)
     if key not in _names_in:
         with open(file, encoding="utf-8", errors="replace") as f:
-            _names_in[key] = tuple(sorted(names_read(f.read())))
+            names, constants = names_and_constants(f.read())
+        _names_in[key] = (tuple(sorted(names)), tuple(sorted(constants)))
     return _names_in[key]
 
 
 def names_read(source: str) -> set[str]:
     """The variables `source` reads or tests by a literal name, or by a module constant holding one."""
-    names = {m.group("var") for pattern in (_READ, _TEST) for m in pattern.finditer(source)}
+    return names_and_constants(source)[0]
+
+
+def names_and_constants(source: str) -> tuple[set[str], set[str]]:
+    """(the variables `source` names, through `os.environ`, `os.getenv` or an alias of either;
+    the names it reads through whose value this file does not set: constants imported from elsewhere)."""
+    read, test, read_const, test_const = _patterns(*_aliases(source))
+    names = {m.group("var") for pattern in (read, test) for m in pattern.finditer(source)}
     constants = {m.group("const"): m.group("var") for m in _CONSTANT.finditer(source)}
-    names |= {constants[m.group("const")] for pattern in (_READ_CONSTANT, _TEST_CONSTANT) for m in pattern.finditer(source) if m.group("const") in constants}
-    return names
+    used = {m.group("const") for pattern in (read_const, test_const) for m in pattern.finditer(source)}
+    names |= {constants[c] for c in used if c in constants}
+    return names, {c for c in used if c not in constants}
+
+
+def _aliases(source: str) -> tuple[frozenset, frozenset]:
+    """The names `os.environ` and `os.getenv` go by in `source` (theirs, plus `env = os.environ`,
+    `from os import environ as env`)."""
+    environs, getenvs = {"environ"}, {"getenv", "getenvb"}
+    for m in _ALIAS.finditer(source):
+        (environs if m.group("of") == "environ" else getenvs).add(m.group("alias"))
+    for m in _FROM_OS.finditer(source):
+        for part in m.group("names").split(","):
+            words = part.split()
+            if len(words) == 3 and words[1] == "as" and words[0] in ("environ", "getenv"):
+                (environs if words[0] == "environ" else getenvs).add(words[2])
+    return frozenset(environs), frozenset(getenvs)
+
+
+@functools.lru_cache(maxsize=64)
+def _patterns(environs: frozenset, getenvs: frozenset) -> tuple:
+    """(read by literal, test by literal, read by constant, test by constant) for these names."""
+    environ = "(?:" + "|".join(sorted(map(re.escape, environs))) + ")"
+    getenv = "(?:" + "|".join(sorted(map(re.escape, getenvs))) + ")"
+    by_call = rf"""\b(?:{environ}\s*(?:\.\s*(?:get|setdefault|pop)\s*)?[\[(]|{getenv}\s*\()\s*"""  # env["X"], env.get("X"), getenv("X")
+    tested_in = rf"""\s+(?:not\s+)?in\s+(?:os\s*\.\s*)?{environ}\b"""  # "X" in os.environ
+    return (
+        re.compile(by_call + _NAME),
+        re.compile(_NAME + tested_in),
+        re.compile(by_call + _CONST + r"""\s*[\]),]"""),
+        re.compile(r"""\b""" + _CONST + tested_in),
+    )
