@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 
-from evsys_build.watch import unwatchable
+from evsys_build.watch import RACY_NS, unwatchable
 
 from .code_identity import user_modules_of
 
@@ -23,7 +24,7 @@ _CONST = r"""(?P<const>[A-Za-z_][A-Za-z0-9_]*)"""  # a name that may hold one
 _CONSTANT = re.compile(r"""^(?P<const>[A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*str\s*)?=\s*""" + _NAME + r"""\s*(?:#.*)?$""", re.MULTILINE)  # NAME = "X"
 _ALIAS = re.compile(r"""^[ \t]*(?P<alias>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:os\s*\.\s*)?(?P<of>environ|getenv)\s*(?:#.*)?$""", re.MULTILINE)  # env = os.environ
 _FROM_OS = re.compile(r"""^[ \t]*from\s+os\s+import\s+\(?(?P<names>[^)\n]*)""", re.MULTILINE)  # from os import environ as env
-_names_in: dict[tuple[str, int, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}  # (file, mtime_ns, size) -> (names, other constants)
+_names_in: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # (file, its stat identity) -> (names, other constants)
 
 
 def environment_read_by(obj, what: str) -> dict[str, str | None]:
@@ -54,12 +55,15 @@ def _names(file: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         st = os.stat(file)
     except OSError:
         return (), ()
-    key = (file, st.st_mtime_ns, st.st_size)
-    if key not in _names_in:
+    key = (file, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)  # ctime: an edit with the old mtime put back still shows
+    known = _names_in.get(key)
+    if known is None:
         with open(file, encoding="utf-8", errors="replace") as f:
             names, constants = names_and_constants(f.read())
-        _names_in[key] = (tuple(sorted(names)), tuple(sorted(constants)))
-    return _names_in[key]
+        known = (tuple(sorted(names)), tuple(sorted(constants)))
+        if time.time_ns() - st.st_mtime_ns >= RACY_NS:  # a file written just now may change again within its tick
+            _names_in[key] = known
+    return known
 
 
 def names_read(source: str) -> set[str]:
