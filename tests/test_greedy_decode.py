@@ -48,6 +48,23 @@ def test_static_greedy_loop_gives_generates_tokens(samplers):
     assert all(len(c[0]) == 40 for c in reference)
 
 
+
+def test_the_model_folders_generation_defaults_never_change_a_completion(samplers, tmp_path):
+    """A generation_config.json may set a repetition penalty, beams or a minimum length (many
+    instruct models ship one): greedy and sampled completions follow the benchmark's params alone,
+    so `generate` (dynamic cache, sampling) and the static loop agree, whatever that file says."""
+    import json
+
+    model_dir = build_tiny_model(tmp_path / "tiny", seed=3)
+    (Path(model_dir) / "generation_config.json").write_text(json.dumps(
+        {"repetition_penalty": 1.8, "no_repeat_ngram_size": 2, "num_beams": 3, "min_new_tokens": 30, "top_k": 5, "eos_token_id": 7}))
+    blobs = {"evsys_weights.json": b'{"format": "full", "lora_rank": 0}', "model.safetensors": (Path(model_dir) / "model.safetensors").read_bytes()}
+    for cache, plain in zip(("dynamic", "static"), samplers):
+        odd = LocalBackend(LocalBackendConfig(device="cpu", decode_cache=cache, sample_batch_size=4)).sampling_client_from_weights(model_dir, blobs)
+        batch = prompts(5, seed=4)
+        assert odd.sample(batch, max_tokens=24) == plain.sample(batch, max_tokens=24), cache
+        assert odd.sample(batch, max_tokens=12, temperature=0.8, seed=5) == plain.sample(batch, max_tokens=12, temperature=0.8, seed=5), cache
+
 def test_stop_tokens_end_completions_as_in_generate(samplers):
     dynamic, static = samplers
     batch = prompts(6, seed=1)

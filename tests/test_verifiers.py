@@ -63,6 +63,15 @@ def test_numeric_last_number_with_tol():
     assert check(spec("numeric", expected="10"), "ten", "t") is False
 
 
+def test_numeric_compares_big_integers_and_decimals_exactly():
+    """As floats, 2**53 + 1 == 2**53 and 0.1 + 0.2 != 0.3: the verifier compares decimals."""
+    assert check(spec("numeric", expected=2**53 + 1), str(2**53), "t") is False
+    assert check(spec("numeric", expected="12345678901234567890"), "12345678901234567000", "t") is False
+    assert check(spec("numeric", expected=2**53 + 1), f"so {2**53 + 1}", "t") is True
+    assert check(spec("numeric", expected=0.3, tol=0.1), "0.2", "t") is True  # a float param is read as it prints
+    assert check(spec("numeric", expected=2.5), "2.50", "t") is True
+
+
 def test_numeric_rejects_non_numeric_expected():
     with pytest.raises(ConfigError, match="not a number"):
         check(spec("numeric", expected="abc"), "1", "t")
@@ -234,3 +243,33 @@ def test_a_verifier_is_keyed_with_the_environment_variables_its_module_names(tmp
     finally:
         sys.modules.pop("strict_verifier", None)
         verifiers._items.pop("strict_by_env", None)  # noqa: SLF001 (a registration made for this test)
+
+
+@pytest.mark.parametrize("metric", ["pass@01", "pass@0", "pass@1.5"])
+def test_a_metric_spelled_another_way_is_refused(metric):
+    from pydantic import ValidationError
+
+    from evsys_rules.config.schema import BenchmarkConfig
+
+    with pytest.raises(ValidationError, match="unknown metric"):
+        BenchmarkConfig(name="b", path="p", metrics=[metric])
+
+
+def test_a_special_token_stop_ends_generation_and_one_inside_text_is_refused(tok):
+    """Completions are decoded without special tokens, so a stop string could never find one: a
+    stop that is one special token becomes a stop id; one that holds it among text is an error."""
+    from evsys_build.errors import ConfigError
+    from evsys_rules.data.chat_tokens import end_of_turn_ids
+    from evsys_rules.nodes.eval import stop_token_ids
+
+    im_start = next(i for i, t in tok.added_tokens_decoder.items() if t.content == "<|im_start|>")
+    assert stop_token_ids(tok, ["</answer>"], "b.stop") == end_of_turn_ids(tok)  # text: cut after decoding
+    assert stop_token_ids(tok, ["<|im_start|>", "</answer>"], "b.stop") == sorted({*end_of_turn_ids(tok), im_start})
+    with pytest.raises(ConfigError, match=r"^b.stop: '<\|im_start\|>user' holds the special token '<\|im_start\|>'"):
+        stop_token_ids(tok, ["<|im_start|>user"], "b.stop")
+
+
+@pytest.mark.parametrize("name, args", [("contains", {"expected": ""}), ("contains", {"expected": 42}), ("regex", {"pattern": ""}), ("regex", {"pattern": "(answer)?"})])
+def test_a_spec_every_prediction_would_pass_is_refused(name, args):
+    with pytest.raises(ConfigError, match="every prediction|in every prediction"):
+        resolve(spec(name, **args), "tasks.jsonl:3")

@@ -89,14 +89,14 @@ class BenchmarkConfig(Strict):
     max_tokens: int = Field(256, ge=1)  # tokens generated per completion
     temperature: float = Field(0.0, ge=0)  # 0 = greedy
     num_samples: int = Field(1, ge=1)  # completions per task (for pass@k)
-    stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn
+    stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn; a special token alone (<|im_start|>) ends generation at that token
     system_prompt: Optional[str] = None  # None = jsonl_to_chat's system_prompt; "" = an empty system turn, as a transform's "" trains
 
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, metrics: list[str]) -> list[str]:
         for metric in metrics:
-            if metric != "nll" and not (re.fullmatch(r"pass@[0-9]+", metric) and int(metric[5:]) >= 1):
+            if metric != "nll" and not (re.fullmatch(r"pass@[1-9][0-9]*", metric)):
                 raise ValueError(f"unknown metric {metric!r} (use pass@1 or pass@k)")
         return metrics
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 from evsys_build.errors import ConfigError
@@ -39,9 +40,16 @@ def _builtin(name: str, check_args: Callable[..., None] | None = None):
 
 def _check_regex(pattern: str) -> None:
     try:
-        re.compile(pattern)
+        compiled = re.compile(pattern)
     except (re.error, TypeError) as exc:
         raise ConfigError(f"regex pattern {pattern!r} does not compile: {exc} (fix the pattern)") from None
+    if compiled.search("") is not None:
+        raise ConfigError(f"regex pattern {pattern!r} matches the empty string, so every prediction would pass (anchor or require text)")
+
+
+def _check_contains(expected: str) -> None:
+    if not isinstance(expected, str) or not expected:
+        raise ConfigError(f"contains expected={expected!r} must be non-empty text (an empty one is in every prediction)")
 
 
 def _check_numeric(expected: Any, tol: float = 0.0) -> None:
@@ -56,9 +64,9 @@ def _check_numeric(expected: Any, tol: float = 0.0) -> None:
         raise ConfigError(f"numeric tol={tol!r} is negative (use tol >= 0)")
 
 
-@_builtin("contains")
+@_builtin("contains", _check_contains)
 def contains(prediction: str, expected: str) -> bool:
-    """True when `expected` occurs in the prediction."""
+    """True when `expected` (non-empty text) occurs in the prediction."""
     return expected in prediction
 
 
@@ -71,7 +79,7 @@ def exact_match(prediction: str, expected: str, ignore_case: bool = False) -> bo
 
 @_builtin("regex", _check_regex)
 def regex(prediction: str, pattern: str) -> bool:
-    """True when `re.search(pattern, prediction)` matches."""
+    """True when `re.search(pattern, prediction)` matches (a pattern that matches the empty string is refused)."""
     _check_regex(pattern)
     return re.search(pattern, prediction) is not None
 
@@ -91,15 +99,18 @@ def answer_tag(prediction: str, expected: str) -> bool:
 
 @_builtin("numeric", _check_numeric)
 def numeric(prediction: str, expected: float | int | str, tol: float = 0.0) -> bool:
-    """True when the last number in the prediction is within `tol` of `expected`."""
+    """True when the last number in the prediction is within `tol` of `expected`, compared as
+    exact decimals (as floats, 2**53 + 1 would equal 2**53; a float param is read as it prints)."""
     found = _NUMBER_RE.findall(prediction)
     if not found:
         return False
     try:
-        value = float(found[-1].replace(",", ""))
-    except ValueError:
+        value, want, tolerance = Decimal(found[-1].replace(",", "")), Decimal(str(expected).strip()), Decimal(str(tol))
+    except InvalidOperation:
         return False
-    return abs(value - float(expected)) <= float(tol)
+    if want.is_infinite() or tolerance.is_infinite():
+        return tolerance.is_infinite() or value == want
+    return abs(value - want) <= tolerance
 
 
 def resolve(spec: dict, where: str = "") -> tuple[Callable[..., bool], dict]:

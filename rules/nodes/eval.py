@@ -219,12 +219,13 @@ def run_eval(ctx: RunContext) -> dict:
         completions.append(hit["samples"] if hit else None)
     todo = [i for i, c in enumerate(completions) if c is None]
     if todo:
+        stop_ids = stop_token_ids(tok, sampling["stop"], f"metadata.benchmark ({bench.name}).stop")
         sampler = _sampler(ctx, arm, payload["model_dir"], checkpoint)
         for start in range(0, len(todo), TASKS_PER_ROUND):
             ctx.check_stop()  # tasks sampled so far stay memoised
             ctx.progress(start, len(todo), f"sampling {len(todo)} tasks")
             group = todo[start : start + TASKS_PER_ROUND]
-            outs = _sample(sampler, [prompts[i] for i in group], sampling, end_of_turn_ids(tok), arm.config.seed)
+            outs = _sample(sampler, [prompts[i] for i in group], sampling, stop_ids, arm.config.seed)
             for i, samples in zip(group, outs):
                 texts = [_cut_at_strings(tok.decode(ids, skip_special_tokens=True), sampling["stop"]) for ids in samples]
                 completions[i] = texts
@@ -268,6 +269,23 @@ def _sampler(ctx: RunContext, arm: Arm, model_dir, checkpoint: dict):
     backend = make_backend(arm)
     weights = {name: ctx.store.get_bytes(blob) for name, blob in Checkpoint.of(checkpoint).weights.items()}
     return backend.sampling_client_from_weights(model_dir, weights)
+
+
+def stop_token_ids(tok, stops: list[str], where: str) -> list[int]:
+    """The ids that end a completion: the end of turn, and each `stop` that is one special token
+    (completions are decoded without special tokens, so no text search could find one). A stop
+    that holds a special token among other text could never match: refused."""
+    specials = {t.content: i for i, t in tok.added_tokens_decoder.items() if t.special}
+    ids = set(end_of_turn_ids(tok))
+    for stop in stops:
+        if stop in specials:
+            ids.add(specials[stop])
+            continue
+        held = next((s for s in specials if s and s in stop), None)
+        if held is not None:
+            raise ConfigError(f"{where}: {stop!r} holds the special token {held!r}, which completions are decoded without, "
+                              f"so it could never match; give {held!r} as a stop of its own (generation then ends at it)")
+    return sorted(ids)
 
 
 def _cut_at_strings(text: str, stops: list[str]) -> str:

@@ -27,9 +27,13 @@ class LocalSamplingClient:
     """Batched generation (KV cache, left padding) over a frozen model."""
 
     def __init__(self, model, device, pad_token_id: int, batch_size: int = 64, cache: str = "dynamic"):
+        from transformers import GenerationConfig
+
         self.model = model.eval()
-        # only the caller's stop_token_ids may end a completion, not the model's default eos
-        self.model.generation_config.eos_token_id = None
+        # decode exactly as the sampling params say: none of the model folder's generation_config.json
+        # (repetition_penalty, no_repeat_ngram_size, num_beams, min_length, a default eos, ...) applies to
+        # `generate`, as none applies to the static greedy decoder; only stop_token_ids end a completion
+        self.model.generation_config = GenerationConfig()
         self.device = device
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
