@@ -142,6 +142,8 @@ def test_an_imported_constant_or_an_alias_keys_the_variable_and_a_hidden_read_fa
         assert proc.returncode == 2, proc.stderr
         assert f"suffix.py:{19 if how == 'computed' else 21}: the transform suffix {message}" in proc.stderr, proc.stderr
         assert set((project / "cache").glob("memo/**/*.json")) == memos  # no transformed chunk was memoised under the key
+        checked = evsys("validate", "config.yaml", "--deep", cwd=project, env={"PYTHONPATH": str(project)})
+        assert checked.returncode == 2 and f"the transform suffix {message}" in checked.stderr, checked.stderr
 
 
 ORDERED_PLUGIN = '''\

@@ -19,6 +19,7 @@ from evsys_build.errors import ConfigError
 
 from ..data.conversation import check_conversation
 from ..nodes.transform import make_transform
+from ..plugins.environment_watch import environment_checked
 from .loading import Arm
 
 BATCH = 1024
@@ -111,7 +112,8 @@ def _apply(s: int, stage: Stage, batches: Iterable[list[dict]], check: bool) -> 
 
 def _run(s: int, stage: Stage, rows: list[dict], start: int, check: bool) -> list[dict]:
     try:
-        out = stage.transform(rows)
+        with environment_checked(type(stage.transform), f"the transform {stage.name.split(' ', 1)[-1]}"):
+            out = stage.transform(rows)
     except ConfigError as exc:
         if not check:
             return []
