@@ -224,3 +224,20 @@ def test_a_variable_a_plugin_algorithm_reads_keys_the_training(tmp_path):
     ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "tokenize", cwd=project))
     keys = {share: plan_json(project, env={"WARMUP_SHARE": share})["train"]["key"] for share in ("0.5", "1.0")}
     assert None not in keys.values() and keys["0.5"] != keys["1.0"]
+
+
+def test_a_module_level_read_no_scan_sees_fails_when_the_plugin_loads(tmp_path):
+    """`STYLE = os.environ.get(APP + "_STYLE")` at import time would be held by no key."""
+    config = BASE_CONFIG.replace("transforms:\n", "plugins: [styled.py]\ntransforms:\n  - kind: styled\n", 1)
+    project = make_project(tmp_path / "p", tool_rows(6), config)
+    (project / "styled.py").write_text(
+        "import os\n\nfrom evsys_sdk import register_transform\n\nAPP = 'QUERY'\nSTYLE = os.environ.get(APP + '_STYLE', '')\n"
+        "LITERAL = os.environ.get('QUERY_PREFIX', '')  # found by the scan: keyed\n\n\n"
+        "@register_transform('styled')\nclass Styled:\n    def __call__(self, rows):\n"
+        "        return [dict(r, query=LITERAL + r['query'] + STYLE) for r in rows]\n"
+    )
+    proc = evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project, env={"QUERY_STYLE": "terse"})
+    assert proc.returncode == 2, proc.stderr
+    assert "styled.py:6: a plugin module reads the environment variable QUERY_STYLE while it is imported" in proc.stderr, proc.stderr
+    (project / "styled.py").write_text((project / "styled.py").read_text().replace("APP + '_STYLE'", "'QUERY_STYLE'"))
+    ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project, env={"QUERY_STYLE": "terse"}))

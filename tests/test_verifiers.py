@@ -273,3 +273,17 @@ def test_a_special_token_stop_ends_generation_and_one_inside_text_is_refused(tok
 def test_a_spec_every_prediction_would_pass_is_refused(name, args):
     with pytest.raises(ConfigError, match="every prediction|in every prediction"):
         resolve(spec(name, **args), "tasks.jsonl:3")
+
+
+def test_what_a_verifiers_identity_returns_is_in_its_key(monkeypatch):
+    """A verifier that reads what no scan sees declares it with `fn.identity`: that is keyed."""
+    from evsys_rules.evals.verifiers import verifier_code
+
+    @register_verifier("judged_by_table_test")
+    def judged(prediction: str) -> bool:
+        return prediction == "yes"
+
+    judged.identity = lambda: {"table": "v1"}
+    first = verifier_code("judged_by_table_test")
+    judged.identity = lambda: {"table": "v2"}
+    assert verifier_code("judged_by_table_test") != first

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from evsys_build.errors import ConfigError
 from evsys_build.hashing import digest
+from evsys_build.watch import unwatchable
 
 from ..plugins.code_identity import code_identity
 from ..plugins.environment_reads import environment_read_by
@@ -176,7 +177,11 @@ def verifier_identity(spec: dict, code: str | None = None) -> dict:
 
 def verifier_code(name: str) -> str:
     """The code identity of the verifier registered as `name`, with the values of the environment
-    variables its modules name (environment_reads.py)."""
+    variables its modules name (environment_reads.py) and what its `identity()` returns, if it has one."""
     fn = verifiers.get(name)
     environment = environment_read_by(fn, f"the verifier {name}")
-    return code_identity(fn) + (f" env:{digest(environment)}" if environment else "")
+    identity = getattr(fn, "identity", None)  # what else it reads, declared: `fn.identity = lambda: {...}`
+    if callable(identity):
+        unwatchable(f"the verifier {name}'s identity()")
+    declared = f" identity:{digest(identity())}" if callable(identity) else ""
+    return code_identity(fn) + (f" env:{digest(environment)}" if environment else "") + declared

@@ -33,7 +33,7 @@ from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
 from .heldout import heldout_nodes
 from .tokenize import clock_params, tokenizer_libraries
-from .train import backend_code, backend_config, backend_resources, keyed_backend_params, make_backend
+from .train import backend_code, backend_config, backend_environment, backend_resources, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
 TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
@@ -145,6 +145,7 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
             "code": backend_code(backend_cls, "sampling_client_from_weights"),
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
             "params": backend_params,
+            **backend_environment(backend_cls, "sampling_client_from_weights"),
         },
         "tasks": _tasks_content(tasks)[0],
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},

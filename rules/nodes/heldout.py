@@ -30,7 +30,7 @@ from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
 from .tokenize import SHAPING_PARAMS, clock_params, tokenizer_libraries
-from .train import backend_code, backend_config, keyed_backend_params, make_backend
+from .train import backend_code, backend_config, backend_environment, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
 
@@ -46,6 +46,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
             "code": backend_code(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
             "precision": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
+            **backend_environment(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
         },
     }
     return [

@@ -42,6 +42,12 @@ def _environment(cls, what: str) -> dict:
     return {"environment": environment} if environment else {}
 
 
+def backend_environment(backend_cls, method: str) -> dict:
+    """What the modules behind a plugin backend's `method` read of the environment: in its train,
+    eval and held-out keys, as `backend_code` is."""
+    return _environment(getattr(backend_cls, method), f"the backend {getattr(backend_cls, '__name__', backend_cls)}")
+
+
 def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, data_where: str = "data") -> Node:
     """The arm's train node (its checkpoints are attached by `attach_checkpoints`)."""
     cfg = arm.config
@@ -64,7 +70,7 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
                 "params": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),
                 "code": backend_code(backend_cls, "create_training_client"),
                 "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
-                **_environment(backend_cls, f"the backend {cfg.backend.kind}"),
+                **backend_environment(backend_cls, "create_training_client"),
             },
             "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls),
                           **({"libraries": library_versions(*algo_cls.libraries)} if getattr(algo_cls, "libraries", ()) else {}),

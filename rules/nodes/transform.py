@@ -102,19 +102,19 @@ def run_transform(ctx: RunContext) -> dict:
         def one_chunk(chunk: dict) -> dict:
             rows = read_row_chunk(ctx.store, chunk)
             try:
-                with environment_checked(type(transform), what):  # before the chunk is memoised
-                    out_rows = transform(rows)
+                with environment_checked(type(transform), what):  # before the chunk is memoised; rows a generator yields included
+                    out_rows = _checked(transform(rows), ctx.node.name)
             except ConfigError as exc:
                 raise _locate_row(transform, rows, starts[chunk["blob"]], ctx, exc) from None
-            return write_row_chunk(ctx.store, _checked(out_rows, ctx.node.name))
+            return write_row_chunk(ctx.store, out_rows)
 
         chunks, stats = map_chunks(ctx.store, dataset.chunks, stage_identity(ctx), one_chunk, ctx.progress, ctx.check_stop, _workers(ctx.store, transform, ctx.node.name))
         out = RowDataset.from_json(rows_dataset(chunks))
     else:
         rows = list(iter_rows(ctx.store, dataset.to_json()))
         with environment_checked(type(transform), what):
-            out_rows = transform(rows)
-        out = RowDataset.from_json(write_rows(ctx.store, _checked(out_rows, ctx.node.name)))
+            out_rows = _checked(transform(rows), ctx.node.name)
+        out = RowDataset.from_json(write_rows(ctx.store, out_rows))
         stats = {"chunks_ran": len(out.chunks), "chunks_cached": 0}
     return {"outputs": out.outputs(), "stats": dict(stats, rows_in=dataset.num_rows, rows_out=out.num_rows)}
 

@@ -11,6 +11,7 @@ that makes one while it runs, unless the plugin declares what it reads with `ide
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import time
@@ -22,30 +23,45 @@ from .code_identity import user_modules_of
 _NAME = r"""(?:[rbuRBU]{0,2})(?P<q>["'])(?P<var>[A-Za-z_][A-Za-z0-9_]*)(?P=q)"""  # a string literal naming a variable
 _CONST = r"""(?P<const>[A-Za-z_][A-Za-z0-9_]*)"""  # a name that may hold one
 _CONSTANT = re.compile(r"""^(?P<const>[A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*str\s*)?=\s*""" + _NAME + r"""\s*(?:#.*)?$""", re.MULTILINE)  # NAME = "X"
-_ALIAS = re.compile(r"""^[ \t]*(?P<alias>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:os\s*\.\s*)?(?P<of>environ|getenv)\s*(?:#.*)?$""", re.MULTILINE)  # env = os.environ
-_FROM_OS = re.compile(r"""^[ \t]*from\s+os\s+import\s+\(?(?P<names>[^)\n]*)""", re.MULTILINE)  # from os import environ as env
+_ALIAS = re.compile(r"""^[ \t]*(?P<alias>[A-Za-z_][A-Za-z0-9_]*)\s*(?::[^=\n]*)?=\s*(?:os\s*\.\s*)?(?P<of>environ|getenv)\s*(?:#.*)?$""", re.MULTILINE)  # env = os.environ
+_FROM_OS = re.compile(r"""^[ \t]*from\s+os\s+import\s+(?:\((?P<group>[^)]*)\)|(?P<names>[^\n]*))""", re.MULTILINE)  # from os import environ as env
+_CREDENTIAL = re.compile(r"""(?:^|_)(?:API_KEY|SECRET_KEY|ACCESS_KEY|ACCESS_KEY_ID|SECRET|PASSWORD|PASSWD|(?:API|AUTH|ACCESS|BEARER|HF|HUGGING_FACE_HUB|GH|GITHUB)_TOKEN)$""")
 _names_in: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # (file, its stat identity) -> (names, other constants)
 
 
 def environment_read_by(obj, what: str) -> dict[str, str | None]:
-    """{name: value (None when unset)} of each variable the user modules behind `obj` name; a
-    config that has any is compiled on every plan (no snapshot follows a variable's value)."""
+    """{name: digest of its value (None when unset)} of each variable the user modules behind
+    `obj` name, credentials aside; a config that has any is compiled on every plan (no snapshot
+    follows a variable's value). Values are digested: a key, and so the store, never holds one."""
     names = keyed_names(obj)
     if names:
         unwatchable(f"{what} reads the environment variable(s) {', '.join(names)}")
-    return {name: os.environ.get(name) for name in names}
+    return {name: _value_digest(os.environ.get(name)) for name in names}
+
+
+def is_credential(name: str) -> bool:
+    """Whether a variable's name marks a credential (`OPENAI_API_KEY`, `HF_TOKEN`, `DB_PASSWORD`):
+    it says who is served, not what is computed, so it keys nothing and rotating it reruns nothing."""
+    return _CREDENTIAL.search(name.upper()) is not None
+
+
+def _value_digest(value: str | None) -> str | None:
+    return None if value is None else "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def keyed_names(obj) -> list[str]:
-    """The variables the user modules behind `obj` name, sorted: those its key holds. A name held
-    by a module global (`from settings import TOKEN_VAR`) is read from the loaded module."""
-    names: set[str] = set()
-    for module in user_modules_of(obj):
-        found, constants = _names(getattr(module, "__file__", None))
-        names.update(found)
-        held = [getattr(module, const, None) for const in constants]
-        names.update(v for v in held if isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v))
-    return sorted(names)
+    """The variables the user modules behind `obj` name, sorted: those its key holds."""
+    return sorted({name for module in user_modules_of(obj) for name in keyed_names_of_module(module)})
+
+
+def keyed_names_of_module(module) -> list[str]:
+    """The variables one module names, credentials aside. A name held by a module global
+    (`from settings import STYLE_VAR`) is read from the loaded module."""
+    found, constants = _names(getattr(module, "__file__", None))
+    names = set(found)
+    held = [getattr(module, const, None) for const in constants]
+    names.update(v for v in held if isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v))
+    return sorted(name for name in names if not is_credential(name))
 
 
 def _names(file: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -89,7 +105,7 @@ def _aliases(source: str) -> tuple[frozenset, frozenset]:
     for m in _ALIAS.finditer(source):
         (environs if m.group("of") == "environ" else getenvs).add(m.group("alias"))
     for m in _FROM_OS.finditer(source):
-        for part in m.group("names").split(","):
+        for part in (m.group("group") or m.group("names") or "").split(","):
             words = part.split()
             if len(words) == 3 and words[1] == "as" and words[0] in ("environ", "getenv"):
                 (environs if words[0] == "environ" else getenvs).add(words[2])
@@ -104,7 +120,7 @@ def _patterns(environs: frozenset, getenvs: frozenset) -> tuple:
     by_call = rf"""\b(?:{environ}\s*(?:\.\s*(?:get|setdefault|pop)\s*)?[\[(]|{getenv}\s*\()\s*"""  # env["X"], env.get("X"), getenv("X")
     tested_in = rf"""\s+(?:not\s+)?in\s+(?:os\s*\.\s*)?{environ}\b"""  # "X" in os.environ
     return (
-        re.compile(by_call + _NAME),
+        re.compile(by_call + _NAME + r"""\s*[\]),]"""),  # the whole name: not "X_" + suffix
         re.compile(_NAME + tested_in),
         re.compile(by_call + _CONST + r"""\s*[\]),]"""),
         re.compile(r"""\b""" + _CONST + tested_in),

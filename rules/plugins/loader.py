@@ -18,27 +18,32 @@ from ..config.errors import where
 from ..config.yaml_marks import Marks
 from .freshness import note_loaded, ran as ran_source
 from .code_identity import forget_identities
+from .environment_watch import imports_checked
 
 
 def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
     """Import each plugin module (dotted name, or a .py path relative to the run dir or the config)."""
     if not isinstance(plugins, list):
         raise ConfigError(f"{where(path, marks, ('plugins',))}: plugins: must be a list of module names or .py paths")
-    for i, spec in enumerate(plugins):
-        at = f"{where(path, marks, ('plugins', i))}: plugins[{i}]"
-        if not isinstance(spec, str):
-            raise ConfigError(f"{at}: must be a module name or a .py path")
-        if spec.endswith(".py"):
-            _import_path(spec, path, at)
-            continue
-        with _one_line_errors(at):
-            try:
-                module = importlib.import_module(spec)
-            except ModuleNotFoundError as exc:
-                raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
-        _reload_if_edited(module, at)
-        _watch_shadowing(spec)
+    with imports_checked():  # a module-level read of a variable no key holds fails here
+        for i, spec in enumerate(plugins):
+            _load_one(spec, f"{where(path, marks, ('plugins', i))}: plugins[{i}]", path)
     note_loaded()  # the source each user module runs, as near its import as evsys gets
+
+
+def _load_one(spec, at: str, path: Path) -> None:
+    if not isinstance(spec, str):
+        raise ConfigError(f"{at}: must be a module name or a .py path")
+    if spec.endswith(".py"):
+        _import_path(spec, path, at)
+        return
+    with _one_line_errors(at):
+        try:
+            module = importlib.import_module(spec)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"{at}: cannot import {spec!r} ({exc}); install it or add its folder to PYTHONPATH") from None
+    _reload_if_edited(module, at)
+    _watch_shadowing(spec)
 
 
 def _watch_shadowing(spec: str) -> None:
