@@ -57,13 +57,21 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     runs = list(store.iter_runs())
     refs = list(store.iter_refs())
     kept = retained_runs(runs, refs, keep_last, keep_within_days, now)
+    roots = []  # runs whose nodes (and what they were built from) stay
     if cutoff is not None:  # a run recorded after the cutoff belongs to a build that may still run
         written = store.run_entries()
-        kept |= {(r["experiment"], r["id"]) for r in runs if not old(written.get((_safe_name(r["experiment"]), _safe_name(r["id"]))))}
+        running = [r for r in runs if not old(written.get((_safe_name(r["experiment"]), _safe_name(r["id"]))))]
+        kept |= {(r["experiment"], r["id"]) for r in running}
+        # such a build records what it served from the cache only when it ends: every node an
+        # earlier run of its experiment named may be one it is reusing now
+        busy = {r["experiment"] for r in running if r.get("status") == "running"}
+        roots += [r for r in runs if r["experiment"] in busy]
     kept |= pending_resumes(runs)
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     node_entries = store.entries("nodes")
-    live = _live_nodes(store, [r for r in runs if (r["experiment"], r["id"]) in kept], _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(refs))
+    fresh = [key for key, entry in node_entries.items() if not old(entry)]  # written after the cutoff: a running build's, with all they name
+    roots += [r for r in runs if (r["experiment"], r["id"]) in kept]
+    live = _live_nodes(store, roots, _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(refs) + fresh)
     live_objects: set[str] = set()
     live_checkpoints: set[str] = set()
     for key, manifest in live.items():
@@ -75,6 +83,7 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
             live_objects |= referenced_objects(run.get("files", {}))
     memo_entries = store.entries("memo")
     resume_memos = _written_by_unfinished(runs, kept, memo_entries)  # a killed build's finished chunks: no manifest names them yet
+    resume_memos += [key for key, entry in memo_entries.items() if not old(entry)]  # a running build's, and the objects they name
     for key in resume_memos:
         live_objects |= referenced_objects(store.memo_get(key, quarantine=False) or {})
     report = GcReport(kept_runs=len(kept), kept_nodes=len(live))

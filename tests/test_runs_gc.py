@@ -191,3 +191,28 @@ def test_gc_keeps_the_chunks_a_killed_build_finished(tmp_path):
     assert report.removed_memos == 0
     again, stats = map_chunks(store, chunks, {"rule": "t"}, double)
     assert stats == {"chunks_ran": 0, "chunks_cached": 6} and again == first
+
+
+def test_gc_beside_a_running_build_on_a_shared_store_keeps_what_it_reuses(tmp_path):
+    """On a shared (S3) store gc runs beside builds; entries written after its cutoff stay. A
+    running build's new manifest may name an old object (the same bytes stored again: create-only
+    keeps the old one), and a node it serves from cache is recorded only when it ends: neither
+    may go."""
+    from evsys_build.gc import _collect
+
+    store = Store(tmp_path / "store")
+    reused_object = store.put_bytes(b"the same bytes, stored long ago")
+    old_node = "cd" * 16
+    store.write_manifest(old_node, {"rule": "checkpoint", "name": "checkpoint@2", "outputs": {"weights": {"blob": store.put_bytes(b"w")}}})
+    store.write_run({"experiment": "e", "id": "1", "status": "completed", "started": "2020-01-01T00:00:00+00:00",
+                     "arms": {"default": {"nodes": {"checkpoint@2": {"key": old_node}}}}})  # expired by the policy below
+    time.sleep(0.05)
+    cutoff = time.time()
+    time.sleep(0.05)
+    store.write_run({"experiment": "e", "id": "2", "status": "running", "started": "2030-01-01T00:00:00+00:00", "arms": {"arm_b": {}}})
+    new_node = "ab" * 16
+    store.write_manifest(new_node, {"rule": "tokenize", "name": "tokenize", "outputs": {"tokens": {"blob": reused_object}}})
+    report = _collect(store, keep_last=0, keep_within_days=0, dry_run=False, now=time.time(), cutoff=cutoff)
+    assert store.complete_manifest(new_node) is not None  # its old object was kept
+    assert store.complete_manifest(old_node) is not None  # the running build of "e" may be serving it
+    assert report.removed_runs == [{"experiment": "e", "id": "1", "status": "completed", "started": "2020-01-01T00:00:00+00:00"}]
