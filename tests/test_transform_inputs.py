@@ -241,3 +241,50 @@ def test_a_module_level_read_no_scan_sees_fails_when_the_plugin_loads(tmp_path):
     assert "styled.py:6: a plugin module reads the environment variable QUERY_STYLE while it is imported" in proc.stderr, proc.stderr
     (project / "styled.py").write_text((project / "styled.py").read_text().replace("APP + '_STYLE'", "'QUERY_STYLE'"))
     ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project, env={"QUERY_STYLE": "terse"}))
+
+
+WRAP = """from evsys_sdk import register_transform
+from evsys_rules.plugins import kinds
+
+
+@register_transform('wrap')
+class Wrap:
+    row_local = True
+
+    def __init__(self, inner='b_kind'):
+        self.inner = inner
+
+    def __call__(self, rows):
+        return kinds.transforms.get(self.inner)()(rows)
+"""
+INNER = """from evsys_sdk import register_transform
+
+
+@register_transform('{kind}')
+class Inner:
+    def __call__(self, rows):
+        return [dict(r, query=r['query'] + '{suffix}') for r in rows]
+"""
+
+
+def test_a_plugin_that_runs_others_by_name_follows_a_registry_that_grew(tmp_path):
+    """Its key holds every plugin registered beside it; an identity cached on disk while fewer
+    were registered must not stand for it once a config adds another and that one is edited."""
+    def aged(*files):
+        for f in files:
+            os.utime(f, (time.time() - 60, time.time() - 60))  # not racy: the identity cache keeps what it computes
+
+    config = BASE_CONFIG.replace("transforms:\n", "plugins: [wrap.py, b.py]\ntransforms:\n  - kind: wrap\n    params: {inner: b_kind}\n", 1)
+    project = make_project(tmp_path / "p", tool_rows(6), config)
+    (project / "wrap.py").write_text(WRAP)
+    (project / "b.py").write_text(INNER.format(kind="b_kind", suffix="-B"))
+    (project / "c.py").write_text(INNER.format(kind="c_kind", suffix="-C1"))
+    aged(project / "wrap.py", project / "b.py", project / "c.py")
+    target = ("--target", "transform[0] wrap")
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", *target, cwd=project))
+    (project / "config.yaml").write_text(config.replace("[wrap.py, b.py]", "[wrap.py, b.py, c.py]").replace("{inner: b_kind}", "{inner: c_kind}"))
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", *target, cwd=project))
+    (project / "c.py").write_text(INNER.format(kind="c_kind", suffix="-C2"))
+    aged(project / "c.py")
+    entry = plan_json(project)["transform[0] wrap"]
+    assert entry["status"] == "run" and entry["reasons"] == ["transform wrap code changed"], entry

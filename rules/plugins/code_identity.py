@@ -108,7 +108,7 @@ def _source_identity(obj, owner) -> tuple[str, tuple]:
     identity = "source:" + xxhash.xxh3_128_hexdigest(collector.text().encode())
     user_modules = tuple(watch_modules(collector.module_objects()))
     if _disk is not None and key:
-        _disk.put(key, identity, collector.files(), collector.module_files())
+        _disk.put(key, identity, collector.files(), collector.module_files(), collector.registered())
     if not collector.sourceless():
         _identities[(obj, owner)] = (identity, user_modules)
     return identity, user_modules
@@ -136,6 +136,8 @@ class IdentityCache:
             return None
         if any(_module_file(name) != file for name, file in entry["modules"].items()):
             return None  # a module the walk read now comes from another file (PYTHONPATH, another checkout)
+        if any(_user_plugins(_registry(kind)) != plugins for kind, plugins in entry.get("registered", {}).items()):
+            return None  # a registry it reads holds other plugins now
         for file, stamp in entry["files"].items():
             if _stamp(file) != stamp:
                 return None
@@ -146,13 +148,13 @@ class IdentityCache:
         """The source files the identity `key` was made of (after a `get` that found it)."""
         return list(self._load()[key]["files"])
 
-    def put(self, key: str, identity: str, files: list[str], modules: dict[str, str | None]) -> None:
+    def put(self, key: str, identity: str, files: list[str], modules: dict[str, str | None], registered: dict | None = None) -> None:
         for file in files:
             watch(file)
         stamps = {f: _stamp(f) for f in files}
         if any(s is None or time.time_ns() - s[1] < RACY_NS for s in stamps.values()):
             return
-        self._load()[key] = {"identity": identity, "files": stamps, "modules": modules, "python": sys.version}
+        self._load()[key] = {"identity": identity, "files": stamps, "modules": modules, "python": sys.version, "registered": registered or {}}
         self.dirty = True
 
     def save(self) -> None:
@@ -176,6 +178,24 @@ def use_identity_cache(cache: IdentityCache | None) -> None:
     """Let identities be read from (and written to) `cache` in this process (None: off)."""
     global _disk
     _disk = cache
+
+
+def _user_plugins(registry: Registry | None) -> list[str]:
+    """The user plugins a registry holds, as `name=file::qualname`."""
+    if registry is None:
+        return []
+    out = []
+    for name, item in sorted(registry._items.items()):
+        if not _in_evsys(item):
+            module = sys.modules.get(getattr(item, "__module__", "") or "")
+            out.append(f"{name}={getattr(module, '__file__', None)}::{getattr(item, '__qualname__', '')}")
+    return out
+
+
+def _registry(kind: str) -> Registry | None:
+    from . import registry
+
+    return next((r for r in vars(registry).values() if isinstance(r, Registry) and r.kind == kind), None)
 
 
 def _cache_key(obj, owner) -> str | None:
@@ -217,6 +237,12 @@ class _Collector:
         self.parts: dict[tuple[str, str], str] = {}  # (module, qualname) of each definition walked -> its text when its module has none
         self.modules: dict[str, str | None] = {}  # first-party modules read -> normalized text (None: no source file)
         self.queue = [root]
+        self.registries: dict[str, Registry] = {}  # registries the walk read (by kind): their user plugins are in the identity
+
+    def registered(self) -> dict[str, list[str]]:
+        """Per registry the walk read, the user plugins registered there: a cached identity holds
+        only while they are the same (a plugin file added to the config adds one)."""
+        return {kind: _user_plugins(registry) for kind, registry in sorted(self.registries.items())}
 
     def module_objects(self) -> list:
         """The modules the walk read."""
@@ -418,6 +444,7 @@ class _Collector:
         """A plugin that reads a registry (`kinds.transforms.get(name)`) may run any plugin in it
         by a name known only at run time: every user plugin registered there is part of its key
         (the built-in kinds are evsys's code, keyed by the version of evsys's modules it reads)."""
+        self.registries[registry.kind] = registry
         for item in registry.registered():
             if not _in_evsys(item):
                 self._take(item, user)
