@@ -36,6 +36,15 @@ def through_a_library(x):
     return tempfile.gettempdir()  # the stdlib reads TMPDIR: not the plugin's read
 
 
+def set_then_read(x):
+    os.environ["SET_HERE_" + x.upper()] = "1"
+    return os.environ["SET_HERE_" + x.upper()]
+
+
+def through_environb(x):
+    return os.environb.get(("HIDDEN_" + x).encode(), b"")
+
+
 def lazily(rows):
     for row in rows:
         yield os.environ.get("HIDDEN_" + row, "")
@@ -148,3 +157,9 @@ def test_a_plugin_backends_variables_key_its_evals(tmp_path, monkeypatch):
         monkeypatch.setenv("CAPPED_MAX_TOKENS", value)
         params[value] = eval_params(bench, [], None, module.CappedBackend, {})["sampler"]
     assert params["6"] != params["1"] and set(params["6"]["environment"]) == {"CAPPED_MAX_TOKENS"}
+
+
+def test_reading_back_what_the_plugin_set_and_environb_reads(plugin):
+    run(plugin.set_then_read, "x")
+    with pytest.raises(ConfigError, match="reads the environment variable HIDDEN_B"):
+        run(plugin.through_environb, "B")

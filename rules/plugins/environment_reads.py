@@ -101,7 +101,7 @@ def names_and_constants(source: str) -> tuple[set[str], set[str]]:
 def _aliases(source: str) -> tuple[frozenset, frozenset]:
     """The names `os.environ` and `os.getenv` go by in `source` (theirs, plus `env = os.environ`,
     `from os import environ as env`)."""
-    environs, getenvs = {"environ"}, {"getenv", "getenvb"}
+    environs, getenvs = {"environ", "environb"}, {"getenv", "getenvb"}
     for m in _ALIAS.finditer(source):
         (environs if m.group("of") == "environ" else getenvs).add(m.group("alias"))
     for m in _FROM_OS.finditer(source):

@@ -69,6 +69,7 @@ class _Reads:
         self.keyed = keyed
         self.unkeyed: dict[str, str] = {}  # variable -> file:line of its first read
         self.whole: str | None = None  # file:line of a read of the whole environment
+        self.set: set[str] = set()  # variables the plugin set itself while it ran
 
     def saw(self, name, frame) -> None:
         while frame is not None and frame.f_code.co_filename in _PASSED_THROUGH:
@@ -78,7 +79,7 @@ class _Reads:
         where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
         if name is None:
             self.whole = self.whole or where
-        elif isinstance(name, str) and name not in self.keyed and not is_credential(name):
+        elif isinstance(name, str) and name not in self.keyed and name not in self.set and not is_credential(name):
             self.unkeyed.setdefault(name, where)
 
     def check(self, what: str) -> None:
@@ -119,6 +120,7 @@ class _ImportReads:
 
     def __init__(self):
         self.by_file: dict[str, dict] = {}  # real path -> {variable (None: the whole environment): file:line}
+        self.set: set[str] = set()  # variables a module set itself while it ran
 
     def saw(self, name, frame) -> None:
         while frame is not None and frame.f_code.co_filename in _PASSED_THROUGH:
@@ -141,7 +143,7 @@ class _ImportReads:
                 if name is None:
                     raise ConfigError(f"{where}: a plugin module reads the whole environment while it is imported (os.environ copied or "
                                       "iterated), which no key can hold; read the variables it needs by name (os.environ.get(\"X\"))")
-                if name not in keyed and not is_credential(name):
+                if name not in keyed and name not in self.set and not is_credential(name):
                     raise ConfigError(f"{where}: a plugin module reads the environment variable {name} while it is imported, which no key "
                                       "holds (evsys keys names it finds written as os.environ.get(\"X\"), os.getenv(\"X\"), "
                                       "os.environ[\"X\"] or a constant holding one); write the read that way")
@@ -160,24 +162,35 @@ def _install() -> None:
     with _install_lock:
         if getattr(environ_type, "_evsys_recorded", False):
             return
-        getitem, iterate = environ_type.__getitem__, environ_type.__iter__
+        getitem, setitem, iterate = environ_type.__getitem__, environ_type.__setitem__, environ_type.__iter__
+        watched = {id(os.environ), id(getattr(os, "environb", None))}  # by identity: `in` on the mappings would compare them whole
 
         def __getitem__(self, key):
-            if _watching and self is os.environ:
+            if _watching and id(self) in watched:
                 frame = sys._getframe(1)
                 for reads in _watching:
-                    reads.saw(key, frame)
+                    reads.saw(_text(key), frame)
             return getitem(self, key)
 
+        def __setitem__(self, key, value):
+            if _watching and id(self) in watched:
+                for reads in _watching:
+                    reads.set.add(_text(key))  # reading back what the plugin set reads nothing from outside
+            return setitem(self, key, value)
+
         def __iter__(self):
-            if _watching and self is os.environ:
+            if _watching and id(self) in watched:
                 frame = sys._getframe(1)
                 for reads in _watching:
                     reads.saw(None, frame)
             return iterate(self)
 
-        environ_type.__getitem__, environ_type.__iter__ = __getitem__, __iter__
+        environ_type.__getitem__, environ_type.__setitem__, environ_type.__iter__ = __getitem__, __setitem__, __iter__
         environ_type._evsys_recorded = True
+
+
+def _text(key):
+    return os.fsdecode(key) if isinstance(key, bytes) else key
 
 
 def _real(path: str | None) -> str | None:
