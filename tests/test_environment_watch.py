@@ -63,15 +63,20 @@ def in_a_thread(x):
 """
 
 
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    path = tmp_path / "env_plugin.py"
-    path.write_text(PLUGIN)
-    spec = importlib.util.spec_from_file_location("env_plugin", path)
+def user_module(folder, name: str, text: str, monkeypatch):
+    """`text` imported as a module of the user's, from its own file."""
+    path = folder / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "env_plugin", module)
+    monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    return user_module(tmp_path, "env_plugin", PLUGIN, monkeypatch)
 
 
 def run(fn, *args):
@@ -145,12 +150,7 @@ def test_a_plugin_backends_variables_key_its_evals(tmp_path, monkeypatch):
     from evsys_rules.config.schema import BenchmarkConfig
     from evsys_rules.nodes.eval import eval_params
 
-    path = tmp_path / "capped_backend.py"
-    path.write_text(BACKEND)
-    spec = importlib.util.spec_from_file_location("capped_backend", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "capped_backend", module)
-    spec.loader.exec_module(module)
+    module = user_module(tmp_path, "capped_backend", BACKEND, monkeypatch)
     bench = BenchmarkConfig(name="b", path=str(tmp_path))
     params = {}
     for value in ("6", "1"):

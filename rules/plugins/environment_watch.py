@@ -41,7 +41,6 @@ _real_paths: dict[str, str] = {}
 def environment_checked(plugin, what: str) -> Iterator[None]:
     """Run a plugin's code (`plugin`: its class or function); raise a ConfigError afterwards if
     it read an environment variable its key does not hold, or the whole environment."""
-    global _watching
     if getattr(plugin, "identity", None) is not None:
         yield  # declared by the plugin itself
         return
@@ -49,15 +48,9 @@ def environment_checked(plugin, what: str) -> Iterator[None]:
     if not files:
         yield
         return
-    _install()
     reads = _Reads(files, set(keyed_names(plugin)))
-    with _install_lock:
-        _watching = _watching + (reads,)
-    try:
+    with _recording(reads):
         yield
-    finally:
-        with _install_lock:
-            _watching = tuple(r for r in _watching if r is not reads)
     reads.check(what)
 
 
@@ -102,9 +95,17 @@ def imports_checked() -> Iterator[None]:
     """Import plugin modules; raise a ConfigError afterwards if a module of yours read, while it
     ran, an environment variable the scan of its own file does not key (a computed name, the whole
     environment): `STYLE = os.environ[APP + "_STYLE"]` at module level would be held unkeyed."""
+    reads = _ImportReads()
+    with _recording(reads):
+        yield
+    reads.check()
+
+
+@contextlib.contextmanager
+def _recording(reads) -> Iterator[None]:
+    """Reads of the environment, on any thread, go to `reads` (besides any other check running)."""
     global _watching
     _install()
-    reads = _ImportReads()
     with _install_lock:
         _watching = _watching + (reads,)
     try:
@@ -112,7 +113,6 @@ def imports_checked() -> Iterator[None]:
     finally:
         with _install_lock:
             _watching = tuple(r for r in _watching if r is not reads)
-    reads.check()
 
 
 class _ImportReads:
