@@ -16,7 +16,8 @@ from .config.loading import LoadedConfig, load_config
 from .models.resolve import cached_snapshot, fetch_model, hub_model, hub_offline
 from .nodes.train import make_backend
 from .plugins import kinds
-from .plugins.code_identity import IdentityCache, use_identity_cache
+from .plugins.code_identity import use_identity_cache
+from .plugins.identity_cache import IdentityCache
 from .config.validate import validate  # noqa: F401  (part of the frontend contract)
 from .outputs.arm_snapshots import arm_snapshots, effective_config  # noqa: F401  (arm_snapshots: part of the frontend contract)
 from .outputs.export import export_node  # noqa: F401  (part of the frontend contract)

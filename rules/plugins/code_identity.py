@@ -33,24 +33,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import sys
-import time
 import types
-from pathlib import Path
 
 import xxhash
 
-from evsys_build.atomic import write_atomic
 from evsys_build.errors import HashingError
 from evsys_build.hashing import canonical_json
-from evsys_build.watch import RACY_NS, watch
 
+from .identity_cache import EVSYS_PACKAGES, IdentityCache, in_evsys, user_plugins
 from .registry import Registry
 from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
-from .code_units import Binding, file_stamp, stat_stamp, module_bindings, module_imports, module_statements, module_text, module_units, unit_of
+from .code_units import Binding, file_stamp, module_bindings, module_imports, module_statements, module_text, module_units, unit_of
 
-EVSYS_PACKAGES = ("evsys_rules", "evsys_build", "evsys_sdk")
 _CHASE_DEPTH = 16  # re-exports followed through at most this many modules
 
 
@@ -119,58 +114,6 @@ def forget_identities() -> None:
     _identities.clear()
 
 
-class IdentityCache:
-    """Identities computed by earlier processes, each valid while every source file it was made
-    of (every module whose source or namespace the walk read) has the same stat identity (a file
-    changed in the last two seconds is never trusted, as git treats racy-clean files). Saves
-    parsing the rules' modules on every `plan` and no-op build."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict | None = None
-        self.dirty = False
-
-    def get(self, key: str) -> str | None:
-        entry = self._load().get(key)
-        if not entry or entry.get("python") != sys.version or "modules" not in entry:
-            return None
-        if any(_module_file(name) != file for name, file in entry["modules"].items()):
-            return None  # a module the walk read now comes from another file (PYTHONPATH, another checkout)
-        if any(_user_plugins(_registry(kind)) != plugins for kind, plugins in entry.get("registered", {}).items()):
-            return None  # a registry it reads holds other plugins now
-        for file, stamp in entry["files"].items():
-            if _stamp(file) != stamp:
-                return None
-            watch(file)
-        return entry["identity"]
-
-    def files(self, key: str) -> list[str]:
-        """The source files the identity `key` was made of (after a `get` that found it)."""
-        return list(self._load()[key]["files"])
-
-    def put(self, key: str, identity: str, files: list[str], modules: dict[str, str | None], registered: dict | None = None) -> None:
-        for file in files:
-            watch(file)
-        stamps = {f: _stamp(f) for f in files}
-        if any(s is None or time.time_ns() - s[1] < RACY_NS for s in stamps.values()):
-            return
-        self._load()[key] = {"identity": identity, "files": stamps, "modules": modules, "python": sys.version, "registered": registered or {}}
-        self.dirty = True
-
-    def save(self) -> None:
-        if self.dirty and self.entries is not None:
-            write_atomic(self.path, json.dumps(self.entries).encode(), self.path.parent / "tmp")
-            self.dirty = False
-
-    def _load(self) -> dict:
-        if self.entries is None:
-            try:
-                self.entries = json.loads(self.path.read_bytes())
-            except (FileNotFoundError, ValueError):
-                self.entries = {}
-        return self.entries
-
-
 _disk: IdentityCache | None = None
 
 
@@ -178,24 +121,6 @@ def use_identity_cache(cache: IdentityCache | None) -> None:
     """Let identities be read from (and written to) `cache` in this process (None: off)."""
     global _disk
     _disk = cache
-
-
-def _user_plugins(registry: Registry | None) -> list[str]:
-    """The user plugins a registry holds, as `name=file::qualname`."""
-    if registry is None:
-        return []
-    out = []
-    for name, item in sorted(registry._items.items()):
-        if not _in_evsys(item):
-            module = sys.modules.get(getattr(item, "__module__", "") or "")
-            out.append(f"{name}={getattr(module, '__file__', None)}::{getattr(item, '__qualname__', '')}")
-    return out
-
-
-def _registry(kind: str) -> Registry | None:
-    from . import registry
-
-    return next((r for r in vars(registry).values() if isinstance(r, Registry) and r.kind == kind), None)
 
 
 def _cache_key(obj, owner) -> str | None:
@@ -208,23 +133,6 @@ def _object_key(obj) -> str | None:
     file = getattr(module, "__file__", None)
     qualname = getattr(obj, "__qualname__", "")
     return f"{file}::{qualname}" if file and "<locals>" not in qualname else None
-
-
-def _module_file(name: str) -> str | None:
-    """The file module `name` is (or, not imported yet, would be) loaded from; never imports it."""
-    module = sys.modules.get(name)
-    if module is not None:
-        return getattr(module, "__file__", None)
-    try:
-        spec = importlib.util.find_spec(name)  # imports its parent packages only
-    except (ImportError, ValueError):
-        return None
-    return spec.origin if spec is not None and spec.has_location else None
-
-
-def _stamp(file: str) -> list | None:
-    stamp = stat_stamp(file)
-    return list(stamp) if stamp is not None else None  # a list: as the cache's JSON gives it back
 
 
 class _Collector:
@@ -242,7 +150,7 @@ class _Collector:
     def registered(self) -> dict[str, list[str]]:
         """Per registry the walk read, the user plugins registered there: a cached identity holds
         only while they are the same (a plugin file added to the config adds one)."""
-        return {kind: _user_plugins(registry) for kind, registry in sorted(self.registries.items())}
+        return {kind: user_plugins(registry) for kind, registry in sorted(self.registries.items())}
 
     def module_objects(self) -> list:
         """The modules the walk read."""
@@ -273,7 +181,7 @@ class _Collector:
         # a plugin's module name stays out of the text: a plugin loaded from a path gets a module
         # name made of that path, and moving a file must not change what it computes
         parts = [f"# {qualname}\n{text}" for (_, qualname), text in self.parts.items()]
-        parts += [f"# module {name if _in_evsys(name) else ''}\n{text}" for name, text in self.modules.items() if text is not None]
+        parts += [f"# module {name if in_evsys(name) else ''}\n{text}" for name, text in self.modules.items() if text is not None]
         return "\n".join(sorted(parts))
 
     def _visit(self, obj) -> None:
@@ -425,7 +333,7 @@ class _Collector:
         """A value the source reads: code is followed (its module read, its definition walked);
         other values are not inspected, their module's text covers how they were made."""
         value = _unwrapped(value)
-        if isinstance(value, Registry) and not _in_evsys(user):
+        if isinstance(value, Registry) and not in_evsys(user):
             self._take_registered(value, user)
             return
         if isinstance(value, types.ModuleType):
@@ -435,7 +343,7 @@ class _Collector:
         if not isinstance(value, (types.FunctionType, type)) or not self._first_party(value):
             return
         if "<locals>" in value.__qualname__:
-            if _in_evsys(value):
+            if in_evsys(value):
                 return  # made at run time (a class built on first use): state, not code; its source is in its module
             self._read_module(sys.modules.get(value.__module__))
         self.queue.append(value)
@@ -446,7 +354,7 @@ class _Collector:
         (the built-in kinds are evsys's code, keyed by the version of evsys's modules it reads)."""
         self.registries[registry.kind] = registry
         for item in registry.registered():
-            if not _in_evsys(item):
+            if not in_evsys(item):
                 self._take(item, user)
 
     def _read_module(self, module) -> bool:
@@ -476,7 +384,7 @@ class _Collector:
         for star in module_bindings(file, stamp).get("*", ()):
             self._read_module(sys.modules.get(star.absolute(module.__package__ or "")))
         self._follow_unit(module_statements(file, stamp), module, module)
-        if not _in_evsys(module):  # every definition of a plugin module: nothing it runs can hide
+        if not in_evsys(module):  # every definition of a plugin module: nothing it runs can hide
             for qualname, unit in module_units(file, stamp).items():
                 if "." not in qualname:
                     self._follow_unit(unit, module, module)
@@ -490,7 +398,7 @@ class _Collector:
         for binding in imports:
             name = binding.absolute(package)
             for target in (sys.modules.get(name), sys.modules.get(f"{name}.{binding.attr}") if binding.attr else None):
-                if isinstance(target, types.ModuleType) and not _in_evsys(target):
+                if isinstance(target, types.ModuleType) and not in_evsys(target):
                     self._read_module(target)
 
     def _first_party(self, obj) -> bool:
@@ -502,11 +410,6 @@ class _Collector:
             return True
         file = getattr(sys.modules.get(module_name), "__file__", None)
         return bool(file) and _user_file(file)
-
-
-def _in_evsys(obj) -> bool:
-    name = obj if isinstance(obj, str) else obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", "")
-    return (name or "").split(".", 1)[0] in EVSYS_PACKAGES
 
 
 def _unwrapped(value):
