@@ -82,8 +82,8 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
         if (run["experiment"], run["id"]) in kept:
             live_objects |= referenced_objects(run.get("files", {}))
     memo_entries = store.entries("memo")
-    resume_memos = _written_by_unfinished(runs, kept, memo_entries)  # a killed build's finished chunks: no manifest names them yet
-    resume_memos += [key for key, entry in memo_entries.items() if not old(entry)]  # a running build's, and the objects they name
+    resume_memos = set(_written_by_unfinished(runs, kept, memo_entries))  # a killed build's finished chunks: no manifest names them yet
+    resume_memos |= {key for key, entry in memo_entries.items() if not old(entry)}  # a running build's, and the objects they name
     for key in resume_memos:
         live_objects |= referenced_objects(store.memo_get(key, quarantine=False) or {})
     report = GcReport(kept_runs=len(kept), kept_nodes=len(live))
@@ -102,7 +102,6 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     dead_objects = [name for name, entry in objects.items() if name not in live_objects and old(entry)]
     report.removed_objects = len(dead_objects)
     report.freed_bytes = sum(objects[o].size for o in dead_objects)
-    resume_memos = set(resume_memos)
     dead_memos = [k for k, entry in memo_entries.items() if old(entry) and k not in resume_memos and not _memo_live(store, k, live_objects, live_checkpoints)]
     report.removed_memos = len(dead_memos)
     report.removed_staging = len(store.stale_staging())

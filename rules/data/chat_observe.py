@@ -244,25 +244,15 @@ def _value_only(fn):
     """A filter that reads its value through (observed) methods but its other arguments in C
     (`'{content}'|replace('{content}', m.content)`, `role|trim(m.content)`): a content among those
     makes the render opaque."""
-    first = 1 if hasattr(fn, "jinja_pass_arg") else 0  # the context jinja passes before the value
-
-    def value_only(*args, **kwargs):
-        args, kwargs = _drained(args), {k: _drain(v) for k, v in kwargs.items()}
-        _mark_if_observed(args[first + 1 :])
-        _mark_if_observed(kwargs.values())
-        return fn(*args, **kwargs)
-
-    if hasattr(fn, "jinja_pass_arg"):
-        value_only.jinja_pass_arg = fn.jinja_pass_arg
-    return value_only
+    return _guarded(fn, skip=(1 if hasattr(fn, "jinja_pass_arg") else 0) + 1)  # the context jinja may pass, then the value
 
 
-def _guarded(fn):
-    """A filter or test that marks the render opaque when a content is among its arguments."""
+def _guarded(fn, skip: int = 0):
+    """A filter or test that marks the render opaque when a content is among its arguments (those after the first `skip`)."""
 
     def guarded(*args, **kwargs):
         args, kwargs = _drained(args), {k: _drain(v) for k, v in kwargs.items()}
-        _mark_if_observed(args)
+        _mark_if_observed(args[skip:])
         _mark_if_observed(kwargs.values())
         return fn(*args, **kwargs)
 

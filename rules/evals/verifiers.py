@@ -181,7 +181,8 @@ def verifier_code(name: str) -> str:
     fn = verifiers.get(name)
     environment = environment_read_by(fn, f"the verifier {name}")
     identity = getattr(fn, "identity", None)  # what else it reads, declared: `fn.identity = lambda: {...}`
+    declared = ""
     if callable(identity):
         unwatchable(f"the verifier {name}'s identity()")
-    declared = f" identity:{digest(identity())}" if callable(identity) else ""
+        declared = f" identity:{digest(identity())}"
     return code_identity(fn) + (f" env:{digest(environment)}" if environment else "") + declared

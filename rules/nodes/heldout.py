@@ -38,15 +38,16 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
     """(benchmark, step, node) for each checkpoint the benchmark scores."""
     backend_cls = kinds.backends.get(arm.config.backend.kind)
     algo = arm.params["algorithm"]
+    scorer = "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"
     params = {
         "rows": statcache.file_digest(Path(bench.path)),
         "shaping": {k: getattr(algo, k) for k in SHAPING_PARAMS if hasattr(algo, k)},
         "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": tokenizer_libraries(model), **clock_params(model)},
         "scorer": {
-            "code": backend_code(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
+            "code": backend_code(backend_cls, scorer),
             "precision": keyed_backend_params(backend_cls, backend_config(backend_cls, arm)),
             "libraries": library_versions(*getattr(backend_cls, "libraries", ())),
-            **backend_environment(backend_cls, "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"),
+            **backend_environment(backend_cls, scorer),
         },
     }
     return [

@@ -22,7 +22,7 @@ from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm, LoadedConfig, check_source
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
-from ..plugins.environment_reads import environment_read_by
+from ..plugins.environment_reads import environment_param
 from ..plugins.environment_watch import environment_checked
 from ..plugins.installed import library_versions
 from .jsonl_scan import jsonl_chunks
@@ -56,7 +56,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
             "suffixes": [Path(f).suffix for f in files],  # a source may parse by suffix (`json`: .json whole, .jsonl by line)
             **({"identity": identity()} if identity is not None else {}),
             **({"libraries": library_versions(*source_cls.libraries)} if getattr(source_cls, "libraries", ()) else {}),
-            **_environment(source_cls),
+            **environment_param(source_cls, f"the source {source_cls.__name__}"),
         },
         run=run_source,
         arm=arm.name,
@@ -65,11 +65,6 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
                       "environment": "an environment variable the source reads changed"},
         payload={"source": source},
     )
-
-
-def _environment(source_cls) -> dict:
-    environment = environment_read_by(source_cls, f"the source {source_cls.__name__}")
-    return {"environment": environment} if environment else {}
 
 
 def _watch_plugin_source(source, files: list, path, has_identity: bool) -> None:

@@ -27,7 +27,7 @@ from ..models.resolve import ResolvedModel, local_model_dir
 from ..outputs.hub import notify_train_step, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity, declared_version, method_identity
-from ..plugins.environment_reads import environment_read_by
+from ..plugins.environment_reads import environment_param
 from ..plugins.installed import library_versions
 from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
@@ -36,16 +36,10 @@ from .views import Checkpoint, TokenDataset, TrainResult
 SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
 
 
-def _environment(cls, what: str) -> dict:
-    """The environment variables a plugin algorithm's or backend's modules name, by value (none for evsys's own)."""
-    environment = environment_read_by(cls, what)
-    return {"environment": environment} if environment else {}
-
-
 def backend_environment(backend_cls, method: str) -> dict:
     """What the modules behind a plugin backend's `method` read of the environment: in its train,
     eval and held-out keys, as `backend_code` is."""
-    return _environment(getattr(backend_cls, method), f"the backend {getattr(backend_cls, '__name__', backend_cls)}")
+    return environment_param(getattr(backend_cls, method), f"the backend {getattr(backend_cls, '__name__', backend_cls)}")
 
 
 def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, data_where: str = "data") -> Node:
@@ -74,7 +68,7 @@ def train_node(arm: Arm, tokens: Node, model: ResolvedModel, callbacks=None, dat
             },
             "algorithm": {"kind": cfg.algorithm.kind, "params": algo_params, "code": code_identity(algo_cls),
                           **({"libraries": library_versions(*algo_cls.libraries)} if getattr(algo_cls, "libraries", ()) else {}),
-                          **_environment(algo_cls, f"the algorithm {cfg.algorithm.kind}")},
+                          **environment_param(algo_cls, f"the algorithm {cfg.algorithm.kind}")},
             "seed": cfg.seed,
         },
         inputs=[("tokens", tokens)],

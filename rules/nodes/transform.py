@@ -21,7 +21,7 @@ from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
-from ..plugins.environment_reads import environment_read_by
+from ..plugins.environment_reads import environment_param
 from ..plugins.environment_watch import environment_checked
 from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset
@@ -76,10 +76,7 @@ def read_at_run_time(transform, statcache: StatCache) -> dict:
     their paths, and a file edited during the build fails the node) and `identity()` (plain data:
     a table version, a variable whose name it computes; nothing a stat can follow, so a config
     with one always compiles)."""
-    declared = {}
-    environment = environment_read_by(type(transform), f"the transform {type(transform).__name__}")
-    if environment:
-        declared["environment"] = environment
+    declared = environment_param(type(transform), f"the transform {type(transform).__name__}")
     files = getattr(transform, "files", None)
     if files is not None:
         with environment_checked(type(transform), f"the transform {type(transform).__name__}"):

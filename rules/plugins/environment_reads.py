@@ -39,6 +39,12 @@ def environment_read_by(obj, what: str) -> dict[str, str | None]:
     return {name: _value_digest(os.environ.get(name)) for name in names}
 
 
+def environment_param(obj, what: str) -> dict:
+    """`{"environment": environment_read_by(obj, what)}` for a node's params, or {} when it reads none."""
+    environment = environment_read_by(obj, what)
+    return {"environment": environment} if environment else {}
+
+
 def is_credential(name: str) -> bool:
     """Whether a variable's name marks a credential (`OPENAI_API_KEY`, `HF_TOKEN`, `DB_PASSWORD`):
     it says who is served, not what is computed, so it keys nothing and rotating it reruns nothing."""
@@ -80,11 +86,6 @@ def _names(file: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         if time.time_ns() - st.st_mtime_ns >= RACY_NS:  # a file written just now may change again within its tick
             _names_in[key] = known
     return known
-
-
-def names_read(source: str) -> set[str]:
-    """The variables `source` reads or tests by a literal name, or by a module constant holding one."""
-    return names_and_constants(source)[0]
 
 
 def names_and_constants(source: str) -> tuple[set[str], set[str]]:

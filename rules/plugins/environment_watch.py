@@ -65,8 +65,7 @@ class _Reads:
         self.set: set[str] = set()  # variables the plugin set itself while it ran
 
     def saw(self, name, frame) -> None:
-        while frame is not None and frame.f_code.co_filename in _PASSED_THROUGH:
-            frame = frame.f_back
+        frame = _reader(frame)
         if frame is None or _real(frame.f_code.co_filename) not in self.files:
             return  # a library's read, or evsys's own
         where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
@@ -123,8 +122,7 @@ class _ImportReads:
         self.set: set[str] = set()  # variables a module set itself while it ran
 
     def saw(self, name, frame) -> None:
-        while frame is not None and frame.f_code.co_filename in _PASSED_THROUGH:
-            frame = frame.f_back
+        frame = _reader(frame)
         if frame is None:
             return
         file = _real(frame.f_code.co_filename)
@@ -187,6 +185,13 @@ def _install() -> None:
 
         environ_type.__getitem__, environ_type.__setitem__, environ_type.__iter__ = __getitem__, __setitem__, __iter__
         environ_type._evsys_recorded = True
+
+
+def _reader(frame):
+    """The frame that asked for the variable: past `os.getenv`, `Mapping.get` and `in`."""
+    while frame is not None and frame.f_code.co_filename in _PASSED_THROUGH:
+        frame = frame.f_back
+    return frame
 
 
 def _text(key):
