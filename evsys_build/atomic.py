@@ -1,4 +1,4 @@
-"""Atomic file writes: temp file in the same filesystem, fsync, rename."""
+"""Atomic file writes: temp file in the same filesystem, fsync, rename, fsync the folder."""
 
 from __future__ import annotations
 
@@ -46,19 +46,20 @@ def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool, fsy
                 os.fsync(f.fileno())
         if not exclusive:
             os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in NO_HARD_LINKS:
-                raise
-            if path.exists():  # a filesystem without hard links: check, then rename (not atomic)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
                 return False
-            os.replace(tmp, path)
-            tmp = None
-            return True
+            except OSError as exc:
+                if exc.errno not in NO_HARD_LINKS:
+                    raise
+                if path.exists():  # a filesystem without hard links: check, then rename (not atomic)
+                    return False
+                os.replace(tmp, path)
+                tmp = None
+        if fsync:
+            _fsync_folder(path.parent)
         return True
     except OSError as exc:
         if exc.errno in DISK_ERRNOS:
@@ -66,6 +67,23 @@ def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool, fsy
         raise
     finally:
         _remove(tmp if tmp and os.path.exists(tmp) else None)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename or link in `folder` survive a power failure: the new name lives in the
+    folder's own entries, which fsync of the file does not write. Filesystems that cannot fsync
+    a folder (some network mounts, Windows) are left as they are."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP}:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _staging_file(staging: Path) -> tuple[int, str]:

@@ -218,12 +218,14 @@ def test_data_chunks_skip_fsync_and_everything_else_keeps_it(tmp_path, monkeypat
     store = Store(tmp_path / "cache")
     synced = []
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
     chunk = write_row_chunk(store, [{"a": 1}])
     map_chunks(store, [chunk], {"rule": "t"}, lambda c: write_row_chunk(store, [{"a": 2}]))
     assert synced == []
-    store.put_bytes(b"a checkpoint")
-    assert len(synced) == 1
+    blob = store.put_bytes(b"a checkpoint")
+    staged, folder = synced
+    assert Path(staged).name.startswith(".evsys-")
+    assert any(p.name.startswith(blob[2:]) for p in Path(folder).iterdir()), "the folder holding the new name is fsynced, so the name survives a power failure"
 
 
 def test_a_token_chunk_that_does_not_hold_its_arrays_is_quarantined(tmp_path):
