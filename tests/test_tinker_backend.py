@@ -68,7 +68,11 @@ def walkthrough_project(root: Path, config: str | None = None) -> Path:
     shutil.copy(EXAMPLE / "data" / "train.jsonl", example / "data" / "train.jsonl")
     tasks = (EXAMPLE / "data" / "val" / "tasks.jsonl").read_text().splitlines()[:VAL_TASKS]
     (example / "data" / "val" / "tasks.jsonl").write_text("\n".join(tasks) + "\n")
-    text = config if config is not None else (EXAMPLE / "config.yaml").read_text().replace("name: Qwen/Qwen3.5-4B", f"name: {TINY}")
+    held = [{"messages": [{"role": "user", "content": f"Which tool adds {a} and {b}?"}, {"role": "assistant", "content": f"calculator: {a} + {b}"}]} for a, b in ((2, 3), (17, 40))]
+    (example / "data" / "held.jsonl").write_text("".join(json.dumps(row) + "\n" for row in held))
+    text = config if config is not None else (EXAMPLE / "config.yaml").read_text().replace("name: Qwen/Qwen3.5-4B", f"name: {TINY}").replace(
+        "      max_tokens: 64\n", "      max_tokens: 64\n    - {name: held, kind: nll, path: examples/sft_walkthrough/data/held.jsonl, run_every: 1}\n")
+    assert config is not None or "name: held" in text
     (example / "config.yaml").write_text(text)
     return root
 
@@ -118,7 +122,7 @@ def test_the_walkthrough_config_builds_on_tinker_through_run_py(walkthrough):
     assert any(line.startswith("Artifacts:  ['run_dir', 'checkpoint-final', 'state-final'") for line in lines)
     assert "Conclusion: 1/1 arms completed." in lines
     assert {"train", "eval val@1", "eval val@2", "report"} <= ran_names(walkthrough.proc.stdout)
-    val = [r for r in metrics_rows(walkthrough.project) if r["split"] == "val"]
+    val = [r for r in metrics_rows(walkthrough.project) if r["split"] == "val" and "val/held/nll" not in r["metrics"]]
     assert [r["step"] for r in val] == [1, 2] and all("val/val/pass@1" in r["metrics"] for r in val)
     paths = {p for p, _, _ in walkthrough.requests}
     assert {"/api/v1/create_model", FB, "/api/v1/optim_step", "/api/v1/save_weights", "/api/v1/save_weights_for_sampler",
@@ -211,7 +215,7 @@ def test_evaluation_sends_the_local_prompts_all_at_once_with_the_end_of_turn_sto
     system = "You select the single best tool for the user's query."
     tasks = load_tasks(walkthrough.project / "examples" / "sft_walkthrough" / "data" / "val")
     expected = sorted(prompt_ids(tok, task_messages(t, system)) for t in tasks)
-    samples = [(body, t) for path, body, t in walkthrough.requests if path == "/api/v1/asample"]
+    samples = [(body, t) for path, body, t in walkthrough.requests if path == "/api/v1/asample" and not body.get("prompt_logprobs")]
     by_session: dict[str, list] = {}
     for body, _ in samples:
         by_session.setdefault(body["sampling_session_id"], []).append(body)
@@ -222,6 +226,16 @@ def test_evaluation_sends_the_local_prompts_all_at_once_with_the_end_of_turn_sto
             {"max_tokens": 64, "temperature": 0.0, "stop": end_of_turn_ids(tok), "top_k": -1, "top_p": 1.0, "seed": 0}, sort_keys=True)}
     first_result = min(t for _, path, t in walkthrough.deliveries if path == "/api/v1/asample")
     assert sum(t < first_result for _, t in samples) >= VAL_TASKS  # a whole benchmark before any answer
+
+
+def test_the_service_is_asked_for_the_local_backends_lora_layers(walkthrough):
+    """Attention and MLP adapters, no unembedding adapter, as the local backend trains: said
+    explicitly, since the SDK's own default would also train the unembedding."""
+    from evsys_rules.backends.local.model_io import LORA_TARGETS
+
+    created = [body["lora_config"] for path, body, _ in walkthrough.requests if path == "/api/v1/create_model"]
+    assert created and all(c["train_attn"] and c["train_mlp"] and c["train_unembed"] is False for c in created)
+    assert "lm_head" not in LORA_TARGETS and {"q_proj", "down_proj"} <= set(LORA_TARGETS)
 
 
 def test_step_two_is_submitted_before_step_one_is_fetched(walkthrough):
@@ -246,12 +260,15 @@ def test_same_losses_and_scores_as_the_local_backend(walkthrough, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
     def series(rows, split, name):
-        return [(r["step"], r["metrics"][name]) for r in rows if r["split"] == split]
+        return [(r["step"], r["metrics"][name]) for r in rows if r["split"] == split and name in r["metrics"]]
 
     tinker_rows, local_rows = metrics_rows(walkthrough.project), metrics_rows(local)
     assert series(tinker_rows, "train", "train_mean_nll") == series(local_rows, "train", "train_mean_nll")
     assert series(tinker_rows, "train", "optim/grad_norm") == series(local_rows, "train", "optim/grad_norm")
     assert series(tinker_rows, "val", "val/val/pass@1") == series(local_rows, "val", "val/val/pass@1")
+    held_out = series(tinker_rows, "val", "val/held/nll")  # scored by the service's compute_logprobs
+    assert [s for s, _ in held_out] == [1, 2] and all(v > 0 for _, v in held_out)
+    assert [v for _, v in held_out] == pytest.approx([v for _, v in series(local_rows, "val", "val/held/nll")], rel=1e-5)
 
 
 def test_switching_backend_reruns_training_and_evals_never_data(walkthrough, tmp_path):
@@ -393,6 +410,28 @@ def test_a_failed_step_is_recovered_once_from_the_last_saved_state(server, home,
         train_sft(TinkerTrainingClient(TINY, 1, 0, server.base_url), data, cfg, seed=0, save_steps=set(), resume=None,
                   on_step=lambda s, m: None, on_checkpoint=lambda s, c: None, log=logs.append)
     assert len(logs) == 2 and "from scratch" in logs[1]
+
+
+def test_a_failed_adapter_download_is_retried_then_the_checkpoint_is_kept_without_it(server, home, monkeypatch, capsys):
+    """The adapter's files are an optional copy of what the service already saved: a transient
+    failure is retried, and one that lasts stores the checkpoint without them, never losing the step."""
+    from evsys_rules.backends.tinker import training
+    from evsys_rules.backends.tinker.training import SAMPLER_FILE, STATE_FILE, TinkerTrainingClient
+
+    monkeypatch.setenv("TINKER_API_KEY", KEY)
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    monkeypatch.setattr(training, "DOWNLOAD_RETRIES", (0.0, 0.0, 0.0))
+    client = TinkerTrainingClient(TINY, 1, 0, server.base_url)
+    server.fail_next("/files/", 503)
+    state, weights, _ = client.save_checkpoint_async("once").result()
+    assert "adapter/adapter_config.json" in weights and STATE_FILE in state
+
+    server.fail_next("/files/", 503, times=1 + len(training.DOWNLOAD_RETRIES))
+    state, weights, remote = client.save_checkpoint_async("never").result()
+    assert set(weights) == {SAMPLER_FILE} and json.loads(state[STATE_FILE])["path"] == remote["state"]
+    assert "failed after 4 tries (HTTP 503" in capsys.readouterr().err
+    [[completion]] = client.sampling_client().sample([[1, 2, 3]], max_tokens=2)  # the protocol's in-loop sampler
+    assert len(completion) <= 2
 
 
 @pytest.mark.parametrize("status,expected", [

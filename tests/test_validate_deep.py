@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from evsys_build.store import Store
 from evsys_testkit import BASE_CONFIG, evsys, make_project, tool_rows, write_jsonl
 
 CHAT_CONFIG = """\
@@ -139,3 +140,39 @@ def test_deep_validate_reports_what_it_read(tmp_path):
     (project / "held.jsonl").write_text(json.dumps({"messages": [{"role": "narrator", "content": "x"}]}) + "\n")
     msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
     assert msg == "held.jsonl:1: messages[0].role 'narrator' is not system, user, assistant or tool"
+
+
+NO_SCORER = '''\
+from evsys_sdk import register_backend
+from evsys_rules.backends.local import LocalBackend
+
+
+@register_backend("unscored")
+class Unscored:
+    """Trains and samples as the local backend does, but cannot score held-out loss."""
+    Config = LocalBackend.Config
+
+    def __init__(self, config=None):
+        self.local = LocalBackend(config)
+
+    def create_training_client(self, model_dir, lora_rank, seed):
+        return self.local.create_training_client(model_dir, lora_rank, seed)
+
+    def sampling_client_from_weights(self, model_dir, blobs):
+        return self.local.sampling_client_from_weights(model_dir, blobs)
+'''
+
+
+def test_held_out_loss_on_a_backend_that_cannot_score_it_is_refused_before_training(tmp_path):
+    """Found by validate --deep and by the build's compile step, with the same line: never after
+    the (paid) training has run."""
+    config = CHAT_CONFIG.replace("MODEL", "evsys/tiny-qwen3").replace("SUPERVISE", "all_assistant")
+    config += "plugins: [unscored.py]\nbackend: {kind: unscored}\nmetadata:\n  benchmark:\n    - {name: held, kind: nll, path: held.jsonl}\n"
+    project = make_project(tmp_path / "p", [], config)
+    write_jsonl(project / "data" / "train.jsonl", [chat(i) for i in range(4)])
+    write_jsonl(project / "held.jsonl", [chat(i) for i in range(2)])
+    (project / "unscored.py").write_text(NO_SCORER)
+    line = config.splitlines().index("    - {name: held, kind: nll, path: held.jsonl}") + 1
+    assert same_error(project) == (f"config.yaml:{line}:26: metadata.benchmark[0] (held): backend unscored cannot score held-out loss "
+                                   "(kind: nll; it has no score_from_weights); use a backend that does, such as local or tinker")
+    assert not (project / "cache").exists() or not list(Store(project / "cache").iter_manifests()), "no node ran"

@@ -21,7 +21,7 @@ class SFTConfig(BaseModel, extra="forbid"):
     num_epochs: Optional[float] = Field(None, gt=0)  # instead of max_steps: passes over the data (steps = ceil(rows × epochs / (batch_size × gradient_accumulation_steps)))
     batch_size: int = Field(8, ge=1)  # conversations per micro-batch (per step without accumulation)
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches per optimizer step: the step sees batch_size × this conversations
-    lora_rank: int = Field(8, ge=0)  # 0 = train all weights
+    lora_rank: int = Field(8, ge=0)  # 0 = train all weights; otherwise LoRA adapters (alpha 32) on the attention and MLP projections, not the embedding or unembedding, on every backend
     supervise: Supervise = "all_assistant"  # which turns carry loss; an assistant message with `weight: 0` (OpenAI's fine-tuning format) is never trained, and `last_assistant` trains the last turn not marked so (`all` refuses such rows)
     max_length: int = Field(2048, ge=8)  # tokens; longer conversations are truncated
     truncation: Literal["right", "left"] = "right"  # which end to cut

@@ -17,7 +17,7 @@ from ..data.conversation import check_conversation
 from ..data.sources import read_jsonl
 from ..models.resolve import cached_snapshot, hub_model, resolve_model
 from ..models.tiny import TINY_MODEL_NAME
-from ..nodes.eval import benchmark_tasks, check_heldout_path
+from ..nodes.eval import benchmark_tasks, check_heldout
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
 from ..plugins import kinds
 from .deep_rows import check_rows
@@ -82,7 +82,7 @@ def _deep_benchmarks(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str
                 raise ConfigError(f"metadata.benchmark: two benchmarks are named {name!r} (names must be unique)")
     for i, bench in enumerate(arm.config.metadata.benchmark):
         if bench.kind == "nll":
-            check_heldout_path(loaded, i, bench, arm)
+            check_heldout(loaded, i, bench, arm)
             rows = _check_heldout_rows(Path(bench.path))
             if bench.path not in seen:
                 seen.add(bench.path)

@@ -54,7 +54,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
     for index, bench in enumerate(arm.config.metadata.benchmark):
         steps = eval_steps(bench, max_steps)
         if bench.kind == "nll":
-            check_heldout_path(loaded, index, bench, arm)
+            check_heldout(loaded, index, bench, arm)
             evals += heldout_nodes(arm, bench, {s: checkpoints[s] for s in steps}, model, statcache, callbacks, resources)
             continue
         tasks = benchmark_tasks(loaded, index, bench, arm)
@@ -117,8 +117,14 @@ def benchmark_tasks(loaded: LoadedConfig, index: int, bench, arm: Arm | None = N
         raise ConfigError(f"{label}: {exc.message}") from None
 
 
-def check_heldout_path(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> None:
-    """A `kind: nll` benchmark's path must be a JSONL file of chat rows."""
+def check_heldout(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> None:
+    """A `kind: nll` benchmark's path must be a JSONL file of chat rows, and the backend must
+    score them (checked before any node runs, so a build never trains first and fails after)."""
+    backend = kinds.backends.get(arm.config.backend.kind) if arm is not None else None
+    if backend is not None and not hasattr(backend, "score_from_weights"):
+        with located(loaded, ("metadata", "benchmark", index, "kind"), arm):
+            raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): backend {arm.config.backend.kind} cannot score held-out loss "
+                              "(kind: nll; it has no score_from_weights); use a backend that does, such as local or tinker")
     path = Path(bench.path)
     with located(loaded, ("metadata", "benchmark", index, "path"), arm):
         if not path.is_file():

@@ -38,7 +38,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
     """(benchmark, step, node) for each checkpoint the benchmark scores."""
     backend_cls = kinds.backends.get(arm.config.backend.kind)
     algo = arm.params["algorithm"]
-    scorer = "score_from_weights" if hasattr(backend_cls, "score_from_weights") else "sampling_client_from_weights"
+    scorer = "score_from_weights"  # check_heldout refused a backend without it
     params = {
         "rows": statcache.file_digest(Path(bench.path)),
         "shaping": {k: getattr(algo, k) for k in SHAPING_PARAMS if hasattr(algo, k)},
@@ -98,12 +98,9 @@ def run_heldout(ctx: RunContext) -> dict:
     with pinned(ctx.node.params["model"].get("clock")):
         rows = heldout_rows(Path(bench.path), tok, ctx.node.params["shaping"])
     backend = make_backend(arm)
-    score = getattr(backend, "score_from_weights", None)
-    if score is None:
-        raise ConfigError(f"metadata.benchmark ({bench.name}): backend {arm.config.backend.kind} cannot score held-out loss (kind: nll); use the local backend")
     weights = {name: ctx.store.get_bytes(blob) for name, blob in Checkpoint.of(ctx.inputs["checkpoint"]).weights.items()}
     ctx.progress(0, len(rows), f"scoring {len(rows)} rows")
-    per_row = score(payload["model_dir"], weights, [Datum(ids, w) for ids, w in rows])
+    per_row = backend.score_from_weights(payload["model_dir"], weights, [Datum(ids, w) for ids, w in rows])
     loss = sum(nll for nll, _ in per_row)
     tokens = sum(n for _, n in per_row)
     metrics = {"nll": loss / tokens if tokens else None}

@@ -87,3 +87,11 @@ class LocalCompute:
 
     def sample(self, weights, prompt_ids, max_tokens, temperature, stop, num_samples, seed, *, base_model):
         return self.sample_batch(weights, [prompt_ids], max_tokens, temperature, stop, num_samples, [seed], base_model=base_model)[0]
+
+    def prompt_logprobs(self, weights, prompt_ids, *, base_model) -> list[float | None]:
+        """log p(ids[t] | ids[:t]) for each prompt token, None for the first (as the service
+        answers `compute_logprobs`), by the same scoring the local backend's held-out loss uses."""
+        from evsys_rules.backends.local.scoring import token_logprobs
+
+        sampler = self._sampler(weights, base_model)
+        return [None, *token_logprobs(sampler.model, sampler.device, prompt_ids)]

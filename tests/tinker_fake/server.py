@@ -7,7 +7,7 @@ Stdlib only (http.server, json; protobuf codec in tinker_wire.py). Usage in a te
     sc = tinker.ServiceClient(base_url=base_url, api_key="tml-test")  # key MUST start "tml-"
     ...; srv.stop()
 
-Wire protocol: see PROTOCOL.md. The math is delegated to `compute`, which is only ever called
+Wire protocol: the SDK's REST calls (tinker/resources/), protobuf bodies in wire.py. The math is delegated to `compute`, which is only ever called
 from ONE worker thread, in request-arrival order (so it needs no locking):
 
   create(base_model, lora_rank, seed) -> handle                      (any object)
@@ -251,9 +251,9 @@ class TinkerProtocolServer:
             raise HTTPError(400, f"Base model {name!r} is not supported. "
                                  f"Supported models: {', '.join(names)}")
 
-    def _new_model(self, model_id: str, base_model: str, rank: int, seed) -> dict:
+    def _new_model(self, model_id: str, base_model: str, rank: int, seed, layers: dict) -> dict:
         rec = {"handle": None, "base_model": base_model, "lora_rank": rank, "seed": seed,
-               "created": _iso()}
+               "layers": layers, "created": _iso()}
         with self._lock:
             self._models[model_id] = rec
         return rec
@@ -266,7 +266,7 @@ class TinkerProtocolServer:
             self._checkpoints[path] = {
                 "path": path, "run": model_id, "kind": kind, "id": f"{segment}/{name}",
                 "data": data, "files": files, "time": _iso(), "base_model": rec["base_model"],
-                "lora_rank": rec["lora_rank"]}
+                "lora_rank": rec["lora_rank"], "layers": rec["layers"]}
         return path
 
     @staticmethod
@@ -332,7 +332,10 @@ class TinkerProtocolServer:
         self._check_base_model(body["base_model"])
         model_id = f"{body['session_id']}:train:{body['model_seq_id']}"
         lora = body.get("lora_config") or {}
-        rec = self._new_model(model_id, body["base_model"], lora.get("rank", 32), lora.get("seed"))
+        layers = {k: lora.get(k, True) for k in ("train_mlp", "train_attn", "train_unembed")}  # the service's defaults
+        if layers != {"train_mlp": True, "train_attn": True, "train_unembed": False}:
+            raise HTTPError(400, f"this test server's compute adapts attention and MLP only, not {layers}")
+        rec = self._new_model(model_id, body["base_model"], lora.get("rank", 32), lora.get("seed"), layers)
 
         def job():
             rec["handle"] = self.compute.create(rec["base_model"], rec["lora_rank"], rec["seed"])
@@ -413,7 +416,7 @@ class TinkerProtocolServer:
             model_id = f"{body['session_id']}:train:{body['model_seq_id']}"
             self._check_base_model(body.get("base_model") or ck["base_model"])
             rec = self._new_model(model_id, body.get("base_model") or ck["base_model"],
-                                  ck["lora_rank"], None)
+                                  ck["lora_rank"], None, ck["layers"])
 
         def job():
             if rec["handle"] is None:
@@ -454,6 +457,18 @@ class TinkerProtocolServer:
                              else "length"))
             return "proto", wire.encode_sample_response(seqs)
 
+        if body.get("prompt_logprobs"):  # compute_logprobs: scored one request at a time
+            last_n = body.get("prompt_logprobs_last_n")
+
+            def scored():
+                lps = self.compute.prompt_logprobs(s["weights"], prompt, base_model=s["base_model"])
+                if last_n:
+                    lps = [None] * (len(lps) - last_n) + lps[-last_n:]
+                _, out = encode(self.compute.sample(s["weights"], prompt, sp.get("max_tokens"), sp.get("temperature", 1.0),
+                                                    sp.get("stop"), n, sp.get("seed"), base_model=s["base_model"]))
+                return "proto", out + wire.encode_sample_response([], lps)
+            return self._submit(API + "/asample (prompt logprobs)", scored, sample_sequence_ids=[self._next_id("seq") for _ in range(n)])
+
         def job():
             return encode(self.compute.sample(s["weights"], prompt, sp.get("max_tokens"),
                                               sp.get("temperature", 1.0), sp.get("stop"), n,
@@ -477,8 +492,7 @@ class TinkerProtocolServer:
     def _weights_info(self, tinker_path: str) -> dict:
         c = self._get(self._checkpoints, tinker_path, "Checkpoint")
         return {"base_model": c["base_model"], "is_lora": True, "lora_rank": c["lora_rank"],
-                "optimizer_config": {"type": "adamw"}, "train_mlp": True, "train_attn": True,
-                "train_unembed": True}
+                "optimizer_config": {"type": "adamw"}, **c["layers"]}
 
     def _training_runs(self, method: str, rest: str) -> object:
         run, _, sub = rest.partition("/")  # run ids contain ':' but no '/'

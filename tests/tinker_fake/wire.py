@@ -2,7 +2,8 @@
 
 tinker 0.38 sends POST /api/v1/forward_backward as protobuf (ForwardBackwardRequest,
 resources/training.py:36) and accepts ForwardBackwardOutput / SampleResponse results ONLY as
-protobuf (lib/api_future_impl.py:591). Field numbers: see PROTOCOL.md section 5.
+protobuf (lib/api_future_impl.py:591). Field numbers: the SDK's own tinker/proto/tinker_public_pb2
+(`SampleResponse.DESCRIPTOR.fields`, for instance).
 """
 
 from __future__ import annotations
@@ -132,11 +133,16 @@ def encode_forward_backward_output(metrics: dict, per_datum: dict[str, list], n:
     return out
 
 
-def encode_sample_response(seqs: list[tuple[list[int], list[float] | None, str]]) -> bytes:
+def encode_sample_response(seqs: list[tuple[list[int], list[float] | None, str]],
+                           prompt_logprobs: list[float | None] | None = None) -> bytes:
+    """SampleResponse: its sequences (field 1) and, when asked, the prompt's logprobs (field 2,
+    float32 bytes, NaN where there is none)."""
     out = b""
     for tokens, logprobs, reason in seqs:  # StopReason: 0 stop, 1 length; tokens int32
         seq = _int_field(1, 0 if reason == "stop" else 1) + _len_field(2, _pack("i", tokens))
         if logprobs is not None:
             seq += _len_field(3, _pack("f", logprobs))
         out += _len_field(1, seq)
+    if prompt_logprobs is not None:
+        out += _len_field(2, _pack("f", [float("nan") if lp is None else lp for lp in prompt_logprobs]))
     return out

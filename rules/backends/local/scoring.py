@@ -21,7 +21,22 @@ def score_datums(model, device, datums: Sequence[Datum]) -> list[tuple[float, fl
             if ids.shape[1] < 2 or float(weights.sum()) == 0.0:
                 out.append((0.0, 0.0))
                 continue
-            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
-            logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+            logp = _logprobs(model, ids)
             out.append((float(-(logp * weights).sum()), float(weights.sum())))
     return out
+
+
+def token_logprobs(model, device, ids: Sequence[int]) -> list[float]:
+    """log p(ids[t] | ids[:t]) for t >= 1, in float32."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return _logprobs(model, torch.as_tensor(list(ids), dtype=torch.long, device=device)[None]).tolist()
+
+
+def _logprobs(model, ids):
+    import torch
+
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]

@@ -78,6 +78,11 @@ class TinkerBackend:
         sampler = call(lambda: sc.create_sampling_client(model_path=path).result(), f"creating a sampler for {path}", self.cfg.base_url)
         return TinkerSamplingClient(sampler, self.cfg.base_url)
 
+    def score_from_weights(self, model_dir: Path, blobs: dict[str, bytes], datums) -> list[tuple[float, float]]:
+        """Per datum, (sum of -logprob × weight, sum of weights) under a checkpoint's sampler
+        weights on the service: what a held-out loss benchmark averages."""
+        return self.sampling_client_from_weights(model_dir, blobs).score(datums)
+
     @staticmethod
     def missing_remote(paths: list[str], service: dict) -> Optional[dict[str, str]]:
         """{path: why} for the paths the service no longer has; None when it cannot be asked."""

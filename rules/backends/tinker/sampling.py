@@ -57,6 +57,33 @@ class TinkerSamplingClient:
         return out
 
 
+    def score(self, datums) -> list[tuple[float, float]]:
+        """Per datum, (sum over t of -log p(ids[t] | ids[:t]) × weights[t], sum of weights[1:]),
+        from the service's prompt logprobs (`compute_logprobs`), every row submitted before any
+        answer is awaited: the local backend's held-out scoring, computed by the service."""
+        from tinker import types
+
+        rows = [(list(map(int, d.input_ids)), [float(w) for w in d.weights]) for d in datums]
+        futures = [
+            call(lambda ids=ids: self.sampler.compute_logprobs(types.ModelInput.from_ints(ids)), "submitting a scoring request", self.base_url)
+            if len(ids) >= 2 and any(weights[1:]) else None
+            for ids, weights in rows
+        ]
+        out = []
+        for (ids, weights), future in zip(rows, futures):
+            if future is None:
+                out.append((0.0, 0.0))
+                continue
+            try:
+                logprobs = call(future.result, "scoring", self.base_url)
+            except StepFailed as exc:
+                raise NodeFailed(f"tinker: {exc}") from None
+            if len(logprobs) != len(ids) or any(logprobs[t] is None for t in range(1, len(ids)) if weights[t]):
+                raise NodeFailed(f"tinker: the service scored {len(logprobs)} of a row's {len(ids)} tokens, some without a logprob; held-out loss needs every weighted one")
+            out.append((-sum(weights[t] * logprobs[t] for t in range(1, len(ids)) if weights[t]), sum(weights[1:])))
+        return out
+
+
 def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
     for k, tok in enumerate(tokens):
         if tok in stops:

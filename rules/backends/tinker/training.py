@@ -11,6 +11,8 @@ download, so a checkpoint that expires on the service keeps its weights in the l
 from __future__ import annotations
 
 import json
+import sys
+import time
 import uuid
 from typing import Callable, Optional, Sequence
 
@@ -19,6 +21,10 @@ from .service import call, rest_client, service_client
 
 STATE_FILE = "tinker_state.json"  # the state blob: which tinker:// path to resume from
 SAMPLER_FILE = "tinker_sampler.json"  # among the weights: which tinker:// path samplers load
+# Which layers get adapters: attention and MLP, not the unembedding, as the local backend's
+# LORA_TARGETS. Said explicitly: the SDK's own default also trains the unembedding, and the same
+# config must train the same weights on both backends.
+LORA_LAYERS = {"train_attn": True, "train_mlp": True, "train_unembed": False}
 
 
 def tinker_datum(datum: Datum):
@@ -65,7 +71,7 @@ class TinkerTrainingClient:
         if self._tc is None:
             sc = service_client(self.base_url)
             self._tc = call(
-                lambda: sc.create_lora_training_client(base_model=self.base_model, rank=self.lora_rank, seed=self.seed).result(),
+                lambda: sc.create_lora_training_client(base_model=self.base_model, rank=self.lora_rank, seed=self.seed, **LORA_LAYERS).result(),
                 f"creating a LoRA training client for {self.base_model}",
                 self.base_url,
             )
@@ -167,9 +173,10 @@ class TinkerTrainingClient:
 
     def _download(self, export) -> dict[str, bytes]:
         """The exported adapter's files (from the service's signed URLs), then the export deleted
-        from the service. A service that offers no export stores the checkpoint without them."""
-        import urllib.request  # http.client and ssl: only a build that exports weights pays for them
-
+        from the service. A service that offers no export, or files that still fail to download
+        after retries, leave the checkpoint stored without them (with a warning): the state and
+        sampler weights are already saved on the service, and a step's work is never thrown away
+        for an optional copy."""
         import tinker
 
         try:
@@ -178,10 +185,12 @@ class TinkerTrainingClient:
             return {}
         rest = rest_client(self.base_url)
         urls = call(lambda: rest.get_external_weights_urls(path).result(), f"listing the files of {path}", self.base_url).urls
-        files = {}
-        for name, url in sorted(urls.items()):
-            with urllib.request.urlopen(url, timeout=300) as response:  # a signed URL: no key is sent
-                files[f"adapter/{name}"] = response.read()
+        try:
+            files = {f"adapter/{name}": _fetch(url) for name, url in sorted(urls.items())}
+        except DownloadFailed as exc:
+            print(f"evsys: warning: checkpoint {path}: {exc}; stored without the adapter's files "
+                  "(export downloads it from the service while the checkpoint is kept there)", file=sys.stderr, flush=True)
+            files = {}
         try:
             rest.delete_checkpoint_from_tinker_path(path).result()
         except Exception:  # noqa: BLE001 - a leftover export only costs the service's storage until its TTL
@@ -201,7 +210,35 @@ class TinkerTrainingClient:
         from .sampling import TinkerSamplingClient
 
         tc = self._client()
-        return TinkerSamplingClient(call(lambda: tc.save_weights_and_get_sampling_client(), "saving weights for a sampler", self.base_url), self.base_url)
+        return TinkerSamplingClient(call(lambda: tc.save_weights_and_get_sampling_client().result(), "saving weights for a sampler", self.base_url), self.base_url)
+
+
+class DownloadFailed(Exception):
+    """A signed URL that still failed after every retry."""
+
+
+DOWNLOAD_RETRIES = (1.0, 4.0, 15.0)  # seconds slept before each retry
+
+
+def _fetch(url: str) -> bytes:
+    """One file from a signed URL (no key is sent), retried on transient failures: connection
+    errors, timeouts, 408/429/5xx, and a body shorter than its length."""
+    import http.client  # http.client and ssl: only a build that exports weights pays for them
+    import urllib.error
+    import urllib.request
+
+    for attempt, pause in enumerate((0.0, *DOWNLOAD_RETRIES)):
+        time.sleep(pause)
+        try:
+            with urllib.request.urlopen(url, timeout=300) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            error = f"HTTP {exc.code} {exc.reason}"
+            if exc.code not in (408, 429) and exc.code < 500:
+                break
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    raise DownloadFailed(f"downloading {url.split('?', 1)[0]} failed after {attempt + 1} tries ({error})")
 
 
 def _json(value) -> bytes:
