@@ -71,6 +71,44 @@ def test_unknown_transform_kind_lists_known_kinds_with_did_you_mean(tmp_path):
     assert {"jsonl_to_chat", "filter", "dedup", "shuffle", "sample"} <= set(known)
 
 
+STRIP_PII = '''\
+from pydantic import BaseModel
+from evsys_sdk import register_transform
+
+@register_transform("strip_pii")
+class StripPII:
+    name = "strip_pii"
+    class Config(BaseModel, extra="forbid"):
+        field: str = "query"
+    def __init__(self, **kw): self.cfg = self.Config(**kw)
+    def __call__(self, rows):
+        return rows
+'''
+
+
+def test_a_plugin_kind_not_listed_under_plugins_names_the_file_that_registers_it(tmp_path):
+    """The walkthrough's order: write the transform, add it to transforms, forget `plugins:`. The
+    error names the file and the line to add; the file is read, never run."""
+    config = BASE_CONFIG.replace("transforms:\n", "transforms:\n  - {kind: strip_pii, params: {field: query}}\n", 1)
+    project = project_with(tmp_path, config)
+    (project / "pii").mkdir()
+    (project / "pii" / "strip_pii.py").write_text(STRIP_PII + "raise SystemExit('imported')\n")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project))
+    assert msg.startswith(f"config.yaml:{line_of(config, 'strip_pii')}:12: transforms[0].kind: unknown transform kind 'strip_pii'; known: ")
+    assert msg.endswith("; pii/strip_pii.py registers it: add plugins: [pii/strip_pii.py] to the config")
+
+    (project / "pii" / "strip_pii.py").write_text(STRIP_PII)
+    config = config.replace("transforms:\n", "plugins: [pii/strip_pii.py]\ntransforms:\n", 1)
+    (project / "config.yaml").write_text(config)
+    proc = evsys("validate", "config.yaml", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+
+    (project / "pii" / "strip_pii.py").unlink()
+    (project / "config.yaml").write_text(config.replace("plugins: [pii/strip_pii.py]\n", ""))
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project))
+    assert msg.endswith("; a transform of your own is found once the file that registers it is listed under plugins: [your_file.py] (see docs/plugins.md)")
+
+
 def test_unknown_backend_kind_uses_the_same_registry_errors(tmp_path):
     config = BASE_CONFIG.replace("  kind: local", "  kind: locl")
     msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))

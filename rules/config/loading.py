@@ -13,9 +13,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from evsys_build.errors import ConfigError
+from evsys_build.errors import ConfigError, UnknownKindError
 
 from ..plugins import kinds
+from ..plugins.discover import plugin_hint
 from ..plugins.loader import load_plugins
 from .arms import arm_marks, arm_raws, marks_index
 from .errors import config_error, dotted, where
@@ -138,7 +139,10 @@ def validate_kind_params(config: ExperimentConfig, path: Path, marks: Marks) -> 
     blocks += [(("callbacks", i), kinds.callbacks, c.kind, c.params) for i, c in enumerate(config.callbacks)]
     for block, registry, kind, params in blocks:
         kind_path = block + (("source_kind",) if block == ("data",) else ("kind",))
-        impl = registry.get(kind, where=f"{where(path, marks, kind_path)}: {dotted(kind_path)}")
+        try:
+            impl = registry.get(kind, where=f"{where(path, marks, kind_path)}: {dotted(kind_path)}")
+        except UnknownKindError as exc:
+            raise UnknownKindError(exc.message + plugin_hint(registry.kind, str(kind), path, "did you mean" in exc.message)) from None
         cfg_cls = getattr(impl, "Config", None)
         if cfg_cls is None:
             out[dotted(block)] = None
