@@ -287,6 +287,12 @@ class Store:
         checks a memo against its digest; `durable=False` as for `put_bytes`."""
         self.bucket.create(_memo_path(key), _dumps({"value": value, "digest": digest(value)}, compact=True), durable)
 
+    def stored_memos(self, keys: Iterable[str]) -> set[str]:
+        """The keys among `keys` that have a memo here (one batched existence check; the memos
+        are neither read nor checked)."""
+        paths = {_memo_path(k): k for k in keys}
+        return {paths[p] for p in self.bucket.exists_many(list(paths))} if paths else set()
+
     def iter_memo_keys(self) -> Iterator[str]:
         yield from self.entries("memo")
 

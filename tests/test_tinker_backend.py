@@ -291,7 +291,7 @@ def test_plan_shows_what_a_run_will_cost(walkthrough, tmp_path, server, home):
     cost = plan["train"]["cost"]
     assert cost["steps"] == 2 and cost["rows"] == 2 and cost["tokens"] > cost["loss_tokens"] > 0
     assert plan["eval val@1"]["status"] == "maybe" and plan["eval val@1"]["cost"] == {
-        "sampling_requests": VAL_TASKS, "samples": VAL_TASKS, "max_new_tokens": VAL_TASKS * 64,
+        "sampling_requests": VAL_TASKS, "samples": VAL_TASKS, "max_new_tokens": VAL_TASKS * 64, "tasks_sampled_before": 0,
         "summary": f"{VAL_TASKS} sampling requests, {VAL_TASKS} samples, <= {VAL_TASKS * 64:,} new tokens"}
     train_line = next(line for line in evsys("plan", CONFIG, cwd=project, env=env).stdout.splitlines() if "  train  (" in line)
     assert train_line.endswith(f"[~{cost['tokens']:,} tokens, ~{cost['loss_tokens']:,} loss tokens over 2 steps]")

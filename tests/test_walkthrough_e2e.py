@@ -159,6 +159,7 @@ def test_adding_tasks_samples_only_the_new_ones(project):
     plan = plan_json(project)
     assert plan["train"]["status"] == "cached"
     assert "benchmark val tasks changed" in plan["eval val@4"]["reasons"]
+    assert plan["eval val@4"]["cost"]["summary"] == f"5 sampling requests ({VAL_TASKS} of {VAL_TASKS + 5} tasks sampled before), 5 samples, <= 80 new tokens"
     out = build(project)
     assert ran_names(out) == {"eval val@2", "eval val@4", "report"}
     store = Store(project / "cache")

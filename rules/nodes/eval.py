@@ -90,11 +90,31 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
 
 def estimate_eval(store, node: Node, inputs: dict) -> dict:
     """What `plan` says an eval that runs will cost: one sampling request per task (num_samples
-    each) and at most max_tokens new tokens per sample (tasks already memoised cost nothing)."""
+    each) and at most max_tokens new tokens per sample. Tasks already memoised for a stored
+    checkpoint cost nothing and are left out (a checkpoint that has to be trained first has none)."""
     tasks, bench = node.payload["tasks"], node.payload["bench"]
-    samples = len(tasks) * bench.num_samples
-    cost = {"sampling_requests": len(tasks), "samples": samples, "max_new_tokens": samples * bench.max_tokens}
-    return {**cost, "summary": f"{len(tasks)} sampling requests, {samples} samples, <= {cost['max_new_tokens']:,} new tokens"}
+    checkpoint = inputs.get("checkpoint")
+    sampled = 0
+    if checkpoint is not None:
+        keys = task_memo_keys(node, output_digest(checkpoint))
+        sampled = len(store.stored_memos(keys))
+    todo = len(tasks) - sampled
+    samples = todo * bench.num_samples
+    cost = {"sampling_requests": todo, "samples": samples, "max_new_tokens": samples * bench.max_tokens, "tasks_sampled_before": sampled}
+    before = f" ({sampled} of {len(tasks)} tasks sampled before)" if sampled else ""
+    return {**cost, "summary": f"{todo} sampling requests{before}, {samples} samples, <= {cost['max_new_tokens']:,} new tokens"}
+
+
+def task_memo_keys(node: Node, checkpoint_digest: str) -> list[str]:
+    """Per task, the key its completions are memoised under: the checkpoint's content, the
+    prompt's turns, how they are sampled, and all that renders turns into ids (the tokenizer's
+    files and template, their libraries, the date a template renders, this code). No tokenizer
+    is needed, so `plan` can count the tasks sampled before."""
+    params, payload = node.params, node.payload
+    sampler = {"rule": node.rule, "version": node.version, "sampler": params["sampler"], "model": params["model"],
+               "tokenizer_libraries": params["tokenizer_libraries"], "clock": params.get("clock")}
+    common = {"checkpoint": checkpoint_digest, "sampling": params["sampling"], "seed": payload["arm"].config.seed, "sampler": sampler}
+    return [digest({**common, "messages": task_messages(t, payload["system_prompt"])}) for t in payload["tasks"]]
 
 
 def eval_steps(bench, max_steps: int) -> list[int]:
@@ -213,13 +233,8 @@ def run_eval(ctx: RunContext) -> dict:
     sampling = ctx.node.params["sampling"]
     with pinned(ctx.node.params.get("clock")):  # the date the key holds, for a template that renders it
         prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
-    sampler_identity = {"rule": ctx.node.rule, "version": ctx.node.version, "sampler": ctx.node.params["sampler"], "model": ctx.node.params["model"],
-                        "tokenizer_libraries": ctx.node.params["tokenizer_libraries"]}  # completions are decoded with them
     checkpoint_digest = output_digest(checkpoint)
-    memo_keys = [
-        digest({"checkpoint": checkpoint_digest, "prompt": p, "sampling": sampling, "seed": arm.config.seed, "sampler": sampler_identity})
-        for p in prompts
-    ]
+    memo_keys = task_memo_keys(ctx.node, checkpoint_digest)
     completions: list[list[str] | None] = []
     for key in memo_keys:
         hit = ctx.store.memo_get(key)
