@@ -434,6 +434,37 @@ def test_a_failed_adapter_download_is_retried_then_the_checkpoint_is_kept_withou
     assert len(completion) <= 2
 
 
+def test_the_key_tinker_auth_login_stored_is_used_when_none_is_exported(tmp_path, server, monkeypatch):
+    """The SDK's own order: TINKER_API_KEY, then TINKER_CREDENTIAL_CMD, then the stored default key."""
+    from evsys_build.errors import ConfigError
+    from evsys_rules.backends.tinker import TinkerBackend
+
+    stored = tmp_path / "home" / ".tinker" / "credentials.json"
+    stored.parent.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    monkeypatch.delenv("TINKER_CREDENTIAL_CMD", raising=False)
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    backend = TinkerBackend({"base_url": server.base_url})
+
+    def login(key: str) -> None:
+        stored.write_text(json.dumps({"version": 1, "default": "main", "keys": {"main": {"type": "manual", "key": key, "name": "main"}}}))
+
+    try:
+        login("tml-not-the-key")
+        with pytest.raises(ConfigError) as refused:
+            backend.check_ready(base_model=TINY, lora_rank=1)
+        assert "rejected the key `tinker auth login` stored (HTTP 401" in refused.value.message
+        assert "tml-not-the-key" not in refused.value.message
+        login(KEY)
+        backend.check_ready(base_model=TINY, lora_rank=1)
+        stored.unlink()
+        with pytest.raises(ConfigError, match="needs a Tinker API key: export TINKER_API_KEY=tml-... \\(or store one with `tinker auth login`\\)"):
+            backend.check_ready(base_model=TINY, lora_rank=1)
+    finally:
+        stored.unlink(missing_ok=True)  # the canary key may be on disk nowhere
+
+
 @pytest.mark.parametrize("status,expected", [
     (429, "still rate-limited forward_backward (HTTP 429) after the SDK's retries"),
     (402, "refused forward_backward for billing or quota (HTTP 402"),

@@ -2,7 +2,8 @@
 (TuFT, SkyRL tx), through the `tinker` SDK.
 
 `backend.params.base_url` picks the service (default: the SDK's, i.e. TINKER_BASE_URL or hosted
-Tinker); the key comes from TINKER_API_KEY and is never written anywhere. The service trains
+Tinker); the key comes from TINKER_API_KEY (or `tinker auth login`'s stored key) and is never
+written anywhere. The service trains
 the base model by name, so the train key holds the name, the backend kind and the service.
 """
 
@@ -18,7 +19,6 @@ from pydantic import BaseModel
 from evsys_build.errors import ConfigError
 
 from ...plugins.registry import register_backend
-from .errors import MISSING_KEY
 from .training import SAMPLER_FILE, TinkerTrainingClient
 
 
@@ -49,13 +49,13 @@ class TinkerBackend:
     def check_ready(self, base_model: Optional[str] = None, lora_rank: Optional[int] = None) -> None:
         """Fail before any work: no key, no SDK, a key the service rejects, a base model it does
         not offer, or a full fine-tune (Tinker trains LoRA adapters)."""
-        if not os.environ.get("TINKER_API_KEY", "").strip():
-            raise ConfigError(MISSING_KEY)
         if lora_rank == 0:
             raise ConfigError("algorithm.params.lora_rank: 0 (full fine-tune) is not available on backend tinker, which trains LoRA adapters; set lora_rank >= 1")
+        from .credentials import api_key
         from .service import check_base_model, import_tinker
 
         import_tinker()
+        api_key()  # TINKER_API_KEY, else the key `tinker auth login` stored (read through the SDK)
         if base_model is not None:
             check_base_model(base_model, self.cfg.base_url)
 

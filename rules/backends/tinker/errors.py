@@ -13,7 +13,7 @@ from evsys_build.errors import ConfigError, EvsysError, NodeFailed
 from ..base import StepFailed
 
 MISSING_KEY = (
-    "backend.kind: tinker needs TINKER_API_KEY in the environment (export TINKER_API_KEY=tml-...); "
+    "backend.kind: tinker needs a Tinker API key: export TINKER_API_KEY=tml-... (or store one with `tinker auth login`); "
     "to run the experiment offline use examples/sft_walkthrough/offline.yaml (backend: {kind: local})"
 )
 
@@ -23,11 +23,20 @@ def service_name(base_url: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with the API key (if any) replaced, on one line."""
-    key = os.environ.get("TINKER_API_KEY")
-    if key:
-        text = text.replace(key, "<TINKER_API_KEY>")
+    """`text` with the API key (the exported or the stored one) replaced, on one line."""
+    from .credentials import stored_key
+
+    for key in (os.environ.get("TINKER_API_KEY", "").strip(), stored_key()):
+        if key:
+            text = text.replace(key, "<TINKER_API_KEY>")
     return " ".join(text.split())
+
+
+def key_source() -> str:
+    """Where the key the SDK was given came from, for messages."""
+    if os.environ.get("TINKER_API_KEY", "").strip():
+        return "TINKER_API_KEY"
+    return "the credential TINKER_CREDENTIAL_CMD printed" if os.environ.get("TINKER_CREDENTIAL_CMD", "").strip() else "the key `tinker auth login` stored"
 
 
 def detail(exc: BaseException) -> str:
@@ -48,7 +57,7 @@ def service_error(exc: BaseException, what: str, base_url: str | None) -> EvsysE
     if isinstance(exc, EvsysError | StepFailed):
         return exc
     if isinstance(exc, tinker.AuthenticationError) or "status 401" in said:
-        err: EvsysError | StepFailed = ConfigError(f"tinker: {where} rejected TINKER_API_KEY (HTTP 401, authentication failed) while {what}; export a valid key")
+        err: EvsysError | StepFailed = ConfigError(f"tinker: {where} rejected {key_source()} (HTTP 401, authentication failed) while {what}; export a valid key")
     elif isinstance(exc, tinker.BillingError) or "status 402" in said:
         err = ConfigError(f"tinker: {where} refused {what} for billing or quota (HTTP 402: {said}); check the account's billing and limits")
     elif isinstance(exc, tinker.PermissionDeniedError) or "status 403" in said:

@@ -2,17 +2,17 @@
 
 A plan asks once per path: "gone" is kept for the process (a deleted checkpoint never comes
 back), "there" for EXISTS_FOR_S only, since a checkpoint can expire while a long-lived process
-(the Python API, a notebook) runs. Without TINKER_API_KEY, or when the service cannot be reached,
+(the Python API, a notebook) runs. Without a key, or when the service cannot be reached,
 the answer is "unknown" (None): `plan` stays quick and offline-safe.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Optional
 
+from .credentials import has_credentials
 from .errors import service_name
 
 _lock = threading.Lock()
@@ -24,7 +24,7 @@ _unreachable: set[Optional[str]] = set()  # services a TCP connection did not re
 
 def missing_paths(paths: list[str], base_url: Optional[str]) -> Optional[dict[str, str]]:
     """{path: why it is unusable} for the paths the service no longer has; None when it cannot tell."""
-    if not os.environ.get("TINKER_API_KEY"):
+    if not has_credentials():
         return None
     todo = [p for p in paths if not _known(base_url, p)]
     if todo:

@@ -1,7 +1,7 @@
 """One Tinker `ServiceClient` per (service, key) for the whole process, and the calls around it.
 
-The SDK reads nothing from evsys's store: the key comes from TINKER_API_KEY, is passed to the
-SDK in memory, and is never written (the SDK sends it as the X-API-Key header). `tinker` is
+The SDK reads nothing from evsys's store: the key (TINKER_API_KEY, else the one `tinker auth
+login` stored: credentials.py) is passed to the SDK in memory, and is never written (the SDK sends it as the X-API-Key header). `tinker` is
 imported inside functions: `plan` and cached builds of local configs never load it.
 """
 
@@ -17,18 +17,12 @@ from typing import Callable, TypeVar
 
 from evsys_build.errors import ConfigError
 
-from .errors import MISSING_KEY, service_error, service_name
+from .credentials import api_key
+from .errors import service_error, service_name
 
 T = TypeVar("T")
 _lock = threading.Lock()
 _service_clients: dict[tuple[str | None, int], object] = {}
-
-
-def api_key() -> str:
-    key = os.environ.get("TINKER_API_KEY", "").strip()
-    if not key:
-        raise ConfigError(MISSING_KEY)
-    return key
 
 
 def import_tinker():
@@ -54,7 +48,7 @@ def service_client(base_url: str | None):
         polling.addFilter(_QuietPolling())
     key = api_key()
     with _lock:
-        ident = (base_url, hash(key))
+        ident = (base_url, hash(key))  # key None: the SDK's credential command
         if ident not in _service_clients:
             client = call(lambda: tinker.ServiceClient(base_url=base_url, api_key=key), "opening a session", base_url)
             _service_clients[ident] = client
