@@ -86,9 +86,22 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_own_staging() -> None:
+    """Remove the staging files this process has open or left (before an immediate exit, whose
+    writer threads never finish their rename): a later build or gc would, but `verify` would
+    report them until then."""
+    prefix = f"{STAGING_PREFIX}{os.getpid()}-"
+    for staging in list(_staging_dirs):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(staging):
+                if name.startswith(prefix):
+                    _remove(os.path.join(staging, name))
+
+
 def _staging_file(staging: Path) -> tuple[int, str]:
     """A new file in `staging`, named `.evsys-<pid>-<n>` (n counts this process's writes), open
     for writing; created with mode 0666 less the umask, as stores are shared like any files."""
+    _staging_dirs.add(str(staging))
     while True:
         name = os.path.join(staging, f"{STAGING_PREFIX}{os.getpid()}-{next(_staged)}")
         try:
@@ -98,6 +111,7 @@ def _staging_file(staging: Path) -> tuple[int, str]:
 
 
 _staged = itertools.count()  # next() on a count is atomic: threads never share a name
+_staging_dirs: set[str] = set()  # where this process staged files (remove_own_staging)
 
 
 def staging_owner_alive(name: str) -> bool:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Protocol
 
 from .atomic import STAGING_PREFIX, create_atomic, staging_owner_alive, write_atomic
+from .errors import Interrupted
 from .hashing import digest_bytes
 
 
@@ -81,8 +83,9 @@ class Bucket(Protocol):
     def list(self, prefix: str) -> dict[str, Entry]:
         """Every file under `prefix` (recursively), by path."""
 
-    def node_lock(self, key: str) -> ContextManager[None]:
-        """Exclusive per node across every process and machine sharing the store."""
+    def node_lock(self, key: str, on_wait: Callable[[], None] | None = None, stop: threading.Event | None = None) -> ContextManager[None]:
+        """Exclusive per node across every process and machine sharing the store. Held by
+        another build: `on_wait()` once, then wait until it is free or `stop` is set (Interrupted)."""
 
     def build_lock(self) -> ContextManager[None]:
         """Held by every build (and push/pull) while it writes."""
@@ -95,6 +98,22 @@ class Bucket(Protocol):
     def clean_staging(self) -> int: ...
 
     def remove_node_locks(self) -> None: ...
+
+
+def _poll_flock(fd: int, mode: int, stop: threading.Event) -> None:
+    """Take a flock another process holds as soon as it is free, giving up (Interrupted) once
+    `stop` is set: a blocking flock would not hear Ctrl-C until the other build let go."""
+    while True:
+        if stop.wait(LOCK_POLL_S):
+            raise Interrupted("stopped while waiting for another build")
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            continue
+
+
+LOCK_POLL_S = 0.2
 
 
 class LocalBucket:
@@ -188,8 +207,8 @@ class LocalBucket:
 
     # -- locks ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def node_lock(self, key: str) -> Iterator[None]:
-        with self._flock(f"{key}.lock", fcntl.LOCK_EX):
+    def node_lock(self, key: str, on_wait=None, stop=None) -> Iterator[None]:
+        with self._flock(f"{key}.lock", fcntl.LOCK_EX, on_wait, stop):
             yield
 
     @contextlib.contextmanager
@@ -207,7 +226,7 @@ class LocalBucket:
         return self._flock("cas.lock", fcntl.LOCK_EX)
 
     @contextlib.contextmanager
-    def _flock(self, name: str, mode: int, on_wait=None) -> Iterator[None]:
+    def _flock(self, name: str, mode: int, on_wait=None, stop: threading.Event | None = None) -> Iterator[None]:
         path = self.root / "locks" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
@@ -216,7 +235,10 @@ class LocalBucket:
             except BlockingIOError:
                 if on_wait is not None:
                     on_wait()
-                fcntl.flock(f.fileno(), mode)
+                if stop is None:
+                    fcntl.flock(f.fileno(), mode)
+                else:
+                    _poll_flock(f.fileno(), mode, stop)
             try:
                 yield
             finally:

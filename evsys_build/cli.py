@@ -34,6 +34,9 @@ class EvsysGroup(click.Group):
         except BrokenPipeError:  # `evsys plan | head`: the reader left; not an error of ours
             sys.stderr.close()
             os._exit(0)
+        except KeyboardInterrupt:  # Ctrl-C before a build installs its own handlers (imports, compile) or during plan
+            click.echo("evsys: interrupted", err=True)
+            sys.exit(Interrupted.exit_code)
         except EvsysError as exc:
             tb = getattr(exc, "traceback", None)
             if tb:

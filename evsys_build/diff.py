@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .change_text import change_pair
 from .errors import UsageError
 from .hashing import canonical_json
 from .project import frontend
@@ -114,7 +115,7 @@ def diff_sides(a: Side, b: Side) -> Diff:
 def format_diff(d: Diff, all_steps: bool = False) -> list[str]:
     lines = [f"A: {d.a.label}", f"B: {d.b.label}", ""]
     lines.append(f"config: {len(d.config)} path(s) differ" + (":" if d.config else ""))
-    lines += [f"  {p}: {_text(va)} → {_text(vb)}" for p, va, vb in d.config]
+    lines += [f"  {p}: {' → '.join(change_pair(_text(va), _text(vb)))}" for p, va, vb in d.config]
     lines.append("")
     lines.append(f"nodes: {len(d.shared)} shared" + (f" ({', '.join(d.shared)})" if d.shared else ""))
     if d.changed:
@@ -181,8 +182,7 @@ def _shown(value):
 
 
 def _text(value) -> str:
-    text = "(unset)" if value is None else (value if isinstance(value, str) else canonical_json(value))
-    return text if len(text) <= 60 else text[:57] + "..."
+    return "(unset)" if value is None else (value if isinstance(value, str) else canonical_json(value))
 
 
 def _delta(a: float, b: float) -> float:

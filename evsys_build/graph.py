@@ -28,7 +28,8 @@ class Node:
     model and tokenizer files), as they were read: a node is neither run nor stored once one of
     them changed since (node_run.py), so no key is made of content other than what ran.
     `param_paths` maps a top-level param to the config path shown in plan reasons;
-    `param_labels` gives a fixed reason for a param (e.g. "data file content changed").
+    `param_labels` gives a fixed reason for a param (e.g. "data file content changed"); a
+    `{name}` in it names the entry of a dict param that changed ("tokenizer file {name} changed").
     `check_stored(manifest)`, for a node whose output lives partly on a remote service (a
     checkpoint on Tinker), says why a stored manifest can no longer be used (None: it can).
     `estimate(store, node, input manifests)` gives `plan` what running it would cost (tokens, requests).

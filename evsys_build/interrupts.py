@@ -11,6 +11,8 @@ import sys
 import threading
 from typing import Iterator
 
+from .atomic import remove_own_staging
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # The CLI sets this: once a build was interrupted, the process is on its way out, so a later
@@ -48,6 +50,7 @@ def exit_now(code: int) -> None:
     """Leave an interrupted build's process without interpreter finalization: everything it
     wrote is already stored, and finalization resets signal handlers (a Ctrl-C then would kill
     the process by signal) and joins torch's threads."""
+    remove_own_staging()  # what writer threads were staging: os._exit ends them before their rename
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

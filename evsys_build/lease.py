@@ -23,6 +23,8 @@ import threading
 import time
 import uuid
 
+from .errors import Interrupted
+
 CLOCK_SLACK = 1.0  # LastModified has a resolution of one second
 
 
@@ -67,14 +69,22 @@ class Lease:
             return False
         return False
 
-    def acquire(self) -> None:
-        """Wait until the lease is ours (polling, with jitter), then keep it fresh until release."""
+    def acquire(self, on_wait=None, stop=None) -> None:
+        """Wait until the lease is ours (polling, with jitter), then keep it fresh until release.
+        Held by another build: `on_wait()` once (default: a line on stderr); `stop` set while
+        waiting raises Interrupted."""
         wait, waited = 0.2, 0.0
         while not self.try_acquire():
             if waited == 0.0:
-                print(f"evsys: waiting for {self.key.rsplit('/', 1)[-1]}: another build holds it", file=sys.stderr)
+                if on_wait is not None:
+                    on_wait()
+                else:
+                    print(f"evsys: waiting for {self.key.rsplit('/', 1)[-1]}: another build holds it", file=sys.stderr)
             pause = wait * random.uniform(0.5, 1.5)
-            time.sleep(pause)
+            if stop is not None and stop.wait(pause):
+                raise Interrupted("stopped while waiting for another build")
+            if stop is None:
+                time.sleep(pause)
             waited += pause
             wait = min(wait * 1.5, 2.0)
         self.start_heartbeat()

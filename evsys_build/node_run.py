@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -96,7 +97,10 @@ def run_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable[[
 def build_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable[[Event], None], stop: threading.Event, where: dict) -> tuple[dict, bool]:
     """Under the node's lock: serve it if another build finished it meanwhile, else run it and
     write its manifest (after its objects). Returns (the stored manifest, whether it ran)."""
-    with store.lock(node.key):
+    def waiting() -> None:
+        print(f"evsys: {node.name}: waiting, another build on this store is running it", file=sys.stderr, flush=True)
+
+    with store.lock(node.key, waiting, stop):
         manifest = cached_manifest(store, node)
         if manifest is not None:  # another build finished it while we waited
             emit(Event("cached", node, manifest=manifest))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .change_text import change_pair
 from .graph import Graph, Node
 from .hashing import canonical_json, digest
 from .store import Store, referenced_objects
@@ -202,11 +203,15 @@ def _param_reasons(node: Node, old_params: dict) -> list[str]:
             continue
         top = path.split(".", 1)[0].split("[", 1)[0]
         if top in node.param_labels:
-            if top not in labelled:
-                reasons.append(node.param_labels[top])
-                labelled.add(top)
+            label = node.param_labels[top]
+            if "{name}" in label:  # per entry of the param (a file of a folder): which one changed
+                label = label.replace("{name}", path[len(top) + 1:] or top)
+            if label not in labelled:
+                reasons.append(label)
+                labelled.add(label)
             continue
-        reasons.append(f"{_display_path(node, path)}: {_show(old)} → {_show(new)}")
+        shown_old, shown_new = change_pair(_as_text(old), _as_text(new))
+        reasons.append(f"{_display_path(node, path)}: {shown_old} → {shown_new}")
     return reasons
 
 
@@ -221,11 +226,10 @@ def _display_path(node: Node, path: str) -> str:
 _MISSING = object()
 
 
-def _show(value) -> str:
+def _as_text(value) -> str:
     if value is _MISSING:
         return "(default)"
-    text = value if isinstance(value, str) else canonical_json(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return value if isinstance(value, str) else canonical_json(value)
 
 
 def _flatten(value, prefix: str = "") -> dict:

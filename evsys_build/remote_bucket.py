@@ -107,9 +107,9 @@ class RemoteBucket:
 
     # -- locks ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def node_lock(self, key: str) -> Iterator[None]:
+    def node_lock(self, key: str, on_wait=None, stop=None) -> Iterator[None]:
         lease = Lease(self.api, self.api.key(f"locks/{key}.lease"), self.lease_ttl)
-        lease.acquire()
+        lease.acquire(on_wait, stop)
         try:
             yield
         finally:

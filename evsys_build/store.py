@@ -66,7 +66,20 @@ def open_bucket(location: str | Path) -> Bucket:
         from .remote_bucket import open_remote_bucket  # lazily: fsspec and its cloud clients load only for remote stores
 
         return open_remote_bucket(text)
-    return LocalBucket(Path(text.removeprefix("file://")))
+    return LocalBucket(_local_folder(Path(text.removeprefix("file://"))))
+
+
+def _local_folder(path: Path) -> Path:
+    """`path`, checked to be a folder or one that can be made there (it is made by the first
+    write); a file in the way is one line naming the option to fix."""
+    for part in (path, *path.parents):
+        if part.exists() or part == part.parent:
+            break
+    if not part.is_dir():
+        raise UsageError(f"{path}: {part} is a file, not a folder; give --cache-dir (or $EVSYS_CACHE) a folder for the store")
+    if part != path and not os.access(part, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: cannot make the store's folder in {part} (no permission); give --cache-dir (or $EVSYS_CACHE) a folder you can write")
+    return path
 
 
 def is_remote(location: str | Path | None) -> bool:
@@ -380,10 +393,11 @@ class Store:
         return None
 
     # -- locks -----------------------------------------------------------------------------------
-    def lock(self, key: str):
+    def lock(self, key: str, on_wait=None, stop=None):
         """An exclusive per-node lock: two builds sharing a store (on one machine or, for a remote
-        store, anywhere) never run one node at the same time."""
-        return self.bucket.node_lock(key)
+        store, anywhere) never run one node at the same time. Held elsewhere: `on_wait()` once,
+        and a `stop` set while waiting raises Interrupted."""
+        return self.bucket.node_lock(key, on_wait, stop)
 
     def build_lock(self):
         """Held by every build for its whole run: gc never removes what a running build is

@@ -327,3 +327,60 @@ def test_pass_at_k_with_num_samples_set_by_each_arm_is_valid(tmp_path):
     (project / "config.yaml").write_text(config + "sweep:\n  metadata.benchmark.0.num_samples: [2, 8]\n")
     msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
     assert "num_samples: 2 is below k=4 of pass@4 (set num_samples >= 4)" in msg
+
+
+@pytest.mark.parametrize("old,new,needle,expected", [
+    ("learning_rate: 1.0e-4", "learning_rate: .inf", "learning_rate: .inf",
+     "algorithm.params.learning_rate: Input should be a finite number"),
+    ("seed: 0", "seed: -1", "seed: -1", "seed: Input should be greater than or equal to 0"),
+    ("{query}", "{query", "user_template:",
+     "transforms[0].params.user_template: Value error, not a str.format template ("),
+    ("{query}", "{query} }", "user_template:",  # a literal brace is written }}
+     "write a literal brace as {{ or }}"),
+    ('user_template: "', 'user_template: "{} ', "user_template:",
+     "transforms[0].params.user_template: Value error, {} is a positional field; name a row field, e.g. {query}"),
+])
+def test_values_that_would_fail_or_train_garbage_later_are_refused_by_validate(tmp_path, old, new, needle, expected):
+    """Each of these used to pass validate: a non-finite learning rate trained NaN weights to a
+    "completed" run, a negative seed failed in numpy after the data stages, a broken template
+    failed per row with a traceback."""
+    config = BASE_CONFIG.replace(old, new, 1)
+    assert config != BASE_CONFIG
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg.startswith(f"config.yaml:{line_of(config, needle)}:") and expected in msg, msg
+
+
+def test_two_benchmarks_with_one_name_are_refused_by_every_command(tmp_path):
+    config = BASE_CONFIG + "metadata:\n  benchmark:\n    - {name: val, path: val}\n    - {name: val, path: val2}\n"
+    project = project_with(tmp_path, config)
+    for command in ("validate", "plan", "build"):
+        msg = one_error_line(evsys(command, "config.yaml", cwd=project))
+        assert msg == f"config.yaml:{line_of(config, 'path: val2')}:14: metadata.benchmark: two benchmarks are named 'val' (names must be unique)", (command, msg)
+
+
+def test_an_empty_sweep_list_is_refused(tmp_path):
+    config = BASE_CONFIG + "sweep:\n  algorithm.params.learning_rate: []\n"
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg == (f"config.yaml:{line_of(config, 'learning_rate: []')}:35: sweep.algorithm.params.learning_rate: no values, so no arm would run "
+                   "(list at least one value, or remove the line)")
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
+    project = project_with(tmp_path, BASE_CONFIG)
+    (project / "out").write_text("not a folder\n")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project))
+    assert msg == f"config.yaml:{line_of(BASE_CONFIG, 'output_dir: out')}:13: output_dir: out is a file, so the run dir out/first_run cannot be written there; choose another output_dir"
+
+
+def test_a_data_folder_that_holds_a_benchmark_is_refused(tmp_path):
+    """data.path: data (a folder) would read data/val/tasks.jsonl too, and with matching fields
+    the benchmark's rows would train the model it scores."""
+    config = BASE_CONFIG.replace("path: data/train.jsonl", "path: data") + "metadata:\n  benchmark:\n    - {name: val, path: data/val}\n"
+    project = project_with(tmp_path, config)
+    (project / "data" / "val").mkdir()
+    task = {"task_id": "t0", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "x"}, "query": "q", "tool_slug": "x"}
+    (project / "data" / "val" / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+    for command in (["validate", "config.yaml", "--deep"], ["build", "config.yaml"]):
+        msg = one_error_line(evsys(*command, cwd=project))
+        assert msg == (f"config.yaml:{line_of(config, 'path: data')}:9: data.path: 'data' takes in data/val/tasks.jsonl, which benchmark val scores: "
+                       "the model would be evaluated on rows it trained on; point data.path at the training rows only (or name that file itself if you mean it)"), msg

@@ -92,6 +92,19 @@ def test_changing_a_transform_param_reruns_it_and_downstream_only(project_copy):
     assert ran_lines(build(project_copy)) == []
 
 
+def test_an_edit_at_the_end_of_a_long_value_is_shown_where_it_is_and_on_one_line(project_copy):
+    """Cut from its start, a long template would read the same on both sides of the arrow."""
+    new_template = USER_TEMPLATE.replace("</answer>.", "</answer>. Be brief.")
+    edit_config(project_copy, f'user_template: "{USER_TEMPLATE}"', f'user_template: "{new_template}"')
+    (reason,) = plan_json(project_copy)["transform[0] jsonl_to_chat"]["reasons"]
+    assert reason == "transforms[0].params.user_template: ...e <answer></answer>. → ...e <answer></answer>. Be brief."
+    text_plan = evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project_copy).stdout
+    assert "user_template: ...e <answer></answer>. → ...e <answer></answer>. Be brief." in text_plan
+    from evsys_build.change_text import change_pair
+
+    assert change_pair("Query: {q}\nReply", "Query: {q}\nAnswer") == ("Query: {q}\\nReply", "Query: {q}\\nAnswer")  # one line per node
+
+
 def test_changing_supervise_reruns_tokenize_with_its_reason(project_copy):
     edit_config(project_copy, "supervise: all_assistant", "supervise: all")
     plan = plan_json(project_copy)
@@ -165,7 +178,7 @@ def test_same_model_in_another_directory_keeps_tokenize_and_a_new_chat_template_
     config_file.write_text(json.dumps(tok_config, indent=2))
     plan = plan_json(project_copy)
     assert statuses(plan) == {**{n: "cached" for n in DATA_NODES[:3]}, "tokenize": "run", **{n: "maybe" for n in MODEL_NODES}}
-    assert plan["tokenize"]["reasons"] == ["tokenizer or chat template changed"]
+    assert plan["tokenize"]["reasons"] == ["tokenizer file tokenizer_config.json changed"]
     # a template edit that renders the same text gives the same tokens: training stays cached
     assert ran_names(build(project_copy)) == {"tokenize"}
 

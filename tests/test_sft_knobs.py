@@ -55,6 +55,35 @@ def test_gradient_accumulation_gives_the_big_batch_update(tiny_model_dir):
     assert any(not torch.allclose(smaller["weights"][n], t, atol=1e-6) for n, t in big["weights"].items())  # the check can fail
 
 
+def test_a_diverged_loss_stops_training_and_keeps_the_checkpoints_before_it(tiny_model_dir):
+    """NaN weights must not train on to a run that says completed: the step whose loss is not
+    finite fails the node, and what was saved before stays."""
+    import numpy as np
+    import torch
+
+    from evsys_build.errors import NodeFailed
+    from evsys_rules.algorithms.sft import SFTConfig
+    from evsys_rules.algorithms.sft_loop import train_sft
+    from evsys_rules.backends.base import Datum
+    from evsys_rules.backends.local import LocalBackend
+
+    rng = np.random.default_rng(0)
+    data = [Datum(rng.integers(0, 5000, 12), np.r_[np.zeros(6), np.ones(6)].astype(np.float32)) for _ in range(4)]
+    client = LocalBackend({"device": "cpu", "dtype": "float32"}).create_training_client(tiny_model_dir, 2, seed=0)
+    saved, seen = {}, []
+
+    def poison_after_step_one(step, metrics):
+        seen.append(metrics["train_mean_nll"])
+        if step == 1:  # what a learning rate far too high does to a weight
+            with torch.no_grad():
+                next(p for p in client.model.parameters() if p.requires_grad).fill_(float("inf"))
+
+    with pytest.raises(NodeFailed, match=r"train: (train_mean_nll|optim/grad_norm) is nan at step 2: training diverged .*checkpoints saved before this step are kept"):
+        train_sft(client, data, SFTConfig(learning_rate=1e-2, max_steps=4, batch_size=2, lora_rank=2), seed=0, save_steps={1, 2, 3},
+                  resume=None, on_step=poison_after_step_one, on_checkpoint=saved.__setitem__)
+    assert list(saved) == [1] and len(seen) == 1 and np.isfinite(seen[0])
+
+
 EPOCHS_CONFIG = """\
 experiment: {name: knobs}
 output_dir: out

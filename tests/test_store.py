@@ -493,3 +493,33 @@ def test_refs_round_trip_and_names_are_made_safe(tmp_path):
 
 
 # -- the stat cache ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["build", "plan"])
+def test_a_store_location_that_is_a_file_is_one_line(tmp_path, command):
+    from evsys_testkit import BASE_CONFIG, make_project, tool_rows
+
+    project = make_project(tmp_path / "p", tool_rows(4), BASE_CONFIG)
+    (project / "afile").write_text("x\n")
+    for where in ("afile", "afile/store"):
+        proc = evsys(command, "config.yaml", "--cache-dir", where, cwd=project)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == f"evsys: error: {where}: afile is a file, not a folder; give --cache-dir (or $EVSYS_CACHE) a folder for the store"
+
+
+def test_an_immediate_exit_leaves_none_of_its_own_staging_files(tmp_path):
+    """A process leaving by os._exit (an interrupted build) removes what its writer threads were
+    staging; another live process's staging files are left alone."""
+    script = textwrap.dedent(f"""
+        import os, threading
+        from pathlib import Path
+        from evsys_build import atomic, interrupts
+        staging = Path({str(tmp_path / "tmp")!r}); staging.mkdir()
+        (staging / ".evsys-1-0").write_bytes(b"pid 1 is alive: not ours")
+        fd, name = atomic._staging_file(staging)   # a writer thread mid-write
+        os.write(fd, b"half")
+        interrupts.exit_now(130)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [".evsys-1-0"]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -249,6 +250,38 @@ def test_the_node_lock_holds_between_stores_sharing_a_location(location):
     for t in threads:
         t.join(timeout=60)
     assert order == ["first in", "first out", "second in"]
+
+
+def test_waiting_for_a_node_lock_says_so_and_a_stop_ends_the_wait(location):
+    """A second build waiting for a node another build runs (maybe for hours) says it waits, and
+    Ctrl-C ends the wait at once instead of when the other build lets go."""
+    from evsys_build.errors import Interrupted
+
+    first, second = open_store(location), open_store(location)
+    holding, release, stop = threading.Event(), threading.Event(), threading.Event()
+    said = []
+
+    def hold():
+        with first.lock(KEY):
+            holding.set()
+            release.wait(timeout=60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(timeout=30)
+        threading.Timer(0.5, stop.set).start()
+        started = time.monotonic()
+        with pytest.raises(Interrupted, match="stopped while waiting for another build"):
+            with second.lock(KEY, lambda: said.append("waiting"), stop):
+                pass
+        assert said == ["waiting"] and time.monotonic() - started < 10
+    finally:
+        release.set()
+        holder.join(timeout=60)
+    with second.lock(KEY, lambda: said.append("again"), threading.Event()):  # free now: taken without waiting
+        pass
+    assert said == ["waiting"]
 
 
 def test_two_builds_sharing_a_store_run_each_node_once(location, tmp_path):

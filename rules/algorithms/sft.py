@@ -13,7 +13,7 @@ WALL_CLOCK_METRICS = ("tokens_per_s", "step_time_s")  # differ between runs that
 Supervise = Literal["all_assistant", "last_assistant", "all"]
 
 
-class SFTConfig(BaseModel, extra="forbid"):
+class SFTConfig(BaseModel, extra="forbid", allow_inf_nan=False):
     """Knobs of supervised fine-tuning. Defaults follow Tinker's AdamW."""
 
     learning_rate: float = Field(1.0e-4, gt=0)  # peak learning rate

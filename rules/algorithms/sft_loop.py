@@ -23,6 +23,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+from evsys_build.errors import NodeFailed
+
 from ..backends.base import AdamParams, Datum, PipelinedTrainingClient, SavedCheckpoint, StepFailed, TrainingClient
 from .sft import WALL_CLOCK_METRICS as TIMING_METRICS  # noqa: F401  (re-exported for callers of the loop)
 from .sft import SFTConfig
@@ -252,6 +254,7 @@ class _Run:
         }
         if "grad_norm" in opt:
             metrics["optim/grad_norm"] = opt["grad_norm"]
+        _refuse_divergence(step, metrics)
         self.metrics.append(metrics)
         self.on_step(step, metrics)
         self.progress.update(step, mean_nll)
@@ -263,6 +266,17 @@ class _Run:
         checkpoint = SavedCheckpoint(state, weights, _meta(self.client, self.cfg, self.seed, step, len(self.data), self.metrics), remote)
         self.last_saved = checkpoint
         self.on_checkpoint(step, checkpoint)
+
+
+def _refuse_divergence(step: int, metrics: dict) -> None:
+    """A loss or gradient norm that is not finite means the weights are NaN or about to be: every
+    later step and checkpoint would be garbage under a run that says completed. Stop here; the
+    checkpoints saved before this step stay stored."""
+    for name in ("train_mean_nll", "optim/grad_norm"):
+        value = metrics.get(name)
+        if value is not None and not math.isfinite(value):
+            raise NodeFailed(f"train: {name} is {value} at step {step}: training diverged (lower learning_rate, set grad_clip, "
+                             "or look for extreme rows); checkpoints saved before this step are kept")
 
 
 class _Done:

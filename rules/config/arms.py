@@ -35,6 +35,9 @@ def arm_raws(raw: dict, config: ExperimentConfig, path: Path, marks: Marks) -> l
         return out
     if config.sweep:
         _check_settable(config.sweep, path, marks, ("sweep",))
+        for key, values in config.sweep.items():
+            if not values:
+                raise ConfigError(f"{where(path, marks, ('sweep', key))}: sweep.{key}: no values, so no arm would run (list at least one value, or remove the line)")
         keys = list(config.sweep)
         out = []
         taken: set[str] = set()

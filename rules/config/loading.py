@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from evsys_build.errors import ConfigError, UnknownKindError
+from evsys_build.tree import files_under
 
 from ..plugins import kinds
 from ..plugins.discover import plugin_hint
@@ -101,13 +102,59 @@ def loaded_from_raw(raw: dict, path: Path, marks: Marks, text: str, base_dir: Pa
         arms.append(Arm(name, validate_model(ExperimentConfig, arm_raw, path, own_marks, ()), {}, overrides, own_marks))
     for arm in arms:
         arm.params = validate_kind_params(arm.config, path, arm.marks)
-    return LoadedConfig(path, raw, marks, config, arms, text, base)
+    loaded = LoadedConfig(path, raw, marks, config, arms, text, base)
+    for arm in arms:
+        check_benchmark_names(loaded, arm)
+    check_output_dir(loaded)
+    return loaded
+
+
+def check_benchmark_names(loaded: LoadedConfig, arm: Arm) -> None:
+    """Benchmark names are unique: they name the eval nodes, metrics and prediction files."""
+    names = [b.name for b in arm.config.metadata.benchmark]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            with located(loaded, ("metadata", "benchmark", i, "name"), arm):
+                raise ConfigError(f"metadata.benchmark: two benchmarks are named {name!r} (names must be unique)")
+
+
+def check_output_dir(loaded: LoadedConfig) -> None:
+    """The run dir can be a folder: nothing on its way there is a file."""
+    folder = loaded.output_dir / loaded.run_name
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                with located(loaded, ("output_dir",) if loaded.config.output_dir else ("run_name",)):
+                    raise ConfigError(f"output_dir: {part} is a file, so the run dir {folder} cannot be written there; choose another output_dir")
+            return
 
 
 def check_source(loaded: LoadedConfig, source, arm: Arm | None = None) -> None:
     """The source's own file checks, with the error pointed at `data.path` in the config."""
     with located(loaded, ("data", "path"), arm):
         source.check()
+        refuse_benchmark_files(source, (arm.config if arm is not None else loaded.config))
+
+
+def refuse_benchmark_files(source, config: ExperimentConfig) -> None:
+    """A folder or glob given as data.path must not sweep up a benchmark's own file (a val/ or
+    test/ folder beside the training rows): the model would be scored on rows it trained on. A
+    file data.path names itself is taken as meant."""
+    named = getattr(getattr(source, "cfg", None), "path", None)
+    if not named or not callable(getattr(source, "files", None)):
+        return
+    scored = {}
+    for bench in config.metadata.benchmark:
+        where = Path(bench.path)
+        for file in ([where] if where.is_file() else files_under(where) if where.is_dir() else []):
+            scored[file.resolve()] = bench.name
+    if not scored:
+        return
+    for file in source.files():
+        bench = scored.get(Path(file).resolve())
+        if bench is not None and Path(file).resolve() != Path(named).resolve():
+            raise ConfigError(f"data.path: {named!r} takes in {file}, which benchmark {bench} scores: the model would be evaluated on rows it "
+                              "trained on; point data.path at the training rows only (or name that file itself if you mean it)")
 
 
 @contextlib.contextmanager

@@ -30,8 +30,8 @@ def _one_path_component(value: str) -> str:
 SafeName = Annotated[str, AfterValidator(_one_path_component)]
 
 
-class Strict(BaseModel, extra="forbid"):
-    pass
+class Strict(BaseModel, extra="forbid", allow_inf_nan=False):
+    """Unknown keys are errors; so are .inf and .nan where a number is asked for."""
 
 
 class ExperimentInfo(Strict):
@@ -144,7 +144,7 @@ class ExperimentConfig(Strict):
     experiment: Optional[ExperimentInfo] = None  # name and hypothesis
     run_name: Optional[SafeName] = None  # default: experiment.name, else the config file's stem
     output_dir: Optional[str] = None  # default: outputs/ beside the config file
-    seed: int = 0  # training's RNG (data order, LoRA init) and seeded transforms' default
+    seed: int = Field(0, ge=0, lt=2**63)  # training's RNG (data order, LoRA init) and seeded transforms' default
     plugins: list[str] = Field(default_factory=list)  # modules or .py paths
     data: DataConfig  # the training rows' source
     transforms: list[KindSpec] = Field(default_factory=list)  # rows -> rows steps, in order

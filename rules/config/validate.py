@@ -75,11 +75,6 @@ def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
 
 def _deep_benchmarks(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
     out = []
-    names = [b.name for b in arm.config.metadata.benchmark]
-    for name in names:
-        if names.count(name) > 1:
-            with located(loaded, ("metadata", "benchmark", len(names) - 1 - names[::-1].index(name), "name"), arm):
-                raise ConfigError(f"metadata.benchmark: two benchmarks are named {name!r} (names must be unique)")
     for i, bench in enumerate(arm.config.metadata.benchmark):
         if bench.kind == "nll":
             check_heldout(loaded, i, bench, arm)

@@ -8,12 +8,28 @@ import re
 import string
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from evsys_build.errors import ConfigError
 from evsys_build.hashing import canonical_json
 
 from ..plugins.registry import register_transform
+
+
+def check_template(template: str) -> None:
+    """Refuse what str.format cannot fill from a row's fields, whatever the row: unbalanced
+    braces, positional fields, unknown conversions."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"not a str.format template ({exc}); write a literal brace as {{{{ or }}}}") from None
+    for _, name, _, conversion in parsed:
+        if name is None:
+            continue
+        if name == "" or name.split(".")[0].split("[")[0].isdigit():
+            raise ValueError(f"{{{name}}} is a positional field; name a row field, e.g. {{query}}")
+        if conversion not in (None, "r", "s", "a"):
+            raise ValueError(f"{{{name}!{conversion}}}: unknown conversion !{conversion} (use !r, !s or !a)")
 
 
 def template_fields(template: str) -> set[str]:
@@ -40,6 +56,12 @@ class JsonlToChat:
         system_prompt: Optional[str] = None  # a system turn first, verbatim (no row fields; "" = an empty turn); evals reuse it
         user_template: str  # str.format template over the row's fields
         assistant_template: str  # str.format template over the row's fields: what trains
+
+        @field_validator("user_template", "assistant_template")
+        @classmethod
+        def _a_format_template(cls, template: str) -> str:
+            check_template(template)
+            return template
 
     def __init__(self, **kw):
         self.cfg = self.Config(**kw)
@@ -68,6 +90,8 @@ class JsonlToChat:
                 f"jsonl_to_chat.params.{field}: field {exc.args[0]!r} is not in this row "
                 f"(row has: {', '.join(sorted(row)) or 'no fields'}); fix the template or the data"
             ) from None
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:  # a format spec the value does not take, an index it lacks
+            raise ConfigError(f"jsonl_to_chat.params.{field}: {template!r} cannot be filled from this row ({type(exc).__name__}: {exc}); fix the template or the data") from None
 
 
 SHAREGPT_ROLES = {

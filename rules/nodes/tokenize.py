@@ -49,7 +49,7 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
         run=run_tokenize,
         arm=arm.name,
         param_paths={k: f"algorithm.params.{k}" for k in SHAPING_PARAMS},
-        param_labels={"tokenizer": "tokenizer or chat template changed", "libraries": "tokenizer library versions changed",
+        param_labels={"tokenizer": "tokenizer file {name} changed", "libraries": "tokenizer library versions changed",
                       "clock": "the date the chat template renders changed"},
         payload={"model_dir": model.dir, "tokenizer_code": tokenizer_code()},
         warm=functools.partial(warm_tokenizer, str(model.dir), tokenizer_code()),
