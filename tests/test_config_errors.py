@@ -384,3 +384,14 @@ def test_a_data_folder_that_holds_a_benchmark_is_refused(tmp_path):
         msg = one_error_line(evsys(*command, cwd=project))
         assert msg == (f"config.yaml:{line_of(config, 'path: data')}:9: data.path: 'data' takes in data/val/tasks.jsonl, which benchmark val scores: "
                        "the model would be evaluated on rows it trained on; point data.path at the training rows only (or name that file itself if you mean it)"), msg
+
+
+@pytest.mark.parametrize("old,new,needle,field", [
+    ("max_steps: 1", "max_steps: true", "max_steps: true", "algorithm.params.max_steps"),
+    ("seed: 0", "seed: false", "seed: false", "seed"),
+])
+def test_true_or_false_where_a_number_is_asked_for_is_refused(tmp_path, old, new, needle, field):
+    """pydantic would read `max_steps: true` as 1 step."""
+    config = BASE_CONFIG.replace(old, new, 1)
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg.startswith(f"config.yaml:{line_of(config, needle)}:") and f"{field}: Value error, {new.split(': ')[1]} is not a number; give a number" in msg, msg

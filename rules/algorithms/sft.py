@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from ..config.numbers import refuse_booleans_for_numbers
 
 from ..plugins.registry import register_algorithm
 
@@ -33,6 +35,11 @@ class SFTConfig(BaseModel, extra="forbid", allow_inf_nan=False):
     beta2: float = 0.95  # AdamW
     eps: float = 1.0e-12  # AdamW
     weight_decay: float = 0.0  # AdamW (decoupled)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value, info):
+        return refuse_booleans_for_numbers(cls, value, info)
 
     @model_validator(mode="after")
     def _one_length(self):

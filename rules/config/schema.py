@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
+from .numbers import refuse_booleans_for_numbers
+
 
 def _one_path_component(value: str) -> str:
     """Names that become folders or files (run_name, experiment, arms, benchmarks) never escape."""
@@ -31,7 +33,12 @@ SafeName = Annotated[str, AfterValidator(_one_path_component)]
 
 
 class Strict(BaseModel, extra="forbid", allow_inf_nan=False):
-    """Unknown keys are errors; so are .inf and .nan where a number is asked for."""
+    """Unknown keys are errors; so are .inf, .nan and true/false where a number is asked for."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value, info):
+        return refuse_booleans_for_numbers(cls, value, info)
 
 
 class ExperimentInfo(Strict):
