@@ -14,7 +14,7 @@ from evsys_build.store import Store
 from .compile import compile_graph, model_need, trains_by_name
 from .config.loading import LoadedConfig, load_config
 from .models.resolve import cached_snapshot, fetch_model, hub_model, hub_offline
-from .nodes.train import make_backend
+from .nodes.train import make_backend, ready_args
 from .plugins import kinds
 from .plugins.code_identity import use_identity_cache
 from .plugins.identity_cache import IdentityCache
@@ -127,8 +127,7 @@ class Project:
             check = getattr(backend, "check_ready", None)
             if check is None:
                 continue
-            by_name = getattr(backend, "trains_by_name", False)
-            args = {"base_model": arm.config.model.name, "lora_rank": arm.params["algorithm"].lora_rank} if by_name else {}
+            args = ready_args(backend, arm)
             ident = (arm.config.backend.kind, repr(getattr(backend, "cfg", None)), tuple(sorted(args.items())))
             if ident not in seen:
                 seen.add(ident)

@@ -465,6 +465,28 @@ def test_the_key_tinker_auth_login_stored_is_used_when_none_is_exported(tmp_path
         stored.unlink(missing_ok=True)  # the canary key may be on disk nowhere
 
 
+def test_a_model_the_service_cannot_train_or_hold_at_max_length_is_refused_before_any_step(server, monkeypatch):
+    from evsys_build.errors import ConfigError
+    from evsys_rules.backends.tinker import TinkerBackend
+
+    monkeypatch.setenv("TINKER_API_KEY", KEY)
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    backend = TinkerBackend({"base_url": server.base_url})
+    saved = [dict(m) for m in server.models]
+    try:
+        server.models[0]["max_context_length"] = 1024
+        backend.check_ready(base_model=TINY, lora_rank=1, max_length=1024)
+        with pytest.raises(ConfigError) as long_rows:
+            backend.check_ready(base_model=TINY, lora_rank=1, max_length=2048)
+        assert long_rows.value.message == (f"algorithm.params.max_length: 2048 tokens exceed the 1024 that the Tinker service at {server.base_url} "
+                                           f"takes for {TINY!r}; set max_length <= 1024")
+        server.models[0]["trainable"] = False
+        with pytest.raises(ConfigError, match=f"offers {TINY!r} but not as trainable; pick one of: none"):
+            backend.check_ready(base_model=TINY, lora_rank=1)
+    finally:
+        server.models[:] = saved
+
+
 @pytest.mark.parametrize("status,expected", [
     (429, "still rate-limited forward_backward (HTTP 429) after the SDK's retries"),
     (402, "refused forward_backward for billing or quota (HTTP 402"),

@@ -8,6 +8,7 @@ that a new eval schedule needs is filled in by resuming from the nearest earlier
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Iterable
 
@@ -105,6 +106,18 @@ def keyed_backend_params(backend_cls, backend_cfg, left_out: str = "sampling_onl
     return with_mapping_orders(params, backend_cfg)
 
 
+def ready_args(backend, arm: Arm) -> dict:
+    """What `check_ready` is told: for a backend that trains by name, the base model, the LoRA
+    rank and (where its check takes it) the longest row."""
+    if not getattr(backend, "trains_by_name", False):
+        return {}
+    algo = arm.params["algorithm"]
+    args = {"base_model": arm.config.model.name, "lora_rank": algo.lora_rank}
+    if "max_length" in inspect.signature(backend.check_ready).parameters and getattr(algo, "max_length", None) is not None:
+        args["max_length"] = algo.max_length
+    return args
+
+
 def make_backend(arm: Arm):
     """The arm's backend, built from its validated Config with `auto` settings resolved."""
     backend_cls = kinds.backends.get(arm.config.backend.kind)
@@ -173,7 +186,7 @@ def run_train(ctx: RunContext) -> dict:
     backend = payload["backend"]
     by_name = getattr(backend, "trains_by_name", False)
     if hasattr(backend, "check_ready"):
-        backend.check_ready(**({"base_model": arm.config.model.name, "lora_rank": algo.lora_rank} if by_name else {}))
+        backend.check_ready(**ready_args(backend, arm))
     checkpoints = payload["checkpoints"]
     final_step = algo.max_steps
     missing = [s for s, n in sorted(checkpoints.items()) if not usable(ctx.store, n)]

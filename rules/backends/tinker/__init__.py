@@ -46,9 +46,10 @@ class TinkerBackend:
     def __init__(self, config: TinkerBackendConfig | dict | None = None):
         self.cfg = config if isinstance(config, TinkerBackendConfig) else self.Config(**(config or {}))
 
-    def check_ready(self, base_model: Optional[str] = None, lora_rank: Optional[int] = None) -> None:
+    def check_ready(self, base_model: Optional[str] = None, lora_rank: Optional[int] = None, max_length: Optional[int] = None) -> None:
         """Fail before any work: no key, no SDK, a key the service rejects, a base model it does
-        not offer, or a full fine-tune (Tinker trains LoRA adapters)."""
+        not offer (or not for training and sampling, or not at `max_length` tokens), or a full
+        fine-tune (Tinker trains LoRA adapters)."""
         if lora_rank == 0:
             raise ConfigError("algorithm.params.lora_rank: 0 (full fine-tune) is not available on backend tinker, which trains LoRA adapters; set lora_rank >= 1")
         from .credentials import api_key
@@ -57,7 +58,7 @@ class TinkerBackend:
         import_tinker()
         api_key()  # TINKER_API_KEY, else the key `tinker auth login` stored (read through the SDK)
         if base_model is not None:
-            check_base_model(base_model, self.cfg.base_url)
+            check_base_model(base_model, self.cfg.base_url, max_length)
 
     def create_training_client(self, model_dir, lora_rank: int, seed: int, base_model: Optional[str] = None) -> TinkerTrainingClient:
         """A training client for `base_model` (the config's model.name); the service creates the

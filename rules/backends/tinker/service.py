@@ -93,19 +93,29 @@ def _sdk_default_url() -> str:
         return "https://tinker.thinkingmachines.dev/services/tinker-prod"
 
 
-def supported_models(base_url: str | None) -> list[str]:
-    """The base models the service offers (its server capabilities)."""
+def supported_models(base_url: str | None) -> dict[str, object]:
+    """The base models the service offers (its server capabilities), by name."""
     rest = rest_client(base_url)
     caps = call(lambda: rest.get_server_capabilities().result(), "reading the server capabilities", base_url)
-    return [m.model_name for m in caps.supported_models]
+    return {m.model_name: m for m in caps.supported_models}
 
 
-def check_base_model(base_model: str, base_url: str | None) -> None:
+def check_base_model(base_model: str, base_url: str | None, max_length: int | None = None) -> None:
+    """The service offers `base_model`, trains and samples it, and takes `max_length` tokens."""
     offered = supported_models(base_url)
-    if base_model not in offered:
+    model = offered.get(base_model)
+    if model is None:
         raise ConfigError(
             f"model.name: {base_model!r} is not offered by {service_name(base_url)}; it offers: {', '.join(offered) or 'nothing'}"
         )
+    for can in ("trainable", "sampleable"):
+        if getattr(model, can, None) is False:
+            raise ConfigError(f"model.name: {service_name(base_url)} offers {base_model!r} but not as {can}; "
+                              f"pick one of: {', '.join(n for n, m in offered.items() if getattr(m, can, None) is not False) or 'none'}")
+    context = getattr(model, "max_context_length", None)
+    if max_length is not None and context and max_length > context:
+        raise ConfigError(f"algorithm.params.max_length: {max_length} tokens exceed the {context} that {service_name(base_url)} "
+                          f"takes for {base_model!r}; set max_length <= {context}")
 
 
 def _close(client) -> None:
