@@ -35,7 +35,7 @@ def create_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, fsync: b
 def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool, fsync: bool = True) -> bool:
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        made = _make_folders(path.parent)
         staging = tmp_dir or path.parent
         staging.mkdir(parents=True, exist_ok=True)
         fd, tmp = _staging_file(staging)
@@ -57,16 +57,28 @@ def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool, fsy
                 if path.exists():  # a filesystem without hard links: check, then rename (not atomic)
                     return False
                 os.replace(tmp, path)
-                tmp = None
         if fsync:
-            _fsync_folder(path.parent)
+            for folder in (path.parent, *(m.parent for m in made)):  # the new name, and each new folder's own name
+                _fsync_folder(folder)
         return True
     except OSError as exc:
         if exc.errno in DISK_ERRNOS:
             raise WriteFailed(f"cannot write {path}: {exc.strerror}; free some space or write elsewhere (--cache-dir, output_dir)") from None
         raise
     finally:
-        _remove(tmp if tmp and os.path.exists(tmp) else None)
+        _remove(tmp)  # renamed already, or linked into place, or left by a failure
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents; returns the ones this call found missing."""
+    missing = []
+    for part in (folder, *folder.parents):
+        if part.is_dir():
+            break
+        missing.append(part)
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -87,31 +99,29 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def remove_own_staging() -> None:
-    """Remove the staging files this process has open or left (before an immediate exit, whose
-    writer threads never finish their rename): a later build or gc would, but `verify` would
-    report them until then."""
-    prefix = f"{STAGING_PREFIX}{os.getpid()}-"
-    for staging in list(_staging_dirs):
-        with contextlib.suppress(OSError):
-            for name in os.listdir(staging):
-                if name.startswith(prefix):
-                    _remove(os.path.join(staging, name))
+    """Remove the staging files this process has open (before an immediate exit, whose writer
+    threads never finish their rename): a later build or gc would, but `verify` would report them
+    until then. Only the files this process made, by name: another machine's process with the
+    same pid, staging into a shared store, is left alone."""
+    for name in list(_staged_now):
+        _remove(name)
 
 
 def _staging_file(staging: Path) -> tuple[int, str]:
     """A new file in `staging`, named `.evsys-<pid>-<n>` (n counts this process's writes), open
     for writing; created with mode 0666 less the umask, as stores are shared like any files."""
-    _staging_dirs.add(str(staging))
     while True:
         name = os.path.join(staging, f"{STAGING_PREFIX}{os.getpid()}-{next(_staged)}")
         try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), name
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:  # left by an earlier process with this pid: take the next number
             continue
+        _staged_now.add(name)
+        return fd, name
 
 
 _staged = itertools.count()  # next() on a count is atomic: threads never share a name
-_staging_dirs: set[str] = set()  # where this process staged files (remove_own_staging)
+_staged_now: set[str] = set()  # staging files this process made and has not renamed or removed yet
 
 
 def staging_owner_alive(name: str) -> bool:
@@ -132,5 +142,6 @@ def staging_owner_alive(name: str) -> bool:
 def _remove(tmp: str | None) -> None:
     """Best effort: a staging file that cannot be removed now is removed by the next gc."""
     if tmp:
+        _staged_now.discard(tmp)
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -32,6 +32,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     def handle(signum, frame):
         if stop.is_set():
             os.write(2, b"\nevsys: interrupted again; exiting now\n")
+            remove_own_staging()
             os._exit(130)
         stop.set()
         os.write(2, b"\nevsys: stopping: running nodes finish their current step and save it (Ctrl-C again to exit now)\n")

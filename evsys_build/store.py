@@ -28,6 +28,7 @@ from . import __version__
 from .bucket import Bucket, Entry, LocalBucket
 from .errors import CorruptObject, StoreError, UsageError
 from .hashing import digest, digest_bytes
+from .tree import first_existing
 
 
 DEFAULT_DIRNAME = ".evsys-cache"
@@ -70,15 +71,11 @@ def open_bucket(location: str | Path) -> Bucket:
 
 
 def _local_folder(path: Path) -> Path:
-    """`path`, checked to be a folder or one that can be made there (it is made by the first
-    write); a file in the way is one line naming the option to fix."""
-    for part in (path, *path.parents):
-        if part.exists() or part == part.parent:
-            break
+    """`path`, checked to be a folder or one that can be made there (the first write makes it):
+    a file in the way is one line."""
+    part = first_existing(path)
     if not part.is_dir():
-        raise UsageError(f"{path}: {part} is a file, not a folder; give --cache-dir (or $EVSYS_CACHE) a folder for the store")
-    if part != path and not os.access(part, os.W_OK | os.X_OK):
-        raise UsageError(f"{path}: cannot make the store's folder in {part} (no permission); give --cache-dir (or $EVSYS_CACHE) a folder you can write")
+        raise UsageError(f"{path}: {part} is a file, not a folder; a store is a folder (check --cache-dir, $EVSYS_CACHE or --remote)")
     return path
 
 

@@ -39,3 +39,11 @@ def _walk(folder: str, ancestors: frozenset, skip_hidden: bool) -> Iterator[tupl
 def files_under(root, *, skip_hidden: bool = False) -> list[Path]:
     """Every file under `root` (see `walk`), as paths through `root`, sorted."""
     return sorted(Path(folder, name) for folder, names in walk(root, skip_hidden=skip_hidden) for name in names)
+
+
+def first_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists (what a `mkdir -p path` would build on)."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return part
+    return Path(path.anchor or ".")

@@ -79,9 +79,11 @@ def test_a_diverged_loss_stops_training_and_keeps_the_checkpoints_before_it(tiny
                 next(p for p in client.model.parameters() if p.requires_grad).fill_(float("inf"))
 
     with pytest.raises(NodeFailed, match=r"train: (train_mean_nll|optim/grad_norm) is nan at step 2: training diverged .*checkpoints saved before this step are kept"):
-        train_sft(client, data, SFTConfig(learning_rate=1e-2, max_steps=4, batch_size=2, lora_rank=2), seed=0, save_steps={1, 2, 3},
+        train_sft(client, data, SFTConfig(learning_rate=1e-2, max_steps=4, batch_size=2, lora_rank=2), seed=0, save_steps={1, 4},
                   resume=None, on_step=poison_after_step_one, on_checkpoint=saved.__setitem__)
     assert list(saved) == [1] and len(seen) == 1 and np.isfinite(seen[0])
+    with pytest.raises(NodeFailed, match=r"train: weight .* holds NaN or inf: training diverged"):
+        client.save_state()  # a checkpoint of ruined weights is never stored, whatever the loss said
 
 
 EPOCHS_CONFIG = """\

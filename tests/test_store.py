@@ -223,9 +223,10 @@ def test_data_chunks_skip_fsync_and_everything_else_keeps_it(tmp_path, monkeypat
     map_chunks(store, [chunk], {"rule": "t"}, lambda c: write_row_chunk(store, [{"a": 2}]))
     assert synced == []
     blob = store.put_bytes(b"a checkpoint")
-    staged, folder = synced
+    staged, folder, parent = synced  # the shard folder objects/xx/ was new: its own name is made durable too
     assert Path(staged).name.startswith(".evsys-")
     assert any(p.name.startswith(blob[2:]) for p in Path(folder).iterdir()), "the folder holding the new name is fsynced, so the name survives a power failure"
+    assert Path(parent) == Path(folder).parent
 
 
 def test_a_token_chunk_that_does_not_hold_its_arrays_is_quarantined(tmp_path):
@@ -504,7 +505,7 @@ def test_a_store_location_that_is_a_file_is_one_line(tmp_path, command):
     for where in ("afile", "afile/store"):
         proc = evsys(command, "config.yaml", "--cache-dir", where, cwd=project)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert proc.stderr.strip().splitlines()[-1] == f"evsys: error: {where}: afile is a file, not a folder; give --cache-dir (or $EVSYS_CACHE) a folder for the store"
+        assert proc.stderr.strip().splitlines()[-1] == f"evsys: error: {where}: afile is a file, not a folder; a store is a folder (check --cache-dir, $EVSYS_CACHE or --remote)"
 
 
 def test_an_immediate_exit_leaves_none_of_its_own_staging_files(tmp_path):
@@ -523,3 +524,22 @@ def test_an_immediate_exit_leaves_none_of_its_own_staging_files(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 130, proc.stderr
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [".evsys-1-0"]
+
+
+def test_a_second_ctrl_c_leaves_none_of_its_own_staging_files(tmp_path):
+    """The "exit now" path (a second signal) ends writer threads mid-write too."""
+    script = textwrap.dedent(f"""
+        import os, signal, threading, time
+        from pathlib import Path
+        from evsys_build import atomic, interrupts
+        staging = Path({str(tmp_path / "tmp")!r}); staging.mkdir()
+        with interrupts.stop_on_signals(threading.Event()):
+            fd, name = atomic._staging_file(staging)
+            os.write(fd, b"half")
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and "exiting now" in proc.stderr, proc.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []

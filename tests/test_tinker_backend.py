@@ -436,8 +436,16 @@ def test_a_failed_adapter_download_is_retried_then_the_checkpoint_is_kept_withou
 
 def test_the_key_tinker_auth_login_stored_is_used_when_none_is_exported(tmp_path, server, monkeypatch):
     """The SDK's own order: TINKER_API_KEY, then TINKER_CREDENTIAL_CMD, then the stored default key."""
+    import httpx
+    import tinker
+
     from evsys_build.errors import ConfigError
+    from evsys_rules.backends.base import StepFailed
     from evsys_rules.backends.tinker import TinkerBackend
+    from evsys_rules.backends.tinker.errors import service_error
+
+    def response(status: int):
+        return httpx.Response(status, request=httpx.Request("POST", f"{server.base_url}/api/v1/x"))
 
     stored = tmp_path / "home" / ".tinker" / "credentials.json"
     stored.parent.mkdir(parents=True)
@@ -456,8 +464,17 @@ def test_the_key_tinker_auth_login_stored_is_used_when_none_is_exported(tmp_path
             backend.check_ready(base_model=TINY, lora_rank=1)
         assert "rejected the key `tinker auth login` stored (HTTP 401" in refused.value.message
         assert "tml-not-the-key" not in refused.value.message
+        assert "run `tinker auth login` again or export TINKER_API_KEY" in refused.value.message
         login(KEY)
         backend.check_ready(base_model=TINY, lora_rank=1)
+        said = service_error(tinker.PermissionDeniedError(f"no ({KEY})", response=response(403), body={"detail": f"key {KEY} lacks access"}), "sampling", server.base_url)
+        assert "key <TINKER_API_KEY> lacks access" in said.message and KEY not in said.message  # the stored key is redacted too
+
+        stored.write_text('{"version": 1, "default": "x", "keys": {"x": {"type": "manual"}}}')  # unreadable, but an exported key is in use
+        monkeypatch.setenv("TINKER_API_KEY", KEY)
+        transient = service_error(tinker.InternalServerError("boom", response=response(500), body=None), "forward_backward", server.base_url)
+        assert isinstance(transient, StepFailed)
+        monkeypatch.delenv("TINKER_API_KEY")
         stored.unlink()
         with pytest.raises(ConfigError, match="needs a Tinker API key: export TINKER_API_KEY=tml-... \\(or store one with `tinker auth login`\\)"):
             backend.check_ready(base_model=TINY, lora_rank=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from evsys_build.errors import ConfigError, UnknownKindError
-from evsys_build.tree import files_under
+from evsys_build.tree import files_under, first_existing
 
 from ..plugins import kinds
 from ..plugins.discover import plugin_hint
@@ -121,27 +121,30 @@ def check_benchmark_names(loaded: LoadedConfig, arm: Arm) -> None:
 def check_output_dir(loaded: LoadedConfig) -> None:
     """The run dir can be a folder: nothing on its way there is a file."""
     folder = loaded.output_dir / loaded.run_name
-    for part in (folder, *folder.parents):
-        if part.exists():
-            if not part.is_dir():
-                with located(loaded, ("output_dir",) if loaded.config.output_dir else ("run_name",)):
-                    raise ConfigError(f"output_dir: {part} is a file, so the run dir {folder} cannot be written there; choose another output_dir")
-            return
+    part = first_existing(folder)
+    if not part.is_dir():
+        with located(loaded, ("output_dir",) if loaded.config.output_dir else ("run_name",)):
+            raise ConfigError(f"output_dir: {part} is a file, so the run dir {folder} cannot be written there; choose another output_dir")
 
 
 def check_source(loaded: LoadedConfig, source, arm: Arm | None = None) -> None:
     """The source's own file checks, with the error pointed at `data.path` in the config."""
     with located(loaded, ("data", "path"), arm):
         source.check()
-        refuse_benchmark_files(source, (arm.config if arm is not None else loaded.config))
 
 
-def refuse_benchmark_files(source, config: ExperimentConfig) -> None:
+def check_source_files(loaded: LoadedConfig, source, files: list, arm: Arm | None = None) -> None:
+    """The files the source reads (`source.files()`, as the caller got them) take in no
+    benchmark's file; the error points at `data.path`."""
+    with located(loaded, ("data", "path"), arm):
+        refuse_benchmark_files(getattr(getattr(source, "cfg", None), "path", None), files, arm.config if arm is not None else loaded.config)
+
+
+def refuse_benchmark_files(named, files: list, config: ExperimentConfig) -> None:
     """A folder or glob given as data.path must not sweep up a benchmark's own file (a val/ or
     test/ folder beside the training rows): the model would be scored on rows it trained on. A
     file data.path names itself is taken as meant."""
-    named = getattr(getattr(source, "cfg", None), "path", None)
-    if not named or not callable(getattr(source, "files", None)):
+    if not named:
         return
     scored = {}
     for bench in config.metadata.benchmark:
@@ -150,7 +153,7 @@ def refuse_benchmark_files(source, config: ExperimentConfig) -> None:
             scored[file.resolve()] = bench.name
     if not scored:
         return
-    for file in source.files():
+    for file in files:
         bench = scored.get(Path(file).resolve())
         if bench is not None and Path(file).resolve() != Path(named).resolve():
             raise ConfigError(f"data.path: {named!r} takes in {file}, which benchmark {bench} scores: the model would be evaluated on rows it "

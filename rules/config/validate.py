@@ -21,7 +21,7 @@ from ..nodes.eval import benchmark_tasks, check_heldout
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
 from ..plugins import kinds
 from .deep_rows import check_rows
-from .loading import Arm, LoadedConfig, check_source, load_config, located
+from .loading import Arm, LoadedConfig, check_source, check_source_files, load_config, located
 
 
 def validate(config_path: Path, deep: bool = False) -> list[str]:
@@ -56,6 +56,8 @@ def _deep_model(loaded: LoadedConfig, arm: Arm) -> list[str]:
 def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
     source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
     check_source(loaded, source, arm)
+    source_files = source.files()
+    check_source_files(loaded, source, source_files, arm)
     recipe = repr((arm.config.data.model_dump(), [t.model_dump() for t in arm.config.transforms], getattr(arm.params["algorithm"], "supervise", None)))
     if recipe in seen:
         return []
@@ -63,7 +65,7 @@ def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
     checked = check_rows(arm, source)
     if checked.rows == 0:
         raise ConfigError(f"{data_where(loaded)}: {EMPTY_DATASET}")
-    files = ", ".join(str(f) for f in source.files())
+    files = ", ".join(str(f) for f in source_files)
     label = "" if len(loaded.arms) == 1 else f"[{arm.name}] "
     lines = [f"{label}data: {files}: {checked.source_rows} rows, {checked.rows} after the transforms"]
     algo = arm.params["algorithm"]

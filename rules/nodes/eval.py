@@ -97,7 +97,8 @@ def estimate_eval(store, node: Node, inputs: dict) -> dict:
     sampled = 0
     if checkpoint is not None:
         keys = task_memo_keys(node, output_digest(checkpoint))
-        sampled = len(store.stored_memos(keys))
+        stored = store.stored_memos(keys)
+        sampled = sum(key in stored for key in keys)  # two tasks with the same turns share one memo
     todo = len(tasks) - sampled
     samples = todo * bench.num_samples
     cost = {"sampling_requests": todo, "samples": samples, "max_new_tokens": samples * bench.max_tokens, "tasks_sampled_before": sampled}

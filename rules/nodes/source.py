@@ -19,7 +19,7 @@ from evsys_build.statcache import StatCache
 from evsys_build.watch import unwatchable, watch, watch_tree
 
 from ..config.keyed_params import keyed_dump, with_mapping_orders
-from ..config.loading import Arm, LoadedConfig, check_source
+from ..config.loading import Arm, LoadedConfig, check_source, check_source_files
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.environment_reads import environment_param
@@ -39,6 +39,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     check_source(loaded, source, arm)
     with environment_checked(source_cls, what):
         files = source.files()
+    check_source_files(loaded, source, files, arm)
     source_params = keyed_dump(arm.params["data"])
     source_params.pop("path", None)
     source_params = with_mapping_orders(source_params, arm.params["data"])

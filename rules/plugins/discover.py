@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 MAX_FILES = 2000  # .py files read at most: a hint must not turn a typo into a long wait
+MAX_FOLDERS = 2000  # folders listed at most, for the same reason
 MAX_DEPTH = 4  # folders below each root
 MAX_BYTES = 1 << 20
 SKIPPED = {"__pycache__", "node_modules", "site-packages", "venv", "env", "build", "dist"}
@@ -32,10 +33,13 @@ def files_registering(kind: str, name: str, roots: list[Path]) -> list[Path]:
     """The .py files under `roots` (hidden and environment folders skipped) whose text calls
     `register_<kind>` with `name` as a literal."""
     pattern = re.compile(rb"register_" + kind.encode() + rb"\(\s*(['\"])" + re.escape(name.encode()) + rb"\1")
-    found, seen, read = [], set(), 0
+    found, seen, read, listed = [], set(), 0, 0
     for root in roots:
         root = root.resolve()
         for folder, dirs, files in os.walk(root):
+            listed += 1
+            if listed > MAX_FOLDERS:
+                return found
             depth = len(Path(folder).relative_to(root).parts)
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED and depth < MAX_DEPTH)
             for file in sorted(f for f in files if f.endswith(".py")):

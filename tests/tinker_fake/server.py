@@ -24,6 +24,11 @@ from ONE worker thread, in request-arrival order (so it needs no locking):
       weights=None: sample the base model. `stop` is SamplingParams.stop as sent.
   export_files(handle) -> {filename: bytes}   OPTIONAL, for save_weights_external
       (default: {"adapter_weights.bin": sampler_weights(handle)})
+  prompt_logprobs(weights, prompt_ids, *, base_model) -> list (len prompt) of float|None
+      OPTIONAL, for compute_logprobs (a sample request with prompt_logprobs); the first is None.
+
+`create_model` takes only LoRA on attention and MLP without the unembedding (what evsys asks for,
+as its local backend trains); the SDK's default (train_unembed true) is answered 400.
 
 A compute exception fails that future (ValueError -> category "user", else "server"), which the
 SDK raises as tinker.RequestFailedError from .result().

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from evsys_build.errors import ConfigError
+from evsys_build.errors import ConfigError, NodeFailed
 
 from ..base import AdamParams, Datum
 from .config import LocalBackendConfig, resolve_precision
@@ -203,6 +203,10 @@ class LocalTrainingClient:
         """trainable.safetensors, optimizer.safetensors, rng.safetensors and state.json."""
         import torch
 
+        for name, param in self.named_trainable:  # a loss that stayed finite can still leave inf weights (a bf16 overflow)
+            if not bool(torch.isfinite(param).all()):
+                raise NodeFailed(f"train: weight {name} holds NaN or inf: training diverged (lower learning_rate, set grad_clip, "
+                                 "or look for extreme rows); checkpoints saved before this one are kept")
         optim: dict[str, torch.Tensor] = {}
         for name, param in self.named_trainable:
             for key, value in self.optimizer.state.get(param, {}).items():

@@ -6,6 +6,7 @@ memory only; it is never part of a node's key or written to the store."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 from evsys_build.errors import ConfigError
@@ -35,8 +36,18 @@ def has_credentials() -> bool:
     return True
 
 
+def key_in_use() -> Optional[str]:
+    """The key `api_key()` gives the SDK, or None (none, or the credential command's); never raises."""
+    try:
+        return api_key()
+    except ConfigError:
+        return None
+
+
 def stored_key() -> Optional[str]:
     """The default key in the SDK's credentials file, or None (no SDK, no file, no default)."""
+    if not (Path.home() / ".tinker" / "credentials.json").is_file():  # the SDK's default path: no import when there is none
+        return None
     try:
         from tinker.lib import credentials
     except ImportError:

@@ -23,20 +23,23 @@ def service_name(base_url: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with the API key (the exported or the stored one) replaced, on one line."""
-    from .credentials import stored_key
+    """`text` with the API key in use (exported or stored) replaced, on one line. A credential
+    TINKER_CREDENTIAL_CMD prints goes from the SDK to the service and never reaches evsys."""
+    from .credentials import key_in_use
 
-    for key in (os.environ.get("TINKER_API_KEY", "").strip(), stored_key()):
-        if key:
-            text = text.replace(key, "<TINKER_API_KEY>")
+    key = key_in_use()
+    if key:
+        text = text.replace(key, "<TINKER_API_KEY>")
     return " ".join(text.split())
 
 
-def key_source() -> str:
-    """Where the key the SDK was given came from, for messages."""
+def key_source() -> tuple[str, str]:
+    """Where the key the SDK was given came from, and how to give another, for messages."""
     if os.environ.get("TINKER_API_KEY", "").strip():
-        return "TINKER_API_KEY"
-    return "the credential TINKER_CREDENTIAL_CMD printed" if os.environ.get("TINKER_CREDENTIAL_CMD", "").strip() else "the key `tinker auth login` stored"
+        return "TINKER_API_KEY", "export a valid key"
+    if os.environ.get("TINKER_CREDENTIAL_CMD", "").strip():
+        return "the credential TINKER_CREDENTIAL_CMD printed", "fix TINKER_CREDENTIAL_CMD or export TINKER_API_KEY"
+    return "the key `tinker auth login` stored", "run `tinker auth login` again or export TINKER_API_KEY"
 
 
 def detail(exc: BaseException) -> str:
@@ -57,7 +60,8 @@ def service_error(exc: BaseException, what: str, base_url: str | None) -> EvsysE
     if isinstance(exc, EvsysError | StepFailed):
         return exc
     if isinstance(exc, tinker.AuthenticationError) or "status 401" in said:
-        err: EvsysError | StepFailed = ConfigError(f"tinker: {where} rejected {key_source()} (HTTP 401, authentication failed) while {what}; export a valid key")
+        source, fix = key_source()
+        err: EvsysError | StepFailed = ConfigError(f"tinker: {where} rejected {source} (HTTP 401, authentication failed) while {what}; {fix}")
     elif isinstance(exc, tinker.BillingError) or "status 402" in said:
         err = ConfigError(f"tinker: {where} refused {what} for billing or quota (HTTP 402: {said}); check the account's billing and limits")
     elif isinstance(exc, tinker.PermissionDeniedError) or "status 403" in said:

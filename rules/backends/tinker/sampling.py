@@ -47,14 +47,7 @@ class TinkerSamplingClient:
             )
             for p, s in zip(prompts, seeds)
         ]
-        out = []
-        for future in futures:
-            try:
-                response = call(future.result, "sampling", self.base_url)
-            except StepFailed as exc:  # nothing to recover here: the per-task memo keeps what was sampled
-                raise NodeFailed(f"tinker: {exc}") from None
-            out.append([_cut_at_stop(list(seq.tokens), set(stops)) for seq in response.sequences])
-        return out
+        return [[_cut_at_stop(list(seq.tokens), set(stops)) for seq in response.sequences] for response in self._answers(futures, "sampling")]
 
 
     def score(self, datums) -> list[tuple[float, float]]:
@@ -70,18 +63,27 @@ class TinkerSamplingClient:
             for ids, weights in rows
         ]
         out = []
-        for (ids, weights), future in zip(rows, futures):
-            if future is None:
+        for (ids, weights), logprobs in zip(rows, self._answers(futures, "scoring")):
+            if logprobs is None:
                 out.append((0.0, 0.0))
                 continue
-            try:
-                logprobs = call(future.result, "scoring", self.base_url)
-            except StepFailed as exc:
-                raise NodeFailed(f"tinker: {exc}") from None
             if len(logprobs) != len(ids) or any(logprobs[t] is None for t in range(1, len(ids)) if weights[t]):
                 raise NodeFailed(f"tinker: the service scored {len(logprobs)} of a row's {len(ids)} tokens, some without a logprob; held-out loss needs every weighted one")
             out.append((-sum(weights[t] * logprobs[t] for t in range(1, len(ids)) if weights[t]), sum(weights[1:])))
         return out
+
+
+    def _answers(self, futures, what: str):
+        """Each submitted request's answer, in order (None stays None). Nothing is recovered here:
+        the per-task memo keeps what was sampled before a failure."""
+        for future in futures:
+            if future is None:
+                yield None
+                continue
+            try:
+                yield call(future.result, what, self.base_url)
+            except StepFailed as exc:
+                raise NodeFailed(f"tinker: {exc}") from None
 
 
 def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
