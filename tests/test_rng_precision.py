@@ -81,11 +81,12 @@ def test_checkpoints_record_where_they_were_built_and_plan_and_show_say_it(built
     checkpoint = Store(cache).read_manifest(ref_keys(cache)["checkpoint@1"])
     assert {k: checkpoint["built_on"][k] for k in ("device", "dtype", "attention")} == {"device": "cpu", "dtype": "float32", "attention": "sdpa_loop"}
     assert checkpoint["built_on"]["host"]
+    assert checkpoint["built_on"]["cpu_threads"] >= 1  # CPU float results depend on it: recorded for whoever compares two runs
     plan = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=built_project)).stdout
     assert "cpu float32 sdpa_loop" in next(line for line in plan.splitlines() if line.rstrip().endswith(")") and "  train  " in line)
     shown = ok(evsys("show", "node:" + ref_keys(cache)["checkpoint@1"][:10], "--cache-dir", "cache", cwd=built_project)).stdout
     built = next(line for line in shown.splitlines() if line.startswith("built on "))
-    assert "attention sdpa_loop, device cpu, dtype float32" in built
+    assert "attention sdpa_loop, cpu_threads " in built and ", device cpu, dtype float32" in built
 
 
 def test_training_never_resumes_across_precisions(tiny_model_dir):

@@ -106,6 +106,9 @@ def keyed_backend_params(backend_cls, backend_cfg, left_out: str = "sampling_onl
     return with_mapping_orders(params, backend_cfg)
 
 
+BUILT_ON = ("device", "dtype", "attention", "cpu_threads")  # what a train or checkpoint manifest says it ran on
+
+
 def ready_args(backend, arm: Arm) -> dict:
     """What `check_ready` is told: for a backend that trains by name, the base model, the LoRA
     rank and (where its check takes it) the longest row."""
@@ -344,7 +347,7 @@ def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, revis
             "trainable_params": info.get("trainable_params"),
             "size_bytes": sum(len(b) for part in (saved.weights, saved.state) for b in part.values()),
         },
-        "built_on": {k: info[k] for k in ("device", "dtype", "attention") if k in info},
+        "built_on": {k: info[k] for k in BUILT_ON if k in info},
     }
 
 
@@ -380,7 +383,7 @@ def _train_result(store: Store, final_checkpoint: Node) -> dict:
             "steps": len(history),
         },
         "stats": {"info": meta.get("info", {})},
-        "built_on": {k: meta.get("info", {})[k] for k in ("device", "dtype", "attention") if k in meta.get("info", {})},
+        "built_on": {k: meta.get("info", {})[k] for k in BUILT_ON if k in meta.get("info", {})},
     }
 
 

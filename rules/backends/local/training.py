@@ -266,6 +266,8 @@ class LocalTrainingClient:
         }
 
     def info(self) -> dict:
+        import torch
+
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for _, p in self.named_trainable)
         return {
@@ -275,6 +277,7 @@ class LocalTrainingClient:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "attention": self.kernel,
+            **({"cpu_threads": torch.get_num_threads()} if self.device.type == "cpu" else {}),  # moves CPU float results; recorded, not keyed
         }
 
     def sampling_client(self) -> LocalSamplingClient:
