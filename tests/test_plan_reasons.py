@@ -254,3 +254,32 @@ def test_dag_export(built_project, fmt, head):
     edges = [line for line in text.splitlines() if arrow in line]
     assert len(edges) == 6  # source → t0 → t1 → tokenize → train → {checkpoint@1, report}
     assert any(keys["source"][:10] in e and keys["transform[0] jsonl_to_chat"][:10] in e for e in edges)
+
+
+def test_an_eval_cost_counts_sampled_tasks_locally_and_on_a_remote_store_only_for_a_small_benchmark():
+    """Counting memoised tasks on S3/GCS would list memo folders per eval node: done there only
+    for a benchmark small enough for a few concurrent HEADs."""
+    from types import SimpleNamespace
+
+    from evsys_rules.evals.benchmarks import Task
+    from evsys_rules.nodes.eval import REMOTE_TASKS_COUNTED, estimate_eval, task_memo_keys
+
+    def node(n: int):
+        tasks = [Task(task_id=f"t{i}", instruction=f"q{i}", verifier={"kind": "in_process", "fn_name": "contains", "expected": "x"}) for i in range(n)]
+        return SimpleNamespace(rule="eval", version="v", params={"sampler": {}, "model": "m", "tokenizer_libraries": {}, "sampling": {"max_tokens": 8}},
+                               payload={"tasks": tasks, "bench": SimpleNamespace(num_samples=1, max_tokens=8), "arm": SimpleNamespace(config=SimpleNamespace(seed=0)), "system_prompt": None})
+
+    class Store:
+        def __init__(self, location):
+            self.location, self.asked = location, []
+
+        def stored_memos(self, keys):
+            self.asked.append(len(keys))
+            return set(list(keys)[:2])  # two tasks were sampled before
+
+    checkpoint = {"output_digest": "c" * 32}
+    for location, n, asked, todo in [("/tmp/store", 40, [40], 38), ("s3://b/p", REMOTE_TASKS_COUNTED, [REMOTE_TASKS_COUNTED], REMOTE_TASKS_COUNTED - 2), ("s3://b/p", 40, [], 40)]:
+        store, eval_node = Store(location), node(n)
+        cost = estimate_eval(store, eval_node, {"checkpoint": checkpoint})
+        assert (store.asked, cost["sampling_requests"]) == (asked, todo), location
+    assert len(set(task_memo_keys(node(3), "c" * 32))) == 3

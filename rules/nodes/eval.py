@@ -15,6 +15,7 @@ from evsys_build.graph import Node
 from evsys_build.hashing import digest
 from evsys_build.planner import output_digest
 from evsys_build.statcache import StatCache
+from evsys_build.store import is_remote
 
 from evsys_build.errors import ConfigError
 
@@ -91,11 +92,12 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
 def estimate_eval(store, node: Node, inputs: dict) -> dict:
     """What `plan` says an eval that runs will cost: one sampling request per task (num_samples
     each) and at most max_tokens new tokens per sample. Tasks already memoised for a stored
-    checkpoint cost nothing and are left out (a checkpoint that has to be trained first has none)."""
+    checkpoint cost nothing and are left out (a checkpoint that has to be trained first has none);
+    on a remote store only a small benchmark's are looked for, so `plan` stays quick there."""
     tasks, bench = node.payload["tasks"], node.payload["bench"]
     checkpoint = inputs.get("checkpoint")
     sampled = 0
-    if checkpoint is not None:
+    if checkpoint is not None and (not is_remote(store.location) or len(tasks) <= REMOTE_TASKS_COUNTED):
         keys = task_memo_keys(node, output_digest(checkpoint))
         stored = store.stored_memos(keys)
         sampled = sum(key in stored for key in keys)  # two tasks with the same turns share one memo
@@ -104,6 +106,9 @@ def estimate_eval(store, node: Node, inputs: dict) -> dict:
     cost = {"sampling_requests": todo, "samples": samples, "max_new_tokens": samples * bench.max_tokens, "tasks_sampled_before": sampled}
     before = f" ({sampled} of {len(tasks)} tasks sampled before)" if sampled else ""
     return {**cost, "summary": f"{todo} sampling requests{before}, {samples} samples, <= {cost['max_new_tokens']:,} new tokens"}
+
+
+REMOTE_TASKS_COUNTED = 16  # on S3/GCS, a plan asks about this many tasks' memos (concurrent HEADs); more would list memo folders per eval
 
 
 def task_memo_keys(node: Node, checkpoint_digest: str) -> list[str]:
