@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import StoreError
+from .tree import first_existing
 
 STAGING_PREFIX = ".evsys-"  # + "<pid>-": a later build or gc removes what a dead process left
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -71,11 +72,8 @@ def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool, fsy
 
 def _make_folders(folder: Path) -> list[Path]:
     """Make `folder` and its missing parents; returns the ones this call found missing."""
-    missing = []
-    for part in (folder, *folder.parents):
-        if part.is_dir():
-            break
-        missing.append(part)
+    base = first_existing(folder)
+    missing = list(itertools.takewhile(lambda part: part != base, (folder, *folder.parents)))
     if missing:
         folder.mkdir(parents=True, exist_ok=True)
     return missing

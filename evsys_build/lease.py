@@ -81,10 +81,10 @@ class Lease:
                 else:
                     print(f"evsys: waiting for {self.key.rsplit('/', 1)[-1]}: another build holds it", file=sys.stderr)
             pause = wait * random.uniform(0.5, 1.5)
-            if stop is not None and stop.wait(pause):
-                raise Interrupted("stopped while waiting for another build")
             if stop is None:
                 time.sleep(pause)
+            elif stop.wait(pause):
+                raise Interrupted("stopped while waiting for another build")
             waited += pause
             wait = min(wait * 1.5, 2.0)
         self.start_heartbeat()

@@ -234,8 +234,7 @@ class Store:
     def stored_manifests(self, keys: Iterable[str]) -> set[str]:
         """The keys among `keys` that have a manifest here (one batched existence check; the
         manifests are neither read nor checked)."""
-        paths = {_manifest_path(k): k for k in keys}
-        return {paths[p] for p in self.bucket.exists_many(list(paths))} if paths else set()
+        return self._stored({_manifest_path(k): k for k in keys})
 
     def complete_manifest(self, key: str, label: str = "") -> dict | None:
         """The manifest of `key` when it and every object it references are present, else None:
@@ -300,7 +299,10 @@ class Store:
     def stored_memos(self, keys: Iterable[str]) -> set[str]:
         """The keys among `keys` that have a memo here (one batched existence check; the memos
         are neither read nor checked)."""
-        paths = {_memo_path(k): k for k in keys}
+        return self._stored({_memo_path(k): k for k in keys})
+
+    def _stored(self, paths: dict[str, str]) -> set[str]:
+        """The keys of `paths` (path -> key) whose file exists, in one batched check."""
         return {paths[p] for p in self.bucket.exists_many(list(paths))} if paths else set()
 
     def iter_memo_keys(self) -> Iterator[str]:

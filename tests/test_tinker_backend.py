@@ -80,6 +80,13 @@ def walkthrough_project(root: Path, config: str | None = None) -> Path:
 CONFIG = "examples/sft_walkthrough/config.yaml"
 
 
+def response(status: int):
+    """An HTTP response as the SDK's errors carry it."""
+    import httpx
+
+    return httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1:1/api/v1/forward_backward"))
+
+
 def since(server, start: int) -> list:
     return server.requests[start:]
 
@@ -436,16 +443,12 @@ def test_a_failed_adapter_download_is_retried_then_the_checkpoint_is_kept_withou
 
 def test_the_key_tinker_auth_login_stored_is_used_when_none_is_exported(tmp_path, server, monkeypatch):
     """The SDK's own order: TINKER_API_KEY, then TINKER_CREDENTIAL_CMD, then the stored default key."""
-    import httpx
     import tinker
 
     from evsys_build.errors import ConfigError
     from evsys_rules.backends.base import StepFailed
     from evsys_rules.backends.tinker import TinkerBackend
     from evsys_rules.backends.tinker.errors import service_error
-
-    def response(status: int):
-        return httpx.Response(status, request=httpx.Request("POST", f"{server.base_url}/api/v1/x"))
 
     stored = tmp_path / "home" / ".tinker" / "credentials.json"
     stored.parent.mkdir(parents=True)
@@ -510,15 +513,13 @@ def test_a_model_the_service_cannot_train_or_hold_at_max_length_is_refused_befor
     (403, "refused forward_backward (HTTP 403, permission denied"),
 ])
 def test_service_errors_are_one_line_without_the_key(status, expected, monkeypatch):
-    import httpx
     import tinker
 
     from evsys_rules.backends.tinker.errors import service_error
 
     monkeypatch.setenv("TINKER_API_KEY", KEY)
     cls = {429: tinker.RateLimitError, 402: tinker.BillingError, 403: tinker.PermissionDeniedError}[status]
-    response = httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1:1/api/v1/forward_backward"))
-    err = service_error(cls(f"Error code: {status} - key {KEY}", response=response, body={"detail": f"no ({KEY})"}), "forward_backward", "http://127.0.0.1:1")
+    err = service_error(cls(f"Error code: {status} - key {KEY}", response=response(status), body={"detail": f"no ({KEY})"}), "forward_backward", "http://127.0.0.1:1")
     assert expected in err.message and KEY not in err.message and "\n" not in err.message
 
 

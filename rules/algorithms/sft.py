@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from ..config.numbers import refuse_booleans_for_numbers
-
+from ..config.schema import Strict
 from ..plugins.registry import register_algorithm
 
 WALL_CLOCK_METRICS = ("tokens_per_s", "step_time_s")  # differ between runs that compute the same bytes
@@ -15,7 +14,7 @@ WALL_CLOCK_METRICS = ("tokens_per_s", "step_time_s")  # differ between runs that
 Supervise = Literal["all_assistant", "last_assistant", "all"]
 
 
-class SFTConfig(BaseModel, extra="forbid", allow_inf_nan=False):
+class SFTConfig(Strict):
     """Knobs of supervised fine-tuning. Defaults follow Tinker's AdamW."""
 
     learning_rate: float = Field(1.0e-4, gt=0)  # peak learning rate
@@ -35,11 +34,6 @@ class SFTConfig(BaseModel, extra="forbid", allow_inf_nan=False):
     beta2: float = 0.95  # AdamW
     eps: float = 1.0e-12  # AdamW
     weight_decay: float = 0.0  # AdamW (decoupled)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _numbers_are_numbers(cls, value, info):
-        return refuse_booleans_for_numbers(cls, value, info)
 
     @model_validator(mode="after")
     def _one_length(self):

@@ -153,9 +153,11 @@ def refuse_benchmark_files(named, files: list, config: ExperimentConfig) -> None
             scored[file.resolve()] = bench.name
     if not scored:
         return
+    meant = Path(named).resolve()
     for file in files:
-        bench = scored.get(Path(file).resolve())
-        if bench is not None and Path(file).resolve() != Path(named).resolve():
+        resolved = Path(file).resolve()
+        bench = scored.get(resolved)
+        if bench is not None and resolved != meant:
             raise ConfigError(f"data.path: {named!r} takes in {file}, which benchmark {bench} scores: the model would be evaluated on rows it "
                               "trained on; point data.path at the training rows only (or name that file itself if you mean it)")
 

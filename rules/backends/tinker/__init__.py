@@ -3,8 +3,8 @@
 
 `backend.params.base_url` picks the service (default: the SDK's, i.e. TINKER_BASE_URL or hosted
 Tinker); the key comes from TINKER_API_KEY (or `tinker auth login`'s stored key) and is never
-written anywhere. The service trains
-the base model by name, so the train key holds the name, the backend kind and the service.
+written anywhere. The service trains the base model by name, so the train key holds the name,
+the backend kind and the service.
 """
 
 from __future__ import annotations

@@ -46,14 +46,12 @@ def key_in_use() -> Optional[str]:
 
 def stored_key() -> Optional[str]:
     """The default key in the SDK's credentials file, or None (no SDK, no file, no default)."""
-    if not (Path.home() / ".tinker" / "credentials.json").is_file():  # the SDK's default path: no import when there is none
+    path = Path("~/.tinker/credentials.json").expanduser()  # the SDK's default_credentials_path(): no import when there is no file
+    if not path.is_file():
         return None
     try:
         from tinker.lib import credentials
     except ImportError:
-        return None
-    path = credentials.default_credentials_path()
-    if not path.is_file():
         return None
     try:
         record = credentials.JsonCredentialStore(path).get_default_key()

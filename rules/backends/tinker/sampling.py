@@ -49,7 +49,6 @@ class TinkerSamplingClient:
         ]
         return [[_cut_at_stop(list(seq.tokens), set(stops)) for seq in response.sequences] for response in self._answers(futures, "sampling")]
 
-
     def score(self, datums) -> list[tuple[float, float]]:
         """Per datum, (sum over t of -log p(ids[t] | ids[:t]) × weights[t], sum of weights[1:]),
         from the service's prompt logprobs (`compute_logprobs`), every row submitted before any
@@ -71,7 +70,6 @@ class TinkerSamplingClient:
                 raise NodeFailed(f"tinker: the service scored {len(logprobs)} of a row's {len(ids)} tokens, some without a logprob; held-out loss needs every weighted one")
             out.append((-sum(weights[t] * logprobs[t] for t in range(1, len(ids)) if weights[t]), sum(weights[1:])))
         return out
-
 
     def _answers(self, futures, what: str):
         """Each submitted request's answer, in order (None stays None). Nothing is recovered here:

@@ -1,8 +1,9 @@
 """One Tinker `ServiceClient` per (service, key) for the whole process, and the calls around it.
 
 The SDK reads nothing from evsys's store: the key (TINKER_API_KEY, else the one `tinker auth
-login` stored: credentials.py) is passed to the SDK in memory, and is never written (the SDK sends it as the X-API-Key header). `tinker` is
-imported inside functions: `plan` and cached builds of local configs never load it.
+login` stored: credentials.py) is passed to the SDK in memory, and is never written (the SDK
+sends it as the X-API-Key header). `tinker` is imported inside functions: `plan` and cached
+builds of local configs never load it.
 """
 
 from __future__ import annotations
