@@ -47,7 +47,14 @@ def config_error(exc: ValidationError, model: type[BaseModel], file: Path | str,
         return ConfigError(f"{where(file, marks, path[:-1])}: {dotted(path)}: missing required field (add it)")
     value = err.get("input")
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return ConfigError(f"{where(file, marks, path)}: {dotted(path)}: {err['msg']} (got {shown})")
+    return ConfigError(f"{where(file, marks, path)}: {dotted(path)}: {message(err)} (got {shown})")
+
+
+def message(err: dict) -> str:
+    """Pydantic's message, without the "Value error, " it puts before a validator's own words."""
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])
+    return err["msg"]
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
