@@ -386,6 +386,51 @@ def test_a_data_folder_that_holds_a_benchmark_is_refused(tmp_path):
                        "the model would be evaluated on rows it trained on; point data.path at the training rows only (or name that file itself if you mean it)"), msg
 
 
+SHARD_LIST_SOURCE = """\
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from evsys_sdk import register_source
+
+
+@register_source("shard_list")
+class ShardList:
+    class Config(BaseModel, extra="forbid"):
+        paths: list[str]
+
+    def __init__(self, **params):
+        self.cfg = self.Config(**params)
+
+    def files(self):
+        return [Path(p) for p in self.cfg.paths]
+
+    def check(self):
+        pass
+
+    def read(self):
+        return [json.loads(line) for f in self.files() for line in f.read_text().splitlines() if line.strip()]
+"""
+
+
+def test_a_plugin_source_reading_a_benchmark_file_is_refused(tmp_path):
+    """A source kind with no data.path (it names its files in its own params) is checked on every
+    file it reads: none is taken as meant."""
+    config = BASE_CONFIG.replace("  source_kind: jsonl\n  path: data/train.jsonl\n",
+                                 "  source_kind: shard_list\n  params:\n    paths: [data/train.jsonl, data/val/tasks.jsonl]\n")
+    config = config.replace("seed: 0\n", "seed: 0\nplugins: [shard_list.py]\n") + "metadata:\n  benchmark:\n    - {name: val, path: data/val}\n"
+    project = project_with(tmp_path, config)
+    (project / "shard_list.py").write_text(SHARD_LIST_SOURCE)
+    (project / "data" / "val").mkdir()
+    task = {"task_id": "t0", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "x"}, "query": "q", "tool_slug": "x"}
+    (project / "data" / "val" / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+    for command in (["validate", "config.yaml", "--deep"], ["build", "config.yaml"]):
+        msg = one_error_line(evsys(*command, cwd=project))
+        assert msg == (f"config.yaml:{line_of(config, 'paths:')}:5: data: the source reads data/val/tasks.jsonl, which benchmark val scores: "
+                       "the model would be evaluated on rows it trained on; give the source the training rows only"), msg
+
+
 @pytest.mark.parametrize("old,new,needle,field", [
     ("max_steps: 1", "max_steps: true", "max_steps: true", "algorithm.params.max_steps"),
     ("seed: 0", "seed: false", "seed: false", "seed"),

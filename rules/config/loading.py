@@ -135,17 +135,18 @@ def check_source(loaded: LoadedConfig, source, arm: Arm | None = None) -> None:
 
 def check_source_files(loaded: LoadedConfig, source, files: list, arm: Arm | None = None) -> None:
     """The files the source reads (`source.files()`, as the caller got them) take in no
-    benchmark's file; the error points at `data.path`."""
-    with located(loaded, ("data", "path"), arm):
-        refuse_benchmark_files(getattr(getattr(source, "cfg", None), "path", None), files, arm.config if arm is not None else loaded.config)
+    benchmark's file; the error points at `data.path` (at `data.params` for a source kind that
+    names its files there)."""
+    named = getattr(getattr(source, "cfg", None), "path", None)
+    with located(loaded, ("data", "path") if named else ("data", "params"), arm):
+        refuse_benchmark_files(named, files, arm.config if arm is not None else loaded.config)
 
 
 def refuse_benchmark_files(named, files: list, config: ExperimentConfig) -> None:
     """A folder or glob given as data.path must not sweep up a benchmark's own file (a val/ or
     test/ folder beside the training rows): the model would be scored on rows it trained on. A
-    file data.path names itself is taken as meant."""
-    if not named:
-        return
+    file data.path names itself is taken as meant; a source kind that reads files of its own
+    choosing (no data.path) is checked on every file it reads."""
     scored = {}
     for bench in config.metadata.benchmark:
         where = Path(bench.path)
@@ -153,13 +154,17 @@ def refuse_benchmark_files(named, files: list, config: ExperimentConfig) -> None
             scored[file.resolve()] = bench.name
     if not scored:
         return
-    meant = Path(named).resolve()
+    meant = Path(named).resolve() if named else None
     for file in files:
         resolved = Path(file).resolve()
         bench = scored.get(resolved)
-        if bench is not None and resolved != meant:
+        if bench is None or resolved == meant:
+            continue
+        if named:
             raise ConfigError(f"data.path: {named!r} takes in {file}, which benchmark {bench} scores: the model would be evaluated on rows it "
                               "trained on; point data.path at the training rows only (or name that file itself if you mean it)")
+        raise ConfigError(f"data: the source reads {file}, which benchmark {bench} scores: the model would be evaluated on rows it "
+                          "trained on; give the source the training rows only")
 
 
 @contextlib.contextmanager
