@@ -205,6 +205,12 @@ def gc(dry_run, keep_last, keep_within, cache_dir):
         f"{report.removed_memos} memos, {report.removed_staging} staging files"
         + (f"; {'would prune' if dry_run else 'pruned'} {report.pruned_indexes} stage indexes" if report.pruned_indexes else "")
     )
+    for service, paths in report.service_refs.items():
+        how = "`tinker checkpoint delete PATH...`" if all(p.startswith("tinker://") for p in paths) else "the service's tools"
+        click.echo(f"{service}: {len(paths)} checkpoints named only by nodes gc {verb} stay on the service (gc never deletes them: "
+                   f"another store may hold a copy of those nodes); free them with {how} if nothing needs them:")
+        for path in paths:
+            click.echo(f"    {path}")
 
 
 def _days(text: str) -> float:

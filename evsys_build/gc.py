@@ -43,6 +43,7 @@ class GcReport:
     removed_memos: int = 0
     removed_staging: int = 0
     pruned_indexes: int = 0  # machine-local stage indexes (chunkmaps/) that named removed objects
+    service_refs: dict[str, list[str]] = field(default_factory=dict)  # service -> paths only removed nodes named (never deleted)
 
 
 def collect_garbage(store: Store, keep_last: int = 5, keep_within_days: float = 14.0, dry_run: bool = False, on_wait=None, now: float | None = None) -> GcReport:
@@ -99,6 +100,11 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
         counted |= own
         size = sum(objects[o].size for o in own if o in objects)
         report.removed_nodes.append(RemovedNode(key, manifest.get("name", "?"), manifest.get("rule", "?"), size, sorted(owners.get(key, []))))
+        for service, path in service_refs(manifest):
+            report.service_refs.setdefault(service, []).append(path)
+    still_named = {path for manifest in live.values() for _service, path in service_refs(manifest)}
+    report.service_refs = {service: sorted(set(paths) - still_named) for service, paths in sorted(report.service_refs.items())}
+    report.service_refs = {service: paths for service, paths in report.service_refs.items() if paths}
     dead_objects = [name for name, entry in objects.items() if name not in live_objects and old(entry)]
     report.removed_objects = len(dead_objects)
     report.freed_bytes = sum(objects[o].size for o in dead_objects)
@@ -120,6 +126,16 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     else:
         report.pruned_indexes = prune_indexes(store, set(dead_objects), dry_run=True)
     return report
+
+
+def service_refs(manifest: dict) -> list[tuple[str, str]]:
+    """(service, path) of what a node keeps on a training service (`attachments.remote`: a Tinker
+    checkpoint's tinker:// paths). gc never deletes these: another store may hold a copy of the
+    node that still uses them."""
+    remote = (manifest.get("attachments") or {}).get("remote") or {}
+    service = remote.get("service") or {}
+    label = " ".join(str(service[k]) for k in ("backend", "base_url") if service.get(k)) or "a service"
+    return [(label, path) for path in (remote.get("refs") or {}).values() if isinstance(path, str)]
 
 
 def retained_runs(runs: list[dict], refs: list[tuple[str, str, dict]], keep_last: int, keep_within_days: float, now: float) -> set[tuple[str, str]]:

@@ -216,3 +216,30 @@ def test_gc_beside_a_running_build_on_a_shared_store_keeps_what_it_reuses(tmp_pa
     assert store.complete_manifest(new_node) is not None  # its old object was kept
     assert store.complete_manifest(old_node) is not None  # the running build of "e" may be serving it
     assert report.removed_runs == [{"experiment": "e", "id": "1", "status": "completed", "started": "2020-01-01T00:00:00+00:00"}]
+
+
+def test_gc_names_the_service_checkpoints_only_removed_nodes_named_and_leaves_them(tmp_path):
+    """A Tinker checkpoint node names tinker:// paths. gc never deletes them (another store may
+    hold a copy of the node), but it lists those that only removed nodes named, so the service's
+    storage does not grow unseen; a path a kept node still names is not listed."""
+    store = Store(tmp_path / "store")
+    service = {"backend": "tinker", "base_url": "http://tinker.example:8000"}
+
+    def checkpoint(key: str, refs: dict) -> str:
+        store.write_manifest(key, {"rule": "checkpoint", "name": "checkpoint@2", "outputs": {"weights": {"blob": store.put_bytes(key.encode())}},
+                                   "attachments": {"remote": {"refs": refs, "service": service}}})
+        return key
+
+    old = checkpoint("aa" * 16, {"state": "tinker://run-1/weights/000002", "sampler": "tinker://run-1/sampler_weights/000002",
+                                 "base": "tinker://shared/weights/base"})
+    new = checkpoint("bb" * 16, {"state": "tinker://run-2/weights/000002", "base": "tinker://shared/weights/base"})
+    for id_, key, started in (("1", old, "2020-01-01T00:00:00+00:00"), ("2", new, "2020-01-02T00:00:00+00:00")):
+        store.write_run({"experiment": "e", "id": id_, "status": "completed", "started": started,
+                         "arms": {"default": {"nodes": {"checkpoint@2": {"key": key}}}}})
+    listed = ["    tinker://run-1/sampler_weights/000002", "    tinker://run-1/weights/000002"]
+    for args in (["--dry-run"], []):
+        out = ok(evsys("gc", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", str(tmp_path / "store"), *args, cwd=tmp_path)).stdout.splitlines()
+        at = next(i for i, line in enumerate(out) if line.startswith("tinker http://tinker.example:8000: 2 checkpoints named only by nodes gc"))
+        assert "free them with `tinker checkpoint delete PATH...`" in out[at] and out[at + 1:at + 3] == listed, out
+    assert store.complete_manifest(old) is None and store.complete_manifest(new) is not None
+    assert "tinker://" not in ok(evsys("gc", "--cache-dir", str(tmp_path / "store"), cwd=tmp_path)).stdout  # nothing removed: nothing listed
