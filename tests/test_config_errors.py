@@ -286,6 +286,8 @@ ARM_MISTAKES = {
     "missing data file": ("  - {name: bad, set: {data.path: data/missing.jsonl}}\n", "missing.jsonl", "data.path: no such file 'data/missing.jsonl'"),
     "output_dir": ("  - {name: bad, set: {output_dir: other}}\n", "set: {output_dir", "output_dir: an arm cannot set this"),
     "no such list": ("  - {name: bad, set: {metadata.benchmark.0.max_tokens: 3}}\n", "benchmark.0", "metadata.benchmark.0.max_tokens: cannot set this path (metadata.benchmark is not in the base config, so it has no item 0"),
+    "a second data path": ("  - {name: bad, set: {data.params.path: data/other.jsonl}}\n", "data.params.path", "data.params: path given twice, as data.path 'data/train.jsonl' and data.params.path 'data/other.jsonl'; keep one"),
+    "steps and epochs": ("  - {name: bad, set: {algorithm.params.num_epochs: 2}}\n", "num_epochs", "algorithm.params: give max_steps or num_epochs, not both"),
     "names stored alike": ("  - {name: 'bad base', set: {seed: 2}}\n  - {name: bad_base, set: {seed: 3}}\n", "bad_base", "arms: arm names 'bad base' and 'bad_base' are stored under one name"),
 }
 
@@ -298,6 +300,14 @@ def test_a_mistake_in_an_arm_names_the_arms_line(tmp_path, tiny_model_dir, mista
     msg = one_error_line(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project_with(tmp_path, config)))
     assert msg.startswith(f"config.yaml:{line_of(config, needle)}:"), msg
     assert message in msg, msg
+
+
+def test_a_source_path_given_twice_is_refused_not_overridden(tmp_path):
+    """data.path would silently win over data.params.path: the rows trained on would not be the ones named."""
+    config = BASE_CONFIG.replace("  path: data/train.jsonl\n", "  path: data/train.jsonl\n  params:\n    path: data/other.jsonl\n")
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    assert msg == (f"config.yaml:{line_of(config, 'path: data/other')}:5: data.params: path given twice, as data.path 'data/train.jsonl' "
+                   "and data.params.path 'data/other.jsonl'; keep one"), msg
 
 
 def test_an_unknown_benchmark_metric_names_its_line(tmp_path):

@@ -73,8 +73,9 @@ def _check_settable(overrides: dict, path: Path, marks: Marks, at: tuple) -> Non
 
 def arm_marks(marks: Marks, overrides: dict, at: tuple, index: dict[tuple, list[tuple]]) -> Marks:
     """The base config's marks, with every path an arm overrides pointing at the arm's entry
-    (and the paths inside a block it sets at their place there): an error about an arm's value
-    names the line that set it, not the base config's. A view over `marks` (nothing copied);
+    (and the paths inside a block it sets at their place there, and the blocks holding it): an
+    error about an arm's value, or about a block the arm changed, names the line that set it,
+    not the base config's (the base alone was valid). A view over `marks` (nothing copied);
     `index` (marks_index) finds the paths under a path without a scan of every mark."""
     if not overrides:
         return marks
@@ -86,6 +87,8 @@ def arm_marks(marks: Marks, overrides: dict, at: tuple, index: dict[tuple, list[
         if site is None:
             continue
         own.update({key: site for key in index.get(target, ())})  # the base's values there: replaced
+        for n in range(1, len(target)):  # a check of a whole block the arm changed (max_steps vs num_epochs) names the arm's line
+            own.setdefault(target[:n], site)
         own[target] = site
         own[target + ("<key>",)] = marks.get(entry + ("<key>",), site)
         if at[:1] == ("arms",):  # a block's own paths (a sweep's entry is a list of values)

@@ -46,8 +46,8 @@ def config_error(exc: ValidationError, model: type[BaseModel], file: Path | str,
     if kind == "missing":
         return ConfigError(f"{where(file, marks, path[:-1])}: {dotted(path)}: missing required field (add it)")
     value = err.get("input")
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return ConfigError(f"{where(file, marks, path)}: {dotted(path)}: {message(err)} (got {shown})")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"  # a block's check says itself what is wrong
+    return ConfigError(f"{where(file, marks, path)}: {dotted(path)}: {message(err)}{shown}")
 
 
 def message(err: dict) -> str:

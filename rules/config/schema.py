@@ -55,6 +55,14 @@ class DataConfig(Strict):
     path: Optional[str] = None  # relative to the directory you run from, or absolute
     params: dict[str, Any] = Field(default_factory=dict)  # the source kind's params (see its section below)
 
+    @field_validator("params")
+    @classmethod
+    def _path_given_once(cls, params: dict, info):
+        """data.path would win over data.params.path without a word: the rows read would not be the ones named."""
+        if info.data.get("path") is not None and "path" in params:
+            raise ValueError(f"path given twice, as data.path {info.data['path']!r} and data.params.path {params['path']!r}; keep one")
+        return params
+
 
 class KindSpec(Strict):
     """A `{kind, params}` block: transforms, callbacks."""
