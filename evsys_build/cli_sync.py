@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 def _selection(store: Store, config: str | None, arm: str | None) -> tuple[list[str], list[dict]]:
     """Node keys and runs to copy from `store`: a config's nodes (every arm's, or one) that `store`
-    holds and the newest run of each of its arms; without a config, every run and its nodes."""
-    from .sync import newest_runs, run_node_keys  # only push and pull import sync (and its thread pool)
+    holds and, per arm, the newest complete run that names them all; without a config, every run
+    and its nodes."""
+    from .sync import run_node_keys, runs_naming  # only push and pull import sync (and its thread pool)
 
     if config is None:
         if arm:
@@ -31,8 +32,14 @@ def _selection(store: Store, config: str | None, arm: str | None) -> tuple[list[
     if arm is not None and arm not in project.arm_names:
         raise UsageError(f"--arm {arm}: no such arm; the config has: {', '.join(project.arm_names)}")
     arms = [arm] if arm else project.arm_names
-    cached = resolve_keys(store, project.graph_for(arm))
-    return [m["key"] for m in cached.values()], newest_runs(store, project.experiment, arms)
+    graph = project.graph_for(arm)
+    cached = resolve_keys(store, graph)
+    arm_keys = {name: {cached[n.id]["key"] for n in graph.by_arm.get(name, []) if n.id in cached} for name in arms}
+    runs, uncovered = runs_naming(store, project.experiment, arm_keys)
+    for name in uncovered:
+        click.echo(f"evsys: arm {name}: no complete build of {config} is recorded in {store} (only a --target, failed or interrupted one), "
+                   "so no run goes with its nodes and the destination's gc may remove them; build it completely, then copy again", err=True)
+    return [m["key"] for m in cached.values()], runs
 
 
 def _remote(remote: str | None) -> str:

@@ -60,17 +60,21 @@ def finish_run(store: Store, run: dict, status: str, graph: Graph, results: dict
 
 
 def finish_record(store: Store, run: dict, status: str, partial: bool = False) -> dict:
-    """Write a run's final record and point each of its arms' refs at it (a partial build's refs
-    keep the nodes they had, with the built ones updated, and keep naming the last full run)."""
+    """Write a run's final record and point each of its arms' refs at it. A partial build's refs
+    keep the nodes they had, with the built ones updated, and keep naming the last full run; so
+    do a failed or interrupted build's, with the nodes it built or served."""
     run.update(status=status, finished=now())
     if partial:
         run["partial"] = True
     store.write_run(run)
     for arm, entry in run["arms"].items():
         ref = {"experiment": run["experiment"], "arm": arm, "run": run["id"], "nodes": entry["nodes"]}
-        if partial:
+        if partial or status != "completed":
             before = store.read_ref(run["experiment"], arm)
-            ref["nodes"] = {**before.get("nodes", {}), **entry["nodes"]}
+            # a failed or interrupted build never reached some nodes (no key, or inputs not built):
+            # the ref keeps the entries it had for those, and its last complete run
+            reached = entry["nodes"] if partial else {name: e for name, e in entry["nodes"].items() if e.get("digest") is not None}
+            ref["nodes"] = {**before.get("nodes", {}), **reached}
             ref["run"] = before.get("run") or run["id"]
         store.write_ref(run["experiment"], arm, ref)
     return run

@@ -83,7 +83,22 @@ def run_node_keys(store: Store, runs: Iterable[dict]) -> list[str]:
     return list(_live_nodes(store, list(runs)))
 
 
-def newest_runs(store: Store, experiment: str, arms: list[str]) -> list[dict]:
-    """The run each arm's ref points at."""
-    ids = {store.read_ref(experiment, arm).get("run") for arm in arms} - {None}
-    return [r for r in (store.read_run(experiment, i) for i in sorted(ids)) if r is not None]
+def runs_naming(store: Store, experiment: str, arm_keys: dict[str, set[str]]) -> tuple[list[dict], list[str]]:
+    """For each arm, the newest complete run whose record of that arm names every key in
+    `arm_keys[arm]` (a config's built nodes): the run that makes the destination's gc keep them
+    and its `plan` diff against them. Not the arm's newest run, which another config of the same
+    experiment may have made. Returns the runs and the arms no such run covers."""
+    runs = [r for r in store.iter_runs(experiment) if r.get("status") == "completed" and not r.get("partial")]
+    chosen: dict[str, dict] = {}
+    uncovered = []
+    for arm, keys in arm_keys.items():
+        if not keys:  # nothing of this arm is built: no run to copy for it
+            continue
+        for run in reversed(runs):  # newest first
+            named = {entry.get("key") for entry in run.get("arms", {}).get(arm, {}).get("nodes", {}).values()}
+            if keys <= named:
+                chosen[run["id"]] = run
+                break
+        else:
+            uncovered.append(arm)
+    return [chosen[i] for i in sorted(chosen)], uncovered

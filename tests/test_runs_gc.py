@@ -243,3 +243,40 @@ def test_gc_names_the_service_checkpoints_only_removed_nodes_named_and_leaves_th
         assert "free them with `tinker checkpoint delete PATH...`" in out[at] and out[at + 1:at + 3] == listed, out
     assert store.complete_manifest(old) is None and store.complete_manifest(new) is not None
     assert "tinker://" not in ok(evsys("gc", "--cache-dir", str(tmp_path / "store"), cwd=tmp_path)).stdout  # nothing removed: nothing listed
+
+
+def test_push_of_an_earlier_config_sends_the_run_that_names_its_nodes(variants, tmp_path):
+    """The store's newest run of the arm is the max_steps 2 variant's. Pushing the max_steps 1
+    config sends the run that built it, so the remote's gc keeps what was pushed and its ref
+    names this config's nodes, not the other variant's."""
+    project = variants
+    first, second = runs(project)
+    edit_config(project, "max_steps: 2", "max_steps: 1")
+    remote = str(tmp_path / "remote")
+    ok(evsys("push", "config.yaml", "--remote", remote, "--cache-dir", "cache", cwd=project))
+    dest = Store(remote)
+    assert [r["id"] for r in dest.iter_runs()] == [first["id"]]
+    assert dest.read_ref(EXPERIMENT, "default")["run"] == first["id"]
+    dry = ok(evsys("gc", "--dry-run", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", remote, cwd=project)).stdout
+    assert "would remove 0 runs, 0 nodes" in dry, dry
+    plan = ok(evsys("plan", "config.yaml", "--cache-dir", remote, cwd=project)).stdout
+    assert "0 to run" in plan, plan
+
+
+def test_a_failed_build_keeps_the_refs_last_good_entries(variants):
+    """A build that fails at tokenize records no key for what it never reached. The arm's ref
+    keeps the previous build's entries there (plan's reasons diff against them) and keeps naming
+    the last complete run, so gc keeps that run's training however many failures follow."""
+    project = variants
+    first, second = runs(project)
+    store = Store(project / "cache")
+    before = store.read_ref(EXPERIMENT, "default")
+    (project / "data" / "train.jsonl").write_text((project / "data" / "train.jsonl").read_text() + '{"query": "<|im_end|>", "tool_slug": "x"}\n')
+    failed = evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)
+    assert failed.returncode != 0 and runs(project)[-1]["status"] == "failed", failed.stderr
+    after = store.read_ref(EXPERIMENT, "default")
+    assert after["run"] == second["id"]
+    assert after["nodes"]["train"] == before["nodes"]["train"] and all(e["key"] for e in after["nodes"].values())
+    assert after["nodes"]["source"]["key"] != before["nodes"]["source"]["key"]  # what it did build moves on
+    ok(evsys("gc", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", "cache", cwd=project))
+    assert store.complete_manifest(train_key(second)) is not None
