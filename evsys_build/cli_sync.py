@@ -66,7 +66,7 @@ def register(main: click.Group, cache_option) -> None:
     @remote_option
     @cache_option
     def push(config, arm, remote, cache_dir):
-        """Copy built nodes from the local store to the remote: CONFIG's nodes and newest runs, or, without CONFIG, every run and its nodes."""
+        """Copy built nodes from the local store to the remote: CONFIG's nodes and the runs that built them, or, without CONFIG, every run and its nodes."""
         src, dst = open_built_store(cache_location(cache_dir)), open_store(_remote(remote))
         keys, runs = _selection(src, config, arm)
         from .sync import sync_nodes
@@ -79,7 +79,7 @@ def register(main: click.Group, cache_option) -> None:
     @remote_option
     @cache_option
     def pull(config, arm, remote, cache_dir):
-        """Copy nodes from the remote store into the local one: CONFIG's nodes and newest runs, or, without CONFIG, every run and its nodes."""
+        """Copy nodes from the remote store into the local one: CONFIG's nodes and the runs that built them, or, without CONFIG, every run and its nodes."""
         src, dst = open_store(_remote(remote)), open_store(cache_location(cache_dir))
         keys, runs = _selection(src, config, arm)
         from .sync import sync_nodes

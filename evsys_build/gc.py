@@ -2,7 +2,7 @@
 
 `gc` keeps every node that a retained run references (with the nodes they were built from):
 per experiment the newest `keep_last` runs and every run younger than `keep_within`, plus each
-arm's newest run and the nodes its ref names (a partial build's), and every killed run that no
+arm's last complete run and the nodes its ref names (a partial build's), and every killed run that no
 later build of its arm has concluded (the next build resumes from what it saved). On a local store it holds the store's lock exclusively, so it waits for running
 builds and never removes what one is writing or about to reuse. A remote store cannot be locked
 that way across machines: there gc removes nothing written after the oldest running build started

@@ -3,7 +3,7 @@
 A node is copied as Nix copies a path: its objects first (each checked against its name when read),
 then its manifest, create-only — so the destination never holds a manifest whose objects are
 missing, and a node already there is left alone. Runs and refs follow, so the destination's gc
-keeps what was copied and `plan` there diffs against the newest run (refs move only forward).
+keeps what was copied and `plan` there diffs against the run that built it (refs move only forward).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def copy_node(src: Store, dst: Store, key: str, report: SyncReport | None = None
 
 def sync_nodes(src: Store, dst: Store, keys: Iterable[str], runs: Iterable[dict] = ()) -> SyncReport:
     """Copy every node of `keys` that `dst` lacks, then the run records, then point refs at the
-    newest runs. Holds both stores' build locks, so gc on either spares what is being copied."""
+    newest of those runs. Holds both stores' build locks, so gc on either spares what is being copied."""
     report = SyncReport()
     with src.build_lock(), dst.build_lock(), ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="evsys-copy") as pool:
         for key in dict.fromkeys(keys):
