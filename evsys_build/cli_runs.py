@@ -45,11 +45,12 @@ def find_run(store: Store, run_id: str) -> dict:
 
 
 def headline(run: dict) -> str:
-    """The first validation metric of each arm (or the first metric there is)."""
+    """Each arm's headline metric (the first its config lists; a run recorded before headlines
+    were: the first validation metric by name)."""
     parts = []
     for arm, entry in run.get("arms", {}).items():
         metrics = entry.get("metrics") or {}
-        key = next((k for k in metrics if k.startswith("val/")), next(iter(metrics), None))
+        key = entry.get("headline") or next((k for k in metrics if k.startswith("val/")), next(iter(metrics), None))
         if key is not None:
             value = metrics[key]
             parts.append(f"{arm}: {key}={value:.4f}" if isinstance(value, float) else f"{arm}: {key}={value}")

@@ -120,7 +120,7 @@ def test_experiment_md_names_no_best_arm_when_arms_tie():
     from evsys_rules.outputs.experiment_md import conclusion
 
     def arm(name: str, **metrics) -> dict:
-        return {"arm": name, "completed": True, "metrics": metrics}
+        return {"arm": name, "completed": True, "metrics": metrics, "headline": next(iter(metrics))}
 
     tied = [arm("a", **{"val/v/pass@1": 0.5}), arm("b", **{"val/v/pass@1": 0.5})]
     assert conclusion(tied) == "2/2 arms completed. All arms tie on val/v/pass@1 at the final step (0.5000): no best arm."
@@ -129,6 +129,22 @@ def test_experiment_md_names_no_best_arm_when_arms_tie():
     assert "Best arm by val/v/pass@1 at the final step: c (0.7500)" in conclusion(tied + [arm("c", **{"val/v/pass@1": 0.75})])
     losses = [arm("a", **{"val/held/nll": 1.5}), arm("b", **{"val/held/nll": 1.2})]
     assert "Best arm by val/held/nll at the final step: b (1.2000)" in conclusion(losses)  # a loss: lowest wins
+
+
+def test_the_headline_metric_is_the_first_the_config_lists_not_the_first_by_name():
+    """Stored metrics are sorted by name: `val/held/nll` would head an arm whose config lists the
+    pass@k benchmark first, and a sweep's best arm would be picked by held-out loss."""
+    from evsys_rules.config.schema import BenchmarkConfig
+    from evsys_rules.outputs.experiment_md import headline_metric
+
+    tasks = BenchmarkConfig(name="tasks", path="t", metrics=["pass@4", "pass@1"])
+    held = BenchmarkConfig(name="held", kind="nll", path="h.jsonl")
+    test = BenchmarkConfig(name="final", path="f", split="test")
+    metrics = {"test/final/pass@1": 0.2, "val/held/nll": 1.5, "val/tasks/pass@1": 0.5, "val/tasks/pass@4": 0.7}
+    assert headline_metric([test, tasks, held], metrics) == "val/tasks/pass@4"  # validation first, then as listed
+    assert headline_metric([held, tasks], metrics) == "val/held/nll"
+    assert headline_metric([test], {"test/final/pass@1": 0.2}) == "test/final/pass@1"
+    assert headline_metric([], {}) is None
 
 
 def test_diff_specs_split_at_the_config_file_so_arm_names_may_hold_at_signs(tmp_path, monkeypatch):

@@ -4,15 +4,17 @@ best arm by the first validation metric (lowest for a loss such as `nll`), or th
 from __future__ import annotations
 
 
+def headline_metric(benchmarks: list, metrics: dict) -> str | None:
+    """The metric that heads an arm: the first one its config lists (benchmarks in order, each
+    one's `metrics` in order), validation split first; else the first metric there is. Stored
+    metrics are sorted by name, which would put `val/held/nll` before `val/tasks/pass@1`."""
+    listed = [f"{b.split}/{b.name}/{m}" for b in sorted(benchmarks, key=lambda b: b.split != "val") for m in b.metrics]
+    return next((k for k in listed if k in metrics), next(iter(metrics), None))
+
+
 def first_val_metric(summaries: list[dict]) -> str | None:
-    for s in summaries:
-        for k in s["metrics"]:
-            if k.startswith("val/"):
-                return k
-    for s in summaries:
-        for k in s["metrics"]:
-            return k
-    return None
+    """The experiment's column and best-arm metric: the first arm's headline."""
+    return next((s["headline"] for s in summaries if s.get("headline")), None)
 
 
 def lower_is_better(metric: str) -> bool:

@@ -16,7 +16,7 @@ from evsys_build.hashing import digest_bytes
 from evsys_build.store import Store
 
 from ..nodes.views import ReportFiles, TrainResult
-from .experiment_md import experiment_markdown
+from .experiment_md import experiment_markdown, headline_metric
 
 EXPERIMENT_MD = "experiment.md"
 
@@ -59,7 +59,7 @@ def _materialize(project, store: Store, arms: list[str], echo) -> dict:
         plans.append({"dir": str(base), "files": {EXPERIMENT_MD: markdown_blob}})
     return {
         "run_name": loaded.run_name,
-        "arms": {s["arm"]: {k: s[k] for k in ("completed", "metrics", "checkpoint_final", "report")} for s in summaries},
+        "arms": {s["arm"]: {k: s[k] for k in ("completed", "metrics", "headline", "checkpoint_final", "report")} for s in summaries},
         "files": {EXPERIMENT_MD: {"blob": markdown_blob}},
         "run_dirs": plans,
     }
@@ -142,6 +142,7 @@ def arm_summaries(project, store: Store) -> list[dict]:
                 "arm": nodes.arm.name,
                 "completed": report is not None,
                 "metrics": report["metrics"] if report else {},
+                "headline": headline_metric(nodes.arm.config.metadata.benchmark, report["metrics"]) if report else None,
                 "train": train["metrics"] if train else {},
                 "checkpoint_final": TrainResult.of(train).checkpoint_final if train else None,
                 "report": nodes.report.key if report else None,
