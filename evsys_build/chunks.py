@@ -150,6 +150,22 @@ def iter_rows(store: Store, dataset: dict) -> Iterator[dict]:
         yield from read_row_chunk(store, chunk)
 
 
+def memoised_results(store: Store, stage_identity: dict, chunks: list[dict]) -> list[dict | None]:
+    """What `map_chunks` memoised for each of `chunks` under `stage_identity` (None: not memoised),
+    without computing anything: which output rows came from which input chunk."""
+    stage = digest(stage_identity)
+    index = load_index(store, stage)
+    out = []
+    for chunk in chunks:
+        key = digest({"stage": stage, "chunk": chunk})
+        hit = index.get(key)
+        if hit is None:
+            found = store.memo_get(key)
+            hit = found["chunk"] if found is not None else None
+        out.append(hit)
+    return out
+
+
 def map_chunks(
     store: Store,
     chunks: list[dict],

@@ -216,6 +216,31 @@ def test_build_names_the_row_of_a_missing_template_field_across_chunks(tmp_path,
     assert "failed  transform[0] jsonl_to_chat" in proc.stdout
 
 
+def test_a_row_behind_a_filter_that_drops_rows_is_named_by_its_file_line(tmp_path, tiny_model_dir):
+    """A filter keeps no row count: the failing row is traced back through it (the chunk memos,
+    then the filter on that chunk's rows one by one), across chunks, by validate --deep and build alike."""
+    rows = tool_rows(3000)
+    for i in range(0, 2500, 3):
+        rows[i]["tool_slug"] = "drop"
+    rows[2500] = {"query": "no slug in this row"}
+    config = BASE_CONFIG.replace("transforms:\n", "transforms:\n  - kind: filter\n    params: {field: tool_slug, op: not_equals, value: drop}\n")
+    project = project_with(tmp_path, config, rows)
+    expected = ("data/train.jsonl:2501: transform[1] jsonl_to_chat: jsonl_to_chat.params.assistant_template: field 'tool_slug' "
+                "is not in this row (row has: query); fix the template or the data")
+    assert one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project)) == expected
+    assert one_error_line(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)) == expected
+
+
+def test_a_filter_test_that_does_not_fit_the_value_names_the_row(tmp_path):
+    """`contains` on a number was a TypeError and a traceback; it is the row's one line."""
+    rows = tool_rows(8)
+    rows[5]["tool_slug"] = 3
+    config = BASE_CONFIG.replace("transforms:\n", "transforms:\n  - kind: filter\n    params: {field: tool_slug, op: contains, value: search}\n")
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project_with(tmp_path, config, rows)))
+    assert msg == ("data/train.jsonl:6: transform[0] filter: field 'tool_slug' is int 3, but op contains tests a substring of a text "
+                   "or an item of a list (use equals or regex, or filter on another field)"), msg
+
+
 BENCH_CONFIG = BASE_CONFIG + """\
 metadata:
   benchmark:

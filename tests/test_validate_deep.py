@@ -40,8 +40,8 @@ def one_error_line(proc) -> str:
     return lines[-1].removeprefix("evsys: error: ")
 
 
-def chat_project(root: Path, rows: list[dict], model: str = "evsys/tiny-qwen3", supervise: str = "all_assistant") -> Path:
-    project = make_project(root, [], CHAT_CONFIG.replace("MODEL", model).replace("SUPERVISE", supervise))
+def chat_project(root: Path, rows: list[dict], model: str = "evsys/tiny-qwen3", supervise: str = "all_assistant", config: str = CHAT_CONFIG) -> Path:
+    project = make_project(root, [], config.replace("MODEL", model).replace("SUPERVISE", supervise))
     write_jsonl(project / "data" / "train.jsonl", rows)
     return project
 
@@ -68,19 +68,25 @@ def bad_rows(case: str) -> tuple[list[dict], str, str]:
     if case == "after a filter that drops rows":
         rows[0]["keep"] = False
         rows[6]["messages"][1]["content"] = 7
-        return rows, "all_assistant", "row 5 of transform[0] filter: tokenize: messages[1].content must be a string or a list of text parts, got a number"
+        return rows, "all_assistant", "data/train.jsonl:7: tokenize: messages[1].content must be a string or a list of text parts, got a number"
+    if case == "after a filter and a dedup":
+        rows[0]["keep"] = False
+        rows[6]["messages"][1]["content"] = 7
+        return rows, "all_assistant", "row 5 of transform[1] dedup: tokenize: messages[1].content must be a string or a list of text parts, got a number"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case,against_build", [
     ("no messages", True),  # a file line: every transform before tokenize kept rows one for one
-    ("after a filter that drops rows", True),  # `row N of <node>`: they did not
+    ("after a filter that drops rows", True),  # still the file line: a row-local transform is traced back row by row
+    ("after a filter and a dedup", True),  # `row N of <node>`: a transform that reads every row cannot be traced
     ("unknown role", False),  # the build's words (tokenize's own checks), without paying for a build each
     ("no assistant turn", False),
 ])
 def test_rows_without_a_usable_conversation(tmp_path, tiny_model_dir, case, against_build):
     rows, supervise, expected = bad_rows(case)
-    project = chat_project(tmp_path / "p", rows, supervise=supervise)
+    config = CHAT_CONFIG.replace("value: true}\n", "value: true}\n  - kind: dedup\n") if "dedup" in case else CHAT_CONFIG
+    project = chat_project(tmp_path / "p", rows, supervise=supervise, config=config)
     if against_build:
         assert same_error(project) == expected
     else:

@@ -5,8 +5,9 @@ reported with the words and the location the build would use; an empty result is
 Rows flow in batches through row-local transforms; a transform that needs every row (dedup,
 shuffle, sample) gathers them, as its node does. Locations follow the build's rule
 (nodes/row_chunks.py): a row is named by its data file line when every transform before the
-failing stage kept rows one for one, else as `row N of <node>`; deciding that needs each stage's
-row counts, so on an error the stream is read once more, up to the failing stage.
+failing stage is row-local (one that drops rows, such as filter, included), else as `row N of
+<node>`; on an error the source is read once more, batch by batch through those transforms,
+then row by row in the batch that holds the failing row.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ class Stage:
     transform: object
     row_local: bool
     rows_in: int = 0
-    rows_out: int = 0
 
 
 @dataclass
@@ -85,38 +85,34 @@ def _source_batches(source, out: RowsChecked | None) -> Iterator[list[dict]]:
         yield batch
 
 
-def _through(stages: list[Stage], batches: Iterable[list[dict]], upto: int, check: bool = True) -> Iterator[list[dict]]:
-    """Batches after stages[:upto]; with `check`, a stage's error becomes _Found."""
+def _through(stages: list[Stage], batches: Iterable[list[dict]], upto: int) -> Iterator[list[dict]]:
+    """Batches after stages[:upto]; a stage's error becomes _Found."""
     for s, stage in enumerate(stages[:upto]):
-        batches = _apply(s, stage, batches, check)
+        batches = _apply(s, stage, batches)
     return iter(batches)
 
 
-def _apply(s: int, stage: Stage, batches: Iterable[list[dict]], check: bool) -> Iterator[list[dict]]:
+def _apply(s: int, stage: Stage, batches: Iterable[list[dict]]) -> Iterator[list[dict]]:
     if not stage.row_local:
         rows = [row for batch in batches for row in batch]
         stage.rows_in = len(rows)
-        out = _run(s, stage, rows, 0, check)
-        stage.rows_out = len(out)
+        out = _run(s, stage, rows, 0)
         for start in range(0, len(out), BATCH):
             yield out[start : start + BATCH]
         return
     for batch in batches:
         start = stage.rows_in
         stage.rows_in += len(batch)
-        out = _run(s, stage, batch, start, check)
-        stage.rows_out += len(out)
+        out = _run(s, stage, batch, start)
         if out:
             yield out
 
 
-def _run(s: int, stage: Stage, rows: list[dict], start: int, check: bool) -> list[dict]:
+def _run(s: int, stage: Stage, rows: list[dict], start: int) -> list[dict]:
     try:
         with environment_checked(type(stage.transform), f"the transform {stage.name.split(' ', 1)[-1]}"):
             out = stage.transform(rows)
     except ConfigError as exc:
-        if not check:
-            return []
         if not stage.row_local:
             raise _Found(s, None, exc.message) from None
         for i, row in enumerate(rows):  # name the failing row, as the build does
@@ -126,8 +122,6 @@ def _run(s: int, stage: Stage, rows: list[dict], start: int, check: bool) -> lis
                 raise _Found(s, start + i, f"{stage.name}: {row_exc.message}") from None
         raise _Found(s, None, exc.message) from None
     except Exception as exc:  # noqa: BLE001 - a plugin bug: one line here, the traceback at build time
-        if not check:
-            return []
         raise _Found(s, None, f"{stage.name} failed: {type(exc).__name__}: {exc}") from None
     if out is None:
         raise _Found(s, None, f"{stage.name}: the transform returned None; it must return the rows (rows -> rows)")
@@ -142,11 +136,36 @@ def _located(arm: Arm, source, found: _Found) -> str:
     """The build's words: `<where>: <message>`, where is the file line or `row N of <node>`."""
     if found.index is None:
         return found.message
-    stages = _stages(arm)
-    for _ in _through(stages, _source_batches(source, None), upto=found.stage, check=False):
-        pass  # counts of the stages before the failing one
-    before = stages[: found.stage]
-    one_for_one = all(st.row_local and st.rows_in == st.rows_out for st in before)
+    before = _stages(arm)[: found.stage]
     node_name = before[-1].name if before else "source"
-    located = source.location(found.index) if one_for_one and hasattr(source, "location") else None
+    position = _source_row(before, source, found.index) if all(st.row_local for st in before) else None
+    located = source.location(position) if position is not None and hasattr(source, "location") else None
     return f"{located or f'row {found.index} of {node_name}'}: {found.message}"
+
+
+def _source_row(stages: list[Stage], source, index: int) -> int | None:
+    """The source row that row `index` after the row-local `stages` came from (as the build
+    finds it: batch by batch, then row by row in the batch that holds it)."""
+    seen_out = seen_in = 0
+    try:
+        for batch in _source_batches(source, None):
+            made = len(_chain(stages, batch))
+            if index < seen_out + made:
+                left = index - seen_out
+                for i, row in enumerate(batch):
+                    one = len(_chain(stages, [row]))
+                    if left < one:
+                        return seen_in + i
+                    left -= one
+                return None
+            seen_out += made
+            seen_in += len(batch)
+    except Exception:  # noqa: BLE001 - only naming a row: the check's own message stands
+        return None
+    return None
+
+
+def _chain(stages: list[Stage], rows: list[dict]) -> list[dict]:
+    for stage in stages:
+        rows = list(stage.transform([dict(r) for r in rows]) or [])
+    return rows

@@ -210,14 +210,16 @@ def _json_value(text: str, at: str):
 
 @register_transform("filter")
 class Filter:
-    """Keep (or drop, with `keep: false`) the rows whose `field` passes one test."""
+    """Keep (or drop, with `keep: false`) the rows whose `field` passes one test. A row without
+    the field (or with null there) passes only `not_equals`; `contains` (a substring of a text, an
+    item of a list), `min_len` and `max_len` on any other value are an error naming the row."""
 
     name = "filter"
     row_local = True
 
     class Config(BaseModel, extra="forbid"):
         field: str  # the row field tested
-        op: Literal["equals", "not_equals", "contains", "regex", "exists", "min_len", "max_len"] = "exists"  # the test
+        op: Literal["equals", "not_equals", "contains", "regex", "exists", "min_len", "max_len"] = "exists"  # the test (regex: on the value's text)
         value: Any = None  # what the test compares with (every op but exists needs one)
         keep: bool = True  # false = drop the matching rows
 
@@ -225,6 +227,10 @@ class Filter:
         def _value_needed(self):
             if self.op != "exists" and self.value is None:
                 raise ValueError(f"op {self.op!r} needs a value")
+            if self.op in ("min_len", "max_len") and (isinstance(self.value, bool) or not isinstance(self.value, int)):
+                raise ValueError(f"op {self.op} needs a whole number as value, got {self.value!r}")
+            if self.op == "regex" and not isinstance(self.value, str):
+                raise ValueError(f"op regex needs a pattern (text) as value, got {self.value!r}")
             if self.op == "regex":
                 try:
                     re.compile(self.value)
@@ -240,21 +246,26 @@ class Filter:
 
     def _matches(self, row: dict) -> bool:
         op, value = self.cfg.op, self.cfg.value
-        if self.cfg.field not in row:
+        got = row.get(self.cfg.field)
+        if op == "not_equals":  # the complement of equals: a row without the field is not equal
+            return got != value
+        if got is None:  # absent or null: no test holds
             return False
-        got = row[self.cfg.field]
         if op == "exists":
-            return got is not None
+            return True
         if op == "equals":
             return got == value
-        if op == "not_equals":
-            return got != value
-        if op == "contains":
-            return value in got
         if op == "regex":
             return re.search(value, str(got)) is not None
-        length = len(got) if hasattr(got, "__len__") else 0
-        return length >= value if op == "min_len" else length <= value
+        if op == "contains" and isinstance(got, str) and isinstance(value, str):
+            return value in got
+        if op == "contains" and isinstance(got, list):
+            return value in got
+        if op in ("min_len", "max_len") and isinstance(got, (str, list, dict)):
+            return len(got) >= value if op == "min_len" else len(got) <= value
+        what = "a substring of a text or an item of a list" if op == "contains" else "the length of a text or a list"
+        raise ConfigError(f"field {self.cfg.field!r} is {type(got).__name__} {got!r:.40}, but op {op} tests {what} "
+                          f"(use equals or regex, or filter on another field)")
 
 
 @register_transform("dedup")
