@@ -92,12 +92,18 @@ def build(config, arm, jobs, executor, ray_address, remote, targets, cache_dir):
 @click.argument("config", type=click.Path())
 @click.option("--arm", default=None, help="plan only this arm")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--remote", default=None, envvar="EVSYS_REMOTE", help="also look in this store (s3://…, gs://… or a folder), as `build --remote` would; nothing is copied")
 @target_option
 @cache_option
-def plan(config, arm, as_json, targets, cache_dir):
+def plan(config, arm, as_json, remote, targets, cache_dir):
     """Dry run: which nodes would run, and why."""
     render = plan_json_lines if as_json else plan_lines
-    run_plan(Path(config), _store(cache_dir), arm, "json" if as_json else "text", render, click.echo, list(targets) or None)
+    store = _store(cache_dir, remote)
+    if remote:
+        from .look_through import LookThroughStore
+
+        store = LookThroughStore(store)
+    run_plan(Path(config), store, arm, "json" if as_json else "text", render, click.echo, list(targets) or None)
 
 
 def plan_json_lines(entries, notes) -> list[str]:

@@ -56,11 +56,19 @@ def run_plan(config: Path, store: Store, arm: str | None, view: str, render: Cal
     with watching() as watcher:  # the planner too: an estimate may read files, or what cannot be watched
         journal = JournalBucket(store.bucket, watcher) if local else None
         project, entries = planned(config, Store(journal) if journal is not None else store, arm, targets)
-    lines = render(entries, list(getattr(project, "notes", [])))
+    lines = render(entries, list(getattr(project, "notes", [])) + _remote_notes(store))
     for line in lines:
         echo(line)
     if journal is not None and getattr(project, "plan_fast_path_ok", False):
         save_plan(store, config, arm, view, watcher, journal, lines)
+
+
+def _remote_notes(store: Store) -> list[str]:
+    """How many cached nodes a plan found only in the remote store (plan --remote)."""
+    hits = getattr(store, "remote_hits", None)
+    if not hits:
+        return []
+    return [f"{len(hits)} of the cached nodes are in {store.upstream} only: `evsys build --remote` copies them here instead of running them"]
 
 
 def incomplete_project(project) -> bool:

@@ -283,3 +283,24 @@ def test_an_eval_cost_counts_sampled_tasks_locally_and_on_a_remote_store_only_fo
         cost = estimate_eval(store, eval_node, {"checkpoint": checkpoint})
         assert (store.asked, cost["sampling_requests"]) == (asked, todo), location
     assert len(set(task_memo_keys(node(3), "c" * 32))) == 3
+
+
+def test_plan_with_a_remote_store_counts_its_nodes_as_cached_and_copies_nothing(built_project, tmp_path):
+    """`plan --remote` (or $EVSYS_REMOTE) says what `build --remote` would do: every node the team
+    store holds is cached (a build copies it), and the plan itself copies nothing."""
+    teammate = tmp_path / "teammate"
+    teammate.mkdir()
+    shutil.copy(built_project / "config.yaml", teammate / "config.yaml")
+    shutil.copytree(built_project / "data", teammate / "data")
+    remote = str(built_project / "cache")
+    alone = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=teammate)).stdout
+    assert "0 cached" in alone and "of the cached nodes" not in alone
+    for args, env in ((["--remote", remote], None), ([], {"EVSYS_REMOTE": remote})):
+        out = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", *args, cwd=teammate, env=env)).stdout
+        cached = sum(line.startswith("cached") for line in out.splitlines())
+        assert "0 to run, 0 may run" in out and cached > 0, out
+        assert f"note: {cached} of the cached nodes are in {remote} only: `evsys build --remote` copies them here" in out, out
+    assert not list((teammate / "cache").glob("nodes/*/*.json")) and not list((teammate / "cache").glob("objects/*/*"))
+    built = ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--remote", remote, cwd=teammate)).stdout
+    assert "ran " not in built
+    assert "of the cached nodes" not in ok(evsys("plan", "config.yaml", "--cache-dir", "cache", "--remote", remote, cwd=teammate)).stdout

@@ -163,6 +163,18 @@ def test_max_steps_and_num_epochs_together_is_a_config_error(tmp_path):
     assert proc.returncode == 2 and "algorithm.params: give max_steps or num_epochs, not both" in proc.stderr
 
 
+def test_held_out_rows_without_messages_are_refused_before_anything_trains(tmp_path):
+    """validate --deep, plan and build all read the held-out file's rows first: a build never
+    trains and then fails at its eval."""
+    project = make_project(tmp_path / "p", [], EPOCHS_CONFIG.replace("LENGTH", "max_steps: 1").replace("path: data/train.jsonl, run_every", "path: data/held.jsonl, run_every"))
+    write_jsonl(project / "data" / "train.jsonl", chat_rows(ROWS))
+    write_jsonl(project / "data" / "held.jsonl", [{"query": "q", "tool_slug": "x"}])
+    for args in (["validate", "--deep"], ["plan", "--cache-dir", "cache"], ["build", "--cache-dir", "cache"]):
+        proc = evsys(args[0], "config.yaml", *args[1:], cwd=project)
+        assert proc.returncode == 2 and proc.stderr.strip().endswith("data/held.jsonl:1: messages: the row has none (a kind: nll benchmark reads chat rows)"), (args, proc.stderr)
+    assert not (project / "cache" / "nodes").exists()
+
+
 @pytest.mark.parametrize("rows, epochs, batch, steps", [(100, 1.1, 10, 11), (50, 2.2, 1, 110), (100, 0.3, 10, 3), (10, 1, 4, 3), (7, 0.01, 8, 1)])
 def test_num_epochs_counts_steps_on_the_decimal_the_config_gives(rows, epochs, batch, steps):
     from evsys_rules.nodes.steps import steps_for_epochs

@@ -124,7 +124,7 @@ class BenchmarkConfig(Strict):
             return self
         if "nll" in self.metrics:
             raise ValueError("nll is the metric of kind: nll benchmarks (held-out loss); a tasks benchmark scores pass@k")
-        return self  # k <= num_samples is checked per arm (validate --deep, and the eval): an arm may set either
+        return self  # k <= num_samples is checked per arm (nodes/eval.py check_samples, when compiling): an arm may set either
 
 
 class MetadataConfig(Strict):

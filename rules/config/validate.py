@@ -13,11 +13,9 @@ from pathlib import Path
 from evsys_build.errors import ConfigError
 
 from ..compile import model_need
-from ..data.conversation import check_conversation
-from ..data.sources import read_jsonl
 from ..models.resolve import cached_snapshot, hub_model, resolve_model
 from ..models.tiny import TINY_MODEL_NAME
-from ..nodes.eval import benchmark_tasks, check_heldout
+from ..nodes.eval import benchmark_tasks, check_heldout, check_samples
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
 from ..plugins import kinds
 from .deep_rows import check_rows
@@ -79,34 +77,16 @@ def _deep_benchmarks(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str
     out = []
     for i, bench in enumerate(arm.config.metadata.benchmark):
         if bench.kind == "nll":
-            check_heldout(loaded, i, bench, arm)
-            rows = _check_heldout_rows(Path(bench.path))
+            rows = check_heldout(loaded, i, bench, arm)
             if bench.path not in seen:
                 seen.add(bench.path)
                 out.append(f"benchmark {bench.name} ({bench.split}, nll): {bench.path}: {rows} rows")
             continue
         tasks = benchmark_tasks(loaded, i, bench, arm)  # metric names: checked by the schema
-        k = max((int(m.split("@", 1)[1]) for m in bench.metrics), default=1)
-        if k > bench.num_samples:
-            with located(loaded, ("metadata", "benchmark", i, "metrics"), arm):
-                raise ConfigError(f"metadata.benchmark[{i}].num_samples: {bench.num_samples} is below k={k} of pass@{k} (set num_samples >= {k})")
+        check_samples(loaded, i, bench, arm)
         if bench.path not in seen:
             seen.add(bench.path)
             out.append(f"benchmark {bench.name} ({bench.split}): {bench.path}: {len(tasks)} tasks")
     return out
 
 
-def _check_heldout_rows(path: Path) -> int:
-    """Held-out chat rows: each row has well-formed messages (tokenized at build time)."""
-    count = 0
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            for row in read_jsonl(path, lineno, data=line):
-                where = f"{path}:{lineno}"
-                if row.get("messages") is None:
-                    raise ConfigError(f"{where}: messages: the row has none (a kind: nll benchmark reads chat rows)")
-                check_conversation(row, "all", where)
-                count += 1
-    if count == 0:
-        raise ConfigError(f"{path}: no rows (add one chat row per line)")
-    return count

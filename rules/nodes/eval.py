@@ -22,6 +22,8 @@ from evsys_build.errors import ConfigError
 from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm, LoadedConfig, located
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
+from ..data.conversation import check_conversation
+from ..data.sources import read_jsonl
 from ..data.template_clock import pinned
 from ..evals.benchmarks import benchmark_path_problem, load_tasks
 from ..evals.passk import aggregate
@@ -58,6 +60,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
             check_heldout(loaded, index, bench, arm)
             evals += heldout_nodes(arm, bench, {s: checkpoints[s] for s in steps}, model, statcache, callbacks, resources)
             continue
+        check_samples(loaded, index, bench, arm)
         tasks = benchmark_tasks(loaded, index, bench, arm)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
         params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key,
@@ -143,9 +146,19 @@ def benchmark_tasks(loaded: LoadedConfig, index: int, bench, arm: Arm | None = N
         raise ConfigError(f"{label}: {exc.message}") from None
 
 
-def check_heldout(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> None:
+def check_samples(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> None:
+    """pass@k needs k completions per task: checked on each arm's merged config (an arm may set
+    either), before any node runs, so a build never trains first and fails at its eval."""
+    k = max((int(m.split("@", 1)[1]) for m in bench.metrics), default=1)
+    if k > bench.num_samples:
+        with located(loaded, ("metadata", "benchmark", index, "metrics"), arm):
+            raise ConfigError(f"metadata.benchmark[{index}].num_samples: {bench.num_samples} is below k={k} of pass@{k} (set num_samples >= {k})")
+
+
+def check_heldout(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> int:
     """A `kind: nll` benchmark's path must be a JSONL file of chat rows, and the backend must
-    score them (checked before any node runs, so a build never trains first and fails after)."""
+    score them (checked before any node runs, so a build never trains first and fails after).
+    Returns the number of rows."""
     backend = kinds.backends.get(arm.config.backend.kind) if arm is not None else None
     if backend is not None and not hasattr(backend, "score_from_weights"):
         with located(loaded, ("metadata", "benchmark", index, "kind"), arm):
@@ -156,6 +169,23 @@ def check_heldout(loaded: LoadedConfig, index: int, bench, arm: Arm | None = Non
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
             raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): {bench.path}: {what} (kind nll reads a JSONL file of chat rows with messages)")
+    return heldout_rows(path)
+
+
+def heldout_rows(path: Path) -> int:
+    """Held-out chat rows: each row has well-formed messages (tokenized at build time); returns their number."""
+    count = 0
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            for row in read_jsonl(path, lineno, data=line):
+                where = f"{path}:{lineno}"
+                if row.get("messages") is None:
+                    raise ConfigError(f"{where}: messages: the row has none (a kind: nll benchmark reads chat rows)")
+                check_conversation(row, "all", where)
+                count += 1
+    if count == 0:
+        raise ConfigError(f"{path}: no rows (add one chat row per line)")
+    return count
 
 
 def training_system_prompt(arm: Arm) -> str | None:
