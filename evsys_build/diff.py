@@ -50,9 +50,6 @@ class Diff:
         }
 
 
-MISSING = object()
-
-
 def load_side(store: Store, spec: str) -> Side:
     """A config file or a run id, with an optional `@arm`."""
     target, arm = split_spec(spec)
@@ -93,9 +90,9 @@ def split_spec(spec: str) -> tuple[str, str]:
 def diff_sides(a: Side, b: Side) -> Diff:
     out = Diff(a, b)
     for path in sorted(set(a.config) | set(b.config)):
-        va, vb = a.config.get(path, MISSING), b.config.get(path, MISSING)
-        if va is MISSING or vb is MISSING or canonical_json(va) != canonical_json(vb):
-            out.config.append((path, _shown(va), _shown(vb)))
+        va, vb = a.config.get(path), b.config.get(path)
+        if canonical_json(va) != canonical_json(vb):  # absent on one side and null on the other: no difference
+            out.config.append((path, va, vb))
     for name in _ordered(a.nodes, b.nodes):
         na, nb = a.nodes.get(name), b.nodes.get(name)
         if na is None:
@@ -175,10 +172,6 @@ def _ordered(a: dict, b: dict) -> list[str]:
         return (rank, [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)])
 
     return sorted(dict.fromkeys([*a, *b]), key=key)
-
-
-def _shown(value):
-    return None if value is MISSING else value
 
 
 def _text(value) -> str:

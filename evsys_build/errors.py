@@ -25,7 +25,11 @@ class UsageError(EvsysError, ValueError):
 
 
 class UnknownKindError(ConfigError, KeyError):
-    """A kind that no registry knows."""
+    """A kind that no registry knows (`kind`: the registry's, e.g. "transform"; `name`: the one asked for)."""
+
+    def __init__(self, message: str, kind: str = "", name: str = ""):
+        super().__init__(message)
+        self.kind, self.name = kind, name
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.message

@@ -94,31 +94,45 @@ def run_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable[[
         return ("failed", node, wrapped, False)
 
 
+_BUILDING_HERE: dict[str, str] = {}  # node key -> the name of the node this process builds under it
+
+
 def build_node(store: Store, node: Node, inputs: dict[str, dict], emit: Callable[[Event], None], stop: threading.Event, where: dict) -> tuple[dict, bool]:
     """Under the node's lock: serve it if another build finished it meanwhile, else run it and
     write its manifest (after its objects). Returns (the stored manifest, whether it ran)."""
     def waiting() -> None:
-        print(f"evsys: {node.name}: waiting, another build on this store is running it", file=sys.stderr, flush=True)
+        twin = _BUILDING_HERE.get(node.key)  # another arm's node that came out the same (early cutoff)
+        who = f"{twin} of this build computes the same thing (same key)" if twin else "another build on this store is running it"
+        print(f"evsys: {node.name}: waiting, {who}", file=sys.stderr, flush=True)
 
     with store.lock(node.key, waiting, stop):
-        manifest = cached_manifest(store, node)
-        if manifest is not None:  # another build finished it while we waited
-            emit(Event("cached", node, manifest=manifest))
-            return manifest, False
-        emit(Event("start", node))
-        ctx = RunContext(store, node, inputs, emit, stop, where=where)
-        check_keyed_files(node)
-        started = time.perf_counter()
-        body = node.run(ctx)
-        seconds = time.perf_counter() - started
-        check_keyed_files(node)  # changed while it ran: what it read may be either content
-        manifest = node_manifest(node, body, seconds, [(label, p, inputs[label]) for label, p in node.inputs], where)
-        for child in node.produces:
-            if store.complete_manifest(child.key, label=child.name) is None:
-                raise NodeFailed(f"{node.name} finished without producing {child.name}")
-        manifest = store.write_manifest(node.key, manifest, stale=_stale_test(node))
+        _BUILDING_HERE[node.key] = node.name
+        try:
+            manifest = cached_manifest(store, node)
+            if manifest is not None:  # another build finished it while we waited
+                emit(Event("cached", node, manifest=manifest))
+                return manifest, False
+            manifest, seconds = _run_and_store(store, node, inputs, emit, stop, where)
+        finally:
+            _BUILDING_HERE.pop(node.key, None)
     emit(Event("ran", node, seconds=seconds, manifest=manifest))
     return manifest, True
+
+
+def _run_and_store(store: Store, node: Node, inputs: dict[str, dict], emit: Callable[[Event], None], stop: threading.Event, where: dict) -> tuple[dict, float]:
+    """Run the node and write its manifest; returns it and the seconds it ran."""
+    emit(Event("start", node))
+    ctx = RunContext(store, node, inputs, emit, stop, where=where)
+    check_keyed_files(node)
+    started = time.perf_counter()
+    body = node.run(ctx)
+    seconds = time.perf_counter() - started
+    check_keyed_files(node)  # changed while it ran: what it read may be either content
+    manifest = node_manifest(node, body, seconds, [(label, p, inputs[label]) for label, p in node.inputs], where)
+    for child in node.produces:
+        if store.complete_manifest(child.key, label=child.name) is None:
+            raise NodeFailed(f"{node.name} finished without producing {child.name}")
+    return store.write_manifest(node.key, manifest, stale=_stale_test(node)), seconds
 
 
 def check_keyed_files(node: Node) -> None:

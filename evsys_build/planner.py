@@ -201,6 +201,8 @@ def _param_reasons(node: Node, old_params: dict) -> list[str]:
         old, new = old_flat.get(path, _MISSING), new_flat.get(path, _MISSING)
         if old is not _MISSING and new is not _MISSING and canonical_json(old) == canonical_json(new):
             continue
+        if {} in (old, new) and _MISSING in (old, new):  # an empty block that gained or lost entries: they are the reasons
+            continue
         top = path.split(".", 1)[0].split("[", 1)[0]
         if top in node.param_labels:
             label = node.param_labels[top]

@@ -1,5 +1,9 @@
 """Load torch/transformers/peft once, under a lock: nodes run in threads, and transformers'
-lazy module attributes are not safe to resolve from two threads at once."""
+lazy module attributes are not safe to resolve from two threads at once. Two threads importing
+transformers' modules in different orders can each get the other's half-initialised module
+(Python breaks the import deadlock that way): a train node's `AutoTokenizer` then read as
+missing while a tokenize node compiled its chat template. So every first import of transformers
+goes through here, and a tokenizer's first load (which imports its class's module) holds the lock."""
 
 from __future__ import annotations
 
@@ -28,6 +32,11 @@ def preload_tokenizers() -> None:
         _tokenizers_loaded = True
 
 
+def import_lock() -> threading.RLock:
+    """The lock every first import of transformers' modules holds (`with import_lock(): ...`)."""
+    return _lock
+
+
 def preload_chat_templates() -> None:
     """What rendering chat templates needs (transformers' tokenizer base and chat template code,
     which import no torch), once, in one thread."""
@@ -52,8 +61,11 @@ def preload_ml() -> None:
         import torch  # noqa: F401
         import transformers
 
-        for name in ("AutoModelForCausalLM", "AutoConfig", "Qwen3Config", "Qwen3ForCausalLM", "AttentionInterface"):
+        for name in ("AutoModelForCausalLM", "AutoConfig", "Qwen3Config", "Qwen3ForCausalLM", "AttentionInterface", "StaticCache", "GenerationConfig"):
             getattr(transformers, name, None)
+        import transformers.cache_utils  # noqa: F401  (what the samplers import later, outside the lock)
+        import transformers.integrations.sdpa_attention  # noqa: F401
+        import transformers.masking_utils  # noqa: F401
         import peft  # noqa: F401
 
         _loaded = True

@@ -296,6 +296,18 @@ def test_deep_validate_unknown_verifier_name(tmp_path):
     assert "'contians' (did you mean contains?)" in msg and "exact_match" in msg
 
 
+def test_a_verifier_of_an_unlisted_plugin_file_names_the_file(tmp_path):
+    """As for transforms: the .py file near the config that registers the verifier is named, with the line to add."""
+    bad = dict(BENCH_TASK, task_id="val_1", verifier={"kind": "in_process", "fn_name": "is_upper"})
+    project = bench_project(tmp_path, "data/val", [json.dumps(BENCH_TASK), json.dumps(bad)])
+    (project / "checks").mkdir()
+    (project / "checks" / "upper.py").write_text('from evsys_sdk import register_verifier\n\n\n@register_verifier("is_upper")\n'
+                                                 "def is_upper(prediction: str) -> bool:\n    return prediction.isupper()\n")
+    msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
+    assert msg.startswith("metadata.benchmark[0] (val): data/val/tasks.jsonl:2: unknown verifier kind 'is_upper'"), msg
+    assert msg.endswith("; checks/upper.py registers it: add plugins: [checks/upper.py] to the config"), msg
+
+
 @pytest.mark.parametrize("command", ["plan", "build"])
 def test_unknown_arm_is_a_usage_error(tmp_path, tiny_model_dir, command):
     project = project_with(tmp_path, BASE_CONFIG)

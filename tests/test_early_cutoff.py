@@ -5,6 +5,7 @@ and `plan` says `maybe` ("runs if X changes") below a rerun instead of guessing.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,19 @@ def test_a_training_only_backend_setting_that_gives_the_same_checkpoints_keeps_t
     plan = plan_json(project)
     assert plan["train"]["status"] == "run" and plan["eval val@2"]["status"] == "maybe"
     assert ran_names(build(project)) == {"train", "report"}  # the report writes the arm's config out
+
+
+def test_two_arms_whose_training_comes_out_the_same_train_once_and_say_so(tmp_path):
+    """Single-turn rows give the same tokens under all_assistant and last_assistant: the two
+    arms' train nodes get one key once tokenize has run. One trains, the other waits for it (its
+    message names the twin, not "another build") and is served from it."""
+    from evsys_testkit import BASE_CONFIG, make_project, tool_rows
+
+    config = BASE_CONFIG + "arms:\n  - {name: every, set: {seed: 0}}\n  - {name: last, set: {algorithm.params.supervise: last_assistant}}\n"
+    project = make_project(tmp_path / "p", tool_rows(12), config)
+    proc = ok(evsys("build", "config.yaml", "--cache-dir", "cache", "-j", "2", cwd=project))
+    trains = [line.split()[0] for line in proc.stdout.splitlines() if re.match(r"^\w+\s+(\[[^\]]*\]\s+)?train\s", line)]
+    assert sorted(trains) == ["cached", "ran"], proc.stdout
+    assert "another build" not in proc.stderr, proc.stderr
+    waits = [line for line in proc.stderr.splitlines() if "waiting" in line]
+    assert all("train: waiting, train of this build computes the same thing (same key)" in line for line in waits), waits

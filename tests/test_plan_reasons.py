@@ -304,3 +304,15 @@ def test_plan_with_a_remote_store_counts_its_nodes_as_cached_and_copies_nothing(
     built = ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--remote", remote, cwd=teammate)).stdout
     assert "ran " not in built
     assert "of the cached nodes" not in ok(evsys("plan", "config.yaml", "--cache-dir", "cache", "--remote", remote, cwd=teammate)).stdout
+
+
+def test_a_param_block_that_gains_its_first_entry_names_only_the_entry():
+    """`data.params: {} → (default)` beside the entry itself was noise."""
+    from evsys_build.graph import Node
+    from evsys_build.planner import _param_reasons
+
+    def source(params: dict) -> Node:
+        return Node(rule="source", name="source", version="1", params={"params": params}, inputs=[], run=None, param_paths={"params": "data.params"})
+
+    assert _param_reasons(source({"delimiter": ";"}), {"params": {}}) == ["data.params.delimiter: (default) → ;"]
+    assert _param_reasons(source({}), {"params": {"delimiter": ";"}}) == ["data.params.delimiter: ; → (default)"]

@@ -163,6 +163,14 @@ def test_max_steps_and_num_epochs_together_is_a_config_error(tmp_path):
     assert proc.returncode == 2 and "algorithm.params: give max_steps or num_epochs, not both" in proc.stderr
 
 
+def test_plan_counts_the_rows_of_a_whole_accumulated_step(tmp_path):
+    """batch_size 4 x gradient_accumulation_steps 2: a step sees 8 rows, before tokenize as after."""
+    project = make_project(tmp_path / "p", [], EPOCHS_CONFIG.replace("LENGTH", "max_steps: 3"))
+    write_jsonl(project / "data" / "train.jsonl", chat_rows(ROWS))
+    plan = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert "[3 steps x 8 rows; token counts once tokenize has run]" in plan, plan
+
+
 def test_held_out_rows_without_messages_are_refused_before_anything_trains(tmp_path):
     """validate --deep, plan and build all read the held-out file's rows first: a build never
     trains and then fails at its eval."""

@@ -158,3 +158,16 @@ def test_diff_specs_split_at_the_config_file_so_arm_names_may_hold_at_signs(tmp_
     assert split_spec("v@2.yaml") == ("v@2.yaml", "")
     assert split_spec("v@2.yaml@a") == ("v@2.yaml", "a")
     assert split_spec("20261127T211315.296158Z-84f64e@r@1") == ("20261127T211315.296158Z-84f64e", "r@1")
+
+
+def test_diff_lists_only_paths_whose_values_differ():
+    """A benchmark only B has lists its fields, but a null there is no difference from A lacking
+    the path: `(unset) → (unset)` was listed and counted."""
+    from evsys_build.diff import Side, diff_sides, format_diff
+
+    a = Side("A", {"seed": 0, "metadata.benchmark.0.name": "val"}, {}, [])
+    b = Side("B", {"seed": 0, "metadata.benchmark.0.name": "val", "metadata.benchmark.1.name": "held",
+                   "metadata.benchmark.1.run_every": None, "metadata.benchmark.1.system_prompt": None}, {}, [])
+    d = diff_sides(a, b)
+    assert d.config == [("metadata.benchmark.1.name", None, "held")]
+    assert "config: 1 path(s) differ:" in format_diff(d) and "  metadata.benchmark.1.name: (unset) → held" in format_diff(d)

@@ -9,7 +9,8 @@ import pytest
 from evsys_build.errors import ConfigError, UnknownKindError
 from evsys_rules.evals.passk import aggregate, pass_at_k
 from evsys_rules.plugins.registry import register_verifier, verifiers
-from evsys_rules.evals.verifiers import check, resolve, verifier_identity
+from evsys_rules.evals.benchmarks import Task
+from evsys_rules.evals.verifiers import check, resolve, verifier_code
 
 
 def spec(fn_name: str, **args) -> dict:
@@ -135,18 +136,23 @@ def test_user_verifier_is_found_and_keyed_by_source():
     s = spec("starts_with_test", prefix="<answer>")
     assert check(s, "<answer>X</answer>", "t") is True
     assert check(s, "X", "t") is False
-    ident = verifier_identity(s)
-    assert ident["spec"] == s
-    assert ident["code"].startswith("source:")
+    assert verifier_code("starts_with_test").startswith("source:")
 
 
-def test_verifier_identity_is_stable_and_spec_sensitive():
-    a = verifier_identity(spec("answer_tag", expected="A"))
-    assert a == verifier_identity(spec("answer_tag", expected="A"))
-    assert a != verifier_identity(spec("answer_tag", expected="B"))
-    assert a["code"].startswith("source:")
-    import json
-    json.dumps(a)  # JSON-able
+def test_an_eval_key_follows_verifier_specs_through_its_tasks_and_code_through_its_verifiers():
+    """A task's verifier args are part of the tasks' content; the verifier functions' code is the
+    `verifiers` param. Adding a task with the same verifier changes only `tasks`."""
+    from evsys_rules.nodes.eval import _tasks_content, _verifiers_digest
+
+    def tasks(*expected):
+        return tuple(Task.model_validate({"task_id": f"t{i}", "instruction": "q", "verifier": spec("answer_tag", expected=e)}) for i, e in enumerate(expected))
+
+    one, other, more = tasks("A"), tasks("B"), tasks("A", "C")
+    assert _tasks_content(one)[0] != _tasks_content(other)[0]  # the spec's args key the eval
+    assert _verifiers_digest(one) == _verifiers_digest(other) == _verifiers_digest(more)
+    assert _tasks_content(one)[0] != _tasks_content(more)[0]
+    with_other_fn = tuple(Task.model_validate({"task_id": "t0", "instruction": "q", "verifier": spec("exact_match", expected="A")}) for _ in [0])
+    assert _verifiers_digest(with_other_fn) != _verifiers_digest(one)
 
 
 def test_resolve_returns_function_and_args():

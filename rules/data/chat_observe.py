@@ -188,7 +188,10 @@ _IMPURE_NAMES = frozenset({"strftime_now", "lipsum"})  # output that depends on 
 
 def _observing_template(source: str):
     """(template compiled in an environment that notices unobservable reads, reason replay is off or None)."""
+    from ..ml_stack import preload_chat_templates
+
     try:
+        preload_chat_templates()  # the first import of transformers holds the ML stack's lock
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
         env = _observing_environment(_compile_jinja_template(source).environment)

@@ -47,6 +47,7 @@ from pathlib import Path
 from evsys_build.errors import ConfigError
 from evsys_build.watch import RACY_NS
 
+from ..ml_stack import import_lock, preload_tokenizers
 from ..models.resolve import tokenizer_files
 from .chat_render import chat_renderer
 from .chat_rows import Conversation, read_conversation
@@ -84,10 +85,13 @@ def _load_tokenizer(model_dir: str, stamp: tuple):
 
 
 def load_tokenizer_uncached(model_dir: str):
-    """AutoTokenizer's tokenizer of `model_dir`, loaded afresh (`load_tokenizer` keeps it)."""
+    """AutoTokenizer's tokenizer of `model_dir`, loaded afresh (`load_tokenizer` keeps it). Under
+    the ML stack's import lock: the first load imports its tokenizer class's module."""
+    preload_tokenizers()
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    with import_lock():
+        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if not getattr(tok, "chat_template", None):
         raise ConfigError(f"model.name: the tokenizer in {model_dir} has no chat template; use a chat model")
     return tok

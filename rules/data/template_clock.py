@@ -125,6 +125,9 @@ class _Clock:
 
 
 def _install() -> None:
+    from ..ml_stack import preload_chat_templates
+
+    preload_chat_templates()  # the first import of transformers holds the ML stack's lock
     from transformers.utils import chat_template_utils
 
     with _install_lock:

@@ -168,13 +168,6 @@ def check(spec: dict, prediction: str, where: str) -> bool:
         return bool(fn(prediction, **args))
 
 
-def verifier_identity(spec: dict, code: str | None = None) -> dict:
-    """JSON-able cache identity: the spec plus the verifier function's code identity (the spec
-    was checked when its tasks file was parsed: only the function is looked up here; `code`:
-    its `verifier_code`, when the caller has it)."""
-    return {"spec": dict(spec), "code": code if code is not None else verifier_code(str(spec["fn_name"]))}
-
-
 def verifier_code(name: str) -> str:
     """The code identity of the verifier registered as `name`, with the values of the environment
     variables its modules name (environment_reads.py) and what its `identity()` returns, if it has one."""

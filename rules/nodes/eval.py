@@ -17,7 +17,7 @@ from evsys_build.planner import output_digest
 from evsys_build.statcache import StatCache
 from evsys_build.store import is_remote
 
-from evsys_build.errors import ConfigError
+from evsys_build.errors import ConfigError, UnknownKindError
 
 from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm, LoadedConfig, located
@@ -27,12 +27,13 @@ from ..data.sources import read_jsonl
 from ..data.template_clock import pinned
 from ..evals.benchmarks import benchmark_path_problem, load_tasks
 from ..evals.passk import aggregate
-from ..evals.verifiers import check, verifier_code, verifier_identity
+from ..evals.verifiers import check, verifier_code
 from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel
 from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
+from ..plugins.discover import plugin_hint
 from ..plugins.installed import library_versions
 from .heldout import heldout_nodes
 from .tokenize import clock_params, tokenizer_libraries
@@ -138,6 +139,8 @@ def benchmark_tasks(loaded: LoadedConfig, index: int, bench, arm: Arm | None = N
     label = f"metadata.benchmark[{index}] ({bench.name})"
     try:
         return load_tasks(Path(bench.path))
+    except UnknownKindError as exc:  # a verifier of a plugin file the config does not list
+        raise ConfigError(f"{label}: {exc.message}{plugin_hint(exc.kind, exc.name, loaded.path, 'did you mean' in exc.message)}") from None
     except ConfigError as exc:
         problem = benchmark_path_problem(Path(bench.path))  # checked only on failure: a sweep loads each file per arm
         if problem:
@@ -218,23 +221,15 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
 
 
 _tasks_memo: dict[int, tuple] = {}
-_verifiers_memo: dict[tuple, tuple] = {}
 
 
 def _verifiers_digest(tasks) -> str:
-    """The digest of the tasks' verifier identities (spec and code), computed once per parsed tasks
-    file and set of verifier code identities: a sweep's arms share it, a reloaded plugin does not."""
-    specs = _tasks_content(tasks)[1]
-    codes = {name: verifier_code(name) for name in sorted({str(spec["fn_name"]) for spec in specs})}  # once per verifier, not per spec
-    memo_key = (id(tasks), tuple(codes.items()))
-    hit = _verifiers_memo.get(memo_key)
-    if hit is not None and hit[0] is tasks:  # holding `tasks` keeps its id from being reused
-        return hit[1]
-    identities = [verifier_identity(spec, codes[str(spec["fn_name"])]) for spec in specs]
-    value = digest(sorted(identities, key=lambda v: json.dumps(v, sort_keys=True)))
-    if isinstance(tasks, tuple):
-        _verifiers_memo[memo_key] = (tasks, value)
-    return value
+    """The digest of the code of each verifier function the tasks name (with what it reads). The
+    specs (fn_name and args) are in the tasks' content already, so adding a task changes only
+    `tasks`, and `plan` says the tasks changed, not the verifier code. Not memoised: it follows
+    plugin code, which a long-lived process may reload."""
+    names = sorted({str(spec["fn_name"]) for spec in _tasks_content(tasks)[1]})
+    return digest({name: verifier_code(name) for name in names})
 
 
 def _tasks_content(tasks) -> tuple[str, list[dict]]:

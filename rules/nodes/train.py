@@ -307,7 +307,7 @@ def estimate_training(store: Store, train: Node, inputs: dict) -> dict:
     cost = {"steps": steps, "rows": rows, "resumes_from_step": done}
     tokens = TokenDataset.of(inputs["tokens"]) if inputs.get("tokens") else None
     if tokens is None or not tokens.num_rows:
-        return {**cost, "summary": f"{steps} steps x {algo.batch_size} rows; token counts once tokenize has run"}
+        return {**cost, "summary": f"{steps} steps x {rows // steps if steps else 0} rows; token counts once tokenize has run"}
     cost["tokens"] = round(tokens.num_tokens / tokens.num_rows * rows)
     cost["loss_tokens"] = round(tokens.num_loss_tokens / tokens.num_rows * rows)
     resumed = f", resuming after step {done}" if done else ""

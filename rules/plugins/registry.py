@@ -71,7 +71,7 @@ class Registry:
         hint = f" (did you mean {close[0]}?)" if close else ""
         prefix = f"{where}: " if where else ""
         raise UnknownKindError(
-            f"{prefix}unknown {self.kind} kind {name!r}{hint}; known: {', '.join(known) or 'none'}"
+            f"{prefix}unknown {self.kind} kind {name!r}{hint}; known: {', '.join(known) or 'none'}", self.kind, name
         )
 
     def names(self) -> list[str]:

@@ -98,7 +98,7 @@ class LocalTrainingClient:
         of them), shapes dynamic since every packed batch has its own length. Only over the varlen
         kernel: the SDPA loop's per-sequence Python would recompile for every batch."""
         if self.kernel != "varlen":
-            raise ConfigError("backend.local.compile: needs the varlen attention kernel (CUDA, dtype bfloat16, torch >= 2.10); "
+            raise ConfigError("backend.params.compile: needs the varlen attention kernel (CUDA, dtype bfloat16, torch >= 2.10), which this machine lacks; "
                               "set compile: false")
         for layer in self._causal_lm().model.layers:
             layer.compile(dynamic=True)
