@@ -153,6 +153,34 @@ def test_hf_datasets_are_read_from_the_local_cache_and_keyed_by_content(here, ti
     assert proc.returncode == 2 and "data.params.split" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_directory_leaves_out_hidden_folders_and_a_bracketed_file_name_is_that_file(here, tiny_model_dir):
+    """Jupyter's `.ipynb_checkpoints/` copies inside a data folder were read too (every row twice);
+    `data[1].jsonl` was taken as a glob and read `data1.jsonl` instead."""
+    write_jsonl(here / "data" / "a.jsonl", ROWS[:25])
+    write_jsonl(here / "data" / ".ipynb_checkpoints" / "a-checkpoint.jsonl", ROWS[:25])
+    write(here, "jsonl", "data")
+    assert source_rows(here)[0] == ROWS[:25]
+    write_jsonl(here / "shards" / "data[1].jsonl", ROWS[:5])
+    write_jsonl(here / "shards" / "data1.jsonl", ROWS[5:9])
+    write(here, "jsonl", "'shards/data[1].jsonl'")
+    assert source_rows(here)[0] == ROWS[:5]
+
+
+def test_a_bom_before_a_blank_line_and_a_lone_surrogate(here, tiny_model_dir):
+    """A UTF-8 BOM opens the file (a blank first line is still skipped); an escaped half of a
+    surrogate pair is one line naming the row, not a traceback from the chunk writer."""
+    (here / "train.jsonl").write_bytes(b"\xef\xbb\xbf\n" + b"".join(json.dumps(r).encode() + b"\n" for r in ROWS[:3]))
+    write(here, "jsonl", "train.jsonl")
+    assert source_rows(here)[0] == ROWS[:3]
+    pair = '{"query": "\\ud83d\\ude00 ok", "tool_slug": "A"}\n'  # an escaped emoji: a whole pair
+    lone = '{"query": "\\ud800 lone", "tool_slug": "A"}\n'
+    (here / "train.jsonl").write_text(json.dumps(ROWS[0]) + "\n" + pair + lone)
+    proc = evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "source", cwd=here)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("evsys: error: train.jsonl:3: a \\u escape stands for half of a surrogate pair (U+D800 to U+DFFF), "
+                                                    "which is not text; fix the escape (write the character itself, or both halves of the pair) or remove the line")
+
+
 def test_no_file_matches_is_one_line(here):
     write(here, "jsonl", "'nothing/*.jsonl'")
     for command in (["validate", "config.yaml", "--deep"], ["plan", "config.yaml"]):

@@ -36,15 +36,19 @@ from ..plugins.registry import register_source
 
 
 class FileSetConfig(BaseModel, extra="forbid"):
-    path: str  # a file, a glob or a directory; relative to the directory you run from, or absolute
+    path: str  # a file, a glob or a directory (hidden files and folders skipped); relative to the directory you run from, or absolute
 
 
 def resolve_files(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
-    """The files `pattern` names: itself, its glob matches, or a directory's files with `suffixes`."""
+    """The files `pattern` names: itself (a file whose name holds `[` or `*` included), its glob
+    matches, or a directory's files with `suffixes`. Hidden files and folders are left out of a
+    directory (`.ipynb_checkpoints/` copies would be trained on twice)."""
     path = Path(pattern)
     if path.is_dir():
         watch_tree(path)  # a shard added or removed changes the rows
-        return [f for f in files_under(path) if f.name.endswith(suffixes) and not f.name.startswith(".")]
+        return [f for f in files_under(path, skip_hidden=True) if f.name.endswith(suffixes)]
+    if path.is_file():
+        return [path]
     if any(c in pattern for c in "*?["):
         static = Path(*[part for part in path.parts[: next(i for i, p in enumerate(path.parts) if any(c in p for c in "*?["))]]) if path.parts else Path(".")
         watch_tree(static if str(static) else Path("."))
@@ -245,12 +249,25 @@ def jsonl_location(path: Path, index: int) -> tuple[str | None, int]:
 _decode_json = json.JSONDecoder().decode  # what json.loads(str) calls
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def _refuse_lone_surrogates(row: dict, where: str) -> None:
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{where}: a \\u escape stands for half of a surrogate pair (U+D800 to U+DFFF), which is not text; "
+                          "fix the escape (write the character itself, or both halves of the pair) or remove the line") from None
+
+
 def read_jsonl(path: Path, first_line: int = 1, data: bytes | None = None):
     """Yield the rows of a JSONL file (or of `data`, its lines numbered from `first_line`);
     a bad line is a ConfigError naming file:line."""
     lines = data.split(b"\n") if data is not None else open(path, "rb")
     try:
         for lineno, line in enumerate(lines, first_line):
+            if lineno == 1 and line.startswith(BOM):
+                line = line[len(BOM):]  # a UTF-8 BOM opens the file, not its first row
             if not line.strip():
                 continue
             try:
@@ -262,6 +279,8 @@ def read_jsonl(path: Path, first_line: int = 1, data: bytes | None = None):
                     raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); fix or remove the line") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+            if b"\\ud" in line or b"\\uD" in line:  # a \u escape of a surrogate: only a whole pair is text
+                _refuse_lone_surrogates(row, f"{path}:{lineno}")
             yield row
     finally:
         if data is None:
