@@ -62,7 +62,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
         run=run_source,
         arm=arm.name,
         param_paths={"params": "data.params", "kind": "data.source_kind"},
-        param_labels={"content": "data file content changed", "suffixes": "data file suffixes changed", "identity": "dataset revision changed", "libraries": "the source's library versions changed",
+        param_labels={"content": "data file content changed", "suffixes": "data files added, removed, or renamed to another suffix", "identity": "dataset revision changed", "libraries": "the source's library versions changed",
                       "environment": "an environment variable the source reads changed"},
         payload={"source": source},
     )
