@@ -421,14 +421,19 @@ def test_an_output_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
     assert msg == f"config.yaml:{line_of(BASE_CONFIG, 'output_dir: out')}:13: output_dir: out is a file, so the run dir out/first_run cannot be written there; choose another output_dir"
 
 
+def with_val_tasks(project: Path) -> Path:
+    """The project with a one-task benchmark at data/val/tasks.jsonl (fields a training row has too)."""
+    (project / "data" / "val").mkdir()
+    task = {"task_id": "t0", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "x"}, "query": "q", "tool_slug": "x"}
+    (project / "data" / "val" / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+    return project
+
+
 def test_a_data_folder_that_holds_a_benchmark_is_refused(tmp_path):
     """data.path: data (a folder) would read data/val/tasks.jsonl too, and with matching fields
     the benchmark's rows would train the model it scores."""
     config = BASE_CONFIG.replace("path: data/train.jsonl", "path: data") + "metadata:\n  benchmark:\n    - {name: val, path: data/val}\n"
-    project = project_with(tmp_path, config)
-    (project / "data" / "val").mkdir()
-    task = {"task_id": "t0", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "x"}, "query": "q", "tool_slug": "x"}
-    (project / "data" / "val" / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+    project = with_val_tasks(project_with(tmp_path, config))
     for command in (["validate", "config.yaml", "--deep"], ["build", "config.yaml"]):
         msg = one_error_line(evsys(*command, cwd=project))
         assert msg == (f"config.yaml:{line_of(config, 'path: data')}:9: data.path: 'data' takes in data/val/tasks.jsonl, which benchmark val scores: "
@@ -469,11 +474,8 @@ def test_a_plugin_source_reading_a_benchmark_file_is_refused(tmp_path):
     config = BASE_CONFIG.replace("  source_kind: jsonl\n  path: data/train.jsonl\n",
                                  "  source_kind: shard_list\n  params:\n    paths: [data/train.jsonl, data/val/tasks.jsonl]\n")
     config = config.replace("seed: 0\n", "seed: 0\nplugins: [shard_list.py]\n") + "metadata:\n  benchmark:\n    - {name: val, path: data/val}\n"
-    project = project_with(tmp_path, config)
+    project = with_val_tasks(project_with(tmp_path, config))
     (project / "shard_list.py").write_text(SHARD_LIST_SOURCE)
-    (project / "data" / "val").mkdir()
-    task = {"task_id": "t0", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "x"}, "query": "q", "tool_slug": "x"}
-    (project / "data" / "val" / "tasks.jsonl").write_text(json.dumps(task) + "\n")
     for command in (["validate", "config.yaml", "--deep"], ["build", "config.yaml"]):
         msg = one_error_line(evsys(*command, cwd=project))
         assert msg == (f"config.yaml:{line_of(config, 'paths:')}:5: data: the source reads data/val/tasks.jsonl, which benchmark val scores: "

@@ -23,7 +23,6 @@ from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm, LoadedConfig, located
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
 from ..data.conversation import check_conversation
-from ..data.sources import read_jsonl
 from ..data.template_clock import pinned
 from ..evals.benchmarks import benchmark_path_problem, load_tasks
 from ..evals.passk import aggregate
@@ -35,7 +34,7 @@ from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.discover import plugin_hint
 from ..plugins.installed import library_versions
-from .heldout import heldout_nodes
+from .heldout import heldout_nodes, read_heldout
 from .tokenize import clock_params, tokenizer_libraries
 from .train import backend_code, backend_config, backend_environment, backend_resources, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
@@ -172,23 +171,10 @@ def check_heldout(loaded: LoadedConfig, index: int, bench, arm: Arm | None = Non
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
             raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): {bench.path}: {what} (kind nll reads a JSONL file of chat rows with messages)")
-    return heldout_rows(path)
-
-
-def heldout_rows(path: Path) -> int:
-    """Held-out chat rows: each row has well-formed messages (tokenized at build time); returns their number."""
-    count = 0
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            for row in read_jsonl(path, lineno, data=line):
-                where = f"{path}:{lineno}"
-                if row.get("messages") is None:
-                    raise ConfigError(f"{where}: messages: the row has none (a kind: nll benchmark reads chat rows)")
-                check_conversation(row, "all", where)
-                count += 1
-    if count == 0:
-        raise ConfigError(f"{path}: no rows (add one chat row per line)")
-    return count
+    rows, wheres = read_heldout(path)
+    for row, at in zip(rows, wheres):
+        check_conversation(row, "all", at)  # well-formed messages (tokenized at build time)
+    return len(rows)
 
 
 def training_system_prompt(arm: Arm) -> str | None:

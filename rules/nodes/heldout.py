@@ -72,8 +72,8 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
     ]
 
 
-def heldout_rows(path: Path, tok, shaping: dict) -> list[tuple[list[int], list[float]]]:
-    """Every row of the file tokenized as training would (one batched call); a bad row names its file:line."""
+def read_heldout(path: Path) -> tuple[list[dict], list[str]]:
+    """The file's chat rows and each one's `file:line`; a row without messages, or no row at all, is one line."""
     rows, wheres = [], []
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
@@ -85,6 +85,12 @@ def heldout_rows(path: Path, tok, shaping: dict) -> list[tuple[list[int], list[f
                 wheres.append(where)
     if not rows:
         raise ConfigError(f"{path}: no rows (add one chat row per line)")
+    return rows, wheres
+
+
+def heldout_rows(path: Path, tok, shaping: dict) -> list[tuple[list[int], list[float]]]:
+    """Every row of the file tokenized as training would (one batched call); a bad row names its file:line."""
+    rows, wheres = read_heldout(path)
     return tokenize_conversations(tok, rows, shaping.get("supervise", "all_assistant"), shaping.get("max_length", 2048), shaping.get("truncation", "right"), wheres)
 
 
