@@ -262,7 +262,7 @@ def test_dropout_masks_come_from_the_seed_not_the_process(tmp_path):
 def test_compiled_layers_need_the_varlen_kernel(model_dir):
     """`compile` compiles each decoder layer over the varlen kernel (CUDA, bf16); over the SDPA loop,
     whose per-sequence Python would recompile on every batch, it is refused in one line."""
-    with pytest.raises(ConfigError, match=r"backend\.local\.compile: needs the varlen attention kernel"):
+    with pytest.raises(ConfigError, match=r"backend\.params\.compile: needs the varlen attention kernel"):
         LocalBackend(LocalBackendConfig(device="cpu", compile=True)).create_training_client(model_dir, lora_rank=0, seed=0)
 
 

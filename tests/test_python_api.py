@@ -124,7 +124,7 @@ def test_arms_and_sweeps_resolve_paths_against_base_dir_whether_they_set_a_path_
         {"name": "block", "set": {"data": {"source_kind": "jsonl", "path": "data/other.jsonl"}}},
         {"name": "one_bench", "set": {"metadata.benchmark.0": {"name": "val", "path": "val2"}}},
         {"name": "benches", "set": {"metadata.benchmark": [{"name": "val", "path": "val2"}]}},
-        {"name": "params", "set": {"data.params": {"path": "data/other.jsonl"}}},
+        {"name": "params", "set": {"data": {"source_kind": "jsonl", "params": {"path": "data/other.jsonl"}}}},  # the path as a param, not beside data.path
     ]
     monkeypatch.chdir(tmp_path)
     loaded = load_config(_write(tmp_path / "elsewhere.yaml", raw), base_dir=project)
