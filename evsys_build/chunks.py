@@ -154,10 +154,17 @@ def memoised_results(store: Store, stage_identity: dict, chunks: list[dict]) -> 
     """What `map_chunks` memoised for each of `chunks` under `stage_identity` (None: not memoised),
     without computing anything: which output rows came from which input chunk."""
     stage = digest(stage_identity)
-    index = load_index(store, stage)
+    return _memo_lookup(store, load_index(store, stage), [_memo_key(stage, chunk) for chunk in chunks])
+
+
+def _memo_key(stage: str, chunk: dict) -> str:
+    return digest({"stage": stage, "chunk": chunk})
+
+
+def _memo_lookup(store: Store, index: dict[str, dict], keys: list[str]) -> list[dict | None]:
+    """Each key's memoised output chunk: from the machine-local stage `index`, else the store's memo."""
     out = []
-    for chunk in chunks:
-        key = digest({"stage": stage, "chunk": chunk})
+    for key in keys:
         hit = index.get(key)
         if hit is None:
             found = store.memo_get(key)
@@ -185,17 +192,10 @@ def map_chunks(
     """
     stage = digest(stage_identity)
     results: list[dict | None] = [None] * len(chunks)
-    all_keys = [digest({"stage": stage, "chunk": chunk}) for chunk in chunks]
+    all_keys = [_memo_key(stage, chunk) for chunk in chunks]
     memo_keys: dict[int, str] = dict(enumerate(all_keys))
     index = load_index(store, stage)
-    hits: dict[int, dict] = {}
-    for i, memo_key in enumerate(all_keys):
-        hit = index.get(memo_key)
-        if hit is None:
-            found = store.memo_get(memo_key)
-            hit = found["chunk"] if found is not None else None
-        if hit is not None:
-            hits[i] = hit
+    hits = {i: hit for i, hit in enumerate(_memo_lookup(store, index, all_keys)) if hit is not None}
     missing = set(store.missing_objects(name for hit in hits.values() for name in referenced_objects(hit)))
     for i, hit in hits.items():  # a hit whose blobs are gone (collected) is computed again
         if missing.isdisjoint(referenced_objects(hit)):
