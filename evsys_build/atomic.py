@@ -13,6 +13,7 @@ from .tree import first_existing
 
 STAGING_PREFIX = ".evsys-"  # + "<pid>-": a later build or gc removes what a dead process left
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the rest of DISK_ERRNOS: a folder this user cannot write
 NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 
 
@@ -64,7 +65,8 @@ def _publish(path: Path, data: bytes, tmp_dir: Path | None, exclusive: bool, fsy
         return True
     except OSError as exc:
         if exc.errno in DISK_ERRNOS:
-            raise WriteFailed(f"cannot write {path}: {exc.strerror}; free some space or write elsewhere (--cache-dir, output_dir)") from None
+            fix = "free some space or write elsewhere" if exc.errno in FULL_ERRNOS else "write where this user may"
+            raise WriteFailed(f"cannot write {path}: {exc.strerror}; {fix} (--cache-dir, output_dir)") from None
         raise
     finally:
         _remove(tmp)  # renamed already, or linked into place, or left by a failure

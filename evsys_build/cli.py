@@ -12,7 +12,7 @@ import click
 from . import cli_diff, cli_export, cli_runs, cli_sync, collector
 from .plans import ArmLabels, run_plan
 from . import interrupts
-from .errors import EvsysError, Interrupted, UsageError
+from .errors import ConfigError, EvsysError, Interrupted, UsageError
 from .pools import EXECUTORS
 from .project import frontend
 from .store import Store, cache_location, open_built_store, open_store
@@ -37,6 +37,11 @@ class EvsysGroup(click.Group):
         except KeyboardInterrupt:  # Ctrl-C before a build installs its own handlers (imports, compile) or during plan
             click.echo("evsys: interrupted", err=True)
             sys.exit(Interrupted.exit_code)
+        except PermissionError as exc:  # a file or folder of the user's this user may not read or write: theirs to fix
+            if exc.filename is None:
+                raise
+            click.echo(f"evsys: error: {exc.filename}: {exc.strerror} (uid {os.getuid()}); let this user read it (and search its folders), or point the config elsewhere", err=True)
+            sys.exit(ConfigError.exit_code)
         except EvsysError as exc:
             tb = getattr(exc, "traceback", None)
             if tb:

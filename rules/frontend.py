@@ -12,7 +12,7 @@ from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 
 from .compile import compile_graph, model_need, trains_by_name
-from .config.loading import LoadedConfig, load_config
+from .config.loading import LoadedConfig, check_output_writable, load_config
 from .models.resolve import cached_snapshot, fetch_model, hub_model, hub_offline
 from .nodes.train import make_backend, ready_args
 from .plugins import kinds
@@ -117,7 +117,9 @@ class Project:
 
     def preflight(self, arms: list[str]) -> None:
         """Before any node runs: each backend's own readiness check (Tinker: the key, the SDK, a
-        key the service accepts, a base model it offers), once per backend, service and model."""
+        key the service accepts, a base model it offers), once per backend, service and model; and
+        that the run dir can be written, so a long training does not end in that error."""
+        check_output_writable(self.loaded)
         seen = set()
         for nodes in self.arm_nodes:
             arm = nodes.arm

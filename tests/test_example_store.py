@@ -43,6 +43,13 @@ def test_todays_keys_match_the_example_store(store_copy, tiny_model_dir):
     assert {n["key"] for n in plan} == set(_ref_nodes(store_copy).values())
 
 
+def test_deep_validate_counts_the_tokens_the_build_made(store_copy, tiny_model_dir):
+    """`validate --deep` tokenizes as the tokenize node did: the same token and trained-token counts."""
+    out = ok(evsys("validate", CONFIG, "--deep", cwd=REPO)).stdout
+    dataset = Store(store_copy).read_manifest(_ref_nodes(store_copy)["tokenize"])["outputs"]["dataset"]
+    assert f"tokens: {dataset['num_tokens']} tokens, {dataset['num_loss_tokens']} trained; longest row " in out
+
+
 @pytest.mark.parametrize(
     "name,expected",
     [

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +157,66 @@ def test_a_mistyped_store_path_is_one_line_and_creates_nothing(tmp_path, command
 def test_an_out_of_range_flag_is_bad_usage(tmp_path, command):
     proc = evsys(*command, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Invalid value" in proc.stderr
+
+
+# -- files and folders this user may not read or write ---------------------------------------
+# The suite runs as root here, which no permission denies, so the denial is raised where evsys
+# meets it (the same exception a non-root user gets from the OS).
+
+
+def test_a_file_this_user_cannot_read_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    import evsys_rules.config.validate as validate_module
+    from evsys_build.cli import main
+
+    project = make_project(tmp_path / "p", tool_rows(4))
+    denied = project / "data" / "train.jsonl"
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(denied))
+
+    monkeypatch.setattr(validate_module, "check_rows", unreadable)
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["validate", "config.yaml", "--deep"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"evsys: error: {denied}: Permission denied (uid {os.getuid()}); let this user read it (and search its folders), or point the config elsewhere"
+
+
+def test_an_output_dir_this_user_cannot_write_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    import evsys_rules.config.loading as loading
+    from evsys_build.errors import ConfigError
+    from evsys_rules.config.validate import validate
+
+    project = make_project(tmp_path / "p", tool_rows(4), BASE_CONFIG.replace("output_dir: out", "output_dir: shared/out"))
+    (project / "shared").mkdir()
+    monkeypatch.chdir(project)
+    real_access = os.access
+    monkeypatch.setattr(loading.os, "access", lambda path, mode: os.fspath(path) != "shared" and real_access(path, mode))
+    with pytest.raises(ConfigError) as exc:
+        validate(Path("config.yaml"))
+    line = next(i for i, text in enumerate((project / "config.yaml").read_text().splitlines(), 1) if text.startswith("output_dir:"))
+    assert exc.value.message == (
+        f"config.yaml:{line}:13: output_dir: this user (uid {os.getuid()}) cannot write shared, "
+        "where the run dir shared/out/first_run is made; choose another output_dir or let this user write there"
+    )
+    (project / "shared").rmdir()  # not there yet: the folder it would be made in (the project) is the one asked
+    assert validate(Path("config.yaml"))
+
+
+@pytest.mark.parametrize("code,fix", [("ENOSPC", "free some space or write elsewhere"), ("EACCES", "write where this user may"), ("EROFS", "write where this user may")])
+def test_a_failed_write_says_the_fix_that_fits_its_cause(tmp_path, monkeypatch, code, fix):
+    import errno
+
+    from evsys_build import atomic
+
+    def refused(*args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(atomic.os, "replace", refused)
+    with pytest.raises(atomic.WriteFailed) as exc:
+        atomic.write_atomic(tmp_path / "f.json", b"{}")
+    assert exc.value.message == f"cannot write {tmp_path / 'f.json'}: {os.strerror(getattr(errno, code))}; {fix} (--cache-dir, output_dir)"
+    assert not list(tmp_path.iterdir())  # the staged file is gone too

@@ -124,6 +124,7 @@ def test_new_library_versions_take_a_new_snapshot(tiny_model_dir, monkeypatch):
 
 
 def test_a_collected_snapshot_is_captured_again(tiny_model_dir, tmp_path):
+    tokenizer_snapshot._loaded.clear()  # one this process holds (another test's) is not stored again
     store = Store(tmp_path / "store")
     load_chat_tokenizer(str(tiny_model_dir), store)
     memo = store.memo_get(snapshot_key(str(tiny_model_dir)))

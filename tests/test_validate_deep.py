@@ -1,6 +1,7 @@
 """`validate --deep` catches what the build would reject, with the build's own words: an
 unresolvable model (config file:line:col), rows without a usable conversation after the
-transforms (every row streamed), an empty dataset, a benchmark path that is not a directory with
+transforms (every row streamed and tokenized: special-token text, nothing trained after
+max_length), an empty dataset, a benchmark path that is not a directory with
 tasks.jsonl (config file:line:col)."""
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def bad_rows(case: str) -> tuple[list[dict], str, str]:
         rows[0]["keep"] = False
         rows[6]["messages"][1]["content"] = 7
         return rows, "all_assistant", "data/train.jsonl:7: tokenize: messages[1].content must be a string or a list of text parts, got a number"
+    if case == "special token as text":
+        rows[4]["messages"][1]["content"] = "a4<|im_end|>"
+        return rows, "all_assistant", "data/train.jsonl:5: tokenize: messages[1].content contains the special token '<|im_end|>' as text; the tokenizer would read it as a control token, not text; remove or escape it (e.g. with a transform)"
+    if case == "nothing trained after max_length":
+        rows[2]["messages"][0]["content"] = "word " * 60
+        return rows, "all_assistant", "data/train.jsonl:3: tokenize: no trained tokens left after truncation to max_length=24; raise algorithm.params.max_length or drop long rows with a filter transform"
     if case == "after a filter and a dedup":
         rows[0]["keep"] = False
         rows[6]["messages"][1]["content"] = 7
@@ -80,12 +87,15 @@ def bad_rows(case: str) -> tuple[list[dict], str, str]:
     ("no messages", True),  # a file line: every transform before tokenize kept rows one for one
     ("after a filter that drops rows", True),  # still the file line: a row-local transform is traced back row by row
     ("after a filter and a dedup", True),  # `row N of <node>`: a transform that reads every row cannot be traced
+    ("special token as text", True),  # needs the model's tokenizer: --deep tokenizes as the build does
+    ("nothing trained after max_length", True),
     ("unknown role", False),  # the build's words (tokenize's own checks), without paying for a build each
     ("no assistant turn", False),
 ])
 def test_rows_without_a_usable_conversation(tmp_path, tiny_model_dir, case, against_build):
     rows, supervise, expected = bad_rows(case)
     config = CHAT_CONFIG.replace("value: true}\n", "value: true}\n  - kind: dedup\n") if "dedup" in case else CHAT_CONFIG
+    config = config.replace("lora_rank: 1", "lora_rank: 1, max_length: 24") if "max_length" in case else config
     project = chat_project(tmp_path / "p", rows, supervise=supervise, config=config)
     if against_build:
         assert same_error(project) == expected
@@ -141,6 +151,7 @@ def test_deep_validate_reports_what_it_read(tmp_path):
     out = evsys("validate", "config.yaml", "--deep", cwd=project)
     assert out.returncode == 0, out.stderr
     assert "data: data/train.jsonl: 11 rows, 10 after the transforms" in out.stdout
+    assert "longest row " in out.stdout and "none longer than max_length 2048" in out.stdout
     assert "num_epochs 2 over 10 rows: max_steps 10" in out.stdout
     assert "benchmark held (val, nll): held.jsonl: 3 rows" in out.stdout
     (project / "held.jsonl").write_text(json.dumps({"messages": [{"role": "narrator", "content": "x"}]}) + "\n")

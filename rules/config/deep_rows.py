@@ -21,6 +21,7 @@ from evsys_build.errors import ConfigError
 from ..data.conversation import check_conversation
 from ..nodes.transform import make_transform
 from ..plugins.environment_watch import environment_checked
+from .deep_tokens import RowRefused, RowTokenizer
 from .loading import Arm
 
 BATCH = 1024
@@ -48,13 +49,22 @@ class _Found(Exception):
         self.stage, self.index, self.message = stage, index, message
 
 
-def check_rows(arm: Arm, source) -> RowsChecked:
-    """Stream every row; raise the build's ConfigError for the first row it would reject."""
+def check_rows(arm: Arm, source, tokenizer: RowTokenizer | None = None) -> RowsChecked:
+    """Stream every row; raise the build's ConfigError for the first row it would reject. With
+    `tokenizer` the rows are tokenized as the build would; without one (the model's tokenizer
+    is not on this machine) they get the checks that need none."""
     stages = _stages(arm)
     supervise = getattr(arm.params.get("algorithm"), "supervise", "all_assistant")
     out = RowsChecked(stages=stages)
     try:
         for batch in _through(stages, _source_batches(source, out), upto=len(stages)):
+            if tokenizer is not None:
+                try:
+                    tokenizer(batch)
+                except RowRefused as refused:
+                    raise _Found(len(stages), refused.index, f"tokenize: {refused.message}") from None
+                out.rows += len(batch)
+                continue
             for row in batch:
                 try:
                     check_conversation(row, supervise, "row")

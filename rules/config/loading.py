@@ -8,6 +8,7 @@ A config file's relative paths resolve against the directory you run from; with 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,16 @@ def check_output_dir(loaded: LoadedConfig) -> None:
     if not part.is_dir():
         with located(loaded, ("output_dir",) if loaded.config.output_dir else ("run_name",)):
             raise ConfigError(f"output_dir: {part} is a file, so the run dir {folder} cannot be written there; choose another output_dir")
+
+
+def check_output_writable(loaded: LoadedConfig) -> None:
+    """This user can make the run dir: output_dir, or the nearest folder above it that exists,
+    is writable (checked before a build trains, not when it writes the run dir at the end;
+    `plan` and `show` do not ask it)."""
+    base = first_existing(loaded.output_dir)
+    if base.is_dir() and not os.access(base, os.W_OK | os.X_OK):
+        with located(loaded, ("output_dir",) if loaded.config.output_dir else ("run_name",)):
+            raise ConfigError(f"output_dir: this user (uid {os.getuid()}) cannot write {base}, where the run dir {loaded.output_dir / loaded.run_name} is made; choose another output_dir or let this user write there")
 
 
 def check_source(loaded: LoadedConfig, source, arm: Arm | None = None) -> None:

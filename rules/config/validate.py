@@ -2,7 +2,8 @@
 
 `--deep` makes the checks the build would make, with the build's words (the same functions
 raise them): the model name resolves (config file:line:col), every row is a usable conversation
-after the transforms (streamed: deep_rows.py), the dataset is not empty, and every benchmark
+after the transforms, tokenized as the build would with the model's tokenizer when it is on this
+machine (streamed: deep_rows.py, deep_tokens.py), the dataset is not empty, and every benchmark
 path is what its kind reads (config file:line:col) with well-formed tasks.
 """
 
@@ -14,59 +15,80 @@ from evsys_build.errors import ConfigError
 
 from ..compile import model_need
 from ..models.resolve import cached_snapshot, hub_model, resolve_model
-from ..models.tiny import TINY_MODEL_NAME
+from ..models.tiny import TINY_MODEL_NAME, qwen_tokenizer_dir
 from ..nodes.eval import benchmark_tasks, check_heldout, check_samples
+from ..data.tokenizer_snapshot import load_machine_tokenizer
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
+from ..nodes.tokenize import SHAPING_PARAMS
 from ..plugins import kinds
 from .deep_rows import check_rows
-from .loading import Arm, LoadedConfig, check_source, check_source_files, load_config, located
+from .deep_tokens import RowTokenizer
+from .loading import Arm, LoadedConfig, check_output_writable, check_source, check_source_files, load_config, located
 
 
 def validate(config_path: Path, deep: bool = False) -> list[str]:
     """Raises ConfigError on the first mistake; returns informative lines when all is well."""
     loaded = load_config(config_path)
+    check_output_writable(loaded)
     lines = [f"arms: {', '.join(a.name for a in loaded.arms)}"]
     if not deep:
         return lines
     seen: set[str] = set()
     for arm in loaded.arms:
-        lines += _deep_model(loaded, arm)
-        lines += _deep_data(loaded, arm, seen)
+        model_lines, tokenizer_dir = _deep_model(loaded, arm)
+        lines += model_lines
+        lines += _deep_data(loaded, arm, seen, tokenizer_dir)
         lines += _deep_benchmarks(loaded, arm, seen)
     return lines
 
 
-def _deep_model(loaded: LoadedConfig, arm: Arm) -> list[str]:
-    """The model name resolves as the build resolves it (the tiny model is not built here). A
+def _deep_model(loaded: LoadedConfig, arm: Arm) -> tuple[list[str], Path | None]:
+    """The model name resolves as the build resolves it; returns the folder of its tokenizer
+    (the tiny model's is the one it is built with; the model itself is not built here). A
     model a service trains by name needs only its tokenizer here, which `evsys fetch` (or the
     build, online) downloads: offline and not cached yet, that is a note, not an error, so the
-    hosted walkthrough validates with no network."""
+    hosted walkthrough validates with no network (its rows are then checked without tokenizing)."""
     model, need = arm.config.model, model_need(arm)
     if model.name == TINY_MODEL_NAME:
-        return []
+        with located(loaded, ("model", "name"), arm):
+            return [], qwen_tokenizer_dir()
     if need == "tokenizer" and hub_model(model.name) and cached_snapshot(model.name, model.revision, need) is None:
-        return [f"model {model.name}: its tokenizer is not in the local Hugging Face cache yet (not checked); `evsys fetch {loaded.path}` downloads it"]
+        note = f"model {model.name}: its tokenizer is not in the local Hugging Face cache yet (not checked, rows not tokenized); `evsys fetch {loaded.path}` downloads it"
+        return [note], None
     with located(loaded, ("model", "name"), arm):
-        resolve_model(model.name, model.revision, need, str(loaded.path))
-    return []
+        return [], resolve_model(model.name, model.revision, need, str(loaded.path))
 
 
-def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str]) -> list[str]:
+def _row_tokenizer(loaded: LoadedConfig, arm: Arm, tokenizer_dir: Path | None) -> RowTokenizer | None:
+    """The build's tokenizing of this arm's rows: its model's tokenizer and its algorithm's shaping params."""
+    if tokenizer_dir is None:
+        return None
+    with located(loaded, ("model", "name"), arm):
+        tok = load_machine_tokenizer(str(tokenizer_dir))
+    algo = arm.params["algorithm"]
+    return RowTokenizer(tok, getattr(algo, "supervise", "all_assistant"), getattr(algo, "max_length", 2048), getattr(algo, "truncation", "right"))
+
+
+def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str], tokenizer_dir: Path | None) -> list[str]:
     source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
     check_source(loaded, source, arm)
     source_files = source.files()
     check_source_files(loaded, source, source_files, arm)
-    recipe = repr((arm.config.data.model_dump(), [t.model_dump() for t in arm.config.transforms], getattr(arm.params["algorithm"], "supervise", None)))
+    algo = arm.params["algorithm"]
+    shaping = tuple(getattr(algo, k, None) for k in SHAPING_PARAMS)
+    recipe = repr((arm.config.data.model_dump(), [t.model_dump() for t in arm.config.transforms], shaping, str(tokenizer_dir)))
     if recipe in seen:
         return []
     seen.add(recipe)
-    checked = check_rows(arm, source)
+    tokenizer = _row_tokenizer(loaded, arm, tokenizer_dir)
+    checked = check_rows(arm, source, tokenizer)
     if checked.rows == 0:
         raise ConfigError(f"{data_where(loaded)}: {EMPTY_DATASET}")
     files = ", ".join(str(f) for f in source_files)
     label = "" if len(loaded.arms) == 1 else f"[{arm.name}] "
     lines = [f"{label}data: {files}: {checked.source_rows} rows, {checked.rows} after the transforms"]
-    algo = arm.params["algorithm"]
+    if tokenizer is not None:
+        lines.append(f"{label}tokens: {tokenizer.summary()}")
     if getattr(algo, "num_epochs", None):
         steps = steps_for_epochs(checked.rows, algo.num_epochs, algo.batch_size, getattr(algo, "gradient_accumulation_steps", 1))
         lines.append(f"{label}num_epochs {algo.num_epochs:g} over {checked.rows} rows: max_steps {steps}")

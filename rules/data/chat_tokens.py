@@ -150,6 +150,9 @@ class TokenRows:
     ids: "object"  # np.int32
     weights: "object"  # np.float32
     offsets: "object"  # np.int64, one more than rows
+    truncated: int = 0  # rows cut to max_length
+    longest: int = 0  # tokens in the longest row before the cut
+    trained_cut: int = 0  # trained tokens the cut dropped
 
 
 def tokenize_rows(tok, conversations, supervise: str, max_length: int, truncation: str, wheres) -> TokenRows:
@@ -354,9 +357,11 @@ def _weighted(encoded, spans: list[list[tuple[int, int]]], supervise: str, max_l
             end = np.array([s[k][1] if k < len(s) else -1 for s in spans], dtype=np.int64)
             trained |= (encoded.starts < end[row_of]) & (encoded.ends > start[row_of])
     ids = encoded.ids
-    if (lengths > max_length).any():
+    truncated, longest, trained_cut = int((lengths > max_length).sum()), int(lengths.max(initial=0)), 0
+    if truncated:
         position = np.arange(len(ids), dtype=np.int64) - encoded.bounds[:-1][row_of]
         keep = position < max_length if truncation == "right" else position >= (lengths - max_length)[row_of]
+        trained_cut = int(trained.sum() - trained[keep].sum())
         ids, trained, row_of = ids[keep], trained[keep], row_of[keep]
         lengths = np.minimum(lengths, max_length)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -368,7 +373,7 @@ def _weighted(encoded, spans: list[list[tuple[int, int]]], supervise: str, max_l
             f"{wheres[int(untrained[0])]}: no trained tokens left after truncation to max_length={max_length}; "
             "raise algorithm.params.max_length or drop long rows with a filter transform"
         )
-    return TokenRows(ids, trained.astype(np.float32), offsets)
+    return TokenRows(ids, trained.astype(np.float32), offsets, truncated, longest, trained_cut)
 
 
 def _encoder(tok):

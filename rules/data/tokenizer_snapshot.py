@@ -111,6 +111,35 @@ def load_chat_tokenizer(model_dir: str, store, code: str | None = None):
     return tok
 
 
+def load_machine_tokenizer(model_dir: str):
+    """The tokenizer for a check that has no store (`validate --deep`): this machine's snapshot
+    (machine_snapshots.py) when it keeps one, else AutoTokenizer's, whose snapshot is then kept
+    for the next check and the machine's stores."""
+    key = snapshot_key(model_dir)
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        kept = machine_snapshots.read(key)
+        if kept is not None:
+            try:
+                tok = _loaded[key] = SnapshotTokenizer(*kept)
+                return tok
+            except Exception:  # a snapshot this version of `tokenizers` cannot read: take it again
+                pass
+    from ..ml_stack import preload_tokenizers
+
+    preload_tokenizers()
+    tok = load_tokenizer_uncached(model_dir)
+    captured = capture(tok)
+    rebuilt = rebuild(captured) if captured is not None else None
+    if rebuilt is None:
+        return tok
+    machine_snapshots.write(key, captured["snapshot"], captured["backend"])
+    with _lock:
+        _loaded[key] = rebuilt
+    return rebuilt
+
+
 def save_chat_recipes(tok, model_dir: str, store, code: str | None = None) -> None:
     """Keep the recipes `tok`'s renderer learned for the next process (`saved_recipes`)."""
     save_recipes(tok, recipes_path(store.local_dir, snapshot_key(model_dir, code)))
