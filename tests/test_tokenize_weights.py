@@ -137,3 +137,38 @@ def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monke
         Executor(store).run(graph)
     tokenize_node = next(n for n in graph.nodes() if n.rule == "tokenize")
     assert not store.has_manifest(tokenize_node.key)  # nothing half-built is stored
+
+
+def test_the_tokenize_rule_reports_what_max_length_cuts(tmp_path, monkeypatch, tiny_model_dir, tok):
+    """A row max_length cuts still trains, so the build says what the cut dropped (and `show` keeps it)."""
+    from evsys_build.executor import Executor
+    from evsys_build.store import Store
+    from evsys_rules.nodes.views import TokenDataset
+    from evsys_testkit import data_graph
+
+    rows = [{"query": f"short query {i}", "tool_slug": "T"} for i in range(6)]
+    rows[2]["tool_slug"] = "LONG_" * 40
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "config.yaml").write_text(
+        "data: {path: train.jsonl}\n"
+        "transforms:\n"
+        "  - kind: jsonl_to_chat\n"
+        "    params: {system_prompt: S, user_template: 'Query: {query}', assistant_template: '<answer>{tool_slug}</answer>'}\n"
+        "model: {name: evsys/tiny-qwen3}\n"
+        "algorithm: {kind: sft, params: {max_length: 64, max_steps: 1}}\n"
+    )
+    long_row = [{"role": "system", "content": "S"}, {"role": "user", "content": "Query: short query 2"},
+                {"role": "assistant", "content": f"<answer>{rows[2]['tool_slug']}</answer>"}]
+    dropped = int(sum(tokenize(tok, long_row, max_length=4096)[1]) - sum(tokenize(tok, long_row, max_length=64)[1]))
+    assert dropped > 0
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / "cache")
+    graph = data_graph(Path("config.yaml"), store)
+    events = []
+    Executor(store, on_event=events.append).run(graph)
+    logs = [e.message for e in events if e.kind == "log" and e.node.rule == "tokenize"]
+    assert logs == [f"1 of 6 rows cut to max_length 64 (right), dropping {dropped} trained tokens; "
+                    "raise algorithm.params.max_length or drop long rows with a filter transform"]
+    tokenize_node = next(n for n in graph.nodes() if n.rule == "tokenize")
+    dataset = TokenDataset.of(store.read_manifest(tokenize_node.key))
+    assert (dataset.num_truncated, dataset.num_trained_cut) == (1, dropped)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from evsys_build.errors import ConfigError
 
 from ..data.chat_tokens import tokenize_rows
+from ..data.token_chunks import cut_summary
 
 _ROW = re.compile(r"row (\d+): ")
 
@@ -58,9 +59,5 @@ class RowTokenizer:
         self.longest = max(self.longest, out.longest)
 
     def summary(self) -> str:
-        if not self.truncated:
-            cut = f"none longer than max_length {self.max_length}"
-        else:
-            lost = f", losing {self.trained_cut} trained tokens" if self.trained_cut else ", no trained token lost"
-            cut = f"{self.truncated} rows cut to max_length {self.max_length} ({self.truncation}){lost}"
-        return f"{self.tokens} tokens, {self.trained} trained; longest row {self.longest} tokens, {cut}"
+        cut = cut_summary(self.truncated, self.rows, self.trained_cut, self.max_length, self.truncation) or f"none longer than max_length {self.max_length}"
+        return f"{self.tokens} tokens, {self.trained} trained; longest row {self.longest} tokens; {cut}"

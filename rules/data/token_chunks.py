@@ -20,7 +20,18 @@ def write_token_chunk(store: Store, rows) -> dict:
     buf = io.BytesIO()
     for array in (ids, weights, offsets):
         np.save(buf, array, allow_pickle=False)
-    return {"rows": len(offsets) - 1, "tokens": int(offsets[-1]), "loss_tokens": int((weights > 0).sum()), "blob": store.put_bytes(buf.getvalue(), durable=False)}
+    out = {"rows": len(offsets) - 1, "tokens": int(offsets[-1]), "loss_tokens": int((weights > 0).sum()), "blob": store.put_bytes(buf.getvalue(), durable=False)}
+    if getattr(rows, "truncated", 0):  # rows max_length cut, and the trained tokens that cut dropped
+        out.update(truncated=rows.truncated, trained_cut=rows.trained_cut)
+    return out
+
+
+def cut_summary(truncated: int, rows: int, trained_cut: int, max_length: int, truncation: str) -> str:
+    """What max_length cut, in the words the build, `show` and `validate --deep` use ('' for nothing)."""
+    if not truncated:
+        return ""
+    lost = f"dropping {trained_cut} trained tokens" if trained_cut else "no trained token dropped"
+    return f"{truncated} of {rows} rows cut to max_length {max_length} ({truncation}), {lost}"
 
 
 def read_token_arrays(store: Store, chunk: dict):

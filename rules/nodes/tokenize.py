@@ -123,6 +123,9 @@ def run_tokenize(ctx: RunContext) -> dict:
     files = tokenizer_files(Path(model_dir))
     kept = [f for f in files if f.name not in ("vocab.json", "merges.txt")] if any(f.name == "tokenizer.json" for f in files) else files
     tokens = TokenDataset([c for c in chunks if c["rows"]], {f.relative_to(model_dir).as_posix(): store.put_bytes(f.read_bytes()) for f in kept})
+    cut = tokens.cut_summary(shaping.max_length, shaping.truncation)
+    if cut:  # not an error (the rows still train), but what a long row loses should be seen
+        ctx.log(f"{cut}; raise algorithm.params.max_length or drop long rows with a filter transform")
     return {
         "outputs": tokens.outputs(),
         "attachments": tokens.attachments(),

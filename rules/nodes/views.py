@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from evsys_build.errors import StoreError
 
+from ..data.token_chunks import cut_summary
+
 
 def _outputs(manifest: dict, name: str, rule: str) -> dict:
     try:
@@ -65,6 +67,20 @@ class TokenDataset:
     def num_loss_tokens(self) -> int:
         return sum(c["loss_tokens"] for c in self.chunks)
 
+    @property
+    def num_truncated(self) -> int:
+        """Rows cut to max_length (chunks record it only when they cut one)."""
+        return sum(c.get("truncated", 0) for c in self.chunks)
+
+    @property
+    def num_trained_cut(self) -> int:
+        """Trained tokens those cuts dropped."""
+        return sum(c.get("trained_cut", 0) for c in self.chunks)
+
+    def cut_summary(self, max_length: int, truncation: str) -> str:
+        """What max_length cut, in words ('' when it cut nothing)."""
+        return cut_summary(self.num_truncated, self.num_rows, self.num_trained_cut, max_length, truncation)
+
     @classmethod
     def of(cls, manifest: dict) -> "TokenDataset":
         dataset = _outputs(manifest, "dataset", "tokenize")
@@ -81,6 +97,8 @@ class TokenDataset:
             "num_loss_tokens": self.num_loss_tokens,
             "chunks": self.chunks,
         }
+        if self.num_truncated:
+            dataset.update(num_truncated=self.num_truncated, num_trained_cut=self.num_trained_cut)
         return {"dataset": dataset}
 
     def attachments(self) -> dict:

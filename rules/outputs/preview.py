@@ -23,7 +23,7 @@ def preview(store: Store, manifest: dict, rows: int, color: bool, text: bool = T
         head = f"rows     {dataset.num_rows} in {len(dataset.chunks)} chunks; first {len(picked)}:\n"
         return head + "\n".join(json.dumps(r, ensure_ascii=False) for r in picked), picked
     if rule == "tokenize":
-        return _tokens_preview(store, TokenDataset.of(manifest), rows, color, decode=text)
+        return _tokens_preview(store, TokenDataset.of(manifest), rows, color, decode=text, params=manifest.get("params") or {})
     if rule in ("checkpoint", "train", "eval", "report"):
         return model_preview(store, manifest, rows)
     return "", []
@@ -38,12 +38,13 @@ def _take(iterable, n: int) -> list:
     return out
 
 
-def _tokens_preview(store: Store, dataset: TokenDataset, rows: int, color: bool, decode: bool) -> tuple[str, list]:
+def _tokens_preview(store: Store, dataset: TokenDataset, rows: int, color: bool, decode: bool, params: dict) -> tuple[str, list]:
     picked = _take(iter_token_rows(store, dataset.chunks), rows)
     as_json = [{"input_ids": ids.tolist(), "weights": w.tolist()} for ids, w in picked]
+    cut = dataset.cut_summary(params.get("max_length"), params.get("truncation"))
     head = (
         f"tokens   {dataset.num_rows} rows, {dataset.num_tokens} tokens, {dataset.num_loss_tokens} trained "
-        f"({'trained tokens in green' if color else 'trained tokens inside [[ ]]'}); first {len(picked)}:"
+        f"({'trained tokens in green' if color else 'trained tokens inside [[ ]]'}){f'; {cut}' if cut else ''}; first {len(picked)}:"
     )
     tok = _tokenizer_from_blobs(store, dataset.tokenizer_blobs) if decode and dataset.tokenizer_blobs else None
     parts = [head]
