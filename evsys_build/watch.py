@@ -105,6 +105,51 @@ def watch_tree(folder) -> None:
         watch(root)
 
 
+@contextlib.contextmanager
+def listings_watched(what: str) -> Iterator[None]:
+    """While plugin code decides which files a node reads (a `files()` call), report every folder
+    it lists and every file it opens (Python's audit events: os.scandir, os.listdir, open; glob,
+    pathlib and os.walk list through them), so a file added where it looked, in a folder no param
+    names, is seen by the fast paths. A listing by file descriptor cannot be followed. Whether a
+    path exists (os.stat) is no audit event: a plugin that decides by that watches the path itself."""
+    if _current.get() is None:
+        yield
+        return
+    _install_listing_hook()
+    token = _listing.set(what)
+    try:
+        yield
+    finally:
+        _listing.reset(token)
+
+
+_listing: contextvars.ContextVar[str | None] = contextvars.ContextVar("evsys_listing", default=None)
+_LISTING_EVENTS = frozenset({"os.scandir", "os.listdir", "open"})
+_hook_installed = False
+
+
+def _install_listing_hook() -> None:
+    global _hook_installed
+    if not _hook_installed:
+        _hook_installed = True
+        sys.addaudithook(_on_audit_event)  # for the life of the process: it costs a set lookup per event
+
+
+def _on_audit_event(event: str, args: tuple) -> None:
+    if event not in _LISTING_EVENTS:
+        return
+    what = _listing.get()
+    if what is None:
+        return
+    path = args[0] if args else None
+    if path is None:  # os.listdir() / os.scandir(): the working directory
+        path = "."
+    if isinstance(path, int):
+        unwatchable(f"{what} lists or opens by file descriptor")
+    elif isinstance(path, (str, bytes, os.PathLike)):
+        watch(os.fsdecode(path))
+
+
 def unwatchable(why: str) -> None:
     """Report something the compile depended on that stat identities cannot follow."""
     watcher = _current.get()

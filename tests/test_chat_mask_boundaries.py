@@ -248,3 +248,22 @@ def test_the_one_render_check_agrees_with_the_turn_by_turn_check(fresh_tok, tok_
                 told += 1
                 flagged += fast is not None
     assert told > 150 and flagged > 20  # the one render decided most rows, and found the bad ones
+
+
+# DeepSeek-R1-Distill's shape: the generation prompt opens a think block, which a rendered turn
+# (reasoning stripped) never holds, so no prompt is a prefix of the conversation.
+PROMPT_OPENS_THINKING = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>user {{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}<|im_start|>assistant {{ m['content'].split('</think>')[-1] }}<|im_end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant <think>\n{% endif %}"
+)
+
+
+def test_a_prompt_the_conversation_does_not_start_with_is_refused_showing_where_they_part(fresh_tok):
+    fresh_tok.chat_template = PROMPT_OPENS_THINKING
+    messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "<think>add</think>4"}]
+    with pytest.raises(ConfigError) as info:
+        trained_text(fresh_tok, messages)
+    assert info.value.message.startswith("row 0: messages[1]: the chat template renders the turns before this assistant turn differently from its own prompt")
+    assert "(the prompt reads '...im_start|>assistant <think>\\n', the conversation '...im_start|>assistant 4<|im_end|>')" in info.value.message
+    assert "\n" not in info.value.message

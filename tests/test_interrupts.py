@@ -61,6 +61,13 @@ def final_weights(cache: Path) -> dict:
     return store.read_manifest(train["outputs"]["checkpoint-final"])["outputs"]["weights"]["blobs"]
 
 
+def train_outcome(cache: Path) -> tuple[str, str]:
+    """The train node's output digest and the report's key (made from it)."""
+    store = Store(cache)
+    nodes = store.read_ref("interrupts", "default")["nodes"]
+    return store.read_manifest(nodes["train"]["key"])["output_digest"], nodes["report"]["key"]
+
+
 def checkpoint_steps(cache: Path) -> list[int]:
     steps = []
     for f in (cache / "nodes").glob("*/*.json"):
@@ -100,6 +107,10 @@ def test_a_signal_stops_training_saves_the_step_and_the_rebuild_resumes_to_the_s
     again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert f"resuming train from checkpoint@{max(steps)}" in again
     assert final_weights(project / "cache") == final_weights(uninterrupted / "cache")  # bitwise, on CPU
+    assert train_outcome(project / "cache") == train_outcome(uninterrupted / "cache")  # wall-clock timings are attached, not content
+    run_dir = project / again.split("run dir: ", 1)[1].split()[0]
+    train_rows = [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if row.get("split") == "train"]
+    assert len(train_rows) == 32 and all(row["metrics"]["tokens_per_s"] > 0 for row in train_rows)  # shown all the same
 
 
 def test_a_second_ctrl_c_exits_at_once_without_a_crash(tmp_path, tiny_model_dir):

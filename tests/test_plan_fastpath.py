@@ -226,6 +226,61 @@ def test_a_shard_added_beside_a_plugin_sources_files_takes_the_normal_path(tiny_
     changed_plan(project, before)
 
 
+def test_a_shard_in_a_new_subfolder_of_a_plugin_sources_folder_takes_the_normal_path(tiny_model_dir, tmp_path):
+    """The folder comes from a param not named `path` and the glob goes a level down: only the
+    listing the plugin made (its root's) says a subfolder was added."""
+    config = BASE_CONFIG.replace("  source_kind: jsonl\n  path: data/train.jsonl\n", "  source_kind: shards\n  params: {folder: shards}\n")
+    project = unbuilt_project(tmp_path / "p", config.replace("output_dir: out\n", "output_dir: out\nplugins: [shards.py]\n"))
+    (project / "shards.py").write_text(SHARDS_PLUGIN.replace('glob("*.jsonl")', 'glob("*/*.jsonl")'))
+    write_jsonl(project / "shards" / "a" / "rows.jsonl", tool_rows(20))
+    before = primed(project, tiny_model_dir)
+    write_jsonl(project / "shards" / "b" / "more.jsonl", tool_rows(5, seed=3))
+    changed_plan(project, before)
+
+
+LEXICON_PLUGIN = """\
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from evsys_sdk import register_transform
+
+
+@register_transform("lexicon")
+class Lexicon:
+    row_local = True
+
+    class Config(BaseModel, extra="forbid"):
+        folder: str
+
+    def __init__(self, **params):
+        self.cfg = self.Config(**params)
+
+    def files(self):
+        return sorted(Path(self.cfg.folder).glob("*.txt"))
+
+    def __call__(self, rows):
+        words = " ".join(f.read_text().strip() for f in self.files())
+        return [dict(row, query=f"{row['query']} {words}") for row in rows]
+"""
+
+
+@pytest.mark.parametrize("first", [["a.txt"], []], ids=["beside-a-listed-file", "in-a-folder-listed-empty"])
+def test_a_file_added_to_a_folder_a_transforms_files_lists_takes_the_normal_path(tiny_model_dir, tmp_path, first):
+    config = BASE_CONFIG.replace("transforms:\n", "transforms:\n  - kind: lexicon\n    params: {folder: lex}\n", 1)
+    assert config != BASE_CONFIG
+    project = unbuilt_project(tmp_path / "p", config.replace("output_dir: out\n", "output_dir: out\nplugins: [lexicon.py]\n"))
+    (project / "lexicon.py").write_text(LEXICON_PLUGIN)
+    (project / "lex").mkdir()
+    for name in first:
+        (project / "lex" / name).write_text("alpha\n")
+    ok(evsys("build", "config.yaml", "--cache-dir", "cache", "--target", "source", cwd=project))  # the transform's key is known from here
+    before = primed(project, tiny_model_dir)
+    assert "transform[0] lexicon  (never built)" in before and "????????????  transform[0]" not in before
+    (project / "lex" / "b.txt").write_text("beta\n")
+    changed_plan(project, before)
+
+
 def test_a_plugin_file_appearing_where_the_lookup_looks_first_takes_the_normal_path(tiny_model_dir, tmp_path):
     """`plugins: [shards.py]` looks in the run dir before the config's folder."""
     config = BASE_CONFIG.replace("  source_kind: jsonl\n  path: data/train.jsonl\n", "  source_kind: shards\n  params: {folder: shards}\n")

@@ -293,3 +293,26 @@ def test_what_a_verifiers_identity_returns_is_in_its_key(monkeypatch):
     first = verifier_code("judged_by_table_test")
     judged.identity = lambda: {"table": "v2"}
     assert verifier_code("judged_by_table_test") != first
+
+
+def test_the_bytes_of_the_files_a_verifier_declares_are_in_its_key(tmp_path):
+    """A verifier that reads an answer list as it scores declares it with `fn.files`: editing the
+    list scores the evals again (their samples stay memoised); an unreadable one is one line."""
+    from evsys_rules.evals.verifiers import verifier_code
+
+    table = tmp_path / "answers.txt"
+    table.write_text("yes\n")
+
+    @register_verifier("judged_by_file_test")
+    def judged(prediction: str) -> bool:
+        return prediction in table.read_text().split()
+
+    judged.files = lambda: [table]
+    first = verifier_code("judged_by_file_test")
+    table.write_text("yes\nno\n")
+    assert verifier_code("judged_by_file_test") != first
+    table.write_text("yes\n")
+    assert verifier_code("judged_by_file_test") == first  # the bytes, not the stat
+    judged.files = lambda: [tmp_path / "missing.txt"]
+    with pytest.raises(ConfigError, match=r"^the verifier judged_by_file_test's files\(\) lists .*missing.txt, which cannot be read \(No such file or directory\)"):
+        verifier_code("judged_by_file_test")

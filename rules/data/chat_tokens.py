@@ -44,6 +44,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from evsys_build.change_text import change_pair
 from evsys_build.errors import ConfigError
 from evsys_build.watch import RACY_NS
 
@@ -205,13 +206,15 @@ def _completion_start(renderer, conv: Conversation, k: int, text: str, where: st
     """Where assistant turn k's completion starts: the end of the template's prompt for messages[:k]."""
     if k == 0:
         raise ConfigError(f"{where}: messages[0] is an assistant turn with no turn before it to prompt it; start with a system or user message")
-    for variant in PROMPT_VARIANTS:
-        prompt = _render(renderer, conv, k, True, variant, where)
+    prompts = [_render(renderer, conv, k, True, variant, where) for variant in PROMPT_VARIANTS]
+    for prompt in prompts:
         if text.startswith(prompt):
             return len(prompt)
+    theirs, ours = change_pair(prompts[0], text[: len(prompts[0]) + 20])
     raise ConfigError(
         f"{where}: messages[{k}]: the chat template renders the turns before this assistant turn differently from its "
-        "own prompt for them, so which tokens this turn produced cannot be told; use supervise: all or another template"
+        f"own prompt for them (the prompt reads '{theirs}', the conversation '{ours}'), so which tokens this turn "
+        "produced cannot be told; use supervise: all or another template"
     )
 
 

@@ -10,11 +10,12 @@ import inspect
 import math
 import re
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Callable
 
 from evsys_build.errors import ConfigError
-from evsys_build.hashing import digest
-from evsys_build.watch import unwatchable
+from evsys_build.hashing import digest, digest_bytes
+from evsys_build.watch import listings_watched, unwatchable, watch
 
 from ..plugins.code_identity import code_identity
 from ..plugins.environment_reads import environment_read_by
@@ -170,12 +171,32 @@ def check(spec: dict, prediction: str, where: str) -> bool:
 
 def verifier_code(name: str) -> str:
     """The code identity of the verifier registered as `name`, with the values of the environment
-    variables its modules name (environment_reads.py) and what its `identity()` returns, if it has one."""
+    variables its modules name (environment_reads.py), the bytes of the files its `files()` lists
+    and what its `identity()` returns, if it has them."""
     fn = verifiers.get(name)
     environment = environment_read_by(fn, f"the verifier {name}")
-    identity = getattr(fn, "identity", None)  # what else it reads, declared: `fn.identity = lambda: {...}`
     declared = ""
+    files = getattr(fn, "files", None)  # the files it reads as it scores: `fn.files = lambda: [Path(...)]`
+    if callable(files):
+        declared += f" files:{digest(_declared_files(name, files))}"
+    identity = getattr(fn, "identity", None)  # what else it reads, declared: `fn.identity = lambda: {...}`
     if callable(identity):
         unwatchable(f"the verifier {name}'s identity()")
-        declared = f" identity:{digest(identity())}"
+        declared += f" identity:{digest(identity())}"
     return code_identity(fn) + (f" env:{digest(environment)}" if environment else "") + declared
+
+
+def _declared_files(name: str, files: Callable) -> list[str]:
+    """The digests of the bytes of each file a verifier's `files()` lists, in its order (each
+    watched, with its folder and what the call listed, for the fast paths)."""
+    with listings_watched(f"the verifier {name}'s files()"):
+        listed = [Path(f) for f in files()]
+    out = []
+    for path in listed:
+        watch(path)
+        watch(path.parent)
+        try:
+            out.append(digest_bytes(path.read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"the verifier {name}'s files() lists {path}, which cannot be read ({exc.strerror or exc}); fix files() or the file") from None
+    return out

@@ -6,8 +6,6 @@ cached build rewrites an identical run dir.
 
 from __future__ import annotations
 
-import json
-
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 
@@ -34,7 +32,7 @@ def report_node(arm: Arm, train: Node, evals: list[tuple]) -> Node:
 
 def run_report(ctx: RunContext) -> dict:
     train = ctx.inputs["train"]
-    history = json.loads(ctx.store.get_bytes(TrainResult.of(train).history_blob))
+    history = TrainResult.of(train).history(ctx.store)  # timings included: not keyed, as the run dir only shows them
     rows: list[dict] = []
     for m in history:
         rows.append({"step": m["step"], "split": "train", "metrics": {k: v for k, v in m.items() if k != "step"}})

@@ -16,7 +16,7 @@ from evsys_build.errors import ConfigError
 from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
-from evsys_build.watch import unwatchable, watch, watch_tree
+from evsys_build.watch import listings_watched, unwatchable, watch, watch_tree
 
 from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm, LoadedConfig, check_source, check_source_files
@@ -37,7 +37,7 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     with environment_checked(source_cls, what):
         source = source_cls(**arm.params["data"].model_dump())
     check_source(loaded, source, arm)
-    with environment_checked(source_cls, what):
+    with environment_checked(source_cls, what), listings_watched(f"the source {cfg.data.source_kind}'s files()"):
         files = source.files()
     check_source_files(loaded, source, files, arm)
     source_params = keyed_dump(arm.params["data"])
@@ -69,9 +69,10 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
 
 
 def _watch_plugin_source(source, files: list, path, has_identity: bool) -> None:
-    """What a plugin source's file list may come from, for the fast paths: the folders its files
-    are in and its `path` param (a shard added beside one, or in an empty folder, changes the
-    list). What its `identity()` reads no stat can follow."""
+    """What a plugin source's file list may come from, for the fast paths, besides the folders its
+    `files()` listed (`listings_watched`): the folders its files are in and its `path` param (a
+    shard added beside one, or in an empty folder, changes the list). What its `identity()`
+    reads no stat can follow."""
     for folder in sorted({str(Path(f).parent) for f in files}):
         watch(folder)
     if isinstance(path, str) and path:

@@ -373,10 +373,11 @@ def _with_timings(store: Store, checkpoint: Checkpoint, history: list[dict]) -> 
 def _train_result(store: Store, final_checkpoint: Node) -> dict:
     checkpoint = Checkpoint.of(store.read_manifest(final_checkpoint.key))
     meta = json.loads(store.get_bytes(checkpoint.meta_blob))
-    history = _with_timings(store, checkpoint, meta["metrics_so_far"])
-    result = TrainResult(store.put_bytes(_json(history)), final_checkpoint.key, checkpoint.state)
+    history = meta["metrics_so_far"]
+    result = TrainResult(store.put_bytes(_json(history)), final_checkpoint.key, checkpoint.state, checkpoint.timings_blob)
     return {
         "outputs": result.outputs(),
+        "attachments": result.attachments(),
         "metrics": {
             "first_train_mean_nll": history[0]["train_mean_nll"] if history else None,
             "final_train_mean_nll": history[-1]["train_mean_nll"] if history else None,

@@ -15,7 +15,7 @@ from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
 from evsys_build.store import Store
-from evsys_build.watch import unwatchable
+from evsys_build.watch import listings_watched, unwatchable, watch
 
 from ..config.keyed_params import keyed_dump, with_mapping_orders
 from ..config.loading import Arm
@@ -79,8 +79,11 @@ def read_at_run_time(transform, statcache: StatCache) -> dict:
     declared = environment_param(type(transform), f"the transform {type(transform).__name__}")
     files = getattr(transform, "files", None)
     if files is not None:
-        with environment_checked(type(transform), f"the transform {type(transform).__name__}"):
+        what = f"the transform {type(transform).__name__}"
+        with environment_checked(type(transform), what), listings_watched(f"{what}'s files()"):
             listed = files()
+        for folder in sorted({str(Path(f).parent) for f in listed}):  # a file added beside one it lists
+            watch(folder)
         declared["files"] = [statcache.file_digest(Path(f)) for f in listed]
     identity = getattr(transform, "identity", None)
     if identity is not None:

@@ -134,22 +134,40 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a train node outputs: the per-step history and the final checkpoint's node key and state."""
+    """What a train node outputs: the per-step history (content: loss, learning rate, ...) and the
+    final checkpoint's node key and state; and, attached, the per-step timings (wall-clock: a
+    retrain that computes the same bytes has the same output digest, so what reads it is cached)."""
 
     history_blob: str
     checkpoint_final: str
     state_final: dict[str, str]
+    timings_blob: str | None = None
 
     @classmethod
     def of(cls, manifest: dict) -> "TrainResult":
         out = manifest.get("outputs") or {}
+        timings = (manifest.get("attachments") or {}).get("timings", {}).get("blob")
         try:
-            return cls(out["history"]["blob"], out["checkpoint-final"], dict(out["state-final"]["blobs"]))
+            return cls(out["history"]["blob"], out["checkpoint-final"], dict(out["state-final"]["blobs"]), timings)
         except (KeyError, TypeError):
             raise StoreError(f"node {manifest.get('key', '?')[:12]} ({manifest.get('name')}) is not a train node") from None
 
     def outputs(self) -> dict:
         return {"history": {"blob": self.history_blob}, "checkpoint-final": self.checkpoint_final, "state-final": {"blobs": self.state_final}}
+
+    def attachments(self) -> dict:
+        return {"timings": {"blob": self.timings_blob}} if self.timings_blob else {}
+
+    def history(self, store) -> list[dict]:
+        """The per-step history with each step's timings (tokens/s, step time) merged in, for
+        what shows it (the run dir's metrics.jsonl, callbacks, `show`)."""
+        import json
+
+        history = json.loads(store.get_bytes(self.history_blob))
+        if not self.timings_blob:
+            return history
+        timings = {t["step"]: t for t in json.loads(store.get_bytes(self.timings_blob))}
+        return [{**m, **timings.get(m["step"], {})} for m in history]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def model_preview(store: Store, manifest: dict, rows: int) -> tuple[str, list]:
         return "\n".join(lines), [metrics]
     if rule == "train":
         result = TrainResult.of(manifest)
-        history = json.loads(store.get_bytes(result.history_blob))
+        history = result.history(store)
         lines = [f"trained {len(history)} steps; final checkpoint node:{result.checkpoint_final}"]
         for m in history[:rows] + (["..."] if len(history) > 2 * rows else []) + history[max(rows, len(history) - rows):]:
             lines.append("  ..." if m == "..." else f"  step {m['step']}: train_mean_nll={_f(m.get('train_mean_nll'))} lr={_f(m.get('optim/lr'))}")

@@ -3,8 +3,6 @@ training, cached evals, the steps a resumed training did earlier), then end thei
 
 from __future__ import annotations
 
-import json
-
 from evsys_build.store import Store
 
 from ..nodes.views import EvalResult, TrainResult
@@ -34,4 +32,4 @@ def replay_and_close(project, store: Store, results: dict, arms: list[str], stat
 def _history(store: Store, manifest: dict | None) -> list[dict]:
     if manifest is None:
         return []
-    return json.loads(store.get_bytes(TrainResult.of(manifest).history_blob))
+    return TrainResult.of(manifest).history(store)
