@@ -8,6 +8,7 @@ chunk; other formats stream their rows into content-defined chunks.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Iterator
 
@@ -37,14 +38,15 @@ def source_node(loaded: LoadedConfig, arm: Arm, statcache: StatCache) -> Node:
     with environment_checked(source_cls, what):
         source = source_cls(**arm.params["data"].model_dump())
     check_source(loaded, source, arm)
-    with environment_checked(source_cls, what), listings_watched(f"the source {cfg.data.source_kind}'s files()"):
+    plugin = source_cls.__module__.split(".")[0] != __package__.split(".")[0]  # built-in sources watch their globs' folders themselves
+    with environment_checked(source_cls, what), listings_watched(f"the source {cfg.data.source_kind}'s files()") if plugin else contextlib.nullcontext():
         files = source.files()
     check_source_files(loaded, source, files, arm)
     source_params = keyed_dump(arm.params["data"])
     source_params.pop("path", None)
     source_params = with_mapping_orders(source_params, arm.params["data"])
     identity = getattr(source, "identity", None)
-    if source_cls.__module__.split(".")[0] != __package__.split(".")[0]:
+    if plugin:
         _watch_plugin_source(source, files, getattr(arm.params["data"], "path", None), identity is not None)
     return Node(
         rule="source",
