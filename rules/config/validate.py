@@ -15,7 +15,7 @@ from evsys_build.errors import ConfigError
 
 from ..compile import model_need
 from ..models.resolve import cached_snapshot, hub_model, resolve_model
-from ..models.tiny import TINY_MODEL_NAME, qwen_tokenizer_dir
+from ..models.tiny import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, models_home, qwen_tokenizer_dir
 from ..nodes.eval import benchmark_tasks, check_heldout, check_samples
 from ..data.tokenizer_snapshot import load_machine_tokenizer
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
@@ -49,9 +49,10 @@ def _deep_model(loaded: LoadedConfig, arm: Arm) -> tuple[list[str], Path | None]
     build, online) downloads: offline and not cached yet, that is a note, not an error, so the
     hosted walkthrough validates with no network (its rows are then checked without tokenizing)."""
     model, need = arm.config.model, model_need(arm)
-    if model.name == TINY_MODEL_NAME:
+    if model.name == TINY_MODEL_NAME:  # its folder once built (whose tokenizer snapshot builds share), else the files it is built with
+        built = models_home() / TINY_MODEL_DIRNAME
         with located(loaded, ("model", "name"), arm):
-            return [], qwen_tokenizer_dir()
+            return [], built if (built / "model.safetensors").is_file() else qwen_tokenizer_dir()
     if need == "tokenizer" and hub_model(model.name) and cached_snapshot(model.name, model.revision, need) is None:
         note = f"model {model.name}: its tokenizer is not in the local Hugging Face cache yet (not checked, rows not tokenized); `evsys fetch {loaded.path}` downloads it"
         return [note], None
