@@ -267,3 +267,31 @@ def test_a_prompt_the_conversation_does_not_start_with_is_refused_showing_where_
     assert info.value.message.startswith("row 0: messages[1]: the chat template renders the turns before this assistant turn differently from its own prompt")
     assert "(the prompt reads '...im_start|>assistant <think>\\n', the conversation '...im_start|>assistant 4<|im_end|>')" in info.value.message
     assert "\n" not in info.value.message
+
+
+# Gemma's shape: every turn ends with <end_of_turn>, while the tokenizer's eos is <eos> (Phi-3
+# likewise: <|end|> against <|endoftext|>).
+GEMMA_LIKE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_a_turn_ends_where_the_template_closes_it_not_at_an_eos_it_never_writes(fresh_tok):
+    from tokenizers import AddedToken
+
+    from evsys_rules.data.chat_tokens import end_of_turn_ids
+
+    fresh_tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in ("<start_of_turn>", "<end_of_turn>", "<eos>")]})
+    fresh_tok.eos_token = "<eos>"
+    fresh_tok.chat_template = GEMMA_LIKE
+    messages = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "USER TEXT"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    assert trained_text(fresh_tok, messages) == "a1<end_of_turn>|a2<end_of_turn>"
+    assert trained_text(fresh_tok, messages, "last_assistant") == "a2<end_of_turn>"
+    end = fresh_tok.convert_tokens_to_ids("<end_of_turn>")
+    assert end in end_of_turn_ids(fresh_tok) and fresh_tok.eos_token_id in end_of_turn_ids(fresh_tok)  # a sampler stops where training ended

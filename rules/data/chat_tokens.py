@@ -13,7 +13,8 @@ How a token gets its weight (nothing ever searches the rendered text for a messa
    template's default for turns it renders without the empty think block) and must be a prefix
    of the whole rendering; then every character before it belongs to the earlier turns and the
    assistant header, every character after it up to the end of turn to message k: its content,
-   the tool calls and think block the template renders for it, and `<|im_end|>`. Never the
+   the tool calls and think block the template renders for it, and the end of turn (`turn_end`:
+   the first special token the template writes after a reply, `<|im_end|>` for Qwen). Never the
    generation prompt's role header (a template that writes no generation prompt leaves the header
    to the completion: its sampler must write it too), never Qwen3's empty
    `<think>\\n\\n</think>\\n\\n` before a final reply (the eval prompt ends with it), never
@@ -111,8 +112,10 @@ def prompt_ids(tok, messages: list[dict], where: str = "eval prompt") -> list[in
 
 
 def end_of_turn_ids(tok) -> list[int]:
-    """Token ids that end an assistant turn (the template's eos, plus the pad/endoftext token)."""
-    ids = {tok.eos_token_id}
+    """Token ids that end an assistant turn: what the template closes a turn with (`turn_end`),
+    the eos, and the pad/endoftext token."""
+    added = {t.content: i for i, t in tok.added_tokens_decoder.items()}
+    ids = {tok.eos_token_id, added.get(turn_end(tok))}
     if tok.pad_token_id is not None:
         ids.add(tok.pad_token_id)
     return sorted(i for i in ids if i is not None)
@@ -166,13 +169,13 @@ def tokenize_rows(tok, conversations, supervise: str, max_length: int, truncatio
     wheres = list(wheres)
     if len(wheres) != len(conversations):
         raise ValueError(f"tokenize_conversations: {len(conversations)} conversations but {len(wheres)} wheres")
-    renderer, turn_end, specials = chat_renderer(tok), _turn_end(tok), special_tokens_pattern(tok)
+    renderer, turn_end_text, specials = chat_renderer(tok), turn_end(tok), special_tokens_pattern(tok)
     texts, spans, failure = [], [], None
     for row, where in zip(conversations, wheres):
         try:
             conv = read_conversation(row, where, supervise, specials)
             text = _render(renderer, conv, len(conv.messages), False, EVAL_PROMPT, where)
-            spans.append(_trained_spans(renderer, conv, text, supervise, turn_end, specials, where))
+            spans.append(_trained_spans(renderer, conv, text, supervise, turn_end_text, specials, where))
         except ConfigError as exc:
             failure = exc
             break
@@ -336,10 +339,34 @@ def _render(renderer, conv: Conversation, end: int, generation_prompt: bool, var
         raise ConfigError(f"{where}: the chat template failed on this conversation: {message}") from None
 
 
-def _turn_end(tok) -> str:
-    if not tok.eos_token:
-        raise ConfigError("model.name: the tokenizer has no eos token, so where an assistant turn ends cannot be told")
-    return tok.eos_token
+def turn_end(tok) -> str:
+    """The text that ends an assistant turn: the first special token the chat template writes
+    after an assistant's content (Gemma's `<end_of_turn>` and Phi-3's `<|end|>`, whose eos is
+    another token; for most models it is the eos), else the tokenizer's eos. What a sampler
+    must stop at and what a trained completion ends with (kept per tokenizer and template)."""
+    key = (len(tok), getattr(tok, "chat_template", None), tok.eos_token)
+    cached = _turn_ends.get(tok)
+    if cached is None or cached[0] != key:
+        cached = _turn_ends[tok] = (key, _template_turn_end(tok) or tok.eos_token)
+    if not cached[1]:
+        raise ConfigError("model.name: the tokenizer has no eos token and its chat template closes no assistant turn with a special token, so where a turn ends cannot be told")
+    return cached[1]
+
+
+_turn_ends: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PROBE_REPLY = "\ue000"  # a private-use character: no template treats it specially
+
+
+def _template_turn_end(tok) -> str | None:
+    """The first special token after a probe reply, as the template renders a user turn and that reply."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE_REPLY}]
+    try:
+        text = tok.apply_chat_template(probe, tokenize=False, **EVAL_PROMPT)
+    except Exception:  # a template that refuses this probe (one that needs a system turn, ...): the eos it is
+        return None
+    at = text.find(_PROBE_REPLY) if isinstance(text, str) else -1
+    found = special_tokens_pattern(tok).search(text, at + len(_PROBE_REPLY)) if at >= 0 else None
+    return found.group() if found else None
 
 
 def _weighted(encoded, spans: list[list[tuple[int, int]]], supervise: str, max_length: int, truncation: str, wheres: list[str]) -> TokenRows:
