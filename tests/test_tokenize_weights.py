@@ -113,6 +113,19 @@ def test_unknown_role_is_an_error(tok):
         tokenize(tok, [ONE_TURN[0], {"role": "robot", "content": "hi"}, ONE_TURN[2]])
 
 
+def write_slug_project(folder: Path, rows: list[dict]) -> None:
+    """train.jsonl of query/tool_slug rows and a config that renders them as chats, max_length 64."""
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.yaml").write_text(
+        "data: {path: train.jsonl}\n"
+        "transforms:\n"
+        "  - kind: jsonl_to_chat\n"
+        "    params: {system_prompt: S, user_template: 'Query: {query}', assistant_template: '<answer>{tool_slug}</answer>'}\n"
+        "model: {name: evsys/tiny-qwen3}\n"
+        "algorithm: {kind: sft, params: {max_length: 64, max_steps: 1}}\n"
+    )
+
+
 def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monkeypatch, tiny_model_dir):
     """Through the real rule: max_length too short for one long row fails on that row, not silently."""
     from evsys_build.executor import Executor
@@ -121,15 +134,7 @@ def test_the_tokenize_rule_names_the_row_that_truncation_empties(tmp_path, monke
 
     rows = [{"query": f"short query {i}", "tool_slug": "T"} for i in range(6)]
     rows[3]["query"] = "a very long query " + "with many many words " * 40
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "config.yaml").write_text(
-        "data: {path: train.jsonl}\n"
-        "transforms:\n"
-        "  - kind: jsonl_to_chat\n"
-        "    params: {system_prompt: S, user_template: 'Query: {query}', assistant_template: '<answer>{tool_slug}</answer>'}\n"
-        "model: {name: evsys/tiny-qwen3}\n"
-        "algorithm: {kind: sft, params: {max_length: 64, max_steps: 1}}\n"
-    )
+    write_slug_project(tmp_path, rows)
     monkeypatch.chdir(tmp_path)
     store = Store(tmp_path / "cache")
     graph = data_graph(Path("config.yaml"), store)
@@ -148,15 +153,7 @@ def test_the_tokenize_rule_reports_what_max_length_cuts(tmp_path, monkeypatch, t
 
     rows = [{"query": f"short query {i}", "tool_slug": "T"} for i in range(6)]
     rows[2]["tool_slug"] = "LONG_" * 40
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "config.yaml").write_text(
-        "data: {path: train.jsonl}\n"
-        "transforms:\n"
-        "  - kind: jsonl_to_chat\n"
-        "    params: {system_prompt: S, user_template: 'Query: {query}', assistant_template: '<answer>{tool_slug}</answer>'}\n"
-        "model: {name: evsys/tiny-qwen3}\n"
-        "algorithm: {kind: sft, params: {max_length: 64, max_steps: 1}}\n"
-    )
+    write_slug_project(tmp_path, rows)
     long_row = [{"role": "system", "content": "S"}, {"role": "user", "content": "Query: short query 2"},
                 {"role": "assistant", "content": f"<answer>{rows[2]['tool_slug']}</answer>"}]
     dropped = int(sum(tokenize(tok, long_row, max_length=4096)[1]) - sum(tokenize(tok, long_row, max_length=64)[1]))
