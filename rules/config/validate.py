@@ -14,10 +14,10 @@ from pathlib import Path
 from evsys_build.errors import ConfigError
 
 from ..compile import model_need
+from ..data.tokenizer_snapshot import load_machine_tokenizer
 from ..models.resolve import cached_snapshot, hub_model, resolve_model
 from ..models.tiny import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, models_home, qwen_tokenizer_dir
 from ..nodes.eval import benchmark_tasks, check_heldout, check_samples
-from ..data.tokenizer_snapshot import load_machine_tokenizer
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
 from ..nodes.tokenize import SHAPING_PARAMS
 from ..plugins import kinds
