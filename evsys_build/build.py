@@ -90,7 +90,7 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
             raise UsageError(no_target_message(unmatched[0], graph, False))
     preflight = getattr(project, "preflight", None)
     if preflight is not None:  # e.g. a service's key and base model, checked before any node runs
-        preflight(arms)
+        preflight(arms, writes_run_dir=not targets)  # a --target build writes no run dir
     printer = BuildPrinter(echo, arm_names=project.arm_names, arms_of=graph.arms_of)
     collector.resume()  # nodes run from here: a training may allocate for hours
     pool = make_pool(executor, jobs, ray_address, project) if isinstance(executor, str) else executor

@@ -115,11 +115,13 @@ class Project:
             "arm_configs": {arm.name: {"overrides": _plain(arm.overrides)} for arm in self.loaded.arms},
         }
 
-    def preflight(self, arms: list[str]) -> None:
+    def preflight(self, arms: list[str], writes_run_dir: bool = True) -> None:
         """Before any node runs: each backend's own readiness check (Tinker: the key, the SDK, a
         key the service accepts, a base model it offers), once per backend, service and model; and
-        that the run dir can be written, so a long training does not end in that error."""
-        check_output_writable(self.loaded)
+        that the run dir can be written, when the build writes one, so a long training does not
+        end in that error."""
+        if writes_run_dir:
+            check_output_writable(self.loaded)
         seen = set()
         for nodes in self.arm_nodes:
             arm = nodes.arm

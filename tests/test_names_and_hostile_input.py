@@ -185,7 +185,7 @@ def test_a_file_this_user_cannot_read_is_one_line(tmp_path, monkeypatch):
     assert result.stderr.strip() == f"evsys: error: {denied}: Permission denied (uid {os.getuid()}); let this user read it (and search its folders), or point the config elsewhere"
 
 
-def test_an_output_dir_this_user_cannot_write_is_refused_before_anything_runs(tmp_path, monkeypatch):
+def test_an_output_dir_this_user_cannot_write_is_refused_before_anything_runs(tmp_path, monkeypatch, tiny_model_dir):
     import evsys_rules.config.loading as loading
     from evsys_build.errors import ConfigError
     from evsys_rules.config.validate import validate
@@ -202,6 +202,13 @@ def test_an_output_dir_this_user_cannot_write_is_refused_before_anything_runs(tm
         f"config.yaml:{line}:13: output_dir: this user (uid {os.getuid()}) cannot write shared, "
         "where the run dir shared/out/first_run is made; choose another output_dir or let this user write there"
     )
+    from evsys_build.store import Store
+    from evsys_rules.frontend import open_project
+
+    built = open_project(Path("config.yaml"), Store(project / "cache"))
+    with pytest.raises(ConfigError, match="cannot write shared"):
+        built.preflight(["default"])  # a build checks before any node runs
+    built.preflight(["default"], writes_run_dir=False)  # a --target build writes no run dir: nothing to refuse
     (project / "shared").rmdir()  # not there yet: the folder it would be made in (the project) is the one asked
     assert validate(Path("config.yaml"))
 
