@@ -38,7 +38,7 @@ from ..models.resolve import tokenizer_files
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
 from . import machine_snapshots
-from .chat_tokens import load_tokenizer, load_tokenizer_uncached, racy, stat_stamp
+from .chat_tokens import load_tokenizer, load_tokenizer_uncached, racy, stat_stamp, template_turn_end
 from .saved_recipes import recipes_path, save_recipes, seed_recipes
 from .template_clock import pinned
 
@@ -79,6 +79,7 @@ class SnapshotTokenizer:
         self.added_tokens_decoder = {int(i): AddedToken(content, special) for i, content, special in snapshot["added_tokens"]}
         self._special_tokens_map = dict(snapshot["special_tokens_map"])
         self._length = snapshot["length"]
+        self.template_turn_end = (self.chat_template, snapshot["turn_end"])  # what this template closes a turn with, found at capture (no render here)
 
     @property
     def special_tokens_map(self) -> dict[str, str]:
@@ -259,6 +260,7 @@ def capture(tok) -> dict | None:
         "split_special_tokens": bool(getattr(tok, "split_special_tokens", False)),
         "added_tokens": [[i, t.content, bool(t.special)] for i, t in sorted(tok.added_tokens_decoder.items())],
         "length": len(tok),
+        "turn_end": template_turn_end(tok),
     }
     return {"snapshot": snapshot, "backend": backend.to_str(), "renders": renders}
 
