@@ -7,15 +7,13 @@ trained token left after `max_length`) is refused here, with the build's words. 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from evsys_build.errors import ConfigError
 
 from ..data.chat_tokens import tokenize_rows
 from ..data.token_chunks import cut_summary
-
-_ROW = re.compile(r"row (\d+): ")
+from ..data.tokenize_chunk import refused_row, row_wheres
 
 
 class RowRefused(Exception):
@@ -43,14 +41,13 @@ class RowTokenizer:
     def __call__(self, rows: list[dict]) -> None:
         """Tokenize the next batch; raise RowRefused for a row the build would refuse (any other
         ConfigError, such as a tokenizer without an eos token, passes through)."""
-        start = self.rows
         try:
-            out = tokenize_rows(self.tok, rows, self.supervise, self.max_length, self.truncation, [f"row {start + i}" for i in range(len(rows))])
+            out = tokenize_rows(self.tok, rows, self.supervise, self.max_length, self.truncation, row_wheres(self.rows, len(rows)))
         except ConfigError as exc:
-            row = _ROW.match(exc.message)
-            if row is None:
+            refused = refused_row(exc)
+            if refused is None:
                 raise
-            raise RowRefused(int(row.group(1)), exc.message[row.end():]) from None
+            raise RowRefused(*refused) from None
         self.rows += len(rows)
         self.tokens += len(out.ids)
         self.trained += int((out.weights > 0).sum())

@@ -19,7 +19,7 @@ from ..models.resolve import cached_snapshot, hub_model, resolve_model
 from ..models.tiny import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, models_home, qwen_tokenizer_dir
 from ..nodes.eval import benchmark_tasks, check_heldout, check_samples
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
-from ..nodes.tokenize import SHAPING_PARAMS
+from ..nodes.tokenize import token_shaping
 from ..plugins import kinds
 from .deep_rows import check_rows
 from .deep_tokens import RowTokenizer
@@ -66,8 +66,7 @@ def _row_tokenizer(loaded: LoadedConfig, arm: Arm, tokenizer_dir: Path | None) -
         return None
     with located(loaded, ("model", "name"), arm):
         tok = load_machine_tokenizer(str(tokenizer_dir))
-    algo = arm.params["algorithm"]
-    return RowTokenizer(tok, getattr(algo, "supervise", "all_assistant"), getattr(algo, "max_length", 2048), getattr(algo, "truncation", "right"))
+    return RowTokenizer(tok, **token_shaping(arm.params["algorithm"]))
 
 
 def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str], tokenizer_dir: Path | None) -> list[str]:
@@ -76,8 +75,7 @@ def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str], tokenizer_dir: Pa
     source_files = source.files()
     check_source_files(loaded, source, source_files, arm)
     algo = arm.params["algorithm"]
-    shaping = tuple(getattr(algo, k, None) for k in SHAPING_PARAMS)
-    recipe = repr((arm.config.data.model_dump(), [t.model_dump() for t in arm.config.transforms], shaping, str(tokenizer_dir)))
+    recipe = repr((arm.config.data.model_dump(), [t.model_dump() for t in arm.config.transforms], token_shaping(algo), str(tokenizer_dir)))
     if recipe in seen:
         return []
     seen.add(recipe)

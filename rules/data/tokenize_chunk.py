@@ -8,10 +8,12 @@ needs and nothing of the config layer: a worker started ahead of a one-row edit'
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 from evsys_build.chunk_workers import worker_store
 from evsys_build.chunks import read_row_chunk
+from evsys_build.errors import ConfigError
 from evsys_build.store import Store
 
 from .chat_tokens import tokenize_rows
@@ -35,8 +37,23 @@ def tokenize_chunk(store: Store, tok, chunk: dict, start: int, shaping: TokenSha
     """One chunk of chat rows -> one token chunk; a bad row fails as `row <index in the dataset>: ...`."""
     rows = read_row_chunk(store, chunk)
     with pinned(shaping.clock):  # the date the key holds, for a template that renders it
-        out = tokenize_rows(tok, rows, shaping.supervise, shaping.max_length, shaping.truncation, [f"row {start + i}" for i in range(len(rows))])
+        out = tokenize_rows(tok, rows, shaping.supervise, shaping.max_length, shaping.truncation, row_wheres(start, len(rows)))
     return write_token_chunk(store, out)
+
+
+def row_wheres(start: int, count: int) -> list[str]:
+    """How tokenize names rows `start` to `start + count` in its errors (`refused_row` reads it back)."""
+    return [f"row {start + i}" for i in range(count)]
+
+
+_ROW = re.compile(r"row (\d+): ")
+
+
+def refused_row(exc: ConfigError) -> tuple[int, str] | None:
+    """(the row's index, the message after `row N: `) of a row `row_wheres` named; None for
+    an error about no one row (a tokenizer without an eos token, ...)."""
+    row = _ROW.match(exc.message)
+    return (int(row.group(1)), exc.message[row.end():]) if row else None
 
 
 def start_tokenize_worker(address: tuple, model_dir: str, code: str) -> None:

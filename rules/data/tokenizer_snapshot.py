@@ -120,25 +120,16 @@ def load_machine_tokenizer(model_dir: str):
     with _lock:
         if key in _loaded:
             return _loaded[key]
-        kept = machine_snapshots.read(key)
+        kept = _machine_snapshot(key)
         if kept is not None:
-            try:
-                tok = _loaded[key] = SnapshotTokenizer(*kept)
-                return tok
-            except Exception:  # a snapshot this version of `tokenizers` cannot read: take it again
-                pass
-    from ..ml_stack import preload_tokenizers
-
-    preload_tokenizers()
-    tok = load_tokenizer_uncached(model_dir)
-    captured = capture(tok)
-    rebuilt = rebuild(captured) if captured is not None else None
-    if rebuilt is None:
+            _loaded[key] = kept[0]
+            return kept[0]
+        captured, tok = _take_snapshot(model_dir)
+        if tok is None:
+            return load_tokenizer(model_dir)
+        machine_snapshots.write(key, captured["snapshot"], captured["backend"])
+        _loaded[key] = tok
         return tok
-    machine_snapshots.write(key, captured["snapshot"], captured["backend"])
-    with _lock:
-        _loaded[key] = rebuilt
-    return rebuilt
 
 
 def save_chat_recipes(tok, model_dir: str, store, code: str | None = None) -> None:
@@ -190,17 +181,37 @@ def _snapshot_tokenizer(store, key: str) -> SnapshotTokenizer | None:
 def _adopt_machine_snapshot(store, key: str) -> SnapshotTokenizer | None:
     """The snapshot this machine keeps under `key` (machine_snapshots.py), copied into `store`
     (the store stays whole without this machine); None when there is none. Caller holds _lock."""
-    kept = machine_snapshots.read(key)
+    kept = _machine_snapshot(key)
     if kept is None:
         return None
-    snapshot, backend = kept
-    try:
-        tok = SnapshotTokenizer(snapshot, backend)
-    except Exception:  # a snapshot this version of `tokenizers` cannot read: take it again
-        return None
+    tok, snapshot, backend = kept
     store.memo_put(key, {"blob": store.put_bytes(backend.encode()), "snapshot": snapshot})
     _loaded[key] = tok
     return tok
+
+
+def _machine_snapshot(key: str) -> tuple[SnapshotTokenizer, dict, str] | None:
+    """(the tokenizer, its snapshot, its serialized pipeline) this machine keeps under `key`;
+    None when there is none or this version of `tokenizers` cannot read it (take it again)."""
+    kept = machine_snapshots.read(key)
+    if kept is None:
+        return None
+    try:
+        return SnapshotTokenizer(*kept), *kept
+    except Exception:
+        return None
+
+
+def _take_snapshot(model_dir: str) -> tuple[dict | None, SnapshotTokenizer | None]:
+    """What `capture` takes of AutoTokenizer's tokenizer (let go before the snapshot one is
+    built, so the process never holds two: about 100 MB each for Qwen3's), and the snapshot
+    tokenizer rebuilt from it (None when it cannot have one). Caller holds _lock."""
+    from ..ml_stack import preload_tokenizers
+
+    preload_tokenizers()
+    captured = capture(load_tokenizer_uncached(model_dir))
+    gc.collect()  # AutoTokenizer's tokenizer holds reference cycles
+    return captured, (rebuild(captured) if captured is not None else None)
 
 
 _loaded: dict[str, SnapshotTokenizer] = {}
@@ -210,8 +221,6 @@ def _capture_snapshot(model_dir: str, store, key: str) -> SnapshotTokenizer | No
     """Load AutoTokenizer's tokenizer, store its snapshot and return the snapshot tokenizer
     (None when it cannot have one). AutoTokenizer's is let go before the snapshot one is built,
     so the process never holds two (about 100 MB each for Qwen3's)."""
-    from ..ml_stack import preload_tokenizers
-
     with _lock:
         if key in _loaded:
             return _loaded[key]
@@ -220,10 +229,7 @@ def _capture_snapshot(model_dir: str, store, key: str) -> SnapshotTokenizer | No
         if found is not None:
             return found
         with _lock:
-            preload_tokenizers()
-            captured = capture(load_tokenizer_uncached(model_dir))
-            gc.collect()  # AutoTokenizer's tokenizer holds reference cycles
-            tok = rebuild(captured) if captured is not None else None
+            captured, tok = _take_snapshot(model_dir)
             if tok is None:
                 return None
             store.memo_put(key, {"blob": store.put_bytes(captured["backend"].encode()), "snapshot": captured["snapshot"]})

@@ -29,7 +29,7 @@ from ..outputs.hub import notify_eval, printing_to
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
 from ..plugins.installed import library_versions
-from .tokenize import SHAPING_PARAMS, clock_params, tokenizer_libraries
+from .tokenize import SHAPING_DEFAULTS, SHAPING_PARAMS, clock_params, tokenizer_libraries
 from .train import backend_code, backend_config, backend_environment, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
@@ -91,7 +91,8 @@ def read_heldout(path: Path) -> tuple[list[dict], list[str]]:
 def heldout_rows(path: Path, tok, shaping: dict) -> list[tuple[list[int], list[float]]]:
     """Every row of the file tokenized as training would (one batched call); a bad row names its file:line."""
     rows, wheres = read_heldout(path)
-    return tokenize_conversations(tok, rows, shaping.get("supervise", "all_assistant"), shaping.get("max_length", 2048), shaping.get("truncation", "right"), wheres)
+    shaping = {**SHAPING_DEFAULTS, **shaping}
+    return tokenize_conversations(tok, rows, shaping["supervise"], shaping["max_length"], shaping["truncation"], wheres)
 
 
 def run_heldout(ctx: RunContext) -> dict:

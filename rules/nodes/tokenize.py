@@ -5,7 +5,6 @@ algorithm params that shape tokens (supervise, max_length, truncation)."""
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from evsys_build.hashing import digest
 from evsys_build.store import Store
 
 from ..config.loading import Arm
-from ..data.tokenize_chunk import TokenShaping, start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
+from ..data.tokenize_chunk import TokenShaping, refused_row, start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
 from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity
@@ -29,6 +28,12 @@ from .views import RowDataset, TokenDataset
 TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "jinja2")  # rendering and encoding
 CONVERTER_LIBRARIES = ("sentencepiece", "protobuf", "tiktoken")  # what builds a fast tokenizer from a folder without tokenizer.json
 SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params that shape the tokens, not training
+SHAPING_DEFAULTS = {"supervise": "all_assistant", "max_length": 2048, "truncation": "right"}  # for an algorithm without them
+
+
+def token_shaping(algo) -> dict:
+    """The algorithm's shaping params, each at its default where the algorithm has none."""
+    return {k: getattr(algo, k, SHAPING_DEFAULTS[k]) for k in SHAPING_PARAMS}
 
 
 def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
@@ -39,9 +44,7 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
         version=code_identity(run_tokenize),
         params={
             "tokenizer": model.tokenizer,
-            "supervise": getattr(algo, "supervise", "all_assistant"),
-            "max_length": getattr(algo, "max_length", 2048),
-            "truncation": getattr(algo, "truncation", "right"),
+            **token_shaping(algo),
             "libraries": tokenizer_libraries(model),
             **clock_params(model),
         },
@@ -113,11 +116,11 @@ def run_tokenize(ctx: RunContext) -> dict:
             ctx.progress, ctx.check_stop, workers,
         )
     except ConfigError as exc:  # name the row by where it came from: data/train.jsonl:6
-        row = re.match(r"row (\d+): ", exc.message)
-        if row is None:
+        refused = refused_row(exc)
+        if refused is None:
             raise
-        located = row_location(store, ctx.node.inputs[0][1], int(row.group(1)))
-        raise ConfigError(f"{located}: tokenize: {exc.message[row.end():]}") from None
+        located = row_location(store, ctx.node.inputs[0][1], refused[0])
+        raise ConfigError(f"{located}: tokenize: {refused[1]}") from None
     if loaded:
         save_chat_recipes(loaded[0], model_dir, store, code)
     files = tokenizer_files(Path(model_dir))

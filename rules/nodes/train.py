@@ -32,7 +32,7 @@ from ..plugins.environment_reads import environment_param
 from ..plugins.installed import library_versions
 from .steps import EMPTY_DATASET
 from .tokenize import SHAPING_PARAMS
-from .views import Checkpoint, TokenDataset, TrainResult
+from .views import Checkpoint, TokenDataset, TrainResult, with_timings
 
 SCHEDULE_PARAMS = ("save_every",)  # which checkpoints are stored, not what training computes
 
@@ -355,19 +355,12 @@ def load_checkpoint(store: Store, key: str) -> SavedCheckpoint:
     """A stored checkpoint as the SavedCheckpoint an algorithm resumes from (timings merged back)."""
     checkpoint = Checkpoint.of(store.read_manifest(key))
     meta = json.loads(store.get_bytes(checkpoint.meta_blob))
-    meta["metrics_so_far"] = _with_timings(store, checkpoint, meta["metrics_so_far"])
+    meta["metrics_so_far"] = with_timings(store, checkpoint.timings_blob, meta["metrics_so_far"])
     return SavedCheckpoint(
         state={k: store.get_bytes(v) for k, v in checkpoint.state.items()},
         weights={k: store.get_bytes(v) for k, v in checkpoint.weights.items()},
         meta=meta,
     )
-
-
-def _with_timings(store: Store, checkpoint: Checkpoint, history: list[dict]) -> list[dict]:
-    if not checkpoint.timings_blob:
-        return history
-    timings = {t["step"]: t for t in json.loads(store.get_bytes(checkpoint.timings_blob))}
-    return [{**m, **timings.get(m["step"], {})} for m in history]
 
 
 def _train_result(store: Store, final_checkpoint: Node) -> dict:

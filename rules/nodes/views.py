@@ -163,11 +163,17 @@ class TrainResult:
         what shows it (the run dir's metrics.jsonl, callbacks, `show`)."""
         import json
 
-        history = json.loads(store.get_bytes(self.history_blob))
-        if not self.timings_blob:
-            return history
-        timings = {t["step"]: t for t in json.loads(store.get_bytes(self.timings_blob))}
-        return [{**m, **timings.get(m["step"], {})} for m in history]
+        return with_timings(store, self.timings_blob, json.loads(store.get_bytes(self.history_blob)))
+
+
+def with_timings(store, timings_blob: str | None, history: list[dict]) -> list[dict]:
+    """`history` with each step's attached timings merged in (as they were before being kept apart)."""
+    if not timings_blob:
+        return history
+    import json
+
+    timings = {t["step"]: t for t in json.loads(store.get_bytes(timings_blob))}
+    return [{**m, **timings.get(m["step"], {})} for m in history]
 
 
 @dataclass(frozen=True)
