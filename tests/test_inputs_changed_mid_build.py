@@ -62,3 +62,35 @@ def test_a_model_file_edited_during_the_build_is_never_trained_on_under_the_old_
     assert "train" not in ran_names(failed.stdout)
     again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert "train" in ran_names(again)
+
+
+ANSWERS_VERIFIER = '''
+from pathlib import Path
+
+from evsys_sdk import register_verifier
+
+ANSWERS = Path("answers.txt").resolve()
+
+
+@register_verifier("in_answer_list")
+def in_answer_list(prediction: str) -> bool:
+    return prediction.strip() in ANSWERS.read_text().split()
+
+
+in_answer_list.files = lambda: [ANSWERS]
+'''
+
+
+def test_a_file_a_verifier_declares_edited_during_the_build_is_never_scored_under_the_old_key(tmp_path, tiny_model_dir):
+    project = project_editing(tmp_path, "answers.txt", "x\n")
+    (project / "editor.py").write_text(EDITOR + ANSWERS_VERIFIER)
+    (project / "answers.txt").write_text("A\n")
+    task = {"task_id": "t", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "in_answer_list"}}
+    (project / "val").mkdir()
+    (project / "val" / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+    edit_config(project, "callbacks:", "metadata:\n  benchmark:\n    - {name: val, path: val, max_tokens: 2}\ncallbacks:")
+    failed = evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)
+    assert failed.returncode == 1 and "answers.txt changed while this build ran" in failed.stdout + failed.stderr
+    assert not any(name.startswith("eval") for name in ran_names(failed.stdout))
+    again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert "eval val@1" in ran_names(again)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from evsys_build.errors import ConfigError
 from evsys_build.hashing import digest, digest_bytes
+from evsys_build.statcache import StatCache
 from evsys_build.watch import listings_watched, unwatchable, watch
 
 from ..plugins.code_identity import code_identity
@@ -169,16 +170,17 @@ def check(spec: dict, prediction: str, where: str) -> bool:
         return bool(fn(prediction, **args))
 
 
-def verifier_code(name: str) -> str:
+def verifier_code(name: str, statcache: StatCache | None = None) -> str:
     """The code identity of the verifier registered as `name`, with the values of the environment
     variables its modules name (environment_reads.py), the bytes of the files its `files()` lists
-    and what its `identity()` returns, if it has them."""
+    and what its `identity()` returns, if it has them. Given the compile's `statcache`, the listed
+    files are digested through it, so a build refuses to score once one of them changed since."""
     fn = verifiers.get(name)
     environment = environment_read_by(fn, f"the verifier {name}")
     declared = ""
     files = getattr(fn, "files", None)  # the files it reads as it scores: `fn.files = lambda: [Path(...)]`
     if callable(files):
-        declared += f" files:{digest(_declared_files(name, files))}"
+        declared += f" files:{digest(_declared_files(name, files, statcache))}"
     identity = getattr(fn, "identity", None)  # what else it reads, declared: `fn.identity = lambda: {...}`
     if callable(identity):
         unwatchable(f"the verifier {name}'s identity()")
@@ -186,7 +188,7 @@ def verifier_code(name: str) -> str:
     return code_identity(fn) + (f" env:{digest(environment)}" if environment else "") + declared
 
 
-def _declared_files(name: str, files: Callable) -> list[str]:
+def _declared_files(name: str, files: Callable, statcache: StatCache | None) -> list[str]:
     """The digests of the bytes of each file a verifier's `files()` lists, in its order (each
     watched, with its folder and what the call listed, for the fast paths)."""
     with listings_watched(f"the verifier {name}'s files()"):
@@ -196,7 +198,7 @@ def _declared_files(name: str, files: Callable) -> list[str]:
         watch(path)
         watch(path.parent)
         try:
-            out.append(digest_bytes(path.read_bytes()))
+            out.append(statcache.file_digest(path) if statcache is not None else digest_bytes(path.read_bytes()))
         except OSError as exc:
             raise ConfigError(f"the verifier {name}'s files() lists {path}, which cannot be read ({exc.strerror or exc}); fix files() or the file") from None
     return out

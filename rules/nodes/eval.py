@@ -63,7 +63,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
         check_samples(loaded, index, bench, arm)
         tasks = benchmark_tasks(loaded, index, bench, arm)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
-        params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params), "model": model_key,
+        params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params, statcache), "model": model_key,
                   "tokenizer_libraries": tokenizer_libraries(model), **clock_params(model)}  # prompts are rendered (and may render the date), completions decoded
         if bench.temperature > 0:  # sampled completions depend on the seed; greedy ones do not
             params["seed"] = arm.config.seed
@@ -187,7 +187,7 @@ def training_system_prompt(arm: Arm) -> str | None:
     return None
 
 
-def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_params: dict) -> dict:
+def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_params: dict, statcache: StatCache | None = None) -> dict:
     """What an eval node's key holds: task content, sampling params, verifier identity, metrics,
     the sampler's code, libraries and settings (device, dtype, batch size: they can change what
     greedy decoding picks), and the system prompt."""
@@ -201,7 +201,7 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
         "tasks": _tasks_content(tasks)[0],
         "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
         "metrics": sorted(bench.metrics),
-        "verifiers": _verifiers_digest(tasks),
+        "verifiers": _verifiers_digest(tasks, statcache),
         "system_prompt": system_prompt,
     }
 
@@ -209,13 +209,13 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
 _tasks_memo: dict[int, tuple] = {}
 
 
-def _verifiers_digest(tasks) -> str:
+def _verifiers_digest(tasks, statcache: StatCache | None = None) -> str:
     """The digest of the code of each verifier function the tasks name (with what it reads). The
     specs (fn_name and args) are in the tasks' content already, so adding a task changes only
     `tasks`, and `plan` says the tasks changed, not the verifier code. Not memoised: it follows
     plugin code, which a long-lived process may reload."""
     names = sorted({str(spec["fn_name"]) for spec in _tasks_content(tasks)[1]})
-    return digest({name: verifier_code(name) for name in names})
+    return digest({name: verifier_code(name, statcache) for name in names})
 
 
 def _tasks_content(tasks) -> tuple[str, list[dict]]:
