@@ -2,8 +2,9 @@
 
 `gc` keeps every node that a retained run references (with the nodes they were built from):
 per experiment the newest `keep_last` runs and every run younger than `keep_within`, plus each
-arm's last complete run and the nodes its ref names (a partial build's), and every killed run that no
-later build of its arm has concluded (the next build resumes from what it saved). On a local store it holds the store's lock exclusively, so it waits for running
+arm's last complete run and the nodes its ref names (a partial build's), and every killed,
+interrupted or failed run not yet concluded, with what it wrote (the next build resumes from it:
+`pending_resumes`). On a local store it holds the store's lock exclusively, so it waits for running
 builds and never removes what one is writing or about to reuse. A remote store cannot be locked
 that way across machines: there gc removes nothing written after the oldest running build started
 (builds register in the store with heartbeats, remote_bucket.py), and a build that reuses an old
@@ -13,6 +14,7 @@ entry gc removes at that moment finds it missing and rebuilds it (never serves i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -67,9 +69,9 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
         # earlier run of its experiment named may be one it is reusing now
         busy = {r["experiment"] for r in running if r.get("status") == "running"}
         roots += [r for r in runs if r["experiment"] in busy]
-    kept |= pending_resumes(runs)
-    expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     node_entries = store.entries("nodes")
+    kept |= pending_resumes(runs, _trainings_written(store, runs, node_entries), store.has_manifest)
+    expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     fresh = [key for key, entry in node_entries.items() if not old(entry)]  # written after the cutoff: a running build's, with all they name
     roots += [r for r in runs if (r["experiment"], r["id"]) in kept]
     live = _live_nodes(store, roots, _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(refs) + fresh)
@@ -156,21 +158,60 @@ def retained_runs(runs: list[dict], refs: list[tuple[str, str, dict]], keep_last
     return kept
 
 
-def pending_resumes(runs: list[dict]) -> set[tuple[str, str]]:
-    """Runs that never finished (the build was killed: SIGKILL, a second Ctrl-C, a lost machine)
-    with an arm that no later complete build has concluded: the next build of that arm resumes
-    from what they saved, so they are kept whatever the policy says. Another arm's build, or a
-    partial (`--target`) one, records only what it built and does not conclude the arm."""
+UNFINISHED = ("running", "interrupted", "failed")  # killed (its record never ended), stopped, or failed: the next build resumes from what it stored
+
+
+def pending_resumes(runs: list[dict], trainings_of: Callable[[dict], set[str]] = lambda run: set(), built: Callable[[str], bool] = lambda key: False) -> set[tuple[str, str]]:
+    """Runs that did not complete (killed, interrupted, failed) whose stored work the next build
+    resumes from: kept whatever the policy says. A run that stored checkpoints of a training
+    (`trainings_of`: the producers of the nodes it wrote) is pending until each of those trainings
+    is built, whichever build finishes it: a complete build of another config of the same arm does
+    not conclude it. A run that stopped before any checkpoint is pending until a later complete
+    build of each of its arms; another arm's build, or a partial (`--target`) one, records only
+    what it built and does not conclude it."""
     concluded: dict[tuple[str, str], str] = {}  # (experiment, arm): the newest complete run's id
     for run in runs:
         if run.get("status") == "completed" and not run.get("partial"):
             for arm in run.get("arms", {}):
                 slot = (run["experiment"], arm)
                 concluded[slot] = max(run["id"], concluded.get(slot, ""))
-    return {
-        (r["experiment"], r["id"]) for r in runs
-        if r.get("status") == "running" and any(r["id"] > concluded.get((r["experiment"], arm), "") for arm in r.get("arms") or {"": None})
-    }
+    pending = set()
+    for r in runs:
+        if r.get("status") not in UNFINISHED:
+            continue
+        trainings = trainings_of(r)
+        if trainings:
+            waiting = not all(built(key) for key in trainings)
+        else:
+            waiting = any(r["id"] > concluded.get((r["experiment"], arm), "") for arm in r.get("arms") or {"": None})
+        if waiting:
+            pending.add((r["experiment"], r["id"]))
+    return pending
+
+
+def _trainings_written(store: Store, runs: list[dict], entries: dict) -> Callable[[dict], set[str]]:
+    """For an unfinished run: the producers (trainings) of the nodes written while it was the
+    newest run of its experiment (from its start to the next run's, a second wider each side),
+    checkpoints that the next build resumes from."""
+    starts: dict[str, list[float]] = {}
+    for run in runs:
+        starts.setdefault(run["experiment"], []).append(_started(run))
+    produced: dict[str, list[str]] = {}  # node key -> its producers' keys (read once)
+
+    def producers(key: str) -> list[str]:
+        if key not in produced:
+            manifest = store.read_manifest(key, quarantine=False) or {}
+            produced[key] = [i["key"] for i in manifest.get("inputs", []) if i.get("label") == "producer" and i.get("key")]
+        return produced[key]
+
+    def trainings_of(run: dict) -> set[str]:
+        # a second either side: `started` is recorded to the second, and a remote store's clock
+        # stamps the entries (taking another run's trainings too only keeps more)
+        since = _started(run) - 1.0
+        until = min((s for s in starts[run["experiment"]] if s > _started(run)), default=float("inf")) + 1.0
+        return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key)}
+
+    return trainings_of
 
 
 def _ref_nodes(refs: list[tuple[str, str, dict]]) -> list[str]:
@@ -179,9 +220,10 @@ def _ref_nodes(refs: list[tuple[str, str, dict]]) -> list[str]:
 
 
 def _written_by_unfinished(runs: list[dict], kept: set[tuple[str, str]], entries: dict) -> list[str]:
-    """Nodes (or chunk memos) a kept run that never finished may have published: its record names
-    none (they are recorded when a build ends), so every one written since it started is kept."""
-    starts = [_started(r) for r in runs if (r["experiment"], r["id"]) in kept and r.get("status") == "running"]
+    """Nodes (or chunk memos) a kept run that did not complete may have published: a killed one's
+    record names none (they are recorded when a build ends), and no record names the finished
+    chunks of a stage that was stopped or failed; so every one written since it started is kept."""
+    starts = [_started(r) for r in runs if (r["experiment"], r["id"]) in kept and r.get("status") in UNFINISHED]
     if not starts:
         return []
     since = min(starts) - 1.0  # `started` is recorded to the second

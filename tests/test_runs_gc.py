@@ -155,7 +155,8 @@ def test_gc_in_process_beside_builds_in_threads_loses_nothing(tmp_path, tiny_mod
 def test_a_killed_run_is_kept_until_a_later_complete_build_concludes_its_arm():
     """A killed build never records its nodes; until a later complete build of the same arm
     finishes (having resumed from them), gc keeps the killed run whatever the policy. Another
-    arm's build, a partial (--target) build and an interrupted one do not conclude it."""
+    arm's build, a partial (--target) build and an interrupted one do not conclude it, and an
+    interrupted or failed run is pending the same way (the next build resumes from it)."""
     from evsys_build.gc import pending_resumes
 
     def run(experiment, id_, status, arms=("default",), partial=False):
@@ -167,20 +168,59 @@ def test_a_killed_run_is_kept_until_a_later_complete_build_concludes_its_arm():
         run("c", "1", "running"), run("c", "2", "running"),
         run("d", "1", "running", arms=("x", "y")), run("d", "2", "completed", arms=("x",)),  # y still pending
         run("e", "1", "running"), run("e", "2", "completed", partial=True), run("e", "3", "interrupted"),
+        run("f", "1", "failed"), run("f", "2", "interrupted"), run("f", "3", "completed"),  # both concluded
     ]
-    assert pending_resumes(runs) == {("a", "2"), ("c", "1"), ("c", "2"), ("d", "1"), ("e", "1")}
+    assert pending_resumes(runs) == {("a", "2"), ("c", "1"), ("c", "2"), ("d", "1"), ("e", "1"), ("e", "3")}
 
 
-def test_gc_keeps_the_chunks_a_killed_build_finished(tmp_path):
-    """A killed build's finished chunks are memoised but no manifest names them yet: gc keeps the
-    memos and their objects for the build that resumes, whatever the policy."""
+def test_a_stopped_training_is_kept_until_it_is_built_whichever_config_of_its_arm_builds_next(tmp_path):
+    """Config B's training is killed after storing checkpoints; a complete build of config A (same
+    experiment, same arm name, another training) does not conclude it, even when B was resumed
+    and killed again before storing a new checkpoint: gc keeps B's checkpoints under the tightest
+    policy until B's training is built."""
+    from types import SimpleNamespace
+
+    from evsys_build.runs import start_run
+
+    store = Store(tmp_path / "store")
+    project = SimpleNamespace(experiment="e", describe_run=dict)
+    train_b = "b0" * 16
+
+    def checkpoint(step: int, producer: str) -> str:
+        key = f"{step:02x}" * 16
+        store.write_manifest(key, {"rule": "checkpoint", "name": f"checkpoint@{step}", "inputs": [{"label": "producer", "key": producer, "name": "train"}],
+                                   "outputs": {"weights": {"blob": store.put_bytes(f"weights {step}".encode())}}})
+        return key
+
+    start_run(store, project, ["default"])  # B, killed after two checkpoints
+    stored = [checkpoint(4, train_b), checkpoint(8, train_b)]
+    time.sleep(1.1)  # run records start to the second
+    a = start_run(store, project, ["default"])  # A: complete (a cached build of another config)
+    store.write_run({**a, "status": "completed", "arms": {"default": {"nodes": {}}}})
+    time.sleep(1.1)
+    start_run(store, project, ["default"])  # B again: resumed from checkpoint@8, killed before checkpoint@12
+    collect_garbage(store, keep_last=1, keep_within_days=0)
+    assert all(store.complete_manifest(key) is not None for key in stored)
+    store.write_manifest(train_b, {"rule": "train", "name": "train", "outputs": {}})  # B's training finished: concluded
+    b = start_run(store, project, ["default"])
+    store.write_run({**b, "status": "completed", "arms": {"default": {"nodes": {}}}})
+    collect_garbage(store, keep_last=1, keep_within_days=0)
+    assert all(store.complete_manifest(key) is None for key in stored)
+
+
+@pytest.mark.parametrize("status", ["running", "interrupted", "failed"])
+def test_gc_keeps_the_chunks_a_killed_interrupted_or_failed_build_finished(tmp_path, status):
+    """A stopped build's finished chunks are memoised but no manifest names them: gc keeps the
+    memos and their objects for the build that resumes, whatever the policy (a killed build's
+    record still says running; Ctrl-C records it interrupted, a row error failed)."""
     from types import SimpleNamespace
 
     from evsys_build.chunks import map_chunks
     from evsys_build.runs import start_run
 
     store = Store(tmp_path / "store")
-    start_run(store, SimpleNamespace(experiment="e", describe_run=dict), ["default"])  # never finished: killed
+    run = start_run(store, SimpleNamespace(experiment="e", describe_run=dict), ["default"])
+    store.write_run({**run, "status": status})
     chunks = [{"blob": store.put_bytes(f"{i}\n".encode()), "rows": 1} for i in range(6)]
 
     def double(chunk: dict) -> dict:
