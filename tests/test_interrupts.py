@@ -142,3 +142,15 @@ def test_ctrl_c_while_the_config_is_still_loading_exits_130_with_one_line(tmp_pa
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines()[-1] == "evsys: interrupted" and "Aborted" not in err and "Traceback" not in err, err
+
+
+def test_eval_rounds_are_sized_so_a_stop_is_seen_within_seconds_whatever_the_pace():
+    """An eval sees a stop, and memoises what it sampled, between rounds of tasks: a round is
+    sized from the last one's pace to last about ROUND_SECONDS (a slow model samples few tasks
+    per round, a fast one up to MAX_ROUND), never zero."""
+    from evsys_rules.nodes.eval import MAX_ROUND, ROUND_SECONDS, next_round
+
+    assert next_round(64, 64 * ROUND_SECONDS) == 1  # a task a round when one takes the whole budget
+    assert next_round(64, 640 * ROUND_SECONDS) == 1
+    assert next_round(64, 4 * ROUND_SECONDS) == 16
+    assert next_round(64, ROUND_SECONDS / 100) == MAX_ROUND and next_round(64, 0.0) == MAX_ROUND

@@ -8,6 +8,7 @@ only the new ones: each task's completions are memoised under (checkpoint, promp
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from evsys_build.executor import RunContext
@@ -39,7 +40,18 @@ from .tokenize import clock_params, tokenizer_libraries
 from .train import backend_code, backend_config, backend_environment, backend_resources, keyed_backend_params, make_backend
 from .views import Checkpoint, EvalResult
 
-TASKS_PER_ROUND = 256  # tasks sampled between stop checks (and memo writes)
+# Tasks are sampled in rounds; between rounds the build sees a stop (Ctrl-C, SIGTERM) and each
+# task's samples are memoised. A round is sized to last about ROUND_SECONDS, from the last one's
+# pace: a stop waits that long at most, and a kill after it loses no more.
+ROUND_SECONDS = 10.0
+FIRST_ROUND, MAX_ROUND = 64, 256
+
+
+def next_round(tasks: int, seconds: float) -> int:
+    """How many tasks the next round samples, after `tasks` took `seconds`."""
+    if seconds <= 0:
+        return MAX_ROUND
+    return max(1, min(MAX_ROUND, int(tasks * ROUND_SECONDS / seconds)))
 
 
 def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel, statcache: StatCache, callbacks=None) -> list[tuple]:
@@ -260,15 +272,19 @@ def run_eval(ctx: RunContext) -> dict:
     if todo:
         stop_ids = stop_token_ids(tok, sampling["stop"], f"metadata.benchmark ({bench.name}).stop")
         sampler = _sampler(ctx, arm, payload["model_dir"], checkpoint)
-        for start in range(0, len(todo), TASKS_PER_ROUND):
+        start, size = 0, FIRST_ROUND
+        while start < len(todo):
             ctx.check_stop()  # tasks sampled so far stay memoised
             ctx.progress(start, len(todo), f"sampling {len(todo)} tasks")
-            group = todo[start : start + TASKS_PER_ROUND]
+            group = todo[start : start + size]
+            began = time.perf_counter()
             outs = _sample(sampler, [prompts[i] for i in group], sampling, stop_ids, arm.config.seed)
+            size = next_round(len(group), time.perf_counter() - began)
             for i, samples in zip(group, outs):
                 texts = [_cut_at_strings(tok.decode(ids, skip_special_tokens=True), sampling["stop"]) for ids in samples]
                 completions[i] = texts
                 ctx.store.memo_put(memo_keys[i], {"samples": texts, "checkpoint": checkpoint_digest})
+            start += len(group)
     where = f"{bench.path}/tasks.jsonl"
     verdicts = [[check(t.verifier, text, f"{where} ({t.task_id})") for text in samples] for t, samples in zip(tasks, completions)]
     ks = sorted({int(m.split("@", 1)[1]) for m in bench.metrics})
