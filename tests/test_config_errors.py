@@ -491,3 +491,14 @@ def test_true_or_false_where_a_number_is_asked_for_is_refused(tmp_path, old, new
     config = BASE_CONFIG.replace(old, new, 1)
     msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
     assert msg.startswith(f"config.yaml:{line_of(config, needle)}:") and f"{field}: {new.split(': ')[1]} is not a number; give a number" in msg, msg
+
+
+@pytest.mark.parametrize("right, typo, column", [("model:", "modle:", 1), ("assistant_template:", "asistant_template:", 7), ("  path: data/train.jsonl", "  pth: data/train.jsonl", 3)])
+def test_a_typo_in_a_required_key_names_the_typo_and_the_key_it_means(tmp_path, right, typo, column):
+    """A misspelt required key is both an unknown key and a missing one: the line names the typo
+    where it is, with the key it means, not "missing" at the block above."""
+    config = BASE_CONFIG.replace(right, typo, 1)
+    msg = one_error_line(evsys("validate", "config.yaml", cwd=project_with(tmp_path, config)))
+    key = typo.split(":")[0].strip()
+    assert msg.startswith(f"config.yaml:{line_of(config, typo.strip())}:{column}: "), msg
+    assert msg.endswith(f"{key}: unknown field (did you mean {right.split(':')[0].strip()}?)"), msg

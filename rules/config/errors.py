@@ -33,8 +33,12 @@ def dotted(path: tuple) -> str:
 
 
 def config_error(exc: ValidationError, model: type[BaseModel], file: Path | str, marks: Marks, prefix: tuple = ()) -> ConfigError:
-    """The first validation error as a one-line ConfigError."""
-    err = exc.errors()[0]
+    """The first validation error as a one-line ConfigError; a required field missing beside an
+    unknown one (`modle:` for `model:`) is reported as the unknown one, the typo to fix."""
+    errors = exc.errors()
+    err = errors[0]
+    if err["type"] == "missing":
+        err = next((e for e in errors if e["type"] == "extra_forbidden" and e["loc"][:-1] == err["loc"][:-1]), err)
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     path = prefix + loc
     kind = err["type"]
