@@ -31,7 +31,7 @@ class Recorder:
         self._write("start", arm, info["experiment"])
 
     def on_train_step(self, arm, step, metrics):
-        self._write("step", step, metrics["train_mean_nll"])
+        self._write("step", step, metrics["train_mean_nll"], sorted(metrics))
 
     def on_eval(self, arm, step, benchmark, metrics):
         self._write("eval", step, benchmark, metrics)
@@ -80,7 +80,7 @@ def expected_events(project: Path) -> list[list]:
     out = []
     for row in metrics_rows(project):
         if row["split"] == "train":
-            out.append(["step", row["step"], row["metrics"]["train_mean_nll"]])
+            out.append(["step", row["step"], row["metrics"]["train_mean_nll"], sorted(k for k in row["metrics"] if k != "step")])  # live and replayed alike
         else:
             out.append(["eval", row["step"], "val", row["metrics"]])
     return out

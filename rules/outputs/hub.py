@@ -60,7 +60,8 @@ class ArmCallbacks:
             if step in self.seen_steps:
                 return
             self.seen_steps.add(step)
-            self._deliver("on_train_step", (self.arm, step, dict(metrics)), live)
+            shown = {k: v for k, v in metrics.items() if k != "step"}  # the step is its own argument, live and replayed alike
+            self._deliver("on_train_step", (self.arm, step, shown), live)
 
     def eval(self, step: int, benchmark: str, metrics: dict, live: bool = True) -> None:
         with self._lock:
@@ -74,7 +75,7 @@ class ArmCallbacks:
         events = [(m["step"], 0, "", m) for m in history] + [(step, 1, bench, metrics) for step, bench, metrics in evals]
         for step, kind, bench, metrics in sorted(events, key=lambda e: (e[0], e[1], e[2])):
             if kind == 0:
-                self.train_step(step, {k: v for k, v in metrics.items() if k != "step"}, live=False)
+                self.train_step(step, metrics, live=False)
             else:
                 self.eval(step, bench, metrics, live=False)
 
