@@ -151,6 +151,10 @@ def train_sft(
     if resume is not None:
         meta = resume.meta
         _check_resumable(meta, cfg, seed, len(data), client.info())
+        continue_like = getattr(client, "continue_like", None)  # optional: run on as the saved steps ran
+        said = continue_like(meta.get("info", {})) if continue_like is not None else None
+        if said:
+            log(said)
         client.load_state(resume.state)
         run.metrics = [dict(m) for m in meta["metrics_so_far"]]
         first_step = int(meta["step"]) + 1

@@ -218,6 +218,19 @@ class LocalTrainingClient:
             "state.json": json_bytes({"lora_rank": self.lora_rank, "format": "evsys-local-state-v1"}),
         }
 
+    def continue_like(self, saved: dict) -> str | None:
+        """Before resuming: run on as the saved training ran where that moves the numbers and is not
+        keyed, so the resumed training gives the bytes an uninterrupted one gives. On a CPU that is
+        torch's thread count (process-wide; it stays set for the rest of the process). Returns a
+        line to log when it changed something."""
+        import torch
+
+        threads, now = saved.get("cpu_threads"), torch.get_num_threads()
+        if self.device.type != "cpu" or not isinstance(threads, int) or threads < 1 or threads == now:
+            return None
+        torch.set_num_threads(threads)
+        return f"resuming with {threads} CPU threads, as the checkpoint's steps ran (this process had {now}), so the result is an uninterrupted training's"
+
     def load_state(self, blobs: dict[str, bytes]) -> None:
         """Restore weights, AdamW state and RNG saved by `save_state` (same model and lora_rank)."""
         import torch
