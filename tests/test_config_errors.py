@@ -372,7 +372,7 @@ def test_pass_at_k_with_num_samples_set_by_each_arm_is_valid(tmp_path):
     proc = evsys("validate", "config.yaml", "--deep", cwd=project)
     assert proc.returncode == 0, proc.stderr
     (project / "config.yaml").write_text(config + "sweep:\n  metadata.benchmark.0.num_samples: [2, 8]\n")
-    for args in (["validate", "--deep"], ["plan", "--cache-dir", "cache"], ["build", "--cache-dir", "cache"]):  # before anything trains
+    for args in (["validate"], ["validate", "--deep"], ["plan", "--cache-dir", "cache"], ["build", "--cache-dir", "cache"]):  # before anything trains; plain validate too (config alone)
         msg = one_error_line(evsys(args[0], "config.yaml", *args[1:], cwd=project))
         assert "num_samples: 2 is below k=4 of pass@4 (set num_samples >= 4)" in msg, (args, msg)
     assert not (project / "cache" / "nodes").exists()

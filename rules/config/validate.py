@@ -31,6 +31,10 @@ def validate(config_path: Path, deep: bool = False) -> list[str]:
     loaded = load_config(config_path)
     check_output_writable(loaded)
     lines = [f"arms: {', '.join(a.name for a in loaded.arms)}"]
+    for arm in loaded.arms:  # config alone, no files: as `plan` checks it
+        for i, bench in enumerate(arm.config.metadata.benchmark):
+            if bench.kind != "nll":
+                check_samples(loaded, i, bench, arm)
     if not deep:
         return lines
     seen: set[str] = set()
