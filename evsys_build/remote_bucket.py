@@ -42,14 +42,14 @@ def open_remote_bucket(url: str) -> "RemoteBucket":
         return RemoteBucket(url, _client(url, s3_api, "s3"))
     if scheme in ("gs", "gcs"):
         return RemoteBucket(url, _client(url, gcs_api, "gcs"))
-    raise UsageError(f"--cache-dir {url}: evsys stores need conditional writes, which it uses on s3:// and gs:// (or a local folder); {scheme}:// is not supported")
+    raise UsageError(f"store {url}: evsys stores need conditional writes, which it uses on s3:// and gs:// (or a local folder); {scheme}:// is not supported")
 
 
 def _client(url: str, make, extra: str) -> ObjectApi:
     try:
         return make(url)
     except ImportError as exc:
-        raise UsageError(f"--cache-dir {url} needs {exc.name or 'a client library'}: pip install 'evsys[{extra}]'") from None
+        raise UsageError(f"store {url} needs {exc.name or 'a client library'}: pip install 'evsys[{extra}]'") from None
 
 
 class RemoteBucket:

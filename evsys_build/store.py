@@ -422,7 +422,7 @@ class Store:
     def _quarantine(self, path: str, token: str | None, why: str, what: str = "") -> None:
         dest = self.bucket.quarantine(path, token)
         if dest is not None:
-            print(f"evsys: warning: {what or self._display(path)} is corrupt ({why}); moved to {dest}, rebuilding it", file=sys.stderr)
+            print(f"evsys: warning: {what or self._display(path)} is corrupt ({why}); moved to {dest}; a build makes it again", file=sys.stderr)
 
     def _display(self, path: str) -> str:
         root = getattr(self.bucket, "root", None)

@@ -120,7 +120,7 @@ def estimate_eval(store, node: Node, inputs: dict) -> dict:
     samples = todo * bench.num_samples
     cost = {"sampling_requests": todo, "samples": samples, "max_new_tokens": samples * bench.max_tokens, "tasks_sampled_before": sampled}
     before = f" ({sampled} of {len(tasks)} tasks sampled before)" if sampled else ""
-    return {**cost, "summary": f"{todo} sampling requests{before}, {samples} samples, <= {cost['max_new_tokens']:,} new tokens"}
+    return {**cost, "summary": f"{todo} sampling request{'s' * (todo != 1)}{before}, {samples} sample{'s' * (samples != 1)}, <= {cost['max_new_tokens']:,} new tokens"}
 
 
 REMOTE_TASKS_COUNTED = 16  # on S3/GCS, a plan asks about this many tasks' memos (concurrent HEADs); more would list memo folders per eval

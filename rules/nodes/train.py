@@ -307,11 +307,11 @@ def estimate_training(store: Store, train: Node, inputs: dict) -> dict:
     cost = {"steps": steps, "rows": rows, "resumes_from_step": done}
     tokens = TokenDataset.of(inputs["tokens"]) if inputs.get("tokens") else None
     if tokens is None or not tokens.num_rows:
-        return {**cost, "summary": f"{steps} steps x {rows // steps if steps else 0} rows; token counts once tokenize has run"}
+        return {**cost, "summary": f"{steps} step{'s' * (steps != 1)} x {rows // steps if steps else 0} rows; token counts once tokenize has run"}
     cost["tokens"] = round(tokens.num_tokens / tokens.num_rows * rows)
     cost["loss_tokens"] = round(tokens.num_loss_tokens / tokens.num_rows * rows)
     resumed = f", resuming after step {done}" if done else ""
-    return {**cost, "summary": f"~{cost['tokens']:,} tokens, ~{cost['loss_tokens']:,} loss tokens over {steps} steps{resumed}"}
+    return {**cost, "summary": f"~{cost['tokens']:,} tokens, ~{cost['loss_tokens']:,} loss tokens over {steps} step{'s' * (steps != 1)}{resumed}"}
 
 
 def checkpoint_body(store: Store, saved: SavedCheckpoint, model_name: str, revision: str | None = None, model_dir: str | None = None, service: dict | None = None, model_identity: dict | None = None) -> dict:
