@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .errors import UsageError
+from .errors import StoreError, UsageError
 from .project import frontend
 from .store import Store, referenced_objects
 
@@ -13,7 +13,9 @@ def show_node(store: Store, ref: str, as_json: bool = False, rows: int | None = 
     """`node:<key>` shows a node; `node:<key>#<output>` (e.g. `#state`, `#weights`) one of its outputs."""
     ref, _, part = ref.partition("#")
     key = store.resolve_prefix(ref)
-    manifest = store.read_manifest(key)
+    manifest = store.read_manifest(key, label=f"node:{key[:12]}")
+    if manifest is None:  # it failed its checksum (now quarantined), or a gc removed it meanwhile
+        raise StoreError(f"node:{key[:12]} has no readable manifest in {store.location} (a corrupt one is quarantined); `evsys build` makes it again")
     if part:
         return show_part(store, manifest, part, as_json)
     text, rows_json = frontend().preview(store, manifest, rows if rows is not None else 3, color, text=not as_json)

@@ -125,3 +125,16 @@ def test_too_short_prefix(built_project):
     proc = show(built_project, "node:a")
     assert proc.returncode == 2
     assert "too short" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_manifest_that_fails_its_checksum_is_quarantined_and_named_in_one_line(project_copy):
+    cache = project_copy / "cache"
+    key = ref_keys(cache)["source"]
+    path = cache / "nodes" / key[:2] / f"{key}.json"
+    manifest = json.loads(path.read_text())
+    manifest["name"] = "edited by hand"  # valid JSON, wrong checksum
+    path.write_text(json.dumps(manifest))
+    proc = show(project_copy, f"node:{key[:12]}")
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"evsys: error: node:{key[:12]} has no readable manifest in {cache} (a corrupt one is quarantined); `evsys build` makes it again"
+    assert not path.exists()
