@@ -87,8 +87,8 @@ class Bucket(Protocol):
         """Exclusive per node across every process and machine sharing the store. Held by
         another build: `on_wait()` once, then wait until it is free or `stop` is set (Interrupted)."""
 
-    def build_lock(self) -> ContextManager[None]:
-        """Held by every build (and push/pull) while it writes."""
+    def build_lock(self, on_wait: Callable[[], None] | None = None) -> ContextManager[None]:
+        """Held by every build (and push/pull) while it writes; `on_wait` is called if it must wait for gc first."""
 
     def gc_lock(self, on_wait: Callable[[], None] | None = None) -> ContextManager[float | None]:
         """Held by gc; yields the time before which gc may remove unreferenced entries (None: any)."""
@@ -212,9 +212,10 @@ class LocalBucket:
             yield
 
     @contextlib.contextmanager
-    def build_lock(self) -> Iterator[None]:
-        """Shared by every build; `gc_lock` takes it exclusively, so gc waits for running builds."""
-        with self._flock("store.lock", fcntl.LOCK_SH):
+    def build_lock(self, on_wait=None) -> Iterator[None]:
+        """Shared by every build; `gc_lock` takes it exclusively, so gc waits for running builds
+        (and a build for a running gc)."""
+        with self._flock("store.lock", fcntl.LOCK_SH, on_wait):
             yield
 
     @contextlib.contextmanager

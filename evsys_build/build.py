@@ -95,7 +95,7 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
     collector.resume()  # nodes run from here: a training may allocate for hours
     pool = make_pool(executor, jobs, ray_address, project) if isinstance(executor, str) else executor
     runner = Executor(store, jobs=jobs, on_event=printer, stop=stop, pool=pool)
-    with store.build_lock(), stop_on_signals(runner.stop):
+    with store.build_lock(on_wait=lambda: echo("evsys: waiting for a gc of this store to finish...")), stop_on_signals(runner.stop):
         store.clean_staging()
         run = start_run(store, project, arms)
         if targets:

@@ -116,9 +116,10 @@ class RemoteBucket:
             lease.release()
 
     @contextlib.contextmanager
-    def build_lock(self) -> Iterator[None]:
+    def build_lock(self, on_wait=None) -> Iterator[None]:
         """Register this build under builds/ (with its start, by the store's clock) and keep the
-        registration fresh while it runs; gc spares everything written after the oldest live one began."""
+        registration fresh while it runs; gc spares everything written after the oldest live one
+        began (so a build never waits for gc here: `on_wait` is never called)."""
         started = self.api.now()
         lease = Lease(self.api, self.api.key(f"builds/{uuid.uuid4().hex}.json"), self.lease_ttl,
                       extra={"started": started, "host": socket.gethostname(), "pid": os.getpid()})

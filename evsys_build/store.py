@@ -398,10 +398,11 @@ class Store:
         and a `stop` set while waiting raises Interrupted."""
         return self.bucket.node_lock(key, on_wait, stop)
 
-    def build_lock(self):
+    def build_lock(self, on_wait=None):
         """Held by every build for its whole run: gc never removes what a running build is
-        writing or about to reuse (a local store: gc waits; a remote one: see remote_bucket.py)."""
-        return self.bucket.build_lock()
+        writing or about to reuse (a local store: gc waits; a remote one: see remote_bucket.py).
+        `on_wait` is called once if the build has to wait for a running gc first."""
+        return self.bucket.build_lock(on_wait)
 
     def gc_lock(self, on_wait=None):
         """Held by gc; yields the time before which unreferenced entries may go (None: any)."""

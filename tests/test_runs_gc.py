@@ -16,7 +16,7 @@ import pytest
 
 from evsys_build.gc import collect_garbage
 from evsys_build.store import Store
-from evsys_testkit import BASE_CONFIG, EXPERIMENT, copy_project, edit_config, evsys, make_project, ok, tool_rows
+from evsys_testkit import BASE_CONFIG, EXPERIMENT, copy_project, edit_config, evsys, make_project, ok, ran_names, tool_rows
 
 
 def runs(project: Path) -> list[dict]:
@@ -320,3 +320,25 @@ def test_a_failed_build_keeps_the_refs_last_good_entries(variants):
     assert after["nodes"]["source"]["key"] != before["nodes"]["source"]["key"]  # what it did build moves on
     ok(evsys("gc", "--keep-last", "1", "--keep-within", "0d", "--cache-dir", "cache", cwd=project))
     assert store.complete_manifest(train_key(second)) is not None
+
+
+def test_a_build_started_while_gc_runs_says_it_waits_then_builds(tmp_path, tiny_model_dir):
+    """gc holds the store's lock exclusively; a build started meanwhile waits for it, and says so."""
+    import fcntl
+
+    project = make_project(tmp_path / "p", tool_rows(8), BASE_CONFIG)
+    lock = project / "cache" / "locks" / "store.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # as a running gc holds it
+        env = {k: v for k, v in os.environ.items() if k != "EVSYS_CACHE"}
+        proc = subprocess.Popen([sys.executable, "-m", "evsys_build.cli", "build", "config.yaml", "--cache-dir", "cache"],
+                                cwd=project, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        while line and "waiting" not in line:
+            line = proc.stdout.readline()
+        assert line.strip() == "evsys: waiting for a gc of this store to finish...", proc.stderr.read()
+        assert proc.poll() is None  # still waiting
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "train" in ran_names(line + out)
