@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import collector
-from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, UsageError
+from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, StoreError, UsageError
 from .executor import Event, Executor
 from .fastpath import save as save_snapshot
 from .fastpath import try_fast_build
@@ -100,13 +100,13 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
         run = start_run(store, project, arms)
         if targets:
             run["targets"] = list(targets)
-        status, summary, outcome = "failed", None, None
+        status, summary, outcome, failing = "failed", None, None, False
         built = {"graph": graph}  # the graph being built (a project that expands gets a new one)
         try:
             summary = _build_and_finish(project, store, arm, targets, runner, printer, echo, built)
             status = "completed"
         except Interrupted:
-            status = "interrupted"
+            status, failing = "interrupted", True
             raise
         except NodeFailed as exc:
             printer.clear()
@@ -116,10 +116,18 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
             _err(f"evsys: error: {exc.message}")
             run["error"] = exc.message
             outcome = BuildOutcome(1, run, exc.message, tb)
+        except BaseException:
+            failing = True  # recording the run must not hide this error (a full disk fails both)
+            raise
         finally:
             printer.clear()
             results = getattr(runner, "results", {})
-            finish_run(store, run, status, built["graph"], results, summary, list(getattr(runner, "unplanned", {}).values()), partial=bool(targets))
+            try:
+                finish_run(store, run, status, built["graph"], results, summary, list(getattr(runner, "unplanned", {}).values()), partial=bool(targets))
+            except StoreError as exc:
+                if not failing:
+                    raise
+                _err(f"evsys: warning: this run could not be recorded ({exc.message})")
             _close(project, store, results, arms, "partial" if targets and status == "completed" else status, printer)
             if pool.name == "ray":
                 _err(f"evsys: ray: {pool.submitted} task(s) submitted")

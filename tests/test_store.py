@@ -543,3 +543,30 @@ def test_a_second_ctrl_c_leaves_none_of_its_own_staging_files(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and "exiting now" in proc.stderr, proc.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_full_disk_names_the_write_that_failed_not_the_run_record_after_it(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A disk that fills while a node stores its result also refuses the run's final record: the
+    error is the node's write (what the user must make room for); the record's is a warning."""
+    from evsys_build.atomic import WriteFailed
+    from evsys_build.build import run_build
+    from evsys_testkit import BASE_CONFIG, make_project, tool_rows
+
+    project = make_project(tmp_path / "p", tool_rows(8), BASE_CONFIG)
+    monkeypatch.chdir(project)
+    store = Store(project / "cache")
+    real_write_run = Store.write_run
+
+    def write_run(self, run):
+        if run["status"] != "running":
+            raise WriteFailed("cannot write cache/runs/x.json: No space left on device")
+        return real_write_run(self, run)
+
+    def write_manifest(self, key, manifest, **kw):
+        raise WriteFailed("cannot write cache/nodes/ab/cd.json: No space left on device")
+
+    monkeypatch.setattr(Store, "write_run", write_run)
+    monkeypatch.setattr(Store, "write_manifest", write_manifest)
+    with pytest.raises(WriteFailed, match="nodes/ab/cd.json"):
+        run_build(Path("config.yaml"), store, echo=lambda line: None)
+    assert "evsys: warning: this run could not be recorded (cannot write cache/runs/x.json: No space left on device)" in capsys.readouterr().err
