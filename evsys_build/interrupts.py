@@ -37,7 +37,9 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
         stop.set()
         os.write(2, b"\nevsys: stopping: running nodes finish their current step and save it (Ctrl-C again to exit now)\n")
 
-    previous = {s: signal.signal(s, handle) for s in SIGNALS}
+    # a signal this process was started ignoring stays ignored: a shell script's background job
+    # (`evsys build ... &`) ignores SIGINT so that Ctrl-C in the terminal is not meant for it
+    previous = {s: signal.signal(s, handle) for s in SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
     try:
         yield stop
     finally:

@@ -6,6 +6,7 @@ The built project is shared read-only; a test that changes it copies it first (`
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -23,6 +24,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray soc
 if "PYTEST_XDIST_WORKER" in os.environ:  # a worker (the controller, which runs no test, sets nothing its workers inherit)
     _share = len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
+# Run from a script's background job (`scripts/test &`), this process starts with SIGINT ignored
+# and every evsys it starts would inherit that (and rightly ignore a Ctrl-C): the interrupt tests
+# need the default, as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from evsys_testkit import copy_project, evsys, make_evals_project, make_project, ok, tool_rows  # noqa: E402
 

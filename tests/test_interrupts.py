@@ -173,3 +173,26 @@ def test_a_resume_under_another_cpu_thread_count_runs_on_with_the_checkpoints_co
     again = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project, env=other)).stdout
     assert f"resuming with {threads} CPU threads, as the checkpoint's steps ran (this process had {other['OMP_NUM_THREADS']})" in again
     assert final_weights(project / "cache") == final_weights(uninterrupted / "cache")
+
+
+def test_a_build_started_with_sigint_ignored_leaves_it_ignored_and_still_stops_on_sigterm():
+    """A script's background job (`evsys build ... &`) starts with SIGINT ignored, so that a Ctrl-C
+    in the terminal is not meant for it: the build keeps it ignored; SIGTERM still stops it."""
+    import threading
+
+    from evsys_build import interrupts
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop = threading.Event()
+        with interrupts.stop_on_signals(stop):
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert not stop.is_set()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert stop.is_set()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
