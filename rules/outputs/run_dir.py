@@ -6,6 +6,7 @@ a crash) never sees it half-written. Files in it that evsys did not write are ca
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from pathlib import Path
@@ -104,25 +105,58 @@ def report_files(store: Store, nodes) -> dict[str, str]:
 
 def replace_dir(target: Path, files: dict[str, bytes], owned=lambda rel: True) -> None:
     """Make `target` hold exactly `files` (plus the files already there that `owned` says evsys
-    does not own), by writing a temporary folder beside it and renaming it into place."""
+    does not own), by writing a temporary folder beside it and renaming it into place. A build
+    killed between the two renames left the user's files in its `.evsys-old-PID` folder: they are
+    carried over from there too, and what such a build left is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.evsys-new-{os.getpid()}"
     retired = target.parent / f".{target.name}.evsys-old-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+    left = _left_by_killed_builds(target)
     try:
         for rel, data in files.items():
             write_atomic(staging / rel, data)
+        for previous in [target] + [p for p in left if ".evsys-old-" in p.name]:
+            _carry_over(previous, staging, owned)
         if target.is_dir():
-            for f in target.rglob("*"):
-                rel = f.relative_to(target).as_posix()
-                if f.is_file() and not owned(rel) and not (staging / rel).exists():
-                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(f, staging / rel)
             os.replace(target, retired)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
+    for path in left:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _carry_over(previous: Path, staging: Path, owned) -> None:
+    """Copy the files of `previous` that evsys does not own into `staging`, unless already there."""
+    if not previous.is_dir():
+        return
+    for f in previous.rglob("*"):
+        rel = f.relative_to(previous).as_posix()
+        if f.is_file() and not owned(rel) and not (staging / rel).exists():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, staging / rel)
+
+
+def _left_by_killed_builds(target: Path) -> list[Path]:
+    """The staging and retired folders beside `target` of builds whose process is gone."""
+    out = []
+    for path in target.parent.glob(f".{glob.escape(target.name)}.evsys-*-*"):
+        kind, _, pid = path.name.rsplit(".evsys-", 1)[1].partition("-")
+        if kind in ("new", "old") and pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            out.append(path)
+    return sorted(out)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def arm_run_dir(loaded, arm: str, n_arms: int) -> Path:
