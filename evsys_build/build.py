@@ -14,6 +14,7 @@ from .errors import CorruptObject, EvsysError, Interrupted, NodeFailed, StoreErr
 from .executor import Event, Executor
 from .fastpath import save as save_snapshot
 from .fastpath import try_fast_build
+from .fastpath import why_not as explain_fast_path
 from .interrupts import stop_on_signals
 from .plans import ArmLabels, graph_for, incomplete_project
 from .pools import NodePool, make_pool
@@ -48,9 +49,12 @@ def run_build(config: Path, store: Store, arm: str | None = None, jobs: int = 2,
     with watching() as watcher:
         project = frontend().open_project(config, store)
     outcome, runner, printer = _build(project, store, arm, jobs, tee, None, targets, executor, ray_address)
-    if local and outcome.code == 0 and runner.executions == 0 and not printer.warned and getattr(project, "fast_path_ok", False):
-        graph, _ = graph_for(project, arm)
-        save_snapshot(store, config, arm, watcher, [n.key for n in graph.nodes()], lines, outcome.run)
+    if local and outcome.code == 0 and runner.executions == 0 and not printer.warned:
+        if getattr(project, "fast_path_ok", False):
+            graph, _ = graph_for(project, arm)
+            save_snapshot(store, config, arm, watcher, [n.key for n in graph.nodes()], lines, outcome.run)
+        else:
+            explain_fast_path(f"no snapshot saved: this config compiles on every build ({getattr(project, 'no_fast_path', None) or 'its project says so'})")
     return outcome.code
 
 

@@ -63,7 +63,7 @@ def save(store: Store, config: Path, arm: str | None, watcher: Watcher, node_key
         return
     watcher.add_python_modules()
     if not watcher.trustworthy():
-        _debug(f"no snapshot: {watcher.broken or 'a file it read changed in the last 2 s'}")
+        why_not(f"no snapshot: {watcher.broken or 'a file it read changed in the last 2 s'}")
         return
     snapshot = {
         "version": SNAPSHOT_VERSION,
@@ -89,9 +89,9 @@ def try_fast_build(store: Store, config: Path, arm: str | None, echo: Callable[[
 
     with store.build_lock():
         if not all(store.complete_manifest(key) is not None for key in snapshot["nodes"]):
-            return _debug("a node is not whole in the store")
+            return why_not("a node is not whole in the store")
         if not all(_dir_intact(d) for d in snapshot["run"].get("run_dirs", [])):
-            return _debug("a run dir differs from what the build wrote")
+            return why_not("a run dir differs from what the build wrote")
         run = dict(snapshot["run"], id=new_run_id(), started=now(), host=socket.gethostname(), pid=os.getpid(), fast_path=True)
         for line in snapshot["lines"]:
             echo(line)
@@ -111,7 +111,7 @@ def save_plan(store: Store, config: Path, arm: str | None, view: str, watcher: W
         return
     watcher.add_python_modules()
     if journal.wrote or not watcher.trustworthy():
-        _debug(f"no plan snapshot: {'it wrote to the store' if journal.wrote else watcher.broken or 'a file it read changed in the last 2 s'}")
+        why_not(f"no plan snapshot: {'it wrote to the store' if journal.wrote else watcher.broken or 'a file it read changed in the last 2 s'}")
         return
     snapshot = {"version": PLAN_SNAPSHOT_VERSION, **environment(), "paths": watcher.paths, "lines": lines}
     write_atomic(plan_snapshot_path(store, config, arm, view), json.dumps(snapshot).encode(), store.local_dir / "tmp")
@@ -136,16 +136,16 @@ def _current_snapshot(path: Path, version: int) -> dict | None:
     try:
         snapshot = json.loads(path.read_bytes())
     except (FileNotFoundError, ValueError):
-        return _debug("no snapshot") or None
+        return why_not("no snapshot") or None
     if snapshot.get("version") != version or any(snapshot.get(k) != v for k, v in environment().items()):
-        return _debug("the environment or interpreter differ") or None
+        return why_not("the environment or interpreter differ") or None
     changed = first_changed(snapshot["paths"])
     if changed is not None:
-        return _debug(f"{changed} changed") or None
+        return why_not(f"{changed} changed") or None
     return snapshot
 
 
-def _debug(why: str) -> bool:
+def why_not(why: str) -> bool:
     """Say why the fast path was not taken (EVSYS_FASTPATH_DEBUG=1); always False."""
     if os.environ.get("EVSYS_FASTPATH_DEBUG"):
         print(f"evsys: fast path not taken: {why}", file=sys.stderr)

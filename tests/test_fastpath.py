@@ -146,6 +146,18 @@ def test_a_recently_changed_file_leaves_no_snapshot(built_project, tmp_path):
     assert not run.get("fast_path")
 
 
+def test_a_config_that_compiles_on_every_build_says_why_under_the_debug_switch(built_project, tmp_path):
+    """A callback beyond local_logger must see every build: no snapshot, and EVSYS_FASTPATH_DEBUG
+    says that, not a bare "no snapshot"."""
+    project = copy_project(built_project, tmp_path / "p")
+    (project / "config.yaml").write_text((project / "config.yaml").read_text().replace("callbacks:\n", "callbacks:\n  - kind: tensorboard\n", 1))
+    age(project)
+    build(project)
+    _, run = build(project)
+    assert not run.get("fast_path")
+    assert "evsys: fast path not taken: no snapshot saved: this config compiles on every build (a callback beyond local_logger sees every build)" in run["stderr"]
+
+
 def test_a_credential_in_the_environment_never_reaches_the_snapshot(built_project, tmp_path):
     """The snapshot notices a changed environment variable without storing its value: a key the
     user exported (TINKER_API_KEY, HF_TOKEN, ...) is nowhere in the store, and a new value of it
