@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import StoreError
+from .processes import process_alive
 from .tree import first_existing
 
 STAGING_PREFIX = ".evsys-"  # + "<pid>-": a later build or gc removes what a dead process left
@@ -130,13 +131,7 @@ def staging_owner_alive(name: str) -> bool:
         pid = int(name[len(STAGING_PREFIX):].split("-", 1)[0])
     except ValueError:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(pid)
 
 
 def _remove(tmp: str | None) -> None:

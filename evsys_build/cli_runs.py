@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
 from .errors import UsageError
+from .processes import process_alive
 from .project import frontend
 from .store import Store, cache_location, open_built_store
 
@@ -24,13 +24,8 @@ def shown_status(run: dict) -> str:
     import socket  # lazily: every command imports this module, few list runs
 
     status = run.get("status", "?")
-    if status == "running" and run.get("host") == socket.gethostname() and isinstance(run.get("pid"), int):
-        try:
-            os.kill(run["pid"], 0)
-        except ProcessLookupError:
-            return "killed"
-        except OSError:
-            pass
+    if status == "running" and run.get("host") == socket.gethostname() and isinstance(run.get("pid"), int) and not process_alive(run["pid"]):
+        return "killed"
     return status
 
 

@@ -23,6 +23,7 @@ from .errors import CorruptObject
 from .store import Store, _safe as _safe_name, referenced_objects
 
 DAY = 86400.0
+STARTED_SLACK = 1.0  # a run's `started` is recorded to the second: what it wrote may stamp a second off
 
 
 @dataclass
@@ -205,10 +206,9 @@ def _trainings_written(store: Store, runs: list[dict], entries: dict) -> Callabl
         return produced[key]
 
     def trainings_of(run: dict) -> set[str]:
-        # a second either side: `started` is recorded to the second, and a remote store's clock
-        # stamps the entries (taking another run's trainings too only keeps more)
-        since = _started(run) - 1.0
-        until = min((s for s in starts[run["experiment"]] if s > _started(run)), default=float("inf")) + 1.0
+        # the slack either side, for a remote store's clock too (taking another run's trainings only keeps more)
+        since = _started(run) - STARTED_SLACK
+        until = min((s for s in starts[run["experiment"]] if s > _started(run)), default=float("inf")) + STARTED_SLACK
         return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key)}
 
     return trainings_of
@@ -226,7 +226,7 @@ def _written_by_unfinished(runs: list[dict], kept: set[tuple[str, str]], entries
     starts = [_started(r) for r in runs if (r["experiment"], r["id"]) in kept and r.get("status") in UNFINISHED]
     if not starts:
         return []
-    since = min(starts) - 1.0  # `started` is recorded to the second
+    since = min(starts) - STARTED_SLACK
     return [key for key, entry in entries.items() if entry is not None and entry.modified >= since]
 
 

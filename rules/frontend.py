@@ -48,11 +48,12 @@ class Project:
         # local logger (which prints nothing for cached nodes) must see every build; a backend
         # that keeps checkpoints on a service must be asked each build (and plan) whether they
         # still exist
-        self.plan_fast_path_ok = not any(trains_by_name(a) for a in loaded.arms) and not self.incomplete
-        self.fast_path_ok = self.plan_fast_path_ok and all(c.kind == "local_logger" for a in loaded.arms for c in a.config.callbacks)
-        self.no_fast_path = ("a backend keeps checkpoints on a service, asked every build" if any(trains_by_name(a) for a in loaded.arms)
-                             else "part of the graph is known only once data is built" if self.incomplete
-                             else "a callback beyond local_logger sees every build" if not self.fast_path_ok else None)  # EVSYS_FASTPATH_DEBUG says it
+        no_plan_fast_path = ("a backend keeps checkpoints on a service, asked every build" if any(trains_by_name(a) for a in loaded.arms)
+                             else "part of the graph is known only once data is built" if self.incomplete else None)
+        self.no_fast_path = no_plan_fast_path or ("a callback beyond local_logger sees every build"
+                                                  if any(c.kind != "local_logger" for a in loaded.arms for c in a.config.callbacks) else None)  # EVSYS_FASTPATH_DEBUG says it
+        self.plan_fast_path_ok = no_plan_fast_path is None
+        self.fast_path_ok = self.no_fast_path is None
 
     def _compile(self, store: Store) -> None:
         statcache = StatCache(store.local_dir / "stat-cache.json")

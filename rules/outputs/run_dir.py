@@ -14,6 +14,7 @@ from pathlib import Path
 from evsys_build.atomic import write_atomic
 from evsys_build.errors import ConfigError, StoreError, UsageError
 from evsys_build.hashing import digest_bytes
+from evsys_build.processes import process_alive
 from evsys_build.store import Store
 
 from ..nodes.views import ReportFiles, TrainResult
@@ -144,19 +145,9 @@ def _left_by_killed_builds(target: Path) -> list[Path]:
     out = []
     for path in target.parent.glob(f".{glob.escape(target.name)}.evsys-*-*"):
         kind, _, pid = path.name.rsplit(".evsys-", 1)[1].partition("-")
-        if kind in ("new", "old") and pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+        if kind in ("new", "old") and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             out.append(path)
     return sorted(out)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def arm_run_dir(loaded, arm: str, n_arms: int) -> Path:
