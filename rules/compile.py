@@ -9,7 +9,7 @@ from evsys_build.graph import Graph, Node
 from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 
-from .config.loading import Arm, LoadedConfig, located
+from .config.loading import Arm, LoadedConfig, config_spots, located
 from .models.resolve import ResolvedModel, resolve
 from .plugins import kinds
 from .nodes.eval import eval_nodes
@@ -75,7 +75,7 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
     if resolved is None:
         return ArmNodes(arm, rows, tokens, callbacks=hub)
     arm = resolved
-    train = add(train_node(arm, tokens, model, hub, data_where(loaded)))
+    train = add(train_node(arm, tokens, model, hub, data_where(loaded), config_spots(loaded, arm)))
     checkpoints = {s: graph.add(checkpoint_node(train, s, arm.name)) for s in stored_checkpoint_steps(arm)}
     attach_checkpoints(train, checkpoints)
     evals = [(bench, step, add(node)) for bench, step, node in eval_nodes(loaded, arm, checkpoints, model, statcache, hub)]

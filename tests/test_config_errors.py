@@ -502,3 +502,20 @@ def test_a_typo_in_a_required_key_names_the_typo_and_the_key_it_means(tmp_path, 
     key = typo.split(":")[0].strip()
     assert msg.startswith(f"config.yaml:{line_of(config, typo.strip())}:{column}: "), msg
     assert msg.endswith(f"{key}: unknown field (did you mean {right.split(':')[0].strip()}?)"), msg
+
+
+def test_a_backend_setting_refused_when_training_starts_names_its_config_line(tmp_path, tiny_model_dir):
+    """Settings a backend can only check on the machine that trains (compile needs CUDA) are refused
+    when training starts, with the config line as every other config error has it: here where
+    the arm sets the value, since that is the line to fix."""
+    config = BASE_CONFIG.replace("  kind: local\n", "  kind: local\n  params: {device: cpu}\n") + (
+        "arms:\n"
+        "  - name: compiled\n"
+        "    set: {backend.params.compile: true}\n"
+    )
+    project = project_with(tmp_path, config, tool_rows(4))
+    proc = evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)
+    line = config.splitlines().index("    set: {backend.params.compile: true}") + 1
+    msg = one_error_line(proc)
+    assert msg.startswith(f"config.yaml:{line}:"), msg
+    assert ": backend.params.compile: needs the varlen attention kernel" in msg and msg.endswith("set compile: false")

@@ -190,6 +190,30 @@ def located(loaded: LoadedConfig, at: tuple, arm: Arm | None = None):
         raise ConfigError(f"{where(loaded.path, marks, at)}: {exc.message}") from None
 
 
+def config_spots(loaded: LoadedConfig, arm: Arm) -> dict[str, str]:
+    """`file:line:col` of every model, backend and algorithm setting as `arm` has it, by dotted
+    path: a node that checks them only when it runs (a backend's device or service) says where."""
+    marks = arm.marks if arm.marks else loaded.marks
+    paths = [("model", "name"), ("model", "revision"), ("backend", "kind"), ("algorithm", "kind")]
+    for block in ("backend", "algorithm"):
+        params = arm.params.get(block)
+        paths += [(block, "params", name) for name in (type(params).model_fields if isinstance(params, BaseModel) else ())]
+    return {dotted(p): where(loaded.path, marks, p) for p in paths}
+
+
+@contextlib.contextmanager
+def located_by(spots: dict[str, str] | None):
+    """Prefix a ConfigError raised inside that opens with one of `spots`' dotted paths
+    (`backend.params.compile: ...`) with that setting's `file:line:col`."""
+    try:
+        yield
+    except ConfigError as exc:
+        named = exc.message.split(":", 1)[0]
+        if not spots or named not in spots:
+            raise
+        raise ConfigError(f"{spots[named]}: {exc.message}") from None
+
+
 def validate_model(model: type[BaseModel], data, path: Path, marks: Marks, prefix: tuple):
     try:
         return model.model_validate(data)

@@ -21,7 +21,7 @@ from evsys_build.store import is_remote
 from evsys_build.errors import ConfigError, UnknownKindError
 
 from ..config.keyed_params import keyed_dump, with_mapping_orders
-from ..config.loading import Arm, LoadedConfig, located
+from ..config.loading import Arm, LoadedConfig, config_spots, located, located_by
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
 from ..data.conversation import check_conversation
 from ..data.template_clock import pinned
@@ -66,11 +66,12 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
     model_dir = model.dir
     max_steps = arm.params["algorithm"].max_steps
     resources = backend_resources(make_backend(arm))
+    spots = config_spots(loaded, arm)
     for index, bench in enumerate(arm.config.metadata.benchmark):
         steps = eval_steps(bench, max_steps)
         if bench.kind == "nll":
             check_heldout(loaded, index, bench, arm)
-            evals += heldout_nodes(arm, bench, {s: checkpoints[s] for s in steps}, model, statcache, callbacks, resources)
+            evals += heldout_nodes(arm, bench, {s: checkpoints[s] for s in steps}, model, statcache, callbacks, resources, spots)
             continue
         check_samples(loaded, index, bench, arm)
         tasks = benchmark_tasks(loaded, index, bench, arm)
@@ -96,7 +97,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
                     "model": "base model or tokenizer changed",
                     "clock": "the date the chat template renders changed",
                 },
-                payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt, "callbacks": callbacks},
+                payload={"arm": arm, "bench": bench, "tasks": tasks, "step": step, "model_dir": model_dir, "system_prompt": system_prompt, "callbacks": callbacks, "spots": spots},
                 resources=resources,
                 estimate=estimate_eval,
             )
@@ -254,6 +255,11 @@ def task_messages(task, system_prompt: str | None) -> list[dict]:
 
 
 def run_eval(ctx: RunContext) -> dict:
+    with located_by(ctx.node.payload.get("spots")):  # a backend's refusal names the config line
+        return _evaluate(ctx)
+
+
+def _evaluate(ctx: RunContext) -> dict:
     preload_ml()
     payload = ctx.node.payload
     arm, bench, tasks, step = payload["arm"], payload["bench"], payload["tasks"], payload["step"]

@@ -19,7 +19,7 @@ from evsys_build.executor import RunContext
 from evsys_build.graph import Node
 from evsys_build.statcache import StatCache
 
-from ..config.loading import Arm
+from ..config.loading import Arm, located_by
 from ..data.chat_tokens import load_tokenizer, tokenize_conversations
 from ..data.template_clock import pinned
 from ..data.sources import read_jsonl
@@ -34,7 +34,7 @@ from .train import backend_code, backend_config, backend_environment, keyed_back
 from .views import Checkpoint, EvalResult
 
 
-def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: ResolvedModel, statcache: StatCache, callbacks=None, resources: dict | None = None) -> list[tuple]:
+def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: ResolvedModel, statcache: StatCache, callbacks=None, resources: dict | None = None, spots: dict | None = None) -> list[tuple]:
     """(benchmark, step, node) for each checkpoint the benchmark scores."""
     backend_cls = kinds.backends.get(arm.config.backend.kind)
     algo = arm.params["algorithm"]
@@ -64,7 +64,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
                 arm=arm.name,
                 param_paths={"shaping": "algorithm.params"},
                 param_labels={"rows": f"benchmark {bench.name} rows changed", "model": "base model or tokenizer changed", "scorer": "scoring code, precision or libraries changed"},
-                payload={"arm": arm, "bench": bench, "step": step, "model_dir": model.dir, "callbacks": callbacks},
+                payload={"arm": arm, "bench": bench, "step": step, "model_dir": model.dir, "callbacks": callbacks, "spots": spots},
                 resources=dict(resources or {}),
             ),
         )
@@ -96,6 +96,11 @@ def heldout_rows(path: Path, tok, shaping: dict) -> list[tuple[list[int], list[f
 
 
 def run_heldout(ctx: RunContext) -> dict:
+    with located_by(ctx.node.payload.get("spots")):  # a backend's refusal names the config line
+        return _score(ctx)
+
+
+def _score(ctx: RunContext) -> dict:
     preload_ml()
     from ..backends.base import Datum  # lazily: numpy loads only when scoring runs
 

@@ -58,7 +58,7 @@ class LocalTrainingClient:
         self.dropout = _has_dropout(self.model)  # then each pass draws its masks from a seed of the generator
         if self.dropout and self.kernel == "varlen":
             if config.attention != "auto":
-                raise ConfigError("backend.local.attention: this model trains with dropout, which the varlen kernel lacks; use auto or sdpa_loop")
+                raise ConfigError("backend.params.attention: this model trains with dropout, which the varlen kernel lacks; use auto or sdpa_loop")
             self.kernel = "sdpa_loop"
         if config.compile:
             self._compile_layers()
@@ -75,7 +75,7 @@ class LocalTrainingClient:
             return "varlen" if varlen_ok else "sdpa_loop"
         if wanted == "varlen" and not varlen_ok:
             raise ConfigError(
-                "backend.local.attention: varlen needs CUDA, dtype bfloat16 and torch >= 2.10; use auto or sdpa_loop"
+                "backend.params.attention: varlen needs CUDA, dtype bfloat16 and torch >= 2.10; use auto or sdpa_loop"
             )
         return wanted
 
