@@ -189,14 +189,18 @@ def dag(config, fmt, cache_dir):
 @click.option("--dry-run", is_flag=True, help="only say what would be removed, by run and node, with sizes")
 @click.option("--keep-last", default=5, show_default=True, type=click.IntRange(min=0), help="runs kept per experiment, newest first")
 @click.option("--keep-within", default="14d", show_default=True, help="also keep runs younger than this (e.g. 14d, 36h, 0d)")
+@click.option("--keep-stopped-within", default="forever", show_default=True,
+              help="keep a killed, interrupted or failed run for its resume this long (e.g. 30d); an older one falls under the policy above")
 @cache_option
-def gc(dry_run, keep_last, keep_within, cache_dir):
+def gc(dry_run, keep_last, keep_within, keep_stopped_within, cache_dir):
     """Remove what no retained run references (waits for running builds to finish)."""
     from .gc import collect_garbage
 
     store = open_built_store(cache_location(cache_dir))
     days = _days(keep_within)
-    report = collect_garbage(store, keep_last, days, dry_run, on_wait=lambda: click.echo("evsys: waiting for running builds to finish...", err=True))
+    stopped_days = None if keep_stopped_within == "forever" else _days(keep_stopped_within, "--keep-stopped-within")
+    report = collect_garbage(store, keep_last, days, dry_run, on_wait=lambda: click.echo("evsys: waiting for running builds to finish...", err=True),
+                             keep_stopped_within_days=stopped_days)
     verb = "would remove" if dry_run else "removed"
     by_run: dict[str, list] = {}
     for node in report.removed_nodes:
@@ -224,12 +228,15 @@ def gc(dry_run, keep_last, keep_within, cache_dir):
             click.echo(f"    {path}")
 
 
-def _days(text: str) -> float:
+def _days(text: str, option: str = "--keep-within") -> float:
     units = {"d": 1.0, "h": 1 / 24, "w": 7.0}
     try:
-        return float(text[:-1]) * units[text[-1]]
+        days = float(text[:-1]) * units[text[-1]]
     except (KeyError, ValueError, IndexError):
-        raise UsageError(f"--keep-within {text!r}: give a number and a unit, e.g. 14d, 36h or 2w") from None
+        days = -1.0
+    if not days >= 0:
+        raise UsageError(f"{option} {text!r}: give a number and a unit, e.g. 14d, 36h or 2w") from None
+    return days
 
 
 def _mb(size: int) -> str:

@@ -49,13 +49,17 @@ class GcReport:
     service_refs: dict[str, list[str]] = field(default_factory=dict)  # service -> paths only removed nodes named (never deleted)
 
 
-def collect_garbage(store: Store, keep_last: int = 5, keep_within_days: float = 14.0, dry_run: bool = False, on_wait=None, now: float | None = None) -> GcReport:
-    """Apply the retention policy; with `dry_run`, only report what would go."""
+def collect_garbage(store: Store, keep_last: int = 5, keep_within_days: float = 14.0, dry_run: bool = False, on_wait=None, now: float | None = None,
+                    keep_stopped_within_days: float | None = None) -> GcReport:
+    """Apply the retention policy; with `dry_run`, only report what would go. A stopped run (killed,
+    interrupted, failed) is kept until the next build resumes from it, however old, unless
+    `keep_stopped_within_days` says how long to wait for that build: an older one falls under the policy."""
     with store.gc_lock(on_wait) as cutoff:
-        return _collect(store, keep_last, keep_within_days, dry_run, now if now is not None else time.time(), cutoff)
+        return _collect(store, keep_last, keep_within_days, dry_run, now if now is not None else time.time(), cutoff, keep_stopped_within_days)
 
 
-def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: bool, now: float, cutoff: float | None = None) -> GcReport:
+def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: bool, now: float, cutoff: float | None = None,
+             keep_stopped_within_days: float | None = None) -> GcReport:
     """`cutoff`: entries written at or after it stay, referenced or not (a build may be writing them)."""
     old = (lambda entry: True) if cutoff is None else (lambda entry: entry is not None and entry.modified < cutoff)
     runs = list(store.iter_runs())
@@ -71,7 +75,8 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
         busy = {r["experiment"] for r in running if r.get("status") == "running"}
         roots += [r for r in runs if r["experiment"] in busy]
     node_entries = store.entries("nodes")
-    kept |= pending_resumes(runs, _trainings_written(store, runs, node_entries), store.has_manifest)
+    waited_for = runs if keep_stopped_within_days is None else [r for r in runs if now - _started(r) <= keep_stopped_within_days * DAY]
+    kept |= pending_resumes(waited_for, _trainings_written(store, runs, node_entries), store.has_manifest)
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     fresh = [key for key, entry in node_entries.items() if not old(entry)]  # written after the cutoff: a running build's, with all they name
     roots += [r for r in runs if (r["experiment"], r["id"]) in kept]

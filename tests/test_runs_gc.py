@@ -208,6 +208,31 @@ def test_a_stopped_training_is_kept_until_it_is_built_whichever_config_of_its_ar
     assert all(store.complete_manifest(key) is None for key in stored)
 
 
+def test_an_abandoned_stopped_training_is_kept_until_keep_stopped_within_says_to_stop_waiting(tmp_path):
+    """A stopped training nobody builds again is kept whatever the policy, for ever by default;
+    `--keep-stopped-within` bounds the wait: past it, the run falls under keep-last/keep-within."""
+    from types import SimpleNamespace
+
+    from evsys_build.runs import start_run
+
+    store = Store(tmp_path / "store")
+    project = SimpleNamespace(experiment="e", describe_run=dict)
+    start_run(store, project, ["default"])  # killed after a checkpoint of a training never built since
+    key = "04" * 16
+    store.write_manifest(key, {"rule": "checkpoint", "name": "checkpoint@4", "inputs": [{"label": "producer", "key": "b0" * 16, "name": "train"}],
+                               "outputs": {"weights": {"blob": store.put_bytes(b"weights 4")}}})
+    later = time.time() + 400 * 86400
+    collect_garbage(store, keep_last=0, keep_within_days=0, now=later)
+    assert store.complete_manifest(key) is not None  # a year on: still waiting for its resume
+    collect_garbage(store, keep_last=0, keep_within_days=0, now=time.time() + 86400, keep_stopped_within_days=30)
+    assert store.complete_manifest(key) is not None  # one day on: within the 30 days
+    proc = evsys("gc", "--keep-last", "0", "--keep-within", "0d", "--keep-stopped-within", "0d", "--cache-dir", str(store.root), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 1 runs, 1 nodes" in proc.stdout and store.complete_manifest(key) is None
+    bad = evsys("gc", "--keep-stopped-within", "a month", "--cache-dir", str(store.root), cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "evsys: error: --keep-stopped-within 'a month': give a number and a unit, e.g. 14d, 36h or 2w"
+
+
 @pytest.mark.parametrize("status", ["running", "interrupted", "failed"])
 def test_gc_keeps_the_chunks_a_killed_interrupted_or_failed_build_finished(tmp_path, status):
     """A stopped build's finished chunks are memoised but no manifest names them: gc keeps the
