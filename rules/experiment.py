@@ -72,7 +72,8 @@ class Experiment:
     naming the field and the fix). Relative paths in it (data, benchmarks, plugins, output_dir, a
     local model folder) resolve against the working directory, or against `base_dir` when given.
     `cache_dir` is the store (default: $EVSYS_CACHE or ./.evsys-cache); `echo` receives the build's
-    lines (one per node, the logger's lines, the run dir).
+    lines (one per node, the logger's lines, the run dir); warnings and a failed node's error
+    and traceback go to stderr, and the result carries the error and traceback too.
     """
 
     def __init__(

@@ -104,7 +104,7 @@ def test_unknown_plugin_file_or_module_is_a_config_error(tmp_path):
     project = make_project(tmp_path / "p", pii_rows(), pii_config("missing_plugin.py"))
     proc = evsys("validate", "config.yaml", cwd=project)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().endswith("plugins[0]: no such plugin file 'missing_plugin.py' (looked in the run dir and beside the config)")
+    assert proc.stderr.strip().endswith("plugins[0]: no such plugin file 'missing_plugin.py' (looked in the working directory and beside the config)")
     project = make_project(tmp_path / "q", pii_rows(), pii_config("no_such_module"))
     proc = evsys("validate", "config.yaml", cwd=project)
     assert proc.returncode == 2 and "cannot import 'no_such_module'" in proc.stderr and "PYTHONPATH" in proc.stderr

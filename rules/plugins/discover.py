@@ -59,7 +59,7 @@ def files_registering(kind: str, name: str, roots: list[Path]) -> list[Path]:
 
 
 def _as_plugin_path(file: Path, config_path: Path) -> str:
-    """How `plugins:` would name the file: relative to the run dir, else beside the config."""
+    """How `plugins:` would name the file: relative to the working directory, else beside the config."""
     for base in (Path.cwd(), config_path.resolve().parent):
         try:
             return file.relative_to(base.resolve()).as_posix()

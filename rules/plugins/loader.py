@@ -22,7 +22,7 @@ from .environment_watch import imports_checked
 
 
 def load_plugins(plugins: list, path: Path, marks: Marks) -> None:
-    """Import each plugin module (dotted name, or a .py path relative to the run dir or the config)."""
+    """Import each plugin module (dotted name, or a .py path relative to the working directory or the config)."""
     if not isinstance(plugins, list):
         raise ConfigError(f"{where(path, marks, ('plugins',))}: plugins: must be a list of module names or .py paths")
     with imports_checked():  # a module-level read of a variable no key holds fails here
@@ -48,7 +48,7 @@ def _load_one(spec, at: str, path: Path) -> None:
 
 def _watch_shadowing(spec: str) -> None:
     """Report the sys.path folders searched before the one a module plugin was found in: a
-    `name.py` or `name/` appearing in one (the run dir, under `python -m`) would be imported instead."""
+    `name.py` or `name/` appearing in one (the working directory, under `python -m`) would be imported instead."""
     file = getattr(sys.modules.get(spec.split(".")[0]), "__file__", None)
     found = None  # the sys.path folder that holds the module or its package
     if file:
@@ -68,7 +68,7 @@ def _import_path(spec: str, config_path: Path, at: str) -> None:
     for looked in candidates[: candidates.index(file) if file is not None else len(candidates)]:
         watch(looked)  # a file appearing where the lookup looks first would be the plugin
     if file is None:
-        raise ConfigError(f"{at}: no such plugin file {spec!r} (looked in the run dir and beside the config)")
+        raise ConfigError(f"{at}: no such plugin file {spec!r} (looked in the working directory and beside the config)")
     name = "evsys_plugin_" + "".join(ch if ch.isalnum() else "_" for ch in str(file.resolve()))
     if name in sys.modules:
         _reload_if_edited(sys.modules[name], at)
