@@ -62,7 +62,7 @@ class StepMarks:
 
     def on_train_step(self, arm, step, metrics):
         open(os.path.join(self.dir, f"{arm}.{step}.{os.getpid()}"), "w").close()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while step == 1 and not os.path.exists(os.path.join(self.dir, "release")) and time.monotonic() < deadline:
             time.sleep(0.05)
 
@@ -135,7 +135,7 @@ def kill_gpu_node_mid_training(cluster, marks: Path, log: list) -> None:
     also live on and finish (a zombie, as after a network partition): the lease keeps the two from
     running at once, and create-only writes make whichever finishes second adopt the first's work."""
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 480  # under a loaded machine a local cluster is slow to start a worker
         while not attempts(marks) and time.monotonic() < deadline:
             time.sleep(0.05)
         (arm, _), = attempts(marks).items()
