@@ -52,6 +52,20 @@ def test_offline_fetch_says_why_it_cannot(tmp_path):
     assert MODEL in line and "HF_HUB_OFFLINE" in line
 
 
+def test_fetch_with_the_hub_unreachable_says_so_in_one_whole_line(tmp_path):
+    """Not offline by choice, but the Hub cannot be reached (here: nothing listens at HF_ENDPOINT):
+    one line that says so and what to do, not a cut-off library message."""
+    import socket
+
+    with socket.socket() as probe:  # a local port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"HF_HUB_OFFLINE": "", "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    line = one_line(evsys("fetch", CONFIG, cwd=REPO, env=env))
+    assert line.startswith(f"evsys: error: model.name: '{MODEL}': cannot reach the Hugging Face Hub to download its tokenizer and chat template (")
+    assert line.endswith("); check the network (or HF_ENDPOINT), or set model.name to a local model folder")
+
+
 @pytest.fixture
 def hf_cache_with_tokenizer(tmp_path, tiny_model_dir) -> Path:
     """An HF cache holding only the tokenizer files of MODEL (the tiny model's Qwen3 tokenizer stands in)."""

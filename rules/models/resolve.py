@@ -49,6 +49,12 @@ def hub_model(name: str) -> bool:
 TOKENIZER_PATTERNS = ["*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken", "*.py"]  # everything but weights
 
 
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    """An exception's first non-empty line, whole when short (a cut one ends with an ellipsis)."""
+    line = next((part.strip() for part in str(exc).splitlines() if part.strip()), type(exc).__name__)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def _what(need: str) -> str:
     return "its tokenizer and chat template are" if need == "tokenizer" else "its weights and tokenizer are"
 
@@ -83,7 +89,7 @@ def fetch_model(name: str, revision: str | None, need: str) -> Path:
     """Download what `need` asks for of `name` into the Hugging Face cache (HF_HOME, HF_TOKEN and
     HF_HUB_OFFLINE are huggingface_hub's own); one ConfigError line when that is not possible."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     if hub_offline():
         raise ConfigError(f"model.name: {name!r}: cannot download {_what(need).split(' are')[0]} while HF_HUB_OFFLINE is set; unset it on a machine with network access")
@@ -96,8 +102,11 @@ def fetch_model(name: str, revision: str | None, need: str) -> Path:
         raise ConfigError(f"model.name: {name!r} is not a model on the Hugging Face Hub (or HF_TOKEN cannot see it)") from None
     except RevisionNotFoundError:
         raise ConfigError(f"model.revision: {revision!r} is not a revision of {name!r}") from None
+    except LocalEntryNotFoundError as exc:  # the Hub could not be reached, and the cache lacks it
+        raise ConfigError(f"model.name: {name!r}: cannot reach the Hugging Face Hub to download {_what(need).split(' are')[0]} ({_first_line(exc)}); "
+                          "check the network (or HF_ENDPOINT), or set model.name to a local model folder") from None
     except Exception as exc:  # noqa: BLE001 - network and HTTP errors: one line, no traceback
-        raise ConfigError(f"model.name: {name!r}: downloading from the Hugging Face Hub failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        raise ConfigError(f"model.name: {name!r}: downloading from the Hugging Face Hub failed ({type(exc).__name__}: {_first_line(exc)})") from None
     if not _complete(folder, need):
         raise ConfigError(f"model.name: {name!r}: the Hub snapshot has no tokenizer (tokenizer_config.json with tokenizer.json or vocab files)")
     return folder
