@@ -75,8 +75,11 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
         busy = {r["experiment"] for r in running if r.get("status") == "running"}
         roots += [r for r in runs if r["experiment"] in busy]
     node_entries = store.entries("nodes")
-    waited_for = runs if keep_stopped_within_days is None else [r for r in runs if now - _started(r) <= keep_stopped_within_days * DAY]
-    kept |= pending_resumes(waited_for, _trainings_written(store, runs, node_entries), store.has_manifest)
+    pending = pending_resumes(runs, _trainings_written(store, runs, node_entries), store.has_manifest)
+    if keep_stopped_within_days is not None:  # the user stopped waiting for older ones: the policy decides
+        started = {(r["experiment"], r["id"]): _started(r) for r in runs}
+        pending = {run for run in pending if now - started[run] <= keep_stopped_within_days * DAY}
+    kept |= pending
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     fresh = [key for key, entry in node_entries.items() if not old(entry)]  # written after the cutoff: a running build's, with all they name
     roots += [r for r in runs if (r["experiment"], r["id"]) in kept]
