@@ -75,10 +75,11 @@ def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCa
     if resolved is None:
         return ArmNodes(arm, rows, tokens, callbacks=hub)
     arm = resolved
-    train = add(train_node(arm, tokens, model, hub, data_where(loaded), config_spots(loaded, arm)))
+    spots = config_spots(loaded, arm)  # where the train and eval nodes' backend settings are written
+    train = add(train_node(arm, tokens, model, hub, data_where(loaded), spots))
     checkpoints = {s: graph.add(checkpoint_node(train, s, arm.name)) for s in stored_checkpoint_steps(arm)}
     attach_checkpoints(train, checkpoints)
-    evals = [(bench, step, add(node)) for bench, step, node in eval_nodes(loaded, arm, checkpoints, model, statcache, hub)]
+    evals = [(bench, step, add(node)) for bench, step, node in eval_nodes(loaded, arm, checkpoints, model, statcache, hub, spots)]
     report = add(report_node(arm, train, evals))
     return ArmNodes(arm, rows, tokens, train, checkpoints, evals, report, hub)
 

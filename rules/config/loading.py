@@ -186,14 +186,18 @@ def located(loaded: LoadedConfig, at: tuple, arm: Arm | None = None):
     try:
         yield
     except ConfigError as exc:
-        marks = arm.marks if arm is not None and arm.marks else loaded.marks
-        raise ConfigError(f"{where(loaded.path, marks, at)}: {exc.message}") from None
+        raise ConfigError(f"{where(loaded.path, marks_of(loaded, arm), at)}: {exc.message}") from None
+
+
+def marks_of(loaded: LoadedConfig, arm: Arm | None) -> Marks:
+    """Where each value is written as `arm` has it (its overrides at the arm's lines), else the base config's."""
+    return arm.marks if arm is not None and arm.marks else loaded.marks
 
 
 def config_spots(loaded: LoadedConfig, arm: Arm) -> dict[str, str]:
     """`file:line:col` of every model, backend and algorithm setting as `arm` has it, by dotted
     path: a node that checks them only when it runs (a backend's device or service) says where."""
-    marks = arm.marks if arm.marks else loaded.marks
+    marks = marks_of(loaded, arm)
     paths = [("model", "name"), ("model", "revision"), ("backend", "kind"), ("algorithm", "kind")]
     for block in ("backend", "algorithm"):
         params = arm.params.get(block)

@@ -21,7 +21,7 @@ from evsys_build.store import is_remote
 from evsys_build.errors import ConfigError, UnknownKindError
 
 from ..config.keyed_params import keyed_dump, with_mapping_orders
-from ..config.loading import Arm, LoadedConfig, config_spots, located, located_by
+from ..config.loading import Arm, LoadedConfig, located, located_by
 from ..data.chat_tokens import end_of_turn_ids, load_tokenizer, prompt_ids
 from ..data.conversation import check_conversation
 from ..data.template_clock import pinned
@@ -54,7 +54,7 @@ def next_round(tasks: int, seconds: float) -> int:
     return max(1, min(MAX_ROUND, int(tasks * ROUND_SECONDS / seconds)))
 
 
-def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel, statcache: StatCache, callbacks=None) -> list[tuple]:
+def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], model: ResolvedModel, statcache: StatCache, callbacks=None, spots: dict | None = None) -> list[tuple]:
     """(benchmark, step, node) for every scored checkpoint: every run_every steps and the final step.
     Besides the checkpoint's content, the key holds the base model (adapters apply to it) and the
     tokenizer files (prompts are rendered and completions decoded with them). A `kind: nll`
@@ -66,7 +66,6 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
     model_dir = model.dir
     max_steps = arm.params["algorithm"].max_steps
     resources = backend_resources(make_backend(arm))
-    spots = config_spots(loaded, arm)
     for index, bench in enumerate(arm.config.metadata.benchmark):
         steps = eval_steps(bench, max_steps)
         if bench.kind == "nll":
