@@ -303,11 +303,12 @@ def test_a_plugins_identity_ignores_run_time_state_and_hash_seeds(plugin):
 
 
 def test_the_unit_of_a_plugin_is_its_module(plugin):
-    """A comment, a docstring or a reformat changes nothing; any code edit in a plugin's module
-    reruns what every plugin in it computes (a closure or a decorator there could reach it); a
-    module it does not use is not part of it."""
+    """A comment or a reformat changes nothing; any code edit in a plugin's module reruns what
+    every plugin in it computes (a closure or a decorator there could reach it), a docstring edit
+    too (code may read `__doc__`); a module it does not use is not part of it."""
     assert not changes(plugin, "transforms", "TLru", "transforms.py", "class TLru:", "# a comment\nclass TLru:  # another\n")
-    assert not changes(plugin, "transforms", "TLru", "transforms.py", "        return NORM(x)", "        'Docs.'\n        return NORM(  x  )")
+    assert not changes(plugin, "transforms", "TLru", "transforms.py", "        return NORM(x)", "        return NORM(  x  )")
+    assert changes(plugin, "transforms", "TLru", "transforms.py", "        return NORM(  x  )", "        'Docs.'\n        return NORM(x)")
     assert changes(plugin, "transforms", "TLru", "transforms.py", "return FIXER(x)", "return str(FIXER(x))")
     assert not changes(plugin, "transforms", "TLru", "unused.py", "X = 1", "X = 2")
 
@@ -512,3 +513,49 @@ def test_identities_do_not_depend_on_what_the_process_did_before(tmp_path, monke
     here = [ci.code_identity(tokenize.run_tokenize), ci.code_identity(train.run_train), ci.code_identity(eval_rule.run_eval),
             train.backend_code(LocalBackend, "create_training_client"), train.backend_code(LocalBackend, "sampling_client_from_weights")]
     assert here == fresh
+
+
+def test_a_cached_identity_sees_the_module_a_failed_import_fell_back_from_appear(package, tmp_path, monkeypatch):
+    """`try: from .local_prompts import tag` / `except ImportError: from .default_prompts import tag`:
+    once local_prompts.py exists the plugin runs other code, so an identity stored while it was
+    missing must not be served (a fresh walk reads the module that now loads)."""
+    pkg = package({
+        "default_prompts.py": "def tag():\n    return 'DEFAULT '\n",
+        "transforms.py": (
+            "try:\n    from .local_prompts import tag\nexcept ImportError:\n    from .default_prompts import tag\n\n\n"
+            "class TTry:\n    def __call__(self, rows):\n        return [tag() + r for r in rows]\n"
+        ),
+    })
+    cache = ci.IdentityCache(tmp_path / "identity-cache.json")
+    monkeypatch.setattr(ci, "_disk", cache)
+    before = identity_of(pkg, "transforms", "TTry")
+    assert cache.entries
+    pkg.write("local_prompts.py", "def tag():\n    return 'LOCAL '\n")
+    ci.forget_identities()  # as a new process would start
+    after = identity_of(pkg, "transforms", "TTry")
+    assert pkg.load("transforms").tag() == "LOCAL "
+    monkeypatch.setattr(ci, "_disk", None)
+    ci.forget_identities()
+    assert after != before and after == identity_of(pkg, "transforms", "TTry")
+
+
+def test_a_helper_with_no_source_file_is_keyed_by_its_bytes(package):
+    """A helper shipped as a sourceless .pyc (or a compiled extension) runs its bytes: a new build
+    of it is a new key, never silently the same one."""
+    import py_compile
+
+    pkg = package({"transforms.py": "from . import fastops\n\n\nclass TFast:\n    def __call__(self, rows):\n        return [fastops.tag() + r for r in rows]\n"})
+
+    def compile_helper(value: str) -> None:
+        pkg.write("fastops_src.py", f"def tag():\n    return {value!r}\n")
+        py_compile.compile(str(pkg.dir / "fastops_src.py"), cfile=str(pkg.dir / "fastops.pyc"), doraise=True)
+        (pkg.dir / "fastops_src.py").unlink()
+
+    compile_helper("TAG-A ")
+    before = identity_of(pkg, "transforms", "TFast")
+    assert pkg.load("transforms").fastops.tag() == "TAG-A "
+    compile_helper("TAG-B ")
+    ci.forget_identities()
+    after = identity_of(pkg, "transforms", "TFast")
+    assert pkg.load("transforms").fastops.tag() == "TAG-B "
+    assert after != before

@@ -41,3 +41,53 @@ def test_mapping_orders_are_found_wherever_a_mapping_sits():
     assert mapping_orders(Params(inner=Inner(weights={"a": 1.0, "b": 2.0}))) == {}  # sorted order: nothing to add
     assert with_mapping_orders({"rate": 1}, {"b": 1, "a": 2}) == {"rate": 1, "mapping_order": {".": ["b", "a"]}}
     assert with_mapping_orders({"rate": 1}, {"a": 1, "b": 2}) == {"rate": 1}
+
+
+def test_a_plugins_impure_factory_turns_the_fast_path_off_and_evsys_ones_do_not():
+    """A factory that reads a file or the clock is keyed by value, but no stat identity says when
+    that value changes: a compile that met one cannot be trusted by the no-op fast path."""
+    from evsys_build.watch import watching
+
+    with watching() as watcher:
+        keyed_dump(Params())
+    assert watcher.broken and "default_factory" in watcher.broken
+    from evsys_rules.config.schema import BenchmarkConfig  # its `metrics` factory is evsys's own
+
+    with watching() as watcher:
+        keyed_dump(BenchmarkConfig(name="val", path="val"))
+    assert watcher.broken is None
+
+
+class Lenient(BaseModel):  # pydantic's default extra="ignore": unknown params are dropped, not refused
+    field: str = "query"
+    source: str = Field("a", alias="from")
+
+
+def test_params_a_lenient_config_drops_are_still_keyed():
+    """The plugin is handed every param, its Config keeps only those it names: one it reads by hand
+    (`kw.get("upper")`) must still change the key."""
+    from evsys_rules.config.keyed_params import unvalidated_params
+
+    given = {"field": "text", "from": "b", "upper": True}
+    assert unvalidated_params(given, Lenient.model_validate(given)) == {"upper": True}
+    assert unvalidated_params({"field": "text"}, Lenient(field="text")) == {}
+
+
+class Nested(BaseModel):
+    inner: Inner = Field(default_factory=Inner)
+
+
+class Pure(BaseModel):
+    tags: list[str] = Field(default_factory=list)
+    sub: Lenient = Field(default_factory=Lenient)
+
+
+def test_a_nested_models_impure_factory_is_found_and_model_factories_are_pure():
+    from evsys_build.watch import watching
+
+    with watching() as watcher:
+        keyed_dump(Nested())
+    assert watcher.broken and "Inner.serial" in watcher.broken
+    with watching() as watcher:
+        keyed_dump(Pure())
+    assert watcher.broken is None

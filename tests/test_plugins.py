@@ -110,6 +110,20 @@ def test_unknown_plugin_file_or_module_is_a_config_error(tmp_path):
     assert proc.returncode == 2 and "cannot import 'no_such_module'" in proc.stderr and "PYTHONPATH" in proc.stderr
 
 
+def test_a_param_the_plugins_lenient_config_drops_still_changes_the_key(tmp_path, tiny_model_dir):
+    """pydantic's default `extra="ignore"` drops `upper` from the validated Config, but the plugin
+    reads it from its kwargs: the key must follow every param it is handed."""
+    lenient = edited(PLUGIN, 'class Config(BaseModel, extra="forbid"):', "class Config(BaseModel):")
+    lenient = edited(lenient, "def __init__(self, **kw): self.cfg = self.Config(**kw)",
+                     "def __init__(self, **kw): self.cfg, self.upper = self.Config(**kw), kw.get('upper')")
+    keys = set()
+    for value in ("false", "true"):
+        project = pii_project(tmp_path / value, lenient)
+        (project / "config.yaml").write_text(pii_config("pii_plugin.py").replace("{field: query}", f"{{field: query, upper: {value}}}"))
+        keys.add(strip_pii_key(project))
+    assert len(keys) == 2
+
+
 def test_plugin_params_are_validated_by_its_config(tmp_path):
     project = pii_project(tmp_path)
     (project / "config.yaml").write_text(pii_config("pii_plugin.py").replace("{field: query}", "{feild: query}"))
@@ -185,8 +199,8 @@ def edited(source: str, old: str, new: str) -> str:
     return source.replace(old, new)
 
 
-def load_module(path: Path, source: str):
-    path.write_text(source)
+def load_module(path: Path, source: str, encoding: str = "utf-8"):
+    path.write_bytes(source.encode(encoding))
     name = f"plugin_{path.parent.name}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -203,21 +217,32 @@ def identity(tmp_path, monkeypatch):
     isolate_transform_registry(monkeypatch)
     counter = iter(range(1000))
 
-    def of(source: str) -> str:
-        module = load_module(tmp_path / f"m{next(counter)}.py", source)
+    def of(source: str, encoding: str = "utf-8") -> str:
+        module = load_module(tmp_path / f"m{next(counter)}.py", source, encoding)
         return code_identity(module.StripPII)
 
     return of
 
 
-def test_identity_ignores_comments_docstrings_and_formatting_but_not_code_in_its_module(identity):
+def test_identity_ignores_comments_and_formatting_but_not_code_or_docstrings_in_its_module(identity):
     """The unit is the plugin's module: a closure, a decorator or a statement anywhere in it could
-    change what the plugin runs, so any code edit there changes the key; comments do not."""
+    change what the plugin runs, so any code edit there changes the key; comments do not. A
+    docstring does: code may read it as data (`self.__doc__` as a prompt)."""
     base = identity(PLUGIN)
     assert base.startswith("source:")
     assert identity("# top comment\n" + PLUGIN) == base
-    assert identity(PLUGIN.replace("PII scrubbing", "Scrubbing PII").replace("def mask(match):", "def mask(match):  # why")) == base
+    assert identity(PLUGIN.replace("def mask(match):", "def mask(match):  # why").replace("    return", "    return ", 1)) == base
+    assert identity(PLUGIN.replace("PII scrubbing", "Scrubbing PII")) != base
     assert identity(PLUGIN + "\n\ndef unrelated():\n    return 42\n") != base
+
+
+def test_a_plugin_saved_with_a_bom_or_a_coding_line_is_keyed_by_its_code(identity):
+    """Python imports a file that starts with a UTF-8 BOM, or declares its encoding; the identity
+    reads it the same way, so an edit there is a new key (never one constant for "no source")."""
+    bom = "\ufeff" + PLUGIN
+    assert identity(bom) != identity(bom.replace('return "[EMAIL]"', 'return "[PII]"'))
+    latin = "# -*- coding: latin-1 -*-\nMARK = 'caf\xe9'\n" + PLUGIN.replace("\u2190", "<-")
+    assert identity(latin, "latin-1") != identity(latin.replace('return "[EMAIL]"', 'return "[PII]"'), "latin-1")
 
 
 def test_identity_follows_the_class_its_helpers_and_their_helpers(identity):

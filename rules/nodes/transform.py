@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from evsys_build.chunk_workers import ChunkWorkers, store_address, worker_store
 from evsys_build.chunks import iter_rows, map_chunks, read_row_chunk, rows_dataset, write_row_chunk, write_rows
 from evsys_build.errors import ConfigError
@@ -17,7 +19,7 @@ from evsys_build.statcache import StatCache
 from evsys_build.store import Store
 from evsys_build.watch import listings_watched, unwatchable, watch
 
-from ..config.keyed_params import keyed_dump, with_mapping_orders
+from ..config.keyed_params import keyed_dump, unvalidated_params, with_mapping_orders
 from ..config.loading import Arm
 from ..plugins import kinds
 from ..plugins.code_identity import code_identity
@@ -51,7 +53,7 @@ def transform_node(arm: Arm, index: int, rows: Node, statcache: StatCache) -> No
     kw = _transform_kwargs(arm, index)
     transform = make_transform(arm, index)
     tcfg = getattr(transform, "cfg", None)
-    params = keyed_dump(tcfg) if tcfg is not None else dict(kw)  # python mode: a date stays a date
+    params = {**unvalidated_params(kw, tcfg), **keyed_dump(tcfg)} if isinstance(tcfg, BaseModel) else dict(kw)  # python mode: a date stays a date
     params = with_mapping_orders(params, tcfg if tcfg is not None else kw)
     return Node(
         rule="transform",

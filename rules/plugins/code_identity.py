@@ -1,7 +1,9 @@
 """Code identity: what a rule, transform, backend or verifier *runs*, as one digest.
 
-The unit is the module. An identity is the normalized text (code_units.py: comments, docstrings
-and formatting do not count) of every first-party module the code reaches: the evsys packages,
+The unit is the module. An identity is the normalized text (code_units.py: comments and
+formatting do not count, nor docstrings in evsys's modules; a user's module keeps them, code can
+read `__doc__`) of every first-party module the code reaches (one with no source file, an
+extension or a .pyc, by its bytes): the evsys packages,
 the plugin's own package, and any module not installed under site-packages or the standard
 library. The walk starts at the object's module and follows what it uses: names its functions
 read (imports at module level or inside functions, attribute chains through modules, names in
@@ -44,7 +46,7 @@ from evsys_build.hashing import canonical_json
 from .identity_cache import EVSYS_PACKAGES, IdentityCache, in_evsys, user_plugins
 from .registry import Registry
 from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
-from .code_units import Binding, file_stamp, module_bindings, module_imports, module_statements, module_text, module_units, unit_of
+from .code_units import Binding, file_digest, file_stamp, module_bindings, module_imports, module_statements, module_text, module_units, unit_of
 
 _CHASE_DEPTH = 16  # re-exports followed through at most this many modules
 
@@ -146,6 +148,7 @@ class _Collector:
         self.modules: dict[str, str | None] = {}  # first-party modules read -> normalized text (None: no source file)
         self.queue = [root]
         self.registries: dict[str, Registry] = {}  # registries the walk read (by kind): their user plugins are in the identity
+        self.absent: set[str] = set()  # modules an import names that could not be found (a `try: import mine` that failed)
 
     def registered(self) -> dict[str, list[str]]:
         """Per registry the walk read, the user plugins registered there: a cached identity holds
@@ -161,9 +164,12 @@ class _Collector:
         return any(self.parts.values())
 
     def module_files(self) -> dict[str, str | None]:
-        """Each module the walk read and the file it was loaded from: a cached identity holds only
-        while the same names still come from the same files."""
-        return {name: getattr(sys.modules.get(name), "__file__", None) for name in sorted(self.modules)}
+        """Each module the walk read and the file it was loaded from, and each module an import
+        named that was not found (None): a cached identity holds only while the same names still
+        come from the same files, and the missing ones are still missing."""
+        found = {name: None for name in sorted(self.absent)}
+        found.update({name: getattr(sys.modules.get(name), "__file__", None) for name in sorted(self.modules)})
+        return found
 
     def files(self) -> list[str]:
         """The source files of every module the walk read: the identity is valid while they are unchanged."""
@@ -188,7 +194,7 @@ class _Collector:
         name = (getattr(obj, "__module__", "?"), getattr(obj, "__qualname__", repr(obj)))
         if name in self.parts or getattr(obj, "__evsys_not_keyed__", False):
             return
-        unit = unit_of(obj, obj is self.root)
+        unit = unit_of(obj, obj is self.root, keep_docstrings=not in_evsys(obj))
         module = sys.modules.get(getattr(obj, "__module__", "") or "")
         self.parts[name] = ""
         if unit is None:
@@ -307,6 +313,7 @@ class _Collector:
             try:
                 target = importlib.import_module(name)
             except ImportError:
+                self.absent.add(name)
                 return None
         if not self._first_party(target):
             return None
@@ -326,6 +333,8 @@ class _Collector:
         if top in sys.modules:
             return self._first_party(sys.modules[top])
         spec = importlib.util.find_spec(top)  # a top-level name: located, never imported
+        if spec is None:
+            self.absent.add(top)  # where a `try: import mine` falls back: a cached identity must see it appear
         places = [spec.origin] if spec is not None and spec.origin not in (None, "built-in", "frozen") else list(getattr(spec, "submodule_search_locations", None) or [])
         return bool(places) and all(_user_file(p) for p in places)
 
@@ -366,11 +375,14 @@ class _Collector:
             return self.modules[module.__name__] is not None
         file = getattr(module, "__file__", None)
         check_fresh(module)  # never the key of an edit (or a removal) this process does not run
-        stamp = file_stamp(file) if file and file.endswith(".py") else None
+        stamp = file_stamp(file) if file else None
         if stamp is None:
             self.modules[module.__name__] = None
             return False
-        self.modules[module.__name__] = module_text(file, stamp)
+        if not file.endswith(".py"):  # an extension module or a .pyc: no source, its bytes are what runs
+            self.modules[module.__name__] = "<bytes " + file_digest(file) + ">"
+            return True
+        self.modules[module.__name__] = module_text(file, stamp, keep_docstrings=not in_evsys(module))
         self.queue.append(module)  # what it uses is followed from the queue: no recursion per module
         return True
 
@@ -397,7 +409,14 @@ class _Collector:
         package = module.__package__ or ""
         for binding in imports:
             name = binding.absolute(package)
-            for target in (sys.modules.get(name), sys.modules.get(f"{name}.{binding.attr}") if binding.attr else None):
+            if not name:
+                continue
+            parent = sys.modules.get(name)
+            if parent is None:
+                self.absent.add(name)  # an import that failed (`try: from mine import x` / `except ImportError`)
+            elif binding.attr and not hasattr(parent, binding.attr):
+                self.absent.add(f"{name}.{binding.attr}")  # `from pkg import mine`, mine not (yet) there
+            for target in (parent, sys.modules.get(f"{name}.{binding.attr}") if binding.attr else None):
                 if isinstance(target, types.ModuleType) and not in_evsys(target):
                     self._read_module(target)
 

@@ -2,8 +2,10 @@
 names it reads and the imports it makes, a module's top-level import bindings, its top-level
 statements, and a whole module's normalized text.
 
-"Normalized" means parsed and unparsed with docstrings stripped (Hamilton's approach): a comment,
-a docstring or a reformat changes nothing.
+"Normalized" means parsed and unparsed (Hamilton's approach): a comment or a reformat changes
+nothing. evsys's own modules are read with their docstrings stripped too; a user's module keeps
+them, since code can read them as data (`cls.__doc__` as a prompt, a DSPy signature). Files are
+parsed from their bytes, so a BOM or a `# -*- coding: ... -*-` line reads as Python reads it.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Unit:
         return tuple(found)
 
 
-def unit_of(obj, is_root: bool) -> Unit | None:
+def unit_of(obj, is_root: bool, keep_docstrings: bool = False) -> Unit | None:
     """The object's unit; None when it has no readable source (a root without one is an error)."""
     module = sys.modules.get(getattr(obj, "__module__", "") or "")
     file = getattr(module, "__file__", None)
@@ -90,7 +92,8 @@ def unit_of(obj, is_root: bool) -> Unit | None:
                 "give it an explicit `version = \"1\"` attribute"
             ) from None
         return None
-    _strip_docstrings(tree)
+    if not keep_docstrings:
+        _strip_docstrings(tree)
     return _make_unit(tree)
 
 
@@ -101,6 +104,14 @@ def stat_stamp(file: str) -> tuple | None:
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def file_digest(file: str) -> str:
+    """The xxh3 of a file's bytes (a module with no source to normalize: an extension, a .pyc)."""
+    try:
+        return xxhash.xxh3_128_hexdigest(Path(file).read_bytes())
+    except OSError:
+        return "<unreadable>"
 
 
 def file_stamp(file: str) -> tuple | None:
@@ -119,13 +130,15 @@ def file_stamp(file: str) -> tuple | None:
 
 
 @functools.lru_cache(maxsize=512)
-def _parsed(file: str, stamp: tuple) -> ast.Module | None:
-    """A module file's AST with docstrings stripped, once per process and file version."""
+def _parsed(file: str, stamp: tuple, strip: bool = True) -> ast.Module | None:
+    """A module file's AST (docstrings stripped unless `strip` is False), once per process and
+    file version. Parsed from bytes, as the import system reads it (BOM, coding line)."""
     try:
-        tree = ast.parse(Path(file).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError):
+        tree = ast.parse(Path(file).read_bytes())
+    except (OSError, SyntaxError, ValueError):
         return None
-    _strip_docstrings(tree)
+    if strip:
+        _strip_docstrings(tree)
     return tree
 
 
@@ -193,11 +206,12 @@ def module_imports(file: str, stamp: tuple) -> tuple[Binding, ...]:
 
 
 @functools.lru_cache(maxsize=512)
-def module_text(file: str, stamp: tuple) -> str:
-    """A whole module's normalized source, without the `@not_keyed` functions (observers)."""
-    tree = _parsed(file, stamp)
+def module_text(file: str, stamp: tuple, keep_docstrings: bool = False) -> str:
+    """A whole module's normalized source, without the `@not_keyed` functions (observers); a file
+    that does not parse (Python cannot have imported it as source) is keyed by its bytes."""
+    tree = _parsed(file, stamp, strip=not keep_docstrings)
     if tree is None:
-        return "<no source>"
+        return "<unparsed " + file_digest(file) + ">"
     body = [node for node in tree.body if not _is_not_keyed(node)]
     return ast.unparse(ast.Module(body=body, type_ignores=[]))
 

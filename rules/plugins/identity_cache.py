@@ -2,14 +2,16 @@
 
 An identity stands while every source file it was made of has the same stat identity (a file
 changed in the last two seconds is never trusted, as git treats racy-clean files), every module
-the walk read still comes from the same file, and every registry it read holds the same user
-plugins. Saves parsing the rules' modules on every `plan` and no-op build.
+the walk read still comes from the same file, every module an import named but that was missing
+is still missing, and every registry it read holds the same user plugins. Saves parsing the rules' modules on every `plan` and no-op build.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
+import os
 import sys
 import time
 import types
@@ -47,6 +49,7 @@ class IdentityCache:
             if _stamp(file) != stamp:
                 return None
             watch(file)
+        watch_absent(name for name, file in entry["modules"].items() if file is None)
         return entry["identity"]
 
     def files(self, key: str) -> list[str]:
@@ -56,6 +59,7 @@ class IdentityCache:
     def put(self, key: str, identity: str, files: list[str], modules: dict[str, str | None], registered: dict | None = None) -> None:
         for file in files:
             watch(file)
+        watch_absent(name for name, file in modules.items() if file is None)
         stamps = {f: _stamp(f) for f in files}
         if any(s is None or time.time_ns() - s[1] < RACY_NS for s in stamps.values()):
             return
@@ -104,6 +108,19 @@ def module_file(name: str) -> str | None:
     except (ImportError, ValueError):
         return None
     return spec.origin if spec is not None and spec.has_location else None
+
+
+def watch_absent(names) -> None:
+    """Report, for the fast path, every place a missing module would be found from (its parent
+    package's folders, or every folder on sys.path, the working directory included): a module of
+    yours that appears there changes what a `try: import mine` plugin runs."""
+    for name in names:
+        parent, _, last = name.rpartition(".")
+        folders = list(getattr(sys.modules.get(parent), "__path__", None) or []) if parent else [f or os.getcwd() for f in sys.path]
+        for folder in folders:
+            if isinstance(folder, str) and os.path.isdir(folder):
+                for suffix in ("", ".py", ".pyc", *importlib.machinery.EXTENSION_SUFFIXES):
+                    watch(os.path.join(folder, last + suffix))
 
 
 def _stamp(file: str) -> list | None:
