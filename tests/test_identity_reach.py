@@ -185,3 +185,16 @@ def test_a_folder_without_tokenizer_json_is_keyed_with_the_libraries_that_conver
     assert set(tokenizer_libraries(model("tokenizer.json", "tokenizer_config.json"))) == {"transformers", "tokenizers", "jinja2"}
     assert set(tokenizer_libraries(model("tokenizer.model", "tokenizer_config.json"))) == {
         "transformers", "tokenizers", "jinja2", "sentencepiece", "protobuf", "tiktoken"}
+
+
+def test_the_tokenizer_snapshot_of_such_a_folder_is_keyed_by_the_same_libraries(tmp_path, monkeypatch):
+    """The tokenize node reruns after a sentencepiece upgrade; the snapshot it loads (a memo, kept
+    per machine too) must be a new one then, not the pipeline the old converter built."""
+    from evsys_rules.data import tokenizer_snapshot
+
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (tmp_path / name).write_text(name)
+    before = tokenizer_snapshot._snapshot_key(str(tmp_path), ("stamp",), "code")
+    real = tokenizer_snapshot.library_versions
+    monkeypatch.setattr(tokenizer_snapshot, "library_versions", lambda *names: {**real(*names), **({"sentencepiece": "9.9"} if "sentencepiece" in names else {})})
+    assert tokenizer_snapshot._snapshot_key.__wrapped__(str(tmp_path), ("stamp",), "code") != before

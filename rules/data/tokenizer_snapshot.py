@@ -5,8 +5,8 @@ tokenizer's pipeline in Python: about 2.5 s before the first chunk, which a one-
 full for one chunk. What tokenizing reads from a tokenizer is small and plain: the `tokenizers`
 pipeline, the chat template and the special tokens. The first load takes exactly those from
 AutoTokenizer's own tokenizer and stores them (a memo keyed by the bytes of every file in the
-model folder but the weights, the versions of transformers, tokenizers and jinja2, and this
-module's code); later loads rebuild the pipeline from its serialization with `tokenizers` alone
+model folder but the weights, the versions of the libraries the tokenize node's key names, and
+this module's code); later loads rebuild the pipeline from its serialization with `tokenizers` alone
 and render the template with transformers' own `apply_chat_template` (called unbound, which
 imports no torch).
 
@@ -42,7 +42,16 @@ from .chat_tokens import load_tokenizer, load_tokenizer_uncached, racy, stat_sta
 from .saved_recipes import recipes_path, save_recipes, seed_recipes
 from .template_clock import pinned
 
-SNAPSHOT_LIBRARIES = ("transformers", "tokenizers", "jinja2")
+TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "jinja2")  # rendering and encoding
+CONVERTER_LIBRARIES = ("sentencepiece", "protobuf", "tiktoken")  # what builds a fast tokenizer from a folder without tokenizer.json
+
+
+def tokenizer_library_versions(file_names) -> dict[str, str | None]:
+    """The versions of what renders and encodes with a tokenizer of these files; without a
+    `tokenizer.json`, also of what converts its `tokenizer.model` or tiktoken file to one."""
+    converts = not any(str(name).replace("\\", "/").rsplit("/", 1)[-1] == "tokenizer.json" for name in file_names)
+    return library_versions(*TOKENIZER_LIBRARIES, *(CONVERTER_LIBRARIES if converts else ()))
+
 PROBES = (  # rendered by both tokenizers before a snapshot is kept (those AutoTokenizer's renders)
     [
         {"role": "system", "content": "You are terse."},
@@ -158,7 +167,7 @@ def snapshot_key(model_dir: str, code: str | None = None) -> str:
 def _snapshot_key(model_dir: str, stamp: tuple, code: str) -> str:
     root = Path(model_dir)
     files = {f.relative_to(root).as_posix(): xxhash.xxh3_128_hexdigest(f.read_bytes()) for f in tokenizer_files(root)}
-    return digest({"code": code, "files": files, "libraries": library_versions(*SNAPSHOT_LIBRARIES)})
+    return digest({"code": code, "files": files, "libraries": tokenizer_library_versions(files)})
 
 
 def _snapshot_tokenizer(store, key: str) -> SnapshotTokenizer | None:

@@ -18,15 +18,12 @@ from evsys_build.store import Store
 
 from ..config.loading import Arm
 from ..data.tokenize_chunk import TokenShaping, refused_row, start_tokenize_worker, tokenize_chunk, tokenize_chunk_in_worker
-from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code
+from ..data.tokenizer_snapshot import load_chat_tokenizer, save_chat_recipes, tokenizer_code, tokenizer_library_versions
 from ..models.resolve import ResolvedModel, tokenizer_files
 from ..plugins.code_identity import code_identity
-from ..plugins.installed import library_versions
 from .row_chunks import chunk_starts, row_location, stage_identity
 from .views import RowDataset, TokenDataset
 
-TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "jinja2")  # rendering and encoding
-CONVERTER_LIBRARIES = ("sentencepiece", "protobuf", "tiktoken")  # what builds a fast tokenizer from a folder without tokenizer.json
 SHAPING_PARAMS = ("supervise", "max_length", "truncation")  # algorithm params that shape the tokens, not training
 SHAPING_DEFAULTS = {"supervise": "all_assistant", "max_length": 2048, "truncation": "right"}  # for an algorithm without them
 
@@ -60,10 +57,9 @@ def tokenize_node(arm: Arm, rows: Node, model: ResolvedModel) -> Node:
 
 
 def tokenizer_libraries(model: ResolvedModel) -> dict[str, str | None]:
-    """The versions of what renders and encodes with the model's tokenizer; for a folder without
-    `tokenizer.json`, also of what converts its `tokenizer.model` or tiktoken file to one."""
-    converts = not any(name.rsplit("/", 1)[-1] == "tokenizer.json" for name in model.tokenizer)
-    return library_versions(*TOKENIZER_LIBRARIES, *(CONVERTER_LIBRARIES if converts else ()))
+    """The versions of what renders and encodes with the model's tokenizer (the tokenizer
+    snapshot is keyed by the same ones)."""
+    return tokenizer_library_versions(model.tokenizer)
 
 
 def clock_params(model: ResolvedModel) -> dict:
