@@ -16,6 +16,7 @@ from .errors import ConfigError, EvsysError, Interrupted, UsageError
 from .pools import EXECUTORS
 from .project import frontend
 from .store import Store, cache_location, open_built_store, open_store
+from .streams import outliving_readers
 
 cache_option = click.option("--cache-dir", default=None, help="store location: a folder, s3://bucket/prefix or gs://bucket/prefix (default: $EVSYS_CACHE or ./.evsys-cache)")
 
@@ -81,16 +82,17 @@ def build(config, arm, jobs, executor, ray_address, remote, targets, cache_dir):
     from .build import run_build  # lazily: the executor and its pools load for builds only
 
     store = _store(cache_dir, remote)
-    try:
-        code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo, targets=list(targets) or None, executor=executor, ray_address=ray_address)
-        if targets and code == 0:
-            click.echo(f"built {', '.join(targets)} (a partial build: no run dir; `evsys build {config}` builds the rest)")
-    except Interrupted as exc:
-        resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + "".join(f" --target '{t}'" for t in targets) + (f" --cache-dir {cache_dir}" if cache_dir else "")
-        resume += (f" --executor {executor}" if executor != "threads" else "") + (f" --ray-address {ray_address}" if ray_address else "") + (f" --remote {remote}" if remote else "")
-        click.echo(f"evsys: interrupted: {exc.message}; finished work is stored, run `{resume}` to resume", err=True)
-        interrupts.exit_now(exc.exit_code)
-    sys.exit(code)
+    with outliving_readers():  # `evsys build ... | head` or a closed terminal never fails a node
+        try:
+            code = run_build(Path(config), store, arm=arm, jobs=jobs, echo=click.echo, targets=list(targets) or None, executor=executor, ray_address=ray_address)
+            if targets and code == 0:
+                click.echo(f"built {', '.join(targets)} (a partial build: no run dir; `evsys build {config}` builds the rest)")
+        except Interrupted as exc:
+            resume = f"evsys build {config}" + (f" --arm {arm}" if arm else "") + "".join(f" --target '{t}'" for t in targets) + (f" --cache-dir {cache_dir}" if cache_dir else "")
+            resume += (f" --executor {executor}" if executor != "threads" else "") + (f" --ray-address {ray_address}" if ray_address else "") + (f" --remote {remote}" if remote else "")
+            click.echo(f"evsys: interrupted: {exc.message}; finished work is stored, run `{resume}` to resume", err=True)
+            interrupts.exit_now(exc.exit_code)
+        sys.exit(code)
 
 
 @main.command()

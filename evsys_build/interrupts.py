@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM during a build: the first asks running nodes to stop after their current
-step (training saves a checkpoint), the second exits at once. Never a traceback, never a crash
+"""Ctrl-C, SIGTERM and SIGHUP (a closed terminal, a dropped ssh) during a build: the first asks
+running nodes to stop after their current step (training saves a checkpoint), the second exits
+at once. Never a traceback, never a crash
 in a torch thread at interpreter shutdown (the second signal leaves with os._exit)."""
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import threading
 from typing import Iterator
 
 from .atomic import remove_own_staging
+from .streams import write_fd
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 # The CLI sets this: once a build was interrupted, the process is on its way out, so a later
 # Ctrl-C (during the exit message, or torch's shutdown) still exits 130 at once instead of
@@ -23,7 +25,7 @@ KEEP_HANDLERS_AFTER_STOP = False
 
 @contextlib.contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
-    """Set `stop` on the first SIGINT/SIGTERM; exit 130 on the second. Only the main thread can
+    """Set `stop` on the first SIGINT/SIGTERM/SIGHUP; exit 130 on the second. Only the main thread can
     install handlers: elsewhere (a notebook's worker thread) this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -31,11 +33,11 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
 
     def handle(signum, frame):
         if stop.is_set():
-            os.write(2, b"\nevsys: interrupted again; exiting now\n")
+            write_fd(2, b"\nevsys: interrupted again; exiting now\n")
             remove_own_staging()
             os._exit(130)
         stop.set()
-        os.write(2, b"\nevsys: stopping: running nodes finish their current step and save it (Ctrl-C again to exit now)\n")
+        write_fd(2, b"\nevsys: stopping: running nodes finish their current step and save it (Ctrl-C again to exit now)\n")
 
     # a signal this process was started ignoring stays ignored: a shell script's background job
     # (`evsys build ... &`) ignores SIGINT so that Ctrl-C in the terminal is not meant for it

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM sent to a real `evsys build` process: it stops within seconds, keeps what it
+"""Ctrl-C, SIGTERM and SIGHUP sent to a real `evsys build` process: it stops within seconds, keeps what it
 finished (training saves the step it was on), exits 130 with one line saying how to resume, and
 the next build resumes to the same bytes an uninterrupted build produces."""
 
@@ -34,11 +34,11 @@ callbacks:
 """
 
 
-def start_build(project: Path) -> subprocess.Popen:
+def start_build(project: Path, cache: str = "cache") -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "EVSYS_CACHE"}
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen(
-        [sys.executable, "-m", "evsys_build.cli", "build", "config.yaml", "--cache-dir", "cache"],
+        [sys.executable, "-m", "evsys_build.cli", "build", "config.yaml", "--cache-dir", cache],
         cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -123,6 +123,32 @@ def test_a_signal_stops_training_saves_the_step_and_the_rebuild_resumes_to_the_s
     run_dir = project / again.split("run dir: ", 1)[1].split()[0]
     train_rows = [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if row.get("split") == "train"]
     assert len(train_rows) == 32 and all(row["metrics"]["tokens_per_s"] > 0 for row in train_rows)  # shown all the same
+
+
+def test_a_reader_that_leaves_never_fails_the_training_and_a_hangup_saves_its_step(tmp_path, tiny_model_dir):
+    """`evsys build | head` (the pipe closes) and a closed terminal or dropped ssh (the output goes
+    away, SIGHUP arrives): printing a progress line must not fail the training; the hang-up stops
+    it as Ctrl-C does, with the step it was on saved."""
+    project = make_project(tmp_path / "p", tool_rows(48), CONFIG)
+    proc = start_build(project, "piped")
+    wait_for_step(proc, 3, [])
+    proc.stdout.close()  # the reader left
+    err = proc.stderr.read()
+    assert proc.wait(timeout=240) == 0, err
+    assert "Traceback" not in err
+    assert [r["status"] for r in Store(project / "piped").iter_runs("interrupts")] == ["completed"]
+    assert max(checkpoint_steps(project / "piped")) == 32
+
+    proc = start_build(project, "hungup")
+    wait_for_step(proc, 5, [])
+    proc.stdout.close()
+    proc.send_signal(signal.SIGHUP)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err
+    assert "Traceback" not in err
+    steps = checkpoint_steps(project / "hungup")
+    assert steps and 5 <= max(steps) < 16, f"expected the step it was on saved, got {steps}"
+    assert [r["status"] for r in Store(project / "hungup").iter_runs("interrupts")] == ["interrupted"]
 
 
 def test_a_second_ctrl_c_exits_at_once_without_a_crash(tmp_path, tiny_model_dir):
