@@ -171,6 +171,11 @@ class TImportModule:
         return importlib.import_module("PKG.impl_b").fmt(x)
 
 
+class TDunderImport:
+    def __call__(self, x):
+        return __import__("PKG.impl_c", fromlist=["fmt"]).fmt(x)
+
+
 from PKG.derived import K  # noqa: E402
 from PKG.star import *  # noqa: E402,F403
 
@@ -217,6 +222,7 @@ def plugin(package):
         "consts.py": 'SUFFIX = " [c1]"\n',
         "impl_a.py": "def fmt(x):\n    return x + ' a'\n",
         "impl_b.py": "def fmt(x):\n    return x + ' b'\n",
+        "impl_c.py": "def fmt(x):\n    return x + ' c'\n",
         "api.py": "from PKG.impl_a import fmt\n",
         "base.py": "BASE = 2\n",
         "derived.py": "from PKG.base import BASE\nK = BASE * 2\n",
@@ -249,6 +255,7 @@ def plugin(package):
         ("TStar", "star.py", "' s'", "' t'"),  # a name from `import *`
         ("TAnnotated", "opts.py", "n: int = 1", "n: int = 2"),  # a class an annotation names
         ("TImportModule", "impl_b.py", "' b'", "' B'"),  # importlib.import_module("a constant")
+        ("TDunderImport", "impl_c.py", "' c'", "' C'"),  # __import__("a constant")
     ],
 )
 def test_each_way_a_plugin_reaches_code_or_data_is_keyed(plugin, attr, file, old, new):

@@ -61,13 +61,13 @@ class Unit:
 
     @functools.cached_property
     def imports(self) -> tuple[Binding, ...]:
-        """Import statements, and `importlib.import_module("a.b")` calls with a constant name."""
+        """Import statements, and `importlib.import_module("a.b")` / `__import__("a")` calls with a constant name."""
         found: list[Binding] = []
         for n in ast.walk(self.node):
             if isinstance(n, (ast.Import, ast.ImportFrom)):
                 found += _bindings(n)
             elif isinstance(n, ast.Call) and n.args and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str):
-                if _dotted(n.func) in ("importlib.import_module", "import_module") and not n.args[0].value.startswith("."):
+                if _dotted(n.func) in ("importlib.import_module", "import_module", "__import__") and not n.args[0].value.startswith("."):
                     found.append(Binding("", 0, n.args[0].value, None))
         return tuple(found)
 
