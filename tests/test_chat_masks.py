@@ -123,6 +123,17 @@ def test_an_assistant_turn_with_weight_0_is_not_trained(tok):
         tokenize(tok, conversation)
 
 
+def test_a_null_weight_is_an_absent_one(tok):
+    """Parquet and `datasets` give every message the columns any message has: a conversation where
+    one turn says `weight: 0` reads back with `weight: None` on all the others."""
+    plain = convo("one?", "1", "two?", "2")
+    nulls = [dict(m, weight=None) for m in plain]
+    for supervise in ("all_assistant", "last_assistant", "all"):
+        assert tokenize(tok, nulls, supervise) == tokenize(tok, plain, supervise)
+    nulls[2]["weight"] = 0
+    assert trained_texts(tok, nulls, "all_assistant") == ["2<|im_end|>"]
+
+
 @pytest.mark.parametrize(
     "at, weight, supervise, expected",
     [

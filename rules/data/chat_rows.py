@@ -56,7 +56,8 @@ def read_conversation(row, where: str, supervise: str | None, specials: re.Patte
         else:
             if type(message) is dict and "weight" in message:
                 message = dict(message)
-                if _weight(message.pop("weight"), message.get("role"), f"{where}: messages[{i}]", supervise) == 0:
+                weight = message.pop("weight")  # None: absent (Arrow fills a column some messages lack with nulls)
+                if weight is not None and _weight(weight, message.get("role"), f"{where}: messages[{i}]", supervise) == 0:
                     untrained.add(i)
             checked = _message(message, i, where)
             out.append(checked)
@@ -71,7 +72,8 @@ def read_conversation(row, where: str, supervise: str | None, specials: re.Patte
 
 
 def _weight(weight, role, at: str, supervise: str | None) -> int:
-    """A message's `weight`: 0 (do not train this turn) or 1, as OpenAI's format has it. Only
+    """A message's `weight`: 0 (do not train this turn) or 1, as OpenAI's format has it (null: as if
+    absent, the default). Only
     assistant turns are trained (but with `supervise: all`), so 1 on another role is refused."""
     if not (isinstance(weight, (bool, int, float)) and weight in (0, 1)):
         raise ConfigError(f"{at}.weight: {weight!r} must be 0 (do not train this turn) or 1 (train it)")
