@@ -359,7 +359,9 @@ def _read_exactly(stream, size: int) -> bytes | None:
 def serve() -> None:
     """A worker: run `start`, say it is ready, then answer each (task, args) frame with an (ok,
     result or exception) frame, until its input ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, getattr(signal, "SIGHUP", None)):  # the terminal's signals are the build's to handle
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the answers
     requests = sys.stdin.buffer
