@@ -100,6 +100,19 @@ def test_plugin_key_follows_its_code_not_its_comments(tmp_path, tiny_model_dir):
     assert plan["transform[0] strip_pii"]["reasons"] == ["never built"]
 
 
+def test_a_plugin_file_imports_a_helper_beside_it_and_is_keyed_by_it(tmp_path, tiny_model_dir):
+    """`plugins: [pii/strip_pii.py]` whose file does `from pii_helpers import redact`: the helper
+    beside it imports wherever evsys runs from, and editing it reruns the transform."""
+    project = make_project(tmp_path / "p", pii_rows(), pii_config("pii/strip_pii.py"))
+    (project / "pii").mkdir()
+    helpers = PLUGIN.split("@register_transform")[0]
+    (project / "pii" / "pii_helpers.py").write_text(helpers)
+    (project / "pii" / "strip_pii.py").write_text("from pii_helpers import redact\n" + "from pydantic import BaseModel\nfrom evsys_sdk import register_transform\n\n\n@register_transform" + PLUGIN.split("@register_transform")[1])
+    before = strip_pii_key(project)
+    (project / "pii" / "pii_helpers.py").write_text(edited(helpers, 'return "[EMAIL]"', 'return "[PII]"'))
+    assert strip_pii_key(project) != before
+
+
 def test_unknown_plugin_file_or_module_is_a_config_error(tmp_path):
     project = make_project(tmp_path / "p", pii_rows(), pii_config("missing_plugin.py"))
     proc = evsys("validate", "config.yaml", cwd=project)

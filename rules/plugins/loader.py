@@ -70,6 +70,7 @@ def _import_path(spec: str, config_path: Path, at: str) -> None:
     if file is None:
         raise ConfigError(f"{at}: no such plugin file {spec!r} (looked in the working directory and beside the config)")
     name = "evsys_plugin_" + "".join(ch if ch.isalnum() else "_" for ch in str(file.resolve()))
+    _importable_beside(file)
     if name in sys.modules:
         _reload_if_edited(sys.modules[name], at)
         return
@@ -87,6 +88,16 @@ def _import_path(spec: str, config_path: Path, at: str) -> None:
         raise
     _loaded_source[name] = source
     ran_source(module, source)
+
+
+def _importable_beside(file: Path) -> None:
+    """Put a plugin file's folder on sys.path (last: it never shadows an installed module), so
+    `from myhelper import x` finds a helper beside it however evsys was started, as Python does
+    for a script's folder."""
+    folder = str(file.resolve().parent)
+    if not any(os.path.abspath(entry or ".") == folder for entry in sys.path):
+        sys.path.append(folder)
+        importlib.invalidate_caches()
 
 
 @contextlib.contextmanager
