@@ -47,11 +47,14 @@ def chat_project(root: Path, rows: list[dict], model: str = "evsys/tiny-qwen3", 
     return project
 
 
-def same_error(project: Path) -> str:
-    """validate --deep's one line, asserted equal to the build's."""
+def same_error(project: Path, plain: bool = False) -> str:
+    """validate --deep's one line, asserted equal to the build's (and to plain validate's, for a
+    file the config names that is not there: no row needs reading to see that)."""
     deep = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))
     build = one_error_line(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project))
     assert deep == build
+    if plain:
+        assert one_error_line(evsys("validate", "config.yaml", cwd=project)) == deep
     return deep
 
 
@@ -126,7 +129,7 @@ def test_an_unresolvable_model_name(tmp_path):
 def test_a_model_folder_without_config_json(tmp_path):
     project = chat_project(tmp_path / "p", [chat(i) for i in range(4)], model="models/empty")
     (project / "models" / "empty").mkdir(parents=True)
-    assert same_error(project) == "config.yaml:8:9: model.name: 'models/empty' has no config.json; is it a model directory?"
+    assert same_error(project, plain=True) == "config.yaml:8:9: model.name: 'models/empty' has no config.json; is it a model directory?"
 
 
 @pytest.mark.parametrize("bench_path,problem", [
@@ -138,7 +141,17 @@ def test_a_benchmark_path_that_is_not_a_task_folder(tmp_path, tiny_model_dir, be
     config = BASE_CONFIG + f"metadata:\n  benchmark:\n    - name: val\n      path: {bench_path}\n"
     project = make_project(tmp_path / "p", tool_rows(8), config)
     line = config.splitlines().index(f"      path: {bench_path}") + 1
-    assert same_error(project) == f"config.yaml:{line}:13: metadata.benchmark[0] (val): {problem}"
+    assert same_error(project, plain="nowhere" in bench_path) == f"config.yaml:{line}:13: metadata.benchmark[0] (val): {problem}"
+
+
+def test_a_missing_data_file_or_held_out_file_is_caught_without_deep(tmp_path, tiny_model_dir):
+    project = chat_project(tmp_path / "p", [chat(i) for i in range(4)])
+    (project / "data" / "train.jsonl").unlink()
+    assert same_error(project, plain=True) == "config.yaml:3:34: data.path: no such file 'data/train.jsonl' (paths are relative to the directory you run from)"
+    config = BASE_CONFIG + "metadata:\n  benchmark:\n    - {name: ho, kind: nll, path: data/heldout.jsonl}\n"
+    project = make_project(tmp_path / "q", tool_rows(8), config)
+    line = len(config.splitlines())
+    assert same_error(project, plain=True) == f"config.yaml:{line}:35: metadata.benchmark[0] (ho): data/heldout.jsonl: does not exist (kind nll reads a JSONL file of chat rows with messages)"
 
 
 def test_deep_validate_reports_what_it_read(tmp_path):

@@ -1,5 +1,7 @@
 """`evsys validate [--deep]`: every check that needs no GPU and no network.
 
+Without `--deep`: the config itself (schema, kinds, params, arms), and that the data files,
+benchmark paths and a model folder it names exist (no row read).
 `--deep` makes the checks the build would make, with the build's words (the same functions
 raise them): the model name resolves (config file:line:col), every row is a usable conversation
 after the transforms, tokenized as the build would with the model's tokenizer when it is on this
@@ -15,7 +17,7 @@ from evsys_build.errors import ConfigError
 
 from ..compile import model_need
 from ..data.tokenizer_snapshot import load_machine_tokenizer
-from ..models.resolve import cached_snapshot, hub_model, resolve_model
+from ..models.resolve import cached_snapshot, hub_model, local_model_folder, resolve_model
 from ..models.tiny import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, models_home, qwen_tokenizer_dir
 from ..nodes.eval import benchmark_tasks, check_heldout, check_samples
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
@@ -31,10 +33,11 @@ def validate(config_path: Path, deep: bool = False) -> list[str]:
     loaded = load_config(config_path)
     check_output_writable(loaded)
     lines = [f"arms: {', '.join(a.name for a in loaded.arms)}"]
-    for arm in loaded.arms:  # config alone, no files: as `plan` checks it
+    for arm in loaded.arms:  # the config, and that the files it names are there: as `plan` checks them
         for i, bench in enumerate(arm.config.metadata.benchmark):
             if bench.kind != "nll":
                 check_samples(loaded, i, bench, arm)
+        _files_named(loaded, arm)
     if not deep:
         return lines
     seen: set[str] = set()
@@ -44,6 +47,21 @@ def validate(config_path: Path, deep: bool = False) -> list[str]:
         lines += _deep_data(loaded, arm, seen, tokenizer_dir)
         lines += _deep_benchmarks(loaded, arm, seen)
     return lines
+
+
+def _files_named(loaded: LoadedConfig, arm: Arm) -> None:
+    """The data files, benchmark paths and model folder the config names exist (stats and a glob:
+    no row is read), each refused with the build's words at its config line."""
+    source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
+    check_source(loaded, source, arm)
+    check_source_files(loaded, source, source.files(), arm)
+    for i, bench in enumerate(arm.config.metadata.benchmark):
+        if not Path(bench.path).exists():  # in the words the build uses
+            reads = "kind nll reads a JSONL file of chat rows with messages" if bench.kind == "nll" else "point path at a directory holding tasks.jsonl"
+            with located(loaded, ("metadata", "benchmark", i, "path"), arm):
+                raise ConfigError(f"metadata.benchmark[{i}] ({bench.name}): {bench.path}: {'does not exist' if bench.kind == 'nll' else 'benchmark path does not exist'} ({reads})")
+    with located(loaded, ("model", "name"), arm):
+        local_model_folder(arm.config.model.name)
 
 
 def _deep_model(loaded: LoadedConfig, arm: Arm) -> tuple[list[str], Path | None]:

@@ -21,15 +21,9 @@ def resolve_model(name: str, revision: str | None = None, need: str = "model", c
     Face cache holding what the backend needs ("model": weights and tokenizer; "tokenizer": the
     tokenizer, chat template and config, for a service that holds the weights). Never downloads:
     `evsys fetch` and `evsys build` do that (`fetch_model`)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.name: {name!r} has no config.json; is it a model directory?")
+    path = local_model_folder(name)
+    if path is not None:
         return path
-    if path.is_file():
-        raise ConfigError(f"model.name: {name!r} is a file; give a model directory or a hub id")
-    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name:  # a path: hub ids are owner/name
-        raise ConfigError(f"model.name: {name!r}: no such model directory; give an existing folder (config.json, weights, tokenizer) or a hub id such as Qwen/Qwen3-0.6B")
     if name == TINY_MODEL_NAME:
         return ensure_tiny_model()
     found = cached_snapshot(name, revision, need)
@@ -39,6 +33,21 @@ def resolve_model(name: str, revision: str | None = None, need: str = "model", c
             f"run `evsys fetch {config_path}` with network access (HF_TOKEN for gated models)"
         )
     return found
+
+
+def local_model_folder(name: str) -> Path | None:
+    """The folder `name` names when it is a path (checked: it exists and holds a config.json);
+    None for a hub id or the tiny model. Reads no cache and no network."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name: {name!r} has no config.json; is it a model directory?")
+        return path
+    if path.is_file():
+        raise ConfigError(f"model.name: {name!r} is a file; give a model directory or a hub id")
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name:  # a path: hub ids are owner/name
+        raise ConfigError(f"model.name: {name!r}: no such model directory; give an existing folder (config.json, weights, tokenizer) or a hub id such as Qwen/Qwen3-0.6B")
+    return None
 
 
 def hub_model(name: str) -> bool:
