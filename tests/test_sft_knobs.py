@@ -55,6 +55,37 @@ def test_gradient_accumulation_gives_the_big_batch_update(tiny_model_dir):
     assert any(not torch.allclose(smaller["weights"][n], t, atol=1e-6) for n, t in big["weights"].items())  # the check can fail
 
 
+def test_a_batch_larger_than_the_data_takes_each_row_once(tiny_model_dir):
+    """batch_size 64 over 12 rows: a step is one pass over the 12 (the update batch_size 12 gives),
+    never a batch that repeats rows and weighs them twice; num_epochs counts such steps as passes."""
+    import numpy as np
+    import torch
+
+    from evsys_rules.algorithms.sft import SFTConfig
+    from evsys_rules.algorithms.sft_loop import batch_indices, step_batch, train_sft
+    from evsys_rules.backends.base import Datum
+    from evsys_rules.backends.local import LocalBackend
+    from evsys_rules.backends.local.model_io import bytes_to_tensors
+    from evsys_rules.nodes.steps import steps_for_epochs
+
+    rng = np.random.default_rng(1)
+    data = [Datum(rng.integers(0, 5000, 9), np.r_[np.zeros(4, np.float32), np.ones(5, np.float32)]) for _ in range(12)]
+    backend = LocalBackend({"device": "cpu", "dtype": "float32"})
+
+    def trained(**params) -> dict:
+        client = backend.create_training_client(tiny_model_dir, 2, seed=0)
+        train_sft(client, data, SFTConfig(learning_rate=1e-2, max_steps=1, lora_rank=2, **params), seed=0, save_steps=set(), resume=None, on_step=lambda *_: None, on_checkpoint=lambda *_: None)
+        return bytes_to_tensors(client.save_state()["trainable.safetensors"])
+
+    whole, oversized = trained(batch_size=12), trained(batch_size=64)
+    for name, tensor in whole.items():
+        torch.testing.assert_close(oversized[name], tensor, rtol=1e-4, atol=1e-6)
+    cfg = SFTConfig(batch_size=16, gradient_accumulation_steps=4, max_steps=3)
+    for step in (1, 2, 3):
+        assert sorted(batch_indices(12, step_batch(cfg, 12), 0, step)) == list(range(12))
+    assert steps_for_epochs(12, 1, 64) == 1 and steps_for_epochs(12, 2, 16, 4) == 2
+
+
 def test_a_diverged_loss_stops_training_and_keeps_the_checkpoints_before_it(tiny_model_dir):
     """NaN weights must not train on to a run that says completed: the step whose loss is not
     finite fails the node, and what was saved before stays."""
@@ -183,7 +214,7 @@ def test_held_out_rows_without_messages_are_refused_before_anything_trains(tmp_p
     assert not (project / "cache" / "nodes").exists()
 
 
-@pytest.mark.parametrize("rows, epochs, batch, steps", [(100, 1.1, 10, 11), (50, 2.2, 1, 110), (100, 0.3, 10, 3), (10, 1, 4, 3), (7, 0.01, 8, 1)])
+@pytest.mark.parametrize("rows, epochs, batch, steps", [(100, 1.1, 10, 11), (50, 2.2, 1, 110), (100, 0.3, 10, 3), (10, 1, 4, 3), (7, 0.01, 8, 1), (20, 1, 64, 1), (20, 3, 64, 3)])
 def test_num_epochs_counts_steps_on_the_decimal_the_config_gives(rows, epochs, batch, steps):
     from evsys_rules.nodes.steps import steps_for_epochs
 

@@ -3,6 +3,7 @@
 Batches: the data is read as an endless stream of epochs, each a permutation seeded by (seed, epoch);
 step k takes stream items [(k-1)*batch_size, k*batch_size). So every batch is full, epochs repeat
 when max_steps asks for more, and any step's batch is known without replaying earlier ones (resume).
+A step never holds a row twice: with fewer rows than a step's batch, a step is one whole pass.
 No length grouping: the local backend packs sequences without padding, so order costs nothing.
 
 Loss normalisation: each step divides every datum's weights by the batch's total raw weight, so the
@@ -216,7 +217,7 @@ class _Run:
     def submit(self, step: int) -> tuple:
         """Step `step`'s forward_backward and optim_step (and its checkpoint save, if any), in order."""
         started = time.perf_counter()
-        batch = [self.data[i] for i in batch_indices(len(self.data), _step_batch(self.cfg), self.seed, step)]
+        batch = [self.data[i] for i in batch_indices(len(self.data), step_batch(self.cfg, len(self.data)), self.seed, step)]
         normalized, raw_weight = normalized_batch(batch)  # weights over the whole step's batch
         micro = [normalized[i : i + self.cfg.batch_size] for i in range(0, len(normalized), self.cfg.batch_size)]
         lr = learning_rate_at(step, self.cfg)
@@ -296,7 +297,7 @@ class _Done:
 def _check_resumable(meta: dict, cfg: SFTConfig, seed: int, num_examples: int, info: dict) -> None:
     """Refuse a checkpoint whose batch stream or precision would differ from this run's: training
     never resumes across a different device type, dtype or attention kernel."""
-    expected = {"seed": seed, "batch_size": _step_batch(cfg), "num_examples": num_examples, "lora_rank": cfg.lora_rank}
+    expected = {"seed": seed, "batch_size": step_batch(cfg, num_examples), "num_examples": num_examples, "lora_rank": cfg.lora_rank}
     differ = {k: (meta.get(k), v) for k, v in expected.items() if k in meta and meta[k] != v}
     saved = meta.get("info", {})
     for k in PRECISION_FIELDS:
@@ -315,15 +316,17 @@ def _precision(info: dict, field: str):
     return value.split(":", 1)[0] if field == "device" and isinstance(value, str) else value  # cuda:0 and cuda:1 train alike
 
 
-def _step_batch(cfg: SFTConfig) -> int:
-    """Examples per optimizer step (micro-batch × accumulation)."""
-    return cfg.batch_size * getattr(cfg, "gradient_accumulation_steps", 1)
+def step_batch(cfg: SFTConfig, num_examples: int) -> int:
+    """Examples per optimizer step: micro-batch × accumulation, but never more than the rows
+    there are (a batch that repeated a row would weigh it twice, and pass over the data more
+    often than num_epochs says)."""
+    return min(cfg.batch_size * getattr(cfg, "gradient_accumulation_steps", 1), max(1, num_examples))
 
 
 def _meta(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_examples: int, metrics: list[dict]) -> dict:
     """What a checkpoint records besides the client's state: the step, the data position, the
     metrics so far, and what resume checks (seed, batch size, data size, rank, precision)."""
-    position = step * _step_batch(cfg)
+    position = step * step_batch(cfg, num_examples)
     return {
         "step": step,
         "epoch": position // num_examples,
@@ -331,7 +334,7 @@ def _meta(client: TrainingClient, cfg: SFTConfig, seed: int, step: int, num_exam
         "metrics_so_far": [dict(m) for m in metrics],
         "lora_rank": cfg.lora_rank,
         "seed": seed,
-        "batch_size": _step_batch(cfg),
+        "batch_size": step_batch(cfg, num_examples),
         "num_examples": num_examples,
         "info": client.info(),
     }

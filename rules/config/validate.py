@@ -110,6 +110,9 @@ def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str], tokenizer_dir: Pa
     lines = [f"{label}data: {files}: {checked.source_rows} rows, {checked.rows} after the transforms"]
     if tokenizer is not None:
         lines.append(f"{label}tokens: {tokenizer.summary()}")
+    per_step = getattr(algo, "batch_size", 0) * getattr(algo, "gradient_accumulation_steps", 1)
+    if per_step > checked.rows:
+        lines.append(f"{label}batch: {per_step} per step but {checked.rows} rows: each step is one pass over them (no row twice in a step)")
     if getattr(algo, "num_epochs", None):
         steps = steps_for_epochs(checked.rows, algo.num_epochs, algo.batch_size, getattr(algo, "gradient_accumulation_steps", 1))
         lines.append(f"{label}num_epochs {algo.num_epochs:g} over {checked.rows} rows: max_steps {steps}")

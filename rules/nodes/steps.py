@@ -33,10 +33,11 @@ EMPTY_DATASET = "no training rows left after the transforms; check data.path and
 
 def steps_for_epochs(num_rows: int, num_epochs: float, batch_size: int, accumulation: int = 1) -> int:
     """Optimizer steps that cover `num_epochs` passes over `num_rows` rows (the last batch filled
-    from the next epoch, as every batch is). Exact arithmetic on the decimal the config gives:
-    in binary floats 100 rows × 1.1 epochs is 110.00000000000001, one step too many at batch 10."""
+    from the next epoch, as every batch is; a step's batch is at most the rows there are). Exact
+    arithmetic on the decimal the config gives: in binary floats 100 rows × 1.1 epochs is
+    110.00000000000001, one step too many at batch 10."""
     epochs = Fraction(str(num_epochs))  # str(): the shortest decimal that is this float, as written
-    return max(1, math.ceil(num_rows * epochs / (batch_size * accumulation)))
+    return max(1, math.ceil(num_rows * epochs / min(batch_size * accumulation, max(1, num_rows))))
 
 
 def resolve_epochs(arm: Arm, graph: Graph, tokens: Node, store: Store | None, data_where: str) -> Arm | None:
