@@ -131,6 +131,29 @@ def test_experiment_md_names_no_best_arm_when_arms_tie():
     assert "Best arm by val/held/nll at the final step: b (1.2000)" in conclusion(losses)  # a loss: lowest wins
 
 
+def test_no_best_arm_by_a_held_out_loss_scored_on_different_tokens():
+    """A sweep over supervise: each arm's nll is a mean over the turns it trains, so the numbers
+    do not rank the arms; a benchmark that sets its own supervise scores every arm alike."""
+    from evsys_rules.algorithms.sft import SFTConfig
+    from evsys_rules.config.schema import BenchmarkConfig
+    from evsys_rules.nodes.heldout import heldout_shaping
+    from evsys_rules.outputs.experiment_md import conclusion
+
+    own, fixed = BenchmarkConfig(name="held", kind="nll", path="h.jsonl"), BenchmarkConfig(name="held", kind="nll", path="h.jsonl", supervise="all_assistant")
+    last, every = SFTConfig(supervise="last_assistant"), SFTConfig(supervise="all_assistant")
+
+    def arm(name: str, algo, bench, value: float) -> dict:
+        return {"arm": name, "completed": True, "metrics": {"val/held/nll": value}, "headline": "val/held/nll",
+                "scored_on": {"val/held/nll": heldout_shaping(algo, bench)}}
+
+    differing = conclusion([arm("a", last, own, 1.5), arm("b", every, own, 1.2)])
+    assert "Best arm" not in differing and "on different tokens (supervise differ)" in differing
+    assert "set supervise on the benchmark" in differing
+    assert "Best arm by val/held/nll at the final step: b (1.2000)" in conclusion([arm("a", last, fixed, 1.5), arm("b", every, fixed, 1.2)])
+    with pytest.raises(ValueError, match="only a kind: nll benchmark has it"):
+        BenchmarkConfig(name="t", path="tasks", supervise="all_assistant")
+
+
 def test_the_headline_metric_is_the_first_the_config_lists_not_the_first_by_name():
     """Stored metrics are sorted by name: `val/held/nll` would head an arm whose config lists the
     pass@k benchmark first, and a sweep's best arm would be picked by held-out loss."""

@@ -106,6 +106,8 @@ class BenchmarkConfig(Strict):
     num_samples: int = Field(1, ge=1)  # completions per task (for pass@k)
     stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn; a special token alone (<|im_start|>) ends generation at that token
     system_prompt: Optional[str] = None  # None = jsonl_to_chat's system_prompt; "" = an empty system turn, as a transform's "" trains
+    supervise: Optional[Literal["all_assistant", "last_assistant", "all"]] = None  # nll: the turns scored; None = algorithm.params.supervise (set it to compare arms that train on different turns)
+    max_length: Optional[int] = Field(None, ge=8)  # nll: tokens kept per row; None = algorithm.params.max_length
 
     @field_validator("metrics")
     @classmethod
@@ -124,6 +126,9 @@ class BenchmarkConfig(Strict):
             return self
         if "nll" in self.metrics:
             raise ValueError("nll is the metric of kind: nll benchmarks (held-out loss); a tasks benchmark scores pass@k")
+        shaping = sorted({"supervise", "max_length"} & {k for k in self.model_fields_set if getattr(self, k) is not None})
+        if shaping:
+            raise ValueError(f"{', '.join(shaping)}: only a kind: nll benchmark has it (the tokens its loss is scored on)")
         return self  # k <= num_samples is checked per arm (nodes/eval.py check_samples, when compiling): an arm may set either
 
 

@@ -38,10 +38,11 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
     """(benchmark, step, node) for each checkpoint the benchmark scores."""
     backend_cls = kinds.backends.get(arm.config.backend.kind)
     algo = arm.params["algorithm"]
+    index = next(i for i, b in enumerate(arm.config.metadata.benchmark) if b is bench)
     scorer = "score_from_weights"  # check_heldout refused a backend without it
     params = {
         "rows": statcache.file_digest(Path(bench.path)),
-        "shaping": {k: getattr(algo, k) for k in SHAPING_PARAMS if hasattr(algo, k)},
+        "shaping": heldout_shaping(algo, bench),
         "model": {"base": model.identity, "tokenizer": model.tokenizer, "libraries": tokenizer_libraries(model), **clock_params(model)},
         "scorer": {
             "code": backend_code(backend_cls, scorer),
@@ -62,7 +63,7 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
                 inputs=[("checkpoint", checkpoint)],
                 run=run_heldout,
                 arm=arm.name,
-                param_paths={"shaping": "algorithm.params"},
+                param_paths={"shaping": "algorithm.params" if not bench_shaping(bench) else f"metadata.benchmark[{index}]"},  # where the plan's reason points
                 param_labels={"rows": f"benchmark {bench.name} rows changed", "model": "base model or tokenizer changed", "scorer": "scoring code, precision or libraries changed"},
                 payload={"arm": arm, "bench": bench, "step": step, "model_dir": model.dir, "callbacks": callbacks, "spots": spots},
                 resources=dict(resources or {}),
@@ -70,6 +71,17 @@ def heldout_nodes(arm: Arm, bench, checkpoints: dict[int, Node], model: Resolved
         )
         for step, checkpoint in sorted(checkpoints.items())
     ]
+
+
+def bench_shaping(bench) -> dict:
+    """What a kind: nll benchmark sets itself of the shaping params (over the algorithm's)."""
+    return {k: getattr(bench, k) for k in ("supervise", "max_length") if getattr(bench, k, None) is not None}
+
+
+def heldout_shaping(algo, bench) -> dict:
+    """The shaping params the held-out rows are tokenized with: the algorithm's, unless the
+    benchmark sets its own (then arms that train differently are scored on the same tokens)."""
+    return {**{k: getattr(algo, k) for k in SHAPING_PARAMS if hasattr(algo, k)}, **bench_shaping(bench)}
 
 
 def read_heldout(path: Path) -> tuple[list[dict], list[str]]:

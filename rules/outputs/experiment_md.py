@@ -1,5 +1,6 @@
 """experiment.md: the hypothesis, the arms (with what each overrides), and the conclusion: the
-best arm by the first validation metric (lowest for a loss such as `nll`), or the tie."""
+best arm by the first validation metric (lowest for a loss such as `nll`), or the tie; none when
+the arms' held-out loss is scored on different tokens (their supervise or max_length differ)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ def conclusion(summaries: list[dict]) -> str:
     text = f"{done}/{len(summaries)} arms completed."
     metric = first_val_metric(summaries)
     scored = [s for s in summaries if s["completed"] and isinstance(s["metrics"].get(metric), (int, float))]
-    if metric and len(summaries) > 1 and len(scored) > 1:
+    differ = _scored_differently(scored, metric)
+    if metric and len(scored) > 1 and differ:
+        text += (f" The arms score {metric} on different tokens ({', '.join(differ)} differ), so it does not rank them: no best arm"
+                 f" (set {', '.join(differ)} on the benchmark to score every arm on the same tokens).")
+    elif metric and len(summaries) > 1 and len(scored) > 1:
         pick = min if lower_is_better(metric) else max
         best_value = pick(s["metrics"][metric] for s in scored)
         best = [s["arm"] for s in scored if abs(s["metrics"][metric] - best_value) <= 1e-9]
@@ -37,6 +42,15 @@ def conclusion(summaries: list[dict]) -> str:
         else:
             text += f" Best arm by {metric} at the final step: {best[0]} ({best_value:.4f})."
     return text
+
+
+def _scored_differently(scored: list[dict], metric: str | None) -> list[str]:
+    """The shaping params (supervise, max_length, truncation) that differ between the arms' held-out
+    scoring of `metric`: a mean loss per token over different tokens is no ranking."""
+    shapings = [s.get("scored_on", {}).get(metric) for s in scored]
+    if not metric or any(x is None for x in shapings):
+        return []
+    return sorted(k for k in set().union(*shapings) if len({repr(x.get(k)) for x in shapings}) > 1)
 
 
 def experiment_markdown(loaded, summaries: list[dict]) -> str:

@@ -157,7 +157,10 @@ def arm_run_dir(loaded, arm: str, n_arms: int) -> Path:
 
 
 def arm_summaries(project, store: Store) -> list[dict]:
-    """Per arm: completed or not, final eval metrics, final train loss, artifacts."""
+    """Per arm: completed or not, final eval metrics, final train loss, artifacts, and the shaping
+    each held-out loss was scored with."""
+    from ..nodes.heldout import heldout_shaping  # compiled already: the project's nodes are made
+
     out = []
     for nodes in project.arm_nodes:
         report = store.read_manifest(nodes.report.key) if nodes.report is not None and nodes.report.key else None
@@ -172,6 +175,8 @@ def arm_summaries(project, store: Store) -> list[dict]:
                 "checkpoint_final": TrainResult.of(train).checkpoint_final if train else None,
                 "report": nodes.report.key if report else None,
                 "overrides": nodes.arm.overrides,
+                "scored_on": {f"{b.split}/{b.name}/nll": heldout_shaping(nodes.arm.params["algorithm"], b)
+                              for b in nodes.arm.config.metadata.benchmark if b.kind == "nll"},
             }
         )
     return out
