@@ -10,6 +10,7 @@ import click
 
 from .errors import UsageError
 from .planner import resolve_keys
+from .plans import resolve_arm
 from .project import frontend
 from .store import Store, cache_location, open_built_store, open_store
 
@@ -29,6 +30,7 @@ def _selection(store: Store, config: str | None, arm: str | None) -> tuple[list[
         runs = list(store.iter_runs())
         return run_node_keys(store, runs), runs
     project = frontend().open_project(Path(config), store)
+    arm = resolve_arm(project.arm_names, arm)
     if arm is not None and arm not in project.arm_names:
         raise UsageError(f"--arm {arm}: no such arm; the config has: {', '.join(project.arm_names)}")
     arms = [arm] if arm else project.arm_names

@@ -15,6 +15,7 @@ from pathlib import Path
 from .change_text import change_pair
 from .errors import UsageError
 from .hashing import canonical_json
+from .plans import resolve_arm
 from .project import frontend
 from .store import Store
 
@@ -68,6 +69,7 @@ def load_side(store: Store, spec: str) -> Side:
         if len(arms) != 1:
             raise UsageError(f"{spec}: has arms {', '.join(arms)}; say which, e.g. {target}@{next(iter(arms))}")
         arm = next(iter(arms))
+    arm = resolve_arm(list(arms), arm)  # a short label as plan and build print it (`a2`) names its arm
     if arm not in arms:
         raise UsageError(f"{spec}: no arm {arm!r}; {where} has: {', '.join(arms)}")
     snap = arms[arm]

@@ -21,7 +21,15 @@ def project_and_graph(config: Path, store: Store, arm: str | None):
     return (project, *graph_for(project, arm))
 
 
+def resolve_arm(arm_names: list[str], arm: str | None) -> str | None:
+    """An arm's name from its name or from the short label plan and build print (`a2`)."""
+    if arm is None or arm in arm_names:
+        return arm
+    return ArmLabels(arm_names).full(arm) or arm
+
+
 def graph_for(project, arm: str | None):
+    arm = resolve_arm(project.arm_names, arm)
     if arm is not None and arm not in project.arm_names:
         raise UsageError(f"--arm {arm}: no such arm; the config has: {', '.join(project.arm_names)}")
     return project.graph_for(arm), ([arm] if arm else project.arm_names)
@@ -89,6 +97,10 @@ class ArmLabels:
         self._every = frozenset(self.arm_names)  # made once: a 1,000-arm sweep labels thousands of lines
         several = len(self.arm_names) > 1
         self.short = {name: (f"a{i + 1}" if several and len(name) > SHORT_ARM else name) for i, name in enumerate(self.arm_names)}
+
+    def full(self, label: str) -> str | None:
+        """The arm a short label (`a2`) stands for; None when it is no arm's label."""
+        return next((name for name, short in self.short.items() if short == label and short != name), None)
 
     def legend(self) -> str | None:
         shortened = [f"{short} = {name}" for name, short in self.short.items() if short != name]

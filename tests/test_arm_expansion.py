@@ -33,3 +33,16 @@ def test_sweep_arms_are_independent_deep_copies():
     assert all(c["data"]["path"] == "d.jsonl" for c in configs[1:])
     assert BASE["transforms"][0]["params"]["tags"] == ["a", "b"] and BASE["data"]["path"] == "d.jsonl"
     assert all(c["data"]["when"] == datetime.date(2026, 11, 28) for c in configs)
+
+
+def test_a_sweep_value_listed_twice_is_refused_not_made_into_two_arms():
+    """`[1.0e-3, 0.001]` is one value written twice: two arms of it would train the same thing
+    under names `learning_rate=0.001` and `learning_rate=0.001-2`."""
+    import pytest
+
+    from evsys_build.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sweep.algorithm.params.learning_rate: 0.001 is listed twice \(each value makes an arm; drop one\)"):
+        expand({"algorithm.params.learning_rate": [1.0e-3, 0.001]})
+    assert len(expand({"algorithm.params.lora_rank": [1, True]})) == 2  # a bool is not the number 1
+    assert len(expand({"transforms.0.params.system_prompt": ["1", 1]})) == 2

@@ -84,6 +84,9 @@ def test_sweep_build_lines_use_short_arm_labels(swept):
     assert any(line.startswith("cached") and "[a2] train" in line for line in plan)
     one = ok(evsys("plan", "config.yaml", "--arm", "learning_rate=0.005", "--cache-dir", "cache", cwd=swept)).stdout.splitlines()
     assert not one[0].startswith("arms:") and any("[learning_rate=0.005] train" in line for line in one)
+    assert ok(evsys("plan", "config.yaml", "--arm", "a2", "--cache-dir", "cache", cwd=swept)).stdout.splitlines() == one  # the label names its arm
+    by_label = ok(evsys("diff", "config.yaml@a1", "config.yaml@a2", "--cache-dir", "cache", cwd=swept)).stdout
+    assert by_label.startswith("A: config.yaml@learning_rate=0.0001\nB: config.yaml@learning_rate=0.005\n")
     md = (swept / "out" / "first_run" / "experiment.md").read_text()
     assert "| learning_rate=0.0001 | algorithm.params.learning_rate=0.0001 | completed |" in md
     assert "| learning_rate=0.005 | algorithm.params.learning_rate=0.005 | completed |" in md

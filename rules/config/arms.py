@@ -38,6 +38,9 @@ def arm_raws(raw: dict, config: ExperimentConfig, path: Path, marks: Marks) -> l
         for key, values in config.sweep.items():
             if not values:
                 raise ConfigError(f"{where(path, marks, ('sweep', key))}: sweep.{key}: no values, so no arm would run (list at least one value, or remove the line)")
+            for j, value in enumerate(values):
+                if any(_same_value(value, earlier) for earlier in values[:j]):
+                    raise ConfigError(f"{where(path, marks, ('sweep', key, j))}: sweep.{key}: {value!r} is listed twice (each value makes an arm; drop one)")
         keys = list(config.sweep)
         out = []
         taken: set[str] = set()
@@ -103,6 +106,11 @@ def marks_index(marks: Marks) -> dict[tuple, list[tuple]]:
         for n in range(1, len(key) + 1):
             index.setdefault(key[:n], []).append(key)
     return index
+
+
+def _same_value(a, b) -> bool:
+    """Whether two sweep values configure the same thing (1.0e-3 and 0.001 do; true and 1 do not)."""
+    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
 def sweep_arm_name(overrides: dict, taken: set[str]) -> str:
