@@ -124,6 +124,8 @@ class Executor:
             self.pending.pop(node.id, None)
         elif kind == "corrupt" and self.failure is None and not self.stop.is_set() and self._heal(node, payload):
             return
+        elif isinstance(self.failure, Interrupted) and isinstance(payload, Interrupted):
+            self.failure = Interrupted(f"{self.failure.message}; {payload.message}")  # each stopped node says what it kept
         else:
             self.failure = self.failure or payload
 

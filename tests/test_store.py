@@ -277,6 +277,27 @@ def test_a_failing_node_stores_nothing_and_stops_its_dependents(tmp_path):
     assert executions(tmp_path / "count") == ["source"]
 
 
+def test_a_stop_names_what_every_stopped_node_kept(tmp_path):
+    """Two trainings of a sweep stop on one Ctrl-C: the one line the build ends with says what
+    each kept, not only the first to report."""
+    from evsys_build.errors import Interrupted
+
+    stop = threading.Event()
+    both_running = threading.Barrier(2)
+
+    def training(ctx):
+        both_running.wait(timeout=10)
+        stop.set()
+        raise Interrupted(f"{ctx.node.name} stopped after step 3 of 9 (checkpoint@3 saved)")
+
+    graph = Graph()
+    graph.add(Node("train", "[a1] train", "1", {"arm": 1}, run=training))
+    graph.add(Node("train", "[a2] train", "1", {"arm": 2}, run=training))
+    with pytest.raises(Interrupted) as info:
+        Executor(Store(tmp_path / "cache"), jobs=2, stop=stop).run(graph)
+    assert "[a1] train stopped after step 3" in info.value.message and "[a2] train stopped after step 3" in info.value.message
+
+
 # -- the per-node lock ---------------------------------------------------------------------
 
 
