@@ -146,8 +146,8 @@ def _unresolved(node: Node, arms: list[str], previous: dict | None, unknown: lis
 
 def explain(store: Store, node: Node, previous: dict | None, digests: dict) -> list[str]:
     """Why `node` (key known, not fully stored) must run, against the last build's record of it."""
-    if previous is None:
-        return ["never built"]
+    if previous is None:  # this config never built it; another may have (an arm, a copy of the config)
+        return [_why_not_stored(store, node)] if store.has_manifest(node.key) else ["never built"]
     if previous.get("key") == node.key:
         return [_why_not_stored(store, node)]
     reasons = _recipe_reasons(node, previous)

@@ -316,3 +316,15 @@ def test_a_param_block_that_gains_its_first_entry_names_only_the_entry():
 
     assert _param_reasons(source({"delimiter": ";"}), {"params": {}}) == ["data.params.delimiter: (default) → ;"]
     assert _param_reasons(source({}), {"params": {"delimiter": ";"}}) == ["data.params.delimiter: ; → (default)"]
+
+
+def test_a_node_another_config_built_is_named_by_what_it_lacks_not_never_built(project_copy):
+    """A copy of the config under a new experiment name has no build record of its own, but its
+    training is in the store, short of a checkpoint: plan says that, as it does for its own."""
+    cache = project_copy / "cache"
+    checkpoint = ref_keys(cache)["checkpoint@1"]
+    (cache / "nodes" / checkpoint[:2] / f"{checkpoint}.json").unlink()
+    edit_config(project_copy, f"name: {EXPERIMENT}", "name: renamed_copy")
+    plan = plan_json(project_copy)
+    assert plan["train"]["status"] == "run" and plan["train"]["reasons"] == ["not stored: checkpoint@1"]
+    assert all(plan[name]["status"] == "cached" for name in DATA_NODES)
