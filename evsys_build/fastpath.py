@@ -44,12 +44,15 @@ def snapshot_path(store: Store, config: Path, arm: str | None) -> Path:
     return store.local_dir / "fastpath" / f"{key}.json"
 
 
+_STARTED_PATH = list(sys.path)  # as the process started: before a plugin's folder is added (rules/plugins/loader.py)
+
+
 def environment() -> dict:
     """What of the process's environment a compile may read. Values are kept as digests: the
     names include credentials (TINKER_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY), and a snapshot
     only needs to tell whether a value changed, never what it was."""
     env = {k: _value_digest(v) for k, v in os.environ.items() if (k.startswith(ENV_PREFIXES) or k in ENV_NAMES) and k not in OWN_SWITCHES}
-    started = {"path": sys.path, "flags": repr(sys.flags)}  # `python -m` (the run dir first), `-I`, `-S`: other modules import
+    started = {"path": _STARTED_PATH, "flags": repr(sys.flags)}  # `python -m` (the run dir first), `-I`, `-S`: other modules import
     return {"env": env, "python": sys.version, "executable": sys.executable, "started": started, "evsys": __version__, "cwd": os.getcwd()}
 
 

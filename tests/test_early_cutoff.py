@@ -67,9 +67,12 @@ def test_a_plugin_edit_that_changes_its_output_reruns_everything_below(built, tm
 
 
 def test_a_comment_in_the_plugin_changes_no_key(built, tmp_path):
+    """Comments and formatting are not code; a docstring is (code may read `__doc__`)."""
     project = copy_project(built, tmp_path / "p")
-    (project / "tag.py").write_text('"""Now with a docstring."""\n' + PLUGIN.replace("def shout(text):", "def shout(text):  # a comment\n    \"\"\"Shout.\"\"\""))
+    (project / "tag.py").write_text("# tags the rows\n\n" + PLUGIN.replace("def shout(text):", "def shout(text):  # a comment\n"))
     assert all(entry["status"] == "cached" for entry in plan_json(project).values())
+    (project / "tag.py").write_text(PLUGIN.replace("def shout(text):", "def shout(text):\n    \"\"\"Shout.\"\"\""))
+    assert plan_json(project)["transform[0] tag_rows"]["status"] == "run"
 
 
 def test_plan_text_marks_maybe_nodes(built, tmp_path):
