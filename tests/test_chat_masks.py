@@ -167,6 +167,18 @@ def test_prompt_ids_are_the_exact_prefix_before_the_final_reply(tok):
     assert all(w == 0.0 for w in weights[len(prompt) - 2 : len(prompt)])
 
 
+def test_a_reasoning_reply_is_trained_after_the_prompt_thinking_evals_render(tok):
+    """A final reply with `reasoning_content` is trained from right after the assistant header;
+    a benchmark with chat_template_kwargs {enable_thinking: true} prompts exactly there, so the
+    model thinks at eval as it learned to, where the default prompt closes an empty think block."""
+    conversation = convo("2+2?") + [{"role": "assistant", "content": "4", "reasoning_content": "add them"}]
+    ids, weights = tokenize(tok, conversation)
+    thinking = prompt_ids(tok, convo("2+2?"), template_kwargs={"enable_thinking": True})
+    assert ids[: len(thinking)] == thinking and tok.decode(thinking).endswith("<|im_start|>assistant\n")
+    assert tok.decode([t for t, w in zip(ids, weights) if w]) == "<think>\nadd them\n</think>\n\n4<|im_end|>"
+    assert tok.decode(prompt_ids(tok, convo("2+2?"))).endswith("<think>\n\n</think>\n\n")  # the default: no thinking
+
+
 @pytest.mark.parametrize("system", ['Answer as JSON: {"tool": "<slug>"}; never {{escape}} or {query}.', ""], ids=["braces", "empty"])
 def test_a_system_prompt_is_byte_identical_in_training_and_eval(tok, system):
     """Eval prompts are built as the eval node builds them (task_messages), from the system prompt

@@ -226,6 +226,22 @@ def test_an_eval_key_follows_its_verifiers_code_within_one_process(tmp_path):
     assert eval_params(bench, tasks, None, backend, {})["verifiers"] != before
 
 
+def test_a_benchmarks_chat_template_kwargs_are_in_the_eval_key_only_when_set(tmp_path):
+    """{enable_thinking: true} renders other prompts, so other completions; unset, keys stay as they were."""
+    from evsys_rules.config.schema import BenchmarkConfig
+    from evsys_rules.evals.benchmarks import load_tasks
+    from evsys_rules.nodes.eval import eval_params
+
+    (tmp_path / "tasks.jsonl").write_text('{"task_id": "t1", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "A"}}\n')
+    tasks = load_tasks(tmp_path)
+    backend = type("Backend", (), {"sampling_client_from_weights": staticmethod(lambda: None), "libraries": ()})
+    plain = eval_params(BenchmarkConfig(name="v", path=str(tmp_path)), tasks, None, backend, {})["sampling"]
+    thinking = eval_params(BenchmarkConfig(name="v", path=str(tmp_path), chat_template_kwargs={"enable_thinking": True}), tasks, None, backend, {})["sampling"]
+    assert "chat_template_kwargs" not in plain and thinking == {**plain, "chat_template_kwargs": {"enable_thinking": True}}
+    with pytest.raises(ValueError, match="a kind: nll benchmark renders rows as training does"):
+        BenchmarkConfig(name="h", kind="nll", path="h.jsonl", chat_template_kwargs={"enable_thinking": True})
+
+
 def test_a_verifier_is_keyed_with_the_environment_variables_its_module_names(tmp_path, monkeypatch):
     import importlib
     import sys

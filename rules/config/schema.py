@@ -7,7 +7,7 @@ Each kind's `params` are validated afterwards by that kind's own Config class
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
@@ -106,6 +106,7 @@ class BenchmarkConfig(Strict):
     num_samples: int = Field(1, ge=1)  # completions per task (for pass@k)
     stop: list[str] = Field(default_factory=list)  # extra stop strings beyond end-of-turn; a special token alone (<|im_start|>) ends generation at that token
     system_prompt: Optional[str] = None  # None = jsonl_to_chat's system_prompt; "" = an empty system turn, as a transform's "" trains
+    chat_template_kwargs: dict[str, Union[str, int, float, bool, None]] = Field(default_factory=dict)  # tasks: arguments for the chat template as it renders each prompt, e.g. {enable_thinking: true} lets a Qwen3 model think first (default: enable_thinking false, the empty think block training renders before a reply without reasoning)
     supervise: Optional[Literal["all_assistant", "last_assistant", "all"]] = None  # nll: the turns scored; None = algorithm.params.supervise (set it to compare arms that train on different turns)
     max_length: Optional[int] = Field(None, ge=8)  # nll: tokens kept per row; None = algorithm.params.max_length
 
@@ -122,6 +123,8 @@ class BenchmarkConfig(Strict):
         if self.kind == "nll":
             if "metrics" in self.model_fields_set and self.metrics != ["nll"]:
                 raise ValueError("a kind: nll benchmark scores only nll (remove metrics, or write [nll])")
+            if self.chat_template_kwargs:
+                raise ValueError("chat_template_kwargs: a kind: nll benchmark renders rows as training does (it samples no prompt); remove it")
             self.metrics = ["nll"]
             return self
         if "nll" in self.metrics:

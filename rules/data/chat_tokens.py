@@ -99,16 +99,18 @@ def load_tokenizer_uncached(model_dir: str):
     return tok
 
 
-def render(tok, messages: list[dict], generation_prompt: bool = False, where: str = "conversation") -> str:
-    """The conversation as the model's chat template writes it (enable_thinking=False, as training and evaluation use)."""
+def render(tok, messages: list[dict], generation_prompt: bool = False, where: str = "conversation", template_kwargs: dict | None = None) -> str:
+    """The conversation as the model's chat template writes it (enable_thinking=False, as training
+    and evaluation use, unless `template_kwargs` say otherwise)."""
     conv = read_conversation(messages, where, None, special_tokens_pattern(tok))
-    return _render(chat_renderer(tok), conv, len(conv.messages), generation_prompt, EVAL_PROMPT, where)
+    return _render(chat_renderer(tok), conv, len(conv.messages), generation_prompt, {**EVAL_PROMPT, **(template_kwargs or {})}, where)
 
 
-def prompt_ids(tok, messages: list[dict], where: str = "eval prompt") -> list[int]:
+def prompt_ids(tok, messages: list[dict], where: str = "eval prompt", template_kwargs: dict | None = None) -> list[int]:
     """Token ids of a prompt (no assistant turn yet) ending with the generation prompt: the exact
-    prefix training used for the same turns."""
-    return _encoder(tok).encode([render(tok, messages, generation_prompt=True, where=where)]).ids.tolist()
+    prefix training used for the same turns (a benchmark's `chat_template_kwargs` may ask for
+    another: `enable_thinking: true` leaves Qwen3's think block to the model)."""
+    return _encoder(tok).encode([render(tok, messages, generation_prompt=True, where=where, template_kwargs=template_kwargs)]).ids.tolist()
 
 
 def end_of_turn_ids(tok) -> list[int]:

@@ -211,7 +211,8 @@ def eval_params(bench, tasks, system_prompt: str | None, backend_cls, backend_pa
             **backend_environment(backend_cls, "sampling_client_from_weights"),
         },
         "tasks": _tasks_content(tasks)[0],
-        "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop},
+        "sampling": {"max_tokens": bench.max_tokens, "temperature": bench.temperature, "num_samples": bench.num_samples, "stop": bench.stop,
+                     **({"chat_template_kwargs": kwargs} if (kwargs := getattr(bench, "chat_template_kwargs", None)) else {})},  # absent when unset: keys stay
         "metrics": sorted(bench.metrics),
         "verifiers": _verifiers_digest(tasks, statcache),
         "system_prompt": system_prompt,
@@ -266,7 +267,7 @@ def _evaluate(ctx: RunContext) -> dict:
     checkpoint = ctx.inputs["checkpoint"]
     sampling = ctx.node.params["sampling"]
     with pinned(ctx.node.params.get("clock")):  # the date the key holds, for a template that renders it
-        prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"])) for t in tasks]
+        prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"]), template_kwargs=bench.chat_template_kwargs) for t in tasks]
     checkpoint_digest = output_digest(checkpoint)
     memo_keys = task_memo_keys(ctx.node, checkpoint_digest)
     completions: list[list[str] | None] = []
