@@ -475,6 +475,24 @@ def test_a_template_whose_prompt_is_not_a_prefix_is_an_error_naming_the_turn(fre
     assert info.value.message.startswith("tokenize: row 2: messages[2]: the chat template renders the turns before this assistant turn differently")
 
 
+def test_an_earlier_turn_the_template_rewrites_points_to_training_the_last_reply(fresh_tok):
+    """Qwen3's shape: the template marks the latest user turn, so the prompt for an earlier reply
+    is not a prefix of the whole conversation, but the last reply's is. The refusal names the
+    fix that works, and the fix does."""
+    fresh_tok.chat_template = (
+        "{% set ns = namespace(last=-1) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{% if loop.index0 == ns.last %} (latest){% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    conversation = convo("q1", "a1", "q2", "a2", system=None)
+    with pytest.raises(ConfigError) as info:
+        tokenize(fresh_tok, conversation)
+    assert info.value.message.startswith("row 0: messages[1]: the chat template renders the turns before this assistant turn differently")
+    assert info.value.message.endswith("train only the last reply (supervise: last_assistant, or weight: 0 on this turn), every token (supervise: all), or use another template")
+    assert trained_texts(fresh_tok, conversation, "last_assistant") == ["a2<|im_end|>"]
+    assert trained_texts(fresh_tok, [dict(m, weight=0) if m["content"] == "a1" else m for m in conversation]) == ["a2<|im_end|>"]
+
+
 def test_a_template_without_an_end_of_turn_is_an_error_naming_the_turn(fresh_tok):
     fresh_tok.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{% if m.role != 'assistant' %}<|im_end|>{% endif %}\n{% endfor %}"

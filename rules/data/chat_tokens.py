@@ -216,10 +216,13 @@ def _completion_start(renderer, conv: Conversation, k: int, text: str, where: st
         if text.startswith(prompt):
             return len(prompt)
     theirs, ours = change_pair(prompts[0], text[: len(prompts[0]) + 20])
+    later = any(m["role"] == "assistant" for m in conv.messages[k + 1 :])  # an earlier reply: leaving it untrained may do
+    fixes = ("train only the last reply (supervise: last_assistant, or weight: 0 on this turn), every token (supervise: all), or use another template"
+             if later else "use supervise: all or another template")
     raise ConfigError(
         f"{where}: messages[{k}]: the chat template renders the turns before this assistant turn differently from its "
         f"own prompt for them (the prompt reads '{theirs}', the conversation '{ours}'), so which tokens this turn "
-        "produced cannot be told; use supervise: all or another template"
+        f"produced cannot be told; {fixes}"
     )
 
 
