@@ -69,7 +69,8 @@ def load_side(store: Store, spec: str) -> Side:
         if len(arms) != 1:
             raise UsageError(f"{spec}: has arms {', '.join(arms)}; say which, e.g. {target}@{next(iter(arms))}")
         arm = next(iter(arms))
-    arm = resolve_arm(list(arms), arm)  # a short label as plan and build print it (`a2`) names its arm
+    if Path(target).is_file():  # a short label as plan and build print it (`a2`) names the config's arm (a run's arms come sorted: no labels)
+        arm = resolve_arm(list(arms), arm)
     if arm not in arms:
         raise UsageError(f"{spec}: no arm {arm!r}; {where} has: {', '.join(arms)}")
     snap = arms[arm]

@@ -57,7 +57,7 @@ class OutlivesReader:
 def outliving_readers() -> Iterator[None]:
     """sys.stdout and sys.stderr as `OutlivesReader`s while the block runs."""
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = OutlivesReader(sys.stdout), OutlivesReader(sys.stderr)
+    sys.stdout, sys.stderr = (OutlivesReader(s) if s is not None else None for s in saved)  # None: started with the fd closed
     try:
         yield
     finally:

@@ -46,3 +46,6 @@ def test_a_sweep_value_listed_twice_is_refused_not_made_into_two_arms():
         expand({"algorithm.params.learning_rate": [1.0e-3, 0.001]})
     assert len(expand({"algorithm.params.lora_rank": [1, True]})) == 2  # a bool is not the number 1
     assert len(expand({"transforms.0.params.system_prompt": ["1", 1]})) == 2
+    assert len(expand({"transforms.0.params.tags": [[1], [True]]})) == 2  # inside a list too
+    with pytest.raises(ConfigError, match="is listed twice"):
+        expand({"transforms.0.params.tags": [["a", "b"], ["a", "b"]]})

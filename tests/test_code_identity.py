@@ -566,3 +566,22 @@ def test_a_helper_with_no_source_file_is_keyed_by_its_bytes(package):
     after = identity_of(pkg, "transforms", "TFast")
     assert pkg.load("transforms").fastops.tag() == "TAG-B "
     assert after != before
+
+
+def test_an_import_that_never_ran_neither_breaks_nor_defeats_the_identity_cache(package, tmp_path, monkeypatch):
+    """`if TYPE_CHECKING:` imports and a `try:` around a package that raises on import (a missing
+    native library): the cached identity is served again, and looking it up imports nothing."""
+    broken = package({"__init__.py": "raise RuntimeError('libcuda.so not found')\n", "fast.py": "X = 1\n"})
+    pkg = package({"transforms.py": (
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    import xml.dom.minidom\n"
+        f"try:\n    from {broken.name}.fast import X\nexcept Exception:\n    X = 0\n\n\n"
+        "class TQuiet:\n    def __call__(self, rows):\n        return [r * (X + 1) for r in rows]\n"
+    )})
+    cache = ci.IdentityCache(tmp_path / "identity-cache.json")
+    monkeypatch.setattr(ci, "_disk", cache)
+    before = identity_of(pkg, "transforms", "TQuiet")
+    key = next(iter(cache.entries))
+    ci.forget_identities()
+    assert cache.get(key) == before  # served from disk: what never ran is where it was
+    assert identity_of(pkg, "transforms", "TQuiet") == before
+    assert broken.name not in sys.modules

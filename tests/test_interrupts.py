@@ -151,6 +151,20 @@ def test_a_reader_that_leaves_never_fails_the_training_and_a_hangup_saves_its_st
     assert [r["status"] for r in Store(project / "hungup").iter_runs("interrupts")] == ["interrupted"]
 
 
+def test_a_build_started_with_its_output_closed_runs_quietly(tmp_path):
+    """`evsys build ... >&- 2>&-` (a daemon, a cron job): Python has no sys.stdout then; the
+    stream guard must leave that as it is, not fail on the first line printed."""
+    from evsys_build.streams import outliving_readers
+
+    script = "import sys\nfrom evsys_build.streams import outliving_readers\nwith outliving_readers():\n    print('x')\n"
+    proc = subprocess.run(f"{sys.executable} -c \"$SCRIPT\" >&-; echo rc=$?", shell=True, env={**os.environ, "SCRIPT": script}, capture_output=True, text=True)
+    assert proc.stdout.strip() == "rc=0", proc.stderr
+    saved = sys.stdout
+    with outliving_readers():
+        assert sys.stdout is not saved and sys.stdout.encoding == saved.encoding
+    assert sys.stdout is saved
+
+
 def test_a_second_ctrl_c_exits_at_once_without_a_crash(tmp_path, tiny_model_dir):
     project = make_project(tmp_path / "p", tool_rows(48), CONFIG)
     proc = start_build(project)

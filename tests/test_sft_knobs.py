@@ -200,6 +200,10 @@ def test_plan_counts_the_rows_of_a_whole_accumulated_step(tmp_path):
     write_jsonl(project / "data" / "train.jsonl", chat_rows(ROWS))
     plan = ok(evsys("plan", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
     assert "[3 steps x 8 rows; token counts once tokenize has run]" in plan, plan
+    write_jsonl(project / "data" / "train.jsonl", chat_rows(5))  # fewer rows than a step's batch: a step is the 5
+    ok(evsys("build", "config.yaml", "--target", "tokenize", "--cache-dir", "cache", cwd=project))
+    (entry,) = [e for e in json.loads(ok(evsys("plan", "config.yaml", "--json", "--cache-dir", "cache", cwd=project)).stdout)["nodes"] if e["name"] == "train"]
+    assert entry["cost"]["rows"] == 3 * 5, entry
 
 
 def test_held_out_rows_without_messages_are_refused_before_anything_trains(tmp_path):

@@ -20,7 +20,7 @@ class SFTConfig(Strict):
     learning_rate: float = Field(1.0e-4, gt=0)  # peak learning rate
     max_steps: int = Field(100, ge=1)  # optimizer steps
     num_epochs: Optional[float] = Field(None, gt=0)  # instead of max_steps: passes over the data (steps = ceil(rows × epochs / min(batch_size × gradient_accumulation_steps, rows)))
-    batch_size: int = Field(8, ge=1)  # conversations per micro-batch (per step without accumulation); a step never holds a row twice: fewer rows than a step's batch make each step one pass over them
+    batch_size: int = Field(8, ge=1)  # conversations per micro-batch (per step without accumulation); a step's batch is never larger than the data: with fewer rows, each step is one pass over them
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches per optimizer step: the step sees batch_size × this conversations
     lora_rank: int = Field(8, ge=0)  # 0 = train all weights; otherwise LoRA adapters (alpha 32) on the attention and MLP projections, not the embedding or unembedding, on every backend
     supervise: Supervise = "all_assistant"  # which turns carry loss; an assistant message with `weight: 0` (OpenAI's fine-tuning format) is never trained, and `last_assistant` trains the last turn not marked so (`all` refuses such rows)

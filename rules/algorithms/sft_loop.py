@@ -3,7 +3,8 @@
 Batches: the data is read as an endless stream of epochs, each a permutation seeded by (seed, epoch);
 step k takes stream items [(k-1)*batch_size, k*batch_size). So every batch is full, epochs repeat
 when max_steps asks for more, and any step's batch is known without replaying earlier ones (resume).
-A step never holds a row twice: with fewer rows than a step's batch, a step is one whole pass.
+A step's batch is never larger than the data: with fewer rows than batch_size, a step is one
+whole pass, each row once (a batch that straddles two epochs may still hold a row of each).
 No length grouping: the local backend packs sequences without padding, so order costs nothing.
 
 Loss normalisation: each step divides every datum's weights by the batch's total raw weight, so the
@@ -318,8 +319,8 @@ def _precision(info: dict, field: str):
 
 def step_batch(cfg: SFTConfig, num_examples: int) -> int:
     """Examples per optimizer step: micro-batch × accumulation, but never more than the rows
-    there are (a batch that repeated a row would weigh it twice, and pass over the data more
-    often than num_epochs says)."""
+    there are (a larger batch would hold each row several times over, and pass over the data
+    more often than num_epochs says)."""
     return min(cfg.batch_size * getattr(cfg, "gradient_accumulation_steps", 1), max(1, num_examples))
 
 

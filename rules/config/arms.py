@@ -8,8 +8,8 @@ from collections import ChainMap
 import re
 from pathlib import Path
 
-from evsys_build.errors import ConfigError
-from evsys_build.hashing import digest
+from evsys_build.errors import ConfigError, HashingError
+from evsys_build.hashing import canonical_json, digest
 from evsys_build.store import safe_name
 
 from .errors import where
@@ -109,8 +109,15 @@ def marks_index(marks: Marks) -> dict[tuple, list[tuple]]:
 
 
 def _same_value(a, b) -> bool:
-    """Whether two sweep values configure the same thing (1.0e-3 and 0.001 do; true and 1 do not)."""
-    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+    """Whether two sweep values configure the same thing: 1.0e-3 and 0.001 do, as do 2 and 2.0;
+    true and 1 do not, nor [1] and [true] (containers compare by canonical JSON, which tags types)."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if numbers:
+        return a == b
+    try:
+        return canonical_json(a) == canonical_json(b)
+    except HashingError:
+        return False
 
 
 def sweep_arm_name(overrides: dict, taken: set[str]) -> str:

@@ -52,9 +52,10 @@ def validate(config_path: Path, deep: bool = False) -> list[str]:
 def _files_named(loaded: LoadedConfig, arm: Arm) -> None:
     """The data files, benchmark paths and model folder the config names exist (stats and a glob:
     no row is read), each refused with the build's words at its config line."""
-    source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
-    check_source(loaded, source, arm)
-    check_source_files(loaded, source, source.files(), arm)
+    if getattr(arm.params["data"], "path", None):  # a source of files (an `hf` dataset may download: --deep reads it)
+        source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
+        check_source(loaded, source, arm)
+        check_source_files(loaded, source, source.files(), arm)
     for i, bench in enumerate(arm.config.metadata.benchmark):
         if not Path(bench.path).exists():  # in the words the build uses
             reads = "kind nll reads a JSONL file of chat rows with messages" if bench.kind == "nll" else "point path at a directory holding tasks.jsonl"
@@ -112,7 +113,7 @@ def _deep_data(loaded: LoadedConfig, arm: Arm, seen: set[str], tokenizer_dir: Pa
         lines.append(f"{label}tokens: {tokenizer.summary()}")
     per_step = getattr(algo, "batch_size", 0) * getattr(algo, "gradient_accumulation_steps", 1)
     if per_step > checked.rows:
-        lines.append(f"{label}batch: {per_step} per step but {checked.rows} rows: each step is one pass over them (no row twice in a step)")
+        lines.append(f"{label}batch: {per_step} per step but {checked.rows} rows: each step is one pass over them, each row once")
     if getattr(algo, "num_epochs", None):
         steps = steps_for_epochs(checked.rows, algo.num_epochs, algo.batch_size, getattr(algo, "gradient_accumulation_steps", 1))
         lines.append(f"{label}num_epochs {algo.num_epochs:g} over {checked.rows} rows: max_steps {steps}")

@@ -308,9 +308,12 @@ def estimate_training(store: Store, train: Node, inputs: dict) -> dict:
         first_missing = missing[0] if missing else algo.max_steps + 1
     done = newest_stored_step(store, train, below=first_missing) if train.key is not None else 0
     steps = max(0, algo.max_steps - done)
-    rows = steps * algo.batch_size * getattr(algo, "gradient_accumulation_steps", 1)
-    cost = {"steps": steps, "rows": rows, "resumes_from_step": done}
     tokens = TokenDataset.of(inputs["tokens"]) if inputs.get("tokens") else None
+    per_step = algo.batch_size * getattr(algo, "gradient_accumulation_steps", 1)
+    if tokens is not None and tokens.num_rows:
+        per_step = min(per_step, tokens.num_rows)  # a step's batch is never larger than the data (sft_loop.step_batch)
+    rows = steps * per_step
+    cost = {"steps": steps, "rows": rows, "resumes_from_step": done}
     if tokens is None or not tokens.num_rows:
         return {**cost, "summary": f"{steps} step{'s' * (steps != 1)} x {rows // steps if steps else 0} rows; token counts once tokenize has run"}
     cost["tokens"] = round(tokens.num_tokens / tokens.num_rows * rows)

@@ -43,7 +43,7 @@ import xxhash
 from evsys_build.errors import HashingError
 from evsys_build.hashing import canonical_json
 
-from .identity_cache import EVSYS_PACKAGES, IdentityCache, in_evsys, user_plugins
+from .identity_cache import EVSYS_PACKAGES, IdentityCache, in_evsys, module_file, user_plugins
 from .registry import Registry
 from .freshness import check as check_fresh, user_file as _user_file, watch_files, watch_modules
 from .code_units import Binding, file_digest, file_stamp, module_bindings, module_imports, module_statements, module_text, module_units, unit_of
@@ -163,11 +163,21 @@ class _Collector:
         """Whether a definition with no module file was keyed by its own text (and the values it reads)."""
         return any(self.parts.values())
 
+    def _note_absent(self, name: str) -> None:
+        """An import that did not run here (failed, or under `if TYPE_CHECKING:`): its first part
+        not imported, whose parent is (so looking it up later imports nothing)."""
+        parts = name.split(".")
+        for n in range(1, len(parts) + 1):
+            if ".".join(parts[:n]) not in sys.modules:
+                self.absent.add(".".join(parts[:n]))
+                return
+
     def module_files(self) -> dict[str, str | None]:
         """Each module the walk read and the file it was loaded from, and each module an import
-        named that was not found (None): a cached identity holds only while the same names still
-        come from the same files, and the missing ones are still missing."""
-        found = {name: None for name in sorted(self.absent)}
+        named that did not run here, with where it would load from now (None: nowhere): a cached
+        identity holds only while the same names still come from the same files (a missing one
+        still missing)."""
+        found = {name: module_file(name) for name in sorted(self.absent)}
         found.update({name: getattr(sys.modules.get(name), "__file__", None) for name in sorted(self.modules)})
         return found
 
@@ -312,8 +322,8 @@ class _Collector:
                 return None
             try:
                 target = importlib.import_module(name)
-            except ImportError:
-                self.absent.add(name)
+            except Exception:  # noqa: BLE001 - missing, or raising as it imports (a native library absent): it runs nowhere
+                self._note_absent(name)
                 return None
         if not self._first_party(target):
             return None
@@ -334,7 +344,7 @@ class _Collector:
             return self._first_party(sys.modules[top])
         spec = importlib.util.find_spec(top)  # a top-level name: located, never imported
         if spec is None:
-            self.absent.add(top)  # where a `try: import mine` falls back: a cached identity must see it appear
+            self._note_absent(top)  # where a `try: import mine` falls back: a cached identity must see it appear
         places = [spec.origin] if spec is not None and spec.origin not in (None, "built-in", "frozen") else list(getattr(spec, "submodule_search_locations", None) or [])
         return bool(places) and all(_user_file(p) for p in places)
 
@@ -413,9 +423,9 @@ class _Collector:
                 continue
             parent = sys.modules.get(name)
             if parent is None:
-                self.absent.add(name)  # an import that failed (`try: from mine import x` / `except ImportError`)
+                self._note_absent(name)  # an import that failed (`try: from mine import x` / `except ImportError`)
             elif binding.attr and not hasattr(parent, binding.attr):
-                self.absent.add(f"{name}.{binding.attr}")  # `from pkg import mine`, mine not (yet) there
+                self._note_absent(f"{name}.{binding.attr}")  # `from pkg import mine`, mine not (yet) there
             for target in (parent, sys.modules.get(f"{name}.{binding.attr}") if binding.attr else None):
                 if isinstance(target, types.ModuleType) and not in_evsys(target):
                     self._read_module(target)

@@ -105,7 +105,7 @@ def module_file(name: str) -> str | None:
         return getattr(module, "__file__", None)
     try:
         spec = importlib.util.find_spec(name)  # imports its parent packages only
-    except (ImportError, ValueError):
+    except Exception:  # noqa: BLE001 - a parent that fails to import (ImportError, or its own error): nothing loads from there
         return None
     return spec.origin if spec is not None and spec.has_location else None
 
