@@ -16,7 +16,7 @@ from .fastpath import save as save_snapshot
 from .fastpath import try_fast_build
 from .fastpath import why_not as explain_fast_path
 from .interrupts import stop_on_signals
-from .plans import ArmLabels, graph_for, incomplete_project, resolve_arm
+from .plans import ArmLabels, graph_for, incomplete_project
 from .pools import NodePool, make_pool
 from .project import frontend
 from .runs import finish_run, start_run
@@ -87,8 +87,7 @@ def build_outcome(project, store: Store, arm: str | None = None, jobs: int = 2, 
 
 def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[str], None], stop: threading.Event | None, targets: list[str] | None, executor: "str | NodePool", ray_address: str | None):
     """(the outcome, the executor, the printer) of one build."""
-    arm = resolve_arm(project.arm_names, arm)
-    graph, arms = graph_for(project, arm)
+    graph, arms = graph_for(project, arm)  # resolves a short label (`a2`), as each later graph_for does
     if targets and not incomplete_project(project):  # a mistyped target is bad usage: no run is recorded for it
         unmatched = select_targets(graph, store, targets)[1]
         if unmatched:
