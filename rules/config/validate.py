@@ -19,7 +19,7 @@ from ..compile import model_need
 from ..data.tokenizer_snapshot import load_machine_tokenizer
 from ..models.resolve import cached_snapshot, hub_model, local_model_folder, resolve_model
 from ..models.tiny import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, models_home, qwen_tokenizer_dir
-from ..nodes.eval import benchmark_tasks, check_heldout, check_samples
+from ..nodes.eval import benchmark_tasks, check_bench_path, check_heldout, check_samples
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
 from ..nodes.tokenize import token_shaping
 from ..plugins import kinds
@@ -50,17 +50,14 @@ def validate(config_path: Path, deep: bool = False) -> list[str]:
 
 
 def _files_named(loaded: LoadedConfig, arm: Arm) -> None:
-    """The data files, benchmark paths and model folder the config names exist (stats and a glob:
-    no row is read), each refused with the build's words at its config line."""
+    """The data files and model folder the config names exist, and each benchmark path is what its
+    kind reads (stats and a glob: no row is read), each refused with the build's words at its config line."""
     if getattr(arm.params["data"], "path", None):  # a source of files (an `hf` dataset may download: --deep reads it)
         source = kinds.sources.get(arm.config.data.source_kind)(**arm.params["data"].model_dump())
         check_source(loaded, source, arm)
         check_source_files(loaded, source, source.files(), arm)
     for i, bench in enumerate(arm.config.metadata.benchmark):
-        if not Path(bench.path).exists():  # in the words the build uses
-            reads = "kind nll reads a JSONL file of chat rows with messages" if bench.kind == "nll" else "point path at a directory holding tasks.jsonl"
-            with located(loaded, ("metadata", "benchmark", i, "path"), arm):
-                raise ConfigError(f"metadata.benchmark[{i}] ({bench.name}): {bench.path}: {'does not exist' if bench.kind == 'nll' else 'benchmark path does not exist'} ({reads})")
+        check_bench_path(loaded, i, bench, arm)  # in the words the build uses
     with located(loaded, ("model", "name"), arm):
         local_model_folder(arm.config.model.name)
 

@@ -160,6 +160,25 @@ def benchmark_tasks(loaded: LoadedConfig, index: int, bench, arm: Arm | None = N
         raise ConfigError(f"{label}: {exc.message}") from None
 
 
+def bench_path_problem(bench) -> str | None:
+    """What is wrong with a benchmark's path for its kind (stats only), or None: a tasks benchmark
+    reads a directory holding tasks.jsonl, a kind: nll one a JSONL file of chat rows."""
+    path = Path(bench.path)
+    if bench.kind != "nll":
+        return benchmark_path_problem(path)
+    if path.is_file():
+        return None
+    return f"{bench.path}: {'is a directory' if path.is_dir() else 'does not exist'} (kind nll reads a JSONL file of chat rows with messages)"
+
+
+def check_bench_path(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> None:
+    """A benchmark path that is not what its kind reads, refused at its config line."""
+    problem = bench_path_problem(bench)
+    if problem:
+        with located(loaded, ("metadata", "benchmark", index, "path"), arm):
+            raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): {problem}")
+
+
 def check_samples(loaded: LoadedConfig, index: int, bench, arm: Arm | None = None) -> None:
     """pass@k needs k completions per task: checked on each arm's merged config (an arm may set
     either), before any node runs, so a build never trains first and fails at its eval."""
@@ -179,10 +198,7 @@ def check_heldout(loaded: LoadedConfig, index: int, bench, arm: Arm | None = Non
             raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): backend {arm.config.backend.kind} cannot score held-out loss "
                               "(kind: nll; it has no score_from_weights); use a backend that does, such as local or tinker")
     path = Path(bench.path)
-    with located(loaded, ("metadata", "benchmark", index, "path"), arm):
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "does not exist"
-            raise ConfigError(f"metadata.benchmark[{index}] ({bench.name}): {bench.path}: {what} (kind nll reads a JSONL file of chat rows with messages)")
+    check_bench_path(loaded, index, bench, arm)
     rows, wheres = read_heldout(path)
     for row, at in zip(rows, wheres):
         check_conversation(row, "all", at)  # well-formed messages (tokenized at build time)
