@@ -19,7 +19,7 @@ from .interrupts import stop_on_signals
 from .plans import ArmLabels, graph_for, incomplete_project
 from .pools import NodePool, make_pool
 from .project import frontend
-from .runs import finish_run, start_run
+from .runs import finish_run, record_producer, start_run
 from .store import Store, referenced_objects
 from .targets import no_target_message, select_targets
 from .watch import watching
@@ -102,6 +102,7 @@ def _build(project, store: Store, arm: str | None, jobs: int, echo: Callable[[st
     with store.build_lock(on_wait=lambda: echo("evsys: waiting for a gc of this store to finish...")), stop_on_signals(runner.stop):
         store.clean_staging()
         run = start_run(store, project, arms)
+        runner.on_producer_start = lambda node, inputs: record_producer(store, run, node, inputs)
         if targets:
             run["targets"] = list(targets)
         status, summary, outcome, failing = "failed", None, None, False

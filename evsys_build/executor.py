@@ -40,6 +40,9 @@ class Executor:
         self.stop = stop or threading.Event()
         self.pool = pool or ThreadPool(self.jobs)
         self.executions = 0
+        # called (in the scheduling thread) before a node that publishes others (a training's
+        # checkpoints) is submitted, with its input manifests: the run records what it trains
+        self.on_producer_start: Callable[[Node, dict[str, dict]], None] | None = None
 
     def run(self, graph: Graph) -> dict[str, dict]:
         """Build the graph; returns node id -> manifest. Raises the first failure, or Interrupted."""
@@ -92,6 +95,8 @@ class Executor:
                 continue
             self.running.add(node.id)
             inputs = {label: self.results[p.id] for label, p in node.inputs}
+            if node.produces and self.on_producer_start is not None:
+                self.on_producer_start(node, inputs)
             self._warm_after(node)
             self.warm_ups.wait_for(node)
             self.pool.submit(node, inputs, self.completions.put)

@@ -83,7 +83,7 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     expired = [r for r in runs if (r["experiment"], r["id"]) not in kept]
     fresh = [key for key, entry in node_entries.items() if not old(entry)]  # written after the cutoff: a running build's, with all they name
     roots += [r for r in runs if (r["experiment"], r["id"]) in kept]
-    live = _live_nodes(store, roots, _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(refs) + fresh)
+    live = _live_nodes(store, roots, _written_by_unfinished(runs, kept, node_entries) + _ref_nodes(refs) + fresh + _producing_inputs(runs, kept))
     live_objects: set[str] = set()
     live_checkpoints: set[str] = set()
     for key, manifest in live.items():
@@ -199,9 +199,11 @@ def pending_resumes(runs: list[dict], trainings_of: Callable[[dict], set[str]] =
 
 
 def _trainings_written(store: Store, runs: list[dict], entries: dict) -> Callable[[dict], set[str]]:
-    """For an unfinished run: the producers (trainings) of the nodes written while it was the
-    newest run of its experiment (from its start to the next run's, a second wider each side),
-    checkpoints that the next build resumes from."""
+    """For an unfinished run: the trainings it stored checkpoints of (the producers of the nodes
+    written from its start to its end, a second wider each side), which the next build resumes
+    from. A run records the trainings it started (`producing`, runs.record_producer): only those
+    count, whatever other builds of its experiment wrote meanwhile. A record without that list
+    (an older evsys's) takes the nodes written until the next run of its experiment started."""
     starts: dict[str, list[float]] = {}
     for run in runs:
         starts.setdefault(run["experiment"], []).append(_started(run))
@@ -216,10 +218,20 @@ def _trainings_written(store: Store, runs: list[dict], entries: dict) -> Callabl
     def trainings_of(run: dict) -> set[str]:
         # the slack either side, for a remote store's clock too (taking another run's trainings only keeps more)
         since = _started(run) - STARTED_SLACK
+        if "producing" in run:
+            own = set(run["producing"])
+            until = (_finished(run) or float("inf")) + STARTED_SLACK  # a killed run never finished
+            return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key) if p in own}
         until = min((s for s in starts[run["experiment"]] if s > _started(run)), default=float("inf")) + STARTED_SLACK
         return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key)}
 
     return trainings_of
+
+
+def _producing_inputs(runs: list[dict], kept: set[tuple[str, str]]) -> list[str]:
+    """What the trainings of kept runs read (runs.record_producer): a stopped training has no
+    manifest to lead gc to its data, which the next build resumes with."""
+    return [key for r in runs if (r["experiment"], r["id"]) in kept for keys in (r.get("producing") or {}).values() for key in keys]
 
 
 def _ref_nodes(refs: list[tuple[str, str, dict]]) -> list[str]:
@@ -243,6 +255,13 @@ def _started(run: dict) -> float:
         return datetime.fromisoformat(run["started"]).timestamp()
     except (KeyError, TypeError, ValueError):
         return 0.0
+
+
+def _finished(run: dict) -> float | None:
+    try:
+        return datetime.fromisoformat(run["finished"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _live_nodes(store: Store, runs: list[dict], extra: list[str] = ()) -> dict[str, dict]:

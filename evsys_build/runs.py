@@ -38,6 +38,15 @@ def start_run(store: Store, project, arms: list[str]) -> dict:
     return run
 
 
+def record_producer(store: Store, run: dict, node, inputs: dict[str, dict]) -> None:
+    """Before a node that publishes checkpoints (a training) runs, note in the run's record its key
+    and the keys of what it reads. A killed run's record names no node otherwise: this is how gc
+    knows which training a stopped run was doing (its checkpoints wait for the next build) and
+    keeps the data that training resumes from, whoever built it."""
+    run.setdefault("producing", {})[node.key] = sorted({m["key"] for m in inputs.values() if m.get("key")})
+    store.write_run(run)
+
+
 def finish_run(store: Store, run: dict, status: str, graph: Graph, results: dict[str, dict], summary: dict | None = None, unplanned: list | None = None, partial: bool = False) -> dict:
     """Record the outcome: each arm's nodes as built (keys, output digests), status, summary
     (headline metrics, run-dir files); then point each arm's ref at this run. `unplanned` nodes

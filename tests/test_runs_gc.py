@@ -208,6 +208,49 @@ def test_a_stopped_training_is_kept_until_it_is_built_whichever_config_of_its_ar
     assert all(store.complete_manifest(key) is None for key in stored)
 
 
+@pytest.mark.parametrize("status", ["running", "interrupted"])
+def test_a_stopped_training_overlapped_by_another_build_keeps_its_checkpoints_and_its_data(tmp_path, status):
+    """Run B starts training on data an older run A built; run C (another config of the same
+    experiment, on other data) starts while B trains and completes; B stores checkpoints after C
+    started, then is killed (its record says running) or interrupted. Under the tightest policy gc
+    keeps B's checkpoints and the data B's training read (A's nodes, which B's record does not
+    name), so the next build resumes B's training from its newest checkpoint, on cached data."""
+    from types import SimpleNamespace
+
+    from evsys_build.runs import finish_record, record_producer, start_run
+
+    store = Store(tmp_path / "store")
+    project = SimpleNamespace(experiment="e", describe_run=dict)
+
+    def node(key: str, rule: str, inputs=()) -> dict:
+        return store.write_manifest(key, {"key": key, "rule": rule, "name": rule, "inputs": [{"label": label, "key": k, "name": label} for label, k in inputs],
+                                          "outputs": {"data": {"blob": store.put_bytes(f"{rule} {key}".encode())}}})
+
+    a = start_run(store, project, ["default"])
+    data = [node("a1" * 16, "source"), node("a2" * 16, "tokenize", [("rows", "a1" * 16)])]
+    store.write_run({**a, "status": "completed", "finished": a["started"], "arms": {"default": {"nodes": {m["rule"]: {"key": m["key"]} for m in data}}}})
+    time.sleep(2.1)  # run records start to the second, and gc allows a second either side
+    b = start_run(store, project, ["default"])
+    train_b = "b0" * 16
+    record_producer(store, b, SimpleNamespace(key=train_b), {"tokenized": data[1]})
+    time.sleep(1.1)
+    c = start_run(store, project, ["default"])  # a cached build of another config, on its own data
+    other = node("c1" * 16, "source")
+    store.write_run({**c, "status": "completed", "finished": c["started"], "arms": {"default": {"nodes": {"source": {"key": other["key"]}}}}})
+    time.sleep(2.1)
+    checkpoints = [node(f"{step:02x}" * 16, "checkpoint", [("producer", train_b)])["key"] for step in (3, 6)]
+    if status == "interrupted":
+        finish_record(store, {**b, "arms": {"default": {"nodes": {}}}}, "interrupted")
+    collect_garbage(store, keep_last=0, keep_within_days=0)
+    assert all(store.complete_manifest(key) is not None for key in checkpoints)
+    assert all(store.complete_manifest(m["key"]) is not None for m in data)
+    store.write_manifest(train_b, {"key": train_b, "rule": "train", "name": "train", "inputs": [{"label": "tokenized", "key": data[1]["key"]}], "outputs": {}})
+    done = start_run(store, project, ["default"])  # B's training resumed and finished: concluded
+    finish_record(store, {**done, "arms": {"default": {"nodes": {}}}}, "completed")
+    collect_garbage(store, keep_last=0, keep_within_days=0)
+    assert all(store.complete_manifest(key) is None for key in checkpoints + [m["key"] for m in data])
+
+
 def test_an_abandoned_stopped_training_is_kept_until_keep_stopped_within_says_to_stop_waiting(tmp_path):
     """A stopped training nobody builds again is kept whatever the policy, for ever by default;
     `--keep-stopped-within` bounds the wait: past it, the run falls under keep-last/keep-within."""
