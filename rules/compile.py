@@ -19,7 +19,7 @@ from .nodes.steps import data_where, resolve_epochs
 from .nodes.tokenize import tokenize_node
 from .nodes.train import attach_checkpoints, checkpoint_node, stored_checkpoint_steps, train_node
 from .nodes.transform import transform_node
-from .outputs.hub import ArmCallbacks
+from .outputs.hub import ArmCallbacks, share_callbacks
 
 
 @dataclass
@@ -60,7 +60,9 @@ def compile_graph(loaded: LoadedConfig, statcache: StatCache, store: Store | Non
 
 def _compile_arm(graph: Graph, loaded: LoadedConfig, arm: Arm, statcache: StatCache, store: Store | None, hub: ArmCallbacks | None, models: dict) -> ArmNodes:
     def add(node: Node) -> Node:
-        return graph.add(with_resources(node, arm))
+        kept = graph.add(with_resources(node, arm))
+        share_callbacks(kept, node)  # a shared node's runner feeds every arm's callbacks
+        return kept
 
     rows = add(source_node(loaded, arm, statcache))
     for index in range(len(arm.config.transforms)):

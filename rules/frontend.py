@@ -105,6 +105,10 @@ class Project:
         return len(self.graph.nodes()) > before
 
     def graph_for(self, arm: str | None) -> Graph:
+        """Every arm's graph, or one arm's; runners then feed only the callbacks of the arms it
+        builds (a node shared with an arm left out must not start that arm's tracker)."""
+        for name, hub in self.hubs.items():
+            hub.active = arm is None or name == arm
         return self.graph if arm is None else self.graph.subgraph_for_arm(arm)
 
     def refs(self, store: Store) -> dict[str, dict]:

@@ -185,3 +185,40 @@ def wandb_log_records(data: bytes):
             pending += chunk
         elif kind == 4:
             yield pending + chunk
+
+
+ARM_RECORDER = RECORDER.replace('self._write("step", step', 'self._write("step", arm, step').replace('self._write("eval", step', 'self._write("eval", arm, step').replace('self._write("end", str', 'self._write("end", arm, str')
+SPLIT_ARMS = """\
+plugins: [tag.py, recorder.py]
+callbacks:
+  - kind: recorder
+arms:
+  - {name: A, set: {metadata.benchmark.0.split: valA}}
+  - {name: B, set: {metadata.benchmark.0.split: valB}}
+"""
+
+
+def test_arms_sharing_a_training_each_get_its_events_live_and_an_arm_left_out_gets_none(built_evals, tmp_path):
+    """Arms A and B differ only in their benchmark's split: they share the training and its evals.
+    `build --arm B` runs them for B alone: no event reaches A's callbacks (its tracker would be
+    started and never ended). A build of both feeds each arm live, evals named by its own split."""
+    project = copy_project(built_evals, tmp_path / "project")
+    (project / "recorder.py").write_text(ARM_RECORDER)
+    edit_config(project, "plugins: [tag.py]\n", "")
+    (project / "config.yaml").write_text((project / "config.yaml").read_text().replace("learning_rate: 1.0e-3", "learning_rate: 3.0e-3") + SPLIT_ARMS)
+    out = ok(evsys("build", "config.yaml", "--arm", "B", "--cache-dir", "cache", cwd=project)).stdout
+    assert {"[B] train", "[B] eval val@1", "[B] eval val@2"} <= ran_names(out)
+    seen = events(project)
+    assert {e[1] for e in seen} == {"B"}, seen
+    assert [e[0] for e in seen] == ["start", "step", "eval", "step", "eval", "end"] or sorted(e[0] for e in seen[1:-1]) == ["eval", "eval", "step", "step"]
+    assert all(set(e[4]) == {"valB/val/pass@1"} for e in seen if e[0] == "eval")
+    (project / "events.jsonl").unlink()
+    edit_config(project, "learning_rate: 3.0e-3", "learning_rate: 4.0e-3")
+    out = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project)).stdout
+    assert "[A,B] train" in ran_names(out)
+    seen = events(project)
+    for arm in ("A", "B"):
+        mine = [e for e in seen if e[1] == arm]
+        assert sorted(e[0] for e in mine) == ["end", "eval", "eval", "start", "step", "step"], seen
+        assert all(set(e[4]) == {f"val{arm}/val/pass@1"} for e in mine if e[0] == "eval"), mine
+        assert [e[2] for e in mine if e[0] == "step"] == [1, 2]

@@ -33,6 +33,7 @@ class ArmCallbacks:
         self._broken: set[int] = set()
         self.seen_steps: set[int] = set()
         self.seen_evals: set[tuple[str, int]] = set()
+        self.active = True  # whether this build builds the arm (`Project.graph_for`): runners feed only those
 
     @property
     def info(self) -> dict:
@@ -115,21 +116,75 @@ class ArmCallbacks:
         return self._instances
 
 
+class SharedCallbacks:
+    """The callbacks of every arm that shares one node (a sweep's arms share their data, often their
+    training and evals): a runner's event reaches each such arm this build builds (an arm left out
+    by `--arm` never starts a tracker), an eval's metrics named by that arm's own benchmark."""
+
+    def __init__(self, hub: ArmCallbacks, bench=None):
+        self.members: list[tuple[ArmCallbacks, object]] = [(hub, bench)]
+        self._ids = {id(hub)}
+
+    def add(self, hub: ArmCallbacks, bench=None) -> None:
+        if id(hub) not in self._ids:
+            self._ids.add(id(hub))
+            self.members.append((hub, bench))
+
+    def eval(self, step: int, benchmark: str, metrics: dict) -> None:
+        """`metrics` are named by the node's own (first) arm's benchmark: `split/name/metric`."""
+        first = self.members[0][1]
+        for hub, bench in self.active():
+            if bench is not None and first is not None:
+                before, after = f"{first.split}/{first.name}/", f"{bench.split}/{bench.name}/"
+                hub.eval(step, bench.name, {after + k.removeprefix(before): v for k, v in metrics.items()})
+            else:
+                hub.eval(step, benchmark, metrics)
+
+    def active(self) -> list[tuple[ArmCallbacks, object]]:
+        return [(hub, bench) for hub, bench in self.members if hub.active]
+
+
+def share_callbacks(kept, added) -> None:
+    """After `Graph.add(added)` returned `kept` (itself, or the node an earlier arm added with the
+    same id): the kept node's runner feeds the callbacks of `added`'s arm too."""
+    hub = (added.payload or {}).get("callbacks")
+    if not isinstance(hub, ArmCallbacks):
+        return
+    if kept is added:
+        added.payload["callbacks"] = SharedCallbacks(hub, added.payload.get("bench"))
+    elif isinstance((kept.payload or {}).get("callbacks"), SharedCallbacks):
+        kept.payload["callbacks"].add(hub, added.payload.get("bench"))
+
+
+def _hubs(hub) -> list[ArmCallbacks]:
+    if hub is None:
+        return []
+    if isinstance(hub, SharedCallbacks):
+        return [h for h, _ in hub.active()]
+    return [hub] if hub.active else []
+
+
 @not_keyed
-def notify_train_step(hub: ArmCallbacks | None, step: int, metrics: dict) -> None:
+def notify_train_step(hub: "ArmCallbacks | SharedCallbacks | None", step: int, metrics: dict) -> None:
     """What a training runner calls each step (an observer: not part of the train key)."""
-    if hub is not None:
-        hub.train_step(step, metrics)
+    for one in _hubs(hub):
+        one.train_step(step, metrics)
 
 
 @not_keyed
-def notify_eval(hub: ArmCallbacks | None, step: int, benchmark: str, metrics: dict) -> None:
+def notify_eval(hub: "ArmCallbacks | SharedCallbacks | None", step: int, benchmark: str, metrics: dict) -> None:
     """What an eval runner calls once scored (an observer: not part of the eval key)."""
-    if hub is not None:
+    if isinstance(hub, SharedCallbacks):
         hub.eval(step, benchmark, metrics)
+    else:
+        for one in _hubs(hub):
+            one.eval(step, benchmark, metrics)
 
 
 @not_keyed
-def printing_to(hub: ArmCallbacks | None, log: Callable[[str], None]):
+def printing_to(hub: "ArmCallbacks | SharedCallbacks | None", log: Callable[[str], None]):
     """Inside a runner: callbacks print through the node's log."""
-    return hub.printing_to(log) if hub is not None else contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for one in _hubs(hub):
+        stack.enter_context(one.printing_to(log))
+    return stack
