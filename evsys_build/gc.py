@@ -20,7 +20,7 @@ from datetime import datetime
 
 from .chunk_index import prune_indexes
 from .errors import CorruptObject
-from .store import Store, _safe as _safe_name, referenced_objects
+from .store import Store, _safe as _safe_name, experiment_folder, referenced_objects
 
 DAY = 86400.0
 STARTED_SLACK = 1.0  # a run's `started` is recorded to the second: what it wrote may stamp a second off
@@ -68,7 +68,7 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     roots = []  # runs whose nodes (and what they were built from) stay
     if cutoff is not None:  # a run recorded after the cutoff belongs to a build that may still run
         written = store.run_entries()
-        running = [r for r in runs if not old(written.get((_safe_name(r["experiment"]), _safe_name(r["id"]))))]
+        running = [r for r in runs if not old(written.get((experiment_folder(r["experiment"]), _safe_name(r["id"]))))]
         kept |= {(r["experiment"], r["id"]) for r in running}
         # such a build records what it served from the cache only when it ends: every node an
         # earlier run of its experiment named may be one it is reusing now

@@ -84,6 +84,15 @@ def incomplete_project(project) -> bool:
     return bool(getattr(project, "incomplete", False))
 
 
+def _label_prefix(names: frozenset[str]) -> str | None:
+    """`a` for labels a1, a2, ...; another prefix when an arm is itself named like a label (`a2`),
+    so a label never reads as, or resolves to, another arm; None (no labels) if every prefix is taken."""
+    for prefix in ("a", "arm", "arm_"):
+        if not any(name.startswith(prefix) and name[len(prefix):].isdigit() for name in names):
+            return prefix
+    return None
+
+
 SHORT_ARM = 12  # longer arm names (sweep arms) are shown as a1, a2, ... in build and plan lines, with a legend
 
 
@@ -96,7 +105,8 @@ class ArmLabels:
         self.arm_names = list(arm_names)
         self._every = frozenset(self.arm_names)  # made once: a 1,000-arm sweep labels thousands of lines
         several = len(self.arm_names) > 1
-        self.short = {name: (f"a{i + 1}" if several and len(name) > SHORT_ARM else name) for i, name in enumerate(self.arm_names)}
+        prefix = _label_prefix(self._every)
+        self.short = {name: (f"{prefix}{i + 1}" if several and prefix and len(name) > SHORT_ARM else name) for i, name in enumerate(self.arm_names)}
 
     def full(self, label: str) -> str | None:
         """The arm a short label (`a2`) stands for; None when it is no arm's label."""

@@ -322,10 +322,12 @@ class Store:
         return self.update_json(_ref_path(experiment, arm), newer)
 
     def iter_refs(self) -> Iterator[tuple[str, str, dict]]:
+        """(experiment, arm, ref): the names the ref records (its folder and file hold them made safe)."""
         for path in self.bucket.list("refs/"):
             parts = path.split("/")
             if len(parts) == 3 and parts[2].endswith(".json"):
-                yield parts[1], parts[2].removesuffix(".json"), self._read_json(path) or {}
+                ref = self._read_json(path) or {}
+                yield ref.get("experiment") or parts[1], ref.get("arm") or parts[2].removesuffix(".json"), ref
 
     # -- runs: every build's record (config, node keys, status, metrics) ------------------------------
     def write_run(self, run: dict) -> dict:
@@ -338,7 +340,7 @@ class Store:
 
     def iter_runs(self, experiment: str | None = None) -> Iterator[dict]:
         """Runs, oldest first (run ids sort by time), of one experiment or of all."""
-        prefix = f"runs/{_safe(experiment)}/" if experiment is not None else "runs/"
+        prefix = f"runs/{experiment_folder(experiment)}/" if experiment is not None else "runs/"
         for path in sorted(self.bucket.list(prefix)):
             parts = path.split("/")
             if len(parts) == 3 and parts[2].endswith(".json"):
@@ -485,11 +487,11 @@ def _memo_path(key: str) -> str:
 
 
 def _ref_path(experiment: str, arm: str) -> str:
-    return f"refs/{_safe(experiment)}/{_safe(arm)}.json"
+    return f"refs/{experiment_folder(experiment)}/{_safe(arm)}.json"
 
 
 def _run_path(experiment: str, run_id: str) -> str:
-    return f"runs/{_safe(experiment)}/{_safe(run_id)}.json"
+    return f"runs/{experiment_folder(experiment)}/{_safe(run_id)}.json"
 
 
 def _dumps(value: dict, compact: bool = False) -> bytes:
@@ -504,4 +506,12 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
-safe_name = _safe  # how an experiment or arm name is written in the store (refs/, runs/): names that map alike share a file
+safe_name = _safe  # how an arm name is written in the store (refs/): names that map alike share a file (a config refuses such arms)
+
+
+def experiment_folder(name: str) -> str:
+    """The experiment's folder in refs/ and runs/: its name, or, for a name with other characters
+    (`cut off`), the safe form and a digest of the name (`cut_off~1a2b3c4d`): experiments of
+    different configs never share a record, though no config sees the other's name."""
+    safe = _safe(name)
+    return safe if safe == name else f"{safe}~{digest_bytes(name.encode())[:8]}"

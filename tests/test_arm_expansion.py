@@ -49,3 +49,23 @@ def test_a_sweep_value_listed_twice_is_refused_not_made_into_two_arms():
     assert len(expand({"transforms.0.params.tags": [[1], [True]]})) == 2  # inside a list too
     with pytest.raises(ConfigError, match="is listed twice"):
         expand({"transforms.0.params.tags": [["a", "b"], ["a", "b"]]})
+
+
+def test_sweep_arms_whose_names_the_store_writes_alike_get_distinct_names():
+    """`x,y` and `x+y` are both kept in arm names, but the store writes both as `x_y`: the second
+    arm is named `...-2`, so the two never share a ref (plan would diff one against the other)."""
+    from evsys_build.store import safe_name
+
+    names = [name for name, _, _, _ in expand({"transforms.0.params.system_prompt": ["x,y", "x+y", "x y"]})]
+    assert names[0] == "system_prompt=x,y" and len({safe_name(n) for n in names}) == 3, names
+
+
+def test_short_arm_labels_never_read_as_another_arms_name():
+    """Long arm names are shown as a1, a2, ...; an arm itself named `a2` makes the labels another
+    prefix, so `[a2]` in a build line and `--arm a2` mean that arm only."""
+    from evsys_build.plans import ArmLabels, resolve_arm
+
+    long = "tokens_six_long_name"
+    assert ArmLabels(["a2", long]).label([long]) == "[arm2]"
+    assert ArmLabels(["x", long]).label([long]) == "[a2]"
+    assert resolve_arm(["a2", long], "a2") == "a2" and resolve_arm(["a2", long], "arm2") == long

@@ -122,15 +122,16 @@ def _same_value(a, b) -> bool:
 
 def sweep_arm_name(overrides: dict, taken: set[str]) -> str:
     """`lora_rank=8,learning_rate=0.0001`: the last part of each path and its value, made safe as
-    one path component (arm names become folders) and unique among the arms."""
+    one path component (arm names become folders) and unique among the arms, also as the store
+    writes names (`taken`: those written so far)."""
     name = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name).strip(".") or "arm"
     if len(name) > 80:
         name = name[:71] + "-" + digest(overrides)[:8]
     unique, n = name, 2
-    while unique in taken:
+    while safe_name(unique) in taken:  # unique as the store writes it too (`x,y` and `x+y` share `x_y`)
         unique, n = f"{name}-{n}", n + 1
-    taken.add(unique)
+    taken.add(safe_name(unique))
     return unique
 
 
