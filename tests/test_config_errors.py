@@ -266,6 +266,21 @@ def test_deep_validate_accepts_a_good_benchmark(tmp_path):
     assert proc.stdout.rstrip().endswith("config.yaml: ok (deep)")
 
 
+def test_a_stop_that_holds_a_special_token_is_refused_before_anything_runs(tmp_path, tiny_model_dir):
+    """Completions are decoded without special tokens: `x<|im_end|>` could never match. validate,
+    plan and build refuse it at its line (a build must not train first and fail at its evals)."""
+    config = BENCH_CONFIG.replace("BENCH", "data/val").replace("      max_tokens: 16\n", '      max_tokens: 16\n      stop: ["</answer>", "x<|im_end|>"]\n')
+    project = project_with(tmp_path, config)
+    (project / "data" / "val").mkdir()
+    (project / "data" / "val" / "tasks.jsonl").write_text(json.dumps(BENCH_TASK) + "\n")
+    line = line_of(config, "stop:")
+    expected = (f"config.yaml:{line}:27: metadata.benchmark[0] (val).stop: 'x<|im_end|>' holds the special token '<|im_end|>', which completions "
+                "are decoded without, so it could never match; give '<|im_end|>' as a stop of its own (generation then ends at it)")
+    for args in (["validate"], ["validate", "--deep"], ["plan", "--cache-dir", "cache"], ["build", "--cache-dir", "cache"]):
+        assert one_error_line(evsys(*args, "config.yaml", cwd=project) if args[0] == "validate" else evsys(args[0], "config.yaml", *args[1:], cwd=project)) == expected, args
+    assert not (project / "cache" / "nodes").exists() or not any((project / "cache" / "nodes").rglob("*.json"))
+
+
 def test_deep_validate_benchmark_path_that_is_a_file(tmp_path):
     project = bench_project(tmp_path, "data/train.jsonl", None)
     msg = one_error_line(evsys("validate", "config.yaml", "--deep", cwd=project))

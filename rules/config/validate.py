@@ -19,6 +19,7 @@ from ..compile import model_need
 from ..data.tokenizer_snapshot import load_machine_tokenizer
 from ..models.resolve import cached_snapshot, hub_model, local_model_folder, resolve_model
 from ..models.tiny import TINY_MODEL_DIRNAME, TINY_MODEL_NAME, models_home, qwen_tokenizer_dir
+from ..evals.stops import check_stops
 from ..nodes.eval import benchmark_tasks, check_bench_path, check_heldout, check_samples
 from ..nodes.steps import EMPTY_DATASET, data_where, steps_for_epochs
 from ..nodes.tokenize import token_shaping
@@ -59,7 +60,23 @@ def _files_named(loaded: LoadedConfig, arm: Arm) -> None:
     for i, bench in enumerate(arm.config.metadata.benchmark):
         check_bench_path(loaded, i, bench, arm)  # in the words the build uses
     with located(loaded, ("model", "name"), arm):
-        local_model_folder(arm.config.model.name)
+        folder = local_model_folder(arm.config.model.name)
+    if any(bench.stop for bench in arm.config.metadata.benchmark):
+        tokenizer = folder if folder is not None else _known_tokenizer_folder(arm)
+        for i, bench in enumerate(arm.config.metadata.benchmark):
+            check_stops(loaded, i, bench, arm, tokenizer)
+
+
+def _known_tokenizer_folder(arm: Arm) -> Path | None:
+    """The tokenizer folder of a hub or tiny model when it is on this machine already (no download)."""
+    name = arm.config.model.name
+    if name == TINY_MODEL_NAME:
+        built = models_home() / TINY_MODEL_DIRNAME
+        return built if built.is_dir() else qwen_tokenizer_dir()
+    try:
+        return cached_snapshot(name, arm.config.model.revision, "tokenizer")
+    except Exception:  # noqa: BLE001 - not cached, or no hub library: the build checks it
+        return None
 
 
 def _deep_model(loaded: LoadedConfig, arm: Arm) -> tuple[list[str], Path | None]:

@@ -27,6 +27,7 @@ from ..data.conversation import check_conversation
 from ..data.template_clock import pinned
 from ..evals.benchmarks import benchmark_path_problem, load_tasks
 from ..evals.passk import aggregate
+from ..evals.stops import check_stops, stop_problem
 from ..evals.verifiers import check, verifier_code
 from ..ml_stack import preload_ml
 from ..models.resolve import ResolvedModel
@@ -73,6 +74,7 @@ def eval_nodes(loaded: LoadedConfig, arm: Arm, checkpoints: dict[int, Node], mod
             evals += heldout_nodes(arm, bench, {s: checkpoints[s] for s in steps}, model, statcache, callbacks, resources, spots)
             continue
         check_samples(loaded, index, bench, arm)
+        check_stops(loaded, index, bench, arm, model_dir)  # before any node runs: a bad stop fails no finished training
         tasks = benchmark_tasks(loaded, index, bench, arm)
         system_prompt = bench.system_prompt if bench.system_prompt is not None else training_system_prompt(arm)
         params = {**eval_params(bench, tasks, system_prompt, backend_cls, sampler_params, statcache), "model": model_key,
@@ -351,17 +353,15 @@ def _sampler(ctx: RunContext, arm: Arm, model_dir, checkpoint: dict):
 def stop_token_ids(tok, stops: list[str], where: str) -> list[int]:
     """The ids that end a completion: the end of turn, and each `stop` that is one special token
     (completions are decoded without special tokens, so no text search could find one). A stop
-    that holds a special token among other text could never match: refused."""
+    that holds a special token among other text could never match: refused (stops.py)."""
     specials = {t.content: i for i, t in tok.added_tokens_decoder.items() if t.special}
     ids = set(end_of_turn_ids(tok))
     for stop in stops:
         if stop in specials:
             ids.add(specials[stop])
-            continue
-        held = next((s for s in specials if s and s in stop), None)
-        if held is not None:
-            raise ConfigError(f"{where}: {stop!r} holds the special token {held!r}, which completions are decoded without, "
-                              f"so it could never match; give {held!r} as a stop of its own (generation then ends at it)")
+        problem = stop_problem(stop, specials)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     return sorted(ids)
 
 
