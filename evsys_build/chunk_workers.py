@@ -395,5 +395,14 @@ def _answer(answers, answer) -> None:
     answers.flush()
 
 
+def _serve_until_the_build_leaves() -> None:
+    """`serve`, ending quietly when the build that started this worker is gone (killed: the pipe
+    it read answers from is closed), instead of printing a traceback into the user's terminal."""
+    try:
+        serve()
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # not a normal exit: flushing the answers pipe again would fail the same way
+
+
 if __name__ == "__main__":
-    serve()
+    _serve_until_the_build_leaves()

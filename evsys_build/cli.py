@@ -271,6 +271,7 @@ cli_export.register(main, cache_option)
 def command_line() -> None:
     """The `evsys` executable (and `python -m evsys_build.cli`): the commands, then an exit that
     skips the collector's last pass over everything the command imported (collector.py)."""
+    interrupts.terminate_like_ctrl_c()
     try:
         main()
     finally:

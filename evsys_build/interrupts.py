@@ -33,7 +33,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
 
     def handle(signum, frame):
         if stop.is_set():
-            write_fd(2, b"\nevsys: interrupted again; exiting now\n")
+            write_fd(2, b"\nevsys: interrupted again; exiting now (what finished is stored: nodes built, checkpoints saved; "
+                        b"the next build resumes from them, and `evsys runs` lists this run as killed)\n")
             remove_own_staging()
             os._exit(130)
         stop.set()
@@ -49,6 +50,18 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         sys.stderr.flush()
+
+
+def terminate_like_ctrl_c() -> None:
+    """In the `evsys` process: SIGTERM and SIGHUP before a build installs its handlers (while the
+    command imports and loads the config) end it as Ctrl-C does there, `evsys: interrupted` and exit
+    130, instead of a silent death by signal. A signal the process was started ignoring stays ignored."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for s in SIGNALS:
+        if s != signal.SIGINT and signal.getsignal(s) == signal.SIG_DFL:
+            signal.signal(s, interrupt)
 
 
 def exit_now(code: int) -> None:

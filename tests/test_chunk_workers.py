@@ -294,3 +294,25 @@ def test_a_worker_started_ahead_that_no_map_adopts_is_ended_by_close(tmp_path, m
     assert not standby_waiting("never-adopted")
     monkeypatch.setenv("EVSYS_DATA_WORKERS", "0")
     assert start_standby("never-adopted", None) is None  # a build without workers starts none
+
+
+def test_a_worker_whose_build_was_killed_exits_quietly():
+    """The build was SIGKILLed while its worker computed a chunk: the worker's answer meets a
+    closed pipe, and it exits 0 without a traceback in the user's terminal (their stderr)."""
+    import pickle
+
+    def frame(value) -> bytes:
+        data = pickle.dumps(value)
+        return len(data).to_bytes(8, "little") + data
+
+    worker = subprocess.Popen([sys.executable, "-m", "evsys_build.chunk_workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker.stdin.write(frame(sys.path) + frame(None))
+    worker.stdin.flush()
+    size = int.from_bytes(worker.stdout.read(8), "little")
+    worker.stdout.read(size)  # ready
+    worker.stdin.write(frame((time.sleep, (0.5,))))
+    worker.stdin.flush()
+    worker.stdout.close()  # the build is gone: nobody reads the answer
+    err = worker.stderr.read()
+    assert worker.wait(timeout=30) == 0 and b"Traceback" not in err, err
+    worker.stdin.close()

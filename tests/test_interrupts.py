@@ -177,12 +177,14 @@ def test_a_second_ctrl_c_exits_at_once_without_a_crash(tmp_path, tiny_model_dir)
     assert time.time() - sent < 5
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err and "terminate called" not in err and "Segmentation" not in err
+    assert "interrupted again; exiting now (what finished is stored" in err
 
 
-@pytest.mark.parametrize("command", ["build", "plan"])
-def test_ctrl_c_while_the_config_is_still_loading_exits_130_with_one_line(tmp_path, command):
+@pytest.mark.parametrize("command,sig", [("build", signal.SIGINT), ("plan", signal.SIGINT), ("build", signal.SIGTERM), ("build", signal.SIGHUP)])
+def test_ctrl_c_while_the_config_is_still_loading_exits_130_with_one_line(tmp_path, command, sig):
     """Before a build installs its own handlers (imports, plugins, compile), Ctrl-C is still an
-    interruption (130), not click's "Aborted!" (1, which means a node failed)."""
+    interruption (130), not click's "Aborted!" (1, which means a node failed); SIGTERM and SIGHUP
+    too, rather than a silent death by signal."""
     project = make_project(tmp_path / "p", tool_rows(8), CONFIG.replace("output_dir: out\n", "output_dir: out\nplugins: [slow.py]\n"))
     (project / "slow.py").write_text("import pathlib, time\npathlib.Path('loading').write_text('x')\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-m", "evsys_build.cli", command, "config.yaml", "--cache-dir", "cache"],
@@ -190,7 +192,7 @@ def test_ctrl_c_while_the_config_is_still_loading_exits_130_with_one_line(tmp_pa
     deadline = time.time() + 60
     while not (project / "loading").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines()[-1] == "evsys: interrupted" and "Aborted" not in err and "Traceback" not in err, err

@@ -241,7 +241,8 @@ def _train(ctx: RunContext) -> dict:
         raise NodeFailed(f"{ctx.node.name}: {exc}, again after recreating the training client") from None
     done = history[-1]["step"] if history else 0
     if done < missing[-1]:
-        kept = f"checkpoint@{saved_steps[-1]} saved" if saved_steps else "no step finished"
+        kept = (f"checkpoint@{saved_steps[-1]} saved" if saved_steps else f"checkpoint@{resume_step} kept, the next build resumes from it" if resume_step
+                else "no step finished")
         raise Interrupted(f"{ctx.node.name} stopped after step {done} of {final_step} ({kept})")
     return _train_result(ctx.store, checkpoints[final_step])
 
