@@ -52,3 +52,32 @@ def test_a_swap_in_progress_in_a_running_process_is_left_alone(tmp_path):
     other.mkdir(parents=True)
     replace_dir(out / "run", {"summary.md": b"new"}, owned=lambda rel: rel in OWNED)
     assert other.is_dir()
+
+
+def test_builds_in_two_threads_of_one_process_each_swap_the_run_dir_whole(tmp_path):
+    """Two builds of one process (a notebook's threads) write the same run dir at once: each swap
+    uses its own folders, none fails, the run dir ends holding one build's files, whole, and the
+    user's own file in it is never lost."""
+    import threading
+
+    target = tmp_path / "out" / "run"
+    replace_dir(target, {"summary.md": b"0", "metrics.jsonl": b"0"})
+    (target / "my_notes.md").write_text("mine")
+    errors = []
+
+    def build(n: int) -> None:
+        try:
+            for i in range(40):
+                replace_dir(target, {"summary.md": f"{n}-{i}".encode(), "metrics.jsonl": f"{n}-{i}".encode()}, owned=lambda rel: rel in OWNED)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (target / "summary.md").read_bytes() == (target / "metrics.jsonl").read_bytes()
+    assert (target / "my_notes.md").read_text() == "mine"  # the user's file survives every swap
+    assert sorted(p.name for p in target.parent.iterdir()) == ["run"]

@@ -6,9 +6,11 @@ a crash) never sees it half-written. Files in it that evsys did not write are ca
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from evsys_build.atomic import write_atomic
@@ -107,21 +109,32 @@ def report_files(store: Store, nodes) -> dict[str, str]:
 def replace_dir(target: Path, files: dict[str, bytes], owned=lambda rel: True) -> None:
     """Make `target` hold exactly `files` (plus the files already there that `owned` says evsys
     does not own), by writing a temporary folder beside it and renaming it into place. A build
-    killed between the two renames left the user's files in its `.evsys-old-PID` folder: they are
+    killed between the two renames left the user's files in its `.evsys-old-PID-THREAD` folder: they are
     carried over from there too, and what such a build left is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.evsys-new-{os.getpid()}"
-    retired = target.parent / f".{target.name}.evsys-old-{os.getpid()}"
+    mine = f"{os.getpid()}-{threading.get_ident()}"  # two builds of one process (threads) never share a folder
+    staging = target.parent / f".{target.name}.evsys-new-{mine}"
+    retired = target.parent / f".{target.name}.evsys-old-{mine}"
     shutil.rmtree(staging, ignore_errors=True)
     left = _left_by_killed_builds(target)
     try:
         for rel, data in files.items():
             write_atomic(staging / rel, data)
-        for previous in [target] + [p for p in left if ".evsys-old-" in p.name]:
+        for previous in [p for p in left if ".evsys-old-" in p.name]:
             _carry_over(previous, staging, owned)
-        if target.is_dir():
-            os.replace(target, retired)
-        os.replace(staging, target)
+        for attempt in range(5):  # another build may put its own folder in place between our two renames
+            shutil.rmtree(retired, ignore_errors=True)
+            try:
+                os.replace(target, retired)
+            except FileNotFoundError:  # no run dir yet, or another build has just moved it aside
+                pass
+            _carry_over(retired, staging, owned)  # what the run dir held as it was moved aside: nothing lost to another build's swap
+            try:
+                os.replace(staging, target)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
@@ -144,7 +157,8 @@ def _left_by_killed_builds(target: Path) -> list[Path]:
     """The staging and retired folders beside `target` of builds whose process is gone."""
     out = []
     for path in target.parent.glob(f".{glob.escape(target.name)}.evsys-*-*"):
-        kind, _, pid = path.name.rsplit(".evsys-", 1)[1].partition("-")
+        kind, _, owner = path.name.rsplit(".evsys-", 1)[1].partition("-")
+        pid = owner.split("-", 1)[0]  # PID, or PID-THREAD
         if kind in ("new", "old") and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             out.append(path)
     return sorted(out)
