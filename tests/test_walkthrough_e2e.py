@@ -168,6 +168,26 @@ def test_adding_tasks_samples_only_the_new_ones(project):
         assert (stats["tasks_sampled"], stats["tasks_cached"]) == (5, VAL_TASKS)
 
 
+def test_a_verifier_change_scores_the_memoised_completions_again_without_the_ml_stack(project):
+    """Each task's verifier changes (another expected text for `contains`):
+    the evals rerun, every completion comes from its memo (same checkpoint, prompt and sampling),
+    and the build loads neither torch nor transformers (no sampling: nothing to render or decode)."""
+    tasks_file = project / "data" / "val" / "tasks.jsonl"
+    tasks = read_jsonl(tasks_file)
+    for task in tasks:
+        task["verifier"]["expected"] = task["verifier"]["expected"].removeprefix("<answer>").removesuffix("</answer>")
+    tasks_file.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    proc = ok(evsys("build", "config.yaml", "--cache-dir", "cache", cwd=project, env={"PYTHONPROFILEIMPORTTIME": "1"}))
+    assert {"eval val@2", "eval val@4"} <= ran_names(proc.stdout) <= {"eval val@2", "eval val@4", "report"}  # the report when a score moved
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "transformers"}, sorted(m for m in imported if m.split(".")[0] in ("torch", "transformers"))[:5]
+    plan = plan_json(project)
+    store = Store(project / "cache")
+    for name in ("eval val@2", "eval val@4"):
+        stats = store.read_manifest(plan[name]["key"])["stats"]
+        assert (stats["tasks_sampled"], stats["tasks_cached"]) == (0, VAL_TASKS)
+
+
 def test_logging_and_benchmark_label_changes_rerun_no_training(project):
     edit_config(project, "print_every: 1", "print_every: 3")
     edit_config(project, "run_name: e2e_run", "run_name: renamed")

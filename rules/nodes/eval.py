@@ -278,14 +278,10 @@ def run_eval(ctx: RunContext) -> dict:
 
 
 def _evaluate(ctx: RunContext) -> dict:
-    preload_ml()
     payload = ctx.node.payload
     arm, bench, tasks, step = payload["arm"], payload["bench"], payload["tasks"], payload["step"]
-    tok = load_tokenizer(str(payload["model_dir"]))
     checkpoint = ctx.inputs["checkpoint"]
     sampling = ctx.node.params["sampling"]
-    with pinned(ctx.node.params.get("clock")):  # the date the key holds, for a template that renders it
-        prompts = [prompt_ids(tok, task_messages(t, payload["system_prompt"]), template_kwargs=bench.chat_template_kwargs) for t in tasks]
     checkpoint_digest = output_digest(checkpoint)
     memo_keys = task_memo_keys(ctx.node, checkpoint_digest)
     completions: list[list[str] | None] = []
@@ -293,7 +289,11 @@ def _evaluate(ctx: RunContext) -> dict:
         hit = ctx.store.memo_get(key)
         completions.append(hit["samples"] if hit else None)
     todo = [i for i, c in enumerate(completions) if c is None]
-    if todo:
+    if todo:  # only then the ML stack and the tokenizer: scoring memoised completions again (a verifier changed) needs neither
+        preload_ml()
+        tok = load_tokenizer(str(payload["model_dir"]))
+        with pinned(ctx.node.params.get("clock")):  # the date the key holds, for a template that renders it
+            prompts = {i: prompt_ids(tok, task_messages(tasks[i], payload["system_prompt"]), template_kwargs=bench.chat_template_kwargs) for i in todo}
         stop_ids = stop_token_ids(tok, sampling["stop"], f"metadata.benchmark ({bench.name}).stop")
         sampler = _sampler(ctx, arm, payload["model_dir"], checkpoint)
         start, size = 0, FIRST_ROUND
