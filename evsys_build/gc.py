@@ -20,7 +20,7 @@ from datetime import datetime
 
 from .chunk_index import prune_indexes
 from .errors import CorruptObject
-from .store import Store, _safe as _safe_name, experiment_folder, referenced_objects
+from .store import Store, _safe as _safe_name, referenced_objects
 
 DAY = 86400.0
 STARTED_SLACK = 1.0  # a run's `started` is recorded to the second: what it wrote may stamp a second off
@@ -68,7 +68,7 @@ def _collect(store: Store, keep_last: int, keep_within_days: float, dry_run: boo
     roots = []  # runs whose nodes (and what they were built from) stay
     if cutoff is not None:  # a run recorded after the cutoff belongs to a build that may still run
         written = store.run_entries()
-        running = [r for r in runs if not old(written.get((experiment_folder(r["experiment"]), _safe_name(r["id"]))))]
+        running = [r for r in runs if not old(written.get((_safe_name(r["experiment"]), _safe_name(r["id"]))))]
         kept |= {(r["experiment"], r["id"]) for r in running}
         # such a build records what it served from the cache only when it ends: every node an
         # earlier run of its experiment named may be one it is reusing now
@@ -200,10 +200,10 @@ def pending_resumes(runs: list[dict], trainings_of: Callable[[dict], set[str]] =
 
 def _trainings_written(store: Store, runs: list[dict], entries: dict) -> Callable[[dict], set[str]]:
     """For an unfinished run: the trainings it stored checkpoints of (the producers of the nodes
-    written from its start to its end, a second wider each side), which the next build resumes
-    from. A run records the trainings it started (`producing`, runs.record_producer): only those
-    count, whatever other builds of its experiment wrote meanwhile. A record without that list
-    (an older evsys's) takes the nodes written until the next run of its experiment started."""
+    written since it started, a second before), which the next build resumes from. A run records
+    the trainings it started (`producing`, runs.record_producer): only those count, whatever other
+    builds of its experiment wrote meanwhile. A record without that list (an older evsys's) takes
+    the nodes written until the next run of its experiment started."""
     starts: dict[str, list[float]] = {}
     for run in runs:
         starts.setdefault(run["experiment"], []).append(_started(run))
@@ -218,10 +218,9 @@ def _trainings_written(store: Store, runs: list[dict], entries: dict) -> Callabl
     def trainings_of(run: dict) -> set[str]:
         # the slack either side, for a remote store's clock too (taking another run's trainings only keeps more)
         since = _started(run) - STARTED_SLACK
-        if "producing" in run:
+        if "producing" in run:  # its own trainings, whenever their checkpoints were written (a store's clock may run ahead of ours)
             own = set(run["producing"])
-            until = (_finished(run) or float("inf")) + STARTED_SLACK  # a killed run never finished
-            return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key) if p in own}
+            return {p for key, entry in entries.items() if entry is not None and since <= entry.modified for p in producers(key) if p in own} if own else set()
         until = min((s for s in starts[run["experiment"]] if s > _started(run)), default=float("inf")) + STARTED_SLACK
         return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key)}
 
@@ -255,13 +254,6 @@ def _started(run: dict) -> float:
         return datetime.fromisoformat(run["started"]).timestamp()
     except (KeyError, TypeError, ValueError):
         return 0.0
-
-
-def _finished(run: dict) -> float | None:
-    try:
-        return datetime.fromisoformat(run["finished"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def _live_nodes(store: Store, runs: list[dict], extra: list[str] = ()) -> dict[str, dict]:

@@ -32,6 +32,7 @@ def start_run(store: Store, project, arms: list[str]) -> dict:
         "pid": os.getpid(),
         "evsys_version": __version__,
         "arms": {arm: {} for arm in arms},
+        "producing": {},  # the trainings it starts (record_producer): none yet
         **project.describe_run(),
     }
     store.write_run(run)

@@ -313,12 +313,19 @@ class Store:
 
     # -- refs: the newest run's node keys per experiment/arm ----------------------------------------
     def read_ref(self, experiment: str, arm: str) -> dict:
-        return self._read_json(_ref_path(experiment, arm)) or {}
+        """The arm's ref; {} when there is none, or when the file holds another experiment's whose
+        name the store writes alike (`cut off`, `cut_off`): a plan never diffs against its build."""
+        ref = self._read_json(_ref_path(experiment, arm)) or {}
+        return ref if ref.get("experiment", experiment) == experiment else {}
 
     def write_ref(self, experiment: str, arm: str, ref: dict) -> dict:
         """Point the arm's ref at `ref` unless it already names a newer run (run ids sort by start
-        time): two builds finishing together leave the newer one, whichever writes last."""
-        newer = lambda current: current if current.get("run", "") > ref.get("run", "") else ref  # noqa: E731
+        time): two builds finishing together leave the newer one, whichever writes last. A ref of
+        another experiment stored alike is replaced."""
+        def newer(current: dict) -> dict:
+            ours = current.get("experiment", ref.get("experiment")) == ref.get("experiment")
+            return current if ours and current.get("run", "") > ref.get("run", "") else ref
+
         return self.update_json(_ref_path(experiment, arm), newer)
 
     def iter_refs(self) -> Iterator[tuple[str, str, dict]]:
@@ -340,12 +347,12 @@ class Store:
 
     def iter_runs(self, experiment: str | None = None) -> Iterator[dict]:
         """Runs, oldest first (run ids sort by time), of one experiment or of all."""
-        prefix = f"runs/{experiment_folder(experiment)}/" if experiment is not None else "runs/"
+        prefix = f"runs/{_safe(experiment)}/" if experiment is not None else "runs/"
         for path in sorted(self.bucket.list(prefix)):
             parts = path.split("/")
             if len(parts) == 3 and parts[2].endswith(".json"):
                 run = self._read_json(path)
-                if run is not None:
+                if run is not None and (experiment is None or run.get("experiment", experiment) == experiment):  # not another experiment stored alike
                     yield run
 
     def run_entries(self) -> dict[tuple[str, str], Entry]:
@@ -487,11 +494,11 @@ def _memo_path(key: str) -> str:
 
 
 def _ref_path(experiment: str, arm: str) -> str:
-    return f"refs/{experiment_folder(experiment)}/{_safe(arm)}.json"
+    return f"refs/{_safe(experiment)}/{_safe(arm)}.json"
 
 
 def _run_path(experiment: str, run_id: str) -> str:
-    return f"runs/{experiment_folder(experiment)}/{_safe(run_id)}.json"
+    return f"runs/{_safe(experiment)}/{_safe(run_id)}.json"
 
 
 def _dumps(value: dict, compact: bool = False) -> bytes:
@@ -506,12 +513,5 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
-safe_name = _safe  # how an arm name is written in the store (refs/): names that map alike share a file (a config refuses such arms)
-
-
-def experiment_folder(name: str) -> str:
-    """The experiment's folder in refs/ and runs/: its name, or, for a name with other characters
-    (`cut off`), the safe form and a digest of the name (`cut_off~1a2b3c4d`): experiments of
-    different configs never share a record, though no config sees the other's name."""
-    safe = _safe(name)
-    return safe if safe == name else f"{safe}~{digest_bytes(name.encode())[:8]}"
+safe_name = _safe  # how an experiment or arm name is written in the store (refs/, runs/): names that map alike share a folder or file
+# (a config refuses such arms; records and refs hold the experiment's own name, and readers keep to their own)

@@ -180,7 +180,7 @@ def test_a_stopped_training_is_kept_until_it_is_built_whichever_config_of_its_ar
     policy until B's training is built."""
     from types import SimpleNamespace
 
-    from evsys_build.runs import start_run
+    from evsys_build.runs import record_producer, start_run
 
     store = Store(tmp_path / "store")
     project = SimpleNamespace(experiment="e", describe_run=dict)
@@ -192,13 +192,15 @@ def test_a_stopped_training_is_kept_until_it_is_built_whichever_config_of_its_ar
                                    "outputs": {"weights": {"blob": store.put_bytes(f"weights {step}".encode())}}})
         return key
 
-    start_run(store, project, ["default"])  # B, killed after two checkpoints
+    b = start_run(store, project, ["default"])  # B, killed after two checkpoints
+    record_producer(store, b, SimpleNamespace(key=train_b), {})
     stored = [checkpoint(4, train_b), checkpoint(8, train_b)]
     time.sleep(1.1)  # run records start to the second
     a = start_run(store, project, ["default"])  # A: complete (a cached build of another config)
     store.write_run({**a, "status": "completed", "arms": {"default": {"nodes": {}}}})
     time.sleep(1.1)
-    start_run(store, project, ["default"])  # B again: resumed from checkpoint@8, killed before checkpoint@12
+    again = start_run(store, project, ["default"])  # B again: resumed from checkpoint@8, killed before checkpoint@12
+    record_producer(store, again, SimpleNamespace(key=train_b), {})
     collect_garbage(store, keep_last=1, keep_within_days=0)
     assert all(store.complete_manifest(key) is not None for key in stored)
     store.write_manifest(train_b, {"rule": "train", "name": "train", "outputs": {}})  # B's training finished: concluded

@@ -506,27 +506,25 @@ def test_verify_reports_a_missing_object(tmp_path):
 
 
 def test_refs_round_trip_and_names_are_made_safe(tmp_path):
-    from evsys_build.store import experiment_folder
-
     store = Store(tmp_path)
     store.write_ref("my exp/1", "arm:r8", {"experiment": "my exp/1", "arm": "arm:r8", "nodes": {"source": {"key": "k"}}})
     assert store.read_ref("my exp/1", "arm:r8")["nodes"] == {"source": {"key": "k"}}
     assert [(e, a) for e, a, _ in store.iter_refs()] == [("my exp/1", "arm:r8")]  # the names the ref records
     assert store.read_ref("other", "default") == {}
-    folder = experiment_folder("my exp/1")
-    assert folder.startswith("my_exp_1~") and experiment_folder("my_exp_1") == "my_exp_1"
-    assert json.loads((tmp_path / "refs" / folder / "arm_r8.json").read_text())["nodes"]["source"]["key"] == "k"
+    assert json.loads((tmp_path / "refs" / "my_exp_1" / "arm_r8.json").read_text())["nodes"]["source"]["key"] == "k"
 
 
-def test_experiments_whose_names_differ_only_in_unsafe_characters_never_share_records(tmp_path):
-    """`cut off` and `cut_off` (two configs: neither sees the other's name) each keep their own
-    refs and runs: a plan of one never diffs against the other's build."""
+def test_experiments_whose_names_the_store_writes_alike_never_read_each_others_records(tmp_path):
+    """`cut off` and `cut_off` (two configs: neither sees the other's name) share a folder; each
+    reads only its own runs and ref, so a plan of one never diffs against the other's build."""
     store = Store(tmp_path)
+    store.write_ref("cut_off", "default", {"experiment": "cut_off", "arm": "default", "run": "2"})
+    store.write_ref("cut off", "default", {"experiment": "cut off", "arm": "default", "run": "1"})  # another experiment's, though older
+    assert store.read_ref("cut_off", "default") == {}
+    assert store.read_ref("cut off", "default")["run"] == "1"
+    for i, name in enumerate(("cut off", "cut_off", "cut/off")):
+        store.write_run({"experiment": name, "id": f"20261129T000000.00000{i}Z-abcdef", "status": "completed", "finished": "x"})
     for name in ("cut off", "cut_off", "cut/off"):
-        store.write_ref(name, "default", {"experiment": name, "arm": "default", "run": name})
-        store.write_run({"experiment": name, "id": "20261129T000000.000000Z-abcdef", "status": "completed", "finished": "x"})
-    for name in ("cut off", "cut_off", "cut/off"):
-        assert store.read_ref(name, "default")["run"] == name
         assert [r["experiment"] for r in store.iter_runs(name)] == [name]
 
 
