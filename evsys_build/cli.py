@@ -275,6 +275,7 @@ def command_line() -> None:
     try:
         main()
     finally:
+        interrupts.terminate_by_default()
         collector.before_exit()
 
 

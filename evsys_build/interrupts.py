@@ -56,12 +56,22 @@ def terminate_like_ctrl_c() -> None:
     """In the `evsys` process: SIGTERM and SIGHUP before a build installs its handlers (while the
     command imports and loads the config) end it as Ctrl-C does there, `evsys: interrupted` and exit
     130, instead of a silent death by signal. A signal the process was started ignoring stays ignored."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     for s in SIGNALS:
         if s != signal.SIGINT and signal.getsignal(s) == signal.SIG_DFL:
-            signal.signal(s, interrupt)
+            signal.signal(s, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def terminate_by_default() -> None:
+    """Once the command has returned: SIGTERM and SIGHUP end the process by the signal again, as
+    before `terminate_like_ctrl_c` (an exception raised in an exit handler would only print a
+    traceback and cut that cleanup short)."""
+    for s in SIGNALS:
+        if signal.getsignal(s) is _interrupt:
+            signal.signal(s, signal.SIG_DFL)
 
 
 def exit_now(code: int) -> None:

@@ -32,6 +32,8 @@ class Project(Protocol):
         """The whole graph (arm None) or one arm's nodes."""
         ...
 
+    # optional: `feed_arms(arms)`, whose arms' callbacks runners feed (a Ray worker is told the build's)
+
     def refs(self, store: "Store") -> dict[str, dict]:
         """Per arm, what the last build recorded (the planner diffs against it)."""
         ...

@@ -94,6 +94,7 @@ class RayPool:
             "config": os.path.abspath(self.project.config_path),
             "cwd": os.getcwd(),
             "frontend": frontend_name(),
+            "arms": sorted(graph.by_arm),  # whose callbacks the workers feed (`build --arm`: that one)
         })
         self._loop = threading.Thread(target=self._drive, name="evsys-ray", daemon=True)
         self._loop.start()

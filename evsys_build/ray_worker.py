@@ -83,6 +83,9 @@ def _node(context: dict, spec: dict):
     """The store and this worker's copy of the node, its key resolved and checked against the driver's."""
     for fresh in (False, True):  # a config edited since this worker opened it: reopen once
         store, project = _project(context, fresh)
+        feed = getattr(project, "feed_arms", None)  # a worker runs one task at a time: this build's arms
+        if feed is not None and context.get("arms") is not None:
+            feed(context["arms"])
         try:
             node = project.graph.node(spec["node_id"])
         except KeyError:

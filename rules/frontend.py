@@ -107,9 +107,14 @@ class Project:
     def graph_for(self, arm: str | None) -> Graph:
         """Every arm's graph, or one arm's; runners then feed only the callbacks of the arms it
         builds (a node shared with an arm left out must not start that arm's tracker)."""
-        for name, hub in self.hubs.items():
-            hub.active = arm is None or name == arm
+        self.feed_arms(self.arm_names if arm is None else [arm])
         return self.graph if arm is None else self.graph.subgraph_for_arm(arm)
+
+    def feed_arms(self, arms: list[str]) -> None:
+        """Runners feed only these arms' callbacks (a Ray worker is told the build's arms)."""
+        wanted = set(arms)
+        for name, hub in self.hubs.items():
+            hub.active = name in wanted
 
     def refs(self, store: Store) -> dict[str, dict]:
         return {arm: store.read_ref(self.experiment, arm) for arm in self.arm_names}

@@ -332,3 +332,21 @@ def test_the_bytes_of_the_files_a_verifier_declares_are_in_its_key(tmp_path):
     judged.files = lambda: [tmp_path / "missing.txt"]
     with pytest.raises(ConfigError, match=r"^the verifier judged_by_file_test's files\(\) lists .*missing.txt, which cannot be read \(No such file or directory\)"):
         verifier_code("judged_by_file_test")
+
+
+def test_special_tokens_read_from_the_files_are_the_ones_the_tokenizer_loads(tmp_path, tiny_model_dir, tok):
+    """The stop check made before anything runs reads the special tokens from the tokenizer's
+    files: the same set the loaded tokenizer has; tokenizer_config.json's list wins over
+    tokenizer.json's, which counts only when the config has none."""
+    import json
+
+    from evsys_rules.evals.stops import special_token_texts
+
+    assert special_token_texts(tiny_model_dir) == {t.content for t in tok.added_tokens_decoder.values() if t.special}
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": [{"id": 1, "content": "<a>", "special": True}, {"id": 2, "content": "<b>", "special": True}]}))
+    assert special_token_texts(tmp_path) == {"<a>", "<b>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"1": {"content": "<a>", "special": True}, "2": {"content": "<b>", "special": False}}}))
+    assert special_token_texts(tmp_path) == {"<a>"}
+    (tmp_path / "tokenizer_config.json").write_text("[]")  # not an object: the other file says
+    assert special_token_texts(tmp_path) == {"<a>", "<b>"}
+    assert special_token_texts(tmp_path / "missing") is None

@@ -5,6 +5,7 @@ and validate read the special tokens from the tokenizer's files), and again wher
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -25,20 +26,35 @@ def stop_problem(stop: str, specials) -> str | None:
 
 
 def special_token_texts(folder: Path | str | None) -> set[str] | None:
-    """The special tokens a tokenizer folder declares (tokenizer_config.json's
-    `added_tokens_decoder`, tokenizer.json's `added_tokens`), read as JSON; None when neither is there."""
+    """The special tokens a tokenizer folder declares, as the tokenizer loads them:
+    tokenizer_config.json's `added_tokens_decoder` when it has one (it wins), else tokenizer.json's
+    `added_tokens`; None when neither says. Read once per folder and file state: a sweep's arms
+    share their tokenizer, and tokenizer.json can be megabytes."""
     if folder is None:
         return None
-    found: set[str] | None = None
-    for name, entries in (("tokenizer_config.json", lambda d: (d.get("added_tokens_decoder") or {}).values()),
-                          ("tokenizer.json", lambda d: d.get("added_tokens") or [])):
+    files = [Path(folder) / "tokenizer_config.json", Path(folder) / "tokenizer.json"]
+    state = []
+    for f in files:
+        try:
+            st = f.stat()
+            state.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            state.append(None)
+    return _special_tokens(str(folder), tuple(state))
+
+
+@functools.lru_cache(maxsize=16)
+def _special_tokens(folder: str, _state: tuple) -> set[str] | None:
+    for name, entries in (("tokenizer_config.json", lambda d: list((d.get("added_tokens_decoder") or {}).values())),
+                          ("tokenizer.json", lambda d: list(d.get("added_tokens") or []))):
         try:
             data = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            listed = entries(data) if isinstance(data, dict) else []
+        except (OSError, ValueError, AttributeError):
             continue
-        found = found or set()
-        found |= {t["content"] for t in entries(data) if isinstance(t, dict) and t.get("special") and isinstance(t.get("content"), str)}
-    return found
+        if listed:
+            return {t["content"] for t in listed if isinstance(t, dict) and t.get("special") and isinstance(t.get("content"), str)}
+    return None
 
 
 def check_stops(loaded: LoadedConfig, index: int, bench, arm: Arm | None, tokenizer_folder) -> None:
