@@ -218,11 +218,11 @@ def _trainings_written(store: Store, runs: list[dict], entries: dict) -> Callabl
     def trainings_of(run: dict) -> set[str]:
         # the slack either side, for a remote store's clock too (taking another run's trainings only keeps more)
         since = _started(run) - STARTED_SLACK
-        if "producing" in run:  # its own trainings, whenever their checkpoints were written (a store's clock may run ahead of ours)
-            own = set(run["producing"])
-            return {p for key, entry in entries.items() if entry is not None and since <= entry.modified for p in producers(key) if p in own} if own else set()
-        until = min((s for s in starts[run["experiment"]] if s > _started(run)), default=float("inf")) + STARTED_SLACK
-        return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key)}
+        own = set(run["producing"]) if "producing" in run else None  # its own trainings, whenever their checkpoints were written
+        if own == set():
+            return set()
+        until = float("inf") if own is not None else min((s for s in starts[run["experiment"]] if s > _started(run)), default=float("inf")) + STARTED_SLACK
+        return {p for key, entry in entries.items() if entry is not None and since <= entry.modified < until for p in producers(key) if own is None or p in own}
 
     return trainings_of
 

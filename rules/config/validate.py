@@ -71,12 +71,17 @@ def _known_tokenizer_folder(arm: Arm) -> Path | None:
     """The tokenizer folder of a hub or tiny model when it is on this machine already (no download)."""
     name = arm.config.model.name
     if name == TINY_MODEL_NAME:
-        built = models_home() / TINY_MODEL_DIRNAME
-        return built if built.is_dir() else qwen_tokenizer_dir()
+        return _tiny_tokenizer_dir()
     try:
         return cached_snapshot(name, arm.config.model.revision, "tokenizer")
     except Exception:  # noqa: BLE001 - not cached, or no hub library: the build checks it
         return None
+
+
+def _tiny_tokenizer_dir() -> Path:
+    """The tiny model's folder once built (whose tokenizer snapshot builds share), else the files it is built with."""
+    built = models_home() / TINY_MODEL_DIRNAME
+    return built if (built / "model.safetensors").is_file() else qwen_tokenizer_dir()
 
 
 def _deep_model(loaded: LoadedConfig, arm: Arm) -> tuple[list[str], Path | None]:
@@ -86,10 +91,9 @@ def _deep_model(loaded: LoadedConfig, arm: Arm) -> tuple[list[str], Path | None]
     build, online) downloads: offline and not cached yet, that is a note, not an error, so the
     hosted walkthrough validates with no network (its rows are then checked without tokenizing)."""
     model, need = arm.config.model, model_need(arm)
-    if model.name == TINY_MODEL_NAME:  # its folder once built (whose tokenizer snapshot builds share), else the files it is built with
-        built = models_home() / TINY_MODEL_DIRNAME
+    if model.name == TINY_MODEL_NAME:
         with located(loaded, ("model", "name"), arm):
-            return [], built if (built / "model.safetensors").is_file() else qwen_tokenizer_dir()
+            return [], _tiny_tokenizer_dir()
     if need == "tokenizer" and hub_model(model.name) and cached_snapshot(model.name, model.revision, need) is None:
         note = f"model {model.name}: its tokenizer is not in the local Hugging Face cache yet (not checked, rows not tokenized); `evsys fetch {loaded.path}` downloads it"
         return [note], None
